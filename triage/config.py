@@ -1,0 +1,158 @@
+"""Engine configuration: one typed object, with visible precedence.
+
+    embedded defaults  <  triage.toml  <  TRIAGE_* environment variables  <  command line
+
+The file is found from ``--config`` or ``TRIAGE_CONFIG``; without either, ``./triage.toml`` is
+read when present. Every setting below states its default. A bad value stops start-up with a
+:class:`~triage.errors.ConfigError` naming the setting, where it came from, and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from triage.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "TRIAGE_"
+
+
+class Settings(BaseModel):
+    """All engine settings. Environment variable: ``TRIAGE_`` + the upper-case field name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Field(Path("var"), description="Data directory (DICOM files, SQLite, logs)")
+    database_url: str = Field(
+        "", description="SQLAlchemy URL; empty: sqlite:///<data_dir>/triage.db"
+    )
+    bind_host: str = Field("127.0.0.1", description="Address every listener binds to")
+    dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM Storage SCP port (0: any)")
+    dicom_ae_title: str = Field("TRIAGE", description="Our AE title (1-16 chars, no backslash)")
+    dicom_max_pdu: int = Field(0, ge=0, description="Maximum PDU we receive; 0: unlimited")
+    hl7_port: int = Field(2575, ge=0, le=65535, description="HL7 MLLP listener port (0: any)")
+    hl7_max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest HL7 frame accepted"
+    )
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP API port (0: any)")
+    ris_host: str = Field("", description="RIS MLLP host; empty: nothing is sent (logged)")
+    ris_port: int = Field(0, ge=0, le=65535, description="RIS MLLP port; 0 with host empty")
+    ris_timeout_seconds: float = Field(10.0, gt=0, description="Connect/ACK wait for the RIS")
+    sending_application: str = Field("TRIAGE", description="MSH-3 of messages we send")
+    sending_facility: str = Field("TRIAGE", description="MSH-4 of messages we send")
+    receiving_application: str = Field("RIS", description="MSH-5 of messages we send")
+    receiving_facility: str = Field("RIS", description="MSH-6 of messages we send")
+    triton_url: str = Field(
+        "", description="host:port of a running Triton (gRPC); empty: start the bundled one"
+    )
+    triton_timeout_seconds: float = Field(30.0, gt=0, description="Per-request inference limit")
+    triton_startup_seconds: float = Field(90.0, gt=0, description="Wait for local Triton ready")
+    models_dir: Path = Field(REPO_ROOT / "models", description="Triton model repository")
+    rules_dir: Path = Field(REPO_ROOT / "rules", description="routing.yaml and urgency.yaml")
+    study_stable_seconds: float = Field(
+        10.0, gt=0, description="A study is complete after this long with no new instance"
+    )
+    completion_poll_seconds: float = Field(1.0, gt=0, description="How often completion runs")
+    retry_seconds: float = Field(15.0, gt=0, description="Wait before retrying AI or RIS send")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log")
+
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        if not 1 <= len(v.strip()) <= 16 or "\\" in v or not v.isascii():
+            raise ValueError("must be 1-16 ASCII characters without a backslash")
+        return v.strip()
+
+    @field_validator("ris_host", "triton_url", "database_url", "bind_host")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'triage.db'}"
+
+    @property
+    def ris_configured(self) -> bool:
+        return bool(self.ris_host) and self.ris_port > 0
+
+
+def _coerce_env(name: str, raw: str) -> Any:
+    """Environment values are strings; pydantic coerces them per field type."""
+    return raw
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from defaults < file < environment < ``overrides`` (CLI)."""
+    env = os.environ if environ is None else environ
+    fields = Settings.model_fields
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    path = config_path or env.get("TRIAGE_CONFIG") or None
+    if path is None and Path("triage.toml").is_file():
+        path = "triage.toml"
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("config", f"file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("config", f"cannot read {p}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{p}: {exc}") from None
+        section = data.get("triage", data)
+        if not isinstance(section, dict):
+            raise ConfigError("config", f"{p}: [triage] must be a table")
+        for key, value in section.items():
+            if key not in fields:
+                raise ConfigError(key, f"unknown setting in {p}")
+            values[key] = value
+            sources[key] = str(p)
+
+    for key in fields:
+        env_name = ENV_PREFIX + key.upper()
+        if env_name in env:
+            values[key] = _coerce_env(key, env[env_name])
+            sources[key] = f"environment {env_name}"
+
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise ConfigError(key, "unknown setting on the command line")
+        values[key] = value
+        sources[key] = "command line"
+
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        setting = str(err["loc"][0]) if err["loc"] else "config"
+        origin = sources.get(setting, "default")
+        given = values.get(setting, "<default>")
+        raise ConfigError(setting, f"{err['msg']} (got {given!r} from {origin})") from None
+
+
+def describe_settings() -> list[tuple[str, str, str, str]]:
+    """(name, environment variable, default, description) for every setting, for docs/CLI."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path) and default.is_absolute():
+            try:
+                default = f"<repo>/{default.relative_to(REPO_ROOT)}"
+            except ValueError:
+                pass
+        rows.append((name, ENV_PREFIX + name.upper(), repr(default), field.description or ""))
+    return rows

@@ -1,0 +1,144 @@
+"""Database tables. Each table is owned by one step of the data path:
+
+- ``Instance``, ``Study``: written by DICOM ingest; ``Study`` state advanced by completion,
+  routing, inference and scoring.
+- ``HL7Message``: every inbound HL7 message, raw, with the ACK we answered.
+- ``Order``: the RIS order, parsed from ORM/OMI messages.
+- ``Finding``: one model result for one study.
+- ``OutboundMessage``: every ORM/ORU we sent (or tried to send) to the RIS, with its ACK.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class StudyState(StrEnum):
+    RECEIVING = "receiving"  # instances arriving; not yet stable
+    COMPLETE = "complete"  # stable; waiting for routing/inference
+    AI_PENDING = "ai_pending"  # routed to a model, inference not yet done (e.g. Triton down)
+    SCORED = "scored"  # scoring done (with or without an AI finding)
+    NOT_ROUTED = "not_routed"  # no routing rule matched; listed at ordered priority
+
+
+class Instance(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    sop_instance_uid: str = Field(index=True, unique=True, max_length=64)
+    sop_class_uid: str = Field(default="", max_length=64)
+    study_uid: str = Field(index=True, max_length=64)
+    series_uid: str = Field(index=True, max_length=64)
+    modality: str = Field(default="", max_length=16)
+    series_number: int | None = None
+    instance_number: int | None = None
+    series_description: str = ""
+    image_type: str = ""  # backslash-joined ImageType values
+    slice_thickness: float | None = None
+    image_position_z: float | None = None
+    transfer_syntax: str = Field(default="", max_length=64)
+    path: str  # relative to the data directory
+    size_bytes: int = 0
+    calling_ae: str = Field(default="", max_length=16)
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class Study(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    study_uid: str = Field(index=True, unique=True, max_length=64)
+    accession_number: str = Field(default="", index=True, max_length=64)
+    patient_id: str = Field(default="", index=True, max_length=64)
+    patient_name: str = ""
+    modality: str = Field(default="", max_length=16)
+    modalities: str = ""  # backslash-joined set of series modalities
+    body_part: str = ""
+    study_description: str = ""
+    contrast_agent: str = ""
+    study_datetime: str = ""
+    instance_count: int = 0
+    first_received_at: datetime = Field(default_factory=utcnow)
+    last_received_at: datetime = Field(default_factory=utcnow, index=True)
+    state: str = Field(default=StudyState.RECEIVING, index=True)
+    completed_at: datetime | None = None
+    routed_model: str = ""  # model chosen by routing.yaml, empty when none
+    routing_rule: str = ""
+    ordered_priority: str = ""  # copied from the linked order (S, A, R, ...)
+    engine_priority: str = ""  # our priority; never lower than ordered_priority
+    score: float = 0.0
+    reasons: str = "[]"  # JSON list of human-readable reasons
+    scored_at: datetime | None = None
+    ai_attempts: int = 0
+    ai_next_attempt_at: datetime | None = None
+    ai_status: str = ""  # "", pending, done, not_assessable, error
+
+
+class Order(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    accession_number: str = Field(default="", index=True, max_length=64)
+    placer_order_number: str = ""
+    filler_order_number: str = ""
+    order_control: str = ""  # NW, XO, CA, SC, DC...
+    order_status: str = ""  # ORC-5
+    patient_id: str = Field(default="", index=True, max_length=64)
+    patient_name: str = ""
+    patient_class: str = ""  # PV1-2: E, I, O, ...
+    ordered_priority: str = ""  # S, A, R, ...
+    procedure_code: str = ""
+    procedure_text: str = ""
+    modality: str = ""
+    study_uid: str = Field(default="", index=True, max_length=64)
+    ordering_location: str = ""
+    sending_application: str = ""
+    sending_facility: str = ""
+    message_id: int | None = Field(default=None, foreign_key="hl7message.id")
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class HL7Message(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+    peer: str = ""
+    sending_application: str = ""
+    sending_facility: str = ""
+    control_id: str = Field(default="", index=True)
+    message_type: str = ""  # e.g. ORM^O01
+    version: str = ""
+    raw: str
+    ack: str = ""
+    ack_code: str = ""  # AA, AE, AR
+    error: str = ""
+    processed: bool = False
+
+
+class Finding(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    study_uid: str = Field(index=True, max_length=64)
+    model_name: str
+    model_version: str = ""
+    status: str = "done"  # done, not_assessable, error
+    probability: float | None = None
+    positive: bool = False
+    threshold: float | None = None
+    key_slice: int | None = None
+    detail: str = ""
+    series_uid: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class OutboundMessage(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    study_uid: str = Field(index=True, max_length=64)
+    kind: str  # ORM (order change XO) or ORU (AI result)
+    control_id: str = Field(index=True)
+    raw: str
+    status: str = "pending"  # pending, sent, rejected, failed, skipped
+    ack: str = ""
+    error: str = ""
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None

@@ -1,0 +1,134 @@
+"""Store operations used by the listeners and the pipeline. Plain functions over a Session."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from triage.store.models import Finding, Instance, Order, Study, StudyState, utcnow
+
+# Study-level attributes copied from an instance header when a study is first seen.
+STUDY_FIELDS = (
+    "accession_number",
+    "patient_id",
+    "patient_name",
+    "body_part",
+    "study_description",
+    "contrast_agent",
+    "study_datetime",
+)
+
+
+def record_instance(session: Session, inst: Instance, study_attrs: dict[str, str]) -> bool:
+    """Index a stored instance and update its study. Returns False for a duplicate SOP UID.
+
+    ``study_attrs`` holds the study-level tags read from the instance (keys in STUDY_FIELDS).
+    A study that had completed goes back to RECEIVING, so it completes (and is re-scored) again.
+    """
+    existing = session.exec(
+        select(Instance).where(Instance.sop_instance_uid == inst.sop_instance_uid)
+    ).first()
+    if existing is not None:
+        return False
+    session.add(inst)
+    study = session.exec(select(Study).where(Study.study_uid == inst.study_uid)).first()
+    now = inst.received_at or utcnow()
+    if study is None:
+        study = Study(study_uid=inst.study_uid, first_received_at=now, last_received_at=now)
+        for key in STUDY_FIELDS:
+            if study_attrs.get(key):
+                setattr(study, key, study_attrs[key])
+        study.modality = inst.modality
+        _link_order(session, study)
+    else:
+        for key in STUDY_FIELDS:
+            if not getattr(study, key) and study_attrs.get(key):
+                setattr(study, key, study_attrs[key])
+    mods = set(filter(None, study.modalities.split("\\"))) | {inst.modality}
+    study.modalities = "\\".join(sorted(filter(None, mods)))
+    if not study.modality or study.modality in ("SR", "PR", "KO", "OT"):
+        study.modality = inst.modality
+    study.instance_count += 1
+    study.last_received_at = max(study.last_received_at, now)
+    if study.state != StudyState.RECEIVING:
+        study.state = StudyState.RECEIVING
+    session.add(study)
+    return True
+
+
+def _link_order(session: Session, study: Study) -> Order | None:
+    order = find_order_for_study(session, study)
+    if order is not None:
+        study.ordered_priority = order.ordered_priority
+        if not study.accession_number:
+            study.accession_number = order.accession_number
+    return order
+
+
+def find_order_for_study(session: Session, study: Study) -> Order | None:
+    """The order of a study: by Study Instance UID, else by accession number."""
+    if study.study_uid:
+        order = session.exec(
+            select(Order)
+            .where(Order.study_uid == study.study_uid)
+            .order_by(col(Order.updated_at).desc())
+        ).first()
+        if order is not None:
+            return order
+    if study.accession_number:
+        return session.exec(
+            select(Order)
+            .where(Order.accession_number == study.accession_number)
+            .order_by(col(Order.updated_at).desc())
+        ).first()
+    return None
+
+
+def studies_for_order(session: Session, order: Order) -> Sequence[Study]:
+    """Studies that an order belongs to (by Study UID, else accession number)."""
+    if order.study_uid:
+        found = session.exec(select(Study).where(Study.study_uid == order.study_uid)).all()
+        if found:
+            return found
+    if order.accession_number:
+        return session.exec(
+            select(Study).where(Study.accession_number == order.accession_number)
+        ).all()
+    return []
+
+
+def stable_studies(session: Session, older_than: datetime) -> Sequence[Study]:
+    """Studies still RECEIVING whose last instance arrived before ``older_than``."""
+    return session.exec(
+        select(Study).where(
+            Study.state == StudyState.RECEIVING, col(Study.last_received_at) < older_than
+        )
+    ).all()
+
+
+def study_instances(session: Session, study_uid: str) -> Sequence[Instance]:
+    return session.exec(select(Instance).where(Instance.study_uid == study_uid)).all()
+
+
+def latest_findings(session: Session, study_uid: str) -> list[Finding]:
+    """The newest finding per model for a study."""
+    rows = session.exec(
+        select(Finding)
+        .where(Finding.study_uid == study_uid)
+        .order_by(col(Finding.created_at).desc(), col(Finding.id).desc())
+    ).all()
+    seen: dict[str, Finding] = {}
+    for f in rows:
+        seen.setdefault(f.model_name, f)
+    return list(seen.values())
+
+
+def study_reasons(study: Study) -> list[str]:
+    try:
+        value = json.loads(study.reasons or "[]")
+    except ValueError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
