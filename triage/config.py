@@ -9,6 +9,7 @@ read when present. Every setting below states its default. A bad value stops sta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -83,11 +84,6 @@ class Settings(BaseModel):
         return bool(self.ris_host) and self.ris_port > 0
 
 
-def _coerce_env(name: str, raw: str) -> Any:
-    """Environment values are strings; pydantic coerces them per field type."""
-    return raw
-
-
 def load_settings(
     config_path: str | os.PathLike[str] | None = None,
     *,
@@ -125,7 +121,7 @@ def load_settings(
     for key in fields:
         env_name = ENV_PREFIX + key.upper()
         if env_name in env:
-            values[key] = _coerce_env(key, env[env_name])
+            values[key] = env[env_name]  # a string; pydantic coerces it per field type
             sources[key] = f"environment {env_name}"
 
     for key, value in (overrides or {}).items():
@@ -150,9 +146,7 @@ def describe_settings() -> list[tuple[str, str, str, str]]:
     for name, field in Settings.model_fields.items():
         default = field.default
         if isinstance(default, Path) and default.is_absolute():
-            try:
+            with contextlib.suppress(ValueError):
                 default = f"<repo>/{default.relative_to(REPO_ROOT)}"
-            except ValueError:
-                pass
         rows.append((name, ENV_PREFIX + name.upper(), repr(default), field.description or ""))
     return rows

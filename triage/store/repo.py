@@ -42,7 +42,7 @@ def record_instance(session: Session, inst: Instance, study_attrs: dict[str, str
             if study_attrs.get(key):
                 setattr(study, key, study_attrs[key])
         study.modality = inst.modality
-        _link_order(session, study)
+        link_order(session, study)
     else:
         for key in STUDY_FIELDS:
             if not getattr(study, key) and study_attrs.get(key):
@@ -59,32 +59,39 @@ def record_instance(session: Session, inst: Instance, study_attrs: dict[str, str
     return True
 
 
-def _link_order(session: Session, study: Study) -> Order | None:
-    order = find_order_for_study(session, study)
-    if order is not None:
-        study.ordered_priority = order.ordered_priority
-        if not study.accession_number:
-            study.accession_number = order.accession_number
+def link_order(session: Session, study: Study) -> Order | None:
+    """Find the study's order and copy what scoring needs onto the study (not committed)."""
+    order, how = find_order_for_study(session, study)
+    if order is None:
+        study.order_link = "none"
+        return None
+    study.order_link = how
+    study.ordered_priority = order.ordered_priority
+    study.patient_class = order.patient_class
+    if not study.accession_number:
+        study.accession_number = order.accession_number
     return order
 
 
-def find_order_for_study(session: Session, study: Study) -> Order | None:
-    """The order of a study: by Study Instance UID, else by accession number."""
+def find_order_for_study(session: Session, study: Study) -> tuple[Order | None, str]:
+    """The order of a study and how it was found: by Study Instance UID, else accession."""
     if study.study_uid:
         order = session.exec(
             select(Order)
             .where(Order.study_uid == study.study_uid)
-            .order_by(col(Order.updated_at).desc())
+            .order_by(col(Order.updated_at).desc(), col(Order.id).desc())
         ).first()
         if order is not None:
-            return order
+            return order, "study_uid"
     if study.accession_number:
-        return session.exec(
+        order = session.exec(
             select(Order)
             .where(Order.accession_number == study.accession_number)
-            .order_by(col(Order.updated_at).desc())
+            .order_by(col(Order.updated_at).desc(), col(Order.id).desc())
         ).first()
-    return None
+        if order is not None:
+            return order, "accession"
+    return None, "none"
 
 
 def studies_for_order(session: Session, order: Order) -> Sequence[Study]:
