@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from triage.errors import RulesError
+from triage.routing import RoutingFacts, load_routing_rules, route
+
+RULES = Path(__file__).resolve().parents[2] / "rules" / "routing.yaml"
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return load_routing_rules(RULES)
+
+
+def facts(**kw):
+    kw.setdefault("modalities", ["CT"])
+    return RoutingFacts.build(**kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "model"),
+    [
+        ({"body_parts": ["HEAD"], "descriptions": ["CT HEAD WO CONTRAST"]}, "ich"),
+        ({"body_parts": [""], "descriptions": ["CT BRAIN WITHOUT CONTRAST"]}, "ich"),
+        ({"body_parts": ["BRAIN"], "descriptions": []}, "ich"),
+        # contrast, CTA and perfusion head studies are not sent to the non-contrast model
+        ({"body_parts": ["HEAD"], "descriptions": ["CT HEAD"], "contrast": True}, None),
+        ({"body_parts": ["HEAD"], "descriptions": ["CTA HEAD AND NECK"]}, None),
+        ({"body_parts": ["HEAD"], "descriptions": ["CT PERFUSION"]}, None),
+        ({"body_parts": ["HEAD"], "descriptions": ["CT HEAD W CONTRAST"]}, None),
+        (
+            {"body_parts": ["CHEST"], "descriptions": ["CTA CHEST PE PROTOCOL"], "contrast": True},
+            "pe",
+        ),
+        ({"body_parts": [], "descriptions": ["CT PULMONARY ANGIOGRAM"]}, "pe"),
+        ({"body_parts": ["CHEST"], "descriptions": ["CT CHEST WO CONTRAST"]}, None),
+        ({"body_parts": ["CHEST"], "descriptions": []}, None),
+        ({"modalities": ["MR"], "body_parts": ["HEAD"], "descriptions": ["MR BRAIN"]}, None),
+    ],
+)
+def test_routing_decisions(rules, kw, model):
+    rule = route(rules, facts(**kw))
+    assert (rule.model if rule else None) == model
+
+
+def test_order_procedure_text_counts(rules):
+    f = facts(body_parts=[], descriptions=["", "CT HEAD WO CONTRAST"])  # from the order
+    assert route(rules, f).model == "ich"
+
+
+def _real_facts(folder: Path) -> RoutingFacts:
+    dsets = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            try:
+                dsets.append(pydicom.dcmread(p, stop_before_pixels=True))
+            except pydicom.errors.InvalidDicomError:
+                continue  # LICENSE, Philips DIRFILE
+    assert dsets
+    return RoutingFacts.build(
+        modalities=[str(d.get("Modality", "")) for d in dsets],
+        body_parts=[str(d.get("BodyPartExamined", "")) for d in dsets],
+        descriptions=[
+            str(d.get(k, "")) for d in dsets for k in ("StudyDescription", "SeriesDescription")
+        ],
+        contrast=any(str(d.get("ContrastBolusAgent", "")).strip() for d in dsets),
+    )
+
+
+@pytest.mark.parametrize(
+    ("folder", "model"),
+    [
+        ("dicom/ge-head-ct", "ich"),
+        ("dicom/philips-head-phantom", "ich"),
+        ("dicom/lidc-chest-ct", None),  # non-contrast chest CT is not a CTPA
+        ("dicom/dcm4che-wrist-mr", None),
+    ],
+)
+def test_real_scanner_studies(rules, shared_data, folder, model):
+    rule = route(rules, _real_facts(shared_data / folder))
+    assert (rule.model if rule else None) == model
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("version: 1\nrules:\n  - name: a\n    model: ich\n    colour: red\n", 5, "colour"),
+        ("version: 1\nrules:\n  - name: a\n", 3, "model"),
+        ("version: 2\nrules: []\n", 1, "version"),
+        (
+            "version: 1\nrules:\n  - name: a\n    model: ich\n    require:\n"
+            "      - description: '(unclosed'\n",
+            6,
+            "regular expression",
+        ),
+        ("version: 1\nrules:\n  - name: a\n    model: ich\n  - name: a\n    model: pe\n", 5, "dup"),
+        ("version: 1\nrules: [\n", 3, "YAML"),
+        (
+            "version: 1\nrules:\n  - name: a\n    model: ich\n    require:\n"
+            "      - contrast: maybe\n",
+            6,
+            "contrast",
+        ),
+    ],
+)
+def test_invalid_rules_name_file_and_line(text, line, fragment):
+    with pytest.raises(RulesError) as err:
+        load_routing_rules(Path("site/routing.yaml"), text)
+    assert err.value.line == line
+    assert str(err.value).startswith(f"site/routing.yaml:{line}:")
+    assert fragment in str(err.value)

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+
+from triage.config import load_settings
+from triage.errors import ConfigError
+
+
+def test_precedence_defaults_file_env_cli(tmp_path):
+    cfg = tmp_path / "triage.toml"
+    cfg.write_text("[triage]\ndicom_port = 1111\nhl7_port = 2222\nhttp_port = 3333\n")
+    env = {"TRIAGE_HL7_PORT": "4444", "TRIAGE_HTTP_PORT": "5555"}
+    s = load_settings(cfg, environ=env, overrides={"http_port": "6666"})
+    assert (s.dicom_port, s.hl7_port, s.http_port) == (1111, 4444, 6666)
+    assert s.dicom_ae_title == "TRIAGE" and s.study_stable_seconds == 10
+
+
+def test_defaults_bind_loopback_and_need_no_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(environ={})
+    assert s.bind_host == "127.0.0.1"
+    assert (s.dicom_port, s.hl7_port, s.http_port) == (11112, 2575, 8080)
+    assert not s.ris_configured and s.triton_url == ""
+    assert s.resolved_database_url.startswith("sqlite:///")
+
+
+def test_config_path_from_environment(tmp_path):
+    cfg = tmp_path / "site.toml"
+    cfg.write_text("dicom_ae_title = 'ERTRIAGE'\n")
+    s = load_settings(environ={"TRIAGE_CONFIG": str(cfg)})
+    assert s.dicom_ae_title == "ERTRIAGE"
+
+
+@pytest.mark.parametrize(
+    ("env", "setting", "fragment"),
+    [
+        ({"TRIAGE_DICOM_PORT": "abc"}, "dicom_port", "TRIAGE_DICOM_PORT"),
+        ({"TRIAGE_HL7_PORT": "70000"}, "hl7_port", "65535"),
+        ({"TRIAGE_DICOM_AE_TITLE": "A_TITLE_THAT_IS_TOO_LONG"}, "dicom_ae_title", "1-16"),
+        ({"TRIAGE_STUDY_STABLE_SECONDS": "-1"}, "study_stable_seconds", "greater than 0"),
+        ({"TRIAGE_LOG_LEVEL": "LOUD"}, "log_level", "LOUD"),
+    ],
+)
+def test_bad_values_name_the_setting(env, setting, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_settings(environ=env)
+    assert err.value.setting == setting
+    assert str(err.value).startswith(setting + ":") and fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_in_file(tmp_path):
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("dicom_prot = 1\n")
+    with pytest.raises(ConfigError, match="dicom_prot: unknown setting"):
+        load_settings(cfg, environ={})
+
+
+def test_broken_toml(tmp_path):
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("dicom_port = \n")
+    with pytest.raises(ConfigError, match="t.toml"):
+        load_settings(cfg, environ={})
