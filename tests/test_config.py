@@ -59,5 +59,5 @@ def test_unknown_key_in_file(tmp_path):
 def test_broken_toml(tmp_path):
     cfg = tmp_path / "t.toml"
     cfg.write_text("dicom_port = \n")
-    with pytest.raises(ConfigError, match="t.toml"):
+    with pytest.raises(ConfigError, match=r"t\.toml"):
         load_settings(cfg, environ={})
