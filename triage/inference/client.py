@@ -1,0 +1,282 @@
+"""A thin client for the engine's models on Triton, over ``tritonclient`` (gRPC or HTTP).
+
+Every exception from tritonclient, grpc, gevent or sockets is translated here, where it enters
+the engine, into :class:`~triage.errors.TritonUnavailable` (server down, unreachable, timed out:
+retry later), :class:`~triage.errors.ModelNotReady` (the named model is unknown or not loaded)
+or :class:`~triage.errors.InferenceError` (anything else, e.g. the model answered an error).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from triage.errors import InferenceError, ModelNotReady, TriageError, TritonUnavailable
+from triage.inference.contract import (
+    PROBABILITY,
+    SLICE_PROBABILITIES,
+    ModelContract,
+    contract_from_config,
+    load_contract,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Protocol = Literal["grpc", "http"]
+
+_UNAVAILABLE_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED")
+_UNAVAILABLE_WORDS = (
+    "failed to connect",
+    "connection refused",
+    "connect failed",
+    "deadline exceeded",
+    "timed out",
+    "timeout",
+    "socket closed",
+    "server is not ready",
+    "unavailable",
+    "broken pipe",
+    "connection reset",
+)
+_NOT_READY_WORDS = (
+    "unknown model",
+    "is not found",
+    "not found",
+    "no available versions",
+    "is not ready",
+    "not loaded",
+    "unavailable model",
+)
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """One model answer for one volume."""
+
+    model_name: str
+    model_version: str  # contract version and Triton version, e.g. "ich-placeholder-0.1/1"
+    probability: float
+    slice_probabilities: np.ndarray  # float32 [z] on the model grid, inferior -> superior
+    threshold: float  # operating point from the model contract
+    positive: bool  # probability >= threshold
+    key_slice: int  # index (model grid) of the most suspicious slice
+
+
+def _translate(exc: BaseException, what: str) -> InferenceError:
+    """Our error for a library exception raised while doing ``what``."""
+    status = ""
+    message = str(exc)
+    status_fn = getattr(exc, "status", None)
+    message_fn = getattr(exc, "message", None)
+    if callable(status_fn):
+        status = str(status_fn() or "")
+    if callable(message_fn):
+        message = str(message_fn() or message)
+    code_fn = getattr(exc, "code", None)  # grpc.RpcError
+    if not status and callable(code_fn):
+        try:
+            status = str(code_fn())
+        except Exception:
+            status = ""
+    lower = message.lower()
+    detail = f"{what}: {message}" + (f" ({status})" if status else "")
+    if any(w in lower for w in _NOT_READY_WORDS) and "connect" not in lower:
+        return ModelNotReady(detail)
+    if (
+        any(s in status.upper() for s in _UNAVAILABLE_STATUS)
+        or any(w in lower for w in _UNAVAILABLE_WORDS)
+        or isinstance(exc, OSError | TimeoutError)
+    ):
+        return TritonUnavailable(detail)
+    return InferenceError(detail)
+
+
+class InferenceClient:
+    """Calls models on a running Triton at ``url`` ("host:port" of the gRPC or HTTP endpoint).
+
+    ``timeout`` bounds every request in seconds. ``models_dir``, when given, is where
+    :meth:`contract` reads ``<model>/config.pbtxt``; otherwise (or when a model has no folder
+    there) the contract is read from the server's model config.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        protocol: Protocol = "grpc",
+        timeout: float = 30.0,
+        models_dir: Path | None = None,
+    ) -> None:
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http', not {protocol!r}")
+        self.url = url
+        self.protocol: Protocol = protocol
+        self.timeout = float(timeout)
+        self.models_dir = Path(models_dir) if models_dir is not None else None
+        self._contracts: dict[str, ModelContract] = {}
+        self._client: Any = None
+        try:
+            if protocol == "grpc":
+                import tritonclient.grpc as tgrpc
+
+                self._client = tgrpc.InferenceServerClient(url)
+            else:
+                import tritonclient.http as thttp
+
+                self._client = thttp.InferenceServerClient(
+                    url, connection_timeout=self.timeout, network_timeout=self.timeout
+                )
+        except Exception as exc:
+            raise _translate(exc, f"cannot create a Triton {protocol} client for {url}") from exc
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except TriageError:
+            raise
+        except Exception as exc:
+            raise _translate(exc, f"{what} at {self.url}") from exc
+
+    def _kw(self) -> dict[str, Any]:
+        """Per-call timeout keyword (gRPC only; HTTP's is set on the client)."""
+        return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+
+    def _json_kw(self) -> dict[str, Any]:
+        """gRPC answers protobuf unless asked for JSON; HTTP answers JSON already."""
+        return {"as_json": True, **self._kw()} if self.protocol == "grpc" else {}
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception as exc:  # closing must never raise
+                log.debug("closing Triton client: %s", exc)
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def _c(self) -> Any:
+        if self._client is None:
+            raise InferenceError("the inference client is closed")
+        return self._client
+
+    # -- API ----------------------------------------------------------------------------------
+
+    def is_server_ready(self) -> bool:
+        """True when the server answers and is ready; False when down or unreachable."""
+        try:
+            return bool(self._call("server ready", lambda: self._c.is_server_ready(**self._kw())))
+        except TritonUnavailable:
+            return False
+
+    def model_states(self) -> dict[str, str]:
+        """Every model of the server's repository and its state ("READY", "UNAVAILABLE", ...)."""
+        index = self._call(
+            "model repository index",
+            lambda: self._c.get_model_repository_index(**self._json_kw()),
+        )
+        models = index.get("models", []) if isinstance(index, Mapping) else index
+        states: dict[str, str] = {}
+        for m in models or []:
+            name = str(m.get("name", ""))
+            state = str(m.get("state", "") or "UNAVAILABLE")
+            if states.get(name) != "READY":  # several versions: READY wins
+                states[name] = state
+        return states
+
+    def contract(self, model_name: str) -> ModelContract:
+        """The model's contract, from ``models_dir/<name>/config.pbtxt`` or the server."""
+        cached = self._contracts.get(model_name)
+        if cached is not None:
+            return cached
+        path = self.models_dir / model_name / "config.pbtxt" if self.models_dir else None
+        if path is not None and path.is_file():
+            contract = load_contract(path)
+        else:
+            config = self._call(
+                f"model config of {model_name!r}",
+                lambda: self._c.get_model_config(model_name, **self._json_kw()),
+            )
+            if isinstance(config, Mapping) and isinstance(config.get("config"), Mapping):
+                config = config["config"]  # gRPC wraps it in ModelConfigResponse
+            contract = contract_from_config(config, f"triton:{self.url}/{model_name}")
+        self._contracts[model_name] = contract
+        return contract
+
+    def infer(self, model_name: str, volume_array: np.ndarray) -> ModelOutput:
+        """Run ``model_name`` on one resampled HU volume shaped as the contract's input."""
+        contract = self.contract(model_name)
+        volume = np.asarray(volume_array, dtype=np.float32)
+        if volume.shape != contract.input.dims:
+            raise InferenceError(
+                f"{model_name}: volume shape {list(volume.shape)} does not match the "
+                f"contract input {list(contract.input.dims)}"
+            )
+        if not np.isfinite(volume).all():
+            raise InferenceError(f"{model_name}: volume contains NaN or infinite values")
+        batch = volume[None, ...] if contract.max_batch_size > 0 else volume
+        if self.protocol == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc
+        t0 = time.monotonic()
+
+        def run() -> Any:
+            inp = tc.InferInput(contract.input.name, list(batch.shape), "FP32")
+            inp.set_data_from_numpy(batch)
+            outs = [
+                tc.InferRequestedOutput(PROBABILITY),
+                tc.InferRequestedOutput(SLICE_PROBABILITIES),
+            ]
+            return self._c.infer(model_name, [inp], outputs=outs, **self._kw())
+
+        result = self._call(f"inference on {model_name!r}", run)
+        try:
+            prob = np.asarray(result.as_numpy(PROBABILITY), dtype=np.float64).reshape(-1)
+            slices = np.asarray(result.as_numpy(SLICE_PROBABILITIES), dtype=np.float32).reshape(-1)
+            response = result.get_response()
+        except Exception as exc:
+            raise InferenceError(f"{model_name}: unreadable response: {exc}") from exc
+        if prob.size != 1 or not np.isfinite(prob).all() or not 0.0 <= prob[0] <= 1.0:
+            raise InferenceError(f"{model_name}: probability output is not one value in [0, 1]")
+        expected = contract.output(SLICE_PROBABILITIES).dims[0]
+        if slices.size != expected:
+            raise InferenceError(
+                f"{model_name}: {slices.size} slice probabilities, contract says {expected}"
+            )
+        triton_version = (
+            response.get("model_version", "")
+            if isinstance(response, Mapping)
+            else getattr(response, "model_version", "")
+        )
+        version = "/".join(v for v in (contract.version, str(triton_version)) if v)
+        probability = float(prob[0])
+        log.debug("%s answered in %.3f s: p=%.3f", model_name, time.monotonic() - t0, probability)
+        return ModelOutput(
+            model_name=model_name,
+            model_version=version,
+            probability=probability,
+            slice_probabilities=slices,
+            threshold=contract.threshold,
+            positive=probability >= contract.threshold,
+            key_slice=int(np.argmax(slices)),
+        )

@@ -1,0 +1,299 @@
+"""From the instances of a study to the model input: pick the series, load it in HU, resample.
+
+- :func:`select_series` picks the one CT image series a model should see, from the ``Instance``
+  rows alone (no file access): CT only; localizers/scouts, secondary-capture and dose screens
+  dropped; original/primary preferred over derived/secondary, axial preferred, then the
+  thinnest reasonable slices (>= 0.5 mm), then the most images.
+- :func:`load_volume` reads the files of one series, orders the slices by ImagePositionPatient
+  projected on the slice normal (cross product of the ImageOrientationPatient vectors) - never by
+  InstanceNumber - which is right for gantry tilt and uneven spacing, and converts stored values
+  to Hounsfield units (slope/intercept; padding and values below -1024 become -1024).
+- :func:`resample` brings a volume to the model grid (default 64 x 128 x 128): linear along the
+  slice normal by physical position (uneven spacing handled), area-average in-plane. Slices stay
+  in acquisition geometry (a tilted gantry is not de-sheared).
+
+Anything a model may not judge raises :class:`~triage.errors.NotAssessable` with a reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from triage.errors import NotAssessable
+from triage.store.models import Instance
+
+log = logging.getLogger(__name__)
+
+MIN_SLICES = 8
+MIN_THICKNESS_MM = 0.5
+MODEL_SHAPE = (64, 128, 128)
+HU_MIN = -1024.0
+HU_MAX = 4095.0
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+# SOP classes that are never a CT image volume (secondary capture, dose reports, PR, SR...)
+_NOT_VOLUME_SOP_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture (incl. multi-frame variants .7.x)
+    "1.2.840.10008.5.1.4.1.1.88.",  # Structured reports (incl. dose SR)
+    "1.2.840.10008.5.1.4.1.1.11.",  # Presentation states
+    "1.2.840.10008.5.1.4.1.1.104.",  # Encapsulated documents
+)
+_LOCALIZER_WORDS = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM")
+_SCREEN_DESCRIPTION_WORDS = ("DOSE", "EXAM SUMMARY", "SCREEN SAVE", "PATIENT PROTOCOL")
+
+
+@dataclass
+class Volume:
+    """A CT series in Hounsfield units. ``hu`` is [z, y, x], z ascending inferior -> superior."""
+
+    hu: np.ndarray  # float32 [z, y, x]
+    z_positions: np.ndarray  # float64 [z], mm along the slice normal, ascending
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing) mm
+    slice_thickness: float | None
+    series_uid: str
+    paths: list[str] = field(default_factory=list)  # source file of each slice, in order
+    normal: tuple[float, float, float] = (0.0, 0.0, 1.0)  # slice normal (patient LPS)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        z, y, x = self.hu.shape
+        return (int(z), int(y), int(x))
+
+
+# -- series selection ---------------------------------------------------------------------------
+
+
+def _image_type(inst: Instance) -> list[str]:
+    return [v.strip().upper() for v in (inst.image_type or "").split("\\")]
+
+
+def _excluded(inst: Instance) -> str | None:
+    """Why this instance can never be part of a model input volume (None: it can)."""
+    if (inst.modality or "").upper() != "CT":
+        return f"modality {inst.modality or '?'}"
+    sop = inst.sop_class_uid or ""
+    if sop.startswith(_NOT_VOLUME_SOP_PREFIXES) or sop == "1.2.840.10008.5.1.4.1.1.7":
+        return f"SOP class {sop} is not a CT image"
+    if any(w in v for v in _image_type(inst) for w in _LOCALIZER_WORDS):
+        return "localizer"
+    desc = (inst.series_description or "").upper()
+    if any(w in desc for w in _SCREEN_DESCRIPTION_WORDS):
+        return f"series description {inst.series_description!r}"
+    return None
+
+
+def select_series(instances: Sequence[Instance]) -> list[Instance]:
+    """The instances of the best CT image series of a study (ordered as given).
+
+    Raises NotAssessable when no series qualifies (no CT, only localizers/screens, or every
+    candidate has fewer than MIN_SLICES images).
+    """
+    series: dict[str, list[Instance]] = {}
+    for inst in instances:
+        series.setdefault(inst.series_uid, []).append(inst)
+    if not series:
+        raise NotAssessable("no images in the study")
+
+    candidates: list[tuple[tuple[float, ...], str]] = []
+    rejected: list[str] = []
+    for uid, items in series.items():
+        usable = [i for i in items if _excluded(i) is None]
+        if not usable:
+            rejected.append(f"{uid}: {_excluded(items[0])}")
+            continue
+        if len(usable) < MIN_SLICES:
+            rejected.append(f"{uid}: {len(usable)} images (< {MIN_SLICES})")
+            continue
+        types = Counter(tuple(_image_type(i)) for i in usable).most_common(1)[0][0]
+        derived = (len(types) > 0 and types[0] == "DERIVED") or (
+            len(types) > 1 and types[1] == "SECONDARY"
+        )
+        axial = "AXIAL" in types
+        thick = [i.slice_thickness for i in usable if i.slice_thickness]
+        thickness = float(np.median(thick)) if thick else math.inf
+        reasonable = thickness >= MIN_THICKNESS_MM
+        # bigger is better in every position of the key
+        key = (
+            0.0 if derived else 1.0,
+            1.0 if axial else 0.0,
+            1.0 if reasonable else 0.0,
+            -thickness if reasonable and math.isfinite(thickness) else -1e9,
+            float(len(usable)),
+        )
+        candidates.append((key, uid))
+    if not candidates:
+        raise NotAssessable("no CT image series to assess (" + "; ".join(rejected) + ")")
+    best = max(candidates)[1]
+    return [i for i in series[best] if _excluded(i) is None]
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Slice:
+    path: str
+    position: float
+    hu: np.ndarray
+
+
+def _floats(value: object, n: int) -> list[float] | None:
+    try:
+        out = [float(v) for v in value]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(math.isfinite(v) for v in out) else None
+
+
+def load_volume(paths: Sequence[Path | str]) -> Volume:
+    """Read one CT series and return it in HU, slices ordered inferior -> superior.
+
+    Files that are not DICOM, not CT, lack geometry, or whose size differs from the majority are
+    skipped (logged). Raises NotAssessable when fewer than MIN_SLICES slices remain, when the
+    series is not CT, or when the slices are not (roughly) axial.
+    """
+    headers: list[tuple[str, Dataset]] = []
+    modalities: Counter[str] = Counter()
+    for p in paths:
+        try:
+            ds: Dataset = pydicom.dcmread(str(p), force=False)
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            log.warning("skipping %s: not readable DICOM (%s)", p, exc)
+            continue
+        modality = str(ds.get("Modality", "")).upper()
+        modalities[modality] += 1
+        if modality != "CT":
+            continue
+        if "PixelData" not in ds:
+            log.warning("skipping %s: no pixel data", p)
+            continue
+        headers.append((str(p), ds))
+    if not headers:
+        if modalities:
+            found = ", ".join(sorted(m or "?" for m in modalities))
+            raise NotAssessable(f"not a CT series (modality {found})")
+        raise NotAssessable("no readable DICOM images")
+
+    sizes = Counter((int(ds.Rows), int(ds.Columns)) for _, ds in headers)
+    size = sizes.most_common(1)[0][0]
+    orientations = [
+        o for _, ds in headers if (o := _floats(ds.get("ImageOrientationPatient"), 6)) is not None
+    ]
+    if not orientations:
+        raise NotAssessable("no ImageOrientationPatient: cannot order slices")
+    iop = np.median(np.array(orientations), axis=0)
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    norm = float(np.linalg.norm(normal))
+    if norm < 1e-3:
+        raise NotAssessable("degenerate ImageOrientationPatient")
+    normal = normal / norm
+    if abs(normal[2]) < 0.5:  # more than 60 degrees from axial: sagittal/coronal
+        raise NotAssessable("series is not axial (slice normal far from the patient z axis)")
+    if normal[2] < 0:
+        normal = -normal  # positions then increase inferior -> superior (LPS: +z is superior)
+
+    slices: list[_Slice] = []
+    spacing: tuple[float, float] | None = None
+    thickness: list[float] = []
+    series_uid = ""
+    for path, ds in headers:
+        if (int(ds.Rows), int(ds.Columns)) != size:
+            log.warning("skipping %s: %dx%d differs from %dx%d", path, ds.Rows, ds.Columns, *size)
+            continue
+        ipp = _floats(ds.get("ImagePositionPatient"), 3)
+        if ipp is None:
+            log.warning("skipping %s: no ImagePositionPatient", path)
+            continue
+        try:
+            stored = ds.pixel_array
+        except Exception as exc:  # pydicom raises many types for undecodable pixel data
+            log.warning("skipping %s: cannot decode pixel data (%s)", path, exc)
+            continue
+        if stored.ndim != 2:
+            log.warning("skipping %s: %d-dimensional pixel data", path, stored.ndim)
+            continue
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        hu = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        pad = ds.get("PixelPaddingValue")
+        if pad is not None:
+            hu[stored == pad] = HU_MIN
+        np.clip(hu, HU_MIN, HU_MAX, out=hu)
+        slices.append(_Slice(path, float(np.dot(ipp, normal)), hu))
+        if spacing is None and (ps := _floats(ds.get("PixelSpacing"), 2)) is not None:
+            spacing = (ps[0], ps[1])
+        if (st := ds.get("SliceThickness")) not in (None, ""):
+            with contextlib.suppress(TypeError, ValueError):
+                thickness.append(float(st))
+        series_uid = series_uid or str(ds.get("SeriesInstanceUID", ""))
+
+    slices.sort(key=lambda s: s.position)
+    unique: list[_Slice] = []
+    for s in slices:
+        if unique and abs(s.position - unique[-1].position) < 1e-3:
+            log.warning("skipping %s: duplicate slice position %.3f", s.path, s.position)
+            continue
+        unique.append(s)
+    if len(unique) < MIN_SLICES:
+        raise NotAssessable(f"too few slices: {len(unique)} usable (need >= {MIN_SLICES})")
+    return Volume(
+        hu=np.stack([s.hu for s in unique]).astype(np.float32, copy=False),
+        z_positions=np.array([s.position for s in unique], dtype=np.float64),
+        pixel_spacing=spacing or (1.0, 1.0),
+        slice_thickness=float(np.median(thickness)) if thickness else None,
+        series_uid=series_uid,
+        paths=[s.path for s in unique],
+        normal=(float(normal[0]), float(normal[1]), float(normal[2])),
+    )
+
+
+# -- resampling ---------------------------------------------------------------------------------
+
+
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] matrix averaging input cells over each output cell's extent."""
+    edges = np.linspace(0.0, n_in, n_out + 1)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    cells = np.arange(n_in, dtype=np.float64)[None, :]
+    overlap = np.clip(np.minimum(hi, cells + 1) - np.maximum(lo, cells), 0.0, None)
+    return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def z_sample_positions(volume: Volume, n: int) -> np.ndarray:
+    """The n physical positions (mm along the normal) that :func:`resample` samples."""
+    return np.linspace(volume.z_positions[0], volume.z_positions[-1], n)
+
+
+def resample(volume: Volume, shape: tuple[int, int, int] = MODEL_SHAPE) -> np.ndarray:
+    """``volume.hu`` on a [z, y, x] = ``shape`` grid, float32 HU, inferior -> superior.
+
+    Along z: linear interpolation at ``shape[0]`` evenly spaced physical positions between the
+    first and last slice (uneven spacing is handled by position, not index). In-plane: area
+    average (exact block means when shrinking 512 -> 128).
+    """
+    nz, ny, nx = shape
+    z = volume.z_positions
+    if len(z) < 2 or volume.hu.shape[0] != len(z):
+        raise NotAssessable("cannot resample fewer than 2 slices")
+    targets = z_sample_positions(volume, nz)
+    upper = np.clip(np.searchsorted(z, targets, side="right"), 1, len(z) - 1)
+    lower = upper - 1
+    w = ((targets - z[lower]) / (z[upper] - z[lower])).clip(0.0, 1.0).astype(np.float32)
+    hu = volume.hu
+    stack = hu[lower] * (1.0 - w)[:, None, None] + hu[upper] * w[:, None, None]
+    wy = _area_weights(hu.shape[1], ny)
+    wx = _area_weights(hu.shape[2], nx)
+    out = np.einsum("yi,zij,xj->zyx", wy, stack, wx, optimize=True)
+    return np.ascontiguousarray(out, dtype=np.float32)
