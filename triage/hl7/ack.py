@@ -1,0 +1,184 @@
+"""HL7 v2 acknowledgements (original mode ACK).
+
+An ACK answers the message it acknowledges: MSH-3/4 and MSH-5/6 are the inbound MSH-5/6 and
+MSH-3/4 swapped, MSH-11 and MSH-12 echo the inbound processing id and version (2.5.1 when the
+inbound version cannot be read), MSH-10 is a fresh control id, MSA-2 echoes the inbound MSH-10.
+AE and AR carry an ERR segment: ERR-2 location (when known), ERR-3 table-0357 code, ERR-4
+severity ``E``, ERR-8 the user message; for versions before 2.5 ERR-1 carries the same in the
+older ELD layout. Building an ACK never fails: a message that could not be parsed is answered
+from whatever MSH fields can be read by splitting its first line.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+
+from triage.errors import HL7Error
+from triage.hl7.parse import MessageHeader, escape, peek_header, split_message
+
+DEFAULT_VERSION = "2.5.1"
+ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
+
+# HL7 table 0357 (message error condition codes)
+ERROR_TEXT: dict[int, str] = {
+    0: "Message accepted",
+    100: "Segment sequence error",
+    101: "Required field missing",
+    102: "Data type error",
+    103: "Table value not found",
+    200: "Unsupported message type",
+    201: "Unsupported event code",
+    202: "Unsupported processing id",
+    203: "Unsupported version id",
+    204: "Unknown key identifier",
+    205: "Duplicate key identifier",
+    206: "Application record locked",
+    207: "Application internal error",
+}
+
+_VERSION = re.compile(r"^2\.\d(\.\d)?$")
+_LOCATION = re.compile(r"^[A-Z][A-Z0-9]{2}(\^\d*){0,5}$")
+
+
+def new_control_id() -> str:
+    """A fresh message control id (20 characters, fits MSH-10 in every v2 version)."""
+    return uuid.uuid4().hex[:20].upper()
+
+
+def hl7_timestamp(when: datetime | None = None) -> str:
+    """``YYYYMMDDHHMMSS`` in UTC with an explicit ``+0000`` offset."""
+    when = when or datetime.now(UTC)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in version.split("."))
+    except ValueError:
+        return (2, 5, 1)
+
+
+def build_ack(
+    inbound: str | MessageHeader | None,
+    ack_code: str = "AA",
+    *,
+    hl7_code: int | None = None,
+    text: str = "",
+    location: str = "",
+    sending_application: str = "TRIAGE",
+    sending_facility: str = "TRIAGE",
+    control_id: str | None = None,
+    when: datetime | None = None,
+) -> str:
+    """An ACK for ``inbound`` (raw text, an already-read header, or None when nothing could be
+    read). ``ack_code`` is AA, AE or AR (CA/CE/CR accepted too). ``hl7_code`` (table 0357),
+    ``text`` and ``location`` (ERL form, e.g. ``ORC^1^1``) go into ERR for AE/AR; AE/AR
+    without ``hl7_code`` use 207. Our application/facility are used where the inbound MSH-5/6
+    are empty. Segments are separated by CR; no trailing CR after the last segment."""
+    code = ack_code.upper()
+    if code not in ACK_CODES:
+        raise ValueError(f"invalid ACK code {ack_code!r}")
+    if isinstance(inbound, MessageHeader):
+        header: MessageHeader | None = inbound
+    elif isinstance(inbound, str):
+        header = peek_header(inbound)
+    else:
+        header = None
+    h = header or MessageHeader()
+
+    version = h.version if _VERSION.match(h.version) else DEFAULT_VERSION
+    vt = _version_tuple(version)
+    trigger = escape(h.trigger) if h.trigger.isalnum() else ""
+    if vt >= (2, 4) and trigger:
+        msg_type = f"ACK^{trigger}^ACK"
+    elif vt >= (2, 3) and trigger:
+        msg_type = f"ACK^{trigger}"
+    else:
+        msg_type = "ACK"
+    processing = h.processing_id if h.processing_id in ("P", "D", "T") else "P"
+
+    msh = "|".join(
+        [
+            "MSH",
+            "^~\\&",
+            escape(h.receiving_application or sending_application),
+            escape(h.receiving_facility or sending_facility),
+            escape(h.sending_application),
+            escape(h.sending_facility),
+            hl7_timestamp(when),
+            "",
+            msg_type,
+            escape(control_id or new_control_id()),
+            processing,
+            version,
+        ]
+    )
+    segments = [msh]
+    negative = code in ("AE", "AR", "CE", "CR")
+    err_code = hl7_code if hl7_code is not None else (207 if negative else 0)
+    msa = ["MSA", code, escape(h.control_id)]
+    if negative and text:
+        msa.append(escape(text[:80]))
+    segments.append("|".join(msa))
+    if negative:
+        segments.append(_err_segment(err_code, text, location, vt))
+    return "\r".join(segments)
+
+
+def _err_segment(code: int, text: str, location: str, version: tuple[int, ...]) -> str:
+    label = ERROR_TEXT.get(code, "")
+    loc = location if _LOCATION.match(location or "") else escape(location or "")
+    fields = [""] * 9
+    fields[0] = "ERR"
+    if version < (2, 5):
+        # ERR-1 (ELD): segment^sequence^field^code&text&HL70357
+        parts = [*loc.split("^"), "", "", ""][:3] if loc else ["", "", ""]
+        fields[1] = "^".join([*parts, f"{code}&{escape(label)}&HL70357"])
+    fields[2] = loc
+    fields[3] = f"{code}^{escape(label)}^HL70357"
+    fields[4] = "E"
+    fields[8] = escape(text[:250])
+    while fields and not fields[-1]:
+        fields.pop()
+    return "|".join(fields)
+
+
+def ack_for_error(
+    inbound: str | MessageHeader | None,
+    error: HL7Error,
+    *,
+    sending_application: str = "TRIAGE",
+    sending_facility: str = "TRIAGE",
+    control_id: str | None = None,
+) -> str:
+    """The AE/AR ACK for ``error`` (its ack_code, hl7_code, message and location)."""
+    return build_ack(
+        inbound,
+        error.ack_code,
+        hl7_code=error.hl7_code,
+        text=str(error),
+        location=error.location,
+        sending_application=sending_application,
+        sending_facility=sending_facility,
+        control_id=control_id,
+    )
+
+
+def read_ack(ack: str) -> tuple[str, str, str]:
+    """(MSA-1, MSA-2, error text) of an ACK; empty strings when absent. Never raises."""
+    try:
+        msg = split_message(ack, strict=False)
+    except HL7Error:
+        return "", "", ""
+    msa = msg.first("MSA")
+    if msa is None:
+        return "", "", ""
+    err = msg.first("ERR")
+    detail = ""
+    if err is not None:
+        detail = err.get(8) or err.get(3, 2) or err.get(1, 4, 2)
+    return msa.get(1).upper(), msa.get(2), detail or msa.get(3)

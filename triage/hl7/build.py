@@ -1,0 +1,256 @@
+"""Messages we send to the RIS, built with hl7apy in HL7 v2.5.1.
+
+Why 2.5.1: it is the version of the IHE radiology profiles (OMI/ORU), it still carries the
+priority in ORC-7.6 / OBR-27.6 (TQ, kept for backward compatibility) which RIS of every age
+read, and OBR-5 as well. Each segment is written as ER7 text with every value escaped by us
+(hl7apy escapes ``|`` and ``\\`` but not ``^`` and ``&``), parsed into an hl7apy segment and
+placed into the hl7apy message structure (ORM_O01 / ORU_R01 groups), so the result is
+structurally what hl7apy expects and can be read back by it.
+
+- :func:`build_order_change`: ORM^O01 with ORC-1 = XO (change order) carrying the new priority.
+- :func:`build_ai_result`: ORU^R01 with the AI result as OBX segments.
+
+Both return the message as text with CR segment separators, MSH-3..6 from the settings and a
+fresh MSH-10 (or the ``control_id`` passed in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Group, Message
+from hl7apy.parser import parse_segment
+
+from triage.config import Settings
+from triage.hl7.ack import hl7_timestamp, new_control_id
+from triage.hl7.parse import escape, normalise_priority
+
+VERSION = "2.5.1"
+DISCLAIMER = "AI triage aid; model trained on synthetic phantoms; not for clinical use"
+CODING_SYSTEM = "L"  # local codes for our OBX-3 identifiers
+
+FINDINGS: dict[str, tuple[str, str, str]] = {
+    # finding -> (code, text, OBX-8 abnormal flag)
+    "positive": ("POS", "Positive", "A"),
+    "negative": ("NEG", "Negative", "N"),
+    "not_assessable": ("NA", "Not assessable", ""),
+}
+
+
+@dataclass(frozen=True)
+class OrderRef:
+    """The order a message is about. Numbers and names use ``^`` between components, as the
+    parser stores them (``"A103Z^MESA_ORDPLC"``, ``"DOE^JANE"``)."""
+
+    accession_number: str
+    placer_order_number: str = ""
+    filler_order_number: str = ""
+    patient_id: str = ""
+    patient_name: str = ""
+    patient_class: str = ""
+    procedure_code: str = ""
+    procedure_text: str = ""
+    modality: str = ""
+    study_uid: str = ""
+
+    @classmethod
+    def from_row(cls, row: Any, **overrides: str) -> OrderRef:
+        """From any object with these attribute names (an Order row, a ParsedOrder)."""
+        values = {name: str(getattr(row, name, "") or "") for name in cls.__dataclass_fields__}
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class AIResult:
+    """One model result for one study."""
+
+    model_name: str
+    finding: str  # positive, negative, not_assessable
+    model_version: str = ""
+    probability: float | None = None
+    threshold: float | None = None
+    finding_name: str = ""  # what the model looks for, e.g. "Pulmonary embolism"
+    reasons: Sequence[str] = field(default_factory=tuple)
+    observed_at: datetime | None = None
+
+
+def _components(value: str) -> str:
+    """Escape each ``^``-separated component of a stored value."""
+    return "^".join(escape(part) for part in value.split("^"))
+
+
+def _segment(*fields: str) -> Any:
+    text = "|".join(fields).rstrip("|")
+    return parse_segment(text, version=VERSION, validation_level=VALIDATION_LEVEL.TOLERANT)
+
+
+def _message(
+    settings: Settings, structure: str, msg_type: str, control_id: str, when: str
+) -> Message:
+    msg = Message(structure, version=VERSION, validation_level=VALIDATION_LEVEL.TOLERANT)
+    msg.msh = parse_segment(
+        "|".join(
+            [
+                "MSH",
+                "^~\\&",
+                escape(settings.sending_application),
+                escape(settings.sending_facility),
+                escape(settings.receiving_application),
+                escape(settings.receiving_facility),
+                when,
+                "",
+                msg_type,
+                escape(control_id),
+                "P",
+                VERSION,
+            ]
+        ),
+        version=VERSION,
+        validation_level=VALIDATION_LEVEL.TOLERANT,
+    )
+    return msg
+
+
+def _pid(order: OrderRef) -> Any:
+    return _segment(
+        "PID", "1", "", _components(order.patient_id), "", _components(order.patient_name)
+    )
+
+
+def _procedure(order: OrderRef) -> str:
+    if not order.procedure_code and not order.procedure_text:
+        return ""
+    return f"{escape(order.procedure_code)}^{escape(order.procedure_text)}^{CODING_SYSTEM}"
+
+
+def _to_text(msg: Message) -> str:
+    return str(msg.to_er7()).replace("\r\r", "\r").strip("\r")
+
+
+def build_order_change(
+    settings: Settings,
+    order: OrderRef,
+    new_priority: str,
+    *,
+    reason: str = "",
+    control_id: str | None = None,
+    when: datetime | None = None,
+) -> str:
+    """ORM^O01 (v2.5.1) asking the RIS to change the order's priority.
+
+    PID-3/5 from the order; ORC-1 ``XO``, ORC-2/3 placer/filler numbers, ORC-7.6 the priority,
+    ORC-9 now, ORC-16 the reason (text); OBR-2/3 the numbers, OBR-4 the procedure, OBR-5 and
+    OBR-27.6 the priority, OBR-18 the accession number, OBR-24 the modality.
+    ``new_priority`` must be a table-0027 code or word (S, A, R, P, C, T, STAT...).
+    """
+    priority = normalise_priority(new_priority)
+    if not priority:
+        raise ValueError(f"not a priority code: {new_priority!r}")
+    if not order.accession_number and not order.filler_order_number:
+        raise ValueError("an order change needs an accession or filler order number")
+    now = hl7_timestamp(when)
+    msg = _message(settings, "ORM_O01", "ORM^O01^ORM_O01", control_id or new_control_id(), now)
+    patient = msg.add_group("ORM_O01_PATIENT")
+    patient.add(_pid(order))
+    if order.patient_class:
+        visit = patient.add_group("ORM_O01_PATIENT_VISIT")
+        visit.add(_segment("PV1", "1", escape(order.patient_class)))
+    grp: Group = msg.add_group("ORM_O01_ORDER")
+    placer = _components(order.placer_order_number)
+    filler = _components(order.filler_order_number)
+    timing = f"^^^^^{priority}"
+    grp.add(
+        _segment(
+            "ORC", "XO", placer, filler, "", "", "", timing, "", now,
+            "", "", "", "", "", "", f"^{escape(reason)}" if reason else "",
+        )
+    )  # fmt: skip
+    detail = grp.add_group("ORM_O01_ORDER_DETAIL")
+    choice = detail.add_group("ORM_O01_OBRRQDRQ1RXOODSODT_SUPPGRP")
+    obr = ["OBR", "1", placer, filler, _procedure(order), priority]
+    obr += [""] * 12  # OBR-6 .. OBR-17
+    obr += [escape(order.accession_number)]  # OBR-18
+    obr += [""] * 5  # OBR-19 .. OBR-23
+    obr += [escape(order.modality)]  # OBR-24
+    obr += ["", ""]  # OBR-25, OBR-26
+    obr += [timing]  # OBR-27
+    choice.add(_segment(*obr))
+    return _to_text(msg)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}".rstrip("0").rstrip(".") or "0"
+
+
+def build_ai_result(
+    settings: Settings,
+    order: OrderRef,
+    result: AIResult,
+    *,
+    control_id: str | None = None,
+    when: datetime | None = None,
+) -> str:
+    """ORU^R01 (v2.5.1) with one AI result, result status ``P`` (preliminary: it is a triage
+    aid, never the report).
+
+    ORC-1 ``RE``; OBR-2/3/4/18/24 as in the order, OBR-7 the observation time, OBR-25 ``P``;
+    OBX (local codes, coding system ``L``): ``AI-MODEL`` (ST name), ``AI-MODEL-VERSION`` (ST),
+    ``AI-PROB`` (NM probability), ``AI-THRESHOLD`` (NM, when known), ``AI-FINDING`` (CE
+    POS/NEG/NA, OBX-8 A/N), one ``AI-REASON`` (ST) per reason, ``AI-DISCLAIMER`` (ST), and the
+    Study Instance UID (``113014^DICOM Study^DCM``, HD) when known. OBX-11 ``P``.
+    """
+    if result.finding not in FINDINGS:
+        raise ValueError(f"finding must be one of {', '.join(FINDINGS)}: {result.finding!r}")
+    now = hl7_timestamp(when)
+    observed = hl7_timestamp(result.observed_at) if result.observed_at else now
+    msg = _message(settings, "ORU_R01", "ORU^R01^ORU_R01", control_id or new_control_id(), now)
+    pr = msg.add_group("ORU_R01_PATIENT_RESULT")
+    patient = pr.add_group("ORU_R01_PATIENT")
+    patient.add(_pid(order))
+    if order.patient_class:
+        visit = patient.add_group("ORU_R01_VISIT")
+        visit.add(_segment("PV1", "1", escape(order.patient_class)))
+    oo = pr.add_group("ORU_R01_ORDER_OBSERVATION")
+    placer = _components(order.placer_order_number)
+    filler = _components(order.filler_order_number)
+    oo.add(_segment("ORC", "RE", placer, filler))
+    obr = ["OBR", "1", placer, filler, _procedure(order) or "AI^AI triage^L", "", "", observed]
+    obr += [""] * 10  # OBR-8 .. OBR-17
+    obr += [escape(order.accession_number)]  # OBR-18
+    obr += [""] * 5  # OBR-19 .. OBR-23
+    obr += [escape(order.modality), "P"]  # OBR-24, OBR-25
+    oo.add(_segment(*obr))
+
+    code, text, flag = FINDINGS[result.finding]
+    what = f"AI finding: {result.finding_name}" if result.finding_name else "AI finding"
+    rows: list[tuple[str, str, str, str, str]] = [
+        ("ST", "AI-MODEL^AI model^L", "", escape(result.model_name), ""),
+        ("ST", "AI-MODEL-VERSION^AI model version^L", "", escape(result.model_version), ""),
+    ]
+    if result.probability is not None:
+        rows.append(("NM", "AI-PROB^AI probability^L", "", _number(result.probability), ""))
+    if result.threshold is not None:
+        rows.append(
+            ("NM", "AI-THRESHOLD^AI decision threshold^L", "", _number(result.threshold), "")
+        )
+    rows.append(("CE", f"AI-FINDING^{escape(what)}^L", "", f"{code}^{text}^L", flag))
+    for i, reason in enumerate(result.reasons, start=1):
+        rows.append(("ST", "AI-REASON^AI triage reason^L", str(i), escape(reason), ""))
+    rows.append(("ST", "AI-DISCLAIMER^Disclaimer^L", "", escape(DISCLAIMER), ""))
+    if order.study_uid:
+        rows.append(("HD", "113014^DICOM Study^DCM", "", escape(order.study_uid), ""))
+    rows = [row for row in rows if row[3]]
+    for set_id, (vtype, ident, sub_id, value, abnormal) in enumerate(rows, start=1):
+        obs = oo.add_group("ORU_R01_OBSERVATION")
+        obs.add(
+            _segment(
+                "OBX", str(set_id), vtype, ident, sub_id, value, "", "", abnormal, "", "",
+                "P", "", "", observed,
+            )
+        )  # fmt: skip
+    return _to_text(msg)
