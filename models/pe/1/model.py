@@ -1,14 +1,16 @@
 """PLACEHOLDER pulmonary-embolism model for the Triton Python backend (numpy only).
 
 NOT a trained network and NOT for clinical use. It computes a real, explainable statistic of the
-input volume so that the engine can be exercised end to end on synthetic phantoms:
+input volume so that the engine can be exercised end to end on synthetic phantoms. The input is
+already area-averaged to the model grid, so no further smoothing is applied.
 
-1. light in-plane smoothing (3 x 3 box mean) of the Hounsfield-unit volume;
-2. contrast-enhanced vessel voxels: smoothed value within [VESSEL_LOW, VESSEL_HIGH] HU;
-3. candidate filling-defect (thrombus) voxels: smoothed value within [CLOT_LOW, CLOT_HIGH] HU,
-   not near bone (raw > BONE_HU dilated by BONE_MARGIN voxels), and ENCLOSED by vessel: in each
-   of the four in-plane directions (+x, -x, +y, -y) a vessel voxel lies within REACH voxels;
-4. the candidate count n is mapped through a logistic on log(1 + n):
+1. contrast-enhanced vessel voxels: value within [VESSEL_LOW, VESSEL_HIGH] HU;
+2. candidate filling-defect (thrombus) voxels: value within [CLOT_LOW, CLOT_HIGH] HU, not near
+   bone (> BONE_HU dilated by BONE_MARGIN voxels), with vessel within REACH voxels in at least
+   NEED of the four in-plane directions (+x, -x, +y, -y), with lung (< LUNG_HU) within
+   LUNG_REACH voxels in some in-plane direction (a pulmonary artery, not the mediastinum), and
+   present on both neighbouring slices (an embolus extends along the vessel);
+3. the candidate count n is mapped through a logistic on log(1 + n):
    p = sigmoid(SLOPE * (log(1 + n) - log(1 + N_HALF))); per slice the same with N_HALF_SLICE.
 
 Tensor contract (see models/README.md): input "volume" FP32 [B, 64, 128, 128] (HU, slices
@@ -22,30 +24,19 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 SHAPE = (64, 128, 128)
-VESSEL_LOW = 200.0
+VESSEL_LOW = 150.0
 VESSEL_HIGH = 700.0
 CLOT_LOW = 20.0
 CLOT_HIGH = 70.0
 BONE_HU = 700.0
 BONE_MARGIN = 2
-REACH = 6
-N_HALF = 10.0
+REACH = 3
+NEED = 3
+LUNG_HU = -500.0
+LUNG_REACH = 4
+N_HALF = 12.0
 N_HALF_SLICE = 3.0
 SLOPE = 2.0
-
-
-def box_mean_inplane(vol, r=1):
-    """Mean over a (2r+1) x (2r+1) in-plane window, edges replicated. vol: [z, y, x]."""
-    out = vol.astype(np.float32, copy=True)
-    for axis in (1, 2):
-        pad = [(0, 0)] * 3
-        pad[axis] = (r + 1, r)
-        c = np.cumsum(np.pad(out, pad, mode="edge"), axis=axis, dtype=np.float64)
-        n = out.shape[axis]
-        hi = np.take(c, np.arange(2 * r + 1, 2 * r + 1 + n), axis=axis)
-        lo = np.take(c, np.arange(0, n), axis=axis)
-        out = ((hi - lo) / (2 * r + 1)).astype(np.float32)
-    return out
 
 
 def shifted(mask, axis, k):
@@ -76,20 +67,28 @@ def logistic(n, n_half):
     return 1.0 / (1.0 + np.exp(-SLOPE * (np.log1p(n) - np.log1p(n_half))))
 
 
+def directions_hit(mask, reach):
+    """Per voxel: in how many of the 4 in-plane directions ``mask`` lies within ``reach``."""
+    hits = np.zeros(mask.shape, dtype=np.int8)
+    for axis in (1, 2):
+        for sign in (1, -1):
+            hit = np.zeros_like(mask)
+            for k in range(1, reach + 1):
+                hit |= shifted(mask, axis, sign * k)
+            hits += hit
+    return hits
+
+
 def score(vol):
     """(probability, slice_probabilities[64]) for one HU volume [64, 128, 128]."""
     vol = np.nan_to_num(vol.astype(np.float32), nan=-1024.0)
-    smooth = box_mean_inplane(vol, 1)
-    vessel = (smooth >= VESSEL_LOW) & (smooth <= VESSEL_HIGH)
+    vessel = (vol >= VESSEL_LOW) & (vol <= VESSEL_HIGH)
     near_bone = dilate(vol > BONE_HU, BONE_MARGIN)
-    enclosed = ~near_bone & (smooth >= CLOT_LOW) & (smooth <= CLOT_HIGH)
-    for axis in (1, 2):
-        for sign in (1, -1):
-            hit = np.zeros_like(vessel)
-            for k in range(1, REACH + 1):
-                hit |= shifted(vessel, axis, sign * k)
-            enclosed &= hit
-    per_slice = enclosed.sum(axis=(1, 2)).astype(np.float64)
+    clot = ~near_bone & (vol >= CLOT_LOW) & (vol <= CLOT_HIGH)
+    clot &= directions_hit(vessel, REACH) >= NEED
+    clot &= directions_hit(vol < LUNG_HU, LUNG_REACH) >= 1
+    clot &= shifted(clot, 0, 1) & shifted(clot, 0, -1)
+    per_slice = clot.sum(axis=(1, 2)).astype(np.float64)
     p = logistic(per_slice.sum(), N_HALF)
     return np.float32(p), logistic(per_slice, N_HALF_SLICE).astype(np.float32)
 
