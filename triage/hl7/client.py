@@ -1,6 +1,7 @@
 """Synchronous MLLP client for sending our ORM/ORU messages to the RIS.
 
-One connection per message: connect, send one frame, wait for one framed ACK, close. Every
+:func:`send_message` uses one connection per message: connect, send one frame, wait for one
+framed ACK, close; :class:`MLLPConnection` keeps a connection for several messages. Every
 network failure (refused, timed out, closed before a complete ACK) is
 :class:`~triage.errors.RISUnavailable` (retry later); an ACK that is not AA/CA or that
 acknowledges another message is :class:`RISNegativeAck`, a
@@ -38,36 +39,69 @@ def decode_text(payload: bytes) -> str:
         return payload.decode("latin-1")
 
 
-def send_message(host: str, port: int, message: str, timeout: float) -> str:
-    """Send one message (UTF-8, CR separators) and return the ACK text.
+class MLLPConnection:
+    """One MLLP connection for any number of request/ACK exchanges (TCP_NODELAY on).
 
-    ``timeout`` bounds the connect and the whole wait for the ACK. Raises
-    :class:`~triage.errors.RISUnavailable` on any network failure.
+    ``timeout`` bounds the connect and each wait for an ACK. Every network failure raises
+    :class:`~triage.errors.RISUnavailable`; after one, the connection is closed.
     """
-    data = frame(message.encode("utf-8"))
-    deadline = time.monotonic() + timeout
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        raise RISUnavailable(f"cannot connect to RIS {host}:{port}: {exc}") from exc
-    with sock:
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self._decoder = MLLPDecoder(MAX_ACK_BYTES)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(data)
-            decoder = MLLPDecoder(MAX_ACK_BYTES)
+            self._sock: socket.socket | None = socket.create_connection(
+                (host, port), timeout=timeout
+            )
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            raise RISUnavailable(f"cannot connect to {host}:{port}: {exc}") from exc
+
+    def __enter__(self) -> MLLPConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def exchange(self, message: str | bytes) -> str:
+        """Send one message (str: UTF-8) and return the text of the next framed reply."""
+        if self._sock is None:
+            raise RISUnavailable(f"connection to {self.host}:{self.port} is closed")
+        data = frame(message.encode("utf-8") if isinstance(message, str) else message)
+        deadline = time.monotonic() + self.timeout
+        try:
+            self._sock.sendall(data)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError("no ACK within the timeout")
-                sock.settimeout(remaining)
-                chunk = sock.recv(65536)
+                self._sock.settimeout(remaining)
+                chunk = self._sock.recv(65536)
                 if not chunk:
                     raise ConnectionError("connection closed before a complete ACK")
-                frames = decoder.feed(chunk)
+                frames = self._decoder.feed(chunk)
                 if frames:
                     return decode_text(frames[0])
         except (OSError, MLLPError) as exc:
-            raise RISUnavailable(f"RIS {host}:{port}: {exc}") from exc
+            self.close()
+            raise RISUnavailable(f"{self.host}:{self.port}: {exc}") from exc
+
+
+def send_message(host: str, port: int, message: str, timeout: float) -> str:
+    """Send one message (UTF-8, CR separators) on a new connection; return the ACK text.
+
+    ``timeout`` bounds the connect and the wait for the ACK. Raises
+    :class:`~triage.errors.RISUnavailable` on any network failure.
+    """
+    with MLLPConnection(host, port, timeout) as conn:
+        return conn.exchange(message)
 
 
 def check_ack(ack: str, control_id: str) -> str:

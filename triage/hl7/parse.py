@@ -121,7 +121,7 @@ DEFAULT_DELIMITERS = Delimiters()
 
 
 def unescape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
-    """Decode HL7 escape sequences: \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ \\.br\\ (others dropped)."""
+    """Decode HL7 escape sequences: \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ \\.br\\."""
     e = d.escape
     if not e or e not in value:
         return value
