@@ -30,6 +30,7 @@ from typing import Any, TypedDict
 import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from triage.errors import DicomIngestError, StoreError
@@ -329,11 +330,13 @@ def _value(ds: Dataset, keyword: str) -> Any:
 
 
 def _values(value: Any) -> list[Any]:
+    """The values of an element as a list. Only real multi-values are split: a PersonName,
+    for one, is iterable (over its characters) but is a single value."""
     if value is None:
         return []
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        return [value]
-    return list(value)
+    if isinstance(value, MultiValue | list | tuple):
+        return list(value)
+    return [value]
 
 
 def _text(ds: Dataset, keyword: str, max_len: int | None = None, join: bool = True) -> str:

@@ -1,0 +1,379 @@
+"""The Storage SCP against real peers: dcmtk's storescu/echoscu, and pynetdicom as a client for
+what dcmtk will not send (hostile UIDs, garbage data sets)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import dcmtk, free_port
+from pydicom.dataset import Dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE, _config
+from sqlmodel import select
+
+from triage.config import Settings
+from triage.errors import ConfigError, StoreError
+from triage.ingest import dicom_scp
+from triage.ingest.dicom_scp import DicomListener
+from triage.store.db import Database
+from triage.store.models import Instance, Study
+from triage.synth import write_head_ct
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Running:
+    listener: DicomListener
+    host: str
+    port: int
+    db: Database
+    data_dir: Path
+    seen: list[str]
+
+
+@pytest.fixture
+def scp(tmp_path: Path) -> Iterator[Running]:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    settings = Settings(data_dir=data_dir, dicom_port=0, bind_host="127.0.0.1")
+    db = Database(settings.resolved_database_url)
+    db.create_all()
+    seen: list[str] = []
+    listener = DicomListener(settings, db, on_instance=seen.append)
+    host, port = listener.start()
+    try:
+        yield Running(listener, host, port, db, data_dir, seen)
+    finally:
+        listener.stop()
+        db.dispose()
+
+
+def storescu(run: Running, files: list[Path]) -> subprocess.CompletedProcess[str]:
+    cmd = [dcmtk("storescu"), "-aet", "TESTSCU", "-aec", "TRIAGE", run.host, str(run.port)]
+    return subprocess.run(
+        [*cmd, *map(str, files)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def instances(run: Running) -> list[Instance]:
+    with run.db.session() as s:
+        return list(s.exec(select(Instance)).all())
+
+
+def studies(run: Running) -> list[Study]:
+    with run.db.session() as s:
+        return list(s.exec(select(Study)).all())
+
+
+def stored_files(data_dir: Path) -> list[Path]:
+    """Everything under the data directory except the database files."""
+    return [p for p in data_dir.rglob("*") if p.is_file() and not p.name.startswith("triage.db")]
+
+
+def client_store(run: Running, items: list[Dataset | Path]) -> list[int]:
+    """Send with pynetdicom as the SCU; returns the C-STORE statuses."""
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate(run.host, run.port, ae_title="TRIAGE")
+    assert assoc.is_established
+    try:
+        statuses = []
+        for item in items:
+            rsp = assoc.send_c_store(item)
+            assert "Status" in rsp, "no response: the SCP dropped the association"
+            statuses.append(int(rsp.Status))
+        return statuses
+    finally:
+        assoc.release()
+
+
+# --------------------------------------------------------------------------- dcmtk peers
+
+
+def test_echoscu_succeeds(scp: Running) -> None:
+    res = subprocess.run(
+        [dcmtk("echoscu"), "-aet", "TESTSCU", "-aec", "TRIAGE", scp.host, str(scp.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def test_wrong_called_ae_title_is_rejected(scp: Running) -> None:
+    res = subprocess.run(
+        [dcmtk("echoscu"), "-aec", "NOTUS", scp.host, str(scp.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode != 0
+
+
+def test_storescu_synthetic_head_ct_is_stored_and_indexed(scp: Running, tmp_path: Path) -> None:
+    study = write_head_ct(
+        tmp_path / "src", hemorrhage=True, seed=11, patient_id="P-11", accession="ACC11"
+    )
+    res = storescu(scp, study.files)
+    assert res.returncode == 0, res.stderr
+
+    rows = instances(scp)
+    assert len(rows) == len(study.files) == 24
+    assert {r.study_uid for r in rows} == {study.study_uid}
+    assert {r.series_uid for r in rows} == {study.series_uid}
+    assert sorted(r.instance_number or 0 for r in rows) == list(range(1, 25))
+    assert {r.calling_ae for r in rows} == {"TESTSCU"}
+    for row in rows:
+        path = scp.data_dir / row.path
+        assert path.is_file() and path.stat().st_size == row.size_bytes
+        assert path.is_relative_to(scp.data_dir / "dicom" / study.study_uid / study.series_uid)
+        ds = pydicom.dcmread(path)
+        assert ds.SOPInstanceUID == row.sop_instance_uid
+        assert ds.file_meta.TransferSyntaxUID == row.transfer_syntax
+        assert ds.pixel_array.shape == (512, 512)
+        assert row.modality == "CT" and row.slice_thickness == 5.0
+
+    (st,) = studies(scp)
+    assert st.study_uid == study.study_uid
+    assert st.accession_number == "ACC11" and st.patient_id == "P-11"
+    assert st.body_part == "HEAD" and st.study_description == "CT HEAD WO CONTRAST"
+    assert st.contrast_agent == "" and st.instance_count == 24 and st.modality == "CT"
+    assert scp.seen == [study.study_uid] * 24
+    assert not [p for p in stored_files(scp.data_dir) if p.suffix != ".dcm"]
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    """The image files of a shared-data folder. Philips DIRFILE files carry a DICM preamble
+    but are directory records, not storable instances (see the data README)."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.name != "DIRFILE" and not p.name.startswith("LICENSE")
+    )
+
+
+def test_storescu_real_third_party_files(scp: Running, shared_data: Path) -> None:
+    dicom = shared_data / "dicom"
+    philips = dicom / "philips-head-phantom"
+    folders = [
+        dicom / "ge-head-ct",
+        philips / "S2010",
+        philips / "S1000",
+        philips / "S4010",
+        dicom / "lidc-chest-ct",
+        dicom / "dcm4che-wrist-mr",
+    ]
+    files = [f for folder in folders for f in _dicom_files(folder)]
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    expected_series = Counter(str(h.SeriesInstanceUID) for h in headers)
+    expected_studies = Counter(str(h.StudyInstanceUID) for h in headers)
+
+    res = storescu(scp, files)
+    assert res.returncode == 0, res.stderr
+
+    rows = instances(scp)
+    assert len(rows) == len(files) == len({h.SOPInstanceUID for h in headers})
+    assert Counter(r.series_uid for r in rows) == expected_series
+    by_study = {s.study_uid: s for s in studies(scp)}
+    assert {k: s.instance_count for k, s in by_study.items()} == dict(expected_studies)
+    assert all((scp.data_dir / r.path).is_file() for r in rows)
+    # The Philips phantom: brain, localizer and dose-screen series in one study.
+    philips_study = str(headers[len(_dicom_files(dicom / "ge-head-ct"))].StudyInstanceUID)
+    philips_rows = [r for r in rows if r.study_uid == philips_study]
+    assert Counter(r.series_number for r in philips_rows) == {201: 28, 100: 1, 401: 6}
+    assert any("LOCALIZER" in r.image_type for r in philips_rows)
+    lidc = next(s for s in by_study.values() if s.patient_id == "LIDC-IDRI-0314")
+    assert lidc.body_part == "CHEST" and lidc.instance_count == 100
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def _slice(tmp_path: Path, seed: int = 5) -> Dataset:
+    study = write_head_ct(
+        tmp_path / f"src{seed}",
+        hemorrhage=False,
+        seed=seed,
+        patient_id="P",
+        accession=f"A{seed}",
+        n_slices=2,
+        size=64,
+    )
+    return pydicom.dcmread(study.files[0])
+
+
+_COLUMN = {
+    "SOPInstanceUID": "sop_instance_uid",
+    "StudyInstanceUID": "study_uid",
+    "SeriesInstanceUID": "series_uid",
+}
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+@pytest.mark.parametrize("field", list(_COLUMN))
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "..", "1.2/../../../x", "/tmp/abs"])
+def test_hostile_uid_never_escapes_data_dir(
+    scp: Running, tmp_path: Path, field: str, bad: str
+) -> None:
+    ds = _slice(tmp_path)
+    setattr(ds, field, bad)
+    before = {p for p in tmp_path.rglob("*") if not p.is_relative_to(scp.data_dir)}
+    (status,) = client_store(scp, [ds])
+    after = {p for p in tmp_path.rglob("*") if not p.is_relative_to(scp.data_dir)}
+    assert after == before
+    assert status in (0x0000, 0xA900, 0xC000)
+    for p in stored_files(scp.data_dir):
+        assert p.resolve().is_relative_to((scp.data_dir / "dicom").resolve())
+    if status == 0x0000:  # accepted: indexed under its real UID, stored under a hashed name
+        (row,) = instances(scp)
+        assert getattr(row, _COLUMN[field]) == bad
+        assert (scp.data_dir / row.path).is_file()
+        assert ".." not in row.path and "passwd" not in row.path and "abs" not in row.path
+
+
+def _raw_file(path: Path, body: bytes, sop_uid: str = "1.2.826.0.1.3680043.10.999.1") -> Path:
+    """A file with valid file meta followed by ``body`` as the data set, sent verbatim when
+    pynetdicom's STORE_SEND_CHUNKED_DATASET is on."""
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    with path.open("wb") as f:
+        f.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(f, meta, enforce_standard=True)
+        f.write(body)
+    return path
+
+
+def _encoded_body(ds: Dataset) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _grow_pixel_length(body: bytes, extra: int) -> bytes:
+    """Claim ``extra`` more Pixel Data bytes than there are."""
+    at = body.index(b"\xe0\x7f\x10\x00OW\x00\x00") + 8
+    length = int.from_bytes(body[at : at + 4], "little")
+    return body[:at] + (length + extra).to_bytes(4, "little") + body[at + 4 :]
+
+
+def test_undecodable_dataset_gets_c210_and_leaves_no_file(
+    scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    good = _encoded_body(_slice(tmp_path))
+    bodies = {
+        "garbage": b"this is not a DICOM data set at all" * 20,
+        "random": bytes(range(256)) * 8,
+        "truncated": good[:-100],
+        "length_past_end": _grow_pixel_length(good, 2),
+    }
+    files = [_raw_file(tmp_path / f"{name}.bin", body) for name, body in bodies.items()]
+    statuses = client_store(scp, list(files))
+    assert statuses == [0xC210] * len(bodies)
+    assert stored_files(scp.data_dir) == []
+    assert instances(scp) == [] and scp.seen == []
+
+
+def test_missing_uid_is_refused(scp: Running, tmp_path: Path) -> None:
+    ds = _slice(tmp_path)
+    del ds.StudyInstanceUID
+    assert client_store(scp, [ds]) == [0xA900]
+    assert stored_files(scp.data_dir) == []
+
+
+def test_duplicate_is_stored_once(scp: Running, tmp_path: Path) -> None:
+    study = write_head_ct(tmp_path / "s", hemorrhage=False, seed=3, patient_id="P", accession="A")
+    assert storescu(scp, study.files[:3]).returncode == 0
+    first = {r.sop_instance_uid: (r.path, r.id) for r in instances(scp)}
+    assert storescu(scp, study.files[:3]).returncode == 0
+    assert client_store(scp, [pydicom.dcmread(study.files[0])]) == [0x0000]
+    assert {r.sop_instance_uid: (r.path, r.id) for r in instances(scp)} == first
+    (st,) = studies(scp)
+    assert st.instance_count == 3
+    assert scp.seen == [study.study_uid] * 3
+    assert len(stored_files(scp.data_dir)) == 3
+
+
+def test_database_failure_answers_a700_and_removes_file(
+    scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object) -> bool:
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(dicom_scp.repo, "record_instance", broken)
+    assert client_store(scp, [_slice(tmp_path)]) == [0xA700]
+    assert stored_files(scp.data_dir) == []
+    assert scp.seen == []
+
+
+def test_disk_failure_answers_a700(scp: Running, tmp_path: Path) -> None:
+    (scp.data_dir / "dicom").write_text("a file where the folder should be")
+    assert client_store(scp, [_slice(tmp_path)]) == [0xA700]
+    assert instances(scp) == []
+
+
+def test_hook_failure_does_not_change_the_answer(scp: Running, tmp_path: Path) -> None:
+    def hook(_uid: str) -> None:
+        raise RuntimeError("business logic bug")
+
+    scp.listener.on_instance = hook
+    assert client_store(scp, [_slice(tmp_path)]) == [0x0000]
+    assert len(instances(scp)) == 1
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_accepted_sockets_have_tcp_nodelay(scp: Running) -> None:
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(scp.host, scp.port, ae_title="TRIAGE")
+    assert assoc.is_established
+    try:
+        server = scp.listener._server
+        assert server is not None
+        (peer,) = server.active_associations
+        sock = peer.dul.socket.socket  # type: ignore[union-attr]
+        assert sock is not None
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        assoc.release()
+
+
+def test_start_stop_ready_and_port_in_use(tmp_path: Path) -> None:
+    port = free_port()
+    settings = Settings(data_dir=tmp_path, dicom_port=port)
+    db = Database(settings.resolved_database_url)
+    db.create_all()
+    first = DicomListener(settings, db)
+    assert not first.ready
+    assert first.start() == ("127.0.0.1", port)
+    assert first.ready and first.address == ("127.0.0.1", port)
+    second = DicomListener(settings, db)
+    with pytest.raises(ConfigError) as err:
+        second.start()
+    assert err.value.setting == "dicom_port"
+    first.stop()
+    assert not first.ready and first.address is None
+    first.stop()  # idempotent
+    with socket.socket() as s:  # the port is free again
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+    db.dispose()
