@@ -1,0 +1,163 @@
+"""InferenceClient against a real tritonserver: contracts, answers on phantoms, error mapping."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from triage.errors import InferenceError, ModelNotReady, TritonUnavailable
+from triage.inference.client import InferenceClient, ModelOutput
+from triage.inference.local_triton import LocalTriton
+from triage.inference.volume import load_volume, resample, select_series
+
+from .conftest import MODELS_DIR, model_repo
+from .phantoms import chest_cta, head_ct
+from .test_volume import instance_rows
+
+pytestmark = pytest.mark.integration
+
+PROTOCOLS = ["grpc", "http"]
+
+
+def _client(triton: LocalTriton, protocol: str, **kw: object) -> InferenceClient:
+    url = triton.grpc_url if protocol == "grpc" else triton.http_url
+    return InferenceClient(url, protocol, timeout=30, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_ready_states_and_contracts(triton: LocalTriton, protocol: str) -> None:
+    with _client(triton, protocol) as c:
+        assert c.is_server_ready()
+        assert c.model_states() == {"ich": "READY", "pe": "READY"}
+        served = c.contract("ich")  # from the server's model config
+    with _client(triton, protocol, models_dir=MODELS_DIR) as c:
+        local = c.contract("ich")  # from models/ich/config.pbtxt
+    assert served.source.startswith("triton:") and local.source.endswith("config.pbtxt")
+    assert served.input_shape == local.input_shape == (64, 128, 128)
+    assert served.threshold == local.threshold and served.version == local.version
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_ich_separates_lesion_from_normal(triton: LocalTriton, protocol: str) -> None:
+    with _client(triton, protocol, models_dir=MODELS_DIR) as c:
+        for diameter, hu in ((10, 55), (20, 70), (30, 85)):
+            out = c.infer("ich", head_ct(lesion_diameter_mm=diameter, lesion_hu=hu, seed=3))
+            assert out.probability > 0.75 and out.positive, (diameter, hu, out.probability)
+            assert abs(out.key_slice - 36) <= 3  # the lesion centre slice of the phantom
+        normal = c.infer("ich", head_ct(seed=3))
+    assert normal.probability < 0.25 and not normal.positive
+    assert isinstance(normal, ModelOutput) and normal.model_name == "ich"
+    assert normal.model_version == "ich-placeholder-0.1/1"
+    assert normal.threshold == 0.5
+    assert normal.slice_probabilities.shape == (64,)
+    assert ((normal.slice_probabilities >= 0) & (normal.slice_probabilities <= 1)).all()
+
+
+def test_pe_is_sane(triton: LocalTriton) -> None:
+    with _client(triton, "grpc") as c:
+        clot = c.infer("pe", chest_cta(clot=True, seed=1))
+        clear = c.infer("pe", chest_cta(clot=False, seed=1))
+        head = c.infer("pe", head_ct(lesion_diameter_mm=20))
+    assert clot.positive and clot.probability > 0.75 and 24 <= clot.key_slice <= 35
+    assert not clear.positive and clear.probability < 0.25
+    assert not head.positive
+    assert clot.model_version.startswith("pe-placeholder")
+
+
+def test_concurrent_requests_are_batched_and_answered(triton: LocalTriton) -> None:
+    vols = [head_ct(lesion_diameter_mm=20 if i % 2 else None, seed=i) for i in range(6)]
+    results: dict[int, float] = {}
+
+    def run(i: int) -> None:
+        with _client(triton, "grpc") as c:
+            results[i] = c.infer("ich", vols[i]).probability
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == list(range(6))
+    assert all((results[i] > 0.5) == bool(i % 2) for i in range(6))
+
+
+def test_synthetic_dicom_studies_end_to_end(triton: LocalTriton, tmp_path: Path) -> None:
+    """The colleague's DICOM generator -> series selection -> HU volume -> Triton."""
+    ct = pytest.importorskip("triage.synth.ct")
+    cases = []
+    for label in (True, False):
+        head = ct.write_head_ct(
+            tmp_path / f"head{label}", hemorrhage=label, seed=11, patient_id="P1", accession="A1"
+        )
+        cases.append(("ich", label, head.files))
+        ctpa = ct.write_ctpa(
+            tmp_path / f"ctpa{label}", embolus=label, seed=11, patient_id="P2", accession="A2"
+        )
+        cases.append(("pe", label, ctpa.files))
+    with _client(triton, "grpc", models_dir=MODELS_DIR) as c:
+        for model, label, files in cases:
+            series = select_series(instance_rows(files))
+            volume = load_volume([Path(i.path) for i in series])
+            out = c.infer(model, resample(volume, c.contract(model).input_shape))
+            assert out.positive == label, (model, label, out.probability)
+
+
+def test_unknown_model_is_not_ready(triton: LocalTriton, tmp_path: Path) -> None:
+    with _client(triton, "grpc") as c, pytest.raises(ModelNotReady, match="nope"):
+        c.contract("nope")
+    # a contract on disk for a model the server does not serve: the infer call says so
+    repo = model_repo(tmp_path, "ich")
+    (repo / "ich").rename(repo / "ghost")
+    cfg = repo / "ghost" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace('name: "ich"', 'name: "ghost"'))
+    for protocol in PROTOCOLS:
+        with _client(triton, protocol, models_dir=repo) as c, pytest.raises(ModelNotReady):
+            c.infer("ghost", head_ct())
+
+
+def test_bad_input_is_an_inference_error(triton: LocalTriton) -> None:
+    with _client(triton, "grpc") as c:
+        with pytest.raises(InferenceError, match="does not match"):
+            c.infer("ich", np.zeros((32, 128, 128), np.float32))
+        bad = head_ct()
+        bad[0, 0, 0] = np.nan
+        with pytest.raises(InferenceError, match="NaN"):
+            c.infer("ich", bad)
+
+
+def test_stopped_server_is_unavailable(tmp_path: Path) -> None:
+    repo = model_repo(tmp_path, "ich")
+    server = LocalTriton(repo, tmp_path / "work", 60)
+    server.start()
+    grpc_url, http_url = server.grpc_url, server.http_url
+    try:
+        with InferenceClient(grpc_url, "grpc", timeout=10, models_dir=repo) as c:
+            assert c.infer("ich", head_ct()).probability < 0.5
+    finally:
+        server.stop()
+    for url, protocol in ((grpc_url, "grpc"), (http_url, "http")):
+        with InferenceClient(url, protocol, timeout=5, models_dir=repo) as c:  # type: ignore[arg-type]
+            assert not c.is_server_ready()
+            with pytest.raises(TritonUnavailable):
+                c.model_states()
+            with pytest.raises(TritonUnavailable):
+                c.infer("ich", head_ct())
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_request_timeout_is_unavailable(protocol: str) -> None:
+    """A peer that accepts TCP but never answers: the request timeout applies."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"127.0.0.1:{silent.getsockname()[1]}"
+        with InferenceClient(url, protocol, timeout=0.5, models_dir=MODELS_DIR) as c:  # type: ignore[arg-type]
+            t0 = time.monotonic()
+            with pytest.raises(TritonUnavailable):
+                c.infer("ich", head_ct())
+            assert time.monotonic() - t0 < 10

@@ -1,0 +1,137 @@
+"""Model contract parsing: the repository's configs, the text-format subset, errors with lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from triage.errors import RulesError
+from triage.inference.contract import (
+    contract_from_config,
+    load_contract,
+    parse_contract,
+    parse_text_proto,
+)
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+CONFIGS = sorted(MODELS.glob("*/config.pbtxt"))
+
+GOOD = """
+# comment
+name: "m"  # trailing comment
+backend: "python"
+max_batch_size: 4
+dynamic_batching { max_queue_delay_microseconds: 100 }
+input [ { name: "volume", data_type: TYPE_FP32, dims: [ 8, 16, 16 ] } ]
+output [
+  { name: "probability" data_type: TYPE_FP32 dims: [ 1 ] },
+  { name: "slice_probabilities" data_type: TYPE_FP32 dims: [ 8 ] }
+]
+parameters { key: "threshold" value: { string_value: "0.3" } }
+parameters: < key: 'version' value < string_value: "v\\"1\\"" > >
+"""
+
+
+def test_repository_has_both_models() -> None:
+    assert {p.parent.name for p in CONFIGS} >= {"ich", "pe"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.parent.name)
+def test_repository_configs_follow_the_engine_contract(path: Path) -> None:
+    c = load_contract(path)
+    assert c.name == path.parent.name
+    assert c.max_batch_size == 4
+    assert c.input.name == "volume" and c.input.data_type == "TYPE_FP32"
+    assert c.input_shape == (64, 128, 128)
+    assert c.output("probability").dims == (1,)
+    assert c.output("slice_probabilities").dims == (64,)
+    assert 0.0 <= c.threshold <= 1.0
+    assert c.version
+    assert "placeholder" in c.description.lower()
+    assert "not for clinical use" in c.description.lower()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.parent.name)
+def test_parser_agrees_with_protobuf_text_format(path: Path) -> None:
+    """Cross-check with tritonclient's own ModelConfig message and protobuf's text parser."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    text = path.read_text()
+    pb = text_format.Parse(text, model_config_pb2.ModelConfig())
+    c = parse_contract(text, str(path))
+    assert pb.name == c.name and pb.max_batch_size == c.max_batch_size
+    assert pb.dynamic_batching.ByteSize() >= 0 and pb.HasField("dynamic_batching")
+    assert [(i.name, list(i.dims)) for i in pb.input] == [(i.name, list(i.dims)) for i in c.inputs]
+    assert [model_config_pb2.DataType.Name(o.data_type) for o in pb.output] == [
+        o.data_type for o in c.outputs
+    ]
+    assert {k: v.string_value for k, v in pb.parameters.items()} == dict(c.parameters)
+
+
+def test_text_format_subset() -> None:
+    c = parse_contract(GOOD, "good.pbtxt")
+    assert c.input_shape == (8, 16, 16)
+    assert c.threshold == pytest.approx(0.3)
+    assert c.version == 'v"1"'
+    tree = parse_text_proto(GOOD)
+    assert tree["dynamic_batching"] == [{"max_queue_delay_microseconds": [100]}]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        (GOOD.replace('name: "m"', 'name: "m'), 3, "unexpected character"),
+        (GOOD.replace("max_batch_size: 4", "max_batch_size 4"), 5, "expected ':'"),
+        (GOOD.replace("dims: [ 8, 16, 16 ]", "dims: [ 8, 16 16 ]"), 7, "expected ',' or ']'"),
+        (GOOD.replace('"0.3"', '"high"'), 12, "threshold"),
+        (GOOD.replace('"0.3"', '"1.5"'), 12, "within [0, 1]"),
+        (GOOD.replace("dims: [ 8 ]", "dims: [ 9 ]"), 9, "slice_probabilities"),
+        (GOOD.replace("TYPE_FP32, dims", "TYPE_UINT8, dims"), 7, "TYPE_FP32"),
+        (GOOD.replace("max_batch_size: 4", 'max_batch_size: "4"'), 5, "integer"),
+        (GOOD + "\ninput [ { name: 'x' data_type: TYPE_FP32 dims: [1,1,1] } ]", 7, "one input"),
+        (GOOD.rstrip() + "\n{", 14, "expected a field name"),
+        (
+            GOOD.replace("} ]\noutput", "\noutput", 1),
+            14,
+            "missing '}' for the message opened on line 7",
+        ),
+    ],
+)
+def test_malformed_config_names_file_and_line(text: str, line: int, words: str) -> None:
+    with pytest.raises(RulesError) as info:
+        parse_contract(text, "models/x/config.pbtxt")
+    assert info.value.path == "models/x/config.pbtxt"
+    assert words in str(info.value)
+    assert info.value.line == line, str(info.value)
+    assert str(info.value).startswith(f"models/x/config.pbtxt:{line}: ")
+
+
+def test_missing_threshold_and_unreadable_file(tmp_path: Path) -> None:
+    text = "\n".join(ln for ln in GOOD.splitlines() if "threshold" not in ln)
+    with pytest.raises(RulesError, match="threshold"):
+        parse_contract(text, "x")
+    with pytest.raises(RulesError, match="cannot read"):
+        load_contract(tmp_path / "absent.pbtxt")
+
+
+def test_contract_from_server_json_grpc_and_http_shapes() -> None:
+    grpc_json: dict[str, Any] = {
+        "name": "ich",
+        "max_batch_size": 4,
+        "input": [{"name": "volume", "data_type": "TYPE_FP32", "dims": ["64", "128", "128"]}],
+        "output": [
+            {"name": "probability", "data_type": "TYPE_FP32", "dims": ["1"]},
+            {"name": "slice_probabilities", "data_type": "TYPE_FP32", "dims": ["64"]},
+        ],
+        "parameters": {"threshold": {"string_value": "0.5"}, "version": {"string_value": "v"}},
+        "dynamic_batching": {},
+    }
+    c = contract_from_config(grpc_json, "triton:x/ich")
+    assert c.input_shape == (64, 128, 128) and c.threshold == 0.5 and c.version == "v"
+    http_json = {**grpc_json, "input": [{**grpc_json["input"][0], "dims": [64, 128, 128]}]}
+    assert contract_from_config(http_json, "triton:y").input_shape == (64, 128, 128)
+    with pytest.raises(RulesError, match="triton:z"):
+        contract_from_config({**grpc_json, "parameters": {}}, "triton:z")

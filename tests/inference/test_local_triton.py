@@ -1,0 +1,117 @@
+"""The bundled tritonserver, started for real on loopback with the repository's models."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import tritonclient.http as httpclient
+
+from triage.errors import TritonUnavailable
+from triage.inference.local_triton import LocalTriton, pytriton_root
+
+from .conftest import MODELS_DIR, group_pids, model_repo, pid_alive
+
+pytestmark = pytest.mark.integration
+
+
+def _listening(port: int) -> list[str]:
+    """Local addresses (hex, as in /proc/net/tcp*) listening on ``port``."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            addr, hexport = parts[1].split(":")
+            if int(hexport, 16) == port and parts[3] == "0A":
+                found.append(addr)
+    return found
+
+
+def test_server_ready_with_both_models(triton: LocalTriton) -> None:
+    host, port = triton.grpc_url.split(":")
+    assert host == "127.0.0.1" and int(port) > 1024
+    assert triton.http_url.startswith("127.0.0.1:")
+    assert triton.startup_time is not None and triton.startup_time < 30
+    print(f"\nTriton start-up: {triton.startup_time:.2f} s")
+    client = httpclient.InferenceServerClient(triton.http_url)
+    try:
+        assert client.is_server_ready()
+        index = {m["name"]: m["state"] for m in client.get_model_repository_index()}
+        assert index == {"ich": "READY", "pe": "READY"}
+    finally:
+        client.close()
+
+
+def test_binds_loopback_only(triton: LocalTriton) -> None:
+    for port in (triton.http_port, triton.grpc_port, triton.metrics_port):
+        assert port is not None
+        addrs = _listening(port)
+        assert addrs, f"nothing listens on {port}"
+        # 127.0.0.1, or its IPv4-mapped IPv6 form ::ffff:127.0.0.1 (gRPC binds that way)
+        loopback = {"0100007F", "0000000000000000FFFF00000100007F"}
+        assert set(addrs) <= loopback, f"port {port} listens on {addrs}"
+
+
+def test_log_and_backend_layout(triton: LocalTriton) -> None:
+    assert triton.log_path.is_file()
+    text = triton.log_path.read_text()
+    assert "MODE_NONE" in text  # --model-control-mode=none
+    backend = triton.work_dir / "backends" / "python"
+    stub = backend / "triton_python_backend_stub"
+    assert stub.is_file() and (backend / "libtriton_python.so").is_file()
+    mtime = stub.stat().st_mtime_ns
+    triton._prepare_backends(pytriton_root())  # idempotent
+    assert stub.stat().st_mtime_ns == mtime
+    assert triton.start() == triton.grpc_url  # already running: same server
+
+
+def test_stop_leaves_no_process(tmp_path: Path) -> None:
+    repo = model_repo(tmp_path, "ich")
+    with LocalTriton(repo, tmp_path / "work", 60) as server:
+        pid = server.pid
+        assert pid is not None and pid_alive(pid)
+        stubs = [p for p in group_pids(pid) if p != pid]
+        assert stubs, "expected a Python backend stub in the server's process group"
+    assert server.pid is None
+    assert not pid_alive(pid)
+    deadline = time.monotonic() + 5
+    while group_pids(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert group_pids(pid) == []
+    server.stop()  # twice is harmless
+
+
+def test_broken_model_fails_fast_with_log_tail(tmp_path: Path) -> None:
+    repo = model_repo(tmp_path, "ich")
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "config.pbtxt").write_text(
+        (MODELS_DIR / "ich" / "config.pbtxt")
+        .read_text()
+        .replace('name: "ich"', 'name: "broken"')
+        .replace('backend: "python"', 'backend: "no_such_backend"')
+    )
+    server = LocalTriton(repo, tmp_path / "work", 60)
+    t0 = time.monotonic()
+    with pytest.raises(TritonUnavailable, match="exited with code") as info:
+        server.start()
+    assert time.monotonic() - t0 < 30
+    assert "broken" in str(info.value)  # the log tail names the failing model
+    assert server.pid is None and not server.is_running()
+
+
+def test_missing_repository(tmp_path: Path) -> None:
+    with pytest.raises(TritonUnavailable, match="model repository not found"):
+        LocalTriton(tmp_path / "nope", tmp_path / "work", 10).start()
+
+
+def test_not_ready_in_time_is_reported_and_cleaned_up(tmp_path: Path) -> None:
+    repo = model_repo(tmp_path, "ich")
+    server = LocalTriton(repo, tmp_path / "work", startup_seconds=0.01)
+    with pytest.raises(TritonUnavailable, match="not ready after"):
+        server.start()
+    assert server.pid is None

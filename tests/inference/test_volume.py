@@ -1,0 +1,235 @@
+"""Series selection, HU loading and resampling on real third-party CT/MR files (../shared/data)
+and on small synthetic cases with known answers."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.errors import InvalidDicomError
+
+from triage.errors import NotAssessable
+from triage.inference.volume import (
+    Volume,
+    load_volume,
+    resample,
+    select_series,
+    z_sample_positions,
+)
+from triage.store.models import Instance
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_dicom(p))
+
+
+def _is_dicom(p: Path) -> bool:
+    try:
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+    except (InvalidDicomError, OSError):
+        return False
+    return "SOPInstanceUID" in ds
+
+
+def instance_rows(files: list[Path]) -> list[Instance]:
+    """Instance rows as DICOM ingest stores them (header fields only)."""
+    rows = []
+    for p in files:
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        ipp = ds.get("ImagePositionPatient")
+        rows.append(
+            Instance(
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                sop_class_uid=str(ds.SOPClassUID),
+                study_uid=str(ds.StudyInstanceUID),
+                series_uid=str(ds.SeriesInstanceUID),
+                modality=str(ds.get("Modality", "")),
+                series_number=ds.get("SeriesNumber"),
+                instance_number=ds.get("InstanceNumber"),
+                series_description=str(ds.get("SeriesDescription", "")),
+                image_type="\\".join(ds.get("ImageType", [])),
+                slice_thickness=float(ds.SliceThickness) if ds.get("SliceThickness") else None,
+                image_position_z=float(ipp[2]) if ipp else None,
+                path=str(p),
+            )
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def dicom_root(shared_data: Path) -> Path:
+    return shared_data / "dicom"
+
+
+# -- GE head CT: gantry tilt, uneven spacing --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ge_volume(dicom_root: Path) -> Volume:
+    files = dicom_files(dicom_root / "ge-head-ct")
+    shuffled = files[:]
+    random.Random(7).shuffle(shuffled)
+    return load_volume(shuffled)
+
+
+def test_ge_series_selected_whole(dicom_root: Path) -> None:
+    rows = instance_rows(dicom_files(dicom_root / "ge-head-ct"))
+    assert len(select_series(rows)) == 28
+
+
+def test_ge_slices_ordered_along_tilted_normal(ge_volume: Volume, dicom_root: Path) -> None:
+    v = ge_volume
+    assert v.hu.shape == (28, 512, 512) and v.hu.dtype == np.float32
+    # gantry tilt 18.5 degrees: the normal leans towards +y, still mostly +z (superior)
+    assert v.normal[2] == pytest.approx(np.cos(np.radians(18.5)), abs=1e-3)
+    assert abs(v.normal[1]) == pytest.approx(np.sin(np.radians(18.5)), abs=1e-3)
+    gaps = np.diff(v.z_positions)
+    assert (gaps > 0).all()
+    # uneven spacing (README: 4.22/1.14/7.38 mm along z; along the tilted normal x cos 18.5)
+    assert gaps.min() < 1.5 and gaps.max() > 6.5 and np.median(gaps[:10]) == pytest.approx(4, 0.1)
+    # independent of the order given, and consistent with ImagePositionPatient
+    first = pydicom.dcmread(v.paths[0], stop_before_pixels=True)
+    last = pydicom.dcmread(v.paths[-1], stop_before_pixels=True)
+    assert float(first.ImagePositionPatient[2]) < float(last.ImagePositionPatient[2])
+    assert v.slice_thickness is not None and 4.0 <= v.slice_thickness <= 7.0
+
+
+def test_ge_hounsfield_units_are_sane(ge_volume: Volume) -> None:
+    r = resample(ge_volume)
+    assert r.shape == (64, 128, 128) and r.dtype == np.float32
+    assert np.median(r[:, :6, :6]) == pytest.approx(-1000, abs=40)  # air in the corners
+    mid = r[24:48, 40:88, 40:88]  # centre of the brain, above the skull base
+    assert 20 <= float(np.median(mid)) <= 50
+    assert r.max() > 1000  # skull
+
+
+# -- Philips head phantom: localizer, dose screens, brain series --------------------------------
+
+
+def test_philips_selection_picks_the_brain_series(dicom_root: Path) -> None:
+    folder = dicom_root / "philips-head-phantom"
+    files = dicom_files(folder)  # DIRFILE files are not DICOM and are skipped
+    assert not any(p.name == "DIRFILE" for p in files)
+    rows = instance_rows(files)
+    assert len({r.series_uid for r in rows}) == 3
+    chosen = select_series(rows)
+    assert len(chosen) == 28
+    assert {Path(r.path).parent.name for r in chosen} == {"S2010"}
+    v = load_volume([r.path for r in chosen])
+    assert v.hu.shape[0] == 28 and np.allclose(np.diff(v.z_positions), 5.0, atol=0.01)
+
+
+def test_philips_localizer_and_dose_screens_alone_are_not_assessable(dicom_root: Path) -> None:
+    folder = dicom_root / "philips-head-phantom"
+    rows = instance_rows(dicom_files(folder / "S1000") + dicom_files(folder / "S4010"))
+    with pytest.raises(NotAssessable, match=r"localizer|not a CT image"):
+        select_series(rows)
+
+
+# -- LIDC chest CT, dcm4che wrist MR --------------------------------------------------------------
+
+
+def test_lidc_chest_loads_in_position_order(dicom_root: Path) -> None:
+    files = dicom_files(dicom_root / "lidc-chest-ct")
+    rows = instance_rows(files)
+    assert len(select_series(rows)) == 100
+    v = load_volume(files)
+    assert v.hu.shape == (100, 512, 512)
+    assert (np.diff(v.z_positions) > 0).all()
+    zs = [
+        float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in v.paths
+    ]
+    assert zs == sorted(zs)
+    r = resample(v)
+    assert r.shape == (64, 128, 128)
+    assert (r < -700).mean() > 0.05  # lungs
+    assert np.median(r[:, :4, :4]) == pytest.approx(-1000, abs=30)
+
+
+def test_mr_is_not_assessable(dicom_root: Path) -> None:
+    files = dicom_files(dicom_root / "dcm4che-wrist-mr")
+    with pytest.raises(NotAssessable, match="modality MR"):
+        select_series(instance_rows(files))
+    with pytest.raises(NotAssessable, match="not a CT series"):
+        load_volume(files)
+
+
+def test_mr_series_is_not_selected_next_to_ct(dicom_root: Path) -> None:
+    rows = instance_rows(
+        dicom_files(dicom_root / "dcm4che-wrist-mr") + dicom_files(dicom_root / "ge-head-ct")
+    )
+    assert {r.modality for r in select_series(rows)} == {"CT"}
+
+
+# -- robustness ---------------------------------------------------------------------------------
+
+
+def test_too_few_slices(dicom_root: Path) -> None:
+    files = dicom_files(dicom_root / "ge-head-ct")[:7]
+    with pytest.raises(NotAssessable, match="too few slices"):
+        load_volume(files)
+    with pytest.raises(NotAssessable, match="< 8"):
+        select_series(instance_rows(files))
+
+
+def test_slice_of_another_size_and_non_dicom_are_skipped(dicom_root: Path, tmp_path: Path) -> None:
+    files = dicom_files(dicom_root / "ge-head-ct")[:10]
+    ds = pydicom.dcmread(files[3])
+    small = ds.pixel_array[::2, ::2].copy()
+    ds.Rows, ds.Columns = small.shape
+    ds.PixelData = small.tobytes()
+    odd = tmp_path / "odd.dcm"
+    ds.save_as(odd)
+    junk = tmp_path / "DIRFILE"
+    junk.write_bytes(b"not dicom at all")
+    v = load_volume([*files[:3], odd, *files[4:], junk])
+    assert v.hu.shape == (9, 512, 512)
+    assert str(odd) not in v.paths
+
+
+def test_selection_ranking_on_synthetic_rows() -> None:
+    def rows(uid: str, n: int, **kw: object) -> list[Instance]:
+        base: dict[str, object] = dict(
+            modality="CT", sop_class_uid="1.2.840.10008.5.1.4.1.1.2", study_uid="s"
+        )
+        base.update(kw)
+        return [
+            Instance(sop_instance_uid=f"{uid}.{i}", series_uid=uid, path=f"{uid}/{i}", **base)  # type: ignore[arg-type]
+            for i in range(n)
+        ]
+
+    axial_thin = rows("thin", 200, image_type="ORIGINAL\\PRIMARY\\AXIAL", slice_thickness=0.625)
+    axial_thick = rows("thick", 30, image_type="ORIGINAL\\PRIMARY\\AXIAL", slice_thickness=5.0)
+    too_thin = rows("tiny", 400, image_type="ORIGINAL\\PRIMARY\\AXIAL", slice_thickness=0.2)
+    derived = rows("mpr", 300, image_type="DERIVED\\SECONDARY\\REFORMATTED", slice_thickness=1.0)
+    scout = rows("scout", 2, image_type="ORIGINAL\\PRIMARY\\LOCALIZER", slice_thickness=0.6)
+    dose = rows("dose", 9, sop_class_uid="1.2.840.10008.5.1.4.1.1.7", slice_thickness=1.0)
+    study = derived + axial_thick + scout + axial_thin + too_thin + dose
+    assert {r.series_uid for r in select_series(study)} == {"thin"}
+    assert {r.series_uid for r in select_series(derived + axial_thick)} == {"thick"}
+    assert {r.series_uid for r in select_series(too_thin + axial_thick)} == {"thick"}
+    assert {r.series_uid for r in select_series(derived + scout + dose)} == {"mpr"}
+    with pytest.raises(NotAssessable):
+        select_series([])
+
+
+def test_resample_is_linear_in_physical_position() -> None:
+    z = np.array([0.0, 1.0, 5.0, 6.0, 20.0, 21.0, 22.0, 30.0])  # uneven spacing
+    hu = np.repeat(z[:, None, None], 16, axis=1).repeat(16, axis=2).astype(np.float32)
+    v = Volume(hu=hu, z_positions=z, pixel_spacing=(1.0, 1.0), slice_thickness=1.0, series_uid="x")
+    out = resample(v, (10, 4, 4))
+    expected = z_sample_positions(v, 10)
+    assert np.allclose(out[:, 2, 2], expected, atol=1e-4)
+    # in-plane area average: a 16x16 checkerboard of 4x4 blocks becomes exact block means
+    board = (np.indices((16, 16)).sum(axis=0) % 2).astype(np.float32) * 100
+    v2 = Volume(
+        hu=np.stack([board] * 8),
+        z_positions=z,
+        pixel_spacing=(1, 1),
+        slice_thickness=1,
+        series_uid="y",
+    )
+    assert np.allclose(resample(v2, (8, 4, 4)), 50.0)
