@@ -7,8 +7,8 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-
 from conftest import free_port
+
 from triage.errors import RISRejected, RISUnavailable
 from triage.hl7.ack import build_ack
 from triage.hl7.client import MLLPConnection, RISNegativeAck, send_and_check, send_message

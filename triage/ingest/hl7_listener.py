@@ -32,6 +32,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlmodel import Session, col, select
 
@@ -41,7 +42,7 @@ from triage.hl7.ack import ack_for_error, build_ack
 from triage.hl7.mllp import MLLPDecoder, MLLPFrameTooLarge, frame
 from triage.hl7.parse import MessageHeader, ParsedOrder, parse_orders, peek_header, read_header
 from triage.store.db import Database
-from triage.store.models import HL7Message, Order, utcnow
+from triage.store.models import HL7Message, Order
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,12 @@ class Outcome:
     error: str = ""
 
 
+def _now() -> datetime:
+    """Timezone-aware UTC: sqlmodel >= 0.0.4x stores ``datetime`` fields as UTCDateTime, which
+    refuses naive values (``store.models.utcnow`` is naive), and returns aware values."""
+    return datetime.now(UTC)
+
+
 class HL7Listener:
     """Asyncio MLLP server storing RIS orders. ``on_order(order_id)`` runs after each ACK."""
 
@@ -180,6 +187,7 @@ class HL7Listener:
         if server is None:
             return
         server.close()
+        await asyncio.sleep(0)  # let handlers of just-accepted connections start (and quit)
         tasks = list(self._connections)
         for task in tasks:
             task.cancel()
@@ -194,6 +202,9 @@ class HL7Listener:
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if self._server is None:  # accepted while stopping
+            writer.close()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
@@ -337,6 +348,7 @@ class HL7Listener:
     ) -> HL7Message:
         h = header or MessageHeader()
         return HL7Message(
+            received_at=_now(),
             peer=peer,
             sending_application=h.sending_application,
             sending_facility=h.sending_facility,
@@ -404,7 +416,7 @@ class HL7Listener:
                 if value and not getattr(row, name):
                     setattr(row, name, value)
         row.message_id = message_id
-        row.updated_at = utcnow()
+        row.updated_at = _now()
         session.add(row)
         session.flush()
         if row.id is None:  # pragma: no cover - flush assigns it

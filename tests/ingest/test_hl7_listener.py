@@ -1,0 +1,387 @@
+"""HL7 listener end to end on loopback: our MLLP code, the real `mllp_send`, raw sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import select
+
+from triage.config import Settings
+from triage.errors import StoreError
+from triage.hl7.ack import read_ack
+from triage.hl7.client import MLLPConnection, send_and_check
+from triage.hl7.mllp import MLLPDecoder, frame
+from triage.ingest.hl7_listener import HL7Listener, decode_message
+from triage.store.db import Database
+from triage.store.models import HL7Message, Order
+
+REPO = Path(__file__).resolve().parent.parent.parent
+DATA = REPO / "tests" / "data" / "hl7"
+MLLP_SEND = REPO / ".venv" / "bin" / "mllp_send"
+
+
+def sample(name: str) -> str:
+    """A sample message with CR segment separators, as on the wire."""
+    return (DATA / name).read_text(encoding="utf-8").strip("\n").replace("\n", "\r")
+
+
+class Running:
+    """A listener served by an event loop in a background thread."""
+
+    def __init__(self, tmp: Path, **kwargs: Any) -> None:
+        self.settings = Settings(
+            data_dir=tmp,
+            hl7_port=0,
+            bind_host="127.0.0.1",
+            hl7_max_message_bytes=kwargs.pop("max_bytes", 1024 * 1024),
+        )
+        self.db = Database(f"sqlite:///{tmp / 'triage.db'}")
+        self.db.create_all()
+        self.calls: list[int] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.listener = HL7Listener(self.settings, self.db, self.calls.append, **kwargs)
+        self.host, self.port = self.run(self.listener.start())
+
+    def run(self, coro: Any) -> Any:
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout=10)
+
+    def close(self) -> None:
+        self.run(self.listener.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+        self.db.dispose()
+
+    def orders(self) -> list[Order]:
+        with self.db.session() as s:
+            return list(s.exec(select(Order).order_by(Order.id)).all())  # type: ignore[arg-type]
+
+    def messages(self) -> list[HL7Message]:
+        with self.db.session() as s:
+            return list(s.exec(select(HL7Message).order_by(HL7Message.id)).all())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(**kwargs: Any) -> Running:
+        r = (
+            Running(tmp_path / f"l{len(started)}", **kwargs)
+            if started
+            else Running(tmp_path, **kwargs)
+        )
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        r.close()
+
+
+def wait_for_calls(r: Running, n: int) -> list[int]:
+    """on_order runs after the ACK is written, so the test may see the ACK first."""
+    deadline = time.monotonic() + 5
+    while len(r.calls) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return r.calls
+
+
+def raw_exchange(sock: socket.socket, dec: MLLPDecoder, data: bytes) -> str:
+    sock.sendall(data)
+    sock.settimeout(5)
+    while True:
+        chunk = sock.recv(65536)
+        assert chunk, "listener closed the connection"
+        frames = dec.feed(chunk)
+        if frames:
+            assert len(frames) == 1
+            return frames[0].decode("utf-8")
+
+
+# -- happy path ------------------------------------------------------------------------------
+
+
+def test_several_messages_on_one_connection_from_our_client(
+    listener: Callable[..., Running],
+) -> None:
+    r = listener()
+    assert r.listener.ready
+    names = ["orm_nw_v251.hl7", "orm_nw_v231.hl7", "omi_o23.hl7"]
+    with MLLPConnection(r.host, r.port, timeout=5) as conn:
+        acks = [conn.exchange(sample(n)) for n in names]
+    assert [read_ack(a)[:2] for a in acks] == [
+        ("AA", "RIS00000101"),
+        ("AA", "RIS00000102"),
+        ("AA", "RIS00000103"),
+    ]
+    orders = r.orders()
+    assert [(o.accession_number, o.ordered_priority, o.order_control) for o in orders] == [
+        ("ACC-HCT-24001", "S", "NW"),
+        ("ACC-CTPA-24007", "A", "NW"),
+        ("ACC-CTPA-24011", "S", "NW"),
+    ]
+    head = orders[0]
+    assert head.patient_name == "MÜLLER^ANNA^M" and head.patient_id == "MRN100234"
+    assert head.study_uid == "1.2.826.0.1.3680043.8.498.10001" and head.modality == "CT"
+    assert head.sending_facility == "GENHOSP" and head.patient_class == "E"
+    msgs = r.messages()
+    assert [m.ack_code for m in msgs] == ["AA", "AA", "AA"]
+    assert all(m.processed and m.ack.startswith("MSH|") for m in msgs)
+    assert head.message_id == msgs[0].id
+    assert msgs[0].ack == acks[0]  # the ACK stored is the ACK sent
+    assert msgs[0].message_type == "ORM^O01" and msgs[0].version == "2.5.1"
+    assert wait_for_calls(r, 3) == [o.id for o in orders]  # on_order after each ACK
+
+
+def test_send_and_check_against_listener(listener: Callable[..., Running]) -> None:
+    r = listener()
+    ack = send_and_check(r.host, r.port, sample("orm_nw_v251.hl7"), timeout=5)
+    assert read_ack(ack)[0] == "AA"
+
+
+def test_real_mllp_send_client(listener: Callable[..., Running], tmp_path: Path) -> None:
+    r = listener()
+    batch = tmp_path / "batch.hl7"
+    batch.write_text(
+        "\n".join(
+            (DATA / n).read_text(encoding="utf-8")
+            for n in ("orm_nw_v251.hl7", "orm_nw_v231.hl7", "omi_o23.hl7")
+        ),
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [str(MLLP_SEND), "--loose", "-f", str(batch), "-p", str(r.port), r.host],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    acks = [f.decode() for f in MLLPDecoder().feed(proc.stdout)]
+    assert [read_ack(a)[:2] for a in acks] == [
+        ("AA", "RIS00000101"),
+        ("AA", "RIS00000102"),
+        ("AA", "RIS00000103"),
+    ]
+    assert [o.accession_number for o in r.orders()] == [
+        "ACC-HCT-24001",
+        "ACC-CTPA-24007",
+        "ACC-CTPA-24011",
+    ]
+    assert len({m.peer for m in r.messages()}) == 1  # one connection
+
+
+def test_mllp_send_framed_file(listener: Callable[..., Running], tmp_path: Path) -> None:
+    """mllp_send without --loose reads MLLP-framed messages (its stdin mode is broken in hl7
+    0.4.5: it reads str from sys.stdin, so a file is used)."""
+    r = listener()
+    framed = tmp_path / "framed.mllp"
+    framed.write_bytes(
+        frame(sample("orm_nw_v251.hl7").encode()) + frame(sample("adt_a01_v251.hl7").encode())
+    )
+    proc = subprocess.run(
+        [str(MLLP_SEND), "-f", str(framed), "-p", str(r.port), r.host],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    acks = [f.decode() for f in MLLPDecoder().feed(proc.stdout)]
+    assert [read_ack(a)[:2] for a in acks] == [("AA", "RIS00000101"), ("AA", "ADT00000901")]
+
+
+def test_xo_updates_and_ca_cancels(listener: Callable[..., Running]) -> None:
+    r = listener()
+    with MLLPConnection(r.host, r.port, timeout=5) as conn:
+        for name in ("orm_nw_v251.hl7", "orm_nw_v231.hl7", "orm_xo_v251.hl7", "orm_ca_v251.hl7"):
+            assert read_ack(conn.exchange(sample(name)))[0] == "AA"
+    head, ctpa = r.orders()
+    assert (head.order_control, head.ordered_priority, head.order_status) == ("XO", "R", "IP")
+    assert head.study_uid == "1.2.826.0.1.3680043.8.498.10001"  # not blanked by the XO
+    assert (ctpa.order_control, ctpa.order_status) == ("CA", "CA")
+    assert ctpa.ordered_priority == "A"
+    assert wait_for_calls(r, 4) == [head.id, ctpa.id, head.id, ctpa.id]
+
+
+def test_non_order_message_is_acknowledged_not_applied(listener: Callable[..., Running]) -> None:
+    r = listener()
+    ack = send_and_check(r.host, r.port, sample("adt_a01_v251.hl7"), timeout=5)
+    assert "ACK^A01^ACK" in ack
+    assert r.orders() == [] and r.calls == []
+    (msg,) = r.messages()
+    assert (msg.ack_code, msg.message_type) == ("AA", "ADT^A01")
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_garbage_gets_ar_and_listener_keeps_serving(listener: Callable[..., Running]) -> None:
+    r = listener()
+    garbage = (DATA / "garbage.hl7").read_bytes()
+    with socket.create_connection((r.host, r.port), timeout=5) as sock:
+        dec = MLLPDecoder()
+        ack = raw_exchange(sock, dec, frame(garbage))
+        assert read_ack(ack)[:2] == ("AR", "")
+        assert "ERR|" in ack
+        # same connection still served
+        ack2 = raw_exchange(sock, dec, frame(sample("orm_nw_v251.hl7").encode()))
+        assert read_ack(ack2)[:2] == ("AA", "RIS00000101")
+    # and a new connection too
+    assert read_ack(send_and_check(r.host, r.port, sample("omi_o23.hl7"), timeout=5))[0] == "AA"
+    codes = [m.ack_code for m in r.messages()]
+    assert codes == ["AR", "AA", "AA"]
+    assert r.messages()[0].error and r.messages()[0].raw.startswith("GET /")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code", "hl7_code"),
+    [
+        (lambda m: m.replace("|P|2.5.1|", "|P|2.1|", 1), "AE", "203"),
+        (lambda m: m.replace("ORM^O01^ORM_O01", "ORM^O02", 1), "AE", "201"),
+        (lambda m: m.replace("ORC|NW|", "ORC||", 1), "AE", "101"),
+        (lambda m: m.replace("MSH|^~\\&|", "MSH|^^\\&|", 1), "AR", "102"),
+    ],
+)
+def test_bad_messages_get_ae_or_ar_with_err(
+    listener: Callable[..., Running], mutate: Callable[[str], str], code: str, hl7_code: str
+) -> None:
+    r = listener()
+    with MLLPConnection(r.host, r.port, timeout=5) as conn:
+        ack = conn.exchange(mutate(sample("orm_nw_v251.hl7")))
+        assert read_ack(ack)[:2] == (code, "RIS00000101")
+        err = next(ln for ln in ack.split("\r") if ln.startswith("ERR|"))
+        assert err.split("|")[3].startswith(hl7_code + "^")
+        assert read_ack(conn.exchange(sample("orm_nw_v231.hl7")))[0] == "AA"
+    assert [o.accession_number for o in r.orders()] == ["ACC-CTPA-24007"]
+    assert [m.ack_code for m in r.messages()] == [code, "AA"]
+
+
+def test_order_without_accession_is_ae_101(
+    listener: Callable[..., Running], shared_data: Path
+) -> None:
+    r = listener()
+    text_ = (shared_data / "hl7" / "hapi-hl7v2" / "messages.txt").read_text(encoding="utf-8")
+    start = text_.index("MSH|^~\\&|DMCOE ||RADIS1||199405031738")
+    nw = text_[start : text_.index("\n\n", start)].replace("\n", "\r")
+    ack = send_message_ack(r, nw)
+    assert read_ack(ack)[:2] == ("AE", "940503173858000")
+    assert "101^Required field missing" in ack
+    assert r.orders() == []
+
+
+def send_message_ack(r: Running, message: str) -> str:
+    with MLLPConnection(r.host, r.port, timeout=5) as conn:
+        return conn.exchange(message)
+
+
+def test_oversize_frame_gets_ar_and_connection_closed(listener: Callable[..., Running]) -> None:
+    r = listener(max_bytes=2048)
+    big = sample("orm_nw_v251.hl7") + "\rNTE|1||" + "x" * 5000
+    with socket.create_connection((r.host, r.port), timeout=5) as sock:
+        dec = MLLPDecoder()
+        ack = raw_exchange(sock, dec, frame(big.encode()))
+        assert read_ack(ack)[:2] == ("AR", "RIS00000101")  # MSH-10 read from the head
+        sock.settimeout(5)
+        assert sock.recv(100) == b""  # closed
+    assert r.orders() == []
+    assert read_ack(send_message_ack(r, sample("orm_nw_v251.hl7")))[0] == "AA"
+
+
+def test_idle_peer_is_dropped(listener: Callable[..., Running]) -> None:
+    r = listener(idle_timeout=0.3)
+    with socket.create_connection((r.host, r.port), timeout=5) as sock:
+        sock.sendall(b"\x0bMSH|^~\\&|partial")
+        t0 = time.monotonic()
+        sock.settimeout(5)
+        assert sock.recv(100) == b""
+        assert time.monotonic() - t0 < 4
+
+
+def test_database_failure_answers_ae_207_and_applies_nothing(
+    listener: Callable[..., Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = listener()
+    calls = {"n": 0}
+    real = HL7Listener._upsert
+
+    def failing(session: Any, parsed: Any, message_id: int | None) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise StoreError("disk full (simulated)")
+        return real(session, parsed, message_id)
+
+    monkeypatch.setattr(HL7Listener, "_upsert", staticmethod(failing))
+    two = (
+        sample("orm_nw_v251.hl7")
+        + "\rORC|NW|PLC-2^EPR|FIL-2^RIS||SC\rOBR|1|PLC-2^EPR|FIL-2^RIS|CTC^CT C-spine^L|S"
+    )
+    ack = send_message_ack(r, two)
+    assert read_ack(ack)[:2] == ("AE", "RIS00000101")
+    assert "207^Application internal error" in ack
+    assert r.orders() == []  # the first order of the message was rolled back too
+    (msg,) = r.messages()
+    assert msg.ack_code == "AE" and "disk full" in msg.error and msg.ack == ack
+    assert r.calls == []
+
+
+def test_missing_table_answers_ae_207(listener: Callable[..., Running]) -> None:
+    r = listener()
+    with r.db.engine.begin() as conn:
+        conn.execute(text('DROP TABLE "order"'))
+    ack = send_message_ack(r, sample("orm_nw_v251.hl7"))
+    assert read_ack(ack)[:2] == ("AE", "RIS00000101")
+    assert [m.ack_code for m in r.messages()] == ["AE"]
+    assert read_ack(send_message_ack(r, sample("adt_a01_v251.hl7")))[0] == "AA"  # still serving
+
+
+def test_stop_closes_listener(listener: Callable[..., Running]) -> None:
+    r = listener()
+    sock = socket.create_connection((r.host, r.port), timeout=5)
+    ack = raw_exchange(sock, MLLPDecoder(), frame(sample("adt_a01_v251.hl7").encode()))
+    assert read_ack(ack)[0] == "AA"  # the connection is open and being served
+    r.run(r.listener.stop())
+    assert not r.listener.ready
+    sock.settimeout(5)
+    assert sock.recv(10) == b""
+    sock.close()
+    with pytest.raises(OSError):
+        socket.create_connection((r.host, r.port), timeout=2).close()
+
+
+# -- character sets --------------------------------------------------------------------------
+
+
+def test_charset_from_msh18() -> None:
+    latin = sample("omi_o23.hl7").replace("NGUYEN^THI^LAN", "NGUYỄN^THI").encode("utf-8")
+    # declared 8859/1 but bytes are UTF-8: latin-1 decodes anything, so the declaration wins
+    _, codec = decode_message(latin)
+    assert codec == "latin-1"
+    utf8 = sample("orm_nw_v251.hl7").encode("utf-8")  # UNICODE UTF-8
+    assert decode_message(utf8) == (sample("orm_nw_v251.hl7"), "utf-8")
+    no_charset = sample("orm_nw_v231.hl7").replace("O'NEILL", "ÓNEILL")
+    assert decode_message(no_charset.encode("latin-1")) == (no_charset, "latin-1")  # fallback
+    assert decode_message(no_charset.encode("utf-8")) == (no_charset, "utf-8")
+    ascii_declared = sample("orm_nw_v231.hl7").replace("|P|2.3.1", "|P|2.3.1||||||ASCII")
+    assert decode_message(ascii_declared.encode())[1] == "ascii"
+
+
+def test_latin1_message_stored_correctly(listener: Callable[..., Running]) -> None:
+    r = listener()
+    msg = sample("omi_o23.hl7").replace("NGUYEN^THI^LAN", "GONÇALVES^JOSÉ")
+    with socket.create_connection((r.host, r.port), timeout=5) as sock:
+        ack = raw_exchange(sock, MLLPDecoder(), frame(msg.encode("latin-1")))
+    assert read_ack(ack)[0] == "AA"
+    assert r.orders()[0].patient_name == "GONÇALVES^JOSÉ"
