@@ -14,8 +14,9 @@ import pydicom
 import pytest
 from conftest import dcmtk, free_port
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from sqlmodel import select
 
@@ -44,7 +45,9 @@ class Running:
 def scp(tmp_path: Path) -> Iterator[Running]:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    settings = Settings(data_dir=data_dir, dicom_port=0, bind_host="127.0.0.1")
+    settings = Settings.model_validate(
+        {"data_dir": data_dir, "dicom_port": 0, "bind_host": "127.0.0.1"}
+    )
     db = Database(settings.resolved_database_url)
     db.create_all()
     seen: list[str] = []
@@ -247,11 +250,11 @@ def _raw_file(path: Path, body: bytes, sop_uid: str = "1.2.826.0.1.3680043.10.99
     pynetdicom's STORE_SEND_CHUNKED_DATASET is on."""
     meta = pydicom.dataset.FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     with path.open("wb") as f:
         f.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(f, meta, enforce_standard=True)
+        write_file_meta_info(DicomFileLike(f), meta, enforce_standard=True)
         f.write(body)
     return path
 
@@ -359,7 +362,7 @@ def test_accepted_sockets_have_tcp_nodelay(scp: Running) -> None:
 
 def test_start_stop_ready_and_port_in_use(tmp_path: Path) -> None:
     port = free_port()
-    settings = Settings(data_dir=tmp_path, dicom_port=port)
+    settings = Settings.model_validate({"data_dir": tmp_path, "dicom_port": port})
     db = Database(settings.resolved_database_url)
     db.create_all()
     first = DicomListener(settings, db)

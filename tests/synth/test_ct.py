@@ -17,7 +17,7 @@ from triage.synth import ct as synth_ct
 
 def load(study: SyntheticStudy) -> tuple[list[pydicom.Dataset], np.ndarray]:
     """Headers and the HU volume (stored * slope + intercept), in file order."""
-    headers = [pydicom.dcmread(f) for f in study.files]
+    headers: list[pydicom.Dataset] = [pydicom.dcmread(f) for f in study.files]
     vol = np.stack(
         [
             ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)

@@ -234,7 +234,11 @@ class DicomListener:
             with self._index_lock, self.db.session() as session:
                 new = repo.record_instance(session, inst, study_attrs)
         except StoreError:
-            if not self._is_stored(sop_uid):
+            try:
+                stored = self._is_stored(sop_uid)  # a concurrent copy may have won the race
+            except StoreError:
+                stored = False
+            if not stored:
                 _remove(path)  # nothing refers to it; the peer will resend
             raise
         return fields["study_uid"] if new else None
