@@ -34,6 +34,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
@@ -229,6 +230,10 @@ class DicomListener:
             path=path.relative_to(self.data_dir).as_posix(),
             size_bytes=size,
             calling_ae=str(event.assoc.requestor.ae_title)[:16],
+            # Timezone-aware UTC: the installed sqlmodel stores datetime columns as
+            # UTCDateTime, which refuses naive values (store.models.utcnow is naive) and
+            # reads back aware ones; the HL7 listener does the same.
+            received_at=datetime.now(UTC),
         )
         try:
             with self._index_lock, self.db.session() as session:
