@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 from pydicom import dcmread
+from pydicom.uid import CTImageStorage
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
 from rich.console import Console
 from rich.table import Table
 
@@ -110,12 +110,18 @@ def run_demo(settings: Settings, *, studies: int = 6, wait_seconds: float = 120.
             acc = f"DEMO{run_id}{i:02d}"
             pid = f"SYN{run_id}{i:02d}"
             study = write_head_ct(
-                Path(tmp) / acc, hemorrhage=case.hemorrhage, seed=1000 + i, patient_id=pid,
+                Path(tmp) / acc,
+                hemorrhage=case.hemorrhage,
+                seed=1000 + i,
+                patient_id=pid,
                 accession=acc,
             )
             msg = order_message(
-                accession=acc, patient_id=pid, priority=case.priority,
-                patient_class=case.patient_class, study_uid=study.study_uid,
+                accession=acc,
+                patient_id=pid,
+                priority=case.priority,
+                patient_class=case.patient_class,
+                study_uid=study.study_uid,
             )
             send_message(ep["hl7"][0], ep["hl7"][1], msg, timeout=10.0)
             n = send_images(ep["dicom"][0], ep["dicom"][1], settings.dicom_ae_title, study.files)

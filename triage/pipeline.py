@@ -129,7 +129,7 @@ class Pipeline:
             self._analyze(study_uid, rule.model, instances)
         else:
             log.info("study %s: no routing rule matched; listed at ordered priority", study_uid)
-        self.rescore(study_uid)
+        self._score(study_uid, processed=True)
 
     def _analyze(self, study_uid: str, model: str, instances: list[Instance]) -> None:
         analysis: Analysis | None = None
@@ -183,10 +183,17 @@ class Pipeline:
             s.add(study)
 
     def rescore(self, study_uid: str) -> None:
+        """Score again a study already processed (its order changed); others wait their turn."""
+        self._score(study_uid, processed=False)
+
+    def _score(self, study_uid: str, *, processed: bool) -> None:
         """Score a study from its order and latest findings; notify the RIS when it rose."""
+        waiting = (
+            {StudyState.RECEIVING} if processed else {StudyState.RECEIVING, StudyState.COMPLETE}
+        )
         with self.db.session() as s:
             study = _study(s, study_uid)
-            if study is None or study.state in (StudyState.RECEIVING, StudyState.COMPLETE):
+            if study is None or study.state in waiting:
                 return
             order = link_order(s, study)
             findings = latest_findings(s, study_uid)

@@ -205,6 +205,7 @@ def serve(settings: Settings) -> None:
         level=settings.log_level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     engine = Engine(settings)
     asyncio.run(engine.run())
 

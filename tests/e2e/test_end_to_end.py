@@ -12,12 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
+from conftest import dcmtk
 
-from conftest import REPO_ROOT, dcmtk
 from triage.hl7.client import send_message
 from triage.synth.ct import write_head_ct
 from triage.synth.orders import order_message
@@ -167,17 +166,30 @@ def test_bleed_jumps_to_the_top(engine, ris, tmp_path):
         ack = send_message(
             "127.0.0.1",
             ep["hl7"][1],
-            order_message(accession=acc, patient_id=pid, priority="R", patient_class="E",
-                          study_uid=study.study_uid),
+            order_message(
+                accession=acc,
+                patient_id=pid,
+                priority="R",
+                patient_class="E",
+                study_uid=study.study_uid,
+            ),
             timeout=10,
         )
         assert "MSA|AA|ORM" + acc in ack
     # Images with dcmtk's storescu: the negative study first, so it arrived first.
     for study in (neg, pos):
         subprocess.run(
-            [dcmtk("storescu"), "-aec", "TRIAGE", "127.0.0.1", str(ep["dicom"][1]),
-             *map(str, study.files)],
-            check=True, capture_output=True, timeout=120,
+            [
+                dcmtk("storescu"),
+                "-aec",
+                "TRIAGE",
+                "127.0.0.1",
+                str(ep["dicom"][1]),
+                *map(str, study.files),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
 
     def scored():

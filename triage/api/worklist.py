@@ -51,7 +51,7 @@ def worklist(session: Session, rules: UrgencyRules) -> list[dict[str, Any]]:
                 "routed_model": st.routed_model,
                 "order_link": st.order_link,
                 "instances": st.instance_count,
-                "received_at": st.first_received_at.isoformat() + "Z",
+                "received_at": st.first_received_at.isoformat(),
                 "findings": [
                     {
                         "model": f.model_name,

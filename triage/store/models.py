@@ -17,7 +17,7 @@ from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    return datetime.now(UTC)
 
 
 class StudyState(StrEnum):
@@ -143,5 +143,6 @@ class OutboundMessage(SQLModel, table=True):
     ack: str = ""
     error: str = ""
     attempts: int = 0
+    next_attempt_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = None
