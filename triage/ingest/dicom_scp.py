@@ -34,7 +34,6 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
@@ -73,7 +72,7 @@ from triage.ingest.dicom_files import (
 )
 from triage.store import repo
 from triage.store.db import Database
-from triage.store.models import Instance
+from triage.store.models import Instance, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +229,7 @@ class DicomListener:
             path=path.relative_to(self.data_dir).as_posix(),
             size_bytes=size,
             calling_ae=str(event.assoc.requestor.ae_title)[:16],
-            # Timezone-aware UTC: the installed sqlmodel stores datetime columns as
-            # UTCDateTime, which refuses naive values (store.models.utcnow is naive) and
-            # reads back aware ones; the HL7 listener does the same.
-            received_at=datetime.now(UTC),
+            received_at=utcnow(),
         )
         try:
             with self._index_lock, self.db.session() as session:

@@ -32,7 +32,6 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from sqlmodel import Session, col, select
 
@@ -42,7 +41,7 @@ from triage.hl7.ack import ack_for_error, build_ack
 from triage.hl7.mllp import MLLPDecoder, MLLPFrameTooLarge, frame
 from triage.hl7.parse import MessageHeader, ParsedOrder, parse_orders, peek_header, read_header
 from triage.store.db import Database
-from triage.store.models import HL7Message, Order
+from triage.store.models import HL7Message, Order, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +131,6 @@ class Outcome:
     order_ids: list[int] = field(default_factory=list)
     message_id: int | None = None
     error: str = ""
-
-
-def _now() -> datetime:
-    """Timezone-aware UTC: sqlmodel >= 0.0.4x stores ``datetime`` fields as UTCDateTime, which
-    refuses naive values (``store.models.utcnow`` is naive), and returns aware values."""
-    return datetime.now(UTC)
 
 
 class HL7Listener:
@@ -348,7 +341,7 @@ class HL7Listener:
     ) -> HL7Message:
         h = header or MessageHeader()
         return HL7Message(
-            received_at=_now(),
+            received_at=utcnow(),
             peer=peer,
             sending_application=h.sending_application,
             sending_facility=h.sending_facility,
@@ -416,7 +409,7 @@ class HL7Listener:
                 if value and not getattr(row, name):
                     setattr(row, name, value)
         row.message_id = message_id
-        row.updated_at = _now()
+        row.updated_at = utcnow()
         session.add(row)
         session.flush()
         if row.id is None:  # pragma: no cover - flush assigns it
