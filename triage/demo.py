@@ -83,7 +83,7 @@ def _table(title: str, studies: list[dict[str, Any]]) -> Table:
             st["patient_class"] or "?",
             st["ordered_priority"] or "-",
             st["engine_priority"],
-            f"{st['score']:.1f}",
+            f"{st['score']:.1f}" if st["scored_at"] else "-",
             ai or "-",
             st["state"],
             style=style,

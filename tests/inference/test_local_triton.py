@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -115,3 +117,23 @@ def test_not_ready_in_time_is_reported_and_cleaned_up(tmp_path: Path) -> None:
     with pytest.raises(TritonUnavailable, match="not ready after"):
         server.start()
     assert server.pid is None
+
+
+def test_start_reaps_a_server_left_by_a_killed_engine(tmp_path: Path) -> None:
+    first = LocalTriton(model_repo(tmp_path / "m1"), tmp_path / "work", startup_seconds=60)
+    first.start()
+    orphan = first.pid
+    assert orphan is not None and pid_alive(orphan)
+    first._proc = None  # the engine that started it died without stopping it
+    second = LocalTriton(model_repo(tmp_path / "m2"), tmp_path / "work", startup_seconds=60)
+    try:
+        second.start()
+        deadline = time.monotonic() + 10
+        while pid_alive(orphan) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(orphan)
+        assert second.pid != orphan and second.is_running()
+    finally:
+        second.stop()
+        if pid_alive(orphan):  # never leave it behind, even when the assertion failed
+            os.killpg(orphan, signal.SIGKILL)

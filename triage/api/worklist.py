@@ -46,6 +46,7 @@ def worklist(session: Session, rules: UrgencyRules) -> list[dict[str, Any]]:
                 "ordered_priority": st.ordered_priority or "",
                 "engine_priority": st.engine_priority or rules.level(st.ordered_priority).code,
                 "score": st.score,
+                "scored_at": st.scored_at.isoformat() if st.scored_at else None,
                 "state": st.state,
                 "ai_status": st.ai_status,
                 "routed_model": st.routed_model,

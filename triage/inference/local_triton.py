@@ -130,6 +130,7 @@ class LocalTriton:
             raise TritonUnavailable(f"model repository not found: {self.models_dir}")
         root = pytriton_root()
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._reap_stale()
         backends = self._prepare_backends(root)
         env = self._environment(root)
         deadline = time.monotonic() + self.startup_seconds
@@ -150,6 +151,31 @@ class LocalTriton:
             return
         self._proc = None
         _kill_group(proc, grace_seconds)
+        with contextlib.suppress(FileNotFoundError):
+            self._pid_file.unlink()
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.work_dir / "tritonserver.pid"
+
+    def _reap_stale(self) -> None:
+        """Kill a tritonserver left by an engine that was killed (SIGKILL, power loss of the
+        parent only) with this work dir: its pid file survives, and so may the server."""
+        try:
+            pid = int(self._pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if (
+            cmdline
+            and cmdline[0].endswith(b"tritonserver")
+            and any(str(self.work_dir).encode() in arg for arg in cmdline)
+        ):
+            log.warning("killing tritonserver pid %d left by a previous run", pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            self._pid_file.unlink()
 
     def __enter__(self) -> LocalTriton:
         self.start()
@@ -245,6 +271,7 @@ class LocalTriton:
                 start_new_session=True,  # own process group: stop() kills the stubs too
             )
         self._proc = proc
+        self._pid_file.write_text(str(proc.pid))
         url = f"http://{HOST}:{self.http_port}/v2/health/ready"
         delay = 0.02
         while True:

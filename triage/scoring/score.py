@@ -76,8 +76,8 @@ def score_study(
     for f in findings:
         weight = rules.findings.get(f.model)
         label = weight.label if weight else f.model
-        version = f" v{f.model_version}" if f.model_version else ""
-        name = f"AI {f.model}{version} ({label})"
+        version = f" {f.model_version}" if f.model_version else ""
+        name = f"AI {label} ({f.model}{version})"
         if f.status == "not_assessable":
             reasons.append(
                 f"{name}: not assessable ({f.detail or 'no reason given'}); "
