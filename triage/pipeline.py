@@ -177,6 +177,7 @@ class Pipeline:
                 )
                 study.ai_status = analysis.status
                 study.ai_next_attempt_at = None
+                study.state = StudyState.COMPLETE  # analysed; scoring comes next
                 log.info(
                     "study %s: %s %s p=%s", study_uid, model, analysis.status, analysis.probability
                 )

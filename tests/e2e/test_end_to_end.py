@@ -7,76 +7,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import pytest
 from conftest import dcmtk
+from ris_peer import FakeRIS
 
 from triage.hl7.client import send_message
 from triage.synth.ct import write_head_ct
 from triage.synth.orders import order_message
 
 pytestmark = pytest.mark.integration
-
-START = b"\x0b"
-END = b"\x1c\x0d"
-
-
-class FakeRIS:
-    """A minimal MLLP server that records each message and answers AA echoing MSH-10."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.messages: list[str] = []
-        self._stop = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        buf = b""
-        conn.settimeout(10)
-        with conn:
-            while True:
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                buf += data
-                while START in buf and END in buf:
-                    start = buf.index(START)
-                    end = buf.index(END, start)
-                    msg = buf[start + 1 : end].decode("utf-8", "replace")
-                    buf = buf[end + 2 :]
-                    self.messages.append(msg)
-                    msh = msg.split("\r")[0].split("|")
-                    ack = (
-                        f"MSH|^~\\&|RIS|HOSP|{msh[2]}|{msh[3]}|20260101000000||ACK|A{msh[9]}|P|"
-                        f"{msh[11]}\rMSA|AA|{msh[9]}\r"
-                    )
-                    conn.sendall(START + ack.encode() + END)
-
-    def close(self) -> None:
-        self._stop = True
-        self.sock.close()
 
 
 def segments(msg: str, name: str) -> list[list[str]]:

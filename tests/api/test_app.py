@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REPO_ROOT
+from fastapi.testclient import TestClient
+
+from triage.api.app import create_app
+from triage.scoring import load_urgency_rules
+from triage.store import Database, Finding, Study, StudyState
+
+
+@pytest.fixture
+def db(tmp_path):
+    d = Database(f"sqlite:///{tmp_path / 't.db'}")
+    d.create_all()
+    yield d
+    d.dispose()
+
+
+@pytest.fixture
+def rules():
+    return load_urgency_rules(REPO_ROOT / "rules" / "urgency.yaml")
+
+
+def client(db, rules, parts):
+    return TestClient(create_app(db, rules, lambda: parts))
+
+
+def test_healthz_503_names_the_part_that_is_not_ready(db, rules):
+    parts = {"dicom": {"ready": True}, "triton": {"ready": False, "detail": "starting"}}
+    r = client(db, rules, parts).get("/healthz")
+    assert r.status_code == 503
+    body = r.json()
+    assert body["status"] == "not ready"
+    assert body["components"]["triton"] == {"ready": False, "detail": "starting"}
+
+
+def test_healthz_200_when_all_ready(db, rules):
+    r = client(db, rules, {"dicom": {"ready": True}, "hl7": {"ready": True}}).get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ready"
+
+
+def test_worklist_most_urgent_first_with_reasons(db, rules):
+    with db.session() as s:
+        s.add(
+            Study(
+                study_uid="1",
+                accession_number="ROUTINE",
+                ordered_priority="R",
+                engine_priority="R",
+                score=30,
+                state=StudyState.SCORED,
+            )
+        )
+        s.add(
+            Study(
+                study_uid="2",
+                accession_number="BLEED",
+                ordered_priority="R",
+                engine_priority="S",
+                score=85,
+                state=StudyState.SCORED,
+                reasons=json.dumps(["Score 85 -> priority S (raised from R)"]),
+            )
+        )
+        s.add(
+            Study(
+                study_uid="3",
+                accession_number="ASAP",
+                ordered_priority="A",
+                state=StudyState.RECEIVING,
+            )
+        )
+        s.add(
+            Finding(
+                study_uid="2",
+                model_name="ich",
+                model_version="v",
+                probability=0.97,
+                positive=True,
+                threshold=0.5,
+            )
+        )
+    r = client(db, rules, {}).get("/api/worklist")
+    assert r.status_code == 200
+    body = r.json()
+    assert "synthetic phantoms" in body["notice"]
+    assert [s["accession_number"] for s in body["studies"]] == ["BLEED", "ASAP", "ROUTINE"]
+    top = body["studies"][0]
+    assert top["findings"][0]["model"] == "ich" and top["findings"][0]["positive"] is True
+    assert top["reasons"] == ["Score 85 -> priority S (raised from R)"]
+    assert body["studies"][1]["engine_priority"] == "A"  # unscored: listed as ordered
+
+
+def test_unknown_path_and_method_answer_json(db, rules):
+    c = client(db, rules, {})
+    r = c.get("/api/nothing")
+    assert r.status_code == 404 and r.json() == {"error": "Not Found"}
+    r = c.post("/api/worklist")
+    assert r.status_code == 405 and "error" in r.json()
