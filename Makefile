@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LINTED := triage tests $(wildcard benchmarks)
 
 .PHONY: run demo test check lint format typecheck clean venv
 
@@ -21,13 +22,13 @@ demo: $(STAMP)
 	$(BIN)/triage demo $(ARGS)
 
 check: $(STAMP)
-	$(BIN)/ruff check triage tests benchmarks
-	$(BIN)/ruff format --check triage tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format triage tests benchmarks
-	$(BIN)/ruff check --fix triage tests benchmarks
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
 test: $(STAMP) check
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -15,6 +15,7 @@ from conftest import REPO_ROOT
 from ris_peer import FakeRIS
 from sqlmodel import select
 
+from triage.completion import CompletionPolicy
 from triage.config import load_settings
 from triage.errors import NotAssessable, TritonUnavailable
 from triage.outbound import RISNotifier
@@ -52,20 +53,26 @@ def ris():
     r.close()
 
 
-def make(tmp_path: Path, analyzer, ris: FakeRIS | None):
-    env = {"TRIAGE_DATA_DIR": str(tmp_path)}
+def make(tmp_path: Path, analyzer, ris: FakeRIS | None, *, stable: float = 0.05, routing=None):
+    env = {"TRIAGE_DATA_DIR": str(tmp_path), "TRIAGE_STUDY_STABLE_SECONDS": str(stable)}
     if ris is not None:
         env.update(TRIAGE_RIS_HOST="127.0.0.1", TRIAGE_RIS_PORT=str(ris.port))
     settings = load_settings(environ=env, overrides={"retry_seconds": 0.2})
     db = Database(settings.resolved_database_url)
     db.create_all()
+    routing = routing or load_routing_rules(REPO_ROOT / "rules" / "routing.yaml")
     pipeline = Pipeline(
         db,
-        load_routing_rules(REPO_ROOT / "rules" / "routing.yaml"),
+        routing,
         load_urgency_rules(REPO_ROOT / "rules" / "urgency.yaml"),
         analyzer,
         RISNotifier(settings, db),
-        stable_seconds=0.05,
+        completion=CompletionPolicy(
+            stable_seconds_for=settings.stable_seconds_for,
+            shortest_seconds=stable,
+            expected_series_quiet_seconds=stable,
+            routing=routing,
+        ),
         retry_seconds=0.2,
     )
     return db, pipeline
@@ -80,38 +87,57 @@ def add_study(
     desc="CT HEAD WO CONTRAST",
     accession="",
     n=10,
+    first=0,
+    age=5.0,
+    patient="P1",
+    series="0",
+    ae="",
 ) -> None:
     with db.session() as s:
-        for i in range(n):
+        for i in range(first, first + n):
             inst = Instance(
-                sop_instance_uid=f"{uid}.{i}",
+                sop_instance_uid=f"{uid}.{series}.{i}",
                 study_uid=uid,
-                series_uid=f"{uid}.0",
+                series_uid=f"{uid}.{series}",
                 modality=modality,
                 path=f"x/{i}.dcm",
                 series_description=desc,
-                received_at=utcnow() - timedelta(seconds=5),
+                calling_ae=ae,
+                received_at=utcnow() - timedelta(seconds=age),
             )
             record_instance(
                 s,
                 inst,
                 {
                     "accession_number": accession,
-                    "patient_id": "P1",
+                    "patient_id": patient,
                     "body_part": body,
                     "study_description": desc,
                 },
             )
 
 
-def add_order(db: Database, accession: str, priority: str, pclass: str, study_uid="") -> int:
+def add_order(
+    db: Database,
+    accession: str,
+    priority: str,
+    pclass: str,
+    study_uid="",
+    *,
+    patient="P1",
+    modality="",
+    status="",
+    control="NW",
+) -> int:
     with db.session() as s:
         o = Order(
             accession_number=accession,
             ordered_priority=priority,
             patient_class=pclass,
-            patient_id="P1",
-            order_control="NW",
+            patient_id=patient,
+            order_control=control,
+            order_status=status,
+            modality=modality,
             study_uid=study_uid,
             procedure_text="CT HEAD WO CONTRAST",
         )
@@ -259,3 +285,132 @@ def test_order_by_study_uid_wins_over_accession(tmp_path, ris):
     assert st.order_link == "study_uid" and st.accession_number == "OTHER"
     assert st.ordered_priority == "S" and st.engine_priority == "S"
     assert ris.messages == []  # a STAT order cannot be raised further
+
+
+def test_ris_exam_completed_completes_the_study_at_once(tmp_path, ris):
+    analyzer = ScriptedAnalyzer([positive()])
+    db, p = make(tmp_path, analyzer, ris, stable=3600)
+    add_order(db, "ACC10", "R", "E")
+    add_study(db, "10.1", accession="ACC10", age=1)
+    p.tick()
+    assert study(db, "10.1").state == StudyState.RECEIVING  # an hour of quiet is needed
+    p.on_order(add_order(db, "ACC10", "R", "E", status="CM", control="SC"))
+    st = study(db, "10.1")
+    assert st.state == StudyState.SCORED and st.engine_priority == "S"
+    assert analyzer.calls == ["ich"]
+
+
+def test_same_images_are_not_analysed_twice_new_images_are(tmp_path, ris):
+    analyzer = ScriptedAnalyzer([positive(0.97), positive(0.96)])
+    db, p = make(tmp_path, analyzer, ris)
+    add_order(db, "ACC11", "R", "E")
+    add_study(db, "11.1", accession="ACC11")
+    p.tick()
+    assert analyzer.calls == ["ich"]
+    p.process_study("11.1")  # e.g. completed again by the RIS: same images
+    assert analyzer.calls == ["ich"]
+    add_study(db, "11.1", accession="ACC11", first=10, n=2)  # a late instance
+    assert study(db, "11.1").state == StudyState.RECEIVING
+    p.tick()
+    assert analyzer.calls == ["ich", "ich"]
+    assert study(db, "11.1").state == StudyState.SCORED
+    assert len(ris.messages) == 2  # still positive, still S: the RIS is not told again
+
+
+def test_changed_result_after_late_images_sends_one_correction(tmp_path, ris):
+    negative = Analysis("ich", "ich-test-1", "done", 0.2, False, 0.5, 3, "1.2.3.4")
+    analyzer = ScriptedAnalyzer([positive(), negative, negative])
+    db, p = make(tmp_path, analyzer, ris)
+    add_order(db, "ACC12", "R", "E")
+    add_study(db, "12.1", accession="ACC12")
+    p.tick()
+    assert len(ris.messages) == 2
+    add_study(db, "12.1", accession="ACC12", first=10, n=1)
+    p.tick()
+    assert len(ris.messages) == 3
+    corrected = ris.messages[2]
+    assert "|ORU^R01" in corrected
+    obr = next(x.split("|") for x in corrected.split("\r") if x.startswith("OBR|"))
+    assert obr[25] == "C"
+    add_study(db, "12.1", accession="ACC12", first=11, n=1)  # later still, same result
+    p.tick()
+    assert len(ris.messages) == 3  # at most one corrected result
+    # never downgraded on the RIS: no ORM lowering the priority was sent
+    assert sum("|ORM^O01" in m for m in ris.messages) == 1
+
+
+def test_order_linked_by_patient_and_modality_in_time_window(tmp_path, ris):
+    db, p = make(tmp_path, ScriptedAnalyzer([positive()]), ris)
+    add_order(db, "ACC13", "A", "E", patient="PX", modality="CT")
+    add_order(db, "ACC13MR", "R", "O", patient="PX", modality="MR")
+    add_study(db, "13.1", accession="", patient="PX")
+    p.tick()
+    st = study(db, "13.1")
+    assert st.order_link == "patient" and st.accession_number == "ACC13"
+    assert st.ordered_priority == "A"
+
+
+def test_ambiguous_patient_match_links_nothing(tmp_path, ris):
+    negative = Analysis("ich", "ich-test-1", "done", 0.1, False, 0.5, 3, "1.2.3.4")
+    db, p = make(tmp_path, ScriptedAnalyzer([negative]), ris)
+    add_order(db, "ACC14A", "A", "E", patient="PY", modality="CT")
+    add_order(db, "ACC14B", "R", "E", patient="PY", modality="CT")
+    add_study(db, "14.1", accession="", patient="PY")
+    p.tick()
+    st = study(db, "14.1")
+    assert st.order_link == "none" and st.accession_number == ""
+
+
+def test_study_without_order_is_triaged_then_linked_when_the_order_arrives(tmp_path, ris):
+    db, p = make(tmp_path, ScriptedAnalyzer([positive()]), ris)
+    add_study(db, "15.1", accession="", patient="PZ")
+    p.tick()
+    st = study(db, "15.1")
+    assert st.state == StudyState.SCORED and st.order_link == "none"
+    assert any("Patient class unknown" in r for r in json.loads(st.reasons))
+    assert st.engine_priority == "S"
+    assert ris.messages == []  # the RIS cannot be told which order to change yet
+    p.on_order(add_order(db, "ACC15", "R", "E", patient="PZ", modality="CT"))
+    st = study(db, "15.1")
+    assert st.order_link == "patient" and st.patient_class == "E"
+    assert len(ris.messages) == 2 and "ACC15" in ris.messages[0]
+
+
+def test_quiet_period_per_modality_and_ae(tmp_path, ris):
+    db, p = make(tmp_path, ScriptedAnalyzer([]), ris, stable=3600)
+    p.completion = CompletionPolicy(
+        stable_seconds_for=lambda modality, ae: (
+            {"MR": 1.0}.get(modality, 3600.0) if ae != "FASTCT" else 0.5
+        ),
+        shortest_seconds=0.5,
+        expected_series_quiet_seconds=3600,
+    )
+    add_study(db, "16.1", modality="MR", body="WRIST", desc="MR WRIST", age=2)
+    add_study(db, "16.2", age=2)
+    add_study(db, "16.3", age=2, ae="FASTCT", desc="CT KNEE", body="KNEE")
+    p.tick()
+    assert study(db, "16.1").state == StudyState.NOT_ROUTED
+    assert study(db, "16.2").state == StudyState.RECEIVING
+    assert study(db, "16.3").state == StudyState.NOT_ROUTED
+
+
+def test_expected_series_complete_a_study_early(tmp_path, ris):
+    rules = load_routing_rules(
+        Path("site-routing.yaml"),
+        "version: 1\nrules:\n  - name: head\n    model: ich\n    modality: [CT]\n"
+        "    require:\n      - body_part: [HEAD]\n"
+        "    expected_series: ['(?i)brain', '(?i)bone']\n",
+    )
+    db, p = make(tmp_path, ScriptedAnalyzer([positive()]), ris, stable=3600, routing=rules)
+    p.completion = CompletionPolicy(
+        stable_seconds_for=lambda m, a: 3600.0,
+        shortest_seconds=3600,
+        expected_series_quiet_seconds=0.5,
+        routing=rules,
+    )
+    add_study(db, "17.1", desc="BRAIN 5MM", series="1", age=2)
+    p.tick()
+    assert study(db, "17.1").state == StudyState.RECEIVING  # the bone series is missing
+    add_study(db, "17.1", desc="BONE 1MM", series="2", age=2)
+    p.tick()
+    assert study(db, "17.1").state == StudyState.SCORED

@@ -1,29 +1,82 @@
-"""Study completion: a study is complete when no instance has arrived for a while."""
+"""Study completion: when a study has all its images and may be analysed.
+
+DICOM has no "study finished" message, so completion is inferred, and made idempotent:
+
+- **Quiet period**: no instance for ``stable_seconds_for(modality, calling AE)`` (per-AE, then
+  per-modality overrides of ``study_stable_seconds``).
+- **Expected series**: once every series the matching routing rule lists in
+  ``expected_series`` is present, a shorter quiet period (``expected_series_quiet_seconds``)
+  is enough.
+- **From the RIS**: an order with ORC-5 = CM (exam completed) completes its studies that have
+  images at once (see :meth:`triage.pipeline.Pipeline.on_order`).
+
+A late instance puts a study back to RECEIVING (``record_instance``), so it completes again;
+the pipeline re-analyses it only when its set of instances changed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from triage.store import Database, StudyState
+from sqlmodel import Session, col, select
+
+from triage.routing import RoutingRules, route
+from triage.routing.gather import facts_for_study
+from triage.store import Database, Instance, Study, StudyState
 from triage.store.models import utcnow
-from triage.store.repo import stable_studies
+from triage.store.repo import link_order
+
+
+@dataclass(frozen=True)
+class CompletionPolicy:
+    stable_seconds_for: Callable[[str, str], float]  # (modality, calling AE) -> seconds
+    shortest_seconds: float  # the shortest quiet period any study can have
+    expected_series_quiet_seconds: float
+    routing: RoutingRules | None = None
 
 
 def complete_stable_studies(
-    db: Database, stable_seconds: float, now: datetime | None = None
-) -> list[str]:
-    """Mark RECEIVING studies idle for ``stable_seconds`` as COMPLETE; return their UIDs.
-
-    Idempotent: a study is returned once per quiet period. A late instance puts it back to
-    RECEIVING (see ``record_instance``), so it completes, and is processed, again.
-    """
+    db: Database, policy: CompletionPolicy, now: datetime | None = None
+) -> list[tuple[str, str]]:
+    """Mark quiet RECEIVING studies COMPLETE; return (study UID, why) for each."""
     now = now or utcnow()
-    cutoff = now - timedelta(seconds=stable_seconds)
-    done: list[str] = []
+    shortest = min(policy.shortest_seconds, policy.expected_series_quiet_seconds)
+    done: list[tuple[str, str]] = []
     with db.session() as s:
-        for study in stable_studies(s, cutoff):
-            study.state = StudyState.COMPLETE
-            study.completed_at = now
-            s.add(study)
-            done.append(study.study_uid)
+        candidates = s.exec(
+            select(Study).where(
+                Study.state == StudyState.RECEIVING,
+                col(Study.last_received_at) < now - timedelta(seconds=shortest),
+            )
+        ).all()
+        for study in candidates:
+            quiet = (now - study.last_received_at).total_seconds()
+            needed = policy.stable_seconds_for(study.modality, study.calling_ae)
+            why = ""
+            if quiet >= needed:
+                why = f"no new image for {needed:g} s"
+            elif quiet >= policy.expected_series_quiet_seconds and _expected_series_present(
+                s, study, policy.routing
+            ):
+                why = "every expected series is present"
+            if why:
+                study.state = StudyState.COMPLETE
+                study.completed_at = now
+                s.add(study)
+                done.append((study.study_uid, why))
     return done
+
+
+def _expected_series_present(session: Session, study: Study, routing: RoutingRules | None) -> bool:
+    if routing is None or not any(r.expected_series for r in routing.rules):
+        return False
+    order = link_order(session, study)
+    rule = route(routing, facts_for_study(session, study, order))
+    if rule is None or not rule.expected_series:
+        return False
+    descriptions = session.exec(
+        select(Instance.series_description).where(Instance.study_uid == study.study_uid).distinct()
+    ).all()
+    return all(any(p.search(d or "") for d in descriptions) for p in rule.expected_series)

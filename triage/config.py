@@ -10,6 +10,7 @@ read when present. Every setting below states its default. A bad value stops sta
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -41,6 +42,20 @@ class Settings(BaseModel):
     hl7_max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest HL7 frame accepted"
     )
+    hl7_mapping_file: str = Field(
+        "",
+        description="HL7 site mapping (which field holds what per sender); default '': "
+        "<rules_dir>/hl7-mapping.yaml, built-in defaults when that file is absent",
+    )
+    hl7_idle_timeout_seconds: float = Field(
+        300.0, gt=0, description="Close an HL7 connection idle this long; default 300"
+    )
+    hl7_commit_batch_max: int = Field(
+        256,
+        ge=1,
+        description="Most HL7 messages stored in one database transaction (group commit); "
+        "default 256",
+    )
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP API port (0: any)")
     ris_host: str = Field("", description="RIS MLLP host; empty: nothing is sent (logged)")
     ris_port: int = Field(0, ge=0, le=65535, description="RIS MLLP port; 0 with host empty")
@@ -59,6 +74,27 @@ class Settings(BaseModel):
     study_stable_seconds: float = Field(
         10.0, gt=0, description="A study is complete after this long with no new instance"
     )
+    stable_seconds_by_modality: dict[str, float] = Field(
+        default_factory=dict,
+        description="Quiet period per modality, e.g. {MR = 60}; default: none (all use "
+        "study_stable_seconds). Environment: JSON",
+    )
+    stable_seconds_by_ae: dict[str, float] = Field(
+        default_factory=dict,
+        description="Quiet period per calling AE title (wins over modality); default: none. "
+        "Environment: JSON",
+    )
+    expected_series_quiet_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="Quiet period once every series a routing rule expects is present",
+    )
+    order_match_window_hours: float = Field(
+        24.0,
+        gt=0,
+        description="Link a study with no UID/accession match to the one order of the same "
+        "patient and modality placed within this many hours",
+    )
     completion_poll_seconds: float = Field(1.0, gt=0, description="How often completion runs")
     retry_seconds: float = Field(15.0, gt=0, description="Wait before retrying AI or RIS send")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log")
@@ -69,6 +105,30 @@ class Settings(BaseModel):
         if not 1 <= len(v.strip()) <= 16 or "\\" in v or not v.isascii():
             raise ValueError("must be 1-16 ASCII characters without a backslash")
         return v.strip()
+
+    @field_validator("stable_seconds_by_modality", "stable_seconds_by_ae", mode="before")
+    @classmethod
+    def _json_mapping(cls, v: object) -> object:
+        if isinstance(v, str):  # from the environment or --set
+            try:
+                v = json.loads(v) if v.strip() else {}
+            except ValueError as exc:
+                raise ValueError(f'expected a JSON object like {{"MR": 60}}: {exc}') from None
+        if isinstance(v, dict):
+            for key, value in v.items():
+                if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                    raise ValueError(f"{key}: seconds must be a number > 0, not {value!r}")
+            return {str(k).strip().upper(): float(x) for k, x in v.items()}
+        return v
+
+    def stable_seconds_for(self, modality: str, calling_ae: str) -> float:
+        """The quiet period after which a study from ``calling_ae`` of ``modality`` is complete."""
+        ae = calling_ae.strip().upper()
+        if ae in self.stable_seconds_by_ae:
+            return self.stable_seconds_by_ae[ae]
+        return self.stable_seconds_by_modality.get(
+            modality.strip().upper(), self.study_stable_seconds
+        )
 
     @field_validator("ris_host", "triton_url", "database_url", "bind_host")
     @classmethod
@@ -144,7 +204,7 @@ def describe_settings() -> list[tuple[str, str, str, str]]:
     """(name, environment variable, default, description) for every setting, for docs/CLI."""
     rows = []
     for name, field in Settings.model_fields.items():
-        default = field.default
+        default = field.get_default(call_default_factory=True)
         if isinstance(default, Path) and default.is_absolute():
             with contextlib.suppress(ValueError):
                 default = f"<repo>/{default.relative_to(REPO_ROOT)}"

@@ -11,6 +11,7 @@ For a complete study: routing rules -> inference -> scoring -> outbound to the R
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -19,14 +20,20 @@ from typing import Protocol
 
 from sqlmodel import Session, col, select
 
-from triage.completion import complete_stable_studies
+from triage.completion import CompletionPolicy, complete_stable_studies
 from triage.errors import InferenceError, ModelNotReady, NotAssessable, TritonUnavailable
 from triage.routing import RoutingRules, route
 from triage.routing.gather import facts_for_study
 from triage.scoring import FindingInput, UrgencyRules, score_study
 from triage.store import Database, Finding, Instance, Order, Study, StudyState
 from triage.store.models import utcnow
-from triage.store.repo import latest_findings, link_order, studies_for_order, study_instances
+from triage.store.repo import (
+    DEFAULT_MATCH_WINDOW_HOURS,
+    latest_findings,
+    link_order,
+    studies_for_order,
+    study_instances,
+)
 
 log = logging.getLogger("triage.pipeline")
 
@@ -58,9 +65,17 @@ class Notifier(Protocol):
     """The RIS side, as an outbox: messages are queued in the scoring transaction, then sent."""
 
     def queue(
-        self, session: Session, study: Study, order: Order | None, findings: list[Finding]
-    ) -> None:  # pragma: no cover - protocol
-        """Queue an ORM XO (new priority) and an ORU (AI result) for a study that rose."""
+        self,
+        session: Session,
+        study: Study,
+        order: Order | None,
+        findings: list[Finding],
+        *,
+        order_change: bool = True,
+        corrected: bool = False,
+    ) -> bool:  # pragma: no cover - protocol
+        """Queue an ORM XO (new priority, when ``order_change``) and an ORU per AI result
+        (result status C when ``corrected``); False when nothing could be queued."""
         ...
 
     def send_pending(self) -> None:  # pragma: no cover - protocol
@@ -77,61 +92,98 @@ class Pipeline:
         analyzer: Analyzer | None,
         notifier: Notifier,
         *,
-        stable_seconds: float,
+        completion: CompletionPolicy,
         retry_seconds: float,
+        match_window_hours: float = DEFAULT_MATCH_WINDOW_HOURS,
     ) -> None:
         self.db = db
         self.routing = routing
         self.urgency = urgency
         self.analyzer = analyzer
         self.notifier = notifier
-        self.stable_seconds = stable_seconds
+        self.completion = completion
         self.retry_seconds = retry_seconds
+        self.window = match_window_hours
 
     # -- events -------------------------------------------------------------------------
     def tick(self) -> None:
         """Periodic work: completion, pending AI retries, pending RIS sends."""
-        for uid in complete_stable_studies(self.db, self.stable_seconds):
-            log.info("study %s complete", uid)
+        for uid, why in complete_stable_studies(self.db, self.completion):
+            log.info("study %s complete: %s", uid, why)
             self.process_study(uid)
         for uid in self._due_ai_retries():
             self.process_study(uid)
         self.notifier.send_pending()
 
     def on_order(self, order_id: int) -> None:
-        """An order was stored: link it to its studies and re-score those already scored."""
+        """An order was stored: link it to its studies and re-score those already scored.
+
+        ORC-5 = CM (exam completed) completes the order's studies that have images now.
+        """
+        to_process: list[str] = []
+        to_rescore: list[str] = []
         with self.db.session() as s:
             order = s.get(Order, order_id)
             if order is None:
                 return
-            uids = [st.study_uid for st in studies_for_order(s, order)]
-        for uid in uids:
+            for st in studies_for_order(s, order, self.window):
+                link_order(s, st, self.window)
+                if (
+                    order.order_status.upper() == "CM"
+                    and st.state == StudyState.RECEIVING
+                    and st.instance_count > 0
+                ):
+                    st.state = StudyState.COMPLETE
+                    st.completed_at = utcnow()
+                    to_process.append(st.study_uid)
+                else:
+                    to_rescore.append(st.study_uid)
+                s.add(st)
+        for uid in to_process:
+            log.info("study %s complete: the RIS reports the exam completed (ORC-5 CM)", uid)
+            self.process_study(uid)
+        for uid in to_rescore:
             self.rescore(uid)
 
     # -- steps --------------------------------------------------------------------------
     def process_study(self, study_uid: str) -> None:
-        """Route, analyse and score one complete study."""
+        """Route, analyse and score one complete study.
+
+        Idempotent: a study whose instance set was already analysed by the same model is only
+        re-scored, never sent to the model again.
+        """
         with self.db.session() as s:
             study = _study(s, study_uid)
             if study is None:
                 return
-            order = link_order(s, study)
+            order = link_order(s, study, self.window)
             rule = route(self.routing, facts_for_study(s, study, order))
+            instances = list(study_instances(s, study_uid)) if rule else []
+            fingerprint = _fingerprint(instances)
+            again = (
+                rule is not None
+                and study.routed_model == rule.model
+                and study.analyzed_fingerprint == fingerprint
+                and study.ai_status in ("done", "not_assessable")
+            )
             study.routed_model = rule.model if rule else ""
             study.routing_rule = rule.name if rule else ""
-            instances = list(study_instances(s, study_uid)) if rule else []
             if rule is None:
                 study.state = StudyState.NOT_ROUTED
                 study.ai_status = ""
             s.add(study)
-        if rule is not None:
-            log.info("study %s routed to %s by rule %s", study_uid, rule.model, rule.name)
-            self._analyze(study_uid, rule.model, instances)
-        else:
+        if rule is None:
             log.info("study %s: no routing rule matched; listed at ordered priority", study_uid)
+        elif again:
+            log.info("study %s: same images as already analysed; re-scored only", study_uid)
+        else:
+            log.info("study %s routed to %s by rule %s", study_uid, rule.model, rule.name)
+            self._analyze(study_uid, rule.model, instances, fingerprint)
         self._score(study_uid, processed=True)
 
-    def _analyze(self, study_uid: str, model: str, instances: list[Instance]) -> None:
+    def _analyze(
+        self, study_uid: str, model: str, instances: list[Instance], fingerprint: str
+    ) -> None:
         analysis: Analysis | None = None
         error = ""
         if self.analyzer is None:
@@ -177,6 +229,7 @@ class Pipeline:
                 )
                 study.ai_status = analysis.status
                 study.ai_next_attempt_at = None
+                study.analyzed_fingerprint = fingerprint
                 study.state = StudyState.COMPLETE  # analysed; scoring comes next
                 log.info(
                     "study %s: %s %s p=%s", study_uid, model, analysis.status, analysis.probability
@@ -196,7 +249,7 @@ class Pipeline:
             study = _study(s, study_uid)
             if study is None or study.state in waiting:
                 return
-            order = link_order(s, study)
+            order = link_order(s, study, self.window)
             findings = latest_findings(s, study_uid)
             pending = study.state == StudyState.AI_PENDING
             result = score_study(
@@ -223,9 +276,13 @@ class Pipeline:
             study.scored_at = utcnow()
             if not pending and study.state != StudyState.NOT_ROUTED:
                 study.state = StudyState.SCORED
-            must_notify = result.raised and study.sent_priority != result.priority
-            if must_notify:
-                study.sent_priority = result.priority
+            sent = study.sent_priority
+            raised_further = result.raised and (
+                not sent or self.urgency.level(result.priority).rank < self.urgency.level(sent).rank
+            )
+            told = _finding_signature(findings)
+            corrected = bool(sent) and not raised_further and told != study.sent_finding
+            if raised_further:
                 log.info(
                     "study %s raised %s -> %s (score %.1f)",
                     study_uid,
@@ -233,9 +290,22 @@ class Pipeline:
                     result.priority,
                     result.score,
                 )
-                self.notifier.queue(s, study, order, findings)
+            elif corrected:
+                log.info(
+                    "study %s: AI result changed since the RIS was told; correcting", study_uid
+                )
+            if raised_further or corrected:
+                queued = self.notifier.queue(
+                    s, study, order, findings, order_change=raised_further, corrected=corrected
+                )
+                if queued:
+                    study.sent_finding = told
+                    if raised_further:
+                        study.sent_priority = result.priority
+                else:
+                    raised_further = corrected = False
             s.add(study)
-        if must_notify:
+        if raised_further or corrected:
             self.notifier.send_pending()
 
     def _due_ai_retries(self) -> list[str]:
@@ -248,6 +318,23 @@ class Pipeline:
                 )
             ).all()
         return list(rows)
+
+
+def _fingerprint(instances: list[Instance]) -> str:
+    """Identifies a set of instances: the same images give the same fingerprint."""
+    digest = hashlib.sha256()
+    for uid in sorted(i.sop_instance_uid for i in instances):
+        digest.update(uid.encode() + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _finding_signature(findings: list[Finding]) -> str:
+    """What the RIS was told about a study's AI results (model and outcome)."""
+    parts = []
+    for f in sorted(findings, key=lambda f: f.model_name):
+        outcome = f.status if f.status != "done" else ("positive" if f.positive else "negative")
+        parts.append(f"{f.model_name}:{outcome}")
+    return ",".join(parts)
 
 
 def _study(session: Session, study_uid: str) -> Study | None:

@@ -24,6 +24,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from triage.api.app import create_app
+from triage.completion import CompletionPolicy
 from triage.config import Settings
 from triage.errors import TriageError, TritonUnavailable
 from triage.inference.analyze import TritonAnalyzer
@@ -69,8 +70,20 @@ class Engine:
             self.urgency,
             self.analyzer,
             self.notifier,
-            stable_seconds=settings.study_stable_seconds,
+            completion=CompletionPolicy(
+                stable_seconds_for=settings.stable_seconds_for,
+                shortest_seconds=min(
+                    [
+                        settings.study_stable_seconds,
+                        *settings.stable_seconds_by_modality.values(),
+                        *settings.stable_seconds_by_ae.values(),
+                    ]
+                ),
+                expected_series_quiet_seconds=settings.expected_series_quiet_seconds,
+                routing=self.routing,
+            ),
             retry_seconds=settings.retry_seconds,
+            match_window_hours=settings.order_match_window_hours,
         )
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(1)},

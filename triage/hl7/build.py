@@ -194,6 +194,7 @@ def build_ai_result(
     *,
     control_id: str | None = None,
     when: datetime | None = None,
+    corrected: bool = False,
 ) -> str:
     """ORU^R01 (v2.5.1) with one AI result, result status ``P`` (preliminary: it is a triage
     aid, never the report).
@@ -203,6 +204,7 @@ def build_ai_result(
     ``AI-PROB`` (NM probability), ``AI-THRESHOLD`` (NM, when known), ``AI-FINDING`` (CE
     POS/NEG/NA, OBX-8 A/N), one ``AI-REASON`` (ST) per reason, ``AI-DISCLAIMER`` (ST), and the
     Study Instance UID (``113014^DICOM Study^DCM``, HD) when known. OBX-11 ``P``.
+    With ``corrected``, OBR-25 and OBX-11 are ``C``: this result replaces one sent before.
     """
     if result.finding not in FINDINGS:
         raise ValueError(f"finding must be one of {', '.join(FINDINGS)}: {result.finding!r}")
@@ -223,7 +225,8 @@ def build_ai_result(
     obr += [""] * 10  # OBR-8 .. OBR-17
     obr += [escape(order.accession_number)]  # OBR-18
     obr += [""] * 5  # OBR-19 .. OBR-23
-    obr += [escape(order.modality), "P"]  # OBR-24, OBR-25
+    status = "C" if corrected else "P"  # C: a correction of a result already sent
+    obr += [escape(order.modality), status]  # OBR-24, OBR-25
     oo.add(_segment(*obr))
 
     code, text, flag = FINDINGS[result.finding]
@@ -250,7 +253,7 @@ def build_ai_result(
         obs.add(
             _segment(
                 "OBX", str(set_id), vtype, ident, sub_id, value, "", "", abnormal, "", "",
-                "P", "", "", observed,
+                status, "", "", observed,
             )
         )  # fmt: skip
     return _to_text(msg)

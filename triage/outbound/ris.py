@@ -59,26 +59,41 @@ class RISNotifier:
         self._warned = False
 
     def queue(
-        self, session: Session, study: Study, order: Order | None, findings: list[Finding]
-    ) -> None:
-        """Queue ORM^O01 XO (the new priority) and one ORU^R01 per AI result of the study."""
+        self,
+        session: Session,
+        study: Study,
+        order: Order | None,
+        findings: list[Finding],
+        *,
+        order_change: bool = True,
+        corrected: bool = False,
+    ) -> bool:
+        """Queue ORM^O01 XO (the new priority, when ``order_change``) and one ORU^R01 per AI
+        result of the study (result status C when ``corrected``).
+
+        Returns False, queuing nothing, when the study has neither an accession number nor an
+        order (the RIS would not know which order the messages are about); the pipeline then
+        tries again once the order is linked.
+        """
         ref = _order_ref(study, order)
         status = "pending" if self.settings.ris_configured else "skipped"
         if not self.settings.ris_configured and not self._warned:
             log.warning("no RIS configured: order changes and AI results are stored, not sent")
             self._warned = True
         reasons = study_reasons(study)
-        messages = [
-            (
-                "ORM",
-                build_order_change(
-                    self.settings,
-                    ref,
-                    study.engine_priority,
-                    reason=reasons[-1] if reasons else "AI triage",
-                ),
+        if not (ref.accession_number or ref.filler_order_number):
+            log.warning(
+                "study %s (priority %s) has no accession number or order yet: the RIS is "
+                "told once the order is linked",
+                study.study_uid,
+                study.engine_priority,
             )
-        ]
+            return False
+        messages: list[tuple[str, str]] = []
+        if order_change:
+            reason = reasons[-1] if reasons else "AI triage"
+            change = build_order_change(self.settings, ref, study.engine_priority, reason=reason)
+            messages.append(("ORM", change))
         for f in findings:
             if f.status not in ("done", "not_assessable"):
                 continue
@@ -91,7 +106,8 @@ class RISNotifier:
                 finding_name=FINDING_NAMES.get(f.model_name, ""),
                 reasons=reasons,
             )
-            messages.append(("ORU", build_ai_result(self.settings, ref, result)))
+            oru = build_ai_result(self.settings, ref, result, corrected=corrected)
+            messages.append(("ORU", oru))
         for kind, raw in messages:
             session.add(
                 OutboundMessage(
@@ -102,6 +118,7 @@ class RISNotifier:
                     status=status,
                 )
             )
+        return True
 
     def send_pending(self) -> None:
         """Send due pending messages in queue order; stop at the first unreachable RIS."""

@@ -11,7 +11,7 @@ from triage.routing.facts import RoutingFacts
 from triage.yamlfile import LineDict, check_keys, load_yaml, require
 
 CONDITION_KEYS = {"body_part", "description", "procedure_code", "contrast"}
-RULE_KEYS = {"name", "model", "modality", "require", "exclude"}
+RULE_KEYS = {"name", "model", "modality", "require", "exclude", "expected_series"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class RoutingRule:
     require: tuple[Condition, ...]
     exclude: Condition | None
     line: int
+    expected_series: tuple[re.Pattern[str], ...] = ()  # series descriptions; see completion
 
     def matches(self, facts: RoutingFacts) -> bool:
         if self.modalities and not (self.modalities & facts.modalities):
@@ -111,7 +112,12 @@ def load_routing_rules(path: Path, text: str | None = None) -> RoutingRules:
             if not isinstance(ex, LineDict):
                 raise RulesError(str(path), "'exclude' must be a mapping", raw.line_of("exclude"))
             exclude = _condition(path, ex)
-        rules.append(RoutingRule(name, model, modalities, tuple(groups), exclude, raw.line))
+        expected = []
+        for text in _str_list(path, raw, "expected_series", required=False) or []:
+            expected.append(_regex(path, raw, "expected_series", text))
+        rules.append(
+            RoutingRule(name, model, modalities, tuple(groups), exclude, raw.line, tuple(expected))
+        )
     return RoutingRules(str(path), tuple(rules))
 
 
@@ -128,6 +134,13 @@ def _str_list(path: Path, m: LineDict, key: str, *, required: bool = True) -> li
     return list(value)
 
 
+def _regex(path: Path, m: LineDict, key: str, text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise RulesError(str(path), f"invalid regular expression: {exc}", m.line_of(key)) from None
+
+
 def _condition(path: Path, m: LineDict) -> Condition:
     check_keys(path, m, CONDITION_KEYS, "a condition")
     body = _str_list(path, m, "body_part", required=False)
@@ -137,12 +150,7 @@ def _condition(path: Path, m: LineDict) -> Condition:
         text = m["description"]
         if not isinstance(text, str):
             raise RulesError(str(path), "'description' must be a string", m.line_of("description"))
-        try:
-            pattern = re.compile(text)
-        except re.error as exc:
-            raise RulesError(
-                str(path), f"invalid regular expression: {exc}", m.line_of("description")
-            ) from None
+        pattern = _regex(path, m, "description", text)
     contrast = None
     if "contrast" in m:
         value = m["contrast"]

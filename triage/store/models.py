@@ -61,6 +61,7 @@ class Study(SQLModel, table=True):
     contrast_agent: str = ""
     study_datetime: str = ""
     instance_count: int = 0
+    calling_ae: str = Field(default="", max_length=16)  # AE title that sent the first image
     first_received_at: datetime = Field(default_factory=utcnow)
     last_received_at: datetime = Field(default_factory=utcnow, index=True)
     state: str = Field(default=StudyState.RECEIVING, index=True)
@@ -78,6 +79,8 @@ class Study(SQLModel, table=True):
     ai_attempts: int = 0
     ai_next_attempt_at: datetime | None = None
     ai_status: str = ""  # "", pending, done, not_assessable, error
+    analyzed_fingerprint: str = ""  # hash of the instance set the last analysis saw
+    sent_finding: str = ""  # AI result last told to the RIS (model:positive|negative|...)
 
 
 class Order(SQLModel, table=True):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import timedelta
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -42,6 +43,7 @@ def record_instance(session: Session, inst: Instance, study_attrs: dict[str, str
             if study_attrs.get(key):
                 setattr(study, key, study_attrs[key])
         study.modality = inst.modality
+        study.calling_ae = inst.calling_ae
         link_order(session, study)
     else:
         for key in STUDY_FIELDS:
@@ -59,13 +61,20 @@ def record_instance(session: Session, inst: Instance, study_attrs: dict[str, str
     return True
 
 
-def link_order(session: Session, study: Study) -> Order | None:
+DEFAULT_MATCH_WINDOW_HOURS = 24.0
+CANCELLED_CONTROLS = ("CA", "CR", "OC", "DC", "DR", "OD")
+
+
+def link_order(
+    session: Session, study: Study, window_hours: float = DEFAULT_MATCH_WINDOW_HOURS
+) -> Order | None:
     """Find the study's order and copy what scoring needs onto the study (not committed)."""
-    order, how = find_order_for_study(session, study)
+    order, how = find_order_for_study(session, study, window_hours)
     if order is None:
         study.order_link = "none"
         return None
-    study.order_link = how
+    if not (how == "accession" and study.order_link == "patient"):
+        study.order_link = how  # (an accession copied from a patient match stays "patient")
     study.ordered_priority = order.ordered_priority
     study.patient_class = order.patient_class
     if not study.accession_number:
@@ -73,47 +82,87 @@ def link_order(session: Session, study: Study) -> Order | None:
     return order
 
 
-def find_order_for_study(session: Session, study: Study) -> tuple[Order | None, str]:
-    """The order of a study and how it was found: by Study Instance UID, else accession."""
+def _newest(session: Session, *where: Any) -> Order | None:
+    return session.exec(
+        select(Order).where(*where).order_by(col(Order.updated_at).desc(), col(Order.id).desc())
+    ).first()
+
+
+def find_order_for_study(
+    session: Session, study: Study, window_hours: float = DEFAULT_MATCH_WINDOW_HOURS
+) -> tuple[Order | None, str]:
+    """The order of a study and how it was found.
+
+    1. ``study_uid``: the order carries the study's Study Instance UID (ZDS-1 / IPC-3);
+    2. ``accession``: the same accession number;
+    3. ``patient``: the only open order of the same patient and modality placed within
+       ``window_hours`` of the study, not already taken by another study (an ambiguous match
+       links nothing: a wrong link is worse than none).
+    """
     if study.study_uid:
-        order = session.exec(
-            select(Order)
-            .where(Order.study_uid == study.study_uid)
-            .order_by(col(Order.updated_at).desc(), col(Order.id).desc())
-        ).first()
+        order = _newest(session, Order.study_uid == study.study_uid)
         if order is not None:
             return order, "study_uid"
     if study.accession_number:
-        order = session.exec(
-            select(Order)
-            .where(Order.accession_number == study.accession_number)
-            .order_by(col(Order.updated_at).desc(), col(Order.id).desc())
-        ).first()
+        order = _newest(session, Order.accession_number == study.accession_number)
         if order is not None:
             return order, "accession"
+        return None, "none"  # an accession that matches nothing is not guessed around
+    if not study.patient_id:
+        return None, "none"
+    window = timedelta(hours=window_hours)
+    candidates = session.exec(
+        select(Order).where(
+            Order.patient_id == study.patient_id,
+            col(Order.order_control).not_in(CANCELLED_CONTROLS),
+            col(Order.updated_at) >= study.first_received_at - window,
+            col(Order.updated_at) <= study.first_received_at + window,
+        )
+    ).all()
+    free: dict[str, Order] = {}
+    for o in candidates:
+        if o.modality and study.modality and o.modality.upper() != study.modality.upper():
+            continue
+        taken = session.exec(
+            select(Study.id).where(
+                Study.study_uid != study.study_uid,
+                (Study.accession_number == o.accession_number)
+                if o.accession_number
+                else (Study.study_uid == o.study_uid),
+            )
+        ).first()
+        if taken is None:
+            free[o.accession_number or o.study_uid or str(o.id)] = o
+    if len(free) == 1:
+        return next(iter(free.values())), "patient"
     return None, "none"
 
 
-def studies_for_order(session: Session, order: Order) -> Sequence[Study]:
-    """Studies that an order belongs to (by Study UID, else accession number)."""
+def studies_for_order(
+    session: Session, order: Order, window_hours: float = DEFAULT_MATCH_WINDOW_HOURS
+) -> Sequence[Study]:
+    """Studies that an order belongs to: by Study UID, else accession number, else unlinked
+    studies of the same patient that :func:`find_order_for_study` would link to it."""
     if order.study_uid:
         found = session.exec(select(Study).where(Study.study_uid == order.study_uid)).all()
         if found:
             return found
     if order.accession_number:
-        return session.exec(
+        found = session.exec(
             select(Study).where(Study.accession_number == order.accession_number)
         ).all()
-    return []
-
-
-def stable_studies(session: Session, older_than: datetime) -> Sequence[Study]:
-    """Studies still RECEIVING whose last instance arrived before ``older_than``."""
-    return session.exec(
+        if found:
+            return found
+    if not order.patient_id:
+        return []
+    unlinked = session.exec(
         select(Study).where(
-            Study.state == StudyState.RECEIVING, col(Study.last_received_at) < older_than
+            Study.patient_id == order.patient_id,
+            Study.accession_number == "",
+            Study.order_link == "none",
         )
     ).all()
+    return [st for st in unlinked if find_order_for_study(session, st, window_hours)[0] is order]
 
 
 def study_instances(session: Session, study_uid: str) -> Sequence[Instance]:
