@@ -89,7 +89,7 @@ def test_orm_nw_v231_ctpa_priority_from_obr27() -> None:
 def test_omi_o23_tq1_priority_and_ipc() -> None:
     o = parse_order(own("omi_o23.hl7"))
     assert (o.message_type, o.trigger) == ("OMI", "O23")
-    assert (o.ordered_priority, o.priority_source) == ("S", "TQ1-9")
+    assert (o.ordered_priority, o.priority_source) == ("S", "TQ1-9.1")
     assert o.accession_number == "ACC-CTPA-24011"  # IPC-1
     assert o.study_uid == "1.2.826.0.1.3680043.8.498.10003"  # IPC-3
     assert o.modality == "CT"
@@ -119,7 +119,7 @@ def test_several_orders_in_one_message() -> None:
     )
     orders = parse_orders(raw)
     assert [o.accession_number for o in orders] == ["ACC-HCT-24001", "FIL-2"]
-    assert orders[1].ordered_priority == "S" and orders[1].priority_source == "OBR-5"
+    assert orders[1].ordered_priority == "S" and orders[1].priority_source == "OBR-5.1"
     assert orders[1].patient_id == "MRN100234"
 
 

@@ -21,7 +21,7 @@ from triage.errors import StoreError
 from triage.hl7.ack import read_ack
 from triage.hl7.client import MLLPConnection, send_and_check
 from triage.hl7.mllp import MLLPDecoder, frame
-from triage.ingest.hl7_listener import HL7Listener, decode_message
+from triage.ingest.hl7_listener import HL7Listener, MessageStore, decode_message
 from triage.store.db import Database
 from triage.store.models import HL7Message, Order
 
@@ -30,9 +30,12 @@ DATA = REPO / "tests" / "data" / "hl7"
 MLLP_SEND = REPO / ".venv" / "bin" / "mllp_send"
 
 
-def sample(name: str) -> str:
-    """A sample message with CR segment separators, as on the wire."""
-    return (DATA / name).read_text(encoding="utf-8").strip("\n").replace("\n", "\r")
+def sample(name: str, *, enhanced: bool = False) -> str:
+    """A sample message with CR segment separators, as on the wire. Samples that ask for
+    enhanced-mode acknowledgements (MSH-15 AL, MSH-16 NE) are turned into original mode unless
+    ``enhanced``, so that they are answered AA/AE/AR."""
+    text = (DATA / name).read_text(encoding="utf-8").strip("\n").replace("\n", "\r")
+    return text if enhanced else text.replace("|||AL|NE||", "|||||||", 1)
 
 
 class Running:
@@ -171,10 +174,10 @@ def test_real_mllp_send_client(listener: Callable[..., Running], tmp_path: Path)
     )
     assert proc.returncode == 0, proc.stderr.decode()
     acks = [f.decode() for f in MLLPDecoder().feed(proc.stdout)]
-    assert [read_ack(a)[:2] for a in acks] == [
-        ("AA", "RIS00000101"),
+    assert [read_ack(a)[:2] for a in acks] == [  # 101 and 103 ask for enhanced mode
+        ("CA", "RIS00000101"),
         ("AA", "RIS00000102"),
-        ("AA", "RIS00000103"),
+        ("CA", "RIS00000103"),
     ]
     assert [o.accession_number for o in r.orders()] == [
         "ACC-HCT-24001",
@@ -201,6 +204,7 @@ def test_mllp_send_framed_file(listener: Callable[..., Running], tmp_path: Path)
     assert proc.returncode == 0, proc.stderr.decode()
     acks = [f.decode() for f in MLLPDecoder().feed(proc.stdout)]
     assert [read_ack(a)[:2] for a in acks] == [("AA", "RIS00000101"), ("AA", "ADT00000901")]
+    assert [m.ack_code for m in r.messages()] == ["AA", "AA"]
 
 
 def test_xo_updates_and_ca_cancels(listener: Callable[..., Running]) -> None:
@@ -269,7 +273,7 @@ def test_bad_messages_get_ae_or_ar_with_err(
     assert [m.ack_code for m in r.messages()] == [code, "AA"]
 
 
-def test_order_without_accession_is_ae_101(
+def test_order_without_accession_is_ce_101_in_enhanced_mode(
     listener: Callable[..., Running], shared_data: Path
 ) -> None:
     r = listener()
@@ -277,7 +281,8 @@ def test_order_without_accession_is_ae_101(
     start = text_.index("MSH|^~\\&|DMCOE ||RADIS1||199405031738")
     nw = text_[start : text_.index("\n\n", start)].replace("\n", "\r")
     ack = send_message_ack(r, nw)
-    assert read_ack(ack)[:2] == ("AE", "940503173858000")
+    # a real 1994 message asking for enhanced mode (MSH-15 AL): the commit ACK carries the error
+    assert read_ack(ack)[:2] == ("CE", "940503173858000")
     assert "101^Required field missing" in ack
     assert r.orders() == []
 
@@ -315,15 +320,15 @@ def test_database_failure_answers_ae_207_and_applies_nothing(
 ) -> None:
     r = listener()
     calls = {"n": 0}
-    real = HL7Listener._upsert
+    real = MessageStore.upsert_order
 
-    def failing(session: Any, parsed: Any, message_id: int | None) -> int:
+    def failing(conn: Any, parsed: Any, message_id: int, **kw: Any) -> int:
         calls["n"] += 1
         if calls["n"] == 2:
             raise StoreError("disk full (simulated)")
-        return real(session, parsed, message_id)
+        return real(conn, parsed, message_id, **kw)
 
-    monkeypatch.setattr(HL7Listener, "_upsert", staticmethod(failing))
+    monkeypatch.setattr(MessageStore, "upsert_order", staticmethod(failing))
     two = (
         sample("orm_nw_v251.hl7")
         + "\rORC|NW|PLC-2^EPR|FIL-2^RIS||SC\rOBR|1|PLC-2^EPR|FIL-2^RIS|CTC^CT C-spine^L|S"
@@ -366,9 +371,9 @@ def test_stop_closes_listener(listener: Callable[..., Running]) -> None:
 
 def test_charset_from_msh18() -> None:
     latin = sample("omi_o23.hl7").replace("NGUYEN^THI^LAN", "NGUYỄN^THI").encode("utf-8")
-    # declared 8859/1 but bytes are UTF-8: latin-1 decodes anything, so the declaration wins
-    _, codec = decode_message(latin)
-    assert codec == "latin-1"
+    # declared 8859/1 but the bytes are UTF-8 (MSH-18 lies): read as UTF-8
+    text, codec = decode_message(latin)
+    assert codec == "utf-8" and "NGUYỄN^THI" in text
     utf8 = sample("orm_nw_v251.hl7").encode("utf-8")  # UNICODE UTF-8
     assert decode_message(utf8) == (sample("orm_nw_v251.hl7"), "utf-8")
     no_charset = sample("orm_nw_v231.hl7").replace("O'NEILL", "ÓNEILL")

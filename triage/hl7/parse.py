@@ -36,6 +36,7 @@ ORDER_VERSIONS: dict[str, frozenset[str]] = {
     "OMI": frozenset({"2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"}),
 }
 ORDER_TRIGGERS: dict[str, str] = {"ORM": "O01", "OMI": "O23"}
+PATIENT_UPDATE_TRIGGERS = frozenset({"A08", "A31"})
 
 PRIORITY_CODES = frozenset("SARPCT")
 _PRIORITY_WORDS = {
@@ -296,6 +297,8 @@ class MessageHeader:
     control_id: str = ""  # MSH-10
     processing_id: str = ""  # MSH-11.1
     version: str = ""  # MSH-12.1
+    accept_ack_type: str = ""  # MSH-15: AL, NE, ER, SU ("" with MSH-16 "": original mode)
+    application_ack_type: str = ""  # MSH-16: AL, NE, ER, SU
     charset: str = ""  # MSH-18 (first repetition)
 
     @property
@@ -306,6 +309,16 @@ class MessageHeader:
     @property
     def is_order(self) -> bool:
         return self.message_type in ORDER_TRIGGERS
+
+    @property
+    def is_patient_update(self) -> bool:
+        """ADT^A08 / ADT^A31: demographics changed."""
+        return self.message_type == "ADT" and self.trigger in PATIENT_UPDATE_TRIGGERS
+
+    @property
+    def enhanced_mode(self) -> bool:
+        """True when MSH-15 or MSH-16 is valued (HL7 enhanced acknowledgment mode)."""
+        return bool(self.accept_ack_type or self.application_ack_type)
 
 
 def _header_from(msh: Segment) -> MessageHeader:
@@ -320,6 +333,8 @@ def _header_from(msh: Segment) -> MessageHeader:
         control_id=msh.get(10),
         processing_id=msh.get(11),
         version=msh.get(12),
+        accept_ack_type=msh.get(15).upper(),
+        application_ack_type=msh.get(16).upper(),
         charset=msh.get(18),
     )
 
@@ -377,6 +392,85 @@ def infer_modality(*texts: str) -> str:
     return ""
 
 
+# -- where each value is read from (the site mapping) ------------------------------------------
+
+_FIELD_REF = re.compile(r"^([A-Z][A-Z0-9]{2})-([1-9][0-9]{0,2})(?:\.([1-9][0-9]?))?$")
+
+# Segments that belong to one ORC group: a value is read from the order's own group only.
+# Others (PID, PV1, IPC, ZDS, Z-segments...) are read from the order's group first, then from
+# the first such segment anywhere in the message.
+GROUP_SEGMENTS = frozenset({"ORC", "OBR", "TQ1", "TQ2", "OBX", "NTE", "DG1", "CTI", "BLG"})
+
+
+@dataclass(frozen=True)
+class FieldRef:
+    """Where a value is read: ``OBR-27.6`` (a component) or ``PID-5`` (the whole first
+    repetition, components joined with ``^``, trailing empty ones removed)."""
+
+    segment: str
+    field: int
+    component: int = 0  # 0: the whole field
+
+    @classmethod
+    def parse(cls, text: str) -> FieldRef:
+        """``SEG-n`` or ``SEG-n.c``; raises ValueError otherwise."""
+        m = _FIELD_REF.match(text.strip().upper())
+        if not m:
+            raise ValueError(f"{text!r} is not a field reference like OBR-27.6 or PID-5")
+        return cls(m.group(1), int(m.group(2)), int(m.group(3) or 0))
+
+    def __str__(self) -> str:
+        return f"{self.segment}-{self.field}" + (f".{self.component}" if self.component else "")
+
+    def read(self, seg: Segment) -> str:
+        if self.component:
+            return seg.get(self.field, self.component)
+        if seg.name == "MSH" and self.field in (1, 2):
+            return seg.raw(self.field)
+        return seg.components(self.field)
+
+
+def refs(*texts: str) -> tuple[FieldRef, ...]:
+    return tuple(FieldRef.parse(t) for t in texts)
+
+
+# Engine field -> where it is read by default (first non-empty value wins).
+DEFAULT_SOURCES: dict[str, tuple[FieldRef, ...]] = {
+    "accession_number": refs("IPC-1.1", "OBR-18.1", "OBR-3.1", "ORC-3.1"),
+    "placer_order_number": refs("ORC-2", "OBR-2"),
+    "filler_order_number": refs("ORC-3", "OBR-3"),
+    "order_status": refs("ORC-5.1"),
+    "patient_id": refs("PID-3.1", "PID-2.1"),
+    "patient_name": refs("PID-5"),
+    "patient_class": refs("PV1-2.1"),
+    "ordered_priority": refs("TQ1-9.1", "ORC-7.6", "OBR-27.6", "OBR-5.1"),
+    "procedure_code": refs("OBR-4.1", "OBR-44.1"),
+    "procedure_text": refs("OBR-4.2", "OBR-44.2"),
+    "modality": refs("OBR-24.1", "IPC-5.1"),
+    "study_uid": refs("ZDS-1.1", "IPC-3.1"),
+    "ordering_location": refs("PV1-3"),
+}
+MAPPED_FIELDS = tuple(DEFAULT_SOURCES)
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """How one sender's messages are read: the sources of each engine field, site priority
+    codes (value -> table-0027 letter, checked before the standard codes), and whether the
+    modality may be inferred from the procedure text."""
+
+    sources: dict[str, tuple[FieldRef, ...]] = field(default_factory=lambda: dict(DEFAULT_SOURCES))
+    priority_codes: dict[str, str] = field(default_factory=dict)
+    infer_modality: bool = True
+    name: str = "defaults"  # the mapping entry used, for `triage hl7 check`
+
+    def sources_of(self, name: str) -> tuple[FieldRef, ...]:
+        return self.sources.get(name, DEFAULT_SOURCES[name])
+
+
+DEFAULT_FIELD_MAP = FieldMap()
+
+
 @dataclass
 class ParsedOrder:
     """What the engine reads from one order (one ORC group) of an ORM^O01 / OMI^O23."""
@@ -388,7 +482,7 @@ class ParsedOrder:
     sending_application: str = ""  # MSH-3.1
     sending_facility: str = ""  # MSH-4.1
     order_control: str = ""  # ORC-1: NW, XO, SC, CA, DC...
-    order_status: str = ""  # ORC-5
+    order_status: str = ""  # ORC-5 (CM: exam completed)
     placer_order_number: str = ""  # ORC-2 (else OBR-2), "id^namespace"
     filler_order_number: str = ""  # ORC-3 (else OBR-3), "id^namespace"
     accession_number: str = ""  # IPC-1 | OBR-18 | OBR-3.1 | ORC-3.1
@@ -402,6 +496,7 @@ class ParsedOrder:
     modality: str = ""  # OBR-24 | IPC-5 | inferred
     study_uid: str = ""  # ZDS-1.1 | IPC-3
     ordering_location: str = ""  # PV1-3, "point of care^room^bed^facility..."
+    sources: dict[str, str] = field(default_factory=dict)  # engine field -> "ORC-7.6"...
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -409,21 +504,9 @@ class ParsedOrder:
         return f"{self.message_type}^{self.trigger}"
 
 
-def _first(*candidates: tuple[Segment | None, int, int]) -> str:
-    for seg, n, comp in candidates:
-        if seg is not None:
-            value = seg.get(n, comp)
-            if value:
-                return value
-    return ""
-
-
 def check_order_header(header: MessageHeader) -> None:
     """Raise :class:`HL7Error` unless the header is an order message we support."""
-    if not header.control_id:
-        raise HL7Error("MSH-10 (message control id) is missing", hl7_code=101, location="MSH^1^10")
-    if not header.message_type:
-        raise HL7Error("MSH-9 (message type) is missing", hl7_code=101, location="MSH^1^9")
+    check_required_header(header)
     if header.message_type not in ORDER_TRIGGERS:
         raise HL7Error(
             f"unsupported message type {header.type_code}: only ORM^O01 and OMI^O23 are orders",
@@ -449,6 +532,25 @@ def check_order_header(header: MessageHeader) -> None:
         )
 
 
+def check_required_header(header: MessageHeader) -> None:
+    """MSH-10 and MSH-9 must be valued (AE 101); MSH-12 must look like a v2 version (AE 203)."""
+    if not header.control_id:
+        raise HL7Error("MSH-10 (message control id) is missing", hl7_code=101, location="MSH^1^10")
+    if not header.message_type:
+        raise HL7Error("MSH-9 (message type) is missing", hl7_code=101, location="MSH^1^9")
+    if not header.version:
+        raise HL7Error("MSH-12 (version id) is missing", hl7_code=101, location="MSH^1^12")
+    if not _VERSION_ID.match(header.version):
+        raise HL7Error(
+            f"MSH-12 {header.version!r} is not an HL7 v2 version id",
+            hl7_code=203,
+            location="MSH^1^12",
+        )
+
+
+_VERSION_ID = re.compile(r"^2\.[1-9](\.[0-9]{1,2})?$")
+
+
 def _order_groups(msg: Message) -> list[list[Segment]]:
     groups: list[list[Segment]] = []
     for seg in msg.segments:
@@ -466,51 +568,67 @@ def _in(group: list[Segment], name: str) -> Segment | None:
     return None
 
 
-def _priority(group: list[Segment]) -> tuple[str, str, list[str]]:
-    orc, obr, tq1 = _in(group, "ORC"), _in(group, "OBR"), _in(group, "TQ1")
-    skipped: list[str] = []
-    for seg, n, comp, label in (
-        (tq1, 9, 1, "TQ1-9"),
-        (orc, 7, 6, "ORC-7.6"),
-        (obr, 27, 6, "OBR-27.6"),
-        (obr, 5, 1, "OBR-5"),
-    ):
+def _segment_for(ref: FieldRef, msg: Message, group: list[Segment] | None) -> Segment | None:
+    if group is not None:
+        seg = _in(group, ref.segment)
+        if seg is not None or ref.segment in GROUP_SEGMENTS:
+            return seg
+    return msg.first(ref.segment)
+
+
+def read_value(
+    fmap: FieldMap, name: str, msg: Message, group: list[Segment] | None = None
+) -> tuple[str, str]:
+    """(value, source) of engine field ``name``: the first non-empty source (for the priority
+    and the modality: the first that normalises to a code)."""
+    for ref in fmap.sources_of(name):
+        seg = _segment_for(ref, msg, group)
         if seg is None:
             continue
-        value = seg.get(n, comp)
+        value = ref.read(seg)
+        if value:
+            return value, str(ref)
+    return "", ""
+
+
+def _priority(fmap: FieldMap, msg: Message, group: list[Segment]) -> tuple[str, str, list[str]]:
+    skipped: list[str] = []
+    for ref in fmap.sources_of("ordered_priority"):
+        seg = _segment_for(ref, msg, group)
+        if seg is None:
+            continue
+        value = ref.read(seg)
         if not value:
             continue
-        code = normalise_priority(value)
+        code = fmap.priority_codes.get(value.strip().upper()) or normalise_priority(value)
         if code:
-            return code, label, skipped
-        skipped.append(f"{label} priority {value!r} is not a table-0027 code; ignored")
+            return code, str(ref), skipped
+        skipped.append(f"{ref} priority {value!r} is not a table-0027 code; ignored")
     return "", "", skipped
 
 
-def _order_from_group(header: MessageHeader, msg: Message, group: list[Segment]) -> ParsedOrder:
-    orc = group[0]
-    obr, ipc, zds = _in(group, "OBR"), _in(group, "IPC"), _in(group, "ZDS")
-    pid, pv1 = msg.first("PID"), msg.first("PV1")
-    zds = zds or msg.first("ZDS")
-    ipc = ipc or msg.first("IPC")
+def _modality(fmap: FieldMap, msg: Message, group: list[Segment], *texts: str) -> tuple[str, str]:
+    for ref in fmap.sources_of("modality"):
+        seg = _segment_for(ref, msg, group)
+        if seg is not None:
+            code = normalise_modality(ref.read(seg))
+            if code:
+                return code, str(ref)
+    if fmap.infer_modality:
+        code = infer_modality(*texts)
+        if code:
+            return code, "inferred from the procedure"
+    return "", ""
 
+
+def _order_from_group(
+    header: MessageHeader, msg: Message, group: list[Segment], fmap: FieldMap
+) -> ParsedOrder:
+    orc = group[0]
     control = orc.get(1).upper()
     if not control:
         raise HL7Error("ORC-1 (order control) is missing", hl7_code=101, location="ORC^1^1")
-
-    procedure_code = _first((obr, 4, 1), (obr, 44, 1))
-    procedure_text = _first((obr, 4, 2), (obr, 44, 2))
-    modality = ""
-    for seg, n in ((obr, 24), (ipc, 5)):
-        if seg is not None and not modality:
-            modality = normalise_modality(seg.get(n))
-    if not modality:
-        modality = infer_modality(procedure_text, procedure_code)
-
-    priority, source, warnings = _priority(group)
-    placer = orc.components(2) or (obr.components(2) if obr else "")
-    filler = orc.components(3) or (obr.components(3) if obr else "")
-    return ParsedOrder(
+    order = ParsedOrder(
         message_type=header.message_type,
         trigger=header.trigger,
         version=header.version,
@@ -518,26 +636,32 @@ def _order_from_group(header: MessageHeader, msg: Message, group: list[Segment])
         sending_application=header.sending_application,
         sending_facility=header.sending_facility,
         order_control=control,
-        order_status=orc.get(5),
-        placer_order_number=placer,
-        filler_order_number=filler,
-        accession_number=_first((ipc, 1, 1), (obr, 18, 1), (obr, 3, 1), (orc, 3, 1)),
-        patient_id=_first((pid, 3, 1), (pid, 2, 1)),
-        patient_name=pid.components(5) if pid else "",
-        patient_class=pv1.get(2).upper() if pv1 else "",
-        ordered_priority=priority,
-        priority_source=source,
-        procedure_code=procedure_code,
-        procedure_text=procedure_text,
-        modality=modality,
-        study_uid=_first((zds, 1, 1), (ipc, 3, 1)),
-        ordering_location=pv1.components(3) if pv1 else "",
-        warnings=warnings,
     )
+    order.sources["order_control"] = "ORC-1"
+    for name in MAPPED_FIELDS:
+        if name in ("ordered_priority", "modality"):
+            continue
+        value, source = read_value(fmap, name, msg, group)
+        if name == "patient_class":
+            value = value.upper()
+        setattr(order, name, value)
+        if source:
+            order.sources[name] = source
+    priority, source, warnings = _priority(fmap, msg, group)
+    order.ordered_priority, order.priority_source = priority, source
+    order.warnings.extend(warnings)
+    if source:
+        order.sources["ordered_priority"] = source
+    modality, source = _modality(fmap, msg, group, order.procedure_text, order.procedure_code)
+    order.modality = modality
+    if source:
+        order.sources["modality"] = source
+    return order
 
 
-def parse_orders(raw: str) -> list[ParsedOrder]:
-    """Every order (ORC group) of an ORM^O01 / OMI^O23 message, in message order.
+def parse_orders(raw: str, fmap: FieldMap = DEFAULT_FIELD_MAP) -> list[ParsedOrder]:
+    """Every order (ORC group) of an ORM^O01 / OMI^O23 message, in message order, read with
+    ``fmap`` (the sender's site mapping; the defaults otherwise).
 
     Raises :class:`HL7ParseError` (AR) for text that is not an HL7 message, and
     :class:`HL7Error` (AE) for a message we do not support (200 type, 201 event, 203 version)
@@ -548,12 +672,46 @@ def parse_orders(raw: str) -> list[ParsedOrder]:
     msg = split_message(raw)
     header = _header_from(msg.msh)
     check_order_header(header)
+    return orders_of(msg, header, fmap)
+
+
+def orders_of(msg: Message, header: MessageHeader, fmap: FieldMap) -> list[ParsedOrder]:
+    """The orders of an already split order message (header already checked)."""
     groups = _order_groups(msg)
     if not groups:
         raise HL7Error("the message has no ORC segment", hl7_code=101, location="ORC^1")
-    return [_order_from_group(header, msg, g) for g in groups]
+    return [_order_from_group(header, msg, g, fmap) for g in groups]
 
 
-def parse_order(raw: str) -> ParsedOrder:
+def parse_order(raw: str, fmap: FieldMap = DEFAULT_FIELD_MAP) -> ParsedOrder:
     """The first order of an ORM^O01 / OMI^O23 message; see :func:`parse_orders`."""
-    return parse_orders(raw)[0]
+    return parse_orders(raw, fmap)[0]
+
+
+@dataclass
+class PatientUpdate:
+    """Demographics from an ADT^A08 / ADT^A31 (update patient information)."""
+
+    patient_id: str
+    patient_name: str
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def patient_update_of(msg: Message, fmap: FieldMap = DEFAULT_FIELD_MAP) -> PatientUpdate:
+    """The patient id and name of an ADT update; AE 101 when PID or the patient id is missing."""
+    if msg.first("PID") is None:
+        raise HL7Error("the message has no PID segment", hl7_code=100, location="PID^1")
+    pid, pid_source = read_value(fmap, "patient_id", msg)
+    if not pid:
+        raise HL7Error("PID-3 (patient identifier) is missing", hl7_code=101, location="PID^1^3")
+    name, name_source = read_value(fmap, "patient_name", msg)
+    sources = {"patient_id": pid_source}
+    if name_source:
+        sources["patient_name"] = name_source
+    return PatientUpdate(pid, name, sources)
+
+
+def message_of(raw: str) -> tuple[Message, MessageHeader]:
+    """Split ``raw`` and read its header (AR on failure)."""
+    msg = split_message(raw)
+    return msg, _header_from(msg.msh)

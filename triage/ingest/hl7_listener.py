@@ -1,26 +1,25 @@
 """HL7 v2 MLLP listener: RIS orders in, durable, then acknowledged.
 
 For every frame on a connection (a connection may carry any number of messages, answered in
-order):
+order; the frames of one read are handed on together):
 
-1. decode the bytes (MSH-18: ASCII, 8859/n, UTF-8; default UTF-8 with ISO 8859-1 fallback);
-2. read the header and parse the orders (ORM^O01, OMI^O23); other well-formed message types
-   are stored and answered AA but not applied;
-3. in ONE transaction: store the raw message in ``HL7Message`` together with the ACK we are
-   about to send and its code, and upsert one ``Order`` per ORC group (key: accession number +
-   sending facility);
-4. only after the commit, write the ACK to the socket; then call ``on_order(order_id)`` for
-   every order applied (from a worker thread, one call at a time per connection).
+1. the frame goes to the store's single writer thread, which takes every message waiting from
+   all connections (group commit, up to ``hl7_commit_batch_max``) and, for each: decodes it
+   (MSH-18), reads it with the sender's site mapping (:mod:`triage.hl7.inbound`), recognises
+   a resend (same MSH-3, MSH-4, MSH-10 and content as a message already accepted), builds its
+   ACK, stores the raw message with that ACK, and applies it (orders upserted by accession
+   number + sending facility; ADT^A08/A31 patient names);
+2. the whole batch is committed in ONE transaction (SQLite WAL, ``synchronous=FULL``: one
+   fsync for the batch);
+3. only after the commit, each connection writes its ACK; then ``on_order(order_id)`` is called
+   for every order applied, from one worker thread, in order.
 
-So AA means: the message is stored durably and applied. A message that cannot be parsed gets
-AR, one we do not support or that lacks required fields AE (ERR carries the table-0357 code);
-both are stored with their ACK when the database allows. A database failure rolls everything
-back and answers AE 207. A frame over ``hl7_max_message_bytes`` is answered AR and the
-connection closed; a peer idle for ``idle_timeout`` seconds is disconnected.
-
-Parsing happens before the ACK in this version. To move it behind the ACK later, split
-:meth:`HL7Listener.process` after the header check: commit the raw message (processed=False)
-and AA, then parse and apply from a queue, setting ``processed``.
+So AA (enhanced mode: CA) means: stored durably and applied. A resend of an accepted message
+gets the ACK sent the first time and changes nothing. A batch that fails is retried one
+message per transaction, so one bad message never costs the others their AA; a message whose
+own transaction fails is answered AE 207 (nothing of it applied). A frame over
+``hl7_max_message_bytes`` is answered AR and the connection closed; a peer idle for
+``hl7_idle_timeout_seconds`` is disconnected.
 """
 
 from __future__ import annotations
@@ -29,36 +28,39 @@ import asyncio
 import contextlib
 import logging
 import socket
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from triage.config import Settings
-from triage.errors import HL7Error, StoreError
-from triage.hl7.ack import ack_for_error, build_ack
+from triage.errors import HL7Error, HL7ParseError, StoreError
+from triage.hl7.inbound import (
+    CANCEL_CONTROLS,
+    Evaluation,
+    canonical,
+    decode_message,
+    decode_payload,
+    evaluate,
+    make_ack,
+)
+from triage.hl7.mapping import DEFAULT_MAPPING, HL7Mapping, load_mapping_or_defaults
 from triage.hl7.mllp import MLLPDecoder, MLLPFrameTooLarge, frame
-from triage.hl7.parse import MessageHeader, ParsedOrder, parse_orders, peek_header, read_header
+from triage.hl7.parse import MessageHeader, ParsedOrder, peek_header
 from triage.store.db import Database
 from triage.store.models import HL7Message, Order, utcnow
+
+__all__ = ["HL7Listener", "MessageStore", "Outcome", "decode_message", "mapping_for"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 READ_CHUNK = 64 * 1024
+ACCEPTED = frozenset({"AA", "CA"})
 
-# ORC-1 values that create or update the order, and those that cancel it (with ORC-5 to set).
-UPDATE_CONTROLS = frozenset({"NW", "OK", "SN", "NA", "XO", "XR", "SC"})
-CANCEL_CONTROLS: dict[str, str] = {
-    "CA": "CA",
-    "CR": "CA",
-    "OC": "CA",
-    "DC": "DC",
-    "DR": "DC",
-    "OD": "DC",
-}
-APPLIED_CONTROLS = UPDATE_CONTROLS | frozenset(CANCEL_CONTROLS)
 # Order fields copied from the message when the message has a value for them.
 _ORDER_FIELDS = (
     "placer_order_number",
@@ -75,62 +77,304 @@ _ORDER_FIELDS = (
     "sending_application",
 )
 
-# HL7 table 0211 (character sets) -> Python codec
-_CHARSETS = {
-    "ASCII": "ascii",
-    "8859/1": "latin-1",
-    "8859/2": "iso8859-2",
-    "8859/3": "iso8859-3",
-    "8859/4": "iso8859-4",
-    "8859/5": "iso8859-5",
-    "8859/6": "iso8859-6",
-    "8859/7": "iso8859-7",
-    "8859/8": "iso8859-8",
-    "8859/9": "iso8859-9",
-    "8859/15": "iso8859-15",
-    "UNICODE UTF-8": "utf-8",
-    "UTF-8": "utf-8",
-}
+_MSG = HL7Message.__table__  # type: ignore[attr-defined]
+_ORDER = Order.__table__  # type: ignore[attr-defined]
+# Statements built once: SQLAlchemy caches their compiled form, which keeps the per-message
+# cost of the ACK path small (building a statement per call costs more than SQLite's commit).
+_INSERT_MSG = insert(_MSG)
+_SELECT_RESENDS = (
+    select(
+        _MSG.c.id,
+        _MSG.c.sending_application,
+        _MSG.c.sending_facility,
+        _MSG.c.raw,
+        _MSG.c.ack,
+        _MSG.c.ack_code,
+    )
+    .where(_MSG.c.control_id == bindparam("control_id"))
+    .order_by(_MSG.c.id)
+)
+_SELECT_ORDER = (
+    select(_ORDER)
+    .where(
+        _ORDER.c.accession_number == bindparam("accession_number"),
+        _ORDER.c.sending_facility == bindparam("sending_facility"),
+    )
+    .order_by(_ORDER.c.updated_at.desc(), _ORDER.c.id.desc())
+    .limit(1)
+)
+_INSERT_ORDER = insert(_ORDER)
+_UPDATE_ORDER = update(_ORDER).where(_ORDER.c.id == bindparam("order_id"))
+_UPDATE_PATIENT = update(_ORDER).where(_ORDER.c.patient_id == bindparam("pid"))
 
 
-def declared_charset(payload: bytes) -> str:
-    """MSH-18 (first repetition) read from the raw bytes, upper-case; "" when absent."""
-    if not payload.startswith(b"MSH") or len(payload) < 8:
-        return ""
-    end = len(payload)
-    for sep in (b"\r", b"\n"):
-        i = payload.find(sep)
-        if 0 <= i < end:
-            end = i
-    fs = payload[3:4]
-    parts = payload[:end].split(fs)
-    if len(parts) < 18:
-        return ""
-    rep = parts[1][1:2] or b"~"
-    return parts[17].split(rep)[0].decode("latin-1").strip().upper()
-
-
-def decode_message(payload: bytes) -> tuple[str, str]:
-    """(text, codec) for a frame payload: the MSH-18 charset when declared and the bytes fit
-    it, else UTF-8, else ISO 8859-1 (which always decodes)."""
-    declared = _CHARSETS.get(declared_charset(payload), "")
-    for codec in dict.fromkeys(c for c in (declared, "utf-8", "latin-1") if c):
-        try:
-            return payload.decode(codec), codec
-        except UnicodeDecodeError:
-            continue
-    return payload.decode("latin-1"), "latin-1"  # pragma: no cover - latin-1 never fails
+def mapping_for(settings: Settings) -> HL7Mapping:
+    """The site mapping the settings name (``hl7_mapping_file``, else
+    ``<rules_dir>/hl7-mapping.yaml`` when it exists, else the built-in defaults)."""
+    if settings.hl7_mapping_file:
+        return load_mapping_or_defaults(Path(settings.hl7_mapping_file), required=True)
+    return load_mapping_or_defaults(settings.rules_dir / "hl7-mapping.yaml")
 
 
 @dataclass
 class Outcome:
-    """What :meth:`HL7Listener.process` decided for one message."""
+    """What happened to one message. ``ack`` is the frame to send ("" when the sender asked
+    for none, enhanced mode)."""
 
     ack: str
     ack_code: str
     order_ids: list[int] = field(default_factory=list)
     message_id: int | None = None
     error: str = ""
+    duplicate_of: int | None = None
+    notes: list[str] = field(default_factory=list)
+    codec: str = "utf-8"  # the message's character set; the ACK is written in it
+
+
+class MessageStore:
+    """Stores and applies inbound messages; used by the listener's writer thread and by
+    ``triage hl7 replay``. Not thread-safe: one writer at a time."""
+
+    def __init__(self, settings: Settings, db: Database, mapping: HL7Mapping | None = None):
+        self.settings = settings
+        self.db = db
+        self.mapping = mapping or DEFAULT_MAPPING
+
+    # -- acknowledgements --------------------------------------------------------------------
+
+    def ack(
+        self, header: MessageHeader | None, code: str, error: HL7Error | None = None
+    ) -> tuple[str, str]:
+        """(ACK text, MSA-1) for an outcome; see :func:`triage.hl7.inbound.make_ack`."""
+        return make_ack(
+            header,
+            code,
+            error,
+            sending_application=self.settings.sending_application,
+            sending_facility=self.settings.sending_facility,
+        )
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def process_batch(self, items: Sequence[tuple[bytes, str]]) -> list[Outcome]:
+        """Decode, evaluate, store and apply ``(payload, peer)`` items in one transaction.
+        Never raises: a failure becomes AE 207 for the message(s) concerned."""
+        evaluations = []
+        for payload, _ in items:
+            text, codec, note = decode_payload(payload)
+            ev = evaluate(text, self.mapping, codec)
+            if note:
+                ev.notes.insert(0, note)
+            evaluations.append(ev)
+        return self.store_batch(evaluations, [peer for _, peer in items])
+
+    def store_batch(self, evaluations: Sequence[Evaluation], peers: Sequence[str]) -> list[Outcome]:
+        """Store and apply evaluated messages in one transaction (one by one if it fails)."""
+        outcomes = self._store_batch(evaluations, peers)
+        for ev, outcome in zip(evaluations, outcomes, strict=True):
+            outcome.codec = ev.codec
+        return outcomes
+
+    def _store_batch(
+        self, evaluations: Sequence[Evaluation], peers: Sequence[str]
+    ) -> list[Outcome]:
+        try:
+            with self.db.engine.begin() as conn:
+                return [
+                    self._store(conn, ev, peer) for ev, peer in zip(evaluations, peers, strict=True)
+                ]
+        except Exception as exc:
+            if len(evaluations) > 1:
+                log.warning("HL7 batch of %d failed (%s); one by one", len(evaluations), exc)
+                return [
+                    self._store_batch([ev], [peer])[0]
+                    for ev, peer in zip(evaluations, peers, strict=True)
+                ]
+            return [self._failed(evaluations[0], peers[0], exc)]
+
+    def _failed(self, ev: Evaluation, peer: str, exc: Exception) -> Outcome:
+        if isinstance(exc, StoreError | OSError) or "sqlalchemy" in type(exc).__module__:
+            log.error("HL7 from %s: database failure: %s", peer, exc)
+        else:
+            log.exception("HL7 from %s: applying failed", peer)
+        err = HL7Error(f"could not store the message: {exc}", ack_code="AE", hl7_code=207)
+        ack, code = self.ack(ev.header, "AE", err)
+        message_id = self.record_failure(ev.raw, peer, ack, code, str(err), ev.header)
+        return Outcome(ack, code, message_id=message_id, error=str(err))
+
+    def record_failure(
+        self,
+        raw: str,
+        peer: str,
+        ack: str,
+        ack_code: str,
+        error: str,
+        header: MessageHeader | None = None,
+    ) -> int | None:
+        """Store a message we could not take (best effort: the database may be what failed)."""
+        try:
+            with self.db.engine.begin() as conn:
+                return self._insert_message(
+                    conn, raw, peer, header or peek_header(raw), ack, ack_code, error
+                )
+        except Exception as exc:
+            log.error("HL7 from %s: could not record the %s answer: %s", peer, ack_code, exc)
+            return None
+
+    # -- one message, inside the batch transaction -------------------------------------------
+
+    def _store(self, conn: Connection, ev: Evaluation, peer: str) -> Outcome:
+        header = ev.header
+        if ev.error is not None:
+            ack, code = self.ack(header, ev.code, ev.error)
+            log.info("HL7 from %s answered %s: %s", peer, code, ev.error)
+            mid = self._insert_message(conn, ev.raw, peer, header, ack, code, str(ev.error))
+            return Outcome(ack, code, message_id=mid, error=str(ev.error))
+        assert header is not None  # no error: the header was read
+        notes = list(ev.notes)
+        dup = self._find_resend(conn, ev, header, notes)
+        if dup is not None:
+            row_id, ack, code = dup
+            log.info(
+                "HL7 from %s: %s %s is a resend of message #%d; answered %s again",
+                peer,
+                header.type_code,
+                header.control_id,
+                row_id,
+                code or "nothing",
+            )
+            return Outcome(ack, code, message_id=row_id, duplicate_of=row_id)
+        ack, code = self.ack(header, "AA")
+        mid = self._insert_message(conn, ev.raw, peer, header, ack, code, "; ".join(notes))
+        order_ids = self.apply(conn, ev, mid)
+        return Outcome(ack, code, order_ids=order_ids, message_id=mid, notes=notes)
+
+    def _find_resend(
+        self, conn: Connection, ev: Evaluation, header: MessageHeader, notes: list[str]
+    ) -> tuple[int, str, str] | None:
+        rows = conn.execute(_SELECT_RESENDS, {"control_id": header.control_id}).all()
+        if not rows:
+            return None
+        content = canonical(ev.raw)
+        for row in rows:
+            if (
+                row.ack_code in ACCEPTED
+                and row.sending_application == header.sending_application
+                and row.sending_facility == header.sending_facility
+            ):
+                if canonical(row.raw) == content:
+                    return int(row.id), str(row.ack), str(row.ack_code)
+                notes.append(
+                    f"MSH-10 {header.control_id} reused with different content "
+                    f"(first seen in message #{row.id}); applied as a new message"
+                )
+                return None
+        return None
+
+    def _insert_message(
+        self,
+        conn: Connection,
+        raw: str,
+        peer: str,
+        header: MessageHeader | None,
+        ack: str,
+        ack_code: str,
+        error: str = "",
+    ) -> int:
+        h = header or MessageHeader()
+        result = conn.execute(
+            _INSERT_MSG,
+            {
+                "received_at": utcnow(),
+                "peer": peer,
+                "sending_application": h.sending_application,
+                "sending_facility": h.sending_facility,
+                "control_id": h.control_id,
+                "message_type": h.type_code,
+                "version": h.version,
+                "raw": raw,
+                "ack": ack,
+                "ack_code": ack_code,
+                "error": error[:2000],
+                "processed": True,
+            },
+        )
+        return _new_id(result.inserted_primary_key)
+
+    # -- applying ------------------------------------------------------------------------------
+
+    def apply(self, conn: Connection, ev: Evaluation, message_id: int) -> list[int]:
+        """Apply an accepted message's orders / patient update; returns the order ids changed."""
+        if ev.kind == "order":
+            return [self.upsert_order(conn, o, message_id) for o in ev.applied_orders]
+        if ev.kind == "patient_update" and ev.patient is not None and ev.patient.patient_name:
+            conn.execute(
+                _UPDATE_PATIENT,
+                {
+                    "pid": ev.patient.patient_id,
+                    "patient_name": ev.patient.patient_name,
+                    "updated_at": utcnow(),
+                },
+            )
+        return []
+
+    @staticmethod
+    def upsert_order(
+        conn: Connection, parsed: ParsedOrder, message_id: int, *, replay: bool = False
+    ) -> int:
+        """Create or update the order keyed by accession number + sending facility.
+
+        With ``replay``, an order last changed by a newer message than ``message_id`` only gets
+        the fields it lacks (a replay never undoes what a later message did)."""
+        row = conn.execute(
+            _SELECT_ORDER,
+            {
+                "accession_number": parsed.accession_number,
+                "sending_facility": parsed.sending_facility,
+            },
+        ).first()
+        current: dict[str, Any] = dict(row._mapping) if row is not None else {}
+        values: dict[str, Any] = {}
+        control = parsed.order_control
+        newer = replay and (current.get("message_id") or 0) > message_id
+        if newer:
+            for name in _ORDER_FIELDS:
+                value = getattr(parsed, name)
+                if value and not current.get(name):
+                    values[name] = value
+        else:
+            values["order_control"] = control
+            if control in CANCEL_CONTROLS:
+                values["order_status"] = parsed.order_status or CANCEL_CONTROLS[control]
+            else:
+                if control == "NW" or parsed.order_status:
+                    values["order_status"] = parsed.order_status
+                for name in _ORDER_FIELDS:
+                    value = getattr(parsed, name)
+                    if value:
+                        values[name] = value
+            if not current:  # a first message that is not NW still records what it carries
+                for name in _ORDER_FIELDS:
+                    value = getattr(parsed, name)
+                    if value:
+                        values.setdefault(name, value)
+            values["message_id"] = message_id
+        values["updated_at"] = utcnow()
+        if current:
+            conn.execute(_UPDATE_ORDER, {"order_id": current["id"], **values})
+            return int(current["id"])
+        values.update(
+            accession_number=parsed.accession_number, sending_facility=parsed.sending_facility
+        )
+        result = conn.execute(_INSERT_ORDER, values)
+        return _new_id(result.inserted_primary_key)
+
+
+@dataclass
+class _Pending:
+    payload: bytes
+    peer: str
+    future: asyncio.Future[Outcome]
 
 
 class HL7Listener:
@@ -142,16 +386,22 @@ class HL7Listener:
         db: Database,
         on_order: Callable[[int], None] | None = None,
         *,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        idle_timeout: float | None = None,
+        mapping: HL7Mapping | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.on_order = on_order
-        self.idle_timeout = idle_timeout
+        self.idle_timeout = idle_timeout or settings.hl7_idle_timeout_seconds
+        self.store = MessageStore(settings, db, mapping or mapping_for(settings))
         self._server: asyncio.Server | None = None
         self._address: tuple[str, int] | None = None
         self._connections: set[asyncio.Task[None]] = set()
-        self._apply_lock = threading.Lock()  # one message applied at a time (no duplicate rows)
+        self._queue: list[_Pending] = []
+        self._wakeup: asyncio.Event | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._notifier: ThreadPoolExecutor | None = None
 
     @property
     def ready(self) -> bool:
@@ -166,16 +416,21 @@ class HL7Listener:
         """Bind ``bind_host:hl7_port`` (port 0: an ephemeral one) and return the address."""
         if self._server is not None:
             raise RuntimeError("listener already started")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="hl7-writer")
+        self._notifier = ThreadPoolExecutor(1, thread_name_prefix="hl7-on-order")
+        self._wakeup = asyncio.Event()
+        self._committer = asyncio.create_task(self._commit_loop(), name="hl7-committer")
         self._server = await asyncio.start_server(
             self._on_connection, host=self.settings.bind_host, port=self.settings.hl7_port
         )
         sockname = self._server.sockets[0].getsockname()
         self._address = (str(sockname[0]), int(sockname[1]))
-        log.info("HL7 listener on %s:%d", *self._address)
+        log.info("HL7 listener on %s:%d (mapping: %s)", *self._address, self.store.mapping.path)
         return self._address
 
     async def stop(self) -> None:
-        """Stop accepting, drop open connections, wait until all handlers ended."""
+        """Stop accepting, drop open connections, finish the batch being committed, wait for
+        on_order calls already due."""
         server, self._server = self._server, None
         if server is None:
             return
@@ -186,9 +441,61 @@ class HL7Listener:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._committer is not None:
+            self._committer.cancel()
+            await asyncio.gather(self._committer, return_exceptions=True)
+        for pool in (self._writer, self._notifier):
+            if pool is not None:
+                await asyncio.to_thread(pool.shutdown, wait=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), timeout=5)
         log.info("HL7 listener stopped")
+
+    # -- group commit ---------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        limit = self.settings.hl7_commit_batch_max
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:limit], self._queue[limit:]
+                items = [(p.payload, p.peer) for p in batch]
+                try:
+                    outcomes = await loop.run_in_executor(
+                        self._writer, self.store.process_batch, items
+                    )
+                except Exception as exc:  # pragma: no cover - process_batch does not raise
+                    log.exception("HL7 writer failed")
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+                    continue
+                for p, outcome in zip(batch, outcomes, strict=True):
+                    if not p.future.done():
+                        p.future.set_result(outcome)
+
+    def _submit(self, payload: bytes, peer: str) -> asyncio.Future[Outcome]:
+        assert self._wakeup is not None
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(payload, peer, fut))
+        self._wakeup.set()
+        return fut
+
+    def _after_ack(self, order_ids: list[int]) -> None:
+        if self.on_order is None or not order_ids or self._notifier is None:
+            return
+        self._notifier.submit(self._call_on_order, order_ids)
+
+    def _call_on_order(self, order_ids: list[int]) -> None:
+        assert self.on_order is not None
+        for order_id in order_ids:
+            try:
+                self.on_order(order_id)
+            except Exception:
+                log.exception("on_order(%d) failed", order_id)
 
     # -- connections ------------------------------------------------------------------------
 
@@ -220,12 +527,10 @@ class HL7Listener:
                 try:
                     frames = decoder.feed(data)
                 except MLLPFrameTooLarge as exc:
-                    for payload in exc.complete_frames:
-                        await self._answer(payload, peer, writer)
+                    await self._answer(exc.complete_frames, peer, writer)
                     await self._answer_oversize(exc, peer, writer)
                     break
-                for payload in frames:
-                    await self._answer(payload, peer, writer)
+                await self._answer(frames, peer, writer)
         except (ConnectionError, OSError) as exc:
             log.info("HL7 peer %s: connection lost: %s", peer, exc)
         except asyncio.CancelledError:
@@ -241,177 +546,43 @@ class HL7Listener:
             if task is not None:
                 self._connections.discard(task)
 
-    async def _answer(self, payload: bytes, peer: str, writer: asyncio.StreamWriter) -> None:
-        text, codec = decode_message(payload)
-        outcome = await asyncio.to_thread(self.process, text, peer)
-        writer.write(frame(outcome.ack.encode(codec, errors="replace")))
-        await writer.drain()
-        if self.on_order is not None:
-            for order_id in outcome.order_ids:
-                try:
-                    await asyncio.to_thread(self.on_order, order_id)
-                except Exception:
-                    log.exception("on_order(%d) failed", order_id)
+    async def _answer(self, payloads: list[bytes], peer: str, writer: asyncio.StreamWriter) -> None:
+        """Hand every frame of one read to the writer together; answer them in order."""
+        if not payloads:
+            return
+        futures = [self._submit(p, peer) for p in payloads]
+        for fut in futures:
+            outcome = await fut
+            if outcome.ack:
+                writer.write(frame(outcome.ack.encode(outcome.codec, errors="replace")))
+                await writer.drain()
+            self._after_ack(outcome.order_ids)
 
     async def _answer_oversize(
         self, exc: MLLPFrameTooLarge, peer: str, writer: asyncio.StreamWriter
     ) -> None:
         head, _ = decode_message(exc.head)
-        ack = self._ack_error(head, exc)
+        header = peek_header(head)
+        err = HL7ParseError(str(exc), hl7_code=207)
+        ack, code = self.store.ack(header, "AR", err)
+        if not ack:  # the sender asked for no ACK; it still must learn why we hang up
+            ack, code = self.store.ack(None if header is None else _original(header), "AR", err)
         log.warning("HL7 peer %s: %s; closing the connection", peer, exc)
-        await asyncio.to_thread(self._record_failure, head, peer, ack, exc.ack_code, str(exc))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._writer, self.store.record_failure, head, peer, ack, code, str(exc), header
+        )
         writer.write(frame(ack.encode("utf-8")))
         await writer.drain()
 
-    # -- one message --------------------------------------------------------------------------
 
-    def _ack_error(self, raw: str | MessageHeader | None, exc: HL7Error) -> str:
-        return ack_for_error(
-            raw,
-            exc,
-            sending_application=self.settings.sending_application,
-            sending_facility=self.settings.sending_facility,
-        )
+def _new_id(key: Any) -> int:
+    if not key or key[0] is None:  # pragma: no cover - SQLite and PostgreSQL return it
+        raise StoreError("the database returned no id for the new row")
+    return int(key[0])
 
-    def process(self, raw: str, peer: str = "") -> Outcome:
-        """Store, apply and acknowledge one decoded message; returns the ACK to send.
 
-        Blocking (database); the server runs it in a worker thread. Never raises for bad input
-        or a database failure: those become AE/AR ACKs.
-        """
-        header: MessageHeader | None = peek_header(raw)
-        orders: list[ParsedOrder] = []
-        try:
-            header = read_header(raw)
-            if not header.control_id:
-                raise HL7Error(
-                    "MSH-10 (message control id) is missing", hl7_code=101, location="MSH^1^10"
-                )
-            if not header.message_type:
-                raise HL7Error("MSH-9 (message type) is missing", hl7_code=101, location="MSH^1^9")
-            if header.is_order:
-                orders = parse_orders(raw)
-                for i, order in enumerate(orders, start=1):
-                    if not order.accession_number:
-                        raise HL7Error(
-                            "order has no accession number (IPC-1, OBR-18, OBR-3, ORC-3 empty)",
-                            hl7_code=101,
-                            location=f"OBR^{i}^18",
-                        )
-        except HL7Error as exc:
-            ack = self._ack_error(header or raw, exc)
-            log.info("HL7 from %s answered %s: %s", peer, exc.ack_code, exc)
-            message_id = self._record_failure(raw, peer, ack, exc.ack_code, str(exc), header)
-            return Outcome(ack, exc.ack_code, message_id=message_id, error=str(exc))
+def _original(header: MessageHeader) -> MessageHeader:
+    from dataclasses import replace
 
-        ack = build_ack(
-            header,
-            "AA",
-            sending_application=self.settings.sending_application,
-            sending_facility=self.settings.sending_facility,
-        )
-        try:
-            with self._apply_lock, self.db.session() as session:
-                msg = self._message_row(raw, peer, header, ack, "AA")
-                msg.processed = True
-                session.add(msg)
-                session.flush()
-                order_ids = [
-                    self._upsert(session, order, msg.id)
-                    for order in orders
-                    if order.order_control in APPLIED_CONTROLS
-                ]
-                if len(order_ids) < len(orders):
-                    msg.error = "order control not applied: " + ", ".join(
-                        sorted({o.order_control for o in orders} - APPLIED_CONTROLS)
-                    )
-        except Exception as exc:  # database failure or a bug: nothing is half-applied
-            if not isinstance(exc, StoreError):
-                log.exception("HL7 from %s: applying failed", peer)
-            else:
-                log.error("HL7 from %s: database failure: %s", peer, exc)
-            err = HL7Error(f"could not store the message: {exc}", ack_code="AE", hl7_code=207)
-            ack = self._ack_error(header, err)
-            message_id = self._record_failure(raw, peer, ack, "AE", str(err), header)
-            return Outcome(ack, "AE", message_id=message_id, error=str(err))
-        return Outcome(ack, "AA", order_ids=order_ids, message_id=msg.id)
-
-    def _message_row(
-        self, raw: str, peer: str, header: MessageHeader | None, ack: str, ack_code: str
-    ) -> HL7Message:
-        h = header or MessageHeader()
-        return HL7Message(
-            received_at=utcnow(),
-            peer=peer,
-            sending_application=h.sending_application,
-            sending_facility=h.sending_facility,
-            control_id=h.control_id,
-            message_type=h.type_code,
-            version=h.version,
-            raw=raw,
-            ack=ack,
-            ack_code=ack_code,
-        )
-
-    def _record_failure(
-        self,
-        raw: str,
-        peer: str,
-        ack: str,
-        ack_code: str,
-        error: str,
-        header: MessageHeader | None = None,
-    ) -> int | None:
-        """Store a message we answered AE/AR (best effort: the database may be what failed)."""
-        if header is None:
-            header = peek_header(raw)
-        try:
-            with self.db.session() as session:
-                msg = self._message_row(raw, peer, header, ack, ack_code)
-                msg.error = error[:2000]
-                msg.processed = True
-                session.add(msg)
-                session.flush()
-                return msg.id
-        except Exception as exc:
-            log.error("HL7 from %s: could not record the %s answer: %s", peer, ack_code, exc)
-            return None
-
-    @staticmethod
-    def _upsert(session: Session, parsed: ParsedOrder, message_id: int | None) -> int:
-        control = parsed.order_control
-        row = session.exec(
-            select(Order)
-            .where(
-                Order.accession_number == parsed.accession_number,
-                Order.sending_facility == parsed.sending_facility,
-            )
-            .order_by(col(Order.updated_at).desc(), col(Order.id).desc())
-        ).first()
-        if row is None:
-            row = Order(
-                accession_number=parsed.accession_number,
-                sending_facility=parsed.sending_facility,
-            )
-        row.order_control = control
-        if control in CANCEL_CONTROLS:
-            row.order_status = parsed.order_status or CANCEL_CONTROLS[control]
-        else:
-            if control == "NW" or parsed.order_status:
-                row.order_status = parsed.order_status
-            for name in _ORDER_FIELDS:
-                value = getattr(parsed, name)
-                if value:
-                    setattr(row, name, value)
-        if row.id is None:  # a first message that is not NW still records what it carries
-            for name in _ORDER_FIELDS:
-                value = getattr(parsed, name)
-                if value and not getattr(row, name):
-                    setattr(row, name, value)
-        row.message_id = message_id
-        row.updated_at = utcnow()
-        session.add(row)
-        session.flush()
-        if row.id is None:  # pragma: no cover - flush assigns it
-            raise StoreError("order row has no id after flush")
-        return row.id
+    return replace(header, accept_ack_type="", application_ack_type="")
