@@ -56,20 +56,6 @@ class Settings(BaseModel):
         description="Most HL7 messages stored in one database transaction (group commit); "
         "default 256",
     )
-    hl7_mapping_file: str = Field(
-        "",
-        description="HL7 site mapping (which field holds what per sender); default '': "
-        "<rules_dir>/hl7-mapping.yaml, built-in defaults when that file is absent",
-    )
-    hl7_idle_timeout_seconds: float = Field(
-        300.0, gt=0, description="Close an HL7 connection idle this long; default 300"
-    )
-    hl7_commit_batch_max: int = Field(
-        256,
-        ge=1,
-        description="Most HL7 messages stored in one database transaction (group commit); "
-        "default 256",
-    )
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP API port (0: any)")
     ris_host: str = Field("", description="RIS MLLP host; empty: nothing is sent (logged)")
     ris_port: int = Field(0, ge=0, le=65535, description="RIS MLLP port; 0 with host empty")
