@@ -10,6 +10,7 @@ read when present. Every setting below states its default. A bad value stops sta
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import tomllib
@@ -37,7 +38,47 @@ class Settings(BaseModel):
     bind_host: str = Field("127.0.0.1", description="Address every listener binds to")
     dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM Storage SCP port (0: any)")
     dicom_ae_title: str = Field("TRIAGE", description="Our AE title (1-16 chars, no backslash)")
-    dicom_max_pdu: int = Field(0, ge=0, description="Maximum PDU we receive; 0: unlimited")
+    dicom_max_pdu: int = Field(
+        1048576,
+        ge=0,
+        description="Maximum PDU length we announce to peers (A-ASSOCIATE); 0: unlimited; "
+        "default 1048576 (1 MiB)",
+    )
+    dicom_max_pdu_claim: int = Field(
+        16 * 1024 * 1024,
+        ge=4096,
+        description="A peer whose PDU header claims more bytes than this is aborted (A-ABORT) "
+        "before anything is buffered; never less than dicom_max_pdu + 6; default 16777216",
+    )
+    dicom_max_associations: int = Field(
+        10,
+        ge=1,
+        description="Concurrent DICOM associations; one more is rejected (A-ASSOCIATE-RJ, "
+        "transient, local limit exceeded); default 10",
+    )
+    dicom_acse_timeout_seconds: float = Field(
+        30.0, gt=0, description="Wait for association request/release messages; default 30"
+    )
+    dicom_dimse_timeout_seconds: float = Field(
+        30.0, gt=0, description="Wait for the next DIMSE message (C-STORE data); default 30"
+    )
+    dicom_network_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="An association idle (or a read stalled) this long is closed; default 60",
+    )
+    dicom_allowed_peers: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Calling AE titles allowed, each with its source addresses or networks "
+        "(CIDR, or '*' for any), e.g. {CT1 = ['10.0.0.5']}; others are rejected; "
+        "default: none (any AE from anywhere, logged). Environment: JSON",
+    )
+    dicom_min_free_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=0,
+        description="Refuse C-STORE (0xA700) while the data directory's disk has less free "
+        "space than this; default 1073741824 (1 GiB)",
+    )
     hl7_port: int = Field(2575, ge=0, le=65535, description="HL7 MLLP listener port (0: any)")
     hl7_max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest HL7 frame accepted"
@@ -105,6 +146,36 @@ class Settings(BaseModel):
         if not 1 <= len(v.strip()) <= 16 or "\\" in v or not v.isascii():
             raise ValueError("must be 1-16 ASCII characters without a backslash")
         return v.strip()
+
+    @field_validator("dicom_allowed_peers", mode="before")
+    @classmethod
+    def _allowed_peers(cls, v: object) -> object:
+        if isinstance(v, str):  # from the environment or --set
+            try:
+                v = json.loads(v) if v.strip() else {}
+            except ValueError as exc:
+                raise ValueError(
+                    f'expected a JSON object like {{"CT1": ["10.0.0.5"]}}: {exc}'
+                ) from None
+        if not isinstance(v, dict):
+            return v
+        peers: dict[str, list[str]] = {}
+        for ae, addresses in v.items():
+            title = str(ae).strip()
+            if not 1 <= len(title) <= 16 or "\\" in title or not title.isascii():
+                raise ValueError(f"{ae!r}: an AE title is 1-16 ASCII characters")
+            if isinstance(addresses, str):
+                addresses = [addresses]
+            if not isinstance(addresses, list) or not addresses:
+                raise ValueError(f"{title}: give a list of addresses, networks or '*'")
+            for a in addresses:
+                if str(a).strip() != "*":
+                    try:
+                        ipaddress.ip_network(str(a).strip(), strict=False)
+                    except ValueError:
+                        raise ValueError(f"{title}: {a!r} is not an address or network") from None
+            peers[title] = [str(a).strip() for a in addresses]
+        return peers
 
     @field_validator("stable_seconds_by_modality", "stable_seconds_by_ae", mode="before")
     @classmethod
