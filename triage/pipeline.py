@@ -51,6 +51,7 @@ class Analysis:
     key_slice: int | None = None
     series_uid: str = ""
     detail: str = ""
+    key_image: str = ""  # PNG path relative to the data dir; "" when none
 
 
 class Analyzer(Protocol):
@@ -225,6 +226,7 @@ class Pipeline:
                         key_slice=analysis.key_slice,
                         series_uid=analysis.series_uid,
                         detail=analysis.detail,
+                        key_image=analysis.key_image,
                     )
                 )
                 study.ai_status = analysis.status

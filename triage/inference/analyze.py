@@ -1,38 +1,72 @@
-"""Run a routed model on a stored study: select the series, build the volume, ask Triton.
+"""Run a routed model on a stored study: select the series, build the volume, check, ask Triton.
 
 This is the pipeline's :class:`~triage.pipeline.Analyzer`. It knows files and tensors; it does
-not know about scoring or the RIS.
+not know about scoring or the RIS. Steps, in order:
+
+1. select the series (:func:`~triage.inference.volume.select_series`), load it in HU, resample
+   it to the contract's input grid;
+2. input checks (:mod:`triage.inference.checks`) with the limits of the model contract: a study
+   the model may not judge is returned as ``not_assessable`` with the reasons - before Triton
+   is asked anything, so such a study never waits for the server;
+3. inference (:class:`~triage.inference.client.InferenceClient`); Triton down or the model not
+   ready raise ``TritonUnavailable`` / ``ModelNotReady`` and the pipeline lists the study as
+   "AI pending";
+4. the key image (:mod:`triage.inference.keyimage`): the key slice, windowed, with the model's
+   localisation map when it has one, stored under ``<data_dir>/keyimages/``.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
 from triage.errors import ModelNotReady, NotAssessable, TritonUnavailable
-from triage.inference.client import InferenceClient
+from triage.inference.checks import InputLimits, check_input
+from triage.inference.client import InferenceClient, ModelOutput
 from triage.inference.contract import ModelContract, load_contract
-from triage.inference.volume import load_volume, resample, select_series, z_sample_positions
+from triage.inference.keyimage import (
+    map_for_slice,
+    render_key_image,
+    store_key_image,
+    window_for,
+)
+from triage.inference.volume import (
+    Volume,
+    load_volume,
+    resample,
+    select_series,
+    z_sample_positions,
+)
 from triage.pipeline import Analysis
 from triage.store.models import Instance
+
+log = logging.getLogger(__name__)
 
 
 class TritonAnalyzer:
     """Analyses studies with the models of ``models_dir`` served by the attached client."""
 
-    def __init__(self, data_dir: Path, models_dir: Path) -> None:
+    def __init__(self, data_dir: Path, models_dir: Path, *, key_images: bool = True) -> None:
         self.data_dir = data_dir
         self.models_dir = models_dir
+        self.key_images = key_images
         self._client: InferenceClient | None = None
         self._contracts: dict[str, ModelContract] = {}
         self._lock = threading.Lock()
 
-    def attach(self, client: InferenceClient) -> None:
-        """Called once the inference server is reachable; until then studies stay pending."""
+    def attach(self, client: InferenceClient | None) -> None:
+        """Called once the inference server is reachable (again); None detaches (server down:
+        studies wait as AI pending)."""
         with self._lock:
             self._client = client
+
+    @property
+    def client(self) -> InferenceClient | None:
+        return self._client
 
     def contract(self, model: str) -> ModelContract:
         if model not in self._contracts:
@@ -43,21 +77,34 @@ class TritonAnalyzer:
         return self._contracts[model]
 
     def analyze(self, model: str, instances: list[Instance]) -> Analysis:
+        contract = self.contract(model)
+        try:
+            series = select_series(instances)
+            volume = load_volume([self.data_dir / inst.path for inst in series])
+            tensor = resample(volume, contract.input_shape)
+            check_input(
+                InputLimits.from_parameters(model, contract.parameters), series, volume, tensor
+            )
+        except NotAssessable as exc:
+            log.info("%s: not assessable: %s", model, exc.reason)
+            return Analysis(
+                model_name=model,
+                model_version=contract.version,
+                status="not_assessable",
+                detail=exc.reason,
+            )
         client = self._client
         if client is None:
-            raise TritonUnavailable("inference server not started yet")
-        contract = self.contract(model)
-        series = select_series(instances)
-        if not series:
-            raise NotAssessable("no CT image series suitable for the model")
-        volume = load_volume([self.data_dir / inst.path for inst in series])
-        tensor = resample(volume, contract.input_shape)
+            raise TritonUnavailable("inference server not started or not reachable yet")
         out = client.infer(model, tensor)
         key_slice = None
         if out.key_slice is not None:
             # from the model grid back to the acquired slice nearest to it (0 = most inferior)
             z = z_sample_positions(volume, contract.input_shape[0])[out.key_slice]
             key_slice = int(np.argmin(np.abs(volume.z_positions - z)))
+        key_image = ""
+        if self.key_images and key_slice is not None:
+            key_image = self._key_image(contract, out, volume, key_slice, series)
         return Analysis(
             model_name=model,
             model_version=out.model_version or contract.version,
@@ -67,7 +114,43 @@ class TritonAnalyzer:
             threshold=out.threshold,
             key_slice=key_slice,
             series_uid=volume.series_uid,
+            key_image=key_image,
         )
+
+    def _key_image(
+        self,
+        contract: ModelContract,
+        out: ModelOutput,
+        volume: Volume,
+        key_slice: int,
+        series: list[Instance],
+    ) -> str:
+        """Render and store the key image; "" (logged) when that fails - never the result."""
+        try:
+            plane = None
+            if out.localization is not None:
+                plane = map_for_slice(
+                    out.localization,
+                    float(volume.z_positions[key_slice]),
+                    float(volume.z_positions[0]),
+                    float(volume.z_positions[-1]),
+                )
+            image = render_key_image(
+                volume.hu[key_slice],
+                window=window_for(contract.name, contract.parameters),
+                localization=plane,
+                model=out.model_name,
+                model_version=out.model_version,
+                probability=out.probability,
+                slice_index=key_slice,
+                n_slices=volume.shape[0],
+            )
+            study_uid = series[0].study_uid if series else volume.series_uid
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
+            return store_key_image(self.data_dir, study_uid, f"{out.model_name}-{stamp}", image.png)
+        except Exception as exc:  # a key image is an aid; the finding stands without it
+            log.warning("%s: key image not made: %s", out.model_name, exc)
+            return ""
 
 
 __all__ = ["NotAssessable", "TritonAnalyzer"]

@@ -4,6 +4,12 @@ Every exception from tritonclient, grpc, gevent or sockets is translated here, w
 the engine, into :class:`~triage.errors.TritonUnavailable` (server down, unreachable, timed out:
 retry later), :class:`~triage.errors.ModelNotReady` (the named model is unknown or not loaded)
 or :class:`~triage.errors.InferenceError` (anything else, e.g. the model answered an error).
+
+Calls that need the server (:meth:`InferenceClient.infer`, a contract read from the server) go
+through :func:`~triage.inference.breaker.call_with_resilience`: transient failures
+(``TritonUnavailable``) are retried with exponential backoff and jitter, and a circuit breaker
+makes calls fail fast while the server is down. Health probes (:meth:`is_server_ready`,
+:meth:`model_states`) make one attempt and bypass the breaker: they must say the truth now.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from triage.errors import InferenceError, ModelNotReady, TriageError, TritonUnavailable
+from triage.inference.breaker import CircuitBreaker, RetryPolicy, call_with_resilience
 from triage.inference.contract import (
     PROBABILITY,
     SLICE_PROBABILITIES,
@@ -28,6 +35,8 @@ from triage.inference.contract import (
 )
 
 log = logging.getLogger(__name__)
+
+LOCALIZATION_NAMES = ("localization", "localisation", "localization_map", "lesion_map")
 
 T = TypeVar("T")
 Protocol = Literal["grpc", "http"]
@@ -68,6 +77,9 @@ class ModelOutput:
     threshold: float  # operating point from the model contract
     positive: bool  # probability >= threshold
     key_slice: int  # index (model grid) of the most suspicious slice
+    # coarse lesion map in [0, 1] when the model has a localization output: [z', y', x'] or
+    # [y', x'] on its own (coarser) grid covering the input volume; None otherwise
+    localization: np.ndarray | None = None
 
 
 def _translate(exc: BaseException, what: str) -> InferenceError:
@@ -113,6 +125,10 @@ class InferenceClient:
         protocol: Protocol = "grpc",
         timeout: float = 30.0,
         models_dir: Path | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', not {protocol!r}")
@@ -120,6 +136,9 @@ class InferenceClient:
         self.protocol: Protocol = protocol
         self.timeout = float(timeout)
         self.models_dir = Path(models_dir) if models_dir is not None else None
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.breaker = breaker  # None: no breaker (each call tries)
+        self._sleep = sleep
         self._contracts: dict[str, ModelContract] = {}
         self._client: Any = None
         try:
@@ -145,6 +164,16 @@ class InferenceClient:
             raise
         except Exception as exc:
             raise _translate(exc, f"{what} at {self.url}") from exc
+
+    def _resilient(self, what: str, fn: Callable[[], T]) -> T:
+        """``_call`` with retries (transient errors only) behind the circuit breaker."""
+        return call_with_resilience(
+            lambda: self._call(what, fn),
+            breaker=self.breaker,
+            retry=self.retry,
+            what=what,
+            sleep=self._sleep,
+        )
 
     def _kw(self) -> dict[str, Any]:
         """Per-call timeout keyword (gRPC only; HTTP's is set on the client)."""
@@ -212,7 +241,7 @@ class InferenceClient:
         if path is not None and path.is_file():
             contract = load_contract(path)
         else:
-            config = self._call(
+            config = self._resilient(
                 f"model config of {model_name!r}",
                 lambda: self._c.get_model_config(model_name, **self._json_kw()),
             )
@@ -247,12 +276,20 @@ class InferenceClient:
                 tc.InferRequestedOutput(PROBABILITY),
                 tc.InferRequestedOutput(SLICE_PROBABILITIES),
             ]
+            if loc_name:
+                outs.append(tc.InferRequestedOutput(loc_name))
             return self._c.infer(model_name, [inp], outputs=outs, **self._kw())
 
-        result = self._call(f"inference on {model_name!r}", run)
+        loc_name = localization_output(contract)
+        result = self._resilient(f"inference on {model_name!r}", run)
+        localization: np.ndarray | None = None
         try:
             prob = np.asarray(result.as_numpy(PROBABILITY), dtype=np.float64).reshape(-1)
             slices = np.asarray(result.as_numpy(SLICE_PROBABILITIES), dtype=np.float32).reshape(-1)
+            if loc_name:
+                raw = result.as_numpy(loc_name)
+                if raw is not None:
+                    localization = _localization_map(raw, contract.max_batch_size > 0)
             response = result.get_response()
         except Exception as exc:
             raise InferenceError(f"{model_name}: unreadable response: {exc}") from exc
@@ -279,4 +316,47 @@ class InferenceClient:
             threshold=contract.threshold,
             positive=probability >= contract.threshold,
             key_slice=int(np.argmax(slices)),
+            localization=localization,
         )
+
+    def warm_up(self, models: list[str] | tuple[str, ...]) -> dict[str, float]:
+        """One inference per model on a synthetic air-and-water volume; seconds per model.
+
+        The first request to a model pays for lazy initialisation (session creation, memory
+        pools); doing it at start keeps that out of the first study's latency. A model that
+        fails raises (the caller decides; the engine logs it and keeps going).
+        """
+        timings: dict[str, float] = {}
+        for name in models:
+            shape = self.contract(name).input_shape
+            volume = np.full(shape, -1000.0, dtype=np.float32)  # air
+            _z, y, x = shape
+            volume[:, y // 4 : 3 * y // 4, x // 4 : 3 * x // 4] = 0.0  # a block of water
+            t0 = time.monotonic()
+            self.infer(name, volume)
+            timings[name] = time.monotonic() - t0
+        return timings
+
+
+def localization_output(contract: ModelContract) -> str:
+    """The name of the model's localization output, or "" when it has none."""
+    for spec in contract.outputs:
+        if spec.name.lower() in LOCALIZATION_NAMES:
+            return spec.name
+    return ""
+
+
+def _localization_map(raw: np.ndarray, batched: bool) -> np.ndarray | None:
+    """The coarse lesion map of one study, float32 in [0, 1], 2-D or 3-D; None if unusable."""
+    arr = np.asarray(raw, dtype=np.float32)
+    if batched and arr.ndim >= 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    while arr.ndim > 3 and arr.shape[0] == 1:  # e.g. a channel axis
+        arr = arr[0]
+    if arr.ndim not in (2, 3) or arr.size == 0 or not np.isfinite(arr).all():
+        log.warning("ignoring a localization output shaped %s", list(np.shape(raw)))
+        return None
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:  # logits or scores: bring to [0, 1] for display only
+        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    return arr

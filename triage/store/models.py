@@ -133,6 +133,7 @@ class Finding(SQLModel, table=True):
     key_slice: int | None = None
     detail: str = ""
     series_uid: str = ""
+    key_image: str = ""  # key image PNG, path relative to the data dir ("" when none)
     created_at: datetime = Field(default_factory=utcnow)
 
 
