@@ -390,3 +390,176 @@ def test_latin1_message_stored_correctly(listener: Callable[..., Running]) -> No
         ack = raw_exchange(sock, MLLPDecoder(), frame(msg.encode("latin-1")))
     assert read_ack(ack)[0] == "AA"
     assert r.orders()[0].patient_name == "GONÇALVES^JOSÉ"
+
+
+# -- resends, acknowledgment modes, more message kinds ---------------------------------------
+
+
+def test_resend_gets_the_same_ack_and_is_not_applied_twice(
+    listener: Callable[..., Running],
+) -> None:
+    r = listener()
+    with MLLPConnection(r.host, r.port, timeout=5) as conn:
+        first = conn.exchange(sample("orm_nw_v251.hl7"))
+        again = conn.exchange(sample("orm_nw_v251.hl7"))
+        lf = conn.exchange(sample("orm_nw_v251.hl7").replace("\r", "\n"))  # same content
+    assert first == again == lf  # the very same ACK, MSH-10 included
+    assert [m.ack_code for m in r.messages()] == ["AA"]
+    assert len(r.orders()) == 1
+    assert wait_for_calls(r, 1) == [r.orders()[0].id]
+    time.sleep(0.1)
+    assert len(r.calls) == 1
+    # same MSH-10 from the same sender but another content: a new message
+    changed = sample("orm_nw_v251.hl7").replace("ACC-HCT-24001", "ACC-HCT-24002")
+    ack = send_message_ack(r, changed)
+    assert read_ack(ack)[:2] == ("AA", "RIS00000101") and ack != first
+    msgs = r.messages()
+    assert len(msgs) == 2 and "reused with different content" in msgs[1].error
+    # same MSH-10 and content from another facility: another message too
+    other = sample("orm_nw_v251.hl7").replace("|RIS|GENHOSP|", "|RIS|OTHERHOSP|", 1)
+    assert read_ack(send_message_ack(r, other))[0] == "AA"
+    assert len(r.messages()) == 3
+
+
+def test_enhanced_mode_commit_ack_and_no_ack(listener: Callable[..., Running]) -> None:
+    r = listener()
+    silent = sample("orm_nw_v231.hl7").replace("|P|2.3.1", "|P|2.3.1|||NE|NE")
+    with socket.create_connection((r.host, r.port), timeout=5) as sock:
+        dec = MLLPDecoder()
+        # MSH-15/16 NE: no answer at all; the next message is answered normally
+        sock.sendall(frame(silent.encode()))
+        ack = raw_exchange(sock, dec, frame(sample("orm_nw_v251.hl7", enhanced=True).encode()))
+        assert read_ack(ack)[:2] == ("CA", "RIS00000101")
+    msgs = r.messages()
+    assert (msgs[0].control_id, msgs[0].ack_code, msgs[0].ack) == ("RIS00000102", "CA", "")
+    assert msgs[1].ack == ack and msgs[1].ack_code == "CA"
+    assert len(r.orders()) == 2
+
+
+def test_adt_a08_cm_and_dc(listener: Callable[..., Running]) -> None:
+    r = listener()
+    names = [
+        "orm_nw_v251.hl7",
+        "orm_nw_v23.hl7",
+        "orm_sc_cm_v251.hl7",
+        "orm_dc_v23.hl7",
+        "adt_a08_v251.hl7",  # last: an order message carries PID-5 and updates the name too
+    ]
+    with MLLPConnection(r.host, r.port, timeout=5) as conn:
+        assert [read_ack(conn.exchange(sample(n)))[0] for n in names] == ["AA"] * 5
+    head, xr = r.orders()
+    assert head.patient_name == "MUELLER-SMITH^ANNA^MARIA"  # ADT^A08
+    assert (head.order_control, head.order_status) == ("SC", "CM")  # exam completed
+    assert head.ordered_priority == "S" and head.study_uid  # kept
+    assert (xr.order_control, xr.order_status, xr.ordered_priority) == ("DC", "DC", "R")
+    assert r.messages()[4].message_type == "ADT^A08"
+
+
+def test_two_frames_in_one_write_and_a_10mb_obx(listener: Callable[..., Running]) -> None:
+    r = listener(max_bytes=16 * 1024 * 1024)
+    obx = "OBX|1|ED|PDF^Report^L||" + "A" * (10 * 1024 * 1024)
+    big = sample("adt_a01_v251.hl7").replace("ADT00000901", "BIG0001") + "\r" + obx
+    with socket.create_connection((r.host, r.port), timeout=10) as sock:
+        dec = MLLPDecoder()
+        sock.sendall(
+            frame(sample("orm_nw_v231.hl7").encode()) + frame(sample("orm_xo_v251.hl7").encode())
+        )
+        sock.settimeout(10)
+        acks: list[bytes] = []
+        while len(acks) < 2:
+            acks += dec.feed(sock.recv(65536))
+        assert [read_ack(a.decode())[:2] for a in acks] == [
+            ("AA", "RIS00000102"),
+            ("AA", "RIS00000104"),
+        ]
+        ack = raw_exchange(sock, dec, frame(big.encode()))
+        assert read_ack(ack)[:2] == ("AA", "BIG0001")
+    assert len(r.messages()[-1].raw) > 10 * 1024 * 1024
+
+
+def test_eight_connections_group_commit(listener: Callable[..., Running]) -> None:
+    from triage.synth.orders import order_message
+
+    r = listener()
+
+    def send(k: int) -> list[str]:
+        with MLLPConnection(r.host, r.port, timeout=10) as conn:
+            return [
+                read_ack(conn.exchange(order_message(accession=f"G{k}-{i}", patient_id=f"P{k}")))[0]
+                for i in range(25)
+            ]
+
+    threads_out: list[list[str]] = []
+    workers = [threading.Thread(target=lambda k=k: threads_out.append(send(k))) for k in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    assert sorted(code for codes in threads_out for code in codes) == ["AA"] * 200
+    assert len(r.orders()) == 200 and len(r.messages()) == 200
+    assert len(wait_for_calls(r, 200)) == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "hl7_code"),
+    [
+        ("orm_nw_v23.hl7", "AA", ""),
+        ("adt_a08_v251.hl7", "AA", ""),
+        ("bad_msh12.hl7", "AE", "203"),
+        ("no_msh10.hl7", "AE", "101"),
+        ("latin1_declared_utf8.hl7", "AA", ""),
+    ],
+)
+def test_mllp_send_lf_files(
+    listener: Callable[..., Running], tmp_path: Path, name: str, code: str, hl7_code: str
+) -> None:
+    """The files as they are (LF separators, one is Latin-1 bytes declared UTF-8), sent by the
+    hl7 package's mllp_send."""
+    r = listener()
+    proc = subprocess.run(
+        [str(MLLP_SEND), "--loose", "-f", str(DATA / name), "-p", str(r.port), r.host],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    (ack,) = [f.decode("latin-1") for f in MLLPDecoder().feed(proc.stdout)]
+    assert read_ack(ack)[0] == code
+    if hl7_code:
+        assert f"|{hl7_code}^" in ack
+    (msg,) = r.messages()
+    assert msg.ack_code == code
+    if name.startswith("latin1"):
+        assert r.orders()[0].patient_name == "GONÇALVES^JOSÉ"
+        assert "does not fit" in msg.error
+
+
+def test_replay_applies_after_a_mapping_fix(
+    listener: Callable[..., Running], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from triage.cli import main
+
+    r = listener()
+    # accession only in OBR-19 and no filler number: AE 101 with the default mapping
+    odd = (
+        "MSH|^~\\&|ODD|ODDHOSP|TRIAGE|GENHOSP|20240312090000||ORM^O01|ODD1|P|2.4\r"
+        "PID|1||ODD7^^^ODDHOSP^MR||ROE^RITA\rORC|NW|ODP-1\r"
+        "OBR|1|ODP-1||CTHEAD^CT head^L|S||||||||||||||ODDACC-1"
+    )
+    assert read_ack(send_message_ack(r, odd))[:2] == ("AE", "ODD1")
+    assert read_ack(send_message_ack(r, sample("orm_nw_v231.hl7")))[0] == "AA"
+    mapping = tmp_path / "map.yaml"
+    mapping.write_text(
+        "version: 1\nsenders:\n  - name: odd\n    match: {sending_application: ODD}\n"
+        "    fields:\n      accession_number: [OBR-19.1]\n"
+    )
+    args = ["hl7", "replay", "--all", "--data-dir", str(tmp_path), "--mapping", str(mapping)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "orders" in out and "applied" in out
+    orders = {o.accession_number: o for o in r.orders()}
+    assert set(orders) == {"ODDACC-1", "ACC-CTPA-24007"}
+    assert orders["ODDACC-1"].ordered_priority == "S"
+    assert main(args) == 0  # idempotent
+    assert len(r.orders()) == 2 and len(r.messages()) == 2
+    assert main(["hl7", "replay", "--data-dir", str(tmp_path)]) == 2  # says which messages

@@ -209,8 +209,9 @@ def make_ack(
     Original mode: the AA/AE/AR ACK, always. Enhanced mode (MSH-15 or MSH-16 valued): one
     answer at most, on the same connection: the commit ACK (CA/CE/CR) when MSH-15 asks for it
     (AL, ER on error, SU on success; empty counts as AL), else the application ACK (AA/AE/AR)
-    when MSH-16 asks for it (empty counts as AL); else nothing (text ""; the code is still returned, for the
-    record). Because Triage parses and applies before it commits, CA already means applied.
+    when MSH-16 asks for it (empty counts as AL); else nothing (text ""; the code is still
+    returned, for the record). Because Triage parses and applies before it commits, CA
+    already means applied.
     """
     ok = code == "AA"
     if header is not None and header.enhanced_mode:

@@ -31,6 +31,7 @@ import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +302,52 @@ class MessageStore:
         )
         return _new_id(result.inserted_primary_key)
 
+    # -- replay ----------------------------------------------------------------------------
+
+    def replay(
+        self, *, since: datetime | None = None, ids: Sequence[int] | None = None
+    ) -> list[ReplayResult]:
+        """Apply stored messages again, oldest first, with the current mapping (one
+        transaction each). Messages that still cannot be applied are reported, not changed."""
+        query = select(_MSG.c.id, _MSG.c.raw, _MSG.c.message_type, _MSG.c.control_id).order_by(
+            _MSG.c.id
+        )
+        if since is not None:
+            query = query.where(_MSG.c.received_at >= since)
+        if ids:
+            query = query.where(_MSG.c.id.in_(list(ids)))
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        results: list[ReplayResult] = []
+        for row in rows:
+            mid = int(row.id)
+            ev = evaluate(str(row.raw), self.mapping)
+            base = (mid, str(row.message_type), str(row.control_id))
+            if ev.error is not None:
+                results.append(ReplayResult(*base, f"not applied: {ev.error}", failed=True))
+                continue
+            try:
+                with self.db.engine.begin() as conn:
+                    order_ids = _replay_apply(self, conn, ev, mid)
+                    note = "; ".join([*ev.notes, f"replayed {utcnow():%Y-%m-%d %H:%M:%S} UTC"])
+                    conn.execute(
+                        update(_MSG)
+                        .where(_MSG.c.id == mid)
+                        .values(processed=True, error=note[:2000])
+                    )
+            except Exception as exc:
+                log.error("replay of HL7 message #%d failed: %s", mid, exc)
+                results.append(ReplayResult(*base, f"failed: {exc}", failed=True))
+                continue
+            if order_ids:
+                what = f"orders {', '.join(map(str, order_ids))} applied"
+            elif ev.kind == "patient_update":
+                what = "patient name applied"
+            else:
+                what = "nothing to apply (" + (ev.kind if ev.kind != "order" else "no order") + ")"
+            results.append(ReplayResult(*base, what))
+        return results
+
     # -- applying ------------------------------------------------------------------------------
 
     def apply(self, conn: Connection, ev: Evaluation, message_id: int) -> list[int]:
@@ -368,6 +415,21 @@ class MessageStore:
         )
         result = conn.execute(_INSERT_ORDER, values)
         return _new_id(result.inserted_primary_key)
+
+
+@dataclass
+class ReplayResult:
+    message_id: int
+    message_type: str
+    control_id: str
+    result: str
+    failed: bool = False
+
+
+def _replay_apply(store: MessageStore, conn: Connection, ev: Evaluation, mid: int) -> list[int]:
+    if ev.kind == "order":
+        return [store.upsert_order(conn, o, mid, replay=True) for o in ev.applied_orders]
+    return store.apply(conn, ev, mid)
 
 
 @dataclass
