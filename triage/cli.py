@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--routing", help="routing rules file to check")
     p.add_argument("--urgency", help="urgency rules file to check")
     p.set_defaults(func=_cmd_rules_check)
+
+    from triage.hl7 import commands as hl7_commands  # `triage hl7 check | replay`
+
+    hl7_commands.add_parsers(sub, _add_settings_args, _settings)
     return parser
 
 
