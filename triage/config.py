@@ -110,6 +110,49 @@ class Settings(BaseModel):
     )
     triton_timeout_seconds: float = Field(30.0, gt=0, description="Per-request inference limit")
     triton_startup_seconds: float = Field(90.0, gt=0, description="Wait for local Triton ready")
+    triton_protocol: Literal["grpc", "http"] = Field(
+        "grpc",
+        description="Protocol to Triton; default 'grpc' (triton_url is then the HTTP endpoint "
+        "when 'http')",
+    )
+    triton_retry_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="Tries per Triton request on transient errors (UNAVAILABLE, deadline "
+        "exceeded, connection refused); default 3 (1: no retry)",
+    )
+    triton_retry_base_seconds: float = Field(
+        0.2, ge=0, description="First retry wait, doubled each retry, full jitter; default 0.2"
+    )
+    triton_retry_max_seconds: float = Field(
+        2.0, ge=0, description="Longest wait between two retries; default 2.0"
+    )
+    triton_breaker_failures: int = Field(
+        5,
+        ge=1,
+        description="Consecutive transient failures that open the circuit breaker (calls "
+        "then fail fast, studies wait as AI pending); default 5",
+    )
+    triton_breaker_reset_seconds: float = Field(
+        10.0, ge=0, description="Open breaker: wait before one probe call; default 10"
+    )
+    triton_restart_max_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest wait between restarts of the bundled Triton when it dies "
+        "(backoff from 1 s, doubling); default 60",
+    )
+    triton_warmup: bool = Field(
+        True,
+        description="One inference per routed model on a synthetic volume before /healthz "
+        "says ready; default true",
+    )
+    key_images: bool = Field(
+        True,
+        description="Store a key image PNG with each AI result (<data_dir>/keyimages); "
+        "default true",
+    )
     models_dir: Path = Field(REPO_ROOT / "models", description="Triton model repository")
     rules_dir: Path = Field(REPO_ROOT / "rules", description="routing.yaml and urgency.yaml")
     study_stable_seconds: float = Field(

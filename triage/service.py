@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,14 @@ from typing import Any
 import uvicorn
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlmodel import select
 
 from triage.api.app import create_app
 from triage.completion import CompletionPolicy
 from triage.config import Settings
 from triage.errors import TriageError, TritonUnavailable
 from triage.inference.analyze import TritonAnalyzer
+from triage.inference.breaker import CircuitBreaker, RetryPolicy
 from triage.inference.client import InferenceClient
 from triage.inference.local_triton import LocalTriton
 from triage.ingest.dicom_scp import DicomListener
@@ -36,7 +39,8 @@ from triage.outbound.ris import RISNotifier
 from triage.pipeline import Pipeline
 from triage.routing import load_routing_rules
 from triage.scoring import load_urgency_rules
-from triage.store import Database
+from triage.store import Database, Study, StudyState
+from triage.store.models import utcnow
 
 log = logging.getLogger("triage")
 
@@ -61,8 +65,16 @@ class Engine:
         self.triton: LocalTriton | None = None
         self.triton_url = settings.triton_url
         self.triton_error = ""
+        self.triton_restarts = 0
+        self.warmup: dict[str, float] = {}
         self.client: InferenceClient | None = None
-        self.analyzer = TritonAnalyzer(data_dir, settings.models_dir)
+        self.breaker = CircuitBreaker(
+            settings.triton_breaker_failures, settings.triton_breaker_reset_seconds
+        )
+        self._triton_stop = threading.Event()
+        self.analyzer = TritonAnalyzer(
+            data_dir, settings.models_dir, key_images=settings.key_images
+        )
         self.notifier = RISNotifier(settings, self.db)
         self.pipeline = Pipeline(
             self.db,
@@ -112,42 +124,146 @@ class Engine:
                 "address": f"{s.ris_host}:{s.ris_port}" if s.ris_configured else None,
             },
         }
-        triton: dict[str, Any] = {"ready": False, "url": self.triton_url or None}
-        if self.client is None:
+        triton: dict[str, Any] = {
+            "ready": False,
+            "url": self.triton_url or None,
+            "mode": "external" if s.triton_url else "local",
+            "breaker": self.breaker.snapshot(),
+        }
+        if not s.triton_url:
+            triton["pid"] = self.triton.pid if self.triton is not None else None
+            triton["restarts"] = self.triton_restarts
+        if self.warmup:
+            triton["warmup_seconds"] = {m: round(v, 3) for m, v in self.warmup.items()}
+        client = self.client
+        if client is None:
             triton["detail"] = self.triton_error or "starting"
         else:
             try:
-                states = self.client.model_states()
-                triton["models"] = states
+                states = client.model_states()
                 wanted = self.routing.models
-                triton["ready"] = self.client.is_server_ready() and all(
-                    states.get(m) == "READY" for m in wanted
+                triton["models"] = {m: states.get(m, "UNAVAILABLE") for m in wanted} | states
+                triton["ready"] = (
+                    client.is_server_ready()
+                    and all(states.get(m) == "READY" for m in wanted)
+                    and triton["breaker"]["state"] != "open"
                 )
                 if not triton["ready"]:
-                    triton["detail"] = "server or a routed model is not ready"
+                    triton["detail"] = "server or a routed model is not ready, or breaker open"
             except TriageError as exc:
                 triton["detail"] = str(exc)
         parts["triton"] = triton
         return parts
 
     # -- lifecycle ------------------------------------------------------------------------
-    def _start_triton(self) -> None:
+    def _new_client(self, url: str) -> InferenceClient:
         s = self.settings
-        try:
-            if not self.triton_url:
-                self.triton = LocalTriton(
-                    s.models_dir, s.data_dir / "triton", s.triton_startup_seconds
+        return InferenceClient(
+            url,
+            s.triton_protocol,
+            timeout=s.triton_timeout_seconds,
+            models_dir=s.models_dir,
+            retry=RetryPolicy(
+                s.triton_retry_attempts, s.triton_retry_base_seconds, s.triton_retry_max_seconds
+            ),
+            breaker=self.breaker,
+        )
+
+    def _connect(self, url: str) -> None:
+        """New client on ``url``; warm-up; then attach it (health says ready only after)."""
+        s = self.settings
+        client = self._new_client(url)
+        if s.triton_warmup:
+            try:
+                self.warmup = client.warm_up(sorted(self.routing.models))
+                log.info(
+                    "Triton warm-up: %s",
+                    ", ".join(f"{m} {v:.2f} s" for m, v in self.warmup.items()) or "no model",
                 )
-                self.triton_url = self.triton.start()
-                log.info("Triton (local, bundled) ready at %s (gRPC)", self.triton_url)
-            client = InferenceClient(self.triton_url, timeout=s.triton_timeout_seconds)
-            self.analyzer.attach(client)
-            self.client = client
-            self.endpoints["triton"] = self.triton_url
-            self._write_endpoints()
-        except TritonUnavailable as exc:
-            self.triton_error = str(exc)
-            log.error("Triton not available: %s; studies wait as AI pending", exc)
+            except TriageError as exc:
+                log.warning("Triton warm-up failed (studies wait as AI pending): %s", exc)
+        self.breaker.reset()
+        old, self.client = self.client, client
+        self.analyzer.attach(client)
+        self.triton_error = ""
+        self.endpoints["triton"] = url
+        self._write_endpoints()
+        if old is not None:
+            old.close()
+        self._wake_pending()
+
+    def _wake_pending(self) -> None:
+        """Studies waiting as AI pending are retried at the next tick, not after their delay."""
+        try:
+            with self.db.session() as sess:
+                rows = sess.exec(select(Study).where(Study.state == StudyState.AI_PENDING)).all()
+                for st in rows:
+                    st.ai_next_attempt_at = utcnow()
+                    sess.add(st)
+            if rows:
+                log.info("Triton is back: %d AI-pending studies retried now", len(rows))
+        except TriageError as exc:
+            log.warning("cannot wake AI-pending studies: %s", exc)
+
+    def _start_triton(self) -> None:
+        """External Triton: connect once (the client reconnects by itself). Bundled Triton:
+        start it and supervise it - when its process dies, restart it with backoff."""
+        s = self.settings
+        if s.triton_url:
+            try:
+                self._connect(self.triton_url)
+                log.info("Triton (external) at %s (%s)", self.triton_url, s.triton_protocol)
+            except TritonUnavailable as exc:
+                self.triton_error = str(exc)
+                log.error("Triton not available: %s; studies wait as AI pending", exc)
+            return
+        self.triton = LocalTriton(s.models_dir, s.data_dir / "triton", s.triton_startup_seconds)
+        self._supervise(self.triton)
+
+    def _supervise(self, triton: LocalTriton) -> None:
+        s = self.settings
+        delay = 1.0
+        first = True
+        try:
+            while not self._triton_stop.is_set():
+                if not first:
+                    log.warning("restarting the local Triton in %.1f s", delay)
+                    if self._triton_stop.wait(delay):
+                        return
+                    delay = min(delay * 2.0, s.triton_restart_max_seconds)
+                first = False
+                try:
+                    triton.start()
+                except TritonUnavailable as exc:
+                    self.triton_error = str(exc)
+                    log.error("local Triton did not start: %s; studies wait as AI pending", exc)
+                    triton.stop()
+                    continue
+                self.triton_url = (
+                    triton.http_url if s.triton_protocol == "http" else triton.grpc_url
+                )
+                log.info(
+                    "Triton (local, bundled) ready at %s (%s)", self.triton_url, s.triton_protocol
+                )
+                try:
+                    self._connect(self.triton_url)
+                except TritonUnavailable as exc:
+                    self.triton_error = str(exc)
+                started = time.monotonic()
+                while triton.is_running() and not self._triton_stop.wait(0.5):
+                    pass
+                if self._triton_stop.is_set():
+                    return
+                code = triton.returncode
+                self.analyzer.attach(None)  # studies wait as AI pending from now on
+                self.triton_error = f"local Triton exited (code {code}); restarting"
+                log.error("local Triton (pid %s) exited with code %s", triton.pid, code)
+                triton.stop()  # reap the process group (backend stubs)
+                self.triton_restarts += 1
+                if time.monotonic() - started > 60.0:
+                    delay = 1.0  # it ran a good while: restart soon
+        finally:
+            triton.stop()
 
     def _write_endpoints(self) -> None:
         path = self.settings.data_dir / "endpoints.json"
@@ -158,7 +274,7 @@ class Engine:
     async def run(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        app = create_app(self.db, self.urgency, self.health)
+        app = create_app(self.db, self.urgency, self.health, s.data_dir)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -198,6 +314,7 @@ class Engine:
                 self.scheduler.shutdown(wait=True)
             await self.hl7.stop()
             self.dicom.stop()
+            self._triton_stop.set()
             if triton_thread is not None:
                 await asyncio.to_thread(triton_thread.join)
             if self.triton is not None:

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from sqlmodel import col, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from triage import __version__
 from triage.api.worklist import SYNTHETIC_NOTICE, worklist
 from triage.errors import StoreError
+from triage.inference.keyimage import DISCLAIMER, resolve_key_image
 from triage.scoring import UrgencyRules
 from triage.store import Database
+from triage.store.models import Finding
 
 HealthProbe = Callable[[], dict[str, dict[str, Any]]]
 
 
-def create_app(db: Database, rules: UrgencyRules, health: HealthProbe) -> FastAPI:
+def create_app(
+    db: Database, rules: UrgencyRules, health: HealthProbe, data_dir: Path | None = None
+) -> FastAPI:
+    """``data_dir``: where key images live (None: the key-image endpoint always answers 404)."""
     app = FastAPI(title="Triage engine", version=__version__, docs_url=None, redoc_url=None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -46,5 +53,31 @@ def create_app(db: Database, rules: UrgencyRules, health: HealthProbe) -> FastAP
         with db.session() as s:
             items = worklist(s, rules)
         return {"notice": SYNTHETIC_NOTICE, "count": len(items), "studies": items}
+
+    @app.get("/api/studies/{study_uid}/key-image", response_model=None)
+    def key_image(study_uid: str, model: str | None = None) -> FileResponse | JSONResponse:
+        """The newest key image PNG of a study's AI finding (of ``model`` when given)."""
+        with db.session() as s:
+            query = select(Finding).where(Finding.study_uid == study_uid, Finding.key_image != "")
+            if model:
+                query = query.where(Finding.model_name == model)
+            query = query.order_by(col(Finding.created_at).desc(), col(Finding.id).desc())
+            finding = s.exec(query).first()
+        path = (
+            resolve_key_image(data_dir, finding.key_image)
+            if finding is not None and data_dir is not None
+            else None
+        )
+        if finding is None or path is None:
+            return JSONResponse({"error": "no key image for this study"}, status_code=404)
+        return FileResponse(
+            path,
+            media_type="image/png",
+            headers={
+                "Cache-Control": "no-store",
+                "X-Triage-Model": f"{finding.model_name} {finding.model_version}",
+                "X-Triage-Notice": DISCLAIMER,
+            },
+        )
 
     return app

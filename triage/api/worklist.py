@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from sqlmodel import Session, select
 
@@ -62,6 +63,12 @@ def worklist(session: Session, rules: UrgencyRules) -> list[dict[str, Any]]:
                         "positive": f.positive,
                         "threshold": f.threshold,
                         "key_slice": f.key_slice,
+                        "key_image_url": (
+                            f"/api/studies/{quote(st.study_uid, safe='')}/key-image"
+                            f"?model={quote(f.model_name, safe='')}"
+                            if f.key_image
+                            else None
+                        ),
                         "detail": f.detail,
                     }
                     for f in findings.get(st.study_uid, {}).values()

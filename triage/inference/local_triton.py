@@ -115,6 +115,11 @@ class LocalTriton:
             raise TritonUnavailable("local Triton is not started")
         return f"{HOST}:{self.http_port}"
 
+    @property
+    def returncode(self) -> int | None:
+        """Exit code of the server process when it has exited by itself; None while running."""
+        return self._proc.poll() if self._proc is not None else None
+
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
