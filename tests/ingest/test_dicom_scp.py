@@ -320,7 +320,7 @@ def test_database_failure_answers_a700_and_removes_file(
     def broken(*_args: object) -> bool:
         raise StoreError("database is locked")
 
-    monkeypatch.setattr(dicom_scp.repo, "record_instance", broken)
+    monkeypatch.setattr(scp.listener.index, "record", broken)
     assert client_store(scp, [_slice(tmp_path)]) == [0xA700]
     assert stored_files(scp.data_dir) == []
     assert scp.seen == []

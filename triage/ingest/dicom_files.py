@@ -15,6 +15,7 @@ Plain functions, no networking, so the Storage SCP stays thin and each rule is u
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import math
@@ -24,18 +25,41 @@ import struct
 import tempfile
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
 import pydicom
-from pydicom.datadict import dictionary_VR
-from pydicom.dataset import Dataset
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
 
 from triage.errors import DicomIngestError, StoreError
 
 DICOM_SUBDIR = "dicom"
+IMPLEMENTATION_VERSION_NAME = "TRIAGE"
 UID_MAX_LEN = 64
 _UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
@@ -139,6 +163,55 @@ def write_durably(path: Path, data: bytes | Iterable[bytes | memoryview]) -> int
     return size
 
 
+def write_instance_file(path: Path, chunks: Iterable[bytes | memoryview]) -> int:
+    """Write a received instance to ``path`` durably, with one disk-cache flush where the
+    file system allows it. Returns the number of bytes written; raises :class:`StoreError`
+    (nothing is left behind: neither the temp file nor ``path``).
+
+    The bytes go to a temp file in the same directory, which is renamed to ``path`` and only
+    then fsynced, followed by the directory. Every byte is written before the rename, so a
+    reader never sees a partial file; the order differs from :func:`write_durably` (fsync,
+    then rename) only in what a power cut in the middle can leave: a file under its final
+    name whose blocks were not flushed. Such a file was never acknowledged nor indexed, and
+    the start-up recovery (:meth:`triage.ingest.dicom_index.InstanceIndex.recover`) checks
+    every unindexed file and removes it. The gain: on ext4 the file's fsync commits the rename
+    in the same journal transaction, so the directory fsync costs next to nothing, where
+    fsync-then-rename pays two journal commits (measured: docs/performance.md).
+
+    ``path`` must not be written concurrently by another thread (the SCP serialises per SOP
+    Instance UID).
+    """
+    path = Path(path)
+    try:
+        _make_dirs_durably(path.parent)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise StoreError(f"cannot create {path.parent}: {exc}") from exc
+    written: Path = Path(tmp_name)
+    size = 0
+    try:
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk).cast("B")
+                while view:
+                    n = os.write(fd, view)
+                    size += n
+                    view = view[n:]
+            os.replace(written, path)
+            written = path
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(path.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            written.unlink()
+        if isinstance(exc, OSError):
+            raise StoreError(f"cannot write {path}: {exc}") from exc
+        raise
+    return size
+
+
 # ---------------------------------------------------------------------------- decoding
 
 # Explicit VRs whose length field is 4 bytes (after 2 reserved bytes); PS3.5 7.1.2.
@@ -151,6 +224,7 @@ _SHORT_VRS = frozenset(
 )
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
 _MAX_DEPTH = 32
 
 
@@ -162,6 +236,9 @@ class _Walker:
         self.buf = buf
         self.implicit = implicit
         self.e = "<" if little else ">"
+        self.pixel_data_at: int | None = None  # offset of the top-level (7FE0,0010) element
+        self.wanted: frozenset[int] = frozenset()  # top-level tags whose values to keep
+        self.found: dict[int, tuple[int, int]] = {}  # tag -> (value offset, value length)
 
     def fail(self, pos: int, why: str) -> DicomIngestError:
         return DicomIngestError(DicomIngestError.CANNOT_DECODE, f"byte {pos}: {why}")
@@ -187,10 +264,23 @@ class _Walker:
                 return pos + 8
             if tag in (_ITEM, _ITEM_END, _SEQ_END):
                 raise self.fail(pos, f"unexpected delimiter ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+            if depth == 0:
+                if tag == _PIXEL_DATA and self.pixel_data_at is None:
+                    self.pixel_data_at = pos
+                elif tag in self.wanted:
+                    start = pos
+                    pos = self.element(pos, end, tag, depth)
+                    header = 8 if self.implicit or self._is_short(start) else 12
+                    self.found[tag] = (start + header, pos - start - header)
+                    continue
             pos = self.element(pos, end, tag, depth)
         if until_item_end:
             raise self.fail(pos, "item without delimiter")
         return pos
+
+    def _is_short(self, pos: int) -> bool:
+        """An explicit-VR element at ``pos`` has the 8-byte header (2-byte length)."""
+        return bytes(self.buf[pos + 4 : pos + 6]).decode("latin-1") in _SHORT_VRS
 
     def element(self, pos: int, end: int, tag: int, depth: int) -> int:
         if self.implicit:
@@ -266,17 +356,29 @@ class _Walker:
             pos += length
 
 
-def check_encoding(dataset_bytes: bytes | memoryview, transfer_syntax: str) -> None:
+@dataclass
+class Scan:
+    """What :func:`scan_dataset` learnt: where the header ends, and the raw values of the
+    top-level elements :func:`index_header` needs (for uncompressed / encapsulated syntaxes)."""
+
+    header_length: int | None  # offset of the top-level Pixel Data; None when deflated
+    values: dict[int, bytes]  # tag -> raw value bytes (empty when deflated)
+
+
+def scan_dataset(dataset_bytes: bytes | memoryview, transfer_syntax: str) -> Scan:
     """Raise ``DicomIngestError(CANNOT_DECODE)`` unless ``dataset_bytes`` (a data set without
     file meta) is well formed in ``transfer_syntax``: every element header valid, every value
     and sequence item inside the bytes received, nothing left over.
 
     Element values are not checked (real scanners send odd values; :func:`index_instance`
     tolerates them). Compressed transfer syntaxes use Explicit VR Little Endian for the data
-    set, so they are walked the same way; their pixel fragments are not decompressed.
+    set, so they are walked the same way; their pixel fragments are not decompressed (see
+    :func:`check_codestream`). On the way, the values of the elements that are indexed are
+    kept, so the header need not be parsed a second time.
     """
     buf = memoryview(dataset_bytes).cast("B")
-    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+    deflated = transfer_syntax == DeflatedExplicitVRLittleEndian
+    if deflated:
         try:
             buf = memoryview(zlib.decompress(buf, -zlib.MAX_WBITS))
         except zlib.error as exc:
@@ -285,10 +387,130 @@ def check_encoding(dataset_bytes: bytes | memoryview, transfer_syntax: str) -> N
         raise DicomIngestError(DicomIngestError.CANNOT_DECODE, "empty data set")
     implicit = transfer_syntax == ImplicitVRLittleEndian
     little = transfer_syntax != ExplicitVRBigEndian
+    walker = _Walker(buf, implicit, little)
+    walker.wanted = _INDEXED_TAGS
     try:
-        _Walker(buf, implicit, little).dataset(0, len(buf), 0, until_item_end=False)
+        walker.dataset(0, len(buf), 0, until_item_end=False)
     except struct.error as exc:  # pragma: no cover - bounds are checked before unpacking
         raise DicomIngestError(DicomIngestError.CANNOT_DECODE, str(exc)) from exc
+    if deflated:
+        return Scan(None, {})
+    values = {tag: bytes(buf[at : at + n]) for tag, (at, n) in walker.found.items()}
+    header_length = len(buf) if walker.pixel_data_at is None else walker.pixel_data_at
+    return Scan(header_length, values)
+
+
+def check_encoding(dataset_bytes: bytes | memoryview, transfer_syntax: str) -> int | None:
+    """:func:`scan_dataset`, returning only the header length: the offset of the top-level
+    Pixel Data element, or the whole length when there is none; ``None`` for the deflated
+    syntax (its bytes are compressed, so there is no such offset in them)."""
+    return scan_dataset(dataset_bytes, transfer_syntax).header_length
+
+
+# ---------------------------------------------------------------------------- compressed pixels
+
+#: Transfer syntaxes whose pixel data is encapsulated, with the bytes their first fragment
+#: starts with (JPEG and JPEG-LS: the SOI marker; JPEG 2000 and HTJ2K: a codestream's SOC+SIZ
+#: markers or a JP2 signature box; RLE: checked by its header instead).
+_JPEG_SOI = (b"\xff\xd8",)
+_J2K_START = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
+CODESTREAM_STARTS: dict[str, tuple[bytes, ...]] = {
+    JPEGBaseline8Bit: _JPEG_SOI,
+    JPEGExtended12Bit: _JPEG_SOI,
+    JPEGLossless: _JPEG_SOI,
+    JPEGLosslessSV1: _JPEG_SOI,
+    JPEGLSLossless: _JPEG_SOI,
+    JPEGLSNearLossless: _JPEG_SOI,
+    JPEG2000Lossless: _J2K_START,
+    JPEG2000: _J2K_START,
+    HTJ2KLossless: _J2K_START,
+    HTJ2KLosslessRPCL: _J2K_START,
+    HTJ2K: _J2K_START,
+    RLELossless: (),
+}
+
+
+def check_codestream(
+    dataset_bytes: bytes | memoryview, pixel_at: int, transfer_syntax: str
+) -> None:
+    """For a compressed (encapsulated) transfer syntax, check - without decompressing - that
+    the Pixel Data element at ``pixel_at`` (see :func:`check_encoding`) is encapsulated and
+    that its first fragment starts like a stream of that syntax. Raises
+    ``DicomIngestError(CANNOT_DECODE)`` otherwise; does nothing for native syntaxes or when
+    there is no pixel data. ``check_encoding`` has already checked the element structure.
+    """
+    starts = CODESTREAM_STARTS.get(transfer_syntax)
+    buf = memoryview(dataset_bytes).cast("B")
+    if starts is None or pixel_at + 12 > len(buf):
+        return
+
+    def fail(why: str) -> DicomIngestError:
+        name = getattr(UID(transfer_syntax), "name", transfer_syntax)
+        return DicomIngestError(DicomIngestError.CANNOT_DECODE, f"{why} for {name}")
+
+    if struct.unpack_from("<L", buf, pixel_at + 8)[0] != _UNDEFINED:
+        raise fail("native (not encapsulated) pixel data")
+    pos = pixel_at + 12
+    offset_table_length = struct.unpack_from("<L", buf, pos + 4)[0]  # item 1: offset table
+    pos += 8 + offset_table_length
+    tag = (struct.unpack_from("<H", buf, pos)[0] << 16) | struct.unpack_from("<H", buf, pos + 2)[0]
+    length = struct.unpack_from("<L", buf, pos + 4)[0]
+    if tag != _ITEM or length == 0:
+        raise fail("no pixel data fragment")
+    first = bytes(buf[pos + 8 : pos + 8 + min(length, 64)])
+    if transfer_syntax == RLELossless:
+        segments = struct.unpack_from("<L", first, 0)[0] if len(first) >= 8 else 0
+        offset = struct.unpack_from("<L", first, 4)[0] if len(first) >= 8 else 0
+        if not 1 <= segments <= 15 or offset != 64:
+            raise fail("the first fragment is not an RLE header")
+    elif not first.startswith(starts):
+        raise fail("the first fragment is not a compressed image stream")
+
+
+@functools.lru_cache(maxsize=64)
+def decoder_available(transfer_syntax: str) -> bool:
+    """True when pixel data in ``transfer_syntax`` can be decoded in this installation (pydicom
+    natively, or with one of its plugins: pylibjpeg with libjpeg / OpenJPEG)."""
+    try:
+        return bool(get_decoder(UID(transfer_syntax)).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------- file meta
+
+
+def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    if vr in (b"OB",):
+        return struct.pack("<HH2s2xL", group, elem, vr, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii", "replace")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def encode_file_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
+) -> bytes:
+    """The 128-byte preamble, ``DICM`` and the File Meta Information (group 0002, always
+    Explicit VR Little Endian) of an instance we store, encoded directly (pydicom's encoder
+    costs about as much as the rest of a C-STORE). ``source_ae`` is the calling AE title
+    (Source Application Entity Title), so a file alone says who sent it."""
+    elements = b"".join(
+        (
+            _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
+            _element(0x0002, 0x0002, b"UI", _padded(sop_class_uid, b"\x00")),
+            _element(0x0002, 0x0003, b"UI", _padded(sop_instance_uid, b"\x00")),
+            _element(0x0002, 0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
+            _element(0x0002, 0x0012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+            _element(0x0002, 0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME, b" ")),
+            _element(0x0002, 0x0016, b"AE", _padded(source_ae.strip()[:16], b" ")),
+        )
+    )
+    group_length = struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(elements))
+    return b"\x00" * 128 + b"DICM" + group_length + elements
 
 
 def read_header(encoded_file: bytes) -> Dataset:
@@ -298,6 +520,55 @@ def read_header(encoded_file: bytes) -> Dataset:
         return pydicom.dcmread(io.BytesIO(encoded_file), stop_before_pixels=True)
     except Exception as exc:  # pydicom raises many types for bad input
         raise DicomIngestError(DicomIngestError.CANNOT_DECODE, f"cannot decode: {exc}") from exc
+
+
+def read_dataset_header(header: bytes | memoryview, transfer_syntax: str) -> Dataset:
+    """Decode a data set header (no file meta, no pixel data: the first bytes that
+    :func:`check_encoding` measured) in ``transfer_syntax``. The data set's ``file_meta`` gets
+    the transfer syntax, for :func:`index_instance`. Raises ``DicomIngestError(CANNOT_DECODE)``.
+    """
+    try:
+        ds = read_dataset(
+            io.BytesIO(header),
+            is_implicit_VR=transfer_syntax == ImplicitVRLittleEndian,
+            is_little_endian=transfer_syntax != ExplicitVRBigEndian,
+        )
+    except Exception as exc:  # pydicom raises many types for bad input
+        raise DicomIngestError(DicomIngestError.CANNOT_DECODE, f"cannot decode: {exc}") from exc
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    ds.file_meta = meta
+    return ds
+
+
+def read_instance_file(path: Path) -> tuple[InstanceFields, dict[str, str], str]:
+    """Read back a file the SCP wrote: (``Instance`` columns, study attributes, source AE).
+
+    The whole data set is checked as on receipt (:func:`check_encoding`,
+    :func:`check_codestream`), so a file cut short by a crash is refused. Raises
+    ``DicomIngestError`` (or ``OSError`` when it cannot be read).
+    """
+    raw = Path(path).read_bytes()
+    if len(raw) < 144 or raw[128:132] != b"DICM" or raw[132:136] != b"\x02\x00\x00\x00":
+        raise DicomIngestError(DicomIngestError.CANNOT_DECODE, "no DICOM file meta")
+    body_at = 144 + int(struct.unpack_from("<L", raw, 140)[0])
+    if body_at > len(raw):
+        raise DicomIngestError(DicomIngestError.CANNOT_DECODE, "file meta runs past the end")
+    try:
+        meta = read_dataset(io.BytesIO(raw[132:body_at]), False, True)
+        transfer_syntax = _uid(meta, "TransferSyntaxUID")
+        source_ae = _text(meta, "SourceApplicationEntityTitle", 16, join=False)
+    except Exception as exc:
+        raise DicomIngestError(DicomIngestError.CANNOT_DECODE, f"bad file meta: {exc}") from exc
+    body = memoryview(raw)[body_at:]
+    header_length = check_encoding(body, transfer_syntax)
+    if header_length is None:  # deflated: let pydicom inflate it
+        ds = read_header(raw)
+    else:
+        check_codestream(body, header_length, transfer_syntax)
+        ds = read_dataset_header(body[:header_length], transfer_syntax)
+    fields, study_attrs = index_instance(ds)
+    return fields, study_attrs, source_ae
 
 
 # ---------------------------------------------------------------------------- indexing
@@ -321,7 +592,7 @@ class InstanceFields(TypedDict):
     transfer_syntax: str
 
 
-def _value(ds: Dataset, keyword: str) -> Any:
+def _value(ds: Dataset | RawHeader | dict[str, str], keyword: str) -> Any:
     """The value of ``keyword`` or None; a value pydicom cannot convert counts as absent."""
     try:
         return ds.get(keyword)
@@ -339,7 +610,9 @@ def _values(value: Any) -> list[Any]:
     return [value]
 
 
-def _text(ds: Dataset, keyword: str, max_len: int | None = None, join: bool = True) -> str:
+def _text(
+    ds: Dataset | RawHeader, keyword: str, max_len: int | None = None, join: bool = True
+) -> str:
     """A tag as clean text: multiple values backslash-joined (or the first), bytes decoded
     as Latin-1, NUL/space padding and control characters removed, cut to ``max_len``."""
     parts = []
@@ -363,19 +636,19 @@ def _number(raw: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _float(ds: Dataset, keyword: str, index: int = 0) -> float | None:
+def _float(ds: Dataset | RawHeader, keyword: str, index: int = 0) -> float | None:
     vals = _values(_value(ds, keyword))
     return _number(vals[index]) if len(vals) > index else None
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: Dataset | RawHeader, keyword: str) -> int | None:
     f = _float(ds, keyword)
     if f is None or not f.is_integer() or abs(f) >= 2**31:
         return None
     return int(f)
 
 
-def _uid(ds: Dataset | None, keyword: str) -> str:
+def _uid(ds: Dataset | RawHeader | dict[str, str] | None, keyword: str) -> str:
     """The first value of a UI tag with its NUL/space padding removed (nothing else changed:
     a UID is an identifier, so it is checked, never "cleaned")."""
     vals = _values(_value(ds, keyword)) if ds is not None else []
@@ -393,7 +666,7 @@ _REQUIRED_UIDS = {
 }
 
 
-def index_instance(ds: Dataset) -> tuple[InstanceFields, dict[str, str]]:
+def index_instance(ds: Dataset | RawHeader) -> tuple[InstanceFields, dict[str, str]]:
     """Index one instance header: (``Instance`` columns, study attributes).
 
     The study attributes use the keys of :data:`triage.store.repo.STUDY_FIELDS`. Missing or
@@ -442,3 +715,68 @@ def index_instance(ds: Dataset) -> tuple[InstanceFields, dict[str, str]]:
         "study_datetime": f"{date}{time}" if date else "",
     }
     return fields, study_attrs
+
+
+# ---------------------------------------------------------------------------- raw header
+
+#: Every keyword :func:`index_instance` reads (and SpecificCharacterSet, to decode text).
+INDEXED_KEYWORDS: dict[str, str] = {
+    "SpecificCharacterSet": "CS",
+    "ImageType": "CS",
+    "SOPClassUID": "UI",
+    "SOPInstanceUID": "UI",
+    "StudyDate": "DA",
+    "StudyTime": "TM",
+    "AccessionNumber": "SH",
+    "Modality": "CS",
+    "StudyDescription": "LO",
+    "SeriesDescription": "LO",
+    "PatientName": "PN",
+    "PatientID": "LO",
+    "BodyPartExamined": "CS",
+    "ContrastBolusAgent": "LO",
+    "SliceThickness": "DS",
+    "StudyInstanceUID": "UI",
+    "SeriesInstanceUID": "UI",
+    "SeriesNumber": "IS",
+    "InstanceNumber": "IS",
+    "ImagePositionPatient": "DS",
+}
+_TAG_OF = {keyword: int(tag_for_keyword(keyword) or 0) for keyword in INDEXED_KEYWORDS}
+_INDEXED_TAGS = frozenset(_TAG_OF.values())
+_CHARSET_VRS = frozenset({"SH", "LO", "PN", "ST", "LT", "UC", "UT"})
+
+
+class RawHeader:
+    """The indexed elements of a data set as raw bytes, read like a pydicom ``Dataset`` by
+    :func:`index_instance` (``get(keyword)``, ``file_meta``): text decoded with the data set's
+    Specific Character Set, multiple values split at backslashes, padding removed. Much
+    cheaper than building a ``Dataset`` (a test checks both give the same index)."""
+
+    def __init__(self, values: dict[int, bytes], transfer_syntax: str) -> None:
+        self._values = values
+        self.file_meta = {"TransferSyntaxUID": transfer_syntax}
+        charset = self._decode(_TAG_OF["SpecificCharacterSet"], "CS", None)
+        self._encodings = convert_encodings(_values(charset) or [""])
+
+    def _decode(self, tag: int, vr: str, encodings: list[str] | None) -> str | list[str] | None:
+        raw = self._values.get(tag)
+        if raw is None:
+            return None
+        if vr in _CHARSET_VRS and encodings is not None:
+            text = decode_bytes(raw, encodings, {0x5C} if vr == "PN" else set())
+        else:
+            text = raw.decode("latin-1")
+        parts = [p.strip(" \x00") for p in text.split("\\")]
+        if not any(parts):
+            return None
+        return parts if len(parts) > 1 else parts[0]
+
+    def get(self, keyword: str) -> str | list[str] | None:
+        vr = INDEXED_KEYWORDS[keyword]  # KeyError: index_instance reads a tag not listed here
+        return self._decode(_TAG_OF[keyword], vr, self._encodings)
+
+
+def index_header(scan: Scan, transfer_syntax: str) -> tuple[InstanceFields, dict[str, str]]:
+    """:func:`index_instance` from the raw values :func:`scan_dataset` kept."""
+    return index_instance(RawHeader(scan.values, transfer_syntax))

@@ -1,48 +1,68 @@
 """DICOM Storage SCP: receives C-STORE (and answers C-ECHO), stores, indexes, acknowledges.
 
-The rule for every C-STORE: the instance is on disk (fsynced) and indexed in the database
-(one transaction) *before* the peer hears success. Anything else gets a DICOM failure status,
-never a dropped association:
+The rule for every C-STORE: the instance is on disk (fsynced, file and directory) and its index
+row committed *before* the peer hears Success (see :mod:`triage.ingest.dicom_index` for what
+survives which crash, and the start-up recovery). The data set is written as received, never
+decoded: only its header is parsed, from the bytes before the Pixel Data. Anything else gets
+a DICOM failure status, never a dropped association:
 
 =============================================  ==============================================
-undecodable data set                           0xC210 (cannot understand / decode), no file
+undecodable data set, or a compressed one      0xC210 (cannot understand / decode), no file
+whose pixel data is not a stream of its
+transfer syntax
+transfer syntax with no decoder installed      0xC211 (cannot understand: no decoder)
 missing SOP/Study/Series UID, request/data     0xA900 (data set does not match SOP class)
 set SOP Instance UID mismatch
 UID too long or with control characters        0xC000 (cannot understand)
-disk or database failure                       0xA700 (out of resources)
+disk or database failure, free space below     0xA700 (out of resources)
+``dicom_min_free_bytes``
 unexpected bug                                 0x0110 (processing failure)
 duplicate SOP Instance UID                     0x0000: stored once, the copy is not rewritten
 =============================================  ==============================================
+
+Association policy (settings in :class:`~triage.config.Settings`, documented in
+docs/dicom-conformance.md): the called AE title must be ours; a calling AE title/address pair
+not in ``dicom_allowed_peers`` (when that is set) is rejected (A-ASSOCIATE-RJ permanent,
+calling AE not recognised); one association more than ``dicom_max_associations`` is rejected
+as transient (local limit exceeded); a PDU claiming more than ``dicom_max_pdu_claim`` bytes
+is answered with A-ABORT before anything is read; a read that stalls for
+``dicom_network_timeout_seconds`` closes the connection.
 
 Protocol code only persists and acknowledges. Business logic (completion, routing, scoring)
 hangs off ``on_instance(study_uid)``, called after a successful store; it runs before the
 response is sent, so it must be quick (e.g. put the UID on a queue). An exception in it is
 logged and does not change the answer: the instance is already safe.
 
-Compressed transfer syntaxes are accepted and stored as received; only the header is decoded.
-
-TCP_NODELAY: pynetdicom has no option for it (``pynetdicom._config`` has none and
-``AssociationServer.get_request`` sets no socket options), so an ``EVT_CONN_OPEN`` handler
-sets it on each accepted socket before the association is negotiated. Small PDUs (A-ASSOCIATE-AC,
-C-STORE-RSP) then go out at once instead of waiting on Nagle's algorithm.
+pynetdicom hooks used: ``EVT_CONN_OPEN`` sets TCP_NODELAY (pynetdicom has no option for it;
+without it small PDUs such as C-STORE-RSP wait on Nagle's algorithm), a read timeout, and the
+PDU-length guard (:class:`_GuardedSocket`, which also reads in large chunks instead of
+pynetdicom's 4 KiB); ``EVT_REQUESTED`` applies the allowlist. pynetdicom's standard DIMSE/PDU
+logging handlers are unbound unless the ``pynetdicom`` logger is at DEBUG: they format every
+message even when nothing is logged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import os
+import shutil
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
 
 from pydicom.uid import (
+    HTJ2K,
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -54,46 +74,72 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.dsutils import encode_file_meta as pynetdicom_file_meta
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
-from sqlmodel import select
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from triage.config import Settings
 from triage.errors import ConfigError, DicomIngestError, StoreError
 from triage.ingest.dicom_files import (
-    check_encoding,
+    check_codestream,
+    decoder_available,
+    encode_file_meta,
+    index_header,
     index_instance,
     read_header,
     safe_instance_path,
-    write_durably,
+    scan_dataset,
+    write_instance_file,
 )
-from triage.store import repo
+from triage.ingest.dicom_index import InstanceIndex
 from triage.store.db import Database
-from triage.store.models import Instance, utcnow
+from triage.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
+#: A transfer syntax we negotiate but cannot decode here (a decoder plugin is missing).
+NO_DECODER = 0xC211
 
-#: Transfer syntaxes we accept: the uncompressed ones, then the common compressed ones.
+#: Transfer syntaxes we accept, in our order of preference: the uncompressed ones, then the
+#: common compressed ones (stored as received, decoded when read).
 TRANSFER_SYNTAXES: list[str] = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
     JPEGLossless,
     JPEGLosslessSV1,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
     JPEGLSLossless,
     JPEGLSNearLossless,
     JPEG2000Lossless,
     JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
     RLELossless,
 ]
+
+_STANDARD_LOGGING = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
+
+# A-ABORT PDU: source 2 (service provider), reason 6 (invalid PDU parameter value).
+_ABORT_INVALID_PDU = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])
+_READ_CHUNK = 1 << 20
 
 
 class DicomListener:
@@ -112,17 +158,30 @@ class DicomListener:
         self.db = db
         self.on_instance = on_instance
         self.data_dir = Path(settings.data_dir)
+        self.index = InstanceIndex(db)
         self._server: ThreadedAssociationServer | None = None
         self._ae: AE | None = None
-        # SQLite takes one writer at a time anyway; serialising the index step in-process
-        # also keeps two associations that start the same study from racing on its row.
-        self._index_lock = threading.Lock()
+        # One store per SOP Instance UID at a time: two associations sending the same
+        # instance must not write its file concurrently.
+        self._in_flight: set[str] = set()
+        self._in_flight_changed = threading.Condition()
+        self._allowed = _parse_allowlist(settings.dicom_allowed_peers)
+        self._max_claim = max(
+            settings.dicom_max_pdu_claim,
+            settings.dicom_max_pdu + 6 if settings.dicom_max_pdu else 0,
+        )
+        self._low_disk = False
 
     # ------------------------------------------------------------------ lifecycle
 
     def _make_ae(self) -> AE:
-        ae = AE(ae_title=self.settings.dicom_ae_title)
-        ae.maximum_pdu_size = self.settings.dicom_max_pdu
+        s = self.settings
+        ae = AE(ae_title=s.dicom_ae_title)
+        ae.maximum_pdu_size = s.dicom_max_pdu
+        ae.maximum_associations = s.dicom_max_associations
+        ae.acse_timeout = s.dicom_acse_timeout_seconds
+        ae.dimse_timeout = s.dicom_dimse_timeout_seconds
+        ae.network_timeout = s.dicom_network_timeout_seconds
         ae.require_called_aet = True
         ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
         for cx in StoragePresentationContexts:
@@ -131,18 +190,41 @@ class DicomListener:
         return ae
 
     def start(self) -> tuple[str, int]:
-        """Listen on ``bind_host:dicom_port`` (port 0: any free port), without blocking.
+        """Recover unindexed files, then listen on ``bind_host:dicom_port`` (port 0: any free
+        port), without blocking.
 
         Returns the address actually bound. Raises :class:`ConfigError` (naming
-        ``dicom_port``) when the address cannot be bound.
+        ``dicom_port``) when the address cannot be bound, :class:`StoreError` when the
+        recovery cannot read the database.
         """
         if self._server is not None:
             raise RuntimeError("DicomListener already started")
+        report = self.index.recover(self.data_dir)
+        if report.indexed or report.removed:
+            log.warning("DICOM start-up recovery: %s", report)
+        else:
+            log.info("DICOM start-up recovery: %s", report)
+        missing = [ts for ts in TRANSFER_SYNTAXES if not decoder_available(ts)]
+        if missing:
+            log.warning(
+                "no decoder installed for %s: C-STORE in these is refused (0x%04X)",
+                ", ".join(missing),
+                NO_DECODER,
+            )
+        if self._allowed:
+            log.info("DICOM allowlist: %s", ", ".join(sorted(self._allowed)))
+        else:
+            log.warning(
+                "DICOM allowlist empty (dicom_allowed_peers): any calling AE title from any "
+                "address is accepted"
+            )
         ae = self._make_ae()
         address = (self.settings.bind_host, self.settings.dicom_port)
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._handle_store),
-            (evt.EVT_CONN_OPEN, _set_nodelay),
+            (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ABORTED, _on_aborted),
         ]
         try:
             server = ae.start_server(address, block=False, evt_handlers=handlers)
@@ -151,6 +233,9 @@ class DicomListener:
                 "dicom_port", f"cannot listen on {address[0]}:{address[1]}: {exc}"
             ) from exc
         assert server is not None  # block=False always returns the server
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+            for event_type, handler in _STANDARD_LOGGING:
+                server.unbind(event_type, handler)
         self._ae, self._server = ae, server
         host, port = server.server_address[:2]
         log.info("DICOM SCP %s listening on %s:%s", ae.ae_title, host, port)
@@ -161,6 +246,7 @@ class DicomListener:
         ae, self._ae, self._server = self._ae, None, None
         if ae is not None:
             ae.shutdown()
+        self.index.close()
 
     @property
     def ready(self) -> bool:
@@ -175,6 +261,45 @@ class DicomListener:
             return None
         host, port = self._server.server_address[:2]
         return str(host), int(port)
+
+    # ------------------------------------------------------------------ association policy
+
+    def _on_connection(self, event: Event) -> None:
+        """EVT_CONN_OPEN: TCP_NODELAY, a read timeout and the PDU-length guard; pynetdicom's
+        logging handlers off unless its logger is at DEBUG."""
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+            for event_type, handler in _STANDARD_LOGGING:
+                event.assoc.unbind(event_type, handler)
+        sock = event.assoc.dul.socket
+        raw = sock.socket if sock is not None else None
+        if sock is None or raw is None:
+            return
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.settimeout(self.settings.dicom_network_timeout_seconds)
+        except OSError as exc:  # not fatal: only latency / a stalled peer holds a thread
+            log.debug("could not set socket options: %s", exc)
+        if type(sock) is AssociationSocket:
+            sock.__class__ = _GuardedSocket
+            cast(_GuardedSocket, sock).max_pdu_claim = self._max_claim
+
+    def _on_requested(self, event: Event) -> None:
+        """EVT_REQUESTED: reject a calling AE title/address pair not in the allowlist."""
+        if not self._allowed:
+            return
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = str(primitive.calling_ae_title if primitive else "").strip()
+        address = str(assoc.requestor.address)
+        if _is_allowed(self._allowed, calling, address):
+            return
+        log.warning(
+            "association from %s, calling AE %r, rejected: not in dicom_allowed_peers",
+            address,
+            calling,
+        )
+        assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE
+        assoc.kill()  # waits until the reject is sent and the peer has closed
 
     # ------------------------------------------------------------------ C-STORE
 
@@ -198,68 +323,171 @@ class DicomListener:
                 log.exception("on_instance hook failed for study %s", study_uid)
         return SUCCESS
 
+    def _check_free_space(self) -> None:
+        minimum = self.settings.dicom_min_free_bytes
+        if minimum <= 0:
+            return
+        try:
+            free = disk_free_bytes(self.data_dir)
+        except OSError as exc:
+            raise StoreError(f"cannot read free space of {self.data_dir}: {exc}") from exc
+        if free < minimum:
+            if not self._low_disk:
+                log.error(
+                    "free space on the data disk %d MiB < dicom_min_free_bytes (%d MiB): "
+                    "refusing C-STORE with 0xA700 until there is room",
+                    free >> 20,
+                    minimum >> 20,
+                )
+            self._low_disk = True
+            raise DicomIngestError(
+                DicomIngestError.OUT_OF_RESOURCES,
+                f"only {free >> 20} MiB free on the data disk (minimum {minimum >> 20} MiB)",
+            )
+        if self._low_disk:
+            self._low_disk = False
+            log.warning("free space on the data disk is back above the minimum: storing again")
+
     def _store(self, event: Event) -> str | None:
         """Persist and index one instance. Returns its Study UID, or None for a duplicate."""
         request = cast(C_STORE, event.request)
         transfer_syntax = str(event.context.transfer_syntax)
+        if not decoder_available(transfer_syntax):
+            raise DicomIngestError(
+                NO_DECODER, f"no decoder installed for transfer syntax {transfer_syntax}"
+            )
+        self._check_free_space()
         body = cast(BytesIO, request.DataSet).getbuffer()
         try:
-            check_encoding(body, transfer_syntax)
-            head = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
-            ds = read_header(head + body)
-            fields, study_attrs = index_instance(ds)
+            scan = scan_dataset(body, transfer_syntax)
+            if scan.header_length is None:  # deflated: pydicom inflates it to read the header
+                meta = pynetdicom_file_meta(event.file_meta)
+                ds = read_header(b"\x00" * 128 + b"DICM" + meta + bytes(body))
+                fields, study_attrs = index_instance(ds)
+            else:
+                check_codestream(body, scan.header_length, transfer_syntax)
+                fields, study_attrs = index_header(scan, transfer_syntax)
             affected = str(request.AffectedSOPInstanceUID or "").strip("\x00 ")
-            if affected and affected != fields["sop_instance_uid"]:
+            sop_uid = fields["sop_instance_uid"]
+            if affected and affected != sop_uid:
                 raise DicomIngestError(
                     DicomIngestError.DATASET_MISMATCH,
                     f"Affected SOP Instance UID {affected!r:.80} differs from the data set's",
                 )
-            sop_uid = fields["sop_instance_uid"]
-            if self._is_stored(sop_uid):
-                log.info("duplicate SOP Instance UID %s: already stored", sop_uid)
-                return None
-            path = safe_instance_path(
-                self.data_dir, fields["study_uid"], fields["series_uid"], sop_uid
-            )
-            size = write_durably(path, (head, body))
+            calling_ae = str(event.assoc.requestor.ae_title).strip()[:16]
+            with self._one_at_a_time(sop_uid):
+                if self.index.is_stored(sop_uid):
+                    log.info("duplicate SOP Instance UID %s: already stored", sop_uid)
+                    return None
+                path = safe_instance_path(
+                    self.data_dir, fields["study_uid"], fields["series_uid"], sop_uid
+                )
+                head = encode_file_meta(
+                    fields["sop_class_uid"], sop_uid, transfer_syntax, calling_ae
+                )
+                size = write_instance_file(path, (head, body))
+                row = {
+                    **fields,
+                    "path": path.relative_to(self.data_dir).as_posix(),
+                    "size_bytes": size,
+                    "calling_ae": calling_ae,
+                    "received_at": utcnow(),
+                }
+                try:
+                    new = self.index.record(row, study_attrs)
+                except StoreError:
+                    _remove(path)  # nothing refers to it; the peer will resend
+                    raise
         finally:
             body.release()
-        inst = Instance(
-            **fields,
-            path=path.relative_to(self.data_dir).as_posix(),
-            size_bytes=size,
-            calling_ae=str(event.assoc.requestor.ae_title)[:16],
-            received_at=utcnow(),
-        )
-        try:
-            with self._index_lock, self.db.session() as session:
-                new = repo.record_instance(session, inst, study_attrs)
-        except StoreError:
-            try:
-                stored = self._is_stored(sop_uid)  # a concurrent copy may have won the race
-            except StoreError:
-                stored = False
-            if not stored:
-                _remove(path)  # nothing refers to it; the peer will resend
-            raise
         return fields["study_uid"] if new else None
 
-    def _is_stored(self, sop_uid: str) -> bool:
-        with self.db.session() as session:
-            found = session.exec(
-                select(Instance.id).where(Instance.sop_instance_uid == sop_uid)
-            ).first()
-        return found is not None
+    @contextlib.contextmanager
+    def _one_at_a_time(self, sop_uid: str) -> Iterator[None]:
+        with self._in_flight_changed:
+            while sop_uid in self._in_flight:
+                self._in_flight_changed.wait()
+            self._in_flight.add(sop_uid)
+        try:
+            yield
+        finally:
+            with self._in_flight_changed:
+                self._in_flight.discard(sop_uid)
+                self._in_flight_changed.notify_all()
 
 
-def _set_nodelay(event: Event) -> None:
-    """EVT_CONN_OPEN: disable Nagle on the accepted socket (see the module docstring)."""
+class _GuardedSocket(AssociationSocket):
+    """pynetdicom's socket with two changes to :meth:`recv`, which the DUL calls with the
+    length a PDU header claims: a claim above ``max_pdu_claim`` is answered with A-ABORT and
+    nothing is read (pynetdicom would otherwise try to buffer up to 4 GiB), and reads are
+    done in large chunks into one buffer (pynetdicom reads 4 KiB at a time)."""
+
+    max_pdu_claim: int = 0
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = self.socket
+        if sock is None:
+            return bytearray()
+        if self.max_pdu_claim and nr_bytes > self.max_pdu_claim:
+            log.warning(
+                "peer %s claims a PDU of %d bytes (limit %d, dicom_max_pdu_claim): A-ABORT",
+                self.assoc.requestor.address,
+                nr_bytes,
+                self.max_pdu_claim,
+            )
+            with contextlib.suppress(OSError):
+                sock.sendall(_ABORT_INVALID_PDU)
+                sock.shutdown(socket.SHUT_RDWR)
+            return bytearray()  # short read: pynetdicom closes the connection
+        buf = bytearray(nr_bytes)
+        view = memoryview(buf)
+        got = 0
+        while got < nr_bytes:
+            n = sock.recv_into(view[got:], min(nr_bytes - got, _READ_CHUNK))
+            if n == 0:
+                break
+            got += n
+        view.release()
+        if got < nr_bytes:
+            del buf[got:]
+        return buf
+
+
+Allowlist = dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network | None]]
+
+
+def _parse_allowlist(peers: dict[str, list[str]]) -> Allowlist:
+    """{AE title: [network, ...]}; None stands for any address ('*')."""
+    return {
+        ae: [None if a == "*" else ipaddress.ip_network(a, strict=False) for a in addresses]
+        for ae, addresses in peers.items()
+    }
+
+
+def _is_allowed(allowed: Allowlist, calling_ae: str, address: str) -> bool:
+    networks = allowed.get(calling_ae)
+    if not networks:
+        return False
     try:
-        sock = event.assoc.dul.socket.socket  # type: ignore[union-attr]
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError) as exc:  # not fatal: only latency
-        log.debug("could not set TCP_NODELAY: %s", exc)
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None in networks
+    return any(net is None or ip in net for net in networks)
+
+
+def _on_aborted(event: Event) -> None:
+    """EVT_ABORTED: what was acknowledged is kept; completion waits for a quiet period as for
+    any study, so an aborted transfer is never taken for a complete one."""
+    log.warning(
+        "association from %s (%s) aborted; instances already acknowledged are kept",
+        event.assoc.requestor.address,
+        str(event.assoc.requestor.ae_title).strip(),
+    )
+
+
+def disk_free_bytes(path: Path) -> int:
+    """Free bytes for unprivileged writers on the disk holding ``path`` (tests replace it)."""
+    return int(shutil.disk_usage(path).free)
 
 
 def _remove(path: Path) -> None:
