@@ -317,8 +317,8 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 def store_key_image(data_dir: Path, study_uid: str, name: str, png: bytes) -> str:
     """Write ``png`` durably under ``data_dir/keyimages/<study>/<name>.png``; return the path
     relative to ``data_dir`` (what the Finding stores)."""
-    study = _SAFE.sub("_", study_uid)[:80] or "unknown"
-    stem = _SAFE.sub("_", name)[:80] or "key"
+    study = _SAFE.sub("_", study_uid)[:80].lstrip(".") or "unknown"  # never "." or ".."
+    stem = _SAFE.sub("_", name)[:80].lstrip(".") or "key"
     rel = Path(KEY_IMAGE_DIR) / study / f"{stem}.png"
     target = data_dir / rel
     target.parent.mkdir(parents=True, exist_ok=True)

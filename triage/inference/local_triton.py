@@ -86,8 +86,18 @@ class LocalTriton:
     ``"127.0.0.1:PORT"`` of the HTTP endpoint. Use as a context manager or call ``stop()``.
     """
 
-    def __init__(self, models_dir: Path, work_dir: Path, startup_seconds: float = 90.0) -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        work_dir: Path,
+        startup_seconds: float = 90.0,
+        ports: tuple[int, int, int] | None = None,
+    ) -> None:
+        """``ports``: (http, grpc, metrics) to use; None: ephemeral ones, and on a restart the
+        previous ones first (so a client's URL stays valid), fresh ones if they are taken."""
         self.models_dir = Path(models_dir).resolve()
+        self._ports = ports
+        self._last_ports: tuple[int, int, int] | None = None
         self.work_dir = Path(work_dir).resolve()
         self.startup_seconds = float(startup_seconds)
         self.log_path = self.work_dir / "triton.log"
@@ -140,11 +150,14 @@ class LocalTriton:
         env = self._environment(root)
         deadline = time.monotonic() + self.startup_seconds
         last_error: TritonUnavailable | None = None
-        for _ in range(_PORT_ATTEMPTS):
+        for attempt in range(_PORT_ATTEMPTS):
+            ports = self._ports or (self._last_ports if attempt == 0 else None)
             try:
-                return self._spawn_and_wait(root, backends, env, deadline)
+                return self._spawn_and_wait(root, backends, env, deadline, ports)
             except _PortInUse as exc:  # lost a race for an ephemeral port; pick new ones
                 last_error = TritonUnavailable(str(exc))
+                if self._ports is not None:
+                    break
                 log.info("local Triton: port in use, retrying with new ports")
         assert last_error is not None
         raise last_error
@@ -258,9 +271,14 @@ class LocalTriton:
         ]
 
     def _spawn_and_wait(
-        self, root: Path, backends: Path, env: dict[str, str], deadline: float
+        self,
+        root: Path,
+        backends: Path,
+        env: dict[str, str],
+        deadline: float,
+        ports: tuple[int, int, int] | None = None,
     ) -> str:
-        self.http_port, self.grpc_port, self.metrics_port = _free_ports(3)
+        self.http_port, self.grpc_port, self.metrics_port = ports or _free_ports(3)
         cmd = self._command(root, backends)
         t0 = time.monotonic()
         with open(self.log_path, "ab") as logf:
@@ -293,6 +311,7 @@ class LocalTriton:
                 )
             if _http_ok(url):
                 self.startup_time = time.monotonic() - t0
+                self._last_ports = (self.http_port, self.grpc_port, self.metrics_port)
                 log.info(
                     "local Triton ready in %.2f s: grpc %s http %s (pid %d)",
                     self.startup_time,

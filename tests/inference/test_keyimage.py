@@ -1,0 +1,191 @@
+"""Key image: PNG that decodes, right size, window, caption, and the overlay where the lesion is
+(synthetic positive with its ground-truth mask), with and without a localisation output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from triage.inference.analyze import TritonAnalyzer
+from triage.inference.client import ModelOutput
+from triage.inference.keyimage import (
+    DISCLAIMER,
+    apply_window,
+    render_key_image,
+    resolve_key_image,
+    store_key_image,
+    window_for,
+    wrap,
+)
+from triage.inference.volume import Volume, load_volume, resample
+from triage.synth import ct
+
+from .conftest import MODELS_DIR
+from .png_decode import read_png
+from .test_volume import instance_rows
+
+
+def _red(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    return (r > g + 60) & (r > b + 60)
+
+
+def test_png_decodes_with_size_window_caption_and_overlay() -> None:
+    hu = np.full((200, 160), 40.0, np.float32)  # brain grey at the window centre
+    hu[:, :20] = 1000.0  # bone: white
+    loc = np.zeros((25, 20), np.float32)
+    loc[5:10, 12:16] = 1.0  # rows 40-80, cols 96-128 on the image
+    img = render_key_image(
+        hu,
+        window=window_for("ich"),
+        localization=loc,
+        model="ich",
+        model_version="ich-x/1",
+        probability=0.93,
+        slice_index=11,
+        n_slices=24,
+    )
+    rgb, text = read_png(img.png)
+    assert rgb.shape == (img.height, 160, 3) and img.width == 160 and img.image_rows == 200
+    assert img.height > 200 and img.overlay
+    assert text["Disclaimer"] == DISCLAIMER and "not for clinical use" in text["Description"]
+    assert "p=0.93" in text["Description"] and "12/24" in text["Description"]
+    assert tuple(rgb[150, 60]) == (128, 128, 128) and tuple(rgb[150, 5]) == (255, 255, 255)
+    ys, xs = np.nonzero(_red(rgb[:200]))
+    assert ys.size > 0
+    assert ys.min() >= 35 and ys.max() <= 85
+    assert xs.min() >= 90 and xs.max() <= 133
+    # the caption band is burnt in: light pixels below the image
+    assert (rgb[200:] > 128).any()
+
+
+def test_without_localisation_no_overlay_and_caption_says_so() -> None:
+    img = render_key_image(
+        np.zeros((64, 512), np.float32),
+        window=(100, 700),
+        localization=None,
+        model="pe",
+        model_version="pe-x/1",
+        probability=None,
+        slice_index=0,
+        n_slices=40,
+    )
+    rgb, text = read_png(img.png)
+    assert not img.overlay and not _red(rgb).any()
+    assert "no localisation map" in text["Description"] and "p=n/a" in text["Description"]
+    assert img.caption[0].lower().startswith("ai triage aid")
+
+
+def test_window_and_wrap() -> None:
+    assert window_for("ich") == (40, 80) and window_for("pe") == (100, 700)
+    assert window_for("x", {"window_center": "50", "window_width": "350"}) == (50, 350)
+    assert window_for("x", {"body_part": "head"}) == (40, 80)
+    g = apply_window(np.array([-1000.0, 0.0, 40.0, 80.0, 3000.0]), 40, 80)
+    assert list(g) == [0, 0, 128, 255, 255]
+    assert wrap(DISCLAIMER, 30) == [
+        "AI triage aid -",
+        "synthetic-phantom-trained",
+        "model - not for clinical use",
+    ]
+
+
+def test_store_and_resolve_stay_inside_the_data_dir(tmp_path: Path) -> None:
+    rel = store_key_image(tmp_path, "1.2.3/../../etc", "ich-1", b"\x89PNG")
+    assert rel.startswith("keyimages/") and ".." not in Path(rel).parts and rel.count("/") == 2
+    for uid in ("..", ".", "../..", ""):
+        other = store_key_image(tmp_path, uid, "..", b"x")
+        assert (tmp_path / other).resolve().is_relative_to(tmp_path.resolve() / "keyimages")
+        assert ".." not in Path(other).parts
+    assert resolve_key_image(tmp_path, rel) == (tmp_path / rel).resolve()
+    (tmp_path / "secret.png").write_bytes(b"x")
+    for bad in ("../secret.png", "keyimages/../secret.png", "/etc/passwd", "", "keyimages/x"):
+        assert resolve_key_image(tmp_path, bad) is None
+
+
+class FakeClient:
+    """Answers like a model that localises perfectly: its map is the ground-truth mask on the
+    model grid, pooled to a coarse 16 x 32 x 32 map."""
+
+    def __init__(self, truth: np.ndarray, volume: Volume) -> None:
+        lesion = Volume(
+            hu=truth.astype(np.float32),
+            z_positions=volume.z_positions,
+            pixel_spacing=volume.pixel_spacing,
+            slice_thickness=volume.slice_thickness,
+            series_uid="",
+        )
+        grid = resample(lesion, (64, 128, 128))
+        self.slices = grid.mean(axis=(1, 2))
+        coarse = grid.reshape(16, 4, 32, 4, 32, 4).mean(axis=(1, 3, 5))
+        self.map = np.clip(coarse / max(float(coarse.max()), 1e-6), 0, 1).astype(np.float32)
+
+    def infer(self, model: str, _volume: np.ndarray) -> ModelOutput:
+        return ModelOutput(
+            model_name=model,
+            model_version="ich-fake/1",
+            probability=0.97,
+            slice_probabilities=self.slices.astype(np.float32),
+            threshold=0.5,
+            positive=True,
+            key_slice=int(np.argmax(self.slices)),
+            localization=self.map,
+        )
+
+
+def _truth_in_z_order(study: ct.SyntheticStudy) -> np.ndarray:
+    """The truth mask (InstanceNumber order) reordered inferior -> superior like the volume."""
+    mask = ct.read_truth_mask(study.truth_mask)
+    order = []
+    for f in study.files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        order.append((float(ds.ImagePositionPatient[2]), int(ds.InstanceNumber)))
+    return np.stack([mask[n - 1] for _z, n in sorted(order)])
+
+
+def test_analyzer_key_image_overlay_is_on_the_lesion(tmp_path: Path) -> None:
+    study = ct.write_head_ct(
+        tmp_path / "pos", hemorrhage=True, seed=5, patient_id="P", accession="A", size=256
+    )
+    if getattr(study, "truth_mask", None) is None:
+        pytest.skip("this generator version writes no truth mask")
+    rows = instance_rows(study.files)
+    volume = load_volume([Path(r.path) for r in rows])
+    truth = _truth_in_z_order(study)
+    analyzer = TritonAnalyzer(tmp_path / "data", MODELS_DIR)
+    analyzer.attach(FakeClient(truth, volume))  # type: ignore[arg-type]
+    a = analyzer.analyze("ich", rows)
+    assert a.status == "done" and a.key_image.startswith("keyimages/")
+    assert a.key_slice is not None and truth[a.key_slice].any()
+    numbers = sorted(
+        (float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]), r)
+        for f, r in zip(study.files, rows, strict=True)
+    )
+    assert numbers[a.key_slice][1].instance_number in study.lesion_instances
+    rgb, text = read_png((tmp_path / "data" / a.key_image).read_bytes())
+    assert rgb.shape[1] == 256 and rgb.shape[0] > 256 and DISCLAIMER in text["Description"]
+    red = _red(rgb[:256])
+    assert red.sum() > 10
+    ys, xs = np.nonzero(red)
+    cy, cx = float(np.mean(ys)), float(np.mean(xs))
+    ty, tx = np.nonzero(truth[a.key_slice])
+    # the overlay's centre lies within the lesion's extent (a coarse map: 8 px cells here)
+    assert ty.min() - 8 <= cy <= ty.max() + 8 and tx.min() - 8 <= cx <= tx.max() + 8
+    # and most of the red is on or next to the lesion
+    near = np.zeros_like(red)
+    near[max(ty.min() - 12, 0) : ty.max() + 13, max(tx.min() - 12, 0) : tx.max() + 13] = True
+    assert (red & near).sum() >= 0.8 * red.sum()
+
+
+def test_no_key_image_when_disabled(tmp_path: Path) -> None:
+    study = ct.write_head_ct(
+        tmp_path / "pos", hemorrhage=True, seed=5, patient_id="P", accession="A", size=128
+    )
+    rows = instance_rows(study.files)
+    volume = load_volume([Path(r.path) for r in rows])
+    analyzer = TritonAnalyzer(tmp_path / "data", MODELS_DIR, key_images=False)
+    analyzer.attach(FakeClient(np.zeros(volume.hu.shape, bool), volume))  # type: ignore[arg-type]
+    a = analyzer.analyze("ich", rows)
+    assert a.status == "done" and a.key_image == ""
