@@ -414,3 +414,21 @@ def test_expected_series_complete_a_study_early(tmp_path, ris):
     add_study(db, "17.1", desc="BONE 1MM", series="2", age=2)
     p.tick()
     assert study(db, "17.1").state == StudyState.SCORED
+
+
+def test_recover_applies_orders_whose_handling_was_lost(tmp_path, ris):
+    negative = Analysis("ich", "ich-test-1", "done", 0.1, False, 0.5, 3, "1.2.3.4")
+    db, p = make(tmp_path, ScriptedAnalyzer([negative]), ris)
+    add_order(db, "ACC18", "R", "O")
+    add_study(db, "18.1", accession="ACC18")
+    p.tick()
+    assert study(db, "18.1").engine_priority == "R"
+    # An XO to STAT was acknowledged and stored, then the engine died before handling it.
+    with db.session() as s:
+        order = s.exec(select(Order).where(Order.accession_number == "ACC18")).one()
+        order.ordered_priority = "S"
+        order.order_control = "XO"
+        s.add(order)
+    p.recover()
+    st = study(db, "18.1")
+    assert st.ordered_priority == "S" and st.engine_priority == "S"

@@ -146,6 +146,24 @@ class Pipeline:
         for uid in to_rescore:
             self.rescore(uid)
 
+    def recover(self) -> None:
+        """At start-up: apply again the orders of the last ``match_window_hours``.
+
+        The listener acknowledges an order before the pipeline handles it; an engine killed in
+        between would otherwise leave a study linked to an old priority. Handling an order is
+        idempotent (nothing is re-sent unless a priority rises or a result changes).
+        """
+        since = utcnow() - timedelta(hours=self.window)
+        with self.db.session() as s:
+            ids = s.exec(
+                select(Order.id).where(col(Order.updated_at) >= since).order_by(col(Order.id))
+            ).all()
+        for order_id in ids:
+            if order_id is not None:
+                self.on_order(order_id)
+        if ids:
+            log.info("start-up: %d recent orders applied again", len(ids))
+
     # -- steps --------------------------------------------------------------------------
     def process_study(self, study_uid: str) -> None:
         """Route, analyse and score one complete study.

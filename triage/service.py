@@ -303,6 +303,7 @@ class Engine:
             self.scheduler.add_job(
                 self.pipeline.tick, "interval", seconds=s.completion_poll_seconds, id="tick"
             )
+            self.scheduler.add_job(self.pipeline.recover, id="recover")  # runs first
             self.scheduler.start()
             self._write_endpoints()
             triton_thread = threading.Thread(target=self._start_triton, name="triton-start")
