@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LINTED := triage tests $(wildcard benchmarks)
 
-.PHONY: run demo test check lint format typecheck clean venv
+.PHONY: run demo test check lint format typecheck clean venv train validate
 
 venv: $(STAMP)
 
@@ -32,6 +32,15 @@ format: $(STAMP)
 
 test: $(STAMP) check
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Models (synthetic phantoms; not for clinical use): retrain from fixed seeds, then validate
+# on held-out seeds through the real Triton (report in var/validation/).
+train: $(STAMP)
+	$(BIN)/pip install -q -e '.[train]'
+	$(BIN)/triage models train $(ARGS)
+
+validate: $(STAMP)
+	$(BIN)/triage models validate $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     from triage.hl7 import commands as hl7_commands  # `triage hl7 check | replay`
 
     hl7_commands.add_parsers(sub, _add_settings_args, _settings)
+
+    from triage.training.cli import add_models_commands  # `triage models train | validate`
+
+    add_models_commands(sub)
     return parser
 
 

@@ -1,22 +1,42 @@
-"""Synthetic CT series with a known label: non-contrast head CT (with or without an acute
-intraparenchymal hemorrhage) and CT pulmonary angiography (with or without an embolus).
+"""Synthetic CT studies with a known ground truth: non-contrast head CT (intracranial
+hemorrhage of five kinds, or none, with mimics) and CT pulmonary angiography (emboli from
+central to subsegmental, or none, with mimics).
 
-Each study is built as a volume in Hounsfield units on a patient-space grid (LPS millimetres,
-axial slices), one painting function per tissue or lesion, then written as one CT Image
-Storage series (Explicit VR Little Endian, int16, slope 1, intercept -1024).
+**Synthetic phantoms; not for clinical use.** They exist so that the engine, its tests, its
+demo and its models can be built and checked without patient data.
 
-Everything is deterministic given ``seed``: the same arguments give the same pixels and the
-same UIDs (a re-sent study is a duplicate, as from a real modality). Lesion parameters are
-drawn whether or not the lesion is painted, so a positive and a negative study with the same
-seed differ only inside the lesion.
+One study is described by a :class:`PhantomSpec` (task, label, lesion kinds, mimics, slice
+thickness, number of slices, field of view, noise, scanner). :func:`render` paints it, one
+function per tissue, lesion or artefact, on a patient-space grid (LPS millimetres, axial
+slices), so the same anatomy code serves two paths:
+
+- the **DICOM path** (:func:`write_study`, :func:`write_head_ct`, :func:`write_ctpa`): a
+  512 x 512 (by default) CT Image Storage series, int16, slope 1, intercept -1024, with the
+  ground truth written *beside* it - ``truth.json`` (label, lesion kinds and sizes, mimics,
+  acquisition) and ``truth_mask.npz`` (the lesion mask on the DICOM grid) - never in the DICOM;
+- the **in-memory path** (:func:`model_sample`): the HU volume and the lesion-fraction map
+  directly on the model grid (64 x 128 x 128 by default), painted at twice the model's in-plane
+  resolution, block-averaged, with the noise the DICOM path has after area averaging, then
+  resampled along z by :func:`triage.inference.volume.resample` - the engine's own code. It is
+  ~20x faster and is what training and validation use; ``tests/synth`` checks that it agrees
+  statistically with DICOM -> :func:`~triage.inference.volume.load_volume` ->
+  :func:`~triage.inference.volume.resample`.
+
+Everything is deterministic given ``seed``. Anatomy, lesion, mimic and noise draws come from
+separate random streams, so a positive and a negative study with the same seed and spec differ
+only inside the lesion, and the anatomy does not depend on the grid.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -28,13 +48,87 @@ from pydicom.uid import (
     generate_uid,
 )
 
+Task = Literal["ich", "pe"]
+
 RESCALE_INTERCEPT = -1024.0
 RESCALE_SLOPE = 1.0
 HU_MIN, HU_MAX = -1024.0, 3071.0
 AIR_HU = -1000.0
+MODEL_SHAPE = (64, 128, 128)
 
 HEAD_DESCRIPTION = "CT HEAD WO CONTRAST"
 CTPA_DESCRIPTION = "CTA CHEST PE PROTOCOL"
+DISCLAIMER = "synthetic phantom; not for clinical use"
+
+HEMORRHAGE_SUBTYPES = (
+    "intraparenchymal",
+    "subdural",
+    "epidural",
+    "subarachnoid",
+    "intraventricular",
+)
+HEAD_MIMICS = (
+    "choroid_calcification",
+    "pineal_calcification",
+    "falx_calcification",
+    "beam_hardening",
+    "motion",
+)
+EMBOLUS_LEVELS = ("central", "lobar", "segmental", "subsegmental")
+CTPA_MIMICS = ("mixing_artefact", "hilar_nodes", "poor_contrast", "dense_svc")
+SCANNERS = (
+    # model name, kernel, noise factor, HU calibration offset
+    ("PhantomScan 16", "STANDARD", 1.25, 2.0),
+    ("PhantomScan 64", "SOFT", 1.0, 0.0),
+    ("PhantomScan 128", "B30f", 0.9, -2.0),
+    ("PhantomScan 256", "FC18", 0.8, 1.0),
+)
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """What one synthetic study shows (not where: positions are drawn from the seed).
+
+    ``subtypes``: hemorrhage kinds (:data:`HEMORRHAGE_SUBTYPES`) or embolus levels
+    (:data:`EMBOLUS_LEVELS`), empty for a negative study. ``size_mm``: the main lesion's
+    characteristic size (bleed diameter or thickness, clot diameter); ``None`` draws it.
+    ``noise_hu``: per-pixel noise at 512 x 512 (before the scanner's factor).
+    """
+
+    task: Task
+    label: bool
+    subtypes: tuple[str, ...] = ()
+    mimics: tuple[str, ...] = ()
+    n_slices: int = 24
+    slice_thickness: float = 5.0
+    fov_mm: float = 230.0
+    noise_hu: float = 5.0
+    scanner: int = 1  # index into SCANNERS
+    size_mm: float | None = None
+
+    def __post_init__(self) -> None:
+        known = HEMORRHAGE_SUBTYPES if self.task == "ich" else EMBOLUS_LEVELS
+        mimics = HEAD_MIMICS if self.task == "ich" else CTPA_MIMICS
+        if self.label != bool(self.subtypes):
+            raise ValueError("a positive study needs lesion subtypes, a negative one none")
+        for s in self.subtypes:
+            if s not in known:
+                raise ValueError(f"unknown {self.task} lesion kind {s!r} (known: {known})")
+        for m in self.mimics:
+            if m not in mimics:
+                raise ValueError(f"unknown {self.task} mimic {m!r} (known: {mimics})")
+        if self.n_slices < 2 or self.slice_thickness <= 0 or self.fov_mm <= 0:
+            raise ValueError("need >= 2 slices, a positive thickness and field of view")
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One painted lesion: kind, size and where (mm, patient LPS)."""
+
+    kind: str
+    size_mm: float  # characteristic size drawn (diameter / thickness)
+    volume_ml: float  # painted volume on the grid
+    centre_mm: tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -42,7 +136,8 @@ class SyntheticStudy:
     """What was written: identifiers, files in InstanceNumber order, and the ground truth.
 
     ``lesion_instances``: InstanceNumbers of the slices that show the lesion (empty when
-    ``label`` is False), e.g. to check a model's key slice.
+    ``label`` is False), e.g. to check a model's key slice. ``truth_json`` / ``truth_mask``:
+    the ground-truth files beside the series.
     """
 
     study_uid: str
@@ -53,6 +148,42 @@ class SyntheticStudy:
     label: bool
     description: str
     lesion_instances: tuple[int, ...] = field(default=())
+    subtypes: tuple[str, ...] = ()
+    mimics: tuple[str, ...] = ()
+    truth_json: Path | None = None
+    truth_mask: Path | None = None
+
+
+@dataclass(frozen=True)
+class ModelSample:
+    """One study on the model grid (in-memory path).
+
+    ``volume``: HU float32 [z, y, x], inferior -> superior. ``lesion``: float32 fraction of
+    each model voxel covered by lesion (0..1). ``lesion_size_mm``: equivalent-sphere
+    diameter of all lesion volume (0 for negatives).
+    """
+
+    spec: PhantomSpec
+    seed: int
+    volume: np.ndarray
+    lesion: np.ndarray
+    lesions: tuple[Lesion, ...]
+
+    @property
+    def label(self) -> bool:
+        return self.spec.label
+
+    @property
+    def lesion_size_mm(self) -> float:
+        return equivalent_diameter(sum(les.volume_ml for les in self.lesions))
+
+
+def equivalent_diameter(volume_ml: float) -> float:
+    """Diameter (mm) of a sphere of ``volume_ml`` millilitres."""
+    return float((6.0 * volume_ml * 1000.0 / math.pi) ** (1.0 / 3.0)) if volume_ml > 0 else 0.0
+
+
+# ------------------------------------------------------------------------- grid and painting
 
 
 @dataclass(frozen=True)
@@ -68,13 +199,17 @@ class _Grid:
 
     @classmethod
     def axial(cls, size: int, fov_mm: float, n_slices: int, thickness: float, z0: float) -> _Grid:
+        z = z0 + np.arange(n_slices, dtype=np.float32) * thickness
+        return cls.at(size, fov_mm, z, thickness)
+
+    @classmethod
+    def at(cls, size: int, fov_mm: float, z: np.ndarray, thickness: float) -> _Grid:
         spacing = fov_mm / size
         coords = (np.arange(size, dtype=np.float32) - (size - 1) / 2) * spacing
-        z = z0 + np.arange(n_slices, dtype=np.float32) * thickness
         return cls(
             x=coords[None, None, :],
             y=coords[None, :, None],
-            z=z[:, None, None],
+            z=np.asarray(z, dtype=np.float32)[:, None, None],
             spacing=spacing,
             thickness=thickness,
         )
@@ -83,52 +218,108 @@ class _Grid:
     def shape(self) -> tuple[int, int, int]:
         return (self.z.shape[0], self.y.shape[1], self.x.shape[2])
 
+    @property
+    def voxel_ml(self) -> float:
+        return self.spacing * self.spacing * self.thickness / 1000.0
 
-def _ellipsoid(
-    g: _Grid, centre: tuple[float, float, float], axes: tuple[float, float, float]
-) -> np.ndarray:
-    """Boolean mask of an axis-aligned ellipsoid (centre and semi-axes in mm)."""
+
+_Box = tuple[slice, slice, slice]
+
+
+def _box(g: _Grid, lo: Sequence[float], hi: Sequence[float]) -> _Box | None:
+    """Index slices of the voxels whose centres lie in [lo, hi] (x, y, z mm), or None."""
+    out = []
+    for axis, a, b in (
+        (g.z[:, 0, 0], lo[2], hi[2]),
+        (g.y[0, :, 0], lo[1], hi[1]),
+        (g.x[0, 0, :], lo[0], hi[0]),
+    ):
+        i0 = int(np.searchsorted(axis, a, side="left"))
+        i1 = int(np.searchsorted(axis, b, side="right"))
+        if i1 <= i0:
+            return None
+        out.append(slice(i0, i1))
+    return (out[0], out[1], out[2])
+
+
+def _coords(g: _Grid, box: _Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return g.x[:, :, box[2]], g.y[:, box[1], :], g.z[box[0], :, :]
+
+
+def _ellipsoid_in(
+    g: _Grid,
+    centre: Sequence[float],
+    axes: Sequence[float],
+    angle: float = 0.0,
+) -> tuple[_Box, np.ndarray] | None:
+    """(box, local mask) of an ellipsoid, rotated by ``angle`` (radians) about z."""
+    r = max(axes[0], axes[1])
+    box = _box(
+        g,
+        (centre[0] - r, centre[1] - r, centre[2] - axes[2]),
+        (centre[0] + r, centre[1] + r, centre[2] + axes[2]),
+    )
+    if box is None:
+        return None
+    x, y, z = _coords(g, box)
+    dx, dy = x - centre[0], y - centre[1]
+    c, s = math.cos(angle), math.sin(angle)
+    u, v = dx * c + dy * s, -dx * s + dy * c
+    m = (u / axes[0]) ** 2 + (v / axes[1]) ** 2 + ((z - centre[2]) / axes[2]) ** 2 <= 1.0
+    return box, m
+
+
+def _capsule_in(
+    g: _Grid, p0: Sequence[float], p1: Sequence[float], radius: float
+) -> tuple[_Box, np.ndarray, np.ndarray] | None:
+    """(box, local mask, position 0..1 along the axis) of a cylinder with round ends."""
+    a, b = np.asarray(p0, dtype=np.float32), np.asarray(p1, dtype=np.float32)
+    box = _box(g, list(np.minimum(a, b) - radius), list(np.maximum(a, b) + radius))
+    if box is None:
+        return None
+    x, y, z = _coords(g, box)
+    d = b - a
+    dd = float(d @ d) or 1e-6
+    t = ((x - a[0]) * d[0] + (y - a[1]) * d[1] + (z - a[2]) * d[2]) / dd
+    t = np.clip(t, 0.0, 1.0)
+    dist2 = (x - a[0] - t * d[0]) ** 2 + (y - a[1] - t * d[1]) ** 2 + (z - a[2] - t * d[2]) ** 2
+    return box, dist2 <= radius * radius, t
+
+
+def _full(g: _Grid, box: _Box, local: np.ndarray) -> np.ndarray:
+    out = np.zeros(g.shape, dtype=bool)
+    out[box] = local
+    return out
+
+
+def _ellipsoid(g: _Grid, centre: Sequence[float], axes: Sequence[float]) -> np.ndarray:
+    """Full-grid boolean mask of an axis-aligned ellipsoid."""
     cx, cy, cz = centre
     ax, ay, az = axes
     return ((g.x - cx) / ax) ** 2 + ((g.y - cy) / ay) ** 2 + ((g.z - cz) / az) ** 2 <= 1.0
-
-
-def _tube(
-    g: _Grid,
-    start: tuple[float, float],
-    drift: tuple[float, float],
-    radius: float,
-) -> np.ndarray:
-    """Boolean mask of a vessel running through all slices: circle of ``radius`` whose centre
-    is ``start`` (x, y) at the first slice and moves by ``drift`` mm per mm of z."""
-    dz = g.z - g.z[0]
-    cx = start[0] + drift[0] * dz
-    cy = start[1] + drift[1] * dz
-    return (g.x - cx) ** 2 + (g.y - cy) ** 2 <= radius**2
-
-
-def _extrude(g: _Grid, mask2d: np.ndarray) -> np.ndarray:
-    """A slice mask (1, H, W) repeated through all slices."""
-    return np.broadcast_to(mask2d, g.shape)
-
-
-def _add_noise(vol: np.ndarray, rng: np.random.Generator, sigma: float) -> None:
-    """Quantum noise: Gaussian, ``sigma`` HU, everywhere (in place)."""
-    vol += rng.standard_normal(vol.shape, dtype=np.float32) * np.float32(sigma)
 
 
 def _slices_with(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) + 1 for i in np.flatnonzero(mask.any(axis=(1, 2))))
 
 
-# ------------------------------------------------------------------------- head CT anatomy
+def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(rng.uniform(lo, hi))
+
+
+def _log_u(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+# ------------------------------------------------------------------------- head CT
 
 
 @dataclass(frozen=True)
 class _Head:
-    """Random anatomy of one synthetic head (all mm / HU)."""
+    """Random anatomy of one synthetic head (all mm / HU). Inner table semi-axes via
+    :attr:`inner_axes`; the head centre is the origin."""
 
-    skull_axes: tuple[float, float, float]  # outer table, semi-axes x, y, z
+    skull_axes: tuple[float, float, float]
     skull_thickness: float
     scalp_thickness: float
     grey_hu: float
@@ -137,7 +328,8 @@ class _Head:
     bone_hu: float
     ventricle_axes: tuple[float, float, float]
     ventricle_z: float
-    noise_sigma: float
+    sulci: tuple[float, float, float, float]  # angular frequency, z frequency, phase, width
+    cistern_z: float
 
     @property
     def inner_axes(self) -> tuple[float, float, float]:
@@ -145,113 +337,344 @@ class _Head:
         ax, ay, az = self.skull_axes
         return (ax - t, ay - t, az - t)
 
+    def ventricle_centres(self) -> tuple[tuple[float, float, float], ...]:
+        vx = self.ventricle_axes[0] + 2.0
+        return ((-vx, -5.0, self.ventricle_z), (vx, -5.0, self.ventricle_z))
+
 
 def _draw_head(rng: np.random.Generator) -> _Head:
     scale = rng.uniform(0.93, 1.07)
     return _Head(
         skull_axes=(72.0 * scale, 92.0 * scale, 95.0 * scale),
-        skull_thickness=rng.uniform(5.5, 7.5),
-        scalp_thickness=rng.uniform(4.0, 6.0),
-        grey_hu=rng.uniform(36.0, 40.0),
-        white_hu=rng.uniform(27.0, 31.0),
-        csf_hu=rng.uniform(3.0, 7.0),
-        bone_hu=rng.uniform(1250.0, 1500.0),
-        ventricle_axes=(rng.uniform(4.0, 7.0), rng.uniform(18.0, 24.0), rng.uniform(12.0, 16.0)),
-        ventricle_z=rng.uniform(12.0, 20.0),
-        noise_sigma=rng.uniform(4.0, 6.0),
+        skull_thickness=_u(rng, 5.5, 7.5),
+        scalp_thickness=_u(rng, 4.0, 6.0),
+        grey_hu=_u(rng, 36.0, 40.0),
+        white_hu=_u(rng, 27.0, 31.0),
+        csf_hu=_u(rng, 3.0, 7.0),
+        bone_hu=_u(rng, 1250.0, 1500.0),
+        ventricle_axes=(_u(rng, 4.0, 7.0), _u(rng, 18.0, 24.0), _u(rng, 12.0, 16.0)),
+        ventricle_z=_u(rng, 12.0, 20.0),
+        sulci=(
+            float(rng.integers(14, 22)),
+            _u(rng, 0.08, 0.14),
+            _u(rng, 0, 6.28),
+            _u(rng, 0.10, 0.16),
+        ),
+        cistern_z=_u(rng, -14.0, -8.0),
     )
 
 
-def _paint_scalp(vol: np.ndarray, g: _Grid, head: _Head) -> None:
-    s = head.scalp_thickness
-    ax, ay, az = head.skull_axes
-    vol[_ellipsoid(g, (0, 0, 0), (ax + s, ay + s, az + s))] = 35.0
-
-
-def _paint_skull(vol: np.ndarray, g: _Grid, head: _Head) -> None:
-    """Cortical outer and inner tables (~bone_hu) with less dense diploe between them."""
-    vol[_ellipsoid(g, (0, 0, 0), head.skull_axes)] = head.bone_hu
-    t = head.skull_thickness
-    ax, ay, az = head.skull_axes
-    diploe = (ax - t / 3, ay - t / 3, az - t / 3)
-    inner_table = (ax - 2 * t / 3, ay - 2 * t / 3, az - 2 * t / 3)
-    vol[_ellipsoid(g, (0, 0, 0), diploe) & ~_ellipsoid(g, (0, 0, 0), inner_table)] = (
-        0.6 * head.bone_hu
-    )
-
-
-def _paint_brain(vol: np.ndarray, g: _Grid, head: _Head) -> None:
-    """CSF rim under the skull, cortical grey matter band, white matter core."""
+def _inner_radius(g: _Grid, head: _Head, shrink: float = 0.0) -> np.ndarray:
+    """Normalised ellipsoidal radius w.r.t. the inner table shrunk by ``shrink`` mm."""
     ax, ay, az = head.inner_axes
-    vol[_ellipsoid(g, (0, 0, 0), (ax, ay, az))] = head.csf_hu
-    vol[_ellipsoid(g, (0, 0, 0), (ax - 1.5, ay - 1.5, az - 1.5))] = head.grey_hu
-    vol[_ellipsoid(g, (0, 0, 0), (ax - 6.0, ay - 6.0, az - 6.0))] = head.white_hu
-
-
-def _paint_ventricles(vol: np.ndarray, g: _Grid, head: _Head) -> np.ndarray:
-    """Two lateral ventricles (CSF). Returns their mask (lesions are kept out of it)."""
-    vx, vy, vz = head.ventricle_axes
-    mask = _ellipsoid(g, (-vx - 2.0, -5.0, head.ventricle_z), (vx, vy, vz)) | _ellipsoid(
-        g, (vx + 2.0, -5.0, head.ventricle_z), (vx, vy, vz)
+    return np.sqrt(
+        (g.x / (ax - shrink)) ** 2 + (g.y / (ay - shrink)) ** 2 + (g.z / (az - shrink)) ** 2
     )
-    vol[mask] = head.csf_hu
+
+
+class _HeadCanvas:
+    """The head being painted: HU volume, named masks other structures need."""
+
+    def __init__(self, g: _Grid, head: _Head) -> None:
+        self.g, self.head = g, head
+        self.vol = np.full(g.shape, AIR_HU, dtype=np.float32)
+        ax, ay, az = head.skull_axes
+        s, t = head.scalp_thickness, head.skull_thickness
+        self.vol[_ellipsoid(g, (0, 0, 0), (ax + s, ay + s, az + s))] = 35.0
+        self.vol[_ellipsoid(g, (0, 0, 0), head.skull_axes)] = head.bone_hu
+        diploe = _ellipsoid(g, (0, 0, 0), (ax - t / 3, ay - t / 3, az - t / 3))
+        self.vol[diploe] = 0.6 * head.bone_hu
+        self.r_inner = _inner_radius(g, head)
+        self.inside = self.r_inner <= 1.0  # intracranial space
+        self.vol[self.inside] = head.csf_hu
+        brain = _inner_radius(g, head, 1.5) <= 1.0
+        self.vol[brain] = head.grey_hu
+        # Sulci: CSF clefts through the cortical band (between 1.5 and ~7 mm deep).
+        freq, zf, phase, width = head.sulci
+        theta = np.arctan2(g.y, g.x)
+        band = brain & (_inner_radius(g, head, 7.0) > 1.0)
+        wave = np.abs(np.sin(freq * theta + zf * g.z + phase + 1.7 * np.sin(0.05 * g.z)))
+        self.sulci = band & (wave < width)
+        self.vol[self.sulci] = head.csf_hu
+        self.white = _inner_radius(g, head, 7.0) <= 1.0
+        self.vol[self.white] = head.white_hu
+        # Deep grey nuclei (basal ganglia, thalami): grey-matter islands beside the ventricles.
+        for side in (-1.0, 1.0):
+            hit = _ellipsoid_in(g, (side * 18.0, 2.0, head.ventricle_z - 12.0), (8.0, 14.0, 9.0))
+            if hit:
+                self.vol[hit[0]][hit[1]] = head.grey_hu
+        # Interhemispheric fissure with the falx (dura ~45 HU) above the tentorium.
+        above = g.z > head.cistern_z + 6.0
+        fissure = (
+            (np.abs(g.x) < 2.5) & self.inside & above & (np.abs(g.y) < 0.9 * head.inner_axes[1])
+        )
+        self.vol[fissure] = head.csf_hu
+        self.falx = fissure & (np.abs(g.x) < 0.9)
+        self.vol[self.falx] = 45.0
+        # Basal cisterns: a CSF ring around the midbrain.
+        self.cistern = np.zeros(g.shape, dtype=bool)
+        hit = _ellipsoid_in(g, (0.0, 8.0, head.cistern_z), (20.0, 18.0, 5.0))
+        if hit:
+            ring = hit[1].copy()
+            core = _ellipsoid_in(g, (0.0, 10.0, head.cistern_z), (11.0, 10.0, 6.0))
+            if core:
+                sub = _full(g, *core)[hit[0]]
+                ring &= ~sub
+            self.cistern = _full(g, hit[0], ring) & self.inside
+            self.vol[self.cistern] = head.csf_hu
+        # Lateral ventricles and the third ventricle.
+        self.ventricles = np.zeros(g.shape, dtype=bool)
+        for c in head.ventricle_centres():
+            hit = _ellipsoid_in(g, c, head.ventricle_axes)
+            if hit:
+                self.ventricles[hit[0]] |= hit[1]
+        hit = _ellipsoid_in(g, (0.0, 2.0, head.ventricle_z - 10.0), (1.8, 12.0, 7.0))
+        if hit:
+            self.ventricles[hit[0]] |= hit[1]
+        self.vol[self.ventricles] = head.csf_hu
+        # Skull base: dense petrous ridges and clivus low in the head.
+        zb = head.cistern_z - 16.0
+        for c, axes, ang in (
+            ((-34.0, 12.0, zb), (30.0, 7.0, 9.0), 0.6),
+            ((34.0, 12.0, zb), (30.0, 7.0, 9.0), -0.6),
+            ((0.0, -2.0, zb - 4.0), (8.0, 16.0, 10.0), 0.0),
+        ):
+            hit = _ellipsoid_in(g, c, axes, ang)
+            if hit:
+                self.vol[hit[0]][hit[1]] = head.bone_hu * 0.9
+        self.skull_base_z = zb
+
+    def brain_tissue(self, margin: float = 3.0) -> np.ndarray:
+        """Parenchyma at least ``margin`` mm inside the inner table, not CSF spaces."""
+        return (
+            (_inner_radius(self.g, self.head, margin) <= 1.0)
+            & ~self.ventricles
+            & ~self.cistern
+            & ~self.sulci
+            & (self.vol < 60.0)
+            & (self.vol > 20.0)
+            & (self.g.z > self.skull_base_z + 12.0)
+        )
+
+
+def _surface_point(head: _Head, theta: float, z: float) -> tuple[float, float, float]:
+    """The inner-table point at azimuth ``theta`` (radians, 0 = patient left) and height z."""
+    ax, ay, az = head.inner_axes
+    k = math.sqrt(max(1.0 - (z / az) ** 2, 0.05))
+    return (ax * k * math.cos(theta), ay * k * math.sin(theta), z)
+
+
+def _paint_iph(c: _HeadCanvas, rng: np.random.Generator, size: float, hu: float) -> np.ndarray:
+    """Intraparenchymal: lobulated (2-3 ellipsoids) blood with a thin oedema rim."""
+    head, g = c.head, c.g
+    ax, ay, az = head.inner_axes
+    room = max(ax * 0.62 - size / 2, 8.0)
+    lateral = min(2.0 * head.ventricle_axes[0] + 4.0 + size / 3.0, 0.9 * room)  # off midline
+    side = 1.0 if rng.random() < 0.5 else -1.0
+    centre = (
+        side * _u(rng, lateral, room),
+        _u(rng, -0.55, 0.55) * ay,
+        _u(rng, head.cistern_z + 14.0 + size / 2, 0.45 * az),
+    )
+    mask = np.zeros(g.shape, dtype=bool)
+    for k in range(int(rng.integers(1, 4))):
+        r = size / 2 * (1.0 if k == 0 else _u(rng, 0.4, 0.7))
+        off = (0.0, 0.0, 0.0) if k == 0 else tuple(_u(rng, -0.5, 0.5) * size for _ in range(3))
+        axes = (r * _u(rng, 0.8, 1.2), r * _u(rng, 0.8, 1.2), r * _u(rng, 0.8, 1.2))
+        hit = _ellipsoid_in(
+            g, tuple(a + b for a, b in zip(centre, off, strict=True)), axes, _u(rng, 0, 3.14)
+        )
+        if hit:
+            mask[hit[0]] |= hit[1]
+    mask &= c.brain_tissue(3.0) | (c.vol > 20.0) & (_inner_radius(g, head, 3.0) <= 1.0)
+    mask &= ~c.ventricles
+    if size >= 10.0:  # perilesional oedema (hypodense), painted first
+        rim = _ellipsoid_in(g, centre, (size / 2 + 3.0,) * 3)
+        if rim:
+            oedema = _full(g, *rim) & c.brain_tissue(3.0) & ~mask
+            c.vol[oedema] = np.minimum(c.vol[oedema], head.white_hu - 8.0)
+    c.vol[mask] = hu
     return mask
+
+
+def _paint_subdural(c: _HeadCanvas, rng: np.random.Generator, size: float, hu: float) -> np.ndarray:
+    """Subdural: a crescent under the inner table, crossing sutures, tapering at its ends."""
+    g, head = c.g, c.head
+    theta0 = _u(rng, 0, 2 * math.pi)
+    half = _u(rng, 0.6, 1.1)  # angular half-extent, radians
+    z0 = _u(rng, 0.0, 0.4 * head.inner_axes[2])
+    zh = _u(rng, 25.0, 45.0)
+    theta = np.arctan2(g.y, g.x)
+    dang = np.angle(np.exp(1j * (theta - theta0)))
+    taper = np.clip(1.0 - (dang / half) ** 2, 0.0, None) * np.clip(
+        1.0 - ((g.z - z0) / zh) ** 2, 0.0, None
+    )
+    depth = size * np.sqrt(taper)  # mm from the inner table
+    mean_axis = float(np.mean(head.inner_axes))
+    mask = c.inside & (c.r_inner > 1.0 - depth / mean_axis) & (taper > 0) & ~c.falx
+    mask &= g.z > c.skull_base_z + 6.0
+    c.vol[mask] = hu
+    return mask
+
+
+def _paint_epidural(c: _HeadCanvas, rng: np.random.Generator, size: float, hu: float) -> np.ndarray:
+    """Epidural: a biconvex lens against the inner table (does not cross sutures)."""
+    g, head = c.g, c.head
+    theta = _u(rng, 0, 2 * math.pi)
+    z = _u(rng, 0.05, 0.45) * head.inner_axes[2]
+    p = _surface_point(head, theta, z)
+    along = _u(rng, 2.2, 3.2) * size
+    hit = _ellipsoid_in(g, p, (size, along, along * 0.8), theta)
+    if hit is None:
+        return np.zeros(g.shape, dtype=bool)
+    mask = _full(g, *hit) & c.inside
+    c.vol[mask] = hu
+    return mask
+
+
+def _paint_subarachnoid(
+    c: _HeadCanvas, rng: np.random.Generator, size: float, hu: float
+) -> np.ndarray:
+    """Subarachnoid: blood in the sulci of a region and/or in the basal cisterns."""
+    g = c.g
+    mask = np.zeros(g.shape, dtype=bool)
+    if rng.random() < 0.5 and c.cistern.any():
+        mask |= c.cistern
+        if rng.random() < 0.5:  # only part of the cisterns
+            mask &= g.x * _u(rng, -1, 1) + g.y * _u(rng, -1, 1) > 0
+    centre = _surface_point(
+        c.head, _u(rng, 0, 2 * math.pi), _u(rng, 0.05, 0.5) * c.head.skull_axes[2]
+    )
+    reach = max(size * 2.0, 12.0)
+    hit = _ellipsoid_in(g, centre, (reach, reach, reach * 0.8))
+    if hit:
+        mask |= _full(g, *hit) & c.sulci
+    blood = c.head.csf_hu + (hu - c.head.csf_hu) * _u(rng, 0.8, 1.0)  # mixed with CSF
+    c.vol[mask] = blood
+    return mask
+
+
+def _paint_intraventricular(
+    c: _HeadCanvas, rng: np.random.Generator, size: float, hu: float
+) -> np.ndarray:
+    """Intraventricular: blood layering in the dependent (posterior) part of a ventricle."""
+    g, head = c.g, c.head
+    centre = head.ventricle_centres()[int(rng.integers(2))]
+    vy = head.ventricle_axes[1]
+    level = centre[1] + vy - min(size, 1.6 * vy)  # fluid level: y >= level (posterior)
+    mask = c.ventricles & (g.y >= level) & (np.abs(g.x - centre[0]) < head.ventricle_axes[0] + 1.0)
+    if rng.random() < 0.4:  # both sides
+        mask |= c.ventricles & (g.y >= level)
+    c.vol[mask] = hu
+    return mask
+
+
+_HEAD_PAINTERS = {
+    "intraparenchymal": (_paint_iph, (3.0, 40.0), (55.0, 85.0)),
+    "subdural": (_paint_subdural, (2.0, 15.0), (55.0, 80.0)),
+    "epidural": (_paint_epidural, (4.0, 20.0), (60.0, 90.0)),
+    "subarachnoid": (_paint_subarachnoid, (3.0, 20.0), (55.0, 75.0)),
+    "intraventricular": (_paint_intraventricular, (3.0, 20.0), (55.0, 80.0)),
+}
+
+
+def _head_mimics(c: _HeadCanvas, rng: np.random.Generator, mimics: Sequence[str]) -> None:
+    g, head = c.g, c.head
+    draws = {m: rng.random(8) for m in HEAD_MIMICS}  # fixed consumption
+    if "choroid_calcification" in mimics:
+        r = draws["choroid_calcification"]
+        for k, (cx, cy, cz) in enumerate(head.ventricle_centres()):
+            hit = _ellipsoid_in(
+                g,
+                (cx, cy + 0.6 * head.ventricle_axes[1], cz - 2.0),
+                (1.5 + 2.0 * r[k], 2.0 + 2.5 * r[k + 2], 1.5 + 1.5 * r[k + 4]),
+            )
+            if hit:
+                c.vol[hit[0]][hit[1]] = 120.0 + 250.0 * r[6]
+    if "pineal_calcification" in mimics:
+        r = draws["pineal_calcification"]
+        hit = _ellipsoid_in(
+            g, (0.0, 16.0 + 4.0 * r[0], head.ventricle_z - 10.0), (1.5 + 2.0 * r[1],) * 3
+        )
+        if hit:
+            c.vol[hit[0]][hit[1]] = 100.0 + 300.0 * r[2]
+    if "falx_calcification" in mimics:
+        r = draws["falx_calcification"]
+        for k in range(2):
+            y0 = (-0.7 + 1.0 * r[k]) * head.inner_axes[1]
+            z0 = head.cistern_z + 20.0 + 40.0 * r[k + 2]
+            length = 8.0 + 20.0 * r[k + 4]
+            seg = c.falx & (np.abs(g.y - y0) < length / 2) & (np.abs(g.z - z0) < 10.0)
+            c.vol[seg] = 200.0 + 400.0 * r[6]
+    if "beam_hardening" in mimics:
+        r = draws["beam_hardening"]
+        # Alternating dark/bright bands between the petrous ridges (Hounsfield bar) and
+        # streaks fanning from them, in the slices just above the skull base.
+        zmask = np.abs(g.z - (c.skull_base_z + 6.0 + 6.0 * r[0])) < 6.0
+        brain = c.inside & (c.vol < 100.0) & zmask
+        dy, dx = g.y - 12.0, g.x
+        ang = np.arctan2(dy, dx)
+        rad = np.hypot(dy, dx)
+        fan = np.sin(9.0 * ang + 6.0 * r[1]) * np.exp(-rad / (20.0 + 15.0 * r[2]))
+        bar = -30.0 * np.exp(-((dy / 3.5) ** 2)) * (np.abs(dx) < 30.0)
+        c.vol += np.where(brain, (20.0 + 25.0 * r[3]) * fan + bar, 0.0).astype(np.float32)
+    if "motion" in mimics:
+        r = draws["motion"]
+        n = g.shape[0]
+        k0 = int(r[0] * max(n - 1, 1))
+        k1 = min(n, k0 + max(2, int(n * (0.2 + 0.4 * r[1]))))
+        shift = max(1, round((2.0 + 4.0 * r[2]) / g.spacing))
+        axis = 1 if r[3] < 0.5 else 2
+        part = c.vol[k0:k1]
+        c.vol[k0:k1] = 0.6 * part + 0.4 * np.roll(part, shift, axis=axis)
+
+
+def _render_head(
+    spec: PhantomSpec, seed: int, g: _Grid
+) -> tuple[np.ndarray, np.ndarray, list[Lesion]]:
+    head = _draw_head(np.random.default_rng([seed, 0]))
+    c = _HeadCanvas(g, head)
+    lesion = np.zeros(g.shape, dtype=bool)
+    lesions: list[Lesion] = []
+    lrng = np.random.default_rng([seed, 2])
+    for i, kind in enumerate(spec.subtypes):
+        painter, (lo, hi), (hlo, hhi) = _HEAD_PAINTERS[kind]
+        size = spec.size_mm if (spec.size_mm is not None and i == 0) else _log_u(lrng, lo, hi)
+        hu = _u(lrng, hlo, hhi)
+        m = painter(c, lrng, size, hu)
+        for _ in range(4):  # rare: drawn where nothing may bleed (e.g. all CSF); draw again
+            if m.any():
+                break
+            m = painter(c, lrng, size, hu)
+        lesion |= m
+        lesions.append(_lesion(g, kind, size, m))
+    _head_mimics(c, np.random.default_rng([seed, 3]), spec.mimics)
+    return c.vol, lesion, lesions
+
+
+def _lesion(g: _Grid, kind: str, size: float, m: np.ndarray) -> Lesion:
+    n = int(m.sum())
+    if n:
+        zi, yi, xi = (float(a.mean()) for a in np.nonzero(m))
+        centre = (
+            float(g.x[0, 0, 0]) + xi * g.spacing,
+            float(g.y[0, 0, 0]) + yi * g.spacing,
+            float(np.interp(zi, np.arange(g.shape[0]), g.z[:, 0, 0])),
+        )
+    else:
+        centre = (0.0, 0.0, 0.0)
+    return Lesion(kind=kind, size_mm=round(size, 2), volume_ml=n * g.voxel_ml, centre_mm=centre)
+
+
+# ------------------------------------------------------------------------- CTPA
 
 
 @dataclass(frozen=True)
-class _Hemorrhage:
-    centre: tuple[float, float, float]
-    axes: tuple[float, float, float]
-    hu: float
-
-
-def _draw_hemorrhage(rng: np.random.Generator, head: _Head, g: _Grid) -> _Hemorrhage:
-    """An intraparenchymal bleed of 1.2-2.8 cm in plane spanning several slices, centred in
-    the white matter away from the skull and ventricles, on a slice inside the series."""
-    axes = (rng.uniform(6.0, 14.0), rng.uniform(6.0, 14.0), rng.uniform(6.0, 12.0))
-    ax, ay, _ = head.inner_axes
-    side = rng.choice([-1.0, 1.0])
-    cx = side * rng.uniform(0.35, 0.5) * ax
-    cy = rng.uniform(-0.35, 0.35) * ay
-    # Slices whose brain section is wide enough; the lesion sits on one of them.
-    zs = g.z[:, 0, 0]
-    _, _, az = head.inner_axes
-    candidates = zs[np.abs(zs) < 0.45 * az]
-    cz = float(rng.choice(candidates)) if candidates.size else float(zs[len(zs) // 2])
-    return _Hemorrhage(centre=(cx, cy, cz), axes=axes, hu=rng.uniform(60.0, 75.0))
-
-
-def _paint_hemorrhage(
-    vol: np.ndarray, g: _Grid, head: _Head, bleed: _Hemorrhage, keep_out: np.ndarray
-) -> np.ndarray:
-    """Acute blood; clipped to stay at least 3 mm inside the inner table and out of
-    ``keep_out`` (the ventricles), so it is always intraparenchymal."""
-    ax, ay, az = head.inner_axes
-    inside = _ellipsoid(g, (0, 0, 0), (ax - 3.0, ay - 3.0, az - 3.0))
-    mask = _ellipsoid(g, bleed.centre, bleed.axes) & inside & ~keep_out
-    vol[mask] = bleed.hu
-    return mask
-
-
-def head_volume(
-    rng: np.random.Generator, g: _Grid, *, hemorrhage: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """A head CT volume in HU and the lesion mask (all False without hemorrhage)."""
-    head = _draw_head(rng)
-    bleed = _draw_hemorrhage(rng, head, g)
-    vol = np.full(g.shape, AIR_HU, dtype=np.float32)
-    _paint_scalp(vol, g, head)
-    _paint_skull(vol, g, head)
-    _paint_brain(vol, g, head)
-    ventricles = _paint_ventricles(vol, g, head)
-    lesion = np.zeros(g.shape, dtype=bool)
-    if hemorrhage:
-        lesion = _paint_hemorrhage(vol, g, head, bleed, keep_out=ventricles)
-    _add_noise(vol, rng, head.noise_sigma)
-    return vol, lesion
-
-
-# ------------------------------------------------------------------------- CTPA anatomy
+class _Vessel:
+    p0: tuple[float, float, float]
+    p1: tuple[float, float, float]
+    radius: float
+    level: str  # an EMBOLUS_LEVELS entry, or "" for non-pulmonary vessels
 
 
 @dataclass(frozen=True)
@@ -263,129 +686,380 @@ class _Chest:
     soft_hu: float
     artery_hu: float
     aorta_hu: float
-    branches: tuple[tuple[float, float, float, float, float], ...]  # x, y, dx/dz, dy/dz, r
-    noise_sigma: float
+    tree: tuple[_Vessel, ...]
 
 
-# Pulmonary arteries in which an embolus may lodge: (x, y, radius) of the right and left
-# pulmonary arteries at the hilum, relative to the lung centres.
-_HILAR = ((-48.0, 5.0, 9.0), (48.0, 5.0, 9.0))
+# Centre and hilum landmarks (mm); y grows posterior, x toward patient left.
 _LUNG_CENTRES = (-78.0, 78.0)
+_BIFURCATION = (5.0, -15.0, 15.0)
+_HILA = ((-45.0, 0.0, 10.0), (45.0, 5.0, 18.0))
+
+
+def _xyz(p: np.ndarray) -> tuple[float, float, float]:
+    return (float(p[0]), float(p[1]), float(p[2]))
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / (float(np.linalg.norm(v)) or 1.0)
 
 
 def _draw_chest(rng: np.random.Generator) -> _Chest:
-    scale = rng.uniform(0.92, 1.08)
-    branches = []
-    for lung_x in _LUNG_CENTRES:
-        for _ in range(6):
-            branches.append(
-                (
-                    lung_x + rng.uniform(-30.0, 30.0),
-                    rng.uniform(-50.0, 50.0),
-                    rng.uniform(-0.3, 0.3),
-                    rng.uniform(-0.3, 0.3),
-                    rng.uniform(2.0, 4.5),
-                )
-            )
+    scale = _u(rng, 0.92, 1.08)
+    tree: list[_Vessel] = [
+        _Vessel((5.0, -38.0, -25.0), _BIFURCATION, _u(rng, 12.0, 15.0), "central"),
+    ]
+    la, lb = 55.0 * scale, 82.0 * scale
+
+    def clamp(p: np.ndarray, side: float) -> np.ndarray:
+        cx = _LUNG_CENTRES[0 if side < 0 else 1]
+        d = np.array([(p[0] - cx) / (la - 6.0), (p[1] - 5.0) / (lb - 6.0)])
+        n = float(np.linalg.norm(d))
+        if n > 1.0:
+            p = p.copy()
+            p[0] = cx + (p[0] - cx) / n
+            p[1] = 5.0 + (p[1] - 5.0) / n
+        p[2] = float(np.clip(p[2], -100.0, 85.0))
+        return p
+
+    def grow(p0: np.ndarray, direction: np.ndarray, depth: int, side: float) -> None:
+        levels = ("lobar", "segmental", "subsegmental")
+        radius = {0: _u(rng, 5.0, 7.0), 1: _u(rng, 3.0, 4.5), 2: _u(rng, 1.5, 2.5)}[depth]
+        length = {0: _u(rng, 25.0, 40.0), 1: _u(rng, 20.0, 32.0), 2: _u(rng, 14.0, 24.0)}[depth]
+        p1 = clamp(p0 + _unit(direction) * length, side)
+        tree.append(_Vessel(_xyz(p0), _xyz(p1), radius, levels[depth]))
+        if depth < 2:
+            for _ in range(2 if depth == 1 else int(rng.integers(2, 4))):
+                jitter = rng.normal(0.0, 0.55, 3)
+                grow(p1, _unit(direction) + jitter, depth + 1, side)
+
+    for side, hilum in zip((-1.0, 1.0), _HILA, strict=True):
+        tree.append(_Vessel(_BIFURCATION, hilum, _u(rng, 9.0, 12.0), "central"))
+        h = np.array(hilum, dtype=np.float64)
+        for d in ((side * 0.5, -0.2, 1.0), (side * 1.0, -0.6, -0.3), (side * 0.5, 0.5, -1.0)):
+            grow(h, np.array(d) + rng.normal(0.0, 0.2, 3), 0, side)
     return _Chest(
         body_axes=(160.0 * scale, 115.0 * scale),
-        fat_thickness=rng.uniform(8.0, 18.0),
-        lung_axes=(55.0 * scale, 82.0 * scale),
-        lung_hu=rng.uniform(-870.0, -830.0),
-        soft_hu=rng.uniform(38.0, 48.0),
-        artery_hu=rng.uniform(280.0, 340.0),
-        aorta_hu=rng.uniform(230.0, 280.0),
-        branches=tuple(branches),
-        noise_sigma=rng.uniform(5.0, 8.0),
+        fat_thickness=_u(rng, 8.0, 18.0),
+        lung_axes=(la, lb),
+        lung_hu=_u(rng, -870.0, -830.0),
+        soft_hu=_u(rng, 38.0, 48.0),
+        artery_hu=_u(rng, 250.0, 450.0),
+        aorta_hu=_u(rng, 200.0, 330.0),
+        tree=tuple(tree),
     )
 
 
-def _paint_body(vol: np.ndarray, g: _Grid, chest: _Chest) -> None:
-    """Torso: subcutaneous fat (-100 HU) around muscle / mediastinal soft tissue."""
+def _paint_capsule(vol: np.ndarray, g: _Grid, v: _Vessel, hu: float) -> None:
+    hit = _capsule_in(g, v.p0, v.p1, v.radius)
+    if hit:
+        vol[hit[0]][hit[1]] = hu
+
+
+def _render_chest(
+    spec: PhantomSpec, seed: int, g: _Grid
+) -> tuple[np.ndarray, np.ndarray, list[Lesion]]:
+    chest = _draw_chest(np.random.default_rng([seed, 0]))
+    mrng = np.random.default_rng([seed, 3])
+    mdraw = {m: mrng.random(8) for m in CTPA_MIMICS}
+    artery_hu = chest.artery_hu
+    if "poor_contrast" in spec.mimics:
+        artery_hu = 120.0 + 80.0 * float(mdraw["poor_contrast"][0])
+    aorta_hu = (
+        min(chest.aorta_hu, artery_hu + 60.0) if "poor_contrast" in spec.mimics else chest.aorta_hu
+    )
+    vol = np.full(g.shape, AIR_HU, dtype=np.float32)
     a, b = chest.body_axes
     t = chest.fat_thickness
-    vol[_extrude(g, (g.x / a) ** 2 + (g.y / b) ** 2 <= 1.0)] = -100.0
-    vol[_extrude(g, (g.x / (a - t)) ** 2 + (g.y / (b - t)) ** 2 <= 1.0)] = chest.soft_hu
-
-
-def _paint_spine(vol: np.ndarray, g: _Grid) -> None:
-    """Vertebral body (cortex ~900 HU, cancellous ~400 HU) with the spinal canal behind."""
-    body = _tube(g, (0.0, 72.0), (0.0, 0.0), 19.0)
-    vol[body] = 900.0
-    vol[_tube(g, (0.0, 72.0), (0.0, 0.0), 16.0)] = 400.0
-    vol[_tube(g, (0.0, 100.0), (0.0, 0.0), 8.0)] = 15.0
-
-
-def _paint_lungs(vol: np.ndarray, g: _Grid, chest: _Chest) -> np.ndarray:
+    zf = np.clip(1.0 - ((g.z - 20.0) / 260.0) ** 2, 0.6, 1.0)  # body narrows toward the top
+    body = (g.x / (a * zf)) ** 2 + (g.y / b) ** 2 <= 1.0
+    vol[np.broadcast_to(body, g.shape)] = -100.0
+    muscle = (g.x / (a * zf - t)) ** 2 + (g.y / (b - t)) ** 2 <= 1.0
+    vol[np.broadcast_to(muscle, g.shape)] = 55.0
+    inner = (g.x / (a * zf - t - 12.0)) ** 2 + (g.y / (b - t - 12.0)) ** 2 <= 1.0
+    vol[np.broadcast_to(inner, g.shape)] = chest.soft_hu
+    # Ribs in the chest wall, sternum, vertebra and canal.
+    for k in range(18):
+        ang = 2 * math.pi * (k + 0.5) / 18
+        if abs(math.sin(ang)) > 0.97:
+            continue
+        rx, ry = (a * 0.97 - t - 6.0) * math.cos(ang), (b - t - 6.0) * math.sin(ang)
+        for zc in np.arange(-110.0, 100.0, 28.0):
+            hit = _ellipsoid_in(g, (rx, ry, zc + 8.0 * math.cos(ang)), (6.0, 6.0, 7.0), ang)
+            if hit:
+                vol[hit[0]][hit[1]] = 700.0
+    vol[np.broadcast_to((g.x / 12.0) ** 2 + ((g.y + b - t - 4.0) / 5.0) ** 2 <= 1.0, g.shape)] = (
+        600.0
+    )
+    vol[np.broadcast_to(g.x**2 + (g.y - 72.0) ** 2 <= 19.0**2, g.shape)] = 900.0
+    vol[np.broadcast_to(g.x**2 + (g.y - 72.0) ** 2 <= 16.0**2, g.shape)] = 400.0
+    vol[np.broadcast_to(g.x**2 + (g.y - 100.0) ** 2 <= 8.0**2, g.shape)] = 15.0
+    # Lungs, tapering to the apices and the bases.
     la, lb = chest.lung_axes
-    mask = np.zeros(g.shape, dtype=bool)
+    lz = np.sqrt(np.clip(1.0 - ((g.z + 5.0) / 120.0) ** 2, 0.0, None))
+    lungs = np.zeros(g.shape, dtype=bool)
     for lx in _LUNG_CENTRES:
-        mask |= _extrude(g, ((g.x - lx) / la) ** 2 + ((g.y - 5.0) / lb) ** 2 <= 1.0)
-    vol[mask] = chest.lung_hu
-    return mask
+        lungs |= ((g.x - lx) / (la * lz + 1e-3)) ** 2 + ((g.y - 5.0) / (lb * lz + 1e-3)) ** 2 <= 1.0
+    # Heart (lower, anterior, left) displaces lung.
+    heart_hit = _ellipsoid_in(g, (15.0, -25.0, -60.0), (58.0, 45.0, 48.0), 0.4)
+    heart = _full(g, *heart_hit) if heart_hit else np.zeros(g.shape, dtype=bool)
+    lungs &= ~heart
+    vol[lungs] = chest.lung_hu
+    vol[heart] = 40.0  # myocardium
+    for c, axes, hu in (
+        ((-5.0, -35.0, -60.0), (28.0, 22.0, 30.0), artery_hu * 0.95),  # RV/RA
+        ((30.0, -15.0, -62.0), (24.0, 22.0, 30.0), aorta_hu),
+    ):  # LV
+        hit = _ellipsoid_in(g, c, axes, 0.4)
+        if hit:
+            vol[hit[0]][hit[1] & heart[hit[0]]] = hu
+    # Systemic vessels: aorta (ascending, arch, descending) and SVC.
+    for p0, p1, r in (
+        ((-15.0, -20.0, -45.0), (-15.0, -20.0, 42.0), 15.0),
+        ((-15.0, -20.0, 42.0), (2.0, 15.0, 58.0), 13.0),
+        ((2.0, 15.0, 58.0), (20.0, 52.0, 45.0), 12.0),
+        ((20.0, 52.0, 45.0), (20.0, 55.0, -130.0), 11.0),
+    ):
+        _paint_capsule(vol, g, _Vessel(p0, p1, r, ""), aorta_hu)
+    svc_hu = artery_hu
+    if "dense_svc" in spec.mimics:
+        svc_hu = 700.0 + 900.0 * float(mdraw["dense_svc"][0])
+    _paint_capsule(vol, g, _Vessel((-38.0, -12.0, 110.0), (-36.0, -18.0, -5.0), 9.0, ""), svc_hu)
+    if "dense_svc" in spec.mimics:  # streaks from the dense contrast column
+        zmask = g.z > -5.0
+        s_ang = np.arctan2(g.y + 15.0, g.x + 37.0)
+        rr = np.hypot(g.y + 15.0, g.x + 37.0)
+        streak = 120.0 * np.sin(7.0 * s_ang + 6.0 * float(mdraw["dense_svc"][1])) * np.exp(-rr / 30.0)
+        vol += np.where(zmask & (rr > 10.0) & (vol > -200), streak, 0.0).astype(np.float32)
+    # Pulmonary arterial tree.
+    for v in chest.tree:
+        _paint_capsule(vol, g, v, artery_hu)
+    if "mixing_artefact" in spec.mimics:
+        mix = mdraw["mixing_artefact"]
+        for v in chest.tree[:3]:
+            cap = _capsule_in(g, v.p0, v.p1, v.radius)
+            if cap is None:
+                continue
+            box, m, _ = cap
+            x, y, z = _coords(g, box)
+            field_ = 0.5 + 0.5 * np.sin(0.35 * x + 6.0 * mix[0]) * np.sin(
+                0.3 * y + 6.0 * mix[1]
+            ) * np.cos(0.25 * z + 6.0 * mix[2])
+            f = 1.0 - (0.35 + 0.3 * float(mix[3])) * field_
+            sub = vol[box]
+            sub[m] = (chest.soft_hu + (artery_hu - chest.soft_hu) * f)[m]
+    if "hilar_nodes" in spec.mimics:
+        nd = mdraw["hilar_nodes"]
+        for k, (hx, hy, hz) in enumerate(_HILA):
+            for j in range(2):
+                ang = 2 * math.pi * float(nd[2 * k + j])
+                rad = 3.0 + 5.0 * float(nd[4 + k])
+                d = 10.0 + rad
+                centre = (hx + d * math.cos(ang) * 0.7, hy + d * math.sin(ang), hz - 8.0 + 16.0 * j)
+                hit = _ellipsoid_in(g, centre, (rad, rad * 1.2, rad), ang)
+                if hit:
+                    sub = vol[hit[0]]
+                    sub[hit[1] & (sub < 100.0)] = 45.0 + 10.0 * float(nd[6])
+    # Emboli.
+    lesion = np.zeros(g.shape, dtype=bool)
+    lesions: list[Lesion] = []
+    lrng = np.random.default_rng([seed, 2])
+    for i, level in enumerate(spec.subtypes):
+        zlo, zhi = float(g.z[0, 0, 0]), float(g.z[-1, 0, 0])
+        vessels = [
+            v
+            for v in chest.tree
+            if v.level == level
+            and min(v.p0[2], v.p1[2]) <= zhi - 3.0
+            and max(v.p0[2], v.p1[2]) >= zlo + 3.0
+        ]
+        vessels = vessels or [v for v in chest.tree if v.level == "central"]
+        v = vessels[int(lrng.integers(len(vessels)))]
+        frac = _u(lrng, 0.55, 1.0)
+        t0, t1 = sorted((_u(lrng, 0.0, 0.6), _u(lrng, 0.5, 1.0)))
+        t1 = max(t1, t0 + 0.3)
+        p0 = np.array(v.p0) + (np.array(v.p1) - np.array(v.p0)) * t0
+        p1 = np.array(v.p0) + (np.array(v.p1) - np.array(v.p0)) * min(t1, 1.0)
+        size = 2.0 * v.radius * frac if spec.size_mm is None or i else spec.size_mm
+        radius = min(size / 2.0, v.radius)
+        hu = _u(lrng, 20.0, 70.0)
+        clot = _capsule_in(g, list(p0), list(p1), radius)
+        m = np.zeros(g.shape, dtype=bool)
+        if clot:
+            vessel = _capsule_in(g, v.p0, v.p1, v.radius)
+            m = _full(g, clot[0], clot[1])
+            if vessel:
+                m &= _full(g, vessel[0], vessel[1])
+            vol[m] = hu
+        lesion |= m
+        lesions.append(_lesion(g, level, size, m))
+    return vol, lesion, lesions
 
 
-def _paint_arteries(vol: np.ndarray, g: _Grid, chest: _Chest) -> None:
-    """Contrast-filled vessels: aorta, main and hilar pulmonary arteries, lung branches."""
-    vol[_tube(g, (-18.0, -20.0), (0.0, 0.0), 15.0)] = chest.aorta_hu  # ascending aorta
-    vol[_tube(g, (22.0, 55.0), (0.0, 0.0), 11.0)] = chest.aorta_hu  # descending aorta
-    vol[_tube(g, (12.0, -38.0), (0.0, 0.0), 14.0)] = chest.artery_hu  # pulmonary trunk
-    for hx, hy, r in _HILAR:
-        vol[_tube(g, (hx, hy), (0.0, 0.0), r)] = chest.artery_hu
-    for x, y, dx, dy, r in chest.branches:
-        vol[_tube(g, (x, y), (dx, dy), r)] = chest.artery_hu
+# ------------------------------------------------------------------------- specs and rendering
 
 
-@dataclass(frozen=True)
-class _Embolus:
-    vessel: int  # index into _HILAR
-    offset: tuple[float, float]
-    radius: float
-    z_range: tuple[int, int]  # first and last slice index
-    hu: float
+def _z_positions(spec: PhantomSpec) -> np.ndarray:
+    """Slice centres (mm) of a study: head from the skull base upward; chest centred."""
+    n, t = spec.n_slices, spec.slice_thickness
+    z0 = -(n * t) / 3.0 if spec.task == "ich" else -(n * t) / 2.0
+    return (z0 + np.arange(n) * t).astype(np.float32)
 
 
-def _draw_embolus(rng: np.random.Generator, g: _Grid) -> _Embolus:
-    vessel = int(rng.integers(len(_HILAR)))
-    r = _HILAR[vessel][2]
-    n = g.shape[0]
-    length = int(min(n, max(3, round(rng.uniform(15.0, 30.0) / g.thickness))))
-    first = int(rng.integers(0, n - length + 1))
-    return _Embolus(
-        vessel=vessel,
-        offset=(rng.uniform(-0.2, 0.2) * r, rng.uniform(-0.2, 0.2) * r),
-        radius=rng.uniform(0.45, 0.65) * r,
-        z_range=(first, first + length - 1),
-        hu=rng.uniform(30.0, 50.0),
+def render(spec: PhantomSpec, seed: int, g: _Grid) -> tuple[np.ndarray, np.ndarray, list[Lesion]]:
+    """Noise-free HU volume, lesion mask and lesions of ``spec`` on grid ``g``."""
+    if spec.task == "ich":
+        vol, mask, lesions = _render_head(spec, seed, g)
+    else:
+        vol, mask, lesions = _render_chest(spec, seed, g)
+    vol += np.float32(SCANNERS[spec.scanner][3])
+    return vol, mask, lesions
+
+
+def _noise_sigma(spec: PhantomSpec) -> float:
+    return spec.noise_hu * SCANNERS[spec.scanner][2]
+
+
+def _coarse_noise(spec: PhantomSpec, seed: int, n: int, cells: int) -> np.ndarray:
+    """Correlated noise component: white on a ``cells`` x ``cells`` in-plane grid (the model
+    grid), 0.3 x the per-pixel sigma; shared by the DICOM and in-memory paths."""
+    rng = np.random.default_rng([seed, 1, 1])
+    return rng.standard_normal((n, cells, cells), dtype=np.float32) * np.float32(
+        0.3 * _noise_sigma(spec)
     )
 
 
-def _paint_embolus(vol: np.ndarray, g: _Grid, emb: _Embolus) -> np.ndarray:
-    """A filling defect (clot, ~40 HU) inside a contrast-filled hilar pulmonary artery."""
-    hx, hy, _ = _HILAR[emb.vessel]
-    mask = _tube(g, (hx + emb.offset[0], hy + emb.offset[1]), (0.0, 0.0), emb.radius)
-    mask[: emb.z_range[0]] = False
-    mask[emb.z_range[1] + 1 :] = False
-    vol[mask] = emb.hu
-    return mask
+def draw_spec(task: Task, rng: np.random.Generator, *, positive: bool) -> PhantomSpec:
+    """A random, varied study: thickness, FOV, noise, scanner, lesion kinds, mimics."""
+    scanner = int(rng.integers(len(SCANNERS)))
+    if task == "ich":
+        thickness = float(rng.choice([1.25, 2.5, 3.0, 5.0]))
+        coverage = _u(rng, 120.0, 150.0)
+        fov = _u(rng, 200.0, 250.0)
+        noise = _u(rng, 3.0, 8.0)
+        kinds: tuple[str, ...] = HEMORRHAGE_SUBTYPES
+        mimic_p = 0.3
+        mimics = tuple(m for m in HEAD_MIMICS if rng.random() < mimic_p)
+    else:
+        thickness = float(rng.choice([1.0, 1.25, 2.0, 2.5]))
+        coverage = _u(rng, 180.0, 230.0)
+        fov = _u(rng, 320.0, 400.0)
+        noise = _u(rng, 6.0, 14.0)
+        kinds = EMBOLUS_LEVELS
+        mimics = tuple(
+            m for m, p in zip(CTPA_MIMICS, (0.3, 0.3, 0.15, 0.2), strict=True) if rng.random() < p
+        )
+        if positive:  # poor timing is a negative-only case (input checks handle it)
+            mimics = tuple(m for m in mimics if m != "poor_contrast")
+    subtypes: tuple[str, ...] = ()
+    if positive:
+        if task == "pe":
+            weights = np.array([0.25, 0.3, 0.3, 0.15])
+        else:
+            weights = np.full(len(kinds), 1.0 / len(kinds))
+        first = str(rng.choice(kinds, p=weights))
+        subtypes = (first,)
+        if rng.random() < 0.2:
+            subtypes = (first, str(rng.choice(kinds, p=weights)))
+    n = max(8, round(coverage / thickness))
+    return PhantomSpec(
+        task=task,
+        label=positive,
+        subtypes=subtypes,
+        mimics=mimics,
+        n_slices=n,
+        slice_thickness=thickness,
+        fov_mm=round(fov, 1),
+        noise_hu=round(noise, 2),
+        scanner=scanner,
+    )
 
 
-def ctpa_volume(
-    rng: np.random.Generator, g: _Grid, *, embolus: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """A CT pulmonary angiogram volume in HU and the embolus mask (all False without)."""
-    chest = _draw_chest(rng)
-    emb = _draw_embolus(rng, g)
-    vol = np.full(g.shape, AIR_HU, dtype=np.float32)
-    _paint_body(vol, g, chest)
-    _paint_lungs(vol, g, chest)
-    _paint_spine(vol, g)
-    _paint_arteries(vol, g, chest)
-    lesion = np.zeros(g.shape, dtype=bool)
-    if embolus:
-        lesion = _paint_embolus(vol, g, emb)
-    _add_noise(vol, rng, chest.noise_sigma)
-    return vol, lesion
+def spec_set(task: Task, seeds: Sequence[int], positive_fraction: float = 0.3) -> list[PhantomSpec]:
+    """Specs for ``seeds`` (one each, drawn from the seed): positives evenly spread at
+    ``positive_fraction``; the j-th positive's (first) lesion kind and the j-th negative's
+    added mimic go round robin, so every kind and mimic is represented."""
+    specs = []
+    kinds = HEMORRHAGE_SUBTYPES if task == "ich" else EMBOLUS_LEVELS
+    mimics = HEAD_MIMICS if task == "ich" else CTPA_MIMICS
+    n_pos = n_neg = 0
+    for i, seed in enumerate(seeds):
+        rng = np.random.default_rng([seed, 9])
+        positive = math.floor((i + 1) * positive_fraction) > math.floor(i * positive_fraction)
+        spec = draw_spec(task, rng, positive=positive)
+        if positive:
+            spec = replace(spec, subtypes=(kinds[n_pos % len(kinds)], *spec.subtypes[1:]))
+            n_pos += 1
+        else:
+            extra = mimics[n_neg % len(mimics)]
+            spec = replace(spec, mimics=tuple(m for m in mimics if m in spec.mimics or m == extra))
+            n_neg += 1
+        specs.append(spec)
+    return specs
+
+
+# ------------------------------------------------------------------------- in-memory path
+
+
+def model_sample(
+    spec: PhantomSpec,
+    seed: int,
+    shape: tuple[int, int, int] = MODEL_SHAPE,
+    supersample: int = 2,
+) -> ModelSample:
+    """The study of ``spec``/``seed`` on the model grid, without writing DICOM.
+
+    Only the acquisition slices that :func:`triage.inference.volume.resample` interpolates
+    between are painted (at ``supersample`` x the model's in-plane resolution, then
+    block-averaged); noise is added as it is after the engine's 4 x 4 area average of a 512
+    matrix (per-pixel sigma x 128/512, plus the shared coarse component).
+    """
+    from triage.inference.volume import Volume, resample, z_sample_positions
+
+    nz, ny, nx = shape
+    if ny != nx:
+        raise ValueError("the in-memory path needs a square in-plane model grid")
+    z_all = _z_positions(spec)
+    probe = Volume(
+        hu=np.zeros((len(z_all), 1, 1), np.float32),
+        z_positions=z_all.astype(np.float64),
+        pixel_spacing=(1.0, 1.0),
+        slice_thickness=spec.slice_thickness,
+        series_uid="",
+    )
+    targets = z_sample_positions(probe, nz)
+    upper = np.clip(np.searchsorted(z_all, targets, side="right"), 1, len(z_all) - 1)
+    needed = np.unique(np.concatenate([upper - 1, upper]))
+    g = _Grid.at(nx * supersample, spec.fov_mm, z_all[needed], spec.slice_thickness)
+    vol, mask, lesions = render(spec, seed, g)
+    s = supersample
+    k = len(needed)
+    vol = vol.reshape(k, ny, s, nx, s).mean(axis=(2, 4))
+    frac = mask.reshape(k, ny, s, nx, s).mean(axis=(2, 4), dtype=np.float32)
+    rng = np.random.default_rng([seed, 1, 0])
+    sigma = _noise_sigma(spec) * nx / 512.0
+    vol += rng.standard_normal(vol.shape, dtype=np.float32) * np.float32(sigma)
+    vol += _coarse_noise(spec, seed, len(z_all), nx)[needed]
+    np.clip(np.rint(vol), HU_MIN, HU_MAX, out=vol)
+    zpos = z_all[needed].astype(np.float64)
+
+    def on_model_grid(a: np.ndarray) -> np.ndarray:
+        v = Volume(
+            hu=a.astype(np.float32),
+            z_positions=zpos,
+            pixel_spacing=(1.0, 1.0),
+            slice_thickness=spec.slice_thickness,
+            series_uid="",
+        )
+        return resample(v, shape)
+
+    # Lesion volumes are measured on the painting grid (model-size independent).
+    return ModelSample(
+        spec=spec,
+        seed=seed,
+        volume=on_model_grid(vol),
+        lesion=on_model_grid(frac),
+        lesions=tuple(lesions),
+    )
 
 
 # ------------------------------------------------------------------------- DICOM writing
@@ -403,6 +1077,7 @@ class _SeriesInfo:
     series_description: str
     body_part: str
     kernel: str
+    model_name: str
     when: datetime
     window: tuple[float, float]  # centre, width
     contrast_agent: str = ""
@@ -441,7 +1116,7 @@ def _slice_dataset(info: _SeriesInfo, g: _Grid, index: int, pixels: np.ndarray) 
     ds.StationName = "SYNTHCT01"
     ds.StudyDescription = info.study_description
     ds.SeriesDescription = info.series_description
-    ds.ManufacturerModelName = "PhantomScan 64"
+    ds.ManufacturerModelName = info.model_name
     ds.PatientName = f"SYNTHETIC^{info.patient_id}"
     ds.PatientID = info.patient_id
     ds.PatientBirthDate = ""
@@ -453,7 +1128,7 @@ def _slice_dataset(info: _SeriesInfo, g: _Grid, index: int, pixels: np.ndarray) 
     ds.SliceThickness = f"{g.thickness:g}"
     ds.KVP = "120"
     ds.DataCollectionDiameter = "500"
-    ds.SoftwareVersions = "triage-synth 1"
+    ds.SoftwareVersions = "triage-synth 2"
     ds.ReconstructionDiameter = f"{g.spacing * g.shape[2]:.1f}"
     ds.GantryDetectorTilt = "0"
     ds.TableHeight = "150"
@@ -513,6 +1188,119 @@ def _when(seed: int) -> datetime:
     return datetime(2025, 1, 1) + timedelta(minutes=(seed * 7919) % (365 * 24 * 60))
 
 
+def _dicom_volume(
+    spec: PhantomSpec, seed: int, size: int
+) -> tuple[np.ndarray, np.ndarray, _Grid, list[Lesion]]:
+    """The DICOM-path volume: painted at ``size`` x ``size``, white noise per pixel plus the
+    coarse component (shared with :func:`model_sample`) repeated over its cells."""
+    z = _z_positions(spec)
+    g = _Grid.at(size, spec.fov_mm, z, spec.slice_thickness)
+    vol, mask, lesions = render(spec, seed, g)
+    rng = np.random.default_rng([seed, 1, 0])
+    vol += rng.standard_normal(vol.shape, dtype=np.float32) * np.float32(_noise_sigma(spec))
+    cells = 128 if size % 128 == 0 else size
+    coarse = _coarse_noise(spec, seed, len(z), cells)
+    rep = size // cells
+    vol += np.repeat(np.repeat(coarse, rep, axis=1), rep, axis=2)
+    return vol, mask, g, lesions
+
+
+def _write_truth(
+    out_dir: Path, spec: PhantomSpec, seed: int, g: _Grid, mask: np.ndarray, lesions: list[Lesion]
+) -> tuple[Path, Path]:
+    """``truth.json`` and ``truth_mask.npz`` beside the series (never inside the DICOM)."""
+    truth = {
+        "note": f"{DISCLAIMER}; ground truth of the generator, not a reading",
+        "seed": seed,
+        "spec": asdict(spec),
+        "label": spec.label,
+        "subtypes": list(spec.subtypes),
+        "mimics": list(spec.mimics),
+        "lesions": [asdict(les) for les in lesions],
+        "lesion_volume_ml": float(sum(les.volume_ml for les in lesions)),
+        "lesion_size_mm": equivalent_diameter(sum(les.volume_ml for les in lesions)),
+        "lesion_instances": list(_slices_with(mask)),
+        "grid": {
+            "shape": list(g.shape),
+            "pixel_spacing_mm": g.spacing,
+            "slice_thickness_mm": g.thickness,
+            "z_mm": [float(v) for v in g.z[:, 0, 0]],
+        },
+        "scanner": SCANNERS[spec.scanner][0],
+    }
+    json_path = out_dir / "truth.json"
+    json_path.write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
+    mask_path = out_dir / "truth_mask.npz"
+    np.savez_compressed(
+        mask_path,
+        mask=np.packbits(mask, axis=None),
+        shape=np.array(mask.shape),
+        z_mm=g.z[:, 0, 0].astype(np.float64),
+    )
+    return json_path, mask_path
+
+
+def read_truth_mask(path: Path) -> np.ndarray:
+    """The boolean lesion mask [z, y, x] (DICOM grid, InstanceNumber order) of
+    ``truth_mask.npz``."""
+    with np.load(path) as f:
+        shape = tuple(int(v) for v in f["shape"])
+        return np.unpackbits(f["mask"], count=int(np.prod(shape))).astype(bool).reshape(shape)
+
+
+def write_study(
+    out_dir: Path,
+    spec: PhantomSpec,
+    *,
+    seed: int,
+    patient_id: str,
+    accession: str,
+    study_uid: str | None = None,
+    size: int = 512,
+) -> SyntheticStudy:
+    """Write the study of ``spec`` as a DICOM series into ``out_dir`` with its ground truth
+    beside it (``truth.json``, ``truth_mask.npz``). Files are ``<accession>_<instance>.dcm``."""
+    out = Path(out_dir)
+    vol, mask, g, lesions = _dicom_volume(spec, seed, size)
+    head = spec.task == "ich"
+    entropy = ("head" if head else "ctpa", seed, patient_id, accession)
+    study = study_uid or _uid(*entropy, "study")
+    model_name, kernel, _, _ = SCANNERS[spec.scanner]
+    t = spec.slice_thickness
+    info = _SeriesInfo(
+        study_uid=study,
+        series_uid=_uid(*entropy, study, "series"),
+        frame_uid=_uid(*entropy, study, "frame"),
+        uid_entropy=(*entropy, study),
+        patient_id=patient_id,
+        accession=accession,
+        study_description=HEAD_DESCRIPTION if head else CTPA_DESCRIPTION,
+        series_description=f"AXIAL {t:g}MM BRAIN" if head else f"CTA {t:g}MM PE",
+        body_part="HEAD" if head else "CHEST",
+        kernel=kernel,
+        model_name=model_name,
+        when=_when(seed),
+        window=(40.0, 80.0) if head else (100.0, 700.0),
+        contrast_agent="" if head else "IOHEXOL 350 MG/ML",
+    )
+    files = _write_series(vol, g, info, out)
+    truth_json, truth_mask = _write_truth(out, spec, seed, g, mask, lesions)
+    return SyntheticStudy(
+        study_uid=info.study_uid,
+        series_uid=info.series_uid,
+        accession=accession,
+        patient_id=patient_id,
+        files=files,
+        label=spec.label,
+        description=info.study_description,
+        lesion_instances=_slices_with(mask),
+        subtypes=spec.subtypes,
+        mimics=spec.mimics,
+        truth_json=truth_json,
+        truth_mask=truth_mask,
+    )
+
+
 # ------------------------------------------------------------------------- public API
 
 
@@ -527,45 +1315,43 @@ def write_head_ct(
     n_slices: int = 24,
     slice_thickness: float = 5.0,
     size: int = 512,
+    subtype: str = "intraparenchymal",
+    lesion_size_mm: float | None = None,
+    mimics: Sequence[str] = (),
+    fov_mm: float = 230.0,
+    noise_hu: float = 5.0,
 ) -> SyntheticStudy:
     """Write a non-contrast axial head CT series into ``out_dir``; ``label`` = ``hemorrhage``.
 
-    Anatomy: scalp, cortical skull (>1000 HU) with diploe, CSF rim, grey (~38 HU) and white
-    (~29 HU) matter, lateral ventricles (~5 HU), air (-1000 HU), Gaussian noise 4-6 HU.
-    ``hemorrhage=True`` adds an acute intraparenchymal bleed (60-75 HU, 1.2-2.8 cm across,
-    over several slices). Files are named ``<accession>_<instance>.dcm``.
+    Anatomy: scalp, cortical skull (>1000 HU) with diploe and skull base, CSF rim and sulci,
+    grey (~38 HU) and white (~29 HU) matter, deep grey nuclei, falx, basal cisterns, lateral
+    and third ventricles (~5 HU), air (-1000 HU), noise ~``noise_hu`` HU per pixel.
+    ``hemorrhage=True`` adds an acute bleed of ``subtype`` (default: intraparenchymal,
+    12-28 mm, clearly visible); ``mimics`` adds look-alikes (:data:`HEAD_MIMICS`). The
+    ground truth is written beside the series (``truth.json``, ``truth_mask.npz``).
     """
-    rng = np.random.default_rng(seed)
-    # Slices from skull base upward; the head centre sits a third of the way up the series.
-    z0 = -(n_slices * slice_thickness) / 3.0
-    g = _Grid.axial(size, 230.0, n_slices, slice_thickness, z0)
-    vol, lesion = head_volume(rng, g, hemorrhage=hemorrhage)
-    entropy = ("head", seed, patient_id, accession)
-    study = study_uid or _uid(*entropy, "study")
-    info = _SeriesInfo(
-        study_uid=study,
-        series_uid=_uid(*entropy, study, "series"),
-        frame_uid=_uid(*entropy, study, "frame"),
-        uid_entropy=(*entropy, study),
-        patient_id=patient_id,
-        accession=accession,
-        study_description=HEAD_DESCRIPTION,
-        series_description=f"AXIAL {slice_thickness:g}MM BRAIN",
-        body_part="HEAD",
-        kernel="STANDARD",
-        when=_when(seed),
-        window=(40.0, 80.0),
-    )
-    files = _write_series(vol, g, info, Path(out_dir))
-    return SyntheticStudy(
-        study_uid=info.study_uid,
-        series_uid=info.series_uid,
-        accession=accession,
-        patient_id=patient_id,
-        files=files,
+    size_mm = lesion_size_mm
+    if hemorrhage and size_mm is None and subtype == "intraparenchymal":
+        size_mm = float(np.random.default_rng([seed, 5]).uniform(14.0, 28.0))
+    spec = PhantomSpec(
+        task="ich",
         label=hemorrhage,
-        description=HEAD_DESCRIPTION,
-        lesion_instances=_slices_with(lesion),
+        subtypes=(subtype,) if hemorrhage else (),
+        mimics=tuple(mimics),
+        n_slices=n_slices,
+        slice_thickness=slice_thickness,
+        fov_mm=fov_mm,
+        noise_hu=noise_hu,
+        size_mm=size_mm,
+    )
+    return write_study(
+        out_dir,
+        spec,
+        seed=seed,
+        patient_id=patient_id,
+        accession=accession,
+        study_uid=study_uid,
+        size=size,
     )
 
 
@@ -580,42 +1366,36 @@ def write_ctpa(
     n_slices: int = 40,
     slice_thickness: float = 2.5,
     size: int = 512,
+    level: str = "central",
+    mimics: Sequence[str] = (),
+    fov_mm: float = 380.0,
+    noise_hu: float = 8.0,
 ) -> SyntheticStudy:
     """Write a CT pulmonary angiogram series into ``out_dir``; ``label`` = ``embolus``.
 
-    Anatomy: subcutaneous fat, soft tissue/mediastinum (~40 HU), lungs (~-850 HU), vertebra,
-    contrast-filled aorta (~250 HU) and pulmonary arteries (~300 HU), noise 5-8 HU.
-    ``embolus=True`` adds a filling defect (30-50 HU) inside a hilar pulmonary artery over
-    1.5-3 cm of z. ContrastBolusAgent is set.
+    Anatomy: chest wall (fat, muscle, ribs, sternum), lungs (~-850 HU), mediastinum
+    (~40 HU), heart with enhanced right and left chambers, aorta (ascending, arch,
+    descending), SVC, vertebra, and a branching contrast-filled pulmonary arterial tree
+    (250-450 HU, central to subsegmental). ``embolus=True`` adds a filling defect (20-70 HU)
+    at ``level`` (default: central, clearly visible); ``mimics`` adds look-alikes
+    (:data:`CTPA_MIMICS`). ContrastBolusAgent is set. Ground truth beside the series.
     """
-    rng = np.random.default_rng(seed)
-    g = _Grid.axial(size, 380.0, n_slices, slice_thickness, -(n_slices * slice_thickness) / 2)
-    vol, lesion = ctpa_volume(rng, g, embolus=embolus)
-    entropy = ("ctpa", seed, patient_id, accession)
-    study = study_uid or _uid(*entropy, "study")
-    info = _SeriesInfo(
-        study_uid=study,
-        series_uid=_uid(*entropy, study, "series"),
-        frame_uid=_uid(*entropy, study, "frame"),
-        uid_entropy=(*entropy, study),
-        patient_id=patient_id,
-        accession=accession,
-        study_description=CTPA_DESCRIPTION,
-        series_description=f"CTA {slice_thickness:g}MM PE",
-        body_part="CHEST",
-        kernel="SOFT",
-        when=_when(seed),
-        window=(100.0, 700.0),
-        contrast_agent="IOHEXOL 350 MG/ML",
-    )
-    files = _write_series(vol, g, info, Path(out_dir))
-    return SyntheticStudy(
-        study_uid=info.study_uid,
-        series_uid=info.series_uid,
-        accession=accession,
-        patient_id=patient_id,
-        files=files,
+    spec = PhantomSpec(
+        task="pe",
         label=embolus,
-        description=CTPA_DESCRIPTION,
-        lesion_instances=_slices_with(lesion),
+        subtypes=(level,) if embolus else (),
+        mimics=tuple(mimics),
+        n_slices=n_slices,
+        slice_thickness=slice_thickness,
+        fov_mm=fov_mm,
+        noise_hu=noise_hu,
+    )
+    return write_study(
+        out_dir,
+        spec,
+        seed=seed,
+        patient_id=patient_id,
+        accession=accession,
+        study_uid=study_uid,
+        size=size,
     )

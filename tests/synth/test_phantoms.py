@@ -1,0 +1,209 @@
+"""Invariants of the phantom anatomy, of every lesion kind and mimic, of the varied specs, and
+agreement of the in-memory model-grid path with DICOM -> load_volume -> resample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from triage.inference.volume import load_volume, resample
+from triage.synth import ct
+
+SMALL = 160  # in-plane matrix for fast noise-free renders
+
+
+def head_grid(n: int = 40, thickness: float = 3.0, size: int = SMALL) -> ct._Grid:
+    return ct._Grid.at(
+        size,
+        230.0,
+        ct._z_positions(ct.PhantomSpec("ich", False, n_slices=n, slice_thickness=thickness)),
+        thickness,
+    )
+
+
+def chest_grid(n: int = 60, thickness: float = 3.5, size: int = SMALL) -> ct._Grid:
+    spec = ct.PhantomSpec("pe", False, n_slices=n, slice_thickness=thickness, fov_mm=380.0)
+    return ct._Grid.at(size, 380.0, ct._z_positions(spec), thickness)
+
+
+def test_head_tissues_noise_free() -> None:
+    g = head_grid()
+    head = ct._draw_head(np.random.default_rng([4, 0]))
+    c = ct._HeadCanvas(g, head)
+    vol = c.vol
+    assert np.allclose(vol[c.white & ~c.ventricles & (vol < 50)].mean(), head.white_hu, atol=3)
+    assert 25 <= head.white_hu < head.grey_hu <= 41  # grey brighter than white
+    assert np.all(np.abs(vol[c.ventricles] - head.csf_hu) < 1e-3)
+    assert 0 < head.csf_hu < 10
+    assert c.sulci.any() and c.cistern.any() and c.falx.any()
+    assert vol.max() > 1000 and (vol == ct.AIR_HU).any()  # bone and air
+    assert (vol[c.inside] < 2000).all()
+
+
+@pytest.mark.parametrize("kind", ct.HEMORRHAGE_SUBTYPES)
+def test_every_hemorrhage_kind(kind: str) -> None:
+    g = head_grid()
+    spec = ct.PhantomSpec(
+        "ich", True, subtypes=(kind,), size_mm=10.0, n_slices=40, slice_thickness=3.0
+    )
+    for seed in (1, 2, 3):
+        vol, mask, lesions = ct._render_head(spec, seed, g)
+        assert mask.any(), (kind, seed)
+        assert lesions[0].kind == kind and lesions[0].volume_ml > 0
+        blood = vol[mask]
+        assert blood.min() >= 45 and blood.max() <= 90, (kind, blood.min(), blood.max())
+        c = ct._HeadCanvas(g, ct._draw_head(np.random.default_rng([seed, 0])))
+        assert c.inside[mask].all()  # always intracranial
+        r = c.r_inner[mask]
+        if kind in ("subdural", "epidural"):  # against the inner table
+            assert r.max() > 0.95
+        if kind == "intraventricular":
+            assert c.ventricles[mask].all()
+        if kind == "subarachnoid":
+            assert (c.sulci | c.cistern)[mask].all()
+        if kind == "intraparenchymal":
+            assert r.max() < 1.0 and not c.ventricles[mask].any()
+
+
+def test_small_bleeds_down_to_a_few_mm() -> None:
+    g = ct._Grid.at(256, 230.0, np.arange(-20.0, 40.0, 1.25, dtype=np.float32), 1.25)
+    spec = ct.PhantomSpec("ich", True, subtypes=("intraparenchymal",), size_mm=3.0)
+    _, mask, lesions = ct._render_head(spec, 8, g)
+    assert mask.any()
+    assert ct.equivalent_diameter(lesions[0].volume_ml) < 6.0
+
+
+@pytest.mark.parametrize("mimic", ct.HEAD_MIMICS)
+def test_head_mimics_change_the_image_not_the_label(mimic: str) -> None:
+    g = head_grid()
+    plain, _, _ = ct._render_head(ct.PhantomSpec("ich", False), 5, g)
+    vol, mask, lesions = ct._render_head(ct.PhantomSpec("ich", False, mimics=(mimic,)), 5, g)
+    assert not mask.any() and lesions == []
+    changed = vol != plain
+    assert changed.any()
+    if mimic.endswith("calcification"):
+        assert vol[changed].max() >= 100  # calcium, brighter than blood
+    if mimic == "beam_hardening":
+        assert vol[changed].max() - plain[changed].max() > 5 or (vol[changed] > 50).any()
+
+
+def test_chest_anatomy_and_contrast() -> None:
+    g = chest_grid()
+    vol, _, _ = ct._render_chest(ct.PhantomSpec("pe", False), 3, g)
+    chest = ct._draw_chest(np.random.default_rng([3, 0]))
+    assert 250 <= chest.artery_hu <= 450
+    levels = {v.level for v in chest.tree}
+    assert set(ct.EMBOLUS_LEVELS) <= levels
+    assert (vol == ct.AIR_HU).any() and (np.abs(vol - chest.lung_hu) < 1e-3).mean() > 0.1
+    assert (np.abs(vol - chest.artery_hu) < 1e-3).sum() > 1000  # contrast-filled tree
+    assert (vol >= 600).any()  # ribs / spine
+
+
+@pytest.mark.parametrize("level", ct.EMBOLUS_LEVELS)
+def test_emboli_at_every_level_are_filling_defects(level: str) -> None:
+    g = chest_grid(thickness=2.0, n=100, size=256)
+    spec = ct.PhantomSpec("pe", True, subtypes=(level,), n_slices=100, slice_thickness=2.0)
+    neg, _, _ = ct._render_chest(ct.PhantomSpec("pe", False), 6, g)
+    vol, mask, lesions = ct._render_chest(spec, 6, g)
+    assert mask.any() and lesions[0].kind == level
+    assert (vol[mask] >= 20).all() and (vol[mask] <= 70).all()
+    assert neg[mask].min() >= 250  # inside a contrast-filled artery
+    assert not (vol != neg)[~mask].any()
+
+
+def test_ctpa_mimics() -> None:
+    g = chest_grid()
+    plain, _, _ = ct._render_chest(ct.PhantomSpec("pe", False), 2, g)
+    chest = ct._draw_chest(np.random.default_rng([2, 0]))
+    poor, m, _ = ct._render_chest(ct.PhantomSpec("pe", False, mimics=("poor_contrast",)), 2, g)
+    assert not m.any() and poor.max() < plain.max() + 1
+    assert not (np.abs(poor - chest.artery_hu) < 1e-3).any()
+    mix, _, _ = ct._render_chest(ct.PhantomSpec("pe", False, mimics=("mixing_artefact",)), 2, g)
+    changed = mix != plain
+    assert changed.any() and mix[changed].min() > 100  # dimmer than the artery, not clot-dark
+    nodes, _, _ = ct._render_chest(ct.PhantomSpec("pe", False, mimics=("hilar_nodes",)), 2, g)
+    assert ((nodes != plain) & (nodes > 40) & (nodes < 60)).any()
+    svc, _, _ = ct._render_chest(ct.PhantomSpec("pe", False, mimics=("dense_svc",)), 2, g)
+    assert svc.max() > 650
+
+
+def test_spec_validation() -> None:
+    with pytest.raises(ValueError):
+        ct.PhantomSpec("ich", True)  # positive without a kind
+    with pytest.raises(ValueError):
+        ct.PhantomSpec("ich", True, subtypes=("central",))
+    with pytest.raises(ValueError):
+        ct.PhantomSpec("pe", False, mimics=("motion",))
+
+
+@pytest.mark.parametrize("task", ["ich", "pe"])
+def test_spec_set_covers_every_kind_and_mimic(task: ct.Task) -> None:
+    specs = ct.spec_set(task, list(range(100, 300)), 0.3)
+    pos = [s for s in specs if s.label]
+    assert 0.28 <= len(pos) / len(specs) <= 0.32
+    kinds = ct.HEMORRHAGE_SUBTYPES if task == "ich" else ct.EMBOLUS_LEVELS
+    mimics = ct.HEAD_MIMICS if task == "ich" else ct.CTPA_MIMICS
+    assert {k for s in pos for k in s.subtypes} == set(kinds)
+    assert {m for s in specs if not s.label for m in s.mimics} == set(mimics)
+    assert len({s.slice_thickness for s in specs}) >= 3
+    assert len({s.scanner for s in specs}) == len(ct.SCANNERS)
+    assert len({round(s.fov_mm) for s in specs}) > 20
+    assert specs == ct.spec_set(task, list(range(100, 300)), 0.3)  # deterministic
+
+
+def test_model_sample_shape_and_truth() -> None:
+    spec = ct.PhantomSpec("ich", True, subtypes=("epidural",), n_slices=30, slice_thickness=5.0)
+    s = ct.model_sample(spec, 12)
+    assert s.volume.shape == s.lesion.shape == ct.MODEL_SHAPE
+    assert s.volume.dtype == np.float32 and s.volume.min() >= -1024 and s.volume.max() <= 3071
+    assert s.lesion.min() >= 0 and s.lesion.max() <= 1 and s.lesion.max() > 0.5
+    assert s.label and s.lesion_size_mm > 5
+    neg = ct.model_sample(ct.PhantomSpec("ich", False, n_slices=30, slice_thickness=5.0), 12)
+    assert neg.lesion.max() == 0 and neg.lesion_size_mm == 0
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ct.PhantomSpec(
+            "ich",
+            True,
+            subtypes=("intraparenchymal",),
+            size_mm=18.0,
+            n_slices=16,
+            slice_thickness=5.0,
+            noise_hu=6.0,
+        ),
+        ct.PhantomSpec(
+            "pe",
+            True,
+            subtypes=("central",),
+            n_slices=16,
+            slice_thickness=8.0,
+            fov_mm=360.0,
+            noise_hu=10.0,
+        ),
+    ],
+    ids=["head", "ctpa"],
+)
+def test_in_memory_path_matches_dicom_path(spec: ct.PhantomSpec, tmp_path: Path) -> None:
+    """Same spec and seed: the model-grid volume of the in-memory path agrees statistically
+    with writing DICOM, loading it and resampling it as the engine does."""
+    study = ct.write_study(tmp_path, spec, seed=21, patient_id="P", accession="A")
+    via_dicom = resample(load_volume(study.files))
+    mem = ct.model_sample(spec, 21)
+    a, b = via_dicom, mem.volume
+    assert a.shape == b.shape
+    assert abs(float(a.mean()) - float(b.mean())) < 3.0
+    assert np.median(np.abs(a - b)) < 3.0  # same anatomy voxel by voxel, up to noise
+    soft = (a > 0) & (a < 80) & (b > 0) & (b < 80)
+    assert abs(float(a[soft].std()) - float(b[soft].std())) < 1.5  # same noise after averaging
+    lesion = mem.lesion > 0.9
+    assert lesion.sum() > 10
+    assert abs(float(np.median(a[lesion])) - float(np.median(b[lesion]))) < 10.0
+    dicom_ml = ct.read_truth_mask(study.truth_mask).sum()  # type: ignore[arg-type]
+    dicom_ml = dicom_ml * (spec.fov_mm / 512) ** 2 * spec.slice_thickness / 1000
+    mem_ml = sum(les.volume_ml for les in mem.lesions)
+    assert abs(dicom_ml - mem_ml) / mem_ml < 0.1

@@ -1,0 +1,50 @@
+"""config.pbtxt written by training: three outputs, the engine contract still holds, other
+parameters (input checks) kept, and the stock onnxruntime-backend example is valid."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from triage.inference.contract import load_contract
+from triage.training.export import read_threshold, write_config
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.mark.parametrize("name", ["ich", "pe"])
+def test_rewrite_keeps_contract_and_parameters(name: str, tmp_path: Path) -> None:
+    before = load_contract(MODELS / name / "config.pbtxt")
+    shutil.copy(MODELS / name / "config.pbtxt", tmp_path / "config.pbtxt")
+    model_dir = tmp_path / name
+    model_dir.mkdir()
+    shutil.move(tmp_path / "config.pbtxt", model_dir / "config.pbtxt")
+    write_config(model_dir, 0.3125)
+    after = load_contract(model_dir / "config.pbtxt")
+    assert read_threshold(model_dir) == after.threshold == 0.3125
+    assert after.backend == "python" and after.max_batch_size == before.max_batch_size
+    assert [o.name for o in after.outputs] == ["probability", "slice_probabilities", "localization"]
+    assert after.output("localization").dims == (16, 32, 32)
+    assert after.input_shape == (64, 128, 128)
+    for key, value in before.parameters.items():  # input-check parameters survive
+        if key not in ("threshold", "version", "description", "finding"):
+            assert after.parameters[key] == value
+    assert "synthetic phantoms" in after.description and "not for clinical use" in after.description
+    text = (model_dir / "config.pbtxt").read_text()
+    assert "dynamic_batching" in text and text.count("output [") == 1
+    ort = load_contract(model_dir / "config.onnxruntime.pbtxt.example")
+    assert ort.backend == "onnxruntime" and ort.threshold == 0.3125
+    assert (
+        'default_model_filename: "model.onnx"'
+        in (model_dir / "config.onnxruntime.pbtxt.example").read_text()
+    )
+    write_config(model_dir, 0.5)  # idempotent apart from the threshold
+    assert load_contract(model_dir / "config.pbtxt").outputs == after.outputs
+
+
+def test_config_from_scratch(tmp_path: Path) -> None:
+    write_config(tmp_path / "pe", 0.42)
+    c = load_contract(tmp_path / "pe" / "config.pbtxt")
+    assert c.name == "pe" and c.threshold == 0.42 and c.version.startswith("pe-")

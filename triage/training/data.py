@@ -1,0 +1,152 @@
+"""Training / tuning / validation data: synthetic phantoms on the model grid (in-memory path of
+:mod:`triage.synth.ct`), with the targets the networks learn.
+
+Seed ranges are disjoint by construction: training uses ``TRAIN_SEED0 + i``, operating-point
+tuning ``TUNE_SEED0 + i`` and the held-out validation ``VALID_SEED0 + i`` (``i`` < 1,000,000), so
+no validation study is ever seen in training. Synthetic phantoms; not for clinical use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from triage.synth.ct import MODEL_SHAPE, ModelSample, PhantomSpec, Task, model_sample, spec_set
+
+log = logging.getLogger(__name__)
+
+TRAIN_SEED0 = 1_000_000
+TUNE_SEED0 = 3_000_000
+VALID_SEED0 = 5_000_000
+LOC_SHAPE = (16, 32, 32)  # coarse localisation grid: model grid / 4 on each axis
+SLICE_TARGET_FRACTION = 0.1  # a model voxel with >= 10% lesion marks its slice / cell
+
+
+@dataclass
+class Dataset:
+    """Volumes (float16 HU, [N, 64, 128, 128]) and targets for one task."""
+
+    task: Task
+    seeds: np.ndarray  # int64 [N]
+    volumes: np.ndarray  # float16 [N, z, y, x]
+    labels: np.ndarray  # float32 [N]
+    slice_targets: np.ndarray  # float32 [N, z]
+    loc_targets: np.ndarray  # float32 [N, 16, 32, 32]
+    subtypes: list[tuple[str, ...]]
+    mimics: list[tuple[str, ...]]
+    lesion_size_mm: np.ndarray  # float32 [N]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def targets(lesion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(slice target [z], localisation target [z/4, y/4, x/4]) of a lesion-fraction map."""
+    hit = lesion >= SLICE_TARGET_FRACTION
+    slices = hit.any(axis=(1, 2)).astype(np.float32)
+    z, y, x = lesion.shape
+    cells = hit.reshape(
+        LOC_SHAPE[0],
+        z // LOC_SHAPE[0],
+        LOC_SHAPE[1],
+        y // LOC_SHAPE[1],
+        LOC_SHAPE[2],
+        x // LOC_SHAPE[2],
+    ).any(axis=(1, 3, 5))
+    return slices, cells.astype(np.float32)
+
+
+def _one(args: tuple[PhantomSpec, int]) -> ModelSample:
+    spec, seed = args
+    return model_sample(spec, seed, MODEL_SHAPE)
+
+
+def generate(
+    task: Task,
+    seed0: int,
+    n: int,
+    positive_fraction: float,
+    workers: int = 2,
+    cache_dir: Path | None = None,
+) -> Dataset:
+    """``n`` phantoms with seeds ``seed0 .. seed0 + n - 1`` (cached as .npy/.npz when
+    ``cache_dir`` is given: the same arguments load the same data)."""
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"{task}-{seed0}-{n}-{positive_fraction:g}"
+        if (cache / "meta.npz").is_file() and (cache / "volumes.npy").is_file():
+            return _load(task, cache)
+    seeds = list(range(seed0, seed0 + n))
+    specs = spec_set(task, seeds, positive_fraction)
+    volumes = np.zeros((n, *MODEL_SHAPE), dtype=np.float16)
+    labels = np.zeros(n, np.float32)
+    slice_t = np.zeros((n, MODEL_SHAPE[0]), np.float32)
+    loc_t = np.zeros((n, *LOC_SHAPE), np.float32)
+    sizes = np.zeros(n, np.float32)
+    subtypes: list[tuple[str, ...]] = []
+    mimics: list[tuple[str, ...]] = []
+    jobs = list(zip(specs, seeds, strict=True))
+    workers = max(1, min(workers, os.cpu_count() or 1))
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            samples = pool.map(_one, jobs, chunksize=4)
+            _fill(samples, volumes, labels, slice_t, loc_t, sizes, subtypes, mimics, n)
+    else:
+        _fill(map(_one, jobs), volumes, labels, slice_t, loc_t, sizes, subtypes, mimics, n)
+    ds = Dataset(
+        task, np.array(seeds, np.int64), volumes, labels, slice_t, loc_t, subtypes, mimics, sizes
+    )
+    if cache is not None:
+        _save(ds, cache)
+    return ds
+
+
+def _fill(samples, volumes, labels, slice_t, loc_t, sizes, subtypes, mimics, n) -> None:  # type: ignore[no-untyped-def]
+    for i, s in enumerate(samples):
+        volumes[i] = s.volume.astype(np.float16)
+        labels[i] = float(s.label)
+        slice_t[i], loc_t[i] = targets(s.lesion)
+        sizes[i] = s.lesion_size_mm
+        subtypes.append(s.spec.subtypes)
+        mimics.append(s.spec.mimics)
+        if (i + 1) % 100 == 0:
+            log.info("generated %d/%d phantoms", i + 1, n)
+
+
+def _save(ds: Dataset, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "volumes.npy", ds.volumes)
+    np.savez(
+        folder / "meta.npz",
+        seeds=ds.seeds,
+        labels=ds.labels,
+        slice_targets=ds.slice_targets,
+        loc_targets=ds.loc_targets,
+        lesion_size_mm=ds.lesion_size_mm,
+        subtypes=np.array(["|".join(s) for s in ds.subtypes]),
+        mimics=np.array(["|".join(m) for m in ds.mimics]),
+    )
+
+
+def _load(task: Task, folder: Path) -> Dataset:
+    meta = np.load(folder / "meta.npz")
+
+    def split(a: np.ndarray) -> list[tuple[str, ...]]:
+        return [tuple(x for x in str(v).split("|") if x) for v in a]
+
+    return Dataset(
+        task=task,
+        seeds=meta["seeds"],
+        volumes=np.load(folder / "volumes.npy", mmap_mode="r"),
+        labels=meta["labels"],
+        slice_targets=meta["slice_targets"],
+        loc_targets=meta["loc_targets"],
+        subtypes=split(meta["subtypes"]),
+        mimics=split(meta["mimics"]),
+        lesion_size_mm=meta["lesion_size_mm"],
+    )

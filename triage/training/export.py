@@ -1,0 +1,179 @@
+"""ONNX export of a trained detector and the Triton model configuration around it.
+
+The ONNX graph takes ``volume`` FP32 [B, 64, 128, 128] (HU) and answers ``probability``
+[B, 1], ``slice_probabilities`` [B, 64] and ``localization`` [B, 16, 32, 32], with a dynamic
+batch axis, so the same file serves from the Python backend (``1/model.py``, onnxruntime) and
+from a stock Triton ``onnxruntime`` backend (``config.onnxruntime.pbtxt.example``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from triage.training.data import LOC_SHAPE
+
+INPUT = "volume"
+OUTPUTS = ("probability", "slice_probabilities", "localization")
+FINDINGS = {"ich": "intracranial hemorrhage", "pe": "pulmonary embolism"}
+VERSION = "synthcnn-1.0"
+
+
+def export_onnx(net, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """Write ``net`` (a trained Detector) as ONNX (opset 17, dynamic batch)."""
+    import torch
+
+    from triage.training.nets import Exported
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = Exported(net).eval()
+    example = torch.zeros(1, 64, 128, 128)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=[INPUT],
+        output_names=list(OUTPUTS),
+        dynamic_axes={INPUT: {0: "batch"}, **{o: {0: "batch"} for o in OUTPUTS}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
+
+
+def _outputs_block() -> str:
+    z, y, x = LOC_SHAPE
+    return f"""output [
+  {{
+    name: "probability"
+    data_type: TYPE_FP32
+    dims: [ 1 ]
+  }},
+  {{
+    name: "slice_probabilities"
+    data_type: TYPE_FP32
+    dims: [ 64 ]
+  }},
+  {{
+    # coarse lesion map on [z/4, y/4, x/4] of the input grid, in [0, 1]
+    name: "localization"
+    data_type: TYPE_FP32
+    dims: [ {z}, {y}, {x} ]
+  }}
+]"""
+
+
+_HEADER = """# {name}: small CNN TRAINED ON SYNTHETIC PHANTOMS; NOT FOR CLINICAL USE.
+# Outputs, threshold, version and description are written by `triage models train`
+# (triage/training/export.py); the threshold is the operating point chosen on a tuning set
+# (models/{name}/README.md, docs/models.md). Other parameters (input checks) are kept.
+"""
+
+
+def _set_param(text: str, key: str, value: str) -> str:
+    pattern = re.compile(
+        r'(key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*")[^"]*(")'
+    )
+    if pattern.search(text):
+        return pattern.sub(lambda m: m.group(1) + value + m.group(2), text, count=1)
+    entry = f'  {{\n    key: "{key}"\n    value: {{ string_value: "{value}" }}\n  }}'
+    i = text.index("parameters [") + len("parameters [")
+    empty = text[i:].lstrip().startswith("]")
+    return text[:i] + "\n" + entry + ("" if empty else ",") + text[i:]
+
+
+def _replace_block(text: str, key: str, block: str) -> str:
+    """Replace the top-level ``key [ ... ]`` list (bracket-matched) with ``block``."""
+    start = re.search(r"^" + key + r"\s*\[", text, re.M)
+    if start is None:
+        return text.rstrip() + "\n" + block + "\n"
+    depth, i = 0, start.end() - 1
+    while i < len(text):
+        if text[i] == "[":
+            depth += 1
+        elif text[i] == "]":
+            depth -= 1
+            if depth == 0:
+                break
+        i += 1
+    return text[: start.start()] + block + text[i + 1 :]
+
+
+def config_text(
+    name: str, threshold: float, base: str | None = None, backend: str = "python"
+) -> str:
+    """config.pbtxt for model ``name``: ``base`` (the current file, whose other parameters
+    are kept) with the three outputs, threshold, version and description set."""
+    text = base if base is not None else _MINIMAL.format(name=name)
+    text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("# ")) + "\n"
+    text = _HEADER.format(name=name) + text.lstrip("\n")
+    text = _replace_block(text, "output", _outputs_block())
+    text = re.sub(r'^backend:\s*"[^"]*"\n(default_model_filename:[^\n]*\n)?', "", text, flags=re.M)
+    filename = 'default_model_filename: "model.onnx"\n' if backend == "onnxruntime" else ""
+    text = re.sub(
+        r'^(name:\s*"[^"]*"\n)',
+        lambda m: m.group(1) + f'backend: "{backend}"\n' + filename,
+        text,
+        count=1,
+        flags=re.M,
+    )
+    text = _set_param(text, "threshold", f"{threshold:.4f}")
+    text = _set_param(text, "version", f"{name}-{VERSION}")
+    text = _set_param(text, "finding", FINDINGS[name])
+    text = _set_param(
+        text, "description", "small 2.5D CNN trained on synthetic phantoms; not for clinical use"
+    )
+    return text
+
+
+_MINIMAL = """name: "{name}"
+backend: "python"
+max_batch_size: 4
+dynamic_batching {{
+  max_queue_delay_microseconds: 2000
+}}
+input [
+  {{
+    # Hounsfield units, slices ordered inferior -> superior, resampled to 64 x 128 x 128
+    name: "volume"
+    data_type: TYPE_FP32
+    dims: [ 64, 128, 128 ]
+  }}
+]
+output [
+]
+instance_group [
+  {{
+    kind: KIND_CPU
+    count: 1
+  }}
+]
+parameters [
+]
+"""
+
+
+def write_config(model_dir: Path, threshold: float) -> None:
+    """Update ``config.pbtxt`` (Python backend; other parameters kept) and write
+    ``config.onnxruntime.pbtxt.example`` (stock onnxruntime backend, same ONNX)."""
+    name = model_dir.name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    cfg = model_dir / "config.pbtxt"
+    base = cfg.read_text(encoding="utf-8") if cfg.is_file() else None
+    text = config_text(name, threshold, base)
+    cfg.write_text(text, encoding="utf-8")
+    (model_dir / "config.onnxruntime.pbtxt.example").write_text(
+        "# Stock Triton onnxruntime backend serving the same 1/model.onnx (e.g. on a GPU\n"
+        "# server: KIND_GPU). Use as config.pbtxt in a repository holding only 1/model.onnx.\n"
+        + config_text(name, threshold, text, "onnxruntime"),
+        encoding="utf-8",
+    )
+
+
+def read_threshold(model_dir: Path) -> float:
+    """The operating point stored in ``model_dir/config.pbtxt``."""
+    text = (model_dir / "config.pbtxt").read_text(encoding="utf-8")
+    m = re.search(r'key:\s*"threshold"\s*value:\s*\{\s*string_value:\s*"([0-9.eE+-]+)"', text)
+    if not m:
+        raise ValueError(f"no threshold in {model_dir / 'config.pbtxt'}")
+    return float(m.group(1))
