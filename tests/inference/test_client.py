@@ -161,3 +161,58 @@ def test_request_timeout_is_unavailable(protocol: str) -> None:
             with pytest.raises(TritonUnavailable):
                 c.infer("ich", head_ct())
             assert time.monotonic() - t0 < 10
+
+
+def test_warm_up_runs_each_model(triton: LocalTriton) -> None:
+    with _client(triton, "grpc", models_dir=MODELS_DIR) as c:
+        timings = c.warm_up(["ich", "pe"])
+    assert set(timings) == {"ich", "pe"} and all(0 < t < 30 for t in timings.values())
+
+
+def test_analyzer_with_real_triton_stores_a_key_image(triton: LocalTriton, tmp_path: Path) -> None:
+    """Placeholder models have no localisation output: key slice image, no overlay."""
+    from triage.inference.analyze import TritonAnalyzer
+    from triage.inference.keyimage import DISCLAIMER
+
+    from .png_decode import read_png
+
+    ct = pytest.importorskip("triage.synth.ct")
+    study = ct.write_head_ct(
+        tmp_path / "pos", hemorrhage=True, seed=11, patient_id="P", accession="A", size=256
+    )
+    analyzer = TritonAnalyzer(tmp_path / "data", MODELS_DIR)
+    with _client(triton, "grpc", models_dir=MODELS_DIR) as c:
+        analyzer.attach(c)
+        a = analyzer.analyze("ich", instance_rows(study.files))
+    assert a.status == "done" and a.model_version == "ich-placeholder-0.1/1"
+    rgb, text = read_png((tmp_path / "data" / a.key_image).read_bytes())
+    assert rgb.shape[1] == 256 and rgb.shape[0] > 256
+    assert DISCLAIMER in text["Description"] and "no localisation map" in text["Description"]
+
+
+def test_breaker_fails_fast_on_a_stopped_server(tmp_path: Path) -> None:
+    from triage.inference.breaker import CircuitBreaker, RetryPolicy
+
+    url = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    breaker = CircuitBreaker(failure_threshold=2, reset_seconds=60)
+    with InferenceClient(
+        url,
+        "grpc",
+        timeout=5,
+        models_dir=MODELS_DIR,
+        retry=RetryPolicy(2, 0.01, 0.02),
+        breaker=breaker,
+    ) as c:
+        with pytest.raises(TritonUnavailable):
+            c.infer("ich", head_ct())
+        assert breaker.state == "open"
+        t0 = time.monotonic()
+        with pytest.raises(TritonUnavailable, match="circuit breaker open"):
+            c.infer("ich", head_ct())
+        assert time.monotonic() - t0 < 0.5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
