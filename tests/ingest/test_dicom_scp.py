@@ -5,28 +5,42 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 from conftest import dcmtk, free_port
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    generate_uid,
+)
 from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlmodel import select
 
 from triage.config import Settings
 from triage.errors import ConfigError, StoreError
+from triage.inference.volume import load_volume
 from triage.ingest import dicom_scp
 from triage.ingest.dicom_scp import DicomListener
 from triage.store.db import Database
 from triage.store.models import Instance, Study
 from triage.synth import write_head_ct
+from triage.synth.ct import SyntheticStudy
 
 pytestmark = pytest.mark.integration
 
@@ -380,3 +394,357 @@ def test_start_stop_ready_and_port_in_use(tmp_path: Path) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
     db.dispose()
+
+
+# --------------------------------------------------------------------------- a 300-slice CT
+
+
+@pytest.fixture(scope="session")
+def ct300(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
+    """A 300-slice 512 x 512 head CT (0.625 mm), about 150 MB, written once per session."""
+    return write_head_ct(
+        tmp_path_factory.mktemp("ct300"),
+        hemorrhage=False,
+        seed=300,
+        patient_id="P300",
+        accession="A300",
+        n_slices=300,
+        slice_thickness=0.625,
+    )
+
+
+def _check_all_stored(run: Running, study: SyntheticStudy) -> None:
+    rows = instances(run)
+    assert len(rows) == len(study.files) == 300
+    assert sorted(r.instance_number or 0 for r in rows) == list(range(1, 301))
+    assert all((run.data_dir / r.path).stat().st_size == r.size_bytes for r in rows)
+    (st,) = studies(run)
+    assert st.instance_count == 300 and st.state == "receiving"
+    assert st.last_received_at == max(r.received_at for r in rows)
+    assert len(run.seen) == 300
+    # The files are what was sent, byte for byte after the file meta: no decode, no re-encode.
+    sent = study.files[137].read_bytes()
+    row = next(r for r in rows if r.instance_number == 138)
+    stored = (run.data_dir / row.path).read_bytes()
+    assert stored[-200_000:] == sent[-200_000:]
+    assert pydicom.dcmread(run.data_dir / row.path).file_meta.SourceApplicationEntityTitle == (
+        "TESTSCU"
+    )
+
+
+@pytest.mark.parametrize("associations", [1, 4])
+def test_storescu_300_slices(scp: Running, ct300: SyntheticStudy, associations: int) -> None:
+    parts = [ct300.files[i::associations] for i in range(associations)]
+    procs = [
+        subprocess.Popen(
+            [dcmtk("storescu"), "-aet", "TESTSCU", "-aec", "TRIAGE", scp.host, str(scp.port)]
+            + [str(f) for f in part],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+        )
+        for part in parts
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out
+    _check_all_stored(scp, ct300)
+
+
+# --------------------------------------------------------------------------- compressed
+
+
+def _compressed_copies(tmp_path: Path) -> tuple[SyntheticStudy, dict[str, tuple[str, list[Path]]]]:
+    """A 10-slice CT and lossless compressed copies: {name: (storescu option, files)}."""
+    study = write_head_ct(
+        tmp_path / "src",
+        hemorrhage=True,
+        seed=21,
+        patient_id="PC",
+        accession="AC",
+        n_slices=10,
+        size=128,
+    )
+    tools = {
+        "jpeg-lossless": ("dcmcjpeg", "-xs"),
+        "jpeg-ls": ("dcmcjpls", "-xt"),
+        "rle": ("dcmcrle", "-xr"),
+    }
+    out: dict[str, tuple[str, list[Path]]] = {}
+    for name, (tool, option) in tools.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        files = []
+        for f in study.files:
+            target = folder / f.name
+            subprocess.run([dcmtk(tool), str(f), str(target)], check=True, timeout=60)
+            files.append(target)
+        out[name] = (option, files)
+    folder = tmp_path / "j2k"
+    folder.mkdir()
+    j2k = []
+    for f in study.files:  # dcmtk has no JPEG 2000 encoder here: pydicom + OpenJPEG
+        ds = pydicom.dcmread(f)
+        ds.compress(JPEG2000Lossless)
+        ds.save_as(folder / f.name, enforce_file_format=True)
+        j2k.append(folder / f.name)
+    out["jpeg2000"] = ("-xv", j2k)
+    return study, out
+
+
+def test_compressed_ct_is_stored_as_sent_and_decodes_when_read(
+    scp: Running, tmp_path: Path
+) -> None:
+    original, copies = _compressed_copies(tmp_path)
+    reference = load_volume(original.files)
+    for name, (option, files) in copies.items():
+        # each copy becomes a study of its own (the same UIDs would be deduplicated)
+        sent: dict[str, Dataset] = {}
+        for f in files:
+            ds = pydicom.dcmread(f)
+            ds.StudyInstanceUID = generate_uid(entropy_srcs=[original.study_uid, name])
+            ds.SeriesInstanceUID = generate_uid(entropy_srcs=[original.series_uid, name])
+            ds.SOPInstanceUID = generate_uid(entropy_srcs=[ds.SOPInstanceUID, name])
+            ds.save_as(f, enforce_file_format=True)
+            sent[ds.SOPInstanceUID] = ds
+        syntax = str(next(iter(sent.values())).file_meta.TransferSyntaxUID)
+        cmd = [dcmtk("storescu"), option, "-aet", "TESTSCU", "-aec", "TRIAGE"]
+        res = subprocess.run(
+            [*cmd, scp.host, str(scp.port), *map(str, files)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert res.returncode == 0 and "Warning" not in res.stderr, (name, res.stderr)
+        study_uid = generate_uid(entropy_srcs=[original.study_uid, name])
+        rows = [r for r in instances(scp) if r.study_uid == study_uid]
+        assert len(rows) == 10, name
+        assert {r.transfer_syntax for r in rows} == {syntax}, name
+        for r in rows:  # stored as received: the compressed bytes are the sender's
+            stored = pydicom.dcmread(scp.data_dir / r.path)
+            assert stored.file_meta.TransferSyntaxUID == syntax
+            assert stored.PixelData == sent[r.sop_instance_uid].PixelData
+        volume = load_volume([scp.data_dir / r.path for r in rows])
+        np.testing.assert_array_equal(volume.hu, reference.hu)  # lossless: same HU
+
+
+def _compressed_dataset(tmp_path: Path, fragment: bytes | None = None) -> Dataset:
+    ds = _slice(tmp_path)
+    if fragment is None:
+        ds.compress(JPEG2000Lossless)
+    else:
+        ds.PixelData = encapsulate([fragment])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    return ds
+
+
+def _store_compressed(run: Running, ds: Dataset) -> int:
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(CTImageStorage, JPEG2000Lossless)
+    assoc = ae.associate(run.host, run.port, ae_title="TRIAGE")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+def test_compressed_pixel_data_that_is_not_a_codestream_gets_c210(
+    scp: Running, tmp_path: Path
+) -> None:
+    assert _store_compressed(scp, _compressed_dataset(tmp_path, b"not a JPEG 2000 stream")) == (
+        0xC210
+    )
+    assert stored_files(scp.data_dir) == [] and instances(scp) == []
+
+
+def test_syntax_without_decoder_gets_c211(
+    scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dicom_scp, "decoder_available", lambda ts: ts != JPEG2000Lossless)
+    assert _store_compressed(scp, _compressed_dataset(tmp_path)) == dicom_scp.NO_DECODER
+    assert stored_files(scp.data_dir) == []
+    monkeypatch.undo()
+    assert _store_compressed(scp, _compressed_dataset(tmp_path)) == 0x0000
+
+
+# --------------------------------------------------------------------------- association policy
+
+
+def _listener(tmp_path: Path, **settings: object) -> Iterator[Running]:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(exist_ok=True)
+    s = Settings.model_validate({"data_dir": data_dir, "dicom_port": 0, **settings})
+    db = Database(s.resolved_database_url)
+    db.create_all()
+    seen: list[str] = []
+    listener = DicomListener(s, db, on_instance=seen.append)
+    host, port = listener.start()
+    try:
+        yield Running(listener, host, port, db, data_dir, seen)
+    finally:
+        listener.stop()
+        db.dispose()
+
+
+def _associate(run: Running, calling: str = "PYSCU") -> Any:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    return ae.associate(run.host, run.port, ae_title="TRIAGE")
+
+
+def test_allowlist_accepts_listed_ae_from_its_address_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    peers = {"CT1": ["127.0.0.1"], "CT2": ["10.9.9.0/24"], "PACS": ["*"]}
+    for run in _listener(tmp_path, dicom_allowed_peers=peers):
+        for calling, accepted in (("CT1", True), ("PACS", True), ("CT2", False), ("WHO", False)):
+            assoc = _associate(run, calling)
+            if accepted:
+                assert assoc.is_established, calling
+                assert int(assoc.send_c_echo().Status) == 0
+                assoc.release()
+            else:
+                assert assoc.is_rejected, calling
+                rj = assoc.acceptor.primitive
+                assert (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 3)
+        assert "calling AE 'WHO', rejected" in caplog.text
+
+
+def test_empty_allowlist_accepts_anyone_and_says_so(
+    scp: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    assoc = _associate(scp, "ANYONE")
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_one_association_over_the_limit_is_rejected_as_transient(tmp_path: Path) -> None:
+    for run in _listener(tmp_path, dicom_max_associations=2):
+        held = [_associate(run) for _ in range(2)]
+        assert all(a.is_established for a in held)
+        extra = _associate(run)
+        assert extra.is_rejected
+        rj = extra.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)  # transient, limit
+        for a in held:
+            a.release()
+        time.sleep(0.5)
+        again = _associate(run)
+        assert again.is_established
+        again.release()
+
+
+def _associate_rq_bytes() -> bytes:
+    """A real A-ASSOCIATE-RQ (calling RAW, called TRIAGE, Verification), as pynetdicom
+    encodes it: captured from pynetdicom sending it to a socket of ours."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        ae = AE(ae_title="RAW")
+        ae.acse_timeout = 2
+        ae.add_requested_context(Verification)
+        port = srv.getsockname()[1]
+        t = threading.Thread(target=lambda: ae.associate("127.0.0.1", port, ae_title="TRIAGE"))
+        t.start()
+        conn, _ = srv.accept()
+        with conn:
+            head = _recv_exactly(conn, 6)
+            body = _recv_exactly(conn, int.from_bytes(head[2:6], "big"))
+        t.join(10)
+    return head + body
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _raw_association(run: Running) -> socket.socket:
+    sock = socket.create_connection((run.host, run.port), timeout=10)
+    sock.sendall(_associate_rq_bytes())
+    head = _recv_exactly(sock, 6)
+    assert head[0] == 0x02, "A-ASSOCIATE-AC expected"
+    _recv_exactly(sock, int.from_bytes(head[2:6], "big"))
+    return sock
+
+
+def test_a_4_gib_pdu_claim_is_aborted_not_buffered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for run in _listener(tmp_path):
+        with _raw_association(run) as sock:
+            start = time.monotonic()
+            sock.sendall(b"\x04\x00" + (0xFFFFFFFF).to_bytes(4, "big") + b"\x00" * 1000)
+            reply = _recv_exactly(sock, 10)
+            assert reply[:1] == b"\x07" and reply[8:10] == b"\x02\x06"  # A-ABORT, provider
+            assert sock.recv(10) == b""  # and the connection is closed
+            assert time.monotonic() - start < 5
+        assert "claims a PDU of 4294967295 bytes" in caplog.text
+        assoc = _associate(run)  # the listener goes on serving
+        assert assoc.is_established and int(assoc.send_c_echo().Status) == 0
+        assoc.release()
+
+
+def test_a_stalled_read_is_closed_after_the_network_timeout(tmp_path: Path) -> None:
+    for run in _listener(tmp_path, dicom_network_timeout_seconds=1):
+        with _raw_association(run) as sock:
+            sock.sendall(b"\x04\x00" + (1000).to_bytes(4, "big") + b"\x00" * 10)
+            start = time.monotonic()
+            sock.settimeout(15)
+            while sock.recv(100):
+                pass
+            assert time.monotonic() - start < 10
+
+
+def test_aborted_association_keeps_what_was_acknowledged(scp: Running, tmp_path: Path) -> None:
+    study = write_head_ct(
+        tmp_path / "s",
+        hemorrhage=False,
+        seed=8,
+        patient_id="P8",
+        accession="A8",
+        n_slices=6,
+        size=64,
+    )
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate(scp.host, scp.port, ae_title="TRIAGE")
+    assert assoc.is_established
+    for f in study.files[:4]:
+        assert int(assoc.send_c_store(f).Status) == 0
+    assoc.abort()  # mid-study: 2 slices never sent
+    time.sleep(0.3)
+    rows = instances(scp)
+    assert len(rows) == 4
+    assert all((scp.data_dir / r.path).is_file() for r in rows)
+    (st,) = studies(scp)
+    # Nothing marks the study: it stays RECEIVING and completes (time-based) only after a
+    # quiet period counted from its last instance, like any other.
+    assert st.state == "receiving" and st.completed_at is None and st.instance_count == 4
+    assert st.last_received_at == max(r.received_at for r in rows)
+    # The rest arrives on a new association, with a re-send of the first: deduplicated.
+    assert storescu(scp, study.files[3:]).returncode == 0
+    (st,) = studies(scp)
+    assert st.instance_count == 6 and len(instances(scp)) == 6
+
+
+def test_low_disk_space_refuses_with_a700_until_room_comes_back(
+    scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free = {"bytes": 10 * 1024 * 1024}
+    monkeypatch.setattr(dicom_scp, "disk_free_bytes", lambda _path: free["bytes"])
+    first, second = _slice(tmp_path, 31), _slice(tmp_path, 32)
+    assert client_store(scp, [first]) == [0xA700]
+    assert stored_files(scp.data_dir) == []
+    free["bytes"] = 50 * 1024**3
+    assert client_store(scp, [first, second]) == [0x0000, 0x0000]
+    assert len(instances(scp)) == 2
