@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import dcmtk, free_port
+from ct_fixtures import ct300_study
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomFileLike
@@ -43,6 +44,11 @@ from triage.synth import write_head_ct
 from triage.synth.ct import SyntheticStudy
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def ct300(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
+    return ct300_study(tmp_path_factory)
 
 
 @dataclass
@@ -397,20 +403,6 @@ def test_start_stop_ready_and_port_in_use(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- a 300-slice CT
-
-
-@pytest.fixture(scope="session")
-def ct300(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
-    """A 300-slice 512 x 512 head CT (0.625 mm), about 150 MB, written once per session."""
-    return write_head_ct(
-        tmp_path_factory.mktemp("ct300"),
-        hemorrhage=False,
-        seed=300,
-        patient_id="P300",
-        accession="A300",
-        n_slices=300,
-        slice_thickness=0.625,
-    )
 
 
 def _check_all_stored(run: Running, study: SyntheticStudy) -> None:
