@@ -21,22 +21,35 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
 )
 
 from triage.errors import DicomIngestError, StoreError
 from triage.ingest import dicom_files
 from triage.ingest.dicom_files import (
+    RawHeader,
+    check_codestream,
     check_encoding,
+    decoder_available,
+    encode_file_meta,
+    index_header,
     index_instance,
     is_valid_uid,
     read_header,
+    read_instance_file,
     safe_instance_path,
+    scan_dataset,
     write_durably,
+    write_instance_file,
 )
 from triage.synth import write_head_ct
 
@@ -365,3 +378,189 @@ def test_index_every_shared_file(shared_data: Path) -> None:
 
 def test_odd_and_non_uid_files_are_not_valid_paths() -> None:
     assert not os.path.isabs(str(dicom_files._path_component("/etc/passwd")))
+
+
+# --------------------------------------------------------------------------- raw-header index
+
+
+def _raw_index(ds: Dataset, ts: str = ExplicitVRLittleEndian) -> tuple[object, object]:
+    implicit, little = ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian
+    return index_header(scan_dataset(_encode(ds, implicit, little), ts), ts)
+
+
+def _with_syntax(ds: Dataset, ts: str) -> Dataset:
+    ds = copy.deepcopy(ds)
+    ds.file_meta.TransferSyntaxUID = ts
+    return ds
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize(
+    "ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+)
+def test_raw_header_index_equals_pydicom_index(ct_slice: Dataset, ts: str) -> None:
+    odd = copy.deepcopy(ct_slice)
+    odd.SOPInstanceUID = "1.2.3.4\x00"
+    odd.SeriesNumber = None
+    odd.ImagePositionPatient = ["1", "2"]
+    odd.BodyPartExamined = "head "
+    odd.ContrastBolusAgent = ["IOHEXOL", "350"]
+    latin = copy.deepcopy(ct_slice)
+    latin.SpecificCharacterSet = "ISO_IR 100"
+    latin.PatientName = "Müller^Jürgen"
+    latin.StudyDescription = "Schädel nativ"
+    utf8 = copy.deepcopy(ct_slice)
+    utf8.SpecificCharacterSet = "ISO_IR 192"
+    utf8.PatientName = "Øster^Åse"
+    for ds in (ct_slice, odd, latin, utf8):
+        ds = _with_syntax(ds, ts)
+        expected = index_instance(read_header(_file_bytes(ds, ts)))
+        assert _raw_index(ds, ts) == expected
+    assert _raw_index(_with_syntax(latin, ts), ts)[1]["patient_name"] == "Müller^Jürgen"  # type: ignore[index]
+
+
+def _file_bytes(ds: Dataset, ts: str) -> bytes:
+    head = encode_file_meta(ds.SOPClassUID, str(ds.SOPInstanceUID).strip("\x00"), ts, "X")
+    implicit, little = ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian
+    return head + _encode(ds, implicit, little)
+
+
+def test_raw_header_index_equals_pydicom_index_on_shared_files(shared_data: Path) -> None:
+    checked = 0
+    for f in sorted((shared_data / "dicom").rglob("*")):
+        if not f.is_file() or f.name == "DIRFILE" or f.name.startswith("LICENSE"):
+            continue
+        body, ts = _body_of(f)
+        scan = scan_dataset(body, ts)
+        if scan.header_length is None:
+            continue
+        assert index_header(scan, ts) == index_instance(pydicom.dcmread(f, stop_before_pixels=True))
+        checked += 1
+    assert checked > 100
+
+
+def test_scan_reports_where_the_header_ends(ct_slice: Dataset) -> None:
+    body = _encode(ct_slice)
+    scan = scan_dataset(body, ExplicitVRLittleEndian)
+    assert scan.header_length == body.index(b"\xe0\x7f\x10\x00")
+    assert check_encoding(body, ExplicitVRLittleEndian) == scan.header_length
+    no_pixels = copy.deepcopy(ct_slice)
+    del no_pixels.PixelData
+    assert check_encoding(_encode(no_pixels), ExplicitVRLittleEndian) == len(_encode(no_pixels))
+
+
+def test_raw_header_refuses_keywords_it_does_not_collect() -> None:
+    with pytest.raises(KeyError):
+        RawHeader({}, ExplicitVRLittleEndian).get("PatientBirthDate")
+
+
+# --------------------------------------------------------------------------- file meta, files
+
+
+def test_encoded_file_meta_reads_back(ct_slice: Dataset, tmp_path: Path) -> None:
+    head = encode_file_meta(ct_slice.SOPClassUID, "1.2.3.45", JPEG2000Lossless, "CT_SCANNER_1")
+    assert len(head) % 2 == 0 and head[128:132] == b"DICM"
+    path = tmp_path / "x.dcm"
+    path.write_bytes(head + _encode(ct_slice))
+    meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    assert meta.MediaStorageSOPClassUID == ct_slice.SOPClassUID
+    assert meta.MediaStorageSOPInstanceUID == "1.2.3.45"
+    assert meta.TransferSyntaxUID == JPEG2000Lossless
+    assert meta.SourceApplicationEntityTitle == "CT_SCANNER_1"
+    assert meta.ImplementationVersionName == "TRIAGE"
+    assert meta.FileMetaInformationGroupLength == len(head) - 144
+
+
+def test_write_instance_file(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "x.dcm"
+    assert write_instance_file(target, [b"head", memoryview(b"-body" * 1000)]) == 5004
+    assert target.read_bytes() == b"head" + b"-body" * 1000
+    assert _leftovers(target.parent) == ["x.dcm"]
+
+
+def test_write_instance_file_fsync_failure_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_fsync(_fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(dicom_files.os, "fsync", broken_fsync)
+    with pytest.raises(StoreError, match="Input/output"):
+        write_instance_file(tmp_path / "x.dcm", [b"data"])
+    assert _leftovers(tmp_path) == []  # neither the temp file nor the renamed one
+
+
+def test_write_instance_file_failing_chunks_leave_nothing(tmp_path: Path) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b"part"
+        raise ValueError("peer went away")
+
+    with pytest.raises(ValueError, match="peer went away"):
+        write_instance_file(tmp_path / "x.dcm", chunks())
+    assert _leftovers(tmp_path) == []
+
+
+def test_read_instance_file_round_trip_and_truncation(ct_slice: Dataset, tmp_path: Path) -> None:
+    head = encode_file_meta(
+        ct_slice.SOPClassUID, ct_slice.SOPInstanceUID, ExplicitVRLittleEndian, "MOD1"
+    )
+    path = tmp_path / "x.dcm"
+    path.write_bytes(head + _encode(ct_slice))
+    fields, attrs, ae = read_instance_file(path)
+    assert (fields, attrs) == index_instance(ct_slice) and ae == "MOD1"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DicomIngestError):
+        read_instance_file(path)
+    path.write_bytes(b"\x00" * 300)
+    with pytest.raises(DicomIngestError):
+        read_instance_file(path)
+
+
+# --------------------------------------------------------------------------- compressed
+
+
+def _encapsulated_body(ct_slice: Dataset, fragment: bytes, ts: str) -> bytes:
+    ds = copy.deepcopy(ct_slice)
+    ds.PixelData = encapsulate([fragment])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = ts
+    return _encode(ds)
+
+
+@pytest.mark.parametrize(
+    ("ts", "fragment"),
+    [
+        (JPEGBaseline8Bit, b"\xff\xd8\xff\xe0rest"),
+        (JPEGLosslessSV1, b"\xff\xd8\xff\xc3rest"),
+        (JPEGLSLossless, b"\xff\xd8\xff\xf7rest"),
+        (JPEG2000Lossless, b"\xff\x4f\xff\x51rest"),
+        (JPEG2000, b"\x00\x00\x00\x0cjP  \r\n\x87\n"),
+        (RLELossless, (1).to_bytes(4, "little") + (64).to_bytes(4, "little") + b"\x00" * 56),
+    ],
+)
+def test_codestream_starts_are_recognised(ct_slice: Dataset, ts: str, fragment: bytes) -> None:
+    body = _encapsulated_body(ct_slice, fragment, ts)
+    at = check_encoding(body, ts)
+    assert at is not None
+    check_codestream(body, at, ts)
+    bad = _encapsulated_body(ct_slice, b"GIF89a" + fragment, ts)
+    with pytest.raises(DicomIngestError) as err:
+        check_codestream(bad, check_encoding(bad, ts) or 0, ts)
+    assert err.value.status == DicomIngestError.CANNOT_DECODE
+
+
+def test_native_pixels_under_a_compressed_syntax_fail(ct_slice: Dataset) -> None:
+    body = _encode(ct_slice)
+    with pytest.raises(DicomIngestError, match="native"):
+        check_codestream(body, check_encoding(body, JPEGLosslessSV1) or 0, JPEGLosslessSV1)
+    check_codestream(
+        body, check_encoding(body, ExplicitVRLittleEndian) or 0, ExplicitVRLittleEndian
+    )
+
+
+def test_every_negotiated_syntax_has_a_decoder() -> None:
+    from triage.ingest.dicom_scp import TRANSFER_SYNTAXES
+
+    assert [ts for ts in TRANSFER_SYNTAXES if not decoder_available(ts)] == []
+    assert not decoder_available("1.2.3.4.5")

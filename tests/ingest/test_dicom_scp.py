@@ -528,6 +528,7 @@ def _compressed_dataset(tmp_path: Path, fragment: bytes | None = None) -> Datase
     else:
         ds.PixelData = encapsulate([fragment])
         ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
         ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     return ds
 
@@ -544,12 +545,13 @@ def _store_compressed(run: Running, ds: Dataset) -> int:
 
 
 def test_compressed_pixel_data_that_is_not_a_codestream_gets_c210(
-    scp: Running, tmp_path: Path
+    scp: Running, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert _store_compressed(scp, _compressed_dataset(tmp_path, b"not a JPEG 2000 stream")) == (
         0xC210
     )
     assert stored_files(scp.data_dir) == [] and instances(scp) == []
+    assert "the first fragment is not a compressed image stream" in caplog.text
 
 
 def test_syntax_without_decoder_gets_c211(

@@ -1,0 +1,243 @@
+"""The SCP's index writer: its fast path does what repo.record_instance does, and the
+start-up recovery indexes what a crash left unindexed (and only that)."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from sqlmodel import select
+
+from triage.ingest import dicom_index
+from triage.ingest.dicom_files import (
+    encode_file_meta,
+    index_instance,
+    safe_instance_path,
+    write_instance_file,
+)
+from triage.ingest.dicom_index import InstanceIndex
+from triage.store import repo
+from triage.store.db import Database
+from triage.store.models import Instance, Study, StudyState, utcnow
+from triage.synth import write_head_ct
+
+
+def _db(path: Path) -> Database:
+    db = Database(f"sqlite:///{path}")
+    db.create_all()
+    return db
+
+
+def _row(n: int, study: str, modality: str, when: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": f"1.2.3.{n}",
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+        "study_uid": study,
+        "series_uid": f"{study}.{modality}",
+        "modality": modality,
+        "series_number": 1,
+        "instance_number": n,
+        "series_description": "AX",
+        "image_type": "ORIGINAL\\PRIMARY\\AXIAL",
+        "slice_thickness": 1.0,
+        "image_position_z": float(n),
+        "transfer_syntax": "1.2.840.10008.1.2.1",
+        "path": f"dicom/{study}/{n}.dcm",
+        "size_bytes": 100 + n,
+        "calling_ae": "CT1",
+        "received_at": when,
+        **extra,
+    }
+
+
+_SEQUENCE = [  # (instance, study, modality, seconds after t0, study attributes)
+    (1, "9.1", "SR", 0, {"patient_id": "", "accession_number": "ACC1"}),
+    (2, "9.1", "CT", 5, {"patient_id": "P1", "body_part": "HEAD"}),
+    (3, "9.1", "CT", 3, {"patient_id": "OTHER", "study_description": "CT HEAD"}),  # older
+    (4, "9.2", "OT", 1, {}),
+    (5, "9.2", "MR", 2, {"contrast_agent": "GAD"}),
+    (2, "9.1", "CT", 9, {}),  # duplicate SOP: nothing changes
+    (6, "9.1", "PR", 20, {}),  # after completion: back to RECEIVING
+]
+
+
+def _apply_with_record_instance(db: Database, rows: list[tuple[dict[str, Any], dict]]) -> None:
+    for i, (row, attrs) in enumerate(rows):
+        with db.session() as s:
+            repo.record_instance(s, Instance(**row), attrs)
+        if i == 4:
+            _complete(db, "9.1")
+
+
+def _apply_with_index(db: Database, rows: list[tuple[dict[str, Any], dict]]) -> list[bool]:
+    index = InstanceIndex(db)
+    results = []
+    for i, (row, attrs) in enumerate(rows):
+        results.append(index.record(dict(row), attrs))
+        if i == 4:
+            _complete(db, "9.1")
+    index.close()
+    return results
+
+
+def _complete(db: Database, study_uid: str) -> None:
+    with db.session() as s:
+        st = s.exec(select(Study).where(Study.study_uid == study_uid)).one()
+        st.state = StudyState.COMPLETE
+        s.add(st)
+
+
+def _snapshot(db: Database) -> tuple[list[dict], list[dict]]:
+    with db.session() as s:
+        insts = [i.model_dump(exclude={"id"}) for i in s.exec(select(Instance)).all()]
+        studies = [
+            st.model_dump(exclude={"id", "first_received_at"})
+            for st in s.exec(select(Study).order_by(Study.study_uid)).all()
+        ]
+    return sorted(insts, key=lambda r: r["sop_instance_uid"]), studies
+
+
+def test_fast_path_matches_record_instance(tmp_path: Path) -> None:
+    t0 = utcnow()
+    rows = [
+        (_row(n, study, mod, t0 + timedelta(seconds=dt)), attrs)
+        for n, study, mod, dt, attrs in _SEQUENCE
+    ]
+    a, b = _db(tmp_path / "a.db"), _db(tmp_path / "b.db")
+    _apply_with_record_instance(a, rows)
+    results = _apply_with_index(b, rows)
+    assert results == [True, True, True, True, True, False, True]
+    assert _snapshot(a) == _snapshot(b)
+    (_, studies) = _snapshot(b)
+    first = studies[0]
+    assert first["modality"] == "CT" and first["modalities"] == "CT\\PR\\SR"
+    assert first["patient_id"] == "P1" and first["state"] == "receiving"
+    assert first["instance_count"] == 4
+    a.dispose()
+    b.dispose()
+
+
+def test_fast_path_is_used_for_known_studies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = _db(tmp_path / "t.db")
+    index = InstanceIndex(db)
+    t0 = utcnow()
+    assert index.record(_row(1, "9.9", "CT", t0), {})  # new study: record_instance
+    calls: list[int] = []
+    monkeypatch.setattr(repo, "record_instance", lambda *a: calls.append(1) or True)
+    assert index.record(_row(2, "9.9", "CT", t0), {})
+    assert calls == []
+    ((sync,),) = index._raw().execute("PRAGMA synchronous").fetchall()
+    assert sync == 1  # NORMAL on the index connection only
+    index.close()
+    db.dispose()
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def _write_instance(data_dir: Path, src: Path, calling_ae: str = "CT1") -> Path:
+    """Write ``src`` the way the SCP does (file meta ours, data set as is)."""
+    ds = pydicom.dcmread(src)
+    raw = src.read_bytes()
+    assert raw[128:132] == b"DICM" and raw[132:136] == b"\x02\x00\x00\x00"
+    body = raw[144 + int.from_bytes(raw[140:144], "little") :]  # after the file meta group
+    path = safe_instance_path(
+        data_dir, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    )
+    head = encode_file_meta(
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID, calling_ae
+    )
+    write_instance_file(path, [head, body])
+    return path
+
+
+def test_recovery_indexes_unindexed_files_removes_broken_ones(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    study = write_head_ct(
+        tmp_path / "src",
+        hemorrhage=False,
+        seed=4,
+        patient_id="PR",
+        accession="AR",
+        n_slices=5,
+        size=64,
+    )
+    data_dir.mkdir()
+    db = _db(data_dir / "triage.db")
+    index = InstanceIndex(db)
+    paths = [_write_instance(data_dir, f) for f in study.files]
+    # instances 1-2 indexed as after a normal store; 3-5 written but their rows lost
+    for p, f in zip(paths[:2], study.files[:2], strict=True):
+        fields, attrs = index_instance(pydicom.dcmread(f, stop_before_pixels=True))
+        row = {
+            **fields,
+            "path": p.relative_to(data_dir).as_posix(),
+            "size_bytes": 1,
+            "calling_ae": "CT1",
+            "received_at": utcnow(),
+        }
+        assert index.record(row, attrs)
+    truncated = paths[4]
+    truncated.write_bytes(truncated.read_bytes()[:-1000])  # never acknowledged: cut short
+    temp = paths[0].parent / f".{paths[0].name}.abc123.tmp"
+    temp.write_bytes(b"partial")
+
+    report = index.recover(data_dir)
+    assert (report.indexed, report.removed) == (2, 2)
+    assert not temp.exists() and not truncated.exists()
+    with db.session() as s:
+        rows = {r.sop_instance_uid: r for r in s.exec(select(Instance)).all()}
+        (st,) = s.exec(select(Study)).all()
+    assert len(rows) == 4 and st.instance_count == 4
+    recovered = rows[str(pydicom.dcmread(study.files[2]).SOPInstanceUID)]
+    assert recovered.calling_ae == "CT1"  # from the file meta (Source AE Title)
+    assert recovered.path == paths[2].relative_to(data_dir).as_posix()
+    assert recovered.size_bytes == paths[2].stat().st_size
+    # Idempotent: a second start finds nothing to do.
+    again = index.recover(data_dir)
+    assert (again.indexed, again.removed) == (0, 0)
+    index.close()
+    db.dispose()
+
+
+def test_recovery_skips_folders_older_than_the_newest_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    study = write_head_ct(
+        tmp_path / "src",
+        hemorrhage=False,
+        seed=5,
+        patient_id="PS",
+        accession="AS",
+        n_slices=2,
+        size=64,
+    )
+    old = study.files[0]
+    old_path = _write_instance(data_dir, old)
+    long_ago = time.time() - 86400
+    os.utime(old_path.parent, (long_ago, long_ago))
+    db = _db(data_dir / "triage.db")
+    index = InstanceIndex(db)
+    # The newest indexed row is from now: folders last changed a day ago are not read.
+    other = _row(7, "7.7", "CT", utcnow())
+    assert index.record(other, {})
+    monkeypatch.setattr(dicom_index, "RECOVERY_MARGIN", timedelta(minutes=10))
+    report = index.recover(data_dir)
+    assert report.checked_dirs == 0 and report.indexed == 0
+    # Without any row (a fresh or lost database) every folder is read.
+    fresh = _db(tmp_path / "fresh.db")
+    fresh_index = InstanceIndex(fresh)
+    assert fresh_index.recover(data_dir).indexed == 1
+    fresh_index.close()
+    fresh.dispose()
+    index.close()
+    db.dispose()
