@@ -61,7 +61,7 @@ class Database:
                     continue
                 ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
                 ddl += column.type.compile(dialect=dialect)
-                default = column.default.arg if column.default is not None else None
+                default = getattr(column.default, "arg", None)
                 if isinstance(default, bool):
                     ddl += f" DEFAULT {int(default)}"
                 elif isinstance(default, int | float):
