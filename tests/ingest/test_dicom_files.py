@@ -450,8 +450,19 @@ def test_scan_reports_where_the_header_ends(ct_slice: Dataset) -> None:
 
 
 def test_raw_header_refuses_keywords_it_does_not_collect() -> None:
+    header = RawHeader({}, ExplicitVRLittleEndian)
     with pytest.raises(KeyError):
-        RawHeader({}, ExplicitVRLittleEndian).get("PatientBirthDate")
+        header.get("PatientBirthDate")
+    with pytest.raises(KeyError):  # not swallowed on the way: a forgotten keyword is a bug
+        dicom_files._text(header, "PatientBirthDate")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_raw_header_tolerates_unknown_character_sets(ct_slice: Dataset) -> None:
+    ds = copy.deepcopy(ct_slice)
+    ds.SpecificCharacterSet = "ISO_IR 999"
+    ds.PatientName = "Doe^Jane"
+    assert _raw_index(ds)[1]["patient_name"] == "Doe^Jane"  # type: ignore[index]
 
 
 # --------------------------------------------------------------------------- file meta, files

@@ -593,7 +593,11 @@ class InstanceFields(TypedDict):
 
 
 def _value(ds: Dataset | RawHeader | dict[str, str], keyword: str) -> Any:
-    """The value of ``keyword`` or None; a value pydicom cannot convert counts as absent."""
+    """The value of ``keyword`` or None; a value pydicom cannot convert counts as absent.
+    A :class:`RawHeader` asked for a keyword it does not collect raises ``KeyError`` (a bug:
+    add the keyword to :data:`INDEXED_KEYWORDS`)."""
+    if isinstance(ds, RawHeader):
+        return ds.get(keyword)
     try:
         return ds.get(keyword)
     except Exception:
@@ -757,7 +761,10 @@ class RawHeader:
         self._values = values
         self.file_meta = {"TransferSyntaxUID": transfer_syntax}
         charset = self._decode(_TAG_OF["SpecificCharacterSet"], "CS", None)
-        self._encodings = convert_encodings(_values(charset) or [""])
+        try:
+            self._encodings = convert_encodings(_values(charset) or [""])
+        except Exception:  # an unknown character set: pydicom falls back the same way
+            self._encodings = convert_encodings([""])
 
     def _decode(self, tag: int, vr: str, encodings: list[str] | None) -> str | list[str] | None:
         raw = self._values.get(tag)
@@ -774,7 +781,10 @@ class RawHeader:
 
     def get(self, keyword: str) -> str | list[str] | None:
         vr = INDEXED_KEYWORDS[keyword]  # KeyError: index_instance reads a tag not listed here
-        return self._decode(_TAG_OF[keyword], vr, self._encodings)
+        try:
+            return self._decode(_TAG_OF[keyword], vr, self._encodings)
+        except Exception:  # undecodable text counts as absent, as with pydicom
+            return None
 
 
 def index_header(scan: Scan, transfer_syntax: str) -> tuple[InstanceFields, dict[str, str]]:
