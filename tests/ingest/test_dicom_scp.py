@@ -742,3 +742,25 @@ def test_low_disk_space_refuses_with_a700_until_room_comes_back(
     free["bytes"] = 50 * 1024**3
     assert client_store(scp, [first, second]) == [0x0000, 0x0000]
     assert len(instances(scp)) == 2
+
+
+def test_the_same_instance_from_parallel_associations_is_stored_once(
+    scp: Running, tmp_path: Path
+) -> None:
+    ds = _slice(tmp_path, 41)
+    statuses: list[int] = []
+
+    def send() -> None:
+        statuses.extend(client_store(scp, [ds] * 5))
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert statuses == [0x0000] * 20
+    (row,) = instances(scp)
+    assert row.sop_instance_uid == ds.SOPInstanceUID
+    assert len(stored_files(scp.data_dir)) == 1 and scp.seen == [row.study_uid]
+    (st,) = studies(scp)
+    assert st.instance_count == 1
