@@ -396,8 +396,14 @@ class DicomListener:
                 try:
                     new = self.index.record(row, study_attrs)
                 except StoreError:
-                    _remove(path)  # nothing refers to it; the peer will resend
-                    raise
+                    try:  # a commit can fail after it took effect: then the row is there
+                        indexed = self.index.is_stored(sop_uid)
+                    except StoreError:
+                        indexed = False
+                    if not indexed:
+                        _remove(path)  # nothing refers to it; the peer will resend
+                        raise
+                    new = True
         finally:
             body.release()
         return fields["study_uid"] if new else None
