@@ -554,7 +554,7 @@ def test_compressed_pixel_data_that_is_not_a_codestream_gets_c210(
     assert "the first fragment is not a compressed image stream" in caplog.text
 
 
-def test_syntax_without_decoder_gets_c211(
+def test_syntax_without_decoder_gets_c212(
     scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(dicom_scp, "decoder_available", lambda ts: ts != JPEG2000Lossless)

@@ -10,7 +10,7 @@ a DICOM failure status, never a dropped association:
 undecodable data set, or a compressed one      0xC210 (cannot understand / decode), no file
 whose pixel data is not a stream of its
 transfer syntax
-transfer syntax with no decoder installed      0xC211 (cannot understand: no decoder)
+transfer syntax with no decoder installed      0xC212 (cannot understand: no decoder)
 missing SOP/Study/Series UID, request/data     0xA900 (data set does not match SOP class)
 set SOP Instance UID mismatch
 UID too long or with control characters        0xC000 (cannot understand)
@@ -107,7 +107,7 @@ log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
 #: A transfer syntax we negotiate but cannot decode here (a decoder plugin is missing).
-NO_DECODER = 0xC211
+NO_DECODER = 0xC212  # (pynetdicom itself answers 0xC211 when a handler raises)
 
 #: Transfer syntaxes we accept, in our order of preference: the uncompressed ones, then the
 #: common compressed ones (stored as received, decoded when read).
