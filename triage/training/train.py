@@ -79,8 +79,6 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 25):  # type: ignore[
     )
     rng = np.random.default_rng(cfg.seed)
     order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(cfg.epochs) + 1)])
-    pos_slice = torch.tensor(4.0)
-    pos_loc = torch.tensor(20.0)
     net.train()
     t0 = time.monotonic()
     running = 0.0
@@ -96,8 +94,8 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 25):  # type: ignore[
         study, slices, loc = net(vol)
         loss = (
             F.binary_cross_entropy_with_logits(study, y)
-            + 0.5 * F.binary_cross_entropy_with_logits(slices, ys, pos_weight=pos_slice)
-            + F.binary_cross_entropy_with_logits(loc, yl, pos_weight=pos_loc)
+            + 0.5 * balanced_bce(slices, ys)
+            + balanced_bce(loc, yl)
         )
         opt.zero_grad()
         loss.backward()
@@ -116,6 +114,19 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 25):  # type: ignore[
             )
     net.eval()
     return net, running
+
+
+def balanced_bce(logits: Any, target: Any) -> Any:
+    """Binary cross-entropy averaged over positive and negative elements separately, then
+    summed: a lesion of a few cells weighs as much as the thousands of cells without one."""
+    import torch.nn.functional as F
+
+    per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pos = target > 0.5
+    loss = per[~pos].mean()
+    if bool(pos.any()):
+        loss = loss + per[pos].mean()
+    return loss
 
 
 def predict(net, volumes: np.ndarray, batch: int = 4) -> np.ndarray:  # type: ignore[no-untyped-def]
