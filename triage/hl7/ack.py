@@ -12,8 +12,10 @@ from whatever MSH fields can be read by splitting its first line.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from triage.errors import HL7Error
 from triage.hl7.parse import MessageHeader, escape, peek_header, split_message
@@ -47,9 +49,20 @@ def new_control_id() -> str:
     return uuid.uuid4().hex[:20].upper()
 
 
+_now_text: tuple[int, str] = (-1, "")  # (second, its timestamp): one strftime a second
+
+
 def hl7_timestamp(when: datetime | None = None) -> str:
     """``YYYYMMDDHHMMSS`` in UTC with an explicit ``+0000`` offset."""
-    when = when or datetime.now(UTC)
+    global _now_text
+    if when is None:
+        second = int(time.time())
+        cached = _now_text
+        if cached[0] == second:
+            return cached[1]
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y%m%d%H%M%S+0000")
+        _now_text = (second, text)
+        return text
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
@@ -60,6 +73,26 @@ def _version_tuple(version: str) -> tuple[int, ...]:
         return tuple(int(p) for p in version.split("."))
     except ValueError:
         return (2, 5, 1)
+
+
+@lru_cache(maxsize=256)
+def _ack_type(version: str, trigger: str) -> tuple[str, tuple[int, ...], str]:
+    """(MSH-12 of the ACK, that version as a tuple, MSH-9 of the ACK) for an inbound
+    MSH-12 and MSH-9.2."""
+    if not _VERSION.match(version):
+        version = DEFAULT_VERSION
+    vt = _version_tuple(version)
+    trigger = trigger if trigger.isalnum() else ""  # alphanumeric: nothing to escape
+    if vt >= (2, 4) and trigger:
+        msg_type = f"ACK^{trigger}^ACK"
+    elif vt >= (2, 3) and trigger:
+        msg_type = f"ACK^{trigger}"
+    else:
+        msg_type = "ACK"
+    return version, vt, msg_type
+
+
+_NO_HEADER = MessageHeader()
 
 
 def build_ack(
@@ -83,50 +116,26 @@ def build_ack(
     if code not in ACK_CODES:
         raise ValueError(f"invalid ACK code {ack_code!r}")
     if isinstance(inbound, MessageHeader):
-        header: MessageHeader | None = inbound
+        h = inbound
     elif isinstance(inbound, str):
-        header = peek_header(inbound)
+        h = peek_header(inbound) or _NO_HEADER
     else:
-        header = None
-    h = header or MessageHeader()
-
-    version = h.version if _VERSION.match(h.version) else DEFAULT_VERSION
-    vt = _version_tuple(version)
-    trigger = escape(h.trigger) if h.trigger.isalnum() else ""
-    if vt >= (2, 4) and trigger:
-        msg_type = f"ACK^{trigger}^ACK"
-    elif vt >= (2, 3) and trigger:
-        msg_type = f"ACK^{trigger}"
-    else:
-        msg_type = "ACK"
+        h = _NO_HEADER
+    version, vt, msg_type = _ack_type(h.version, h.trigger)
     processing = h.processing_id if h.processing_id in ("P", "D", "T") else "P"
-
-    msh = "|".join(
-        [
-            "MSH",
-            "^~\\&",
-            escape(h.receiving_application or sending_application),
-            escape(h.receiving_facility or sending_facility),
-            escape(h.sending_application),
-            escape(h.sending_facility),
-            hl7_timestamp(when),
-            "",
-            msg_type,
-            escape(control_id or new_control_id()),
-            processing,
-            version,
-        ]
+    ack = (
+        f"MSH|^~\\&|{escape(h.receiving_application or sending_application)}"
+        f"|{escape(h.receiving_facility or sending_facility)}"
+        f"|{escape(h.sending_application)}|{escape(h.sending_facility)}"
+        f"|{hl7_timestamp(when)}||{msg_type}|{escape(control_id or new_control_id())}"
+        f"|{processing}|{version}\rMSA|{code}|{escape(h.control_id)}"
     )
-    segments = [msh]
-    negative = code in ("AE", "AR", "CE", "CR")
-    err_code = hl7_code if hl7_code is not None else (207 if negative else 0)
-    msa = ["MSA", code, escape(h.control_id)]
-    if negative and text:
-        msa.append(escape(text[:80]))
-    segments.append("|".join(msa))
-    if negative:
-        segments.append(_err_segment(err_code, text, location, vt))
-    return "\r".join(segments)
+    if code in ("AA", "CA"):
+        return ack
+    if text:
+        ack += "|" + escape(text[:80])
+    err_code = hl7_code if hl7_code is not None else 207
+    return ack + "\r" + _err_segment(err_code, text, location, vt)
 
 
 def _err_segment(code: int, text: str, location: str, version: tuple[int, ...]) -> str:

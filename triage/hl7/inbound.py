@@ -151,9 +151,13 @@ class Evaluation:
 
 def evaluate(raw: str, mapping: HL7Mapping = DEFAULT_MAPPING, codec: str = "utf-8") -> Evaluation:
     """Read ``raw`` as the listener does; never raises for bad input (``error`` is set)."""
-    ev = Evaluation(raw=raw, codec=codec, header=peek_header(raw))
+    ev = Evaluation(raw=raw, codec=codec)
     try:
-        msg, header = message_of(raw)
+        try:
+            msg, header = message_of(raw)
+        except HL7Error:
+            ev.header = peek_header(raw)  # what can be read, to address the answer
+            raise
         ev.header = header
         ev.fmap = mapping.for_header(header)
         check_required_header(header)

@@ -165,8 +165,14 @@ def unescape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
     return "".join(out)
 
 
+# Characters that escape() changes with the default delimiters (most values have none).
+_PLAIN = re.compile(r"[^\\|^&~\r\n\x0b\x1c]*")
+
+
 def escape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
     """Encode text for an HL7 field: delimiters become escape sequences, line breaks \\.br\\."""
+    if d is DEFAULT_DELIMITERS and _PLAIN.fullmatch(value):
+        return value
     e = d.escape or "\\"
     out: list[str] = []
     table = {
