@@ -828,7 +828,8 @@ def _render_chest(
         zmask = g.z > -5.0
         s_ang = np.arctan2(g.y + 15.0, g.x + 37.0)
         rr = np.hypot(g.y + 15.0, g.x + 37.0)
-        streak = 120.0 * np.sin(7.0 * s_ang + 6.0 * float(mdraw["dense_svc"][1])) * np.exp(-rr / 30.0)
+        phase = 6.0 * float(mdraw["dense_svc"][1])
+        streak = 120.0 * np.sin(7.0 * s_ang + phase) * np.exp(-rr / 30.0)
         vol += np.where(zmask & (rr > 10.0) & (vol > -200), streak, 0.0).astype(np.float32)
     # Pulmonary arterial tree.
     for v in chest.tree:
