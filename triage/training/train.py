@@ -31,7 +31,7 @@ class TrainConfig:
     n_train: int = 700
     n_tune: int = 160
     train_positive_fraction: float = 0.5
-    epochs: float = 2.0
+    epochs: float = 1.0
     batch_size: int = 4
     lr: float = 3e-3
     threads: int = 2
