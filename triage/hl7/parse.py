@@ -209,19 +209,30 @@ class Segment:
 
     def get(self, n: int, component: int = 1, subcomponent: int = 1) -> str:
         """Component (1-based) of the first repetition of field ``n``, unescaped and stripped."""
-        d = self.delimiters
-        value = self.raw(n)
-        if self.name == "MSH" and n in (1, 2):
+        fields = self.fields
+        if not 0 < n < len(fields):
+            return ""
+        value = fields[n]
+        if not value or (n <= 2 and self.name == "MSH"):
             return value
-        value = value.split(d.repetition, 1)[0]
-        parts = value.split(d.component)
-        if component > len(parts):
+        d = self.delimiters
+        if d.repetition in value:
+            value = value.split(d.repetition, 1)[0]
+        if d.component in value:
+            parts = value.split(d.component)
+            if component > len(parts):
+                return ""
+            value = parts[component - 1]
+        elif component > 1:
             return ""
-        part = parts[component - 1]
-        subs = part.split(d.subcomponent)
-        if subcomponent > len(subs):
+        if d.subcomponent in value:
+            subs = value.split(d.subcomponent)
+            if subcomponent > len(subs):
+                return ""
+            value = subs[subcomponent - 1]
+        elif subcomponent > 1:
             return ""
-        return unescape(subs[subcomponent - 1], d).strip()
+        return unescape(value, d).strip()
 
     def components(self, n: int) -> str:
         """First repetition of field ``n``, components unescaped and joined with ``^``;

@@ -646,6 +646,8 @@ class HL7Listener:
         self._committer: asyncio.Task[None] | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._notifier: ThreadPoolExecutor | None = None
+        self._due: list[int] = []  # orders whose ACK is written, for the next on_order batch
+        self._flush_scheduled = False
 
     @property
     def ready(self) -> bool:
@@ -688,6 +690,7 @@ class HL7Listener:
         if self._committer is not None:
             self._committer.cancel()
             await asyncio.gather(self._committer, return_exceptions=True)
+        self._flush_on_order()
         for pool in (self._writer, self._notifier):
             if pool is not None:
                 await asyncio.to_thread(pool.shutdown, wait=True)
@@ -730,9 +733,22 @@ class HL7Listener:
         return fut
 
     def _after_ack(self, order_ids: list[int]) -> None:
+        """Queue on_order for orders whose ACK is written; the orders of every ACK written in
+        this loop iteration go to the on_order thread together (one hand-over, not one per
+        message)."""
         if self.on_order is None or not order_ids or self._notifier is None:
             return
-        self._notifier.submit(self._call_on_order, order_ids)
+        self._due.extend(order_ids)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_on_order)
+
+    def _flush_on_order(self) -> None:
+        self._flush_scheduled = False
+        due, self._due = self._due, []
+        if due and self._notifier is not None:
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: stopping
+                self._notifier.submit(self._call_on_order, due)
 
     def _call_on_order(self, order_ids: list[int]) -> None:
         assert self.on_order is not None
@@ -763,7 +779,8 @@ class HL7Listener:
         try:
             while True:
                 try:
-                    data = await asyncio.wait_for(reader.read(READ_CHUNK), self.idle_timeout)
+                    async with asyncio.timeout(self.idle_timeout):
+                        data = await reader.read(READ_CHUNK)
                 except TimeoutError:
                     log.info("HL7 peer %s idle for %.0fs: disconnecting", peer, self.idle_timeout)
                     break
