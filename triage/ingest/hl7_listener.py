@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 DEFAULT_IDLE_TIMEOUT = 300.0
 READ_CHUNK = 64 * 1024
 ACCEPTED = frozenset({"AA", "CA"})
+ON_ORDER_DELAY = 0.005  # seconds: on_order calls due are handed to their thread in batches
 
 # Order fields copied from the message when the message has a value for them.
 _ORDER_FIELDS = (
@@ -826,15 +827,15 @@ class HL7Listener:
                 p.future.set_result(outcomes[i])
 
     def _after_ack(self, order_ids: list[int]) -> None:
-        """Queue on_order for orders whose ACK is written; the orders of every ACK written in
-        this loop iteration go to the on_order thread together (one hand-over, not one per
-        message)."""
+        """Queue on_order for orders whose ACK is written. They go to the on_order thread
+        together, ``ON_ORDER_DELAY`` after the first (one thread wake-up for all the messages
+        of those milliseconds, not one per message; stop() hands over what is left)."""
         if self.on_order is None or not order_ids or self._notifier is None:
             return
         self._due.extend(order_ids)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_on_order)
+            asyncio.get_running_loop().call_later(ON_ORDER_DELAY, self._flush_on_order)
 
     def _flush_on_order(self) -> None:
         self._flush_scheduled = False
