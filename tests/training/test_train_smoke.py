@@ -38,3 +38,5 @@ def test_fit_export_and_agree(tmp_path: Path) -> None:
     assert np.allclose(p[:, 0], probs[:2], atol=1e-4)
     t = choose_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]), 0.9)
     assert 0.2 < t < 0.8
+    t = choose_threshold(np.array([0.1, 0.3, 0.2, 0.9]), np.array([0, 0, 1, 1]), 0.5)
+    assert 0.1 < t <= 0.2

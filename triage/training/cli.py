@@ -81,7 +81,9 @@ def add_models_commands(subparsers: Any) -> None:
     p.add_argument("--tasks", type=_tasks, default=("ich", "pe"), help="ich,pe (both)")
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS), help="model repository")
     p.add_argument("--n-train", type=int, default=700, help="training phantoms per task (700)")
-    p.add_argument("--epochs", type=float, default=1.0, help="passes over them (1)")
+    p.add_argument(
+        "--epochs", type=float, default=None, help="passes over them (default: 1 per task)"
+    )
     p.add_argument("--workers", type=int, default=2, help="phantom generator processes (2)")
     p.add_argument("--cache-dir", default="var/training-cache", help="phantom cache ('' for none)")
     p.set_defaults(func=_cmd_train)
