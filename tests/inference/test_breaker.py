@@ -11,6 +11,7 @@ import pytest
 from triage.errors import InferenceError, ModelNotReady, TritonUnavailable
 from triage.inference.breaker import CircuitBreaker, RetryPolicy, call_with_resilience
 from triage.inference.client import InferenceClient
+from triage.inference.contract import load_contract
 
 from .conftest import MODELS_DIR
 
@@ -235,7 +236,8 @@ def test_client_retries_transient_errors(error: Exception) -> None:
     fake = FakeTriton([error, error])
     out = _client(fake).infer("ich", VOLUME)
     assert fake.calls == 3 and out.probability == pytest.approx(0.9)
-    assert out.model_version == "ich-placeholder-0.1/1" and out.key_slice == 40
+    assert out.model_version == f"{load_contract(MODELS_DIR / 'ich' / 'config.pbtxt').version}/1"
+    assert out.key_slice == 40
 
 
 def test_client_does_not_retry_a_model_error() -> None:
