@@ -2,7 +2,7 @@
 worklist before and after scoring.
 
 Everything sent is synthetic (phantoms and made-up patients); the AI models are trained on
-synthetic phantoms (placeholders in this version) and are not for clinical use.
+synthetic phantoms only and are not for clinical use.
 """
 
 from __future__ import annotations
@@ -152,8 +152,8 @@ def run_demo(settings: Settings, *, studies: int = 6, wait_seconds: float = 120.
         for reason in top["reasons"]:
             console.print(f"  - {reason}")
     console.print(
-        "[dim]AI findings come from placeholder models / models trained on synthetic "
-        "phantoms; not for clinical use.[/dim]"
+        "[dim]AI findings come from models trained on synthetic phantoms only; "
+        "not for clinical use.[/dim]"
     )
     done = all(s["state"] not in PENDING_STATES for s in after) and len(after) == len(accessions)
     return 0 if done else 1

@@ -71,7 +71,7 @@ class ModelOutput:
     """One model answer for one volume."""
 
     model_name: str
-    model_version: str  # contract version and Triton version, e.g. "ich-placeholder-0.1/1"
+    model_version: str  # contract version and Triton version, e.g. "ich-synthcnn-1.0/1"
     probability: float
     slice_probabilities: np.ndarray  # float32 [z] on the model grid, inferior -> superior
     threshold: float  # operating point from the model contract
