@@ -11,7 +11,10 @@ from triage.scoring import UrgencyRules
 from triage.store.models import Finding, Order, Study
 from triage.store.repo import study_reasons
 
-SYNTHETIC_NOTICE = "AI findings come from models trained on synthetic phantoms only; they are a triage aid, not a diagnosis, and not for clinical use."
+SYNTHETIC_NOTICE = (
+    "AI findings come from models trained on synthetic phantoms only; "
+    "they are a triage aid, not a diagnosis, and not for clinical use."
+)
 
 
 def worklist(session: Session, rules: UrgencyRules) -> list[dict[str, Any]]:
