@@ -432,3 +432,18 @@ def test_recover_applies_orders_whose_handling_was_lost(tmp_path, ris):
     p.recover()
     st = study(db, "18.1")
     assert st.ordered_priority == "S" and st.engine_priority == "S"
+
+
+def test_unexpected_analysis_failure_is_listed_not_retried_forever(tmp_path, ris):
+    analyzer = ScriptedAnalyzer([OSError("file vanished")])
+    db, p = make(tmp_path, analyzer, ris)
+    add_order(db, "ACC19", "A", "E")
+    add_study(db, "19.1", accession="ACC19")
+    p.tick()
+    st = study(db, "19.1")
+    assert st.state == StudyState.SCORED and st.engine_priority == "A"
+    assert st.ai_status == "error"
+    assert any("analysis failed: file vanished" in r for r in json.loads(st.reasons))
+    time.sleep(0.25)
+    p.tick()
+    assert analyzer.calls == ["ich"]

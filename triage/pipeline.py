@@ -21,7 +21,7 @@ from typing import Protocol
 from sqlmodel import Session, col, select
 
 from triage.completion import CompletionPolicy, complete_stable_studies
-from triage.errors import InferenceError, ModelNotReady, NotAssessable, TritonUnavailable
+from triage.errors import InferenceError, NotAssessable
 from triage.routing import RoutingRules, route
 from triage.routing.gather import facts_for_study
 from triage.scoring import FindingInput, UrgencyRules, score_study
@@ -44,7 +44,7 @@ class Analysis:
 
     model_name: str
     model_version: str
-    status: str  # done, not_assessable
+    status: str  # done, not_assessable, error
     probability: float | None = None
     positive: bool = False
     threshold: float | None = None
@@ -212,10 +212,11 @@ class Pipeline:
                 analysis = self.analyzer.analyze(model, instances)
             except NotAssessable as exc:
                 analysis = Analysis(model, "", "not_assessable", detail=exc.reason)
-            except (TritonUnavailable, ModelNotReady) as exc:
+            except InferenceError as exc:  # server down, model not ready...: retried later
                 error = str(exc)
-            except InferenceError as exc:
-                error = str(exc)
+            except Exception as exc:  # a bug or an unreadable file: not retried forever
+                log.exception("study %s: analysis failed", study_uid)
+                analysis = Analysis(model, "", "error", detail=f"analysis failed: {exc}")
         with self.db.session() as s:
             study = _study(s, study_uid)
             if study is None:
