@@ -55,6 +55,7 @@ from triage.inference.client import InferenceClient  # noqa: E402
 from triage.inference.contract import load_contract  # noqa: E402
 from triage.inference.local_triton import LocalTriton  # noqa: E402
 from triage.inference.volume import load_volume, resample, select_series  # noqa: E402
+from triage.ingest.dicom_files import index_instance  # noqa: E402
 from triage.store.models import Instance  # noqa: E402
 from triage.synth import ct  # noqa: E402
 
@@ -66,28 +67,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 def instance_rows(files: list[Path]) -> list[Instance]:
-    """Instance rows as DICOM ingest stores them (done at receive time, not timed)."""
-    rows = []
-    for p in files:
-        ds = pydicom.dcmread(p, stop_before_pixels=True)
-        ipp = ds.get("ImagePositionPatient")
-        rows.append(
-            Instance(
-                sop_instance_uid=str(ds.SOPInstanceUID),
-                sop_class_uid=str(ds.SOPClassUID),
-                study_uid=str(ds.StudyInstanceUID),
-                series_uid=str(ds.SeriesInstanceUID),
-                modality=str(ds.get("Modality", "")),
-                series_number=ds.get("SeriesNumber"),
-                instance_number=ds.get("InstanceNumber"),
-                series_description=str(ds.get("SeriesDescription", "")),
-                image_type="\\".join(ds.get("ImageType", [])),
-                slice_thickness=float(ds.SliceThickness) if ds.get("SliceThickness") else None,
-                image_position_z=float(ipp[2]) if ipp else None,
-                path=str(p),
-            )
-        )
-    return rows
+    """Instance rows as DICOM ingest indexes them (at receive time, not timed)."""
+    return [
+        Instance(**index_instance(pydicom.dcmread(p, stop_before_pixels=True))[0], path=str(p))
+        for p in files
+    ]
 
 
 def make_inputs(model: str, n: int, work: Path) -> list[np.ndarray]:

@@ -19,6 +19,7 @@ from triage.inference.volume import (
     select_series,
     z_sample_positions,
 )
+from triage.ingest.dicom_files import index_instance
 from triage.store.models import Instance
 
 
@@ -35,28 +36,11 @@ def _is_dicom(p: Path) -> bool:
 
 
 def instance_rows(files: list[Path]) -> list[Instance]:
-    """Instance rows as DICOM ingest stores them (header fields only)."""
-    rows = []
-    for p in files:
-        ds = pydicom.dcmread(p, stop_before_pixels=True)
-        ipp = ds.get("ImagePositionPatient")
-        rows.append(
-            Instance(
-                sop_instance_uid=str(ds.SOPInstanceUID),
-                sop_class_uid=str(ds.SOPClassUID),
-                study_uid=str(ds.StudyInstanceUID),
-                series_uid=str(ds.SeriesInstanceUID),
-                modality=str(ds.get("Modality", "")),
-                series_number=ds.get("SeriesNumber"),
-                instance_number=ds.get("InstanceNumber"),
-                series_description=str(ds.get("SeriesDescription", "")),
-                image_type="\\".join(ds.get("ImageType", [])),
-                slice_thickness=float(ds.SliceThickness) if ds.get("SliceThickness") else None,
-                image_position_z=float(ipp[2]) if ipp else None,
-                path=str(p),
-            )
-        )
-    return rows
+    """Instance rows as DICOM ingest indexes them (header fields only)."""
+    return [
+        Instance(**index_instance(pydicom.dcmread(p, stop_before_pixels=True))[0], path=str(p))
+        for p in files
+    ]
 
 
 @pytest.fixture(scope="module")
