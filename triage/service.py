@@ -281,6 +281,9 @@ class Engine:
             sock.bind((s.bind_host, s.http_port))
         except OSError as exc:
             raise TriageError(f"http_port: cannot bind {s.bind_host}:{s.http_port}: {exc}") from exc
+        # Listen now, not when uvicorn starts serving: endpoints.json is written before that,
+        # and a client reading it must be queued in the backlog, not refused.
+        sock.listen(2048)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
         server = _Server(config)
         self._server = server
