@@ -67,3 +67,26 @@ def test_expected_side_through_triton(triton: LocalTriton, task: str) -> None:
             assert out.probability == pytest.approx(float(local), abs=1e-4)
             assert out.slice_probabilities.shape == (64,)
             assert np.isfinite(out.slice_probabilities).all()
+
+
+@pytest.mark.parametrize("task", ["ich", "pe"])
+def test_non_finite_input_is_read_as_air(triton: LocalTriton, task: str) -> None:
+    """model.py passes a finite input to onnxruntime without copying it, and replaces NaN by
+    -1024 HU (and clips infinities) otherwise: a client other than ours may send them."""
+    import tritonclient.grpc as tc
+
+    volume = case_volumes(task)[0][0][None].copy()
+    volume[0, 10, 20:30, 20:30] = np.nan
+    volume[0, 11, 0, 0] = np.inf
+    fixed = np.nan_to_num(volume, nan=-1024.0)
+    client = tc.InferenceServerClient(triton.grpc_url)
+    try:
+        answers = []
+        for v in (volume, fixed):
+            inp = tc.InferInput("volume", list(v.shape), "FP32")
+            inp.set_data_from_numpy(v)
+            res = client.infer(task, [inp], outputs=[tc.InferRequestedOutput("probability")])
+            answers.append(float(res.as_numpy("probability").reshape(-1)[0]))
+    finally:
+        client.close()
+    assert np.isfinite(answers[0]) and answers[0] == pytest.approx(answers[1], abs=1e-6)

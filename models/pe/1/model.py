@@ -22,6 +22,17 @@ SHAPE = (64, 128, 128)
 OUTPUTS = ("probability", "slice_probabilities", "localization")
 
 
+def _finite(batch):
+    """``batch`` as C-contiguous float32 with NaN -> -1024 HU and +-inf clipped; the same
+    array (no copy) when it already is. min/max are one pass each with no temporary (NaN and
+    inf propagate to them), against ~10 ms for two 4 MiB copies in the stub on a busy host."""
+    if batch.dtype != np.float32 or not batch.flags.c_contiguous:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if np.isfinite(batch.min()) and np.isfinite(batch.max()):
+        return batch
+    return np.nan_to_num(batch, nan=-1024.0)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -37,10 +48,11 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
+                # a view on the request's shared memory: no copy unless there is something to fix
                 batch = pb_utils.get_input_tensor_by_name(request, "volume").as_numpy()
                 if batch.ndim != 4 or tuple(batch.shape[1:]) != SHAPE:
                     raise ValueError(f"volume must be [B, 64, 128, 128], got {list(batch.shape)}")
-                batch = np.nan_to_num(batch.astype(np.float32), nan=-1024.0)
+                batch = _finite(batch)
                 outs = self.session.run(list(OUTPUTS), {"volume": batch})
                 responses.append(
                     pb_utils.InferenceResponse(
