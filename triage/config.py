@@ -143,6 +143,12 @@ class Settings(BaseModel):
         description="Longest wait between restarts of the bundled Triton when it dies "
         "(backoff from 1 s, doubling); default 60",
     )
+    triton_shared_memory: bool = Field(
+        True,
+        description="Send each input volume to Triton through system shared memory when "
+        "Triton is on this host (the bundled one, or triton_url on 127.0.0.1/localhost); "
+        "over the network when the server refuses it; default true",
+    )
     triton_warmup: bool = Field(
         True,
         description="One inference per routed model on a synthetic volume before /healthz "

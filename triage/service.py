@@ -167,6 +167,7 @@ class Engine:
                 s.triton_retry_attempts, s.triton_retry_base_seconds, s.triton_retry_max_seconds
             ),
             breaker=self.breaker,
+            shared_memory=None if s.triton_shared_memory else False,
         )
 
     def _connect(self, url: str) -> None:
