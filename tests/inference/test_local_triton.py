@@ -11,7 +11,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from triage.errors import TritonUnavailable
-from triage.inference.local_triton import LocalTriton, pytriton_root
+from triage.inference.local_triton import SHM_DIR, LocalTriton, pytriton_root
 
 from .conftest import MODELS_DIR, group_pids, model_repo, pid_alive
 
@@ -72,6 +72,10 @@ def test_log_and_backend_layout(triton: LocalTriton) -> None:
     assert triton.start() == triton.grpc_url  # already running: same server
 
 
+def _regions(prefix: str) -> list[Path]:
+    return sorted(SHM_DIR.glob(prefix + "*"))
+
+
 def test_stop_leaves_no_process(tmp_path: Path) -> None:
     repo = model_repo(tmp_path, "ich")
     with LocalTriton(repo, tmp_path / "work", 60) as server:
@@ -79,7 +83,10 @@ def test_stop_leaves_no_process(tmp_path: Path) -> None:
         assert pid is not None and pid_alive(pid)
         stubs = [p for p in group_pids(pid) if p != pid]
         assert stubs, "expected a Python backend stub in the server's process group"
+        prefix = server.shm_prefix
+        assert prefix and _regions(prefix), "the Python backend's regions carry our prefix"
     assert server.pid is None
+    assert _regions(prefix) == []
     assert not pid_alive(pid)
     deadline = time.monotonic() + 5
     while group_pids(pid) and time.monotonic() < deadline:
@@ -120,11 +127,13 @@ def test_not_ready_in_time_is_reported_and_cleaned_up(tmp_path: Path) -> None:
 
 
 def test_start_reaps_a_server_left_by_a_killed_engine(tmp_path: Path) -> None:
-    first = LocalTriton(model_repo(tmp_path / "m1"), tmp_path / "work", startup_seconds=60)
+    first = LocalTriton(model_repo(tmp_path / "m1", "ich"), tmp_path / "work", startup_seconds=60)
     first.start()
     orphan = first.pid
     assert orphan is not None and pid_alive(orphan)
     first._proc = None  # the engine that started it died without stopping it
+    orphan_prefix = first.shm_prefix
+    assert orphan_prefix and _regions(orphan_prefix)
     second = LocalTriton(model_repo(tmp_path / "m2"), tmp_path / "work", startup_seconds=60)
     try:
         second.start()
@@ -133,7 +142,37 @@ def test_start_reaps_a_server_left_by_a_killed_engine(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert not pid_alive(orphan)
         assert second.pid != orphan and second.is_running()
+        assert _regions(orphan_prefix) == []  # the killed server's shared memory is gone
+        assert second.shm_prefix != orphan_prefix
     finally:
         second.stop()
         if pid_alive(orphan):  # never leave it behind, even when the assertion failed
             os.killpg(orphan, signal.SIGKILL)
+
+
+def test_a_server_killed_under_us_leaves_no_shared_memory_after_restart(tmp_path: Path) -> None:
+    """SIGKILL skips the Python backend's clean-up: its regions stay in /dev/shm until the
+    next start (the engine's supervisor restarts the server) or stop removes them."""
+    server = LocalTriton(model_repo(tmp_path, "ich"), tmp_path / "work", startup_seconds=60)
+    try:
+        server.start()
+        pid, first = server.pid, server.shm_prefix
+        assert pid is not None and first and _regions(first)
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while server.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.returncode is not None
+        assert _regions(first), "SIGKILL leaves the regions behind"
+        server.start()
+        assert _regions(first) == [] and server.shm_prefix != first
+        second = server.shm_prefix
+        assert second
+        os.killpg(server.pid or 0, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while server.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.stop()  # the server is already dead: stop still removes what it left
+        assert _regions(second) == []
+    finally:
+        server.stop()

@@ -25,6 +25,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from types import TracebackType
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 _LOG_TAIL_LINES = 30
 _PORT_ATTEMPTS = 3
+SHM_DIR = Path("/dev/shm")
 
 
 def _site_packages() -> list[Path]:
@@ -106,6 +108,10 @@ class LocalTriton:
         self.metrics_port: int | None = None
         self.startup_time: float | None = None  # seconds from spawn to ready, last start
         self._proc: subprocess.Popen[bytes] | None = None
+        # Name prefix of the Python backend's shared-memory regions of the running server: a
+        # server that is killed (or crashes) leaves them in /dev/shm; stop(), the next start()
+        # and the stale-server reaper remove them by this prefix.
+        self.shm_prefix: str | None = None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -166,11 +172,24 @@ class LocalTriton:
         """SIGTERM the server's process group, wait ``grace_seconds``, then SIGKILL it."""
         proc = self._proc
         if proc is None:
+            self._remove_shm()  # a server that died by itself left its regions
             return
         self._proc = None
         _kill_group(proc, grace_seconds)
+        self._remove_shm()
         with contextlib.suppress(FileNotFoundError):
             self._pid_file.unlink()
+
+    def _remove_shm(self, prefix: str | None = None) -> None:
+        """Delete the shared-memory regions named ``prefix``* (default: this server's)."""
+        prefix = prefix or self.shm_prefix
+        if not prefix:
+            return
+        for path in SHM_DIR.glob(prefix + "*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if prefix == self.shm_prefix:
+            self.shm_prefix = None
 
     @property
     def _pid_file(self) -> Path:
@@ -180,10 +199,15 @@ class LocalTriton:
         """Kill a tritonserver left by an engine that was killed (SIGKILL, power loss of the
         parent only) with this work dir: its pid file survives, and so may the server."""
         try:
-            pid = int(self._pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
+            fields = self._pid_file.read_text().split()
+            pid = int(fields[0])
+        except (OSError, ValueError, IndexError):
             return
+        stale_prefix = fields[1] if len(fields) > 1 and fields[1].startswith("triage_") else None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            cmdline = []
         if (
             cmdline
             and cmdline[0].endswith(b"tritonserver")
@@ -192,6 +216,9 @@ class LocalTriton:
             log.warning("killing tritonserver pid %d left by a previous run", pid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+            time.sleep(0.2)  # let the group die before its regions go
+        if stale_prefix:
+            self._remove_shm(stale_prefix)
         with contextlib.suppress(FileNotFoundError):
             self._pid_file.unlink()
 
@@ -268,6 +295,7 @@ class LocalTriton:
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=5",
             "--log-verbose=0",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
 
     def _spawn_and_wait(
@@ -279,6 +307,8 @@ class LocalTriton:
         ports: tuple[int, int, int] | None = None,
     ) -> str:
         self.http_port, self.grpc_port, self.metrics_port = ports or _free_ports(3)
+        self._remove_shm()  # a previous server of ours that died left its regions
+        self.shm_prefix = f"triage_{os.getpid()}_{uuid.uuid4().hex[:12]}_"
         cmd = self._command(root, backends)
         t0 = time.monotonic()
         with open(self.log_path, "ab") as logf:
@@ -294,7 +324,7 @@ class LocalTriton:
                 start_new_session=True,  # own process group: stop() kills the stubs too
             )
         self._proc = proc
-        self._pid_file.write_text(str(proc.pid))
+        self._pid_file.write_text(f"{proc.pid} {self.shm_prefix}\n")
         url = f"http://{HOST}:{self.http_port}/v2/health/ready"
         delay = 0.02
         while True:
@@ -302,6 +332,7 @@ class LocalTriton:
             if rc is not None:
                 self._proc = None
                 _kill_group(proc, 1.0)  # stubs may survive a crashed server
+                self._remove_shm()
                 tail = _tail(self.log_path)
                 if "address already in use" in tail.lower():
                     raise _PortInUse(f"tritonserver could not bind its ports:\n{tail}")
