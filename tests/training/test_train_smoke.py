@@ -25,7 +25,7 @@ def test_fit_export_and_agree(tmp_path: Path) -> None:
     assert ds.volumes.shape == (4, 64, 128, 128) and ds.labels.sum() == 2
     s, cells = targets(np.zeros((64, 128, 128), np.float32))
     assert s.shape == (64,) and cells.shape == (16, 32, 32)
-    cfg = TrainConfig(task="ich", epochs=1.0, batch_size=2, threads=1)
+    cfg = TrainConfig(task="ich", steps=3, batch_size=2, threads=1)
     net, loss = fit(cfg, ds, log_every=1)
     assert np.isfinite(loss)
     probs = predict(net, ds.volumes)

@@ -34,7 +34,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         Path(args.cache_dir) if args.cache_dir else None,
         args.tasks,
         n_train=args.n_train,
-        epochs=args.epochs,
+        steps=args.steps,
         workers=args.workers,
     )
     for r in results:
@@ -82,7 +82,7 @@ def add_models_commands(subparsers: Any) -> None:
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS), help="model repository")
     p.add_argument("--n-train", type=int, default=700, help="training phantoms per task (700)")
     p.add_argument(
-        "--epochs", type=float, default=None, help="passes over them (default: 1 per task)"
+        "--steps", type=int, default=None, help="optimiser steps per task (default: 3000)"
     )
     p.add_argument("--workers", type=int, default=2, help="phantom generator processes (2)")
     p.add_argument("--cache-dir", default="var/training-cache", help="phantom cache ('' for none)")

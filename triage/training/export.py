@@ -16,7 +16,7 @@ from triage.training.data import LOC_SHAPE
 INPUT = "volume"
 OUTPUTS = ("probability", "slice_probabilities", "localization")
 FINDINGS = {"ich": "intracranial hemorrhage", "pe": "pulmonary embolism"}
-VERSION = "synthcnn-1.0"
+VERSION = "synthcnn-2.0"
 
 
 def export_onnx(net, path: Path) -> Path:  # type: ignore[no-untyped-def]
@@ -130,7 +130,7 @@ _MINIMAL = """name: "{name}"
 backend: "python"
 max_batch_size: 4
 dynamic_batching {{
-  max_queue_delay_microseconds: 2000
+  max_queue_delay_microseconds: 0
 }}
 input [
   {{

@@ -2,19 +2,24 @@
 
 Input: HU volume [B, 64, 128, 128] (the engine's model contract). Inside the network:
 
-1. fixed windowing into four channels: the task window (e.g. 0-90 HU for ``ich``, contrast
-   for ``pe``), a wide bone/air window, a lesion-range indicator (acute blood ~70 HU / clot
-   ~45 HU) and "context nearby" (bone / contrast-filled vessel within a few voxels, a max-pool);
-2. per slice: 2 x 2 max-, mean- and min-pooling of the four channels (keeps a 2-voxel bleed or a
-   dark filling defect visible at half resolution), two 2D conv layers -> [16, 32, 32] per slice;
-3. a 2D head gives per-slice logits (max over the slice) -> ``slice_probabilities`` [B, 64];
-4. three 3D conv layers (z folded by 4; in-plane dilated 3 x 3, then along z)
-   -> localisation logits [B, 16, 32, 32]
-   -> ``localization`` (sigmoid); the study logit is the maximum cell plus a learned
-   affine map -> ``probability`` [B, 1].
+1. **Fixed feature channels** (:meth:`Detector.features`, nothing learned), at full resolution
+   then on a half-resolution grid [B*64, 18, 64, 64]: task and wide windows of the 2 x 2
+   max / mean / min of HU; a lesion-range indicator (acute blood ~70 HU, clot ~45 HU) and its
+   erosion (a blob, not a one-voxel partial-volume edge between bone or contrast and softer
+   tissue); "dense" (bone > 150 HU / contrast > 180 HU) nearby; "enclosed": dense on both
+   sides of a voxel within a few voxels, in plane or along z (a filling defect inside a
+   contrast-filled vessel); a dip below the brightest voxel nearby (a defect partly filling the
+   lumen); "inside": dense somewhere left, right, above and below (within the skull).
+2. **Learned, per slice**: a 1 x 1 convolution over the features, a 3 x 3 and a stride-2 3 x 3
+   convolution -> [2w, 32, 32]; a 2D head gives per-slice logits (max over the slice) ->
+   ``slice_probabilities`` [B, 64].
+3. **Learned, 3D**: z folded by 4, an in-plane dilated 3 x 3, then along z -> localisation
+   logits [B, 16, 32, 32] -> ``localization`` (sigmoid); the study logit is the maximum cell
+   times a learned scale plus a bias -> ``probability`` [B, 1].
 
-~10 k parameters: it trains on 2 CPU cores in minutes. Trained on synthetic phantoms; not for
-clinical use.
+The features depend only on the input, so training computes them once per phantom and trains
+the learned part on crops (:func:`triage.training.train.fit`); the exported graph computes
+them itself. Trained on synthetic phantoms; not for clinical use.
 """
 
 from __future__ import annotations
@@ -23,32 +28,90 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+N_FEATURES = 18
 WINDOWS = {  # task: (centre, half-width) of the task window, HU
     "ich": (45.0, 45.0),
     "pe": (150.0, 200.0),
 }
-# Fixed feature channels: (lesion-range centre, half-width; "context" HU threshold, its
-# in-plane neighbourhood in voxels). ich: acute blood near 70 HU, bone (> 150 HU) nearby;
-# pe: clot near 45 HU, contrast-filled vessel (> 180 HU) nearby.
+# lesion centre, half-width; dense HU threshold; in-plane reach (px, model grid) of
+# "enclosed by dense" for a lesion voxel
 FEATURES = {
-    "ich": (70.0, 25.0, 150.0, 7),
-    "pe": (45.0, 30.0, 180.0, 5),
+    "ich": (70.0, 25.0, 150.0, 3),
+    "pe": (45.0, 30.0, 180.0, 4),
 }
 
 
+def _shift(m: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """``m`` moved by ``k`` along ``dim`` (k > 0: value at i comes from i - k), zero filled."""
+    n = m.shape[dim]
+    if k > 0:
+        pad = torch.zeros_like(m.narrow(dim, 0, k))
+        return torch.cat([pad, m.narrow(dim, 0, n - k)], dim=dim)
+    k = -k
+    pad = torch.zeros_like(m.narrow(dim, 0, k))
+    return torch.cat([m.narrow(dim, k, n - k), pad], dim=dim)
+
+
+def _reach(m: torch.Tensor, r: int, dim: int, sign: int) -> torch.Tensor:
+    out = _shift(m, sign, dim)
+    for k in range(2, r + 1):
+        out = torch.maximum(out, _shift(m, sign * k, dim))
+    return out
+
+
+def _opening2(m: torch.Tensor) -> torch.Tensor:
+    """Grey-level opening of ``m`` [..., H, W] (values in [0, 1]) by a 2 x 2 square: a voxel
+    keeps its value only as part of a 2 x 2 block at least that high (one-voxel-wide edges
+    vanish). Symmetric under flips, unlike a bare 2 x 2 erosion."""
+    eroded = -F.max_pool2d(F.pad(-m, (0, 1, 0, 1), value=0.0), 2, stride=1)  # outside: 0
+    return F.max_pool2d(F.pad(eroded, (1, 0, 1, 0), value=0.0), 2, stride=1)
+
+
+def enclosed(m: torch.Tensor, r: int) -> torch.Tensor:
+    """Per pixel of ``m`` [..., H, W]: dense on both sides (left and right, or above and below)
+    within ``r`` pixels."""
+    lr = torch.minimum(_reach(m, r, -1, 1), _reach(m, r, -1, -1))
+    ud = torch.minimum(_reach(m, r, -2, 1), _reach(m, r, -2, -1))
+    return torch.maximum(lr, ud)
+
+
+def inside(m: torch.Tensor) -> torch.Tensor:
+    """Per pixel of binary ``m`` [..., H, W]: some dense pixel left, right, above and below
+    (any distance) - e.g. within the skull."""
+    out = None
+    for dim in (-1, -2):
+        c = torch.cumsum(m, dim=dim)
+        before = c - m
+        after = c.narrow(dim, m.shape[dim] - 1, 1) - c
+        both = torch.minimum(before, after).clamp(0.0, 1.0)
+        out = both if out is None else torch.minimum(out, both)
+    assert out is not None
+    return out
+
+
 class Detector(nn.Module):
-    def __init__(self, task: str, width: int = 8) -> None:
+    # fixed parameters (buffers: saved with the weights, exported as constants)
+    centre: torch.Tensor
+    halfwidth: torch.Tensor
+    lesion_c: torch.Tensor
+    lesion_h: torch.Tensor
+    dense_hu: torch.Tensor
+
+    def __init__(self, task: str, width: int = 12) -> None:
         super().__init__()
         centre, half = WINDOWS[task]
+        lc, lh, dense, enc = FEATURES[task]
         self.register_buffer("centre", torch.tensor(centre))
         self.register_buffer("halfwidth", torch.tensor(half))
-        lesion_c, lesion_h, context_hu, reach = FEATURES[task]
-        self.register_buffer("lesion_c", torch.tensor(lesion_c))
-        self.register_buffer("lesion_h", torch.tensor(lesion_h))
-        self.register_buffer("context_hu", torch.tensor(context_hu))
-        self.reach = reach
+        self.register_buffer("lesion_c", torch.tensor(lc))
+        self.register_buffer("lesion_h", torch.tensor(lh))
+        self.register_buffer("dense_hu", torch.tensor(dense))
+        self.enc = enc
+        n_feat = N_FEATURES
         w = width
-        self.c1 = nn.Conv2d(12, w, 3, padding=1)
+        self.c0 = nn.Conv2d(n_feat, w, 1)
+        self.b0 = nn.BatchNorm2d(w)
+        self.c1 = nn.Conv2d(w, w, 3, padding=1)
         self.b1 = nn.BatchNorm2d(w)
         self.c2 = nn.Conv2d(w, 2 * w, 3, stride=2, padding=1)
         self.b2 = nn.BatchNorm2d(2 * w)
@@ -60,37 +123,99 @@ class Detector(nn.Module):
         self.c5 = nn.Conv3d(2 * w, 2 * w, (3, 1, 1), padding=(1, 0, 0))
         self.b5 = nn.BatchNorm3d(2 * w)
         self.loc_head = nn.Conv3d(2 * w, 1, 1)
-        for head in (self.loc_head, self.slice_head):  # start from "no lesion" (p ~ 0.05)
+        for head in (self.loc_head, self.slice_head):
             assert head.bias is not None
             nn.init.constant_(head.bias, -3.0)
         self.study_scale = nn.Parameter(torch.tensor(1.0))
         self.study_bias = nn.Parameter(torch.tensor(0.0))
 
-    def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(study logit [B], slice logits [B, Z], localisation logits [B, Z/4, Y/4, X/4])."""
+    def _lesion(self, v: torch.Tensor) -> torch.Tensor:
+        return (1.0 - (v - self.lesion_c).abs() / self.lesion_h).clamp(0.0, 1.0)
+
+    def _task(self, v: torch.Tensor) -> torch.Tensor:
+        return ((v - self.centre) / self.halfwidth).clamp(-1.5, 2.0)
+
+    def features(self, volume: torch.Tensor) -> torch.Tensor:
+        """Fixed (not learned) channels on the half-resolution grid [B*Z, N_FEATURES, H/2, W/2]."""
         b, z, h, w = volume.shape
-        centre, half = self.centre, self.halfwidth
-        lc, lh, ctx = self.lesion_c, self.lesion_h, self.context_hu
-        assert isinstance(centre, torch.Tensor) and isinstance(half, torch.Tensor)
-        assert isinstance(lc, torch.Tensor) and isinstance(lh, torch.Tensor)
-        assert isinstance(ctx, torch.Tensor)
-        task = ((volume - centre) / half).clamp(-1.5, 2.0)
-        wide = (volume / 500.0).clamp(-2.0, 3.0)
-        lesion_like = (1.0 - (volume - lc).abs() / lh).clamp(0.0, 1.0)
-        context = (volume > ctx).to(volume.dtype).reshape(b * z, 1, h, w)
-        near = F.max_pool2d(context, self.reach, stride=1, padding=self.reach // 2)
-        x = torch.stack([task, wide, lesion_like], dim=2).reshape(b * z, 3, h, w)
-        x = torch.cat([x, near], dim=1)
-        x = torch.cat([F.max_pool2d(x, 2), F.avg_pool2d(x, 2), -F.max_pool2d(-x, 2)], dim=1)
+        v = volume.reshape(b * z, 1, h, w)
+        # full resolution: a lesion-range voxel enclosed by dense (contrast / bone) voxels,
+        # in plane or along z
+        dense = (v > self.dense_hu).to(v.dtype)
+        lesion = self._lesion(v)
+        enc = enclosed(dense, self.enc)
+        dz = dense.reshape(b, z, h, w)
+        above = torch.maximum(_shift(dz, 1, 1), _shift(dz, 2, 1))
+        below = torch.maximum(_shift(dz, -1, 1), _shift(dz, -2, 1))
+        encz = torch.minimum(above, below).reshape(b * z, 1, h, w)
+        # a filling defect / dip: clearly below the brightest voxel nearby, enclosed
+        local = F.max_pool2d(v, 5, stride=1, padding=2)
+        dip = ((local - v - 80.0) / 150.0).clamp(0.0, 1.0) * (local > self.dense_hu).to(v.dtype)
+        dip_enc = F.max_pool2d(dip * torch.maximum(enc, encz), 2)
+        dip_avg = F.avg_pool2d(dip * torch.maximum(enc, encz), 2)
+        # lesion-range blobs, not one-voxel partial-volume edges: erosion at full resolution
+        core_full = _opening2(lesion)
+        air = (v < -400.0).to(v.dtype)
+        near_air = F.max_pool2d(air, 5, stride=1, padding=2)
+        near_dense = F.max_pool2d(dense, 7, stride=1, padding=3)
+        core_max = F.max_pool2d(core_full, 2)
+        core_air = F.max_pool2d(core_full * near_air * near_dense, 2)
+        core_dense = F.max_pool2d(core_full * near_dense, 2)
+        lesion_enc = F.max_pool2d(lesion * enc, 2)
+        lesion_encz = F.max_pool2d(lesion * encz, 2)
+        # half resolution: max / mean / min of HU, then windows
+        hmax = F.max_pool2d(v, 2)
+        havg = F.avg_pool2d(v, 2)
+        hmin = -F.max_pool2d(-v, 2)
+        dense2 = (hmax > self.dense_hu).to(v.dtype)
+        near = F.max_pool2d(dense2, 3, stride=1, padding=1)
+        within = inside(dense2)
+        core = -F.max_pool2d(-self._lesion(havg), 3, stride=1, padding=1)
+        return torch.cat(
+            [
+                self._task(havg),
+                self._task(hmax),
+                self._task(hmin),
+                (havg / 500.0).clamp(-2.0, 3.0),
+                self._lesion(havg),
+                self._lesion(hmin),
+                core,
+                near,
+                within,
+                lesion_enc,
+                lesion_encz,
+                lesion_enc * within,
+                dip_enc,
+                dip_avg,
+                core_max,
+                core_air,
+                core_dense,
+                self._lesion(hmax),
+            ],
+            dim=1,
+        )
+
+    def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, z = volume.shape[:2]
+        with torch.no_grad():
+            x = self.features(volume)
+        return self.head(x, b, z)
+
+    def head(
+        self, x: torch.Tensor, b: int, z: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The learned part, on :meth:`features` [B*Z, C, H/2, W/2]."""
+        h, w = x.shape[-2] * 2, x.shape[-1] * 2
         act = F.leaky_relu
+        x = act(self.b0(self.c0(x)), 0.1)
         x = act(self.b1(self.c1(x)), 0.1)
-        x = act(self.b2(self.c2(x)), 0.1)  # [B*Z, C, H/4, W/4]
+        x = act(self.b2(self.c2(x)), 0.1)
         slice_logits = self.slice_head(x).amax(dim=(1, 2, 3)).reshape(b, z)
         c = x.shape[1]
         x = x.reshape(b, z, c, h // 4, w // 4).permute(0, 2, 1, 3, 4)
         x = act(self.b3(self.c3(x)), 0.1)
         x = act(self.b5(self.c5(act(self.b4(self.c4(x)), 0.1))), 0.1) + x
-        loc = self.loc_head(x)[:, 0]  # [B, Z/4, H/4, W/4]
+        loc = self.loc_head(x)[:, 0]
         study = loc.amax(dim=(1, 2, 3)) * self.study_scale + self.study_bias
         return study, slice_logits, loc
 

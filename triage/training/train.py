@@ -31,8 +31,14 @@ class TrainConfig:
     n_train: int = 700
     n_tune: int = 160
     train_positive_fraction: float = 0.5
-    epochs: float = 1.0
-    batch_size: int = 4
+    steps: int = 3000  # optimiser steps, each on batch_size crops
+    batch_size: int = 8
+    crop_slices: int = 32  # crop depth on the model grid (multiple of 4)
+    crop_size: int = 32  # crop side on the half-resolution feature grid (even; 64 = whole)
+    lesion_crop_fraction: float = 0.8  # positives: share of crops centred on a lesion cell
+    hard_crop_fraction: float = 0.5  # negatives: share centred on the net's highest cell
+    mine_every: int = 250  # steps between re-scoring the negatives (hard-negative mining)
+    width: int = 12
     lr: float = 3e-3
     threads: int = 2
     seed: int = 0
@@ -61,8 +67,15 @@ def _require_torch() -> Any:
     return torch
 
 
-def fit(cfg: TrainConfig, train: Dataset, log_every: int = 25):  # type: ignore[no-untyped-def]
-    """Train a :class:`~triage.training.nets.Detector` on ``train``; returns (net, last loss)."""
+def fit(cfg: TrainConfig, train: Dataset, log_every: int = 250):  # type: ignore[no-untyped-def]
+    """Train a :class:`~triage.training.nets.Detector` on ``train``; returns (net, last loss).
+
+    The network's fixed feature channels are computed once per phantom (float16, ~6 MB each);
+    each step then trains the learned part on ``batch_size`` crops of ``crop_slices`` x
+    ``crop_size`` x ``crop_size`` feature cells: for a positive phantom, most crops contain a
+    lesion cell (``lesion_crop_fraction``), the others are anywhere. A crop's label is whether
+    it holds a lesion cell. The network is convolutional, so the whole volume is scored the
+    same way at inference (maximum over the localisation map)."""
     torch = _require_torch()
     import torch.nn.functional as F
 
@@ -70,28 +83,68 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 25):  # type: ignore[
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    net = Detector(cfg.task)
+    net = Detector(cfg.task, cfg.width)
+    t0 = time.monotonic()
+    feats = features_of(net, train.volumes)  # [N, Z, C, G, G]
+    log.info("%s: features of %d phantoms in %.0f s", cfg.task, len(train), time.monotonic() - t0)
+    n, depth, grid = feats.shape[0], feats.shape[1], feats.shape[-1]
+    cz, cs = min(cfg.crop_slices, depth), min(cfg.crop_size, grid)
+    if cz % 4 or cs % 2:
+        raise ValueError("crop_slices must be a multiple of 4 and crop_size even")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    n = len(train)
-    steps = max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
+        opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1
     )
     rng = np.random.default_rng(cfg.seed)
-    order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(cfg.epochs) + 1)])
+    negatives = np.flatnonzero(train.labels <= 0.5)
+    hardest: dict[int, np.ndarray] = {}  # negative phantom -> its highest-scoring cell
+
+    def mine() -> None:
+        """Score every negative phantom whole; remember where the net is most wrong."""
+        net.eval()
+        with torch.no_grad():
+            for i in negatives:
+                x = torch.from_numpy(feats[i].astype(np.float32))
+                loc = net.head(x, 1, depth)[2][0].numpy()
+                hardest[int(i)] = np.array(np.unravel_index(int(loc.argmax()), loc.shape))
+        net.train()
+
+    def crop(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        cells = train.loc_targets[i]  # [Z/4, G/2, G/2]; a cell is 4 slices x 2 x 2 here
+        c: np.ndarray | None = None
+        if train.labels[i] > 0.5 and cells.any() and rng.random() < cfg.lesion_crop_fraction:
+            hits = np.argwhere(cells > 0.5)
+            c = hits[rng.integers(len(hits))]
+        elif i in hardest and rng.random() < cfg.hard_crop_fraction:
+            c = hardest[i]
+        if c is not None:
+            z0 = int(np.clip((c[0] - rng.integers(0, cz // 4)) * 4, 0, depth - cz))
+            y0 = int(np.clip((c[1] - rng.integers(0, cs // 2)) * 2, 0, grid - cs))
+            x0 = int(np.clip((c[2] - rng.integers(0, cs // 2)) * 2, 0, grid - cs))
+        else:
+            z0 = int(rng.integers(0, (depth - cz) // 4 + 1)) * 4
+            y0 = int(rng.integers(0, (grid - cs) // 2 + 1)) * 2
+            x0 = int(rng.integers(0, (grid - cs) // 2 + 1)) * 2
+        f = feats[i, z0 : z0 + cz, :, y0 : y0 + cs, x0 : x0 + cs]
+        loc = cells[z0 // 4 : (z0 + cz) // 4, y0 // 2 : (y0 + cs) // 2, x0 // 2 : (x0 + cs) // 2]
+        slices = np.repeat(loc.any(axis=(1, 2)), 4).astype(np.float32)
+        return f, loc, slices, float(loc.any())
+
     net.train()
     t0 = time.monotonic()
     running = 0.0
-    loss_value = float("nan")
-    for step in range(steps):
-        idx = np.sort(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
-        vol = torch.from_numpy(np.asarray(train.volumes[idx], dtype=np.float32))
-        y = torch.from_numpy(train.labels[idx])
-        ys = torch.from_numpy(train.slice_targets[idx])
-        yl = torch.from_numpy(train.loc_targets[idx])
-        if rng.random() < 0.5:  # left-right flip
-            vol, yl = vol.flip(-1), yl.flip(-1)
-        study, slices, loc = net(vol)
+    for step in range(cfg.steps):
+        if cfg.mine_every and step and step % cfg.mine_every == 0:
+            mine()
+        batch = [crop(int(i)) for i in rng.integers(0, n, cfg.batch_size)]
+        x = torch.from_numpy(np.stack([b[0] for b in batch]).astype(np.float32))
+        yl = torch.from_numpy(np.stack([b[1] for b in batch]))
+        ys = torch.from_numpy(np.stack([b[2] for b in batch]))
+        y = torch.tensor([b[3] for b in batch], dtype=torch.float32)
+        if rng.random() < 0.5:  # left-right flip (the features are symmetric)
+            x, yl = x.flip(-1), yl.flip(-1)
+        b = x.shape[0]
+        study, slices, loc = net.head(x.reshape(b * cz, *x.shape[2:]), b, cz)
         loss = (
             F.binary_cross_entropy_with_logits(study, y)
             + 0.5 * balanced_bce(slices, ys)
@@ -101,19 +154,33 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 25):  # type: ignore[
         loss.backward()
         opt.step()
         sched.step()
-        loss_value = float(loss.detach())
-        running = 0.95 * running + 0.05 * loss_value if step else loss_value
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        value = float(loss.detach())
+        running = 0.95 * running + 0.05 * value if step else value
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             log.info(
                 "%s step %d/%d loss %.4f (%.0f s)",
                 cfg.task,
                 step + 1,
-                steps,
+                cfg.steps,
                 running,
                 time.monotonic() - t0,
             )
     net.eval()
     return net, running
+
+
+def features_of(net, volumes: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The fixed feature channels of ``volumes`` [N, Z, Y, X], float16 [N, Z, C, Y/2, X/2]."""
+    torch = _require_torch()
+    out: np.ndarray | None = None
+    with torch.no_grad():
+        for i in range(len(volumes)):
+            v = torch.from_numpy(np.asarray(volumes[i : i + 1], dtype=np.float32))
+            f = net.features(v)
+            if out is None:
+                out = np.zeros((len(volumes), v.shape[1], *f.shape[1:]), np.float16)
+            out[i] = f.numpy().astype(np.float16)
+    return out if out is not None else np.zeros((0,), np.float16)
 
 
 def balanced_bce(logits: Any, target: Any) -> Any:
@@ -159,8 +226,6 @@ def choose_threshold(prob: np.ndarray, labels: np.ndarray, specificity: float) -
 def train_task(
     cfg: TrainConfig, models_dir: Path, cache_dir: Path | None, workers: int = 2
 ) -> TrainResult:
-    from triage.training.export import export_onnx, write_config
-
     t0 = time.monotonic()
     log.info("%s: generating %d training phantoms (seeds %d..)", cfg.task, cfg.n_train, TRAIN_SEED0)
     train = generate(
@@ -169,23 +234,23 @@ def train_task(
     tune = generate(cfg.task, TUNE_SEED0, cfg.n_tune, 0.3, workers, cache_dir)
     log.info("%s: data ready in %.0f s; training", cfg.task, time.monotonic() - t0)
     net, loss = fit(cfg, train)
+    return finish_task(cfg, net, loss, tune, models_dir, time.monotonic() - t0)
+
+
+def finish_task(  # type: ignore[no-untyped-def]
+    cfg: TrainConfig, net, loss: float, tune: Dataset, models_dir: Path, seconds: float
+) -> TrainResult:
+    """Operating point on the tuning set, ONNX export, config.pbtxt and training.json for a
+    trained ``net`` (``seconds``: the training's wall time, data included)."""
+    from triage.training.export import export_onnx, write_config
+
     prob = predict(net, tune.volumes)
     thr = choose_threshold(prob, tune.labels, cfg.target_specificity)
     pos = tune.labels > 0.5
     sens = float((prob[pos] >= thr).mean()) if pos.any() else float("nan")
     spec = float((prob[~pos] < thr).mean()) if (~pos).any() else float("nan")
     onnx_path = export_onnx(net, models_dir / cfg.task / "1" / "model.onnx")
-    seconds = time.monotonic() - t0
-    result = TrainResult(
-        cfg.task,
-        seconds,
-        math.ceil(cfg.epochs * cfg.n_train / cfg.batch_size),
-        thr,
-        sens,
-        spec,
-        str(onnx_path),
-        loss,
-    )
+    result = TrainResult(cfg.task, seconds, cfg.steps, thr, sens, spec, str(onnx_path), loss)
     write_config(models_dir / cfg.task, threshold=thr)
     (models_dir / cfg.task / "training.json").write_text(
         json.dumps(
@@ -210,8 +275,8 @@ def train_task(
     return result
 
 
-# Passes over the training phantoms per task (more would help; see docs/models.md).
-DEFAULT_EPOCHS: dict[str, float] = {"ich": 1.0, "pe": 1.0}
+# Optimiser steps per task (each on TrainConfig.batch_size crops).
+DEFAULT_STEPS: dict[str, int] = {"ich": 3000, "pe": 3000}
 
 
 def train_all(
@@ -220,12 +285,12 @@ def train_all(
     tasks: tuple[Task, ...] = ("ich", "pe"),
     *,
     n_train: int = 700,
-    epochs: float | None = None,
+    steps: int | None = None,
     workers: int = 2,
 ) -> list[TrainResult]:
-    """Train ``tasks`` one after the other (``epochs`` None: :data:`DEFAULT_EPOCHS`)."""
+    """Train ``tasks`` one after the other (``steps`` None: :data:`DEFAULT_STEPS`)."""
     results = []
     for t in tasks:
-        cfg = TrainConfig(task=t, n_train=n_train, epochs=epochs or DEFAULT_EPOCHS[t])
+        cfg = TrainConfig(task=t, n_train=n_train, steps=steps or DEFAULT_STEPS[t])
         results.append(train_task(cfg, models_dir, cache_dir, workers))
     return results
