@@ -98,7 +98,7 @@ def add_models_commands(subparsers: Any) -> None:
     p.add_argument(
         "--dicom",
         type=int,
-        default=4,
-        help="positives and negatives per task also run the full DICOM way (4)",
+        default=6,
+        help="positives and negatives per task also run the full DICOM way (6)",
     )
     p.set_defaults(func=_cmd_validate)

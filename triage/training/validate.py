@@ -131,7 +131,7 @@ def _dicom_subset(
     specs = spec_set(task, [int(s) for s in ds.seeds], 0.3)
     pos = [i for i in range(len(ds)) if ds.labels[i] > 0.5][:k]
     neg = [i for i in range(len(ds)) if ds.labels[i] <= 0.5][:k]
-    diffs, agree = [], 0
+    diffs, agree, tp, tn = [], 0, 0, 0
     with tempfile.TemporaryDirectory(prefix="triage-validate-") as tmp:
         for i in pos + neg:
             study = write_study(
@@ -146,6 +146,10 @@ def _dicom_subset(
             diffs.append(abs(p - probs[i]))
             thr = client.contract(task).threshold
             agree += int((p >= thr) == (probs[i] >= thr))
+            if ds.labels[i] > 0.5:
+                tp += int(p >= thr)
+            else:
+                tn += int(p < thr)
             for f in study.files:
                 f.unlink()
     return {
@@ -153,6 +157,10 @@ def _dicom_subset(
         "mean_abs_prob_diff": float(np.mean(diffs)),
         "max_abs_prob_diff": float(np.max(diffs)),
         "same_decision": agree,
+        "positives": len(pos),
+        "true_positives": tp,
+        "negatives": len(neg),
+        "true_negatives": tn,
     }
 
 
@@ -316,7 +324,10 @@ def report_markdown(results: list[TaskResult], png_names: dict[str, str]) -> str
                 f"Full DICOM path on {d['studies']} of these studies (512 x 512 series "
                 f"-> load_volume -> resample -> Triton): same decision in "
                 f"{d['same_decision']}/{d['studies']}, mean |probability difference| vs the "
-                f"in-memory path {d['mean_abs_prob_diff']:.3f} (max {d['max_abs_prob_diff']:.3f}).",
+                f"in-memory path {d['mean_abs_prob_diff']:.3f} (max {d['max_abs_prob_diff']:.3f}); "
+                f"right on the DICOM path: {d.get('true_positives', '-')}/"
+                f"{d.get('positives', '-')} positives flagged, {d.get('true_negatives', '-')}/"
+                f"{d.get('negatives', '-')} negatives not flagged.",
             ]
         lines += ["", f"({r.seconds:.0f} s)", ""]
     return "\n".join(lines) + "\n"
@@ -331,7 +342,7 @@ def validate(
     triton_url: str | None = None,
     workers: int = 2,
     cache_dir: Path | None = None,
-    dicom_per_class: int = 4,
+    dicom_per_class: int = 6,
 ) -> list[TaskResult]:
     """Validate ``tasks`` and write ``report.md``, ``roc_<task>.png`` and ``results.json``."""
     from triage.inference.client import InferenceClient
