@@ -16,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from triage.synth.ct import MODEL_SHAPE, ModelSample, PhantomSpec, Task, model_sample, spec_set
+from triage.synth.ct import (
+    MODEL_SHAPE,
+    MODEL_SUPERSAMPLE,
+    ModelSample,
+    PhantomSpec,
+    Task,
+    model_sample,
+    spec_set,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +33,7 @@ TUNE_SEED0 = 3_000_000
 VALID_SEED0 = 5_000_000
 LOC_SHAPE = (16, 32, 32)  # coarse localisation grid: model grid / 4 on each axis
 SLICE_TARGET_FRACTION = 0.1  # a model voxel with >= 10% lesion marks its slice / cell
-# Phantoms are painted at 4 x the model's in-plane resolution (512 for 128) and area-averaged,
-# as the engine averages a 512 x 512 series: the partial-volume values at edges (bone,
-# calcification, contrast against lung) then match what the engine sees. At 2 x, edge voxels
-# only take quarter steps between the two tissues, and a network trained on them flags
-# calcifications in real 512 x 512 series.
-SUPERSAMPLE = 4
+SUPERSAMPLE = MODEL_SUPERSAMPLE  # part of the cache key
 
 
 @dataclass
