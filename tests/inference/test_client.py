@@ -122,12 +122,7 @@ def test_synthetic_dicom_studies_end_to_end(triton: LocalTriton, tmp_path: Path)
             assert out.model_name == model and out.slice_probabilities.shape == (64,)
             if out.positive != label:
                 wrong.append(f"{out.model_version}: label {label}, p={out.probability:.3f}")
-    # The head CT decisions are relied on by the end-to-end test; the pe model is known to
-    # barely separate the phantoms (held-out AUC ~0.6, docs/models.md).
-    ich_wrong = [w for w in wrong if w.startswith("ich")]
-    assert not ich_wrong, ich_wrong
-    if wrong:
-        pytest.xfail("known weakness of the pe model: " + "; ".join(wrong))
+    assert not wrong, wrong
 
 
 def test_unknown_model_is_not_ready(triton: LocalTriton, tmp_path: Path) -> None:

@@ -43,10 +43,7 @@ CASES: dict[str, list[tuple[ct.PhantomSpec, int]]] = {
 CASE_IDS = [(task, i) for task, cases in CASES.items() for i in range(len(cases))]
 # Cases the committed models get wrong, documented in the model cards (models/*/README.md);
 # they are reported as expected failures, not hidden.
-KNOWN_MISSES: dict[tuple[str, int], str] = {
-    ("pe", 1): "pe model barely separates the classes (held-out AUC ~0.6): lobar clot missed",
-    ("pe", 2): "pe model barely separates the classes (held-out AUC ~0.6): plain CTPA flagged",
-}
+KNOWN_MISSES: dict[tuple[str, int], str] = {}
 _CACHE: dict[str, list[tuple[np.ndarray, bool, str]]] = {}
 
 

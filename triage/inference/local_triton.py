@@ -203,7 +203,9 @@ class LocalTriton:
             pid = int(fields[0])
         except (OSError, ValueError, IndexError):
             return
-        stale_prefix = fields[1] if len(fields) > 1 and fields[1].startswith("triage_") else None
+        stale_prefix = (
+            fields[1] if len(fields) > 1 and fields[1].startswith("triage_triton_") else None
+        )
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
@@ -308,7 +310,7 @@ class LocalTriton:
     ) -> str:
         self.http_port, self.grpc_port, self.metrics_port = ports or _free_ports(3)
         self._remove_shm()  # a previous server of ours that died left its regions
-        self.shm_prefix = f"triage_{os.getpid()}_{uuid.uuid4().hex[:12]}_"
+        self.shm_prefix = f"triage_triton_{os.getpid()}_{uuid.uuid4().hex[:12]}_"
         cmd = self._command(root, backends)
         t0 = time.monotonic()
         with open(self.log_path, "ab") as logf:
