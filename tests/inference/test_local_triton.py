@@ -133,9 +133,9 @@ def test_start_reaps_a_server_left_by_a_killed_engine(tmp_path: Path) -> None:
     assert orphan is not None and pid_alive(orphan)
     first._proc = None  # the engine that started it died without stopping it
     orphan_prefix = first.shm_prefix
-    assert orphan_prefix and _regions(orphan_prefix)
     second = LocalTriton(model_repo(tmp_path / "m2"), tmp_path / "work", startup_seconds=60)
     try:
+        assert orphan_prefix and _regions(orphan_prefix)
         second.start()
         deadline = time.monotonic() + 10
         while pid_alive(orphan) and time.monotonic() < deadline:
