@@ -328,14 +328,19 @@ class InferenceClient:
             ]
             if loc_name:
                 outs.append(tc.InferRequestedOutput(loc_name))
-            inp = tc.InferInput(contract.input.name, list(batch.shape), "FP32")
-            held = self._shm_region(batch.nbytes)
-            if held is None:
+
+            def over_network() -> Any:
+                inp = tc.InferInput(contract.input.name, list(batch.shape), "FP32")
                 inp.set_data_from_numpy(batch)
                 return self._c.infer(model_name, [inp], outputs=outs, **self._kw())
+
+            held = self._shm_region(batch.nbytes)
+            if held is None:
+                return over_network()
             pool, region = held
             try:
                 region.write(batch)
+                inp = tc.InferInput(contract.input.name, list(batch.shape), "FP32")
                 inp.set_shared_memory(region.name, batch.nbytes)
                 try:
                     return self._c.infer(model_name, [inp], outputs=outs, **self._kw())
@@ -345,9 +350,7 @@ class InferenceClient:
                     # e.g. "Unable to find shared memory region": the server restarted
                     log.info("Triton at %s lost our shared memory regions (%s)", self.url, exc)
                     pool.reset()
-                inp = tc.InferInput(contract.input.name, list(batch.shape), "FP32")
-                inp.set_data_from_numpy(batch)
-                return self._c.infer(model_name, [inp], outputs=outs, **self._kw())
+                return over_network()
             finally:
                 pool.release(region)  # back to the pool, or dropped if it was reset/closed
 

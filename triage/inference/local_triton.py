@@ -30,13 +30,13 @@ from pathlib import Path
 from types import TracebackType
 
 from triage.errors import TritonUnavailable
+from triage.inference.shm import SHM_DIR
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 _LOG_TAIL_LINES = 30
 _PORT_ATTEMPTS = 3
-SHM_DIR = Path("/dev/shm")
 
 
 def _site_packages() -> list[Path]:

@@ -151,8 +151,9 @@ class Detector(nn.Module):
         # a filling defect / dip: clearly below the brightest voxel nearby, enclosed
         local = F.max_pool2d(v, 5, stride=1, padding=2)
         dip = ((local - v - 80.0) / 150.0).clamp(0.0, 1.0) * (local > self.dense_hu).to(v.dtype)
-        dip_enc = F.max_pool2d(dip * torch.maximum(enc, encz), 2)
-        dip_avg = F.avg_pool2d(dip * torch.maximum(enc, encz), 2)
+        dip = dip * torch.maximum(enc, encz)
+        dip_enc = F.max_pool2d(dip, 2)
+        dip_avg = F.avg_pool2d(dip, 2)
         # lesion-range blobs, not one-voxel partial-volume edges: erosion at full resolution
         core_full = _opening2(lesion)
         air = (v < -400.0).to(v.dtype)
