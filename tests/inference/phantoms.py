@@ -1,4 +1,5 @@
-"""Small numpy phantoms at the model input grid (64 x 128 x 128, HU, inferior -> superior).
+"""Small numpy phantoms on the models' input grids (HU, inferior -> superior): head at
+64 x 128 x 128, chest at the pe grid 64 x 256 x 256 (drawn at 128, each voxel repeated 2 x 2).
 
 Geometry assumes ~1.8 mm in-plane and 2.5 mm between slices, a typical resampled head/chest FOV.
 """
@@ -7,7 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from triage.synth.ct import model_shape
+
 SHAPE = (64, 128, 128)
+PE_SHAPE = model_shape("pe")
 PIXEL_MM = 1.8
 SLICE_MM = 2.5
 
@@ -66,5 +70,7 @@ def chest_cta(*, clot: bool = False, noise_hu: float = 10.0, seed: int = 0) -> n
     if clot:
         sel = ((y - 58) ** 2 + (x - 90) ** 2 < 3**2) & (z >= 24) & (z < 36)
         vol[sel] = 40.0
-    vol += rng.normal(0.0, noise_hu, SHAPE).astype(np.float32)
+    k = PE_SHAPE[1] // SHAPE[1]
+    vol = np.repeat(np.repeat(vol, k, axis=1), k, axis=2)
+    vol += rng.normal(0.0, noise_hu, vol.shape).astype(np.float32)
     return vol

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
@@ -114,3 +115,19 @@ def test_limits_from_contract_parameters() -> None:
     bare = InputLimits.from_parameters("x", {})
     assert problems(bare, InputFacts("CT", 2, 1.0, 20.0, None, None)) == []
     assert problems(bare, InputFacts("MR", 40, 100.0, 1.0, None, None)) != []
+
+
+def test_content_checks_judge_a_256_grid_as_its_128_average() -> None:
+    """pe's 256 x 256 input is measured at the 128 x 128 resolution the thresholds were
+    calibrated on: a grid and its 2 x 2 repetition give the same facts."""
+    from triage.inference.checks import content_grid, mediastinal_enhancement
+
+    rng = np.random.default_rng(0)
+    coarse = rng.normal(40.0, 30.0, (8, 128, 128)).astype(np.float32)
+    fine = np.repeat(np.repeat(coarse, 2, axis=1), 2, axis=2)
+    assert content_grid(fine).shape == (8, 128, 128)
+    assert np.allclose(content_grid(fine), coarse)
+    assert content_grid(coarse) is coarse
+    odd = np.zeros((4, 200, 200), np.float32)
+    assert content_grid(odd) is odd  # not a multiple of 128: left as it is
+    assert mediastinal_enhancement(content_grid(fine)) == mediastinal_enhancement(coarse)

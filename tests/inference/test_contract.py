@@ -44,7 +44,7 @@ def test_repository_configs_follow_the_engine_contract(path: Path) -> None:
     assert c.name == path.parent.name
     assert c.max_batch_size == 4
     assert c.input.name == "volume" and c.input.data_type == "TYPE_FP32"
-    assert c.input_shape == (64, 128, 128)
+    assert c.input_shape == {"ich": (64, 128, 128), "pe": (64, 256, 256)}[c.name]
     assert c.output("probability").dims == (1,)
     assert c.output("slice_probabilities").dims == (64,)
     assert 0.0 <= c.threshold <= 1.0

@@ -43,9 +43,10 @@ def test_features_are_left_right_symmetric_and_forward_is_head_of_features(task:
 
     torch.manual_seed(0)
     net = Detector(task, 4).eval()
-    volume = torch.randn(1, 8, 32, 32) * 300.0
-    volume[:, :, 10:20, 10:20] = 400.0
-    volume[:, :, 14, 14] = 45.0
+    k = net.scale  # pe takes a 2x finer in-plane grid; the feature grid is the same
+    volume = torch.randn(1, 8, 32 * k, 32 * k) * 300.0
+    volume[:, :, 10 * k : 20 * k, 10 * k : 20 * k] = 400.0
+    volume[:, :, 14 * k : 15 * k, 14 * k : 15 * k] = 45.0
     with torch.no_grad():
         f = net.features(volume)
         assert f.shape == (8, N_FEATURES, 16, 16)
@@ -54,3 +55,43 @@ def test_features_are_left_right_symmetric_and_forward_is_head_of_features(task:
         again = net.head(f, 1, 8)
     assert torch.allclose(study, again[0]) and torch.allclose(loc, again[2])
     assert slices.shape == (1, 8) and loc.shape == (1, 2, 8, 8)
+
+
+def test_the_feature_grid_is_the_same_for_both_input_sizes() -> None:
+    """pe's 256 x 256 input gives the same 64 x 64 feature grid as ich's 128 x 128 (cells of
+    4 x 4 instead of 2 x 2 voxels), and a volume drawn at 128 and repeated 2 x 2 gives nearly
+    the same per-cell HU channels at both sizes."""
+    from triage.training.nets import Detector
+
+    with pytest.raises(ValueError, match="multiple of 128"):
+        Detector("pe", 4, size=200)
+    torch.manual_seed(1)
+    coarse = torch.randn(1, 4, 128, 128) * 200.0
+    fine = coarse.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    a = Detector("pe", 4, size=128).eval()
+    b = Detector("pe", 4).eval()
+    assert (a.scale, b.scale) == (1, 2)
+    with torch.no_grad():
+        fa, fb = a.features(coarse), b.features(fine)
+    assert fa.shape == fb.shape == (4, 18, 64, 64)
+    assert torch.allclose(fa[:, :4], fb[:, :4], atol=1e-4)  # windows of mean / max / min HU
+
+
+def test_reach_and_square_max_are_the_plain_definitions() -> None:
+    """The pooled forms give exactly the maximum of shifted copies / the 2-D max pool."""
+    import torch.nn.functional as F
+
+    from triage.training.nets import _max_square, _reach, _shift
+
+    torch.manual_seed(2)
+    m = (torch.rand(3, 1, 17, 23) > 0.7).float() * torch.rand(3, 1, 17, 23)
+    for dim in (-1, -2):
+        for sign in (1, -1):
+            for r in (1, 3, 8):
+                want = _shift(m, sign, dim)
+                for k in range(2, r + 1):
+                    want = torch.maximum(want, _shift(m, sign * k, dim))
+                assert torch.equal(_reach(m, r, dim, sign), want)
+    v = torch.randn(2, 1, 19, 21) * 100.0
+    for k in (3, 5, 9, 13):
+        assert torch.equal(_max_square(v, k), F.max_pool2d(v, k, stride=1, padding=k // 2))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from triage.inference.contract import load_contract
+from triage.synth.ct import model_shape
 
 from .conftest import CASE_IDS, KNOWN_MISSES, MODELS_DIR, case_volumes
 
@@ -26,7 +27,8 @@ def test_onnx_file_is_small_and_matches_the_contract(task: str) -> None:
     contract = load_contract(MODELS_DIR / task / "config.pbtxt")
     sess = session(task)
     (inp,) = sess.get_inputs()
-    assert inp.name == contract.input.name and list(inp.shape[1:]) == [64, 128, 128]
+    assert inp.name == contract.input.name and list(inp.shape[1:]) == list(model_shape(task))
+    assert contract.input_shape == model_shape(task)
     names = [o.name for o in sess.get_outputs()]
     assert names == [o.name for o in contract.outputs]
     assert "synthetic phantoms" in contract.description

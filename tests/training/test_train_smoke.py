@@ -14,18 +14,21 @@ torch = pytest.importorskip(
 pytest.importorskip("onnx", reason="ONNX export needs the 'onnx' package (train group)")
 
 
-def test_fit_export_and_agree(tmp_path: Path) -> None:
+@pytest.mark.parametrize("task", ["ich", "pe"])
+def test_fit_export_and_agree(task: str, tmp_path: Path) -> None:
     import onnxruntime as ort
 
+    from triage.synth.ct import model_shape
     from triage.training.data import generate, targets
     from triage.training.export import export_onnx
     from triage.training.train import TrainConfig, choose_threshold, fit, predict
 
-    ds = generate("ich", 800, 4, 0.5, workers=1)
-    assert ds.volumes.shape == (4, 64, 128, 128) and ds.labels.sum() == 2
-    s, cells = targets(np.zeros((64, 128, 128), np.float32))
+    grid = model_shape(task)  # ich 64 x 128 x 128, pe 64 x 256 x 256
+    ds = generate(task, 800, 4, 0.5, workers=1)
+    assert ds.volumes.shape == (4, *grid) and ds.labels.sum() == 2
+    s, cells = targets(np.zeros(grid, np.float32))
     assert s.shape == (64,) and cells.shape == (16, 32, 32)
-    cfg = TrainConfig(task="ich", steps=3, batch_size=2, threads=1)
+    cfg = TrainConfig(task=task, steps=3, batch_size=2, threads=1)
     net, loss = fit(cfg, ds, log_every=1)
     assert np.isfinite(loss)
     probs = predict(net, ds.volumes)

@@ -211,6 +211,22 @@ def _thickness(volume: Volume) -> float | None:
 # -- the checks ----------------------------------------------------------------------------------
 
 
+CONTENT_GRID = 128  # in-plane size the content checks were calibrated at
+
+
+def content_grid(grid: np.ndarray) -> np.ndarray:
+    """``grid`` [z, y, x] block-averaged in plane to :data:`CONTENT_GRID` when it is a multiple
+    of it (pe's 256 x 256), so the content checks judge every model's input at the resolution
+    they were calibrated on: at 256 the partial-volume rim of bone is two voxels wide and no
+    longer excluded, and the per-voxel noise doubles, both of which lift the "brightest blood"
+    median of a poorly enhanced CTPA over the threshold."""
+    nz, ny, nx = grid.shape
+    ky, kx = ny // CONTENT_GRID, nx // CONTENT_GRID
+    if ky <= 1 or kx <= 1 or ny % CONTENT_GRID or nx % CONTENT_GRID:
+        return grid
+    return grid.reshape(nz, CONTENT_GRID, ky, CONTENT_GRID, kx).mean(axis=(2, 4))
+
+
 def measure(
     limits: InputLimits, instances: Sequence[Instance], volume: Volume, grid: np.ndarray
 ) -> InputFacts:
@@ -219,6 +235,7 @@ def measure(
     coverage = float(volume.z_positions[-1] - volume.z_positions[0]) if volume.shape[0] else 0.0
     width = lung = enhancement = None
     if limits.body_part or limits.min_enhancement_hu is not None:
+        grid = content_grid(grid)
         column_mm = volume.pixel_spacing[1] * volume.hu.shape[2] / grid.shape[2]
         width, lung = body_metrics(grid, column_mm)
     if limits.min_enhancement_hu is not None:

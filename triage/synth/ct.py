@@ -55,12 +55,22 @@ RESCALE_SLOPE = 1.0
 HU_MIN, HU_MAX = -1024.0, 3071.0
 AIR_HU = -1000.0
 MODEL_SHAPE = (64, 128, 128)
-# The in-memory path paints at 4 x the model's in-plane resolution (512 for 128) and
-# area-averages, as the engine averages a 512 x 512 series: partial-volume values at edges
-# (bone, calcification, contrast against lung) then match what the engine sees. At 2 x, edge
-# voxels only take quarter steps between the two tissues, and a network trained on them
-# flagged calcifications in real 512 x 512 series.
-MODEL_SUPERSAMPLE = 4
+# Each task's model input grid (its config.pbtxt "volume" dims): pe needs the finer in-plane
+# grid, segmental and subsegmental emboli being 1-3 voxels wide at 128.
+MODEL_SHAPES: dict[str, tuple[int, int, int]] = {"ich": (64, 128, 128), "pe": (64, 256, 256)}
+# The in-memory path paints at 512 in plane, the DICOM matrix, and area-averages to the model
+# grid, as the engine averages a 512 x 512 series: partial-volume values at edges (bone,
+# calcification, contrast against lung) then match what the engine sees. Painted at 256 for a
+# 128 grid, edge voxels only took quarter steps between the two tissues, and a network trained
+# on them flagged calcifications in real 512 x 512 series.
+PAINT_SIZE = 512
+MODEL_SUPERSAMPLE = PAINT_SIZE // MODEL_SHAPE[2]
+
+
+def model_shape(task: str) -> tuple[int, int, int]:
+    """The model input grid [z, y, x] of ``task``."""
+    return MODEL_SHAPES[task]
+
 
 HEAD_DESCRIPTION = "CT HEAD WO CONTRAST"
 CTPA_DESCRIPTION = "CTA CHEST PE PROTOCOL"
@@ -935,6 +945,12 @@ def _coarse_noise(spec: PhantomSpec, seed: int, n: int, cells: int) -> np.ndarra
     )
 
 
+def _coarse_cells(coarse: np.ndarray, size: int) -> np.ndarray:
+    """``coarse`` [z, c, c] repeated over ``size`` x ``size`` pixels (size a multiple of c)."""
+    rep = size // coarse.shape[1]
+    return np.repeat(np.repeat(coarse, rep, axis=1), rep, axis=2) if rep > 1 else coarse
+
+
 def draw_spec(task: Task, rng: np.random.Generator, *, positive: bool) -> PhantomSpec:
     """A random, varied study: thickness, FOV, noise, scanner, lesion kinds, mimics."""
     scanner = int(rng.integers(len(SCANNERS)))
@@ -1010,21 +1026,25 @@ def spec_set(task: Task, seeds: Sequence[int], positive_fraction: float = 0.3) -
 def model_sample(
     spec: PhantomSpec,
     seed: int,
-    shape: tuple[int, int, int] = MODEL_SHAPE,
-    supersample: int = MODEL_SUPERSAMPLE,
+    shape: tuple[int, int, int] | None = None,
+    supersample: int | None = None,
 ) -> ModelSample:
     """The study of ``spec``/``seed`` on the model grid, without writing DICOM.
 
     Only the acquisition slices that :func:`triage.inference.volume.resample` interpolates
-    between are painted (at ``supersample`` x the model's in-plane resolution, then
-    block-averaged); noise is added as it is after the engine's 4 x 4 area average of a 512
-    matrix (per-pixel sigma x 128/512, plus the shared coarse component).
+    between are painted (at ``supersample`` x the model's in-plane resolution, by default the
+    512 DICOM matrix, then block-averaged); noise is added as it is after the engine's area
+    average of a 512 matrix (per-pixel sigma x size/512, plus the shared coarse component).
+    ``shape`` defaults to the task's model grid (:data:`MODEL_SHAPES`).
     """
     from triage.inference.volume import Volume, resample, z_sample_positions
 
+    shape = shape or model_shape(spec.task)
     nz, ny, nx = shape
     if ny != nx:
         raise ValueError("the in-memory path needs a square in-plane model grid")
+    if supersample is None:
+        supersample = max(1, PAINT_SIZE // nx)
     z_all = _z_positions(spec)
     probe = Volume(
         hu=np.zeros((len(z_all), 1, 1), np.float32),
@@ -1045,7 +1065,7 @@ def model_sample(
     rng = np.random.default_rng([seed, 1, 0])
     sigma = _noise_sigma(spec) * nx / 512.0
     vol += rng.standard_normal(vol.shape, dtype=np.float32) * np.float32(sigma)
-    vol += _coarse_noise(spec, seed, len(z_all), nx)[needed]
+    vol += _coarse_cells(_coarse_noise(spec, seed, len(z_all), min(nx, 128))[needed], nx)
     np.clip(np.rint(vol), HU_MIN, HU_MAX, out=vol)
     zpos = z_all[needed].astype(np.float64)
 
@@ -1206,9 +1226,7 @@ def _dicom_volume(
     rng = np.random.default_rng([seed, 1, 0])
     vol += rng.standard_normal(vol.shape, dtype=np.float32) * np.float32(_noise_sigma(spec))
     cells = 128 if size % 128 == 0 else size
-    coarse = _coarse_noise(spec, seed, len(z), cells)
-    rep = size // cells
-    vol += np.repeat(np.repeat(coarse, rep, axis=1), rep, axis=2)
+    vol += _coarse_cells(_coarse_noise(spec, seed, len(z), cells), size)
     return vol, mask, g, lesions
 
 

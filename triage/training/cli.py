@@ -82,7 +82,10 @@ def add_models_commands(subparsers: Any) -> None:
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS), help="model repository")
     p.add_argument("--n-train", type=int, default=700, help="training phantoms per task (700)")
     p.add_argument(
-        "--steps", type=int, default=None, help="optimiser steps per task (default: 3000)"
+        "--steps",
+        type=int,
+        default=None,
+        help="optimiser steps per task (default: ich 3000, pe 5000)",
     )
     p.add_argument("--workers", type=int, default=2, help="phantom generator processes (2)")
     p.add_argument("--cache-dir", default="var/training-cache", help="phantom cache ('' for none)")

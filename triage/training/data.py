@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from triage.synth.ct import (
-    MODEL_SHAPE,
-    MODEL_SUPERSAMPLE,
+    PAINT_SIZE,
     ModelSample,
     PhantomSpec,
     Task,
     model_sample,
+    model_shape,
     spec_set,
 )
 
@@ -33,12 +33,12 @@ TUNE_SEED0 = 3_000_000
 VALID_SEED0 = 5_000_000
 LOC_SHAPE = (16, 32, 32)  # coarse localisation grid: model grid / 4 on each axis
 SLICE_TARGET_FRACTION = 0.1  # a model voxel with >= 10% lesion marks its slice / cell
-SUPERSAMPLE = MODEL_SUPERSAMPLE  # part of the cache key
+PAINT = PAINT_SIZE  # in-plane painting size: part of the cache key
 
 
 @dataclass
 class Dataset:
-    """Volumes (float16 HU, [N, 64, 128, 128]) and targets for one task."""
+    """Volumes (float16 HU, [N, z, y, x] on the task's model grid) and targets for one task."""
 
     task: Task
     seeds: np.ndarray  # int64 [N]
@@ -72,7 +72,7 @@ def targets(lesion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _one(args: tuple[PhantomSpec, int]) -> ModelSample:
     spec, seed = args
-    return model_sample(spec, seed, MODEL_SHAPE, supersample=SUPERSAMPLE)
+    return model_sample(spec, seed, model_shape(spec.task))
 
 
 def generate(
@@ -87,14 +87,16 @@ def generate(
     ``cache_dir`` is given: the same arguments load the same data)."""
     cache = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"{task}-{seed0}-{n}-{positive_fraction:g}-x{SUPERSAMPLE}"
+        shape = "x".join(str(d) for d in model_shape(task))
+        cache = Path(cache_dir) / f"{task}-{seed0}-{n}-{positive_fraction:g}-{shape}-p{PAINT}"
         if (cache / "meta.npz").is_file() and (cache / "volumes.npy").is_file():
             return _load(task, cache)
     seeds = list(range(seed0, seed0 + n))
     specs = spec_set(task, seeds, positive_fraction)
-    volumes = np.zeros((n, *MODEL_SHAPE), dtype=np.float16)
+    grid = model_shape(task)
+    volumes = np.zeros((n, *grid), dtype=np.float16)
     labels = np.zeros(n, np.float32)
-    slice_t = np.zeros((n, MODEL_SHAPE[0]), np.float32)
+    slice_t = np.zeros((n, grid[0]), np.float32)
     loc_t = np.zeros((n, *LOC_SHAPE), np.float32)
     sizes = np.zeros(n, np.float32)
     subtypes: list[tuple[str, ...]] = []

@@ -1,7 +1,8 @@
 """ONNX export of a trained detector and the Triton model configuration around it.
 
-The ONNX graph takes ``volume`` FP32 [B, 64, 128, 128] (HU) and answers ``probability``
-[B, 1], ``slice_probabilities`` [B, 64] and ``localization`` [B, 16, 32, 32], with a dynamic
+The ONNX graph takes ``volume`` FP32 [B, 64, S, S] (HU; S = 128 for ich, 256 for pe) and
+answers ``probability`` [B, 1], ``slice_probabilities`` [B, 64] and ``localization``
+[B, 16, 32, 32], with a dynamic
 batch axis, so the same file serves from the Python backend (``1/model.py``, onnxruntime) and
 from a stock Triton ``onnxruntime`` backend (``config.onnxruntime.pbtxt.example``).
 """
@@ -11,12 +12,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from triage.synth.ct import model_shape
 from triage.training.data import LOC_SHAPE
 
 INPUT = "volume"
 OUTPUTS = ("probability", "slice_probabilities", "localization")
 FINDINGS = {"ich": "intracranial hemorrhage", "pe": "pulmonary embolism"}
-VERSION = "synthcnn-2.0"
+# Network version per task: pe 2.1 takes the 256 x 256 in-plane grid (same network otherwise).
+VERSIONS = {"ich": "synthcnn-2.0", "pe": "synthcnn-2.1"}
 
 
 def export_onnx(net, path: Path) -> Path:  # type: ignore[no-untyped-def]
@@ -27,7 +30,7 @@ def export_onnx(net, path: Path) -> Path:  # type: ignore[no-untyped-def]
 
     path.parent.mkdir(parents=True, exist_ok=True)
     model = Exported(net).eval()
-    example = torch.zeros(1, 64, 128, 128)
+    example = torch.zeros(1, *model_shape(net.task))
     torch.onnx.export(
         model,
         (example,),
@@ -55,7 +58,7 @@ def _outputs_block() -> str:
     dims: [ 64 ]
   }},
   {{
-    # coarse lesion map on [z/4, y/4, x/4] of the input grid, in [0, 1]
+    # coarse lesion map: {z} x {y} x {x} cells over the input grid, in [0, 1]
     name: "localization"
     data_type: TYPE_FP32
     dims: [ {z}, {y}, {x} ]
@@ -104,7 +107,10 @@ def config_text(
 ) -> str:
     """config.pbtxt for model ``name``: ``base`` (the current file, whose other parameters
     are kept) with the three outputs, threshold, version and description set."""
-    text = base if base is not None else _MINIMAL.format(name=name)
+    if base is None:
+        z, y, x = model_shape(name)
+        base = _MINIMAL.format(name=name, z=z, y=y, x=x)
+    text = base
     text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("# ")) + "\n"
     text = _HEADER.format(name=name) + text.lstrip("\n")
     text = _replace_block(text, "output", _outputs_block())
@@ -118,7 +124,7 @@ def config_text(
         flags=re.M,
     )
     text = _set_param(text, "threshold", f"{threshold:.4f}")
-    text = _set_param(text, "version", f"{name}-{VERSION}")
+    text = _set_param(text, "version", f"{name}-{VERSIONS.get(name, VERSIONS['ich'])}")
     text = _set_param(text, "finding", FINDINGS[name])
     text = _set_param(
         text, "description", "small 2.5D CNN trained on synthetic phantoms; not for clinical use"
@@ -134,10 +140,10 @@ dynamic_batching {{
 }}
 input [
   {{
-    # Hounsfield units, slices ordered inferior -> superior, resampled to 64 x 128 x 128
+    # Hounsfield units, slices ordered inferior -> superior, resampled to {z} x {y} x {x}
     name: "volume"
     data_type: TYPE_FP32
-    dims: [ 64, 128, 128 ]
+    dims: [ {z}, {y}, {x} ]
   }}
 ]
 output [

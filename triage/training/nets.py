@@ -1,12 +1,14 @@
 """The detection network (PyTorch; training-only dependency). One architecture, two tasks.
 
-Input: HU volume [B, 64, 128, 128] (the engine's model contract). Inside the network:
+Input: HU volume [B, 64, S, S] (the engine's model contract: S = 128 for ich, 256 for pe,
+:data:`triage.synth.ct.MODEL_SHAPES`). Inside the network:
 
 1. **Fixed feature channels** (:meth:`Detector.features`, nothing learned), at full resolution
-   then on a half-resolution grid [B*64, 18, 64, 64]: task and wide windows of the 2 x 2
-   max / mean / min of HU; a lesion-range indicator (acute blood ~70 HU, clot ~45 HU) and its
-   erosion (a blob, not a one-voxel partial-volume edge between bone or contrast and softer
-   tissue); "dense" (bone > 150 HU / contrast > 180 HU) nearby; "enclosed": dense on both
+   then on a 64 x 64 grid [B*64, 18, 64, 64] (cells of 2 x 2 voxels at S = 128, 4 x 4 at 256;
+   the in-plane reaches below are in 128-grid voxels, scaled with S): task and wide windows of
+   the max / mean / min of HU per cell; a lesion-range indicator (acute blood ~70 HU, clot ~45
+   HU) and its erosion (a blob, not a one-voxel partial-volume edge between bone or contrast and
+   softer tissue); "dense" (bone > 150 HU / contrast > 180 HU) nearby; "enclosed": dense on both
    sides of a voxel within a few voxels, in plane or along z (a filling defect inside a
    contrast-filled vessel); a dip below the brightest voxel nearby (a defect partly filling the
    lumen); "inside": dense somewhere left, right, above and below (within the skull).
@@ -27,6 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from triage.synth.ct import model_shape
 
 N_FEATURES = 18
 WINDOWS = {  # task: (centre, half-width) of the task window, HU
@@ -53,10 +57,25 @@ def _shift(m: torch.Tensor, k: int, dim: int) -> torch.Tensor:
 
 
 def _reach(m: torch.Tensor, r: int, dim: int, sign: int) -> torch.Tensor:
-    out = _shift(m, sign, dim)
-    for k in range(2, r + 1):
-        out = torch.maximum(out, _shift(m, sign * k, dim))
-    return out
+    """Per element of ``m`` (values >= 0): the maximum of ``m`` at 1..``r`` steps along ``dim``
+    toward lower (``sign`` > 0) or higher indices, 0 past the edge; one 1-D max pool (the
+    same values as the maximum of the ``r`` shifted copies, without ``r`` full-size copies)."""
+    dim %= m.dim()  # non-negative: ONNX Transpose takes no negative axes
+    last = m.dim() - 1
+    x = m.movedim(dim, last)
+    shape = x.shape
+    x = F.pad(x.reshape(-1, 1, shape[-1]), (r, 0) if sign > 0 else (0, r))
+    out = F.max_pool1d(x, r, stride=1)
+    out = out[..., :-1] if sign > 0 else out[..., 1:]
+    return out.reshape(shape).movedim(last, dim)
+
+
+def _max_square(m: torch.Tensor, k: int) -> torch.Tensor:
+    """``F.max_pool2d(m, k, stride=1, padding=k // 2)`` (odd ``k``) as two 1-D passes: the
+    same values, O(k) instead of O(k^2) per element (a 13 x 13 window on a 256 grid)."""
+    p = k // 2
+    rows = F.max_pool2d(m, (1, k), stride=1, padding=(0, p))
+    return F.max_pool2d(rows, (k, 1), stride=1, padding=(p, 0))
 
 
 def _opening2(m: torch.Tensor) -> torch.Tensor:
@@ -97,8 +116,12 @@ class Detector(nn.Module):
     lesion_h: torch.Tensor
     dense_hu: torch.Tensor
 
-    def __init__(self, task: str, width: int = 12) -> None:
+    def __init__(self, task: str, width: int = 12, size: int | None = None) -> None:
         super().__init__()
+        size = size or model_shape(task)[2]
+        if size % 128:
+            raise ValueError(f"input size {size} is not a multiple of 128")
+        self.scale = size // 128  # input voxels per 128-grid voxel, in plane
         centre, half = WINDOWS[task]
         lc, lh, dense, enc = FEATURES[task]
         self.register_buffer("centre", torch.tensor(centre))
@@ -106,6 +129,7 @@ class Detector(nn.Module):
         self.register_buffer("lesion_c", torch.tensor(lc))
         self.register_buffer("lesion_h", torch.tensor(lh))
         self.register_buffer("dense_hu", torch.tensor(dense))
+        self.task = task
         self.enc = enc
         n_feat = N_FEATURES
         w = width
@@ -136,42 +160,44 @@ class Detector(nn.Module):
         return ((v - self.centre) / self.halfwidth).clamp(-1.5, 2.0)
 
     def features(self, volume: torch.Tensor) -> torch.Tensor:
-        """Fixed (not learned) channels on the half-resolution grid [B*Z, N_FEATURES, H/2, W/2]."""
+        """Fixed (not learned) channels on the 64 x 64 cell grid [B*Z, N_FEATURES, 64, 64]."""
         b, z, h, w = volume.shape
+        s = self.scale
+        cell = 2 * s  # input voxels per feature cell, in plane
         v = volume.reshape(b * z, 1, h, w)
         # full resolution: a lesion-range voxel enclosed by dense (contrast / bone) voxels,
         # in plane or along z
         dense = (v > self.dense_hu).to(v.dtype)
         lesion = self._lesion(v)
-        enc = enclosed(dense, self.enc)
+        enc = enclosed(dense, self.enc * s)
         dz = dense.reshape(b, z, h, w)
         above = torch.maximum(_shift(dz, 1, 1), _shift(dz, 2, 1))
         below = torch.maximum(_shift(dz, -1, 1), _shift(dz, -2, 1))
         encz = torch.minimum(above, below).reshape(b * z, 1, h, w)
         # a filling defect / dip: clearly below the brightest voxel nearby, enclosed
-        local = F.max_pool2d(v, 5, stride=1, padding=2)
+        local = _max_square(v, 4 * s + 1)
         dip = ((local - v - 80.0) / 150.0).clamp(0.0, 1.0) * (local > self.dense_hu).to(v.dtype)
         dip = dip * torch.maximum(enc, encz)
-        dip_enc = F.max_pool2d(dip, 2)
-        dip_avg = F.avg_pool2d(dip, 2)
+        dip_enc = F.max_pool2d(dip, cell)
+        dip_avg = F.avg_pool2d(dip, cell)
         # lesion-range blobs, not one-voxel partial-volume edges: erosion at full resolution
         core_full = _opening2(lesion)
         air = (v < -400.0).to(v.dtype)
-        near_air = F.max_pool2d(air, 5, stride=1, padding=2)
-        near_dense = F.max_pool2d(dense, 7, stride=1, padding=3)
-        core_max = F.max_pool2d(core_full, 2)
-        core_air = F.max_pool2d(core_full * near_air * near_dense, 2)
-        core_dense = F.max_pool2d(core_full * near_dense, 2)
-        lesion_enc = F.max_pool2d(lesion * enc, 2)
-        lesion_encz = F.max_pool2d(lesion * encz, 2)
-        # half resolution: max / mean / min of HU, then windows
-        hmax = F.max_pool2d(v, 2)
-        havg = F.avg_pool2d(v, 2)
-        hmin = -F.max_pool2d(-v, 2)
+        near_air = _max_square(air, 4 * s + 1)
+        near_dense = _max_square(dense, 6 * s + 1)
+        core_max = F.max_pool2d(core_full, cell)
+        core_air = F.max_pool2d(core_full * near_air * near_dense, cell)
+        core_dense = F.max_pool2d(core_full * near_dense, cell)
+        lesion_enc = F.max_pool2d(lesion * enc, cell)
+        lesion_encz = F.max_pool2d(lesion * encz, cell)
+        # cell grid: max / mean / min of HU, then windows
+        hmax = F.max_pool2d(v, cell)
+        havg = F.avg_pool2d(v, cell)
+        hmin = -F.max_pool2d(-v, cell)
         dense2 = (hmax > self.dense_hu).to(v.dtype)
-        near = F.max_pool2d(dense2, 3, stride=1, padding=1)
+        near = _max_square(dense2, 3)
         within = inside(dense2)
-        core = -F.max_pool2d(-self._lesion(havg), 3, stride=1, padding=1)
+        core = -_max_square(-self._lesion(havg), 3)
         return torch.cat(
             [
                 self._task(havg),
@@ -205,8 +231,8 @@ class Detector(nn.Module):
     def head(
         self, x: torch.Tensor, b: int, z: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The learned part, on :meth:`features` [B*Z, C, H/2, W/2]."""
-        h, w = x.shape[-2] * 2, x.shape[-1] * 2
+        """The learned part, on :meth:`features` [B*Z, C, G, G] (G = 64)."""
+        h, w = x.shape[-2] * 2, x.shape[-1] * 2  # in 128-grid voxels
         act = F.leaky_relu
         x = act(self.b0(self.c0(x)), 0.1)
         x = act(self.b1(self.c1(x)), 0.1)
@@ -223,7 +249,7 @@ class Detector(nn.Module):
 
 class Exported(nn.Module):
     """The contract's outputs: probability [B, 1], slice_probabilities [B, Z], localization
-    [B, Z/4, Y/4, X/4], all in [0, 1]."""
+    [B, Z/4, 32, 32] (cells of 4 x 4 voxels on a 128 grid, 8 x 8 on 256), all in [0, 1]."""
 
     def __init__(self, net: Detector) -> None:
         super().__init__()

@@ -275,8 +275,9 @@ def finish_task(  # type: ignore[no-untyped-def]
     return result
 
 
-# Optimiser steps per task (each on TrainConfig.batch_size crops).
-DEFAULT_STEPS: dict[str, int] = {"ich": 3000, "pe": 3000}
+# Optimiser steps per task (each on TrainConfig.batch_size crops); pe still improved from 3,000
+# to 5,000 (tuning AUC 0.921 -> 0.925, sensitivity at specificity 0.90: 0.79 -> 0.83).
+DEFAULT_STEPS: dict[str, int] = {"ich": 3000, "pe": 5000}
 
 
 def train_all(

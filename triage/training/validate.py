@@ -141,7 +141,7 @@ def _dicom_subset(
                 patient_id=f"V{i}",
                 accession=f"VAL{i}",
             )
-            vol = resample(load_volume(study.files), (64, 128, 128))
+            vol = resample(load_volume(study.files), client.contract(task).input_shape)
             p = client.infer(task, vol).probability
             diffs.append(abs(p - probs[i]))
             thr = client.contract(task).threshold

@@ -3,10 +3,11 @@
 A small 2.5D CNN (triage/training/nets.py) TRAINED ON SYNTHETIC PHANTOMS; NOT FOR CLINICAL USE.
 Model card: models/pe/README.md. Rebuilt by `triage models train`.
 
-Tensor contract (models/README.md): input "volume" FP32 [B, 64, 128, 128] (HU, slices
-inferior -> superior; the network windows and normalises inside itself); outputs
-"probability" FP32 [B, 1], "slice_probabilities" FP32 [B, 64] and "localization"
-FP32 [B, 16, 32, 32] (coarse lesion map, [z/4, y/4, x/4] of the input grid), all in [0, 1].
+Tensor contract (models/README.md): input "volume" FP32 [B, 64, S, S] (HU, slices
+inferior -> superior; S from config.pbtxt: 128 for ich, 256 for pe; the network windows and
+normalises inside itself); outputs "probability" FP32 [B, 1], "slice_probabilities" FP32
+[B, 64] and "localization" FP32 [B, 16, 32, 32] (coarse lesion map over the input grid), all
+in [0, 1].
 The same model.onnx is servable by a stock Triton onnxruntime backend
 (config.onnxruntime.pbtxt.example).
 """
@@ -18,7 +19,6 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-SHAPE = (64, 128, 128)
 OUTPUTS = ("probability", "slice_probabilities", "localization")
 
 
@@ -38,6 +38,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = config.get("parameters", {})
         self.version = params.get("version", {}).get("string_value", "")
+        self.shape = tuple(int(d) for d in config["input"][0]["dims"])
         here = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(os.environ.get("TRIAGE_ORT_THREADS", "2"))
@@ -55,8 +56,9 @@ class TritonPythonModel:
             try:
                 # a view on the request's shared memory: no copy unless there is something to fix
                 batch = pb_utils.get_input_tensor_by_name(request, "volume").as_numpy()
-                if batch.ndim != 4 or tuple(batch.shape[1:]) != SHAPE:
-                    raise ValueError(f"volume must be [B, 64, 128, 128], got {list(batch.shape)}")
+                if batch.ndim != 4 or tuple(batch.shape[1:]) != self.shape:
+                    want = ", ".join(str(d) for d in self.shape)
+                    raise ValueError(f"volume must be [B, {want}], got {list(batch.shape)}")
                 batch = _finite(batch)
                 outs = self.session.run(list(OUTPUTS), {"volume": batch})
                 responses.append(
