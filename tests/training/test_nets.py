@@ -81,13 +81,21 @@ def test_reach_and_square_max_are_the_plain_definitions() -> None:
     """The pooled forms give exactly the maximum of shifted copies / the 2-D max pool."""
     import torch.nn.functional as F
 
-    from triage.training.nets import _max_square, _reach, _shift
+    from triage.training.nets import _max_square, _reach
+
+    def _shift(m: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+        """``m`` moved by ``k`` along ``dim`` (k > 0: value at i comes from i - k), zero filled."""
+        n = m.shape[dim]
+        pad = torch.zeros_like(m.narrow(dim, 0, abs(k)))
+        if k > 0:
+            return torch.cat([pad, m.narrow(dim, 0, n - k)], dim=dim)
+        return torch.cat([m.narrow(dim, -k, n + k), pad], dim=dim)
 
     torch.manual_seed(2)
-    m = (torch.rand(3, 1, 17, 23) > 0.7).float() * torch.rand(3, 1, 17, 23)
-    for dim in (-1, -2):
+    m = (torch.rand(9, 1, 17, 23) > 0.7).float() * torch.rand(9, 1, 17, 23)
+    for dim in (-1, -2, 0):  # in plane, and along the first axis (z in the network)
         for sign in (1, -1):
-            for r in (1, 3, 8):
+            for r in (1, 2, 3, 8):
                 want = _shift(m, sign, dim)
                 for k in range(2, r + 1):
                     want = torch.maximum(want, _shift(m, sign * k, dim))

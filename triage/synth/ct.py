@@ -54,7 +54,6 @@ RESCALE_INTERCEPT = -1024.0
 RESCALE_SLOPE = 1.0
 HU_MIN, HU_MAX = -1024.0, 3071.0
 AIR_HU = -1000.0
-MODEL_SHAPE = (64, 128, 128)
 # Each task's model input grid (its config.pbtxt "volume" dims): pe needs the finer in-plane
 # grid, segmental and subsegmental emboli being 1-3 voxels wide at 128.
 MODEL_SHAPES: dict[str, tuple[int, int, int]] = {"ich": (64, 128, 128), "pe": (64, 256, 256)}
@@ -64,7 +63,6 @@ MODEL_SHAPES: dict[str, tuple[int, int, int]] = {"ich": (64, 128, 128), "pe": (6
 # 128 grid, edge voxels only took quarter steps between the two tissues, and a network trained
 # on them flagged calcifications in real 512 x 512 series.
 PAINT_SIZE = 512
-MODEL_SUPERSAMPLE = PAINT_SIZE // MODEL_SHAPE[2]
 
 
 def model_shape(task: str) -> tuple[int, int, int]:
@@ -945,6 +943,13 @@ def _coarse_noise(spec: PhantomSpec, seed: int, n: int, cells: int) -> np.ndarra
     )
 
 
+def _coarse_side(size: int) -> int:
+    """Cells per side of the coarse noise for a ``size`` x ``size`` image: the 128 grid when
+    ``size`` is a multiple of it (every model grid and the DICOM matrix share one field), else
+    one cell per pixel."""
+    return 128 if size % 128 == 0 else size
+
+
 def _coarse_cells(coarse: np.ndarray, size: int) -> np.ndarray:
     """``coarse`` [z, c, c] repeated over ``size`` x ``size`` pixels (size a multiple of c)."""
     rep = size // coarse.shape[1]
@@ -1065,7 +1070,7 @@ def model_sample(
     rng = np.random.default_rng([seed, 1, 0])
     sigma = _noise_sigma(spec) * nx / 512.0
     vol += rng.standard_normal(vol.shape, dtype=np.float32) * np.float32(sigma)
-    vol += _coarse_cells(_coarse_noise(spec, seed, len(z_all), min(nx, 128))[needed], nx)
+    vol += _coarse_cells(_coarse_noise(spec, seed, len(z_all), _coarse_side(nx))[needed], nx)
     np.clip(np.rint(vol), HU_MIN, HU_MAX, out=vol)
     zpos = z_all[needed].astype(np.float64)
 
@@ -1225,8 +1230,7 @@ def _dicom_volume(
     vol, mask, lesions = render(spec, seed, g)
     rng = np.random.default_rng([seed, 1, 0])
     vol += rng.standard_normal(vol.shape, dtype=np.float32) * np.float32(_noise_sigma(spec))
-    cells = 128 if size % 128 == 0 else size
-    vol += _coarse_cells(_coarse_noise(spec, seed, len(z), cells), size)
+    vol += _coarse_cells(_coarse_noise(spec, seed, len(z), _coarse_side(size)), size)
     return vol, mask, g, lesions
 
 

@@ -33,7 +33,6 @@ TUNE_SEED0 = 3_000_000
 VALID_SEED0 = 5_000_000
 LOC_SHAPE = (16, 32, 32)  # coarse localisation grid: model grid / 4 on each axis
 SLICE_TARGET_FRACTION = 0.1  # a model voxel with >= 10% lesion marks its slice / cell
-PAINT = PAINT_SIZE  # in-plane painting size: part of the cache key
 
 
 @dataclass
@@ -88,7 +87,7 @@ def generate(
     cache = None
     if cache_dir is not None:
         shape = "x".join(str(d) for d in model_shape(task))
-        cache = Path(cache_dir) / f"{task}-{seed0}-{n}-{positive_fraction:g}-{shape}-p{PAINT}"
+        cache = Path(cache_dir) / f"{task}-{seed0}-{n}-{positive_fraction:g}-{shape}-p{PAINT_SIZE}"
         if (cache / "meta.npz").is_file() and (cache / "volumes.npy").is_file():
             return _load(task, cache)
     seeds = list(range(seed0, seed0 + n))

@@ -124,7 +124,7 @@ def config_text(
         flags=re.M,
     )
     text = _set_param(text, "threshold", f"{threshold:.4f}")
-    text = _set_param(text, "version", f"{name}-{VERSIONS.get(name, VERSIONS['ich'])}")
+    text = _set_param(text, "version", f"{name}-{VERSIONS[name]}")
     text = _set_param(text, "finding", FINDINGS[name])
     text = _set_param(
         text, "description", "small 2.5D CNN trained on synthetic phantoms; not for clinical use"

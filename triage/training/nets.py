@@ -45,17 +45,6 @@ FEATURES = {
 }
 
 
-def _shift(m: torch.Tensor, k: int, dim: int) -> torch.Tensor:
-    """``m`` moved by ``k`` along ``dim`` (k > 0: value at i comes from i - k), zero filled."""
-    n = m.shape[dim]
-    if k > 0:
-        pad = torch.zeros_like(m.narrow(dim, 0, k))
-        return torch.cat([pad, m.narrow(dim, 0, n - k)], dim=dim)
-    k = -k
-    pad = torch.zeros_like(m.narrow(dim, 0, k))
-    return torch.cat([m.narrow(dim, k, n - k), pad], dim=dim)
-
-
 def _reach(m: torch.Tensor, r: int, dim: int, sign: int) -> torch.Tensor:
     """Per element of ``m`` (values >= 0): the maximum of ``m`` at 1..``r`` steps along ``dim``
     toward lower (``sign`` > 0) or higher indices, 0 past the edge; one 1-D max pool (the
@@ -171,9 +160,7 @@ class Detector(nn.Module):
         lesion = self._lesion(v)
         enc = enclosed(dense, self.enc * s)
         dz = dense.reshape(b, z, h, w)
-        above = torch.maximum(_shift(dz, 1, 1), _shift(dz, 2, 1))
-        below = torch.maximum(_shift(dz, -1, 1), _shift(dz, -2, 1))
-        encz = torch.minimum(above, below).reshape(b * z, 1, h, w)
+        encz = torch.minimum(_reach(dz, 2, 1, 1), _reach(dz, 2, 1, -1)).reshape(b * z, 1, h, w)
         # a filling defect / dip: clearly below the brightest voxel nearby, enclosed
         local = _max_square(v, 4 * s + 1)
         dip = ((local - v - 80.0) / 150.0).clamp(0.0, 1.0) * (local > self.dense_hu).to(v.dtype)

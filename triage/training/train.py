@@ -34,7 +34,7 @@ class TrainConfig:
     steps: int = 3000  # optimiser steps, each on batch_size crops
     batch_size: int = 8
     crop_slices: int = 32  # crop depth on the model grid (multiple of 4)
-    crop_size: int = 32  # crop side on the half-resolution feature grid (even; 64 = whole)
+    crop_size: int = 32  # crop side on the 64 x 64 feature grid (even; 64 = whole)
     lesion_crop_fraction: float = 0.8  # positives: share of crops centred on a lesion cell
     hard_crop_fraction: float = 0.5  # negatives: share centred on the net's highest cell
     mine_every: int = 250  # steps between re-scoring the negatives (hard-negative mining)
