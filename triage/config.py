@@ -56,11 +56,20 @@ class Settings(BaseModel):
         description="Concurrent DICOM associations; one more is rejected (A-ASSOCIATE-RJ, "
         "transient, local limit exceeded); default 10",
     )
+    dicom_max_dataset_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=1024,
+        description="Largest data set one C-STORE may carry (it is held in memory until it is "
+        "written); a larger one is read to its end, discarded and answered 0xA700; default "
+        "1073741824 (1 GiB)",
+    )
     dicom_acse_timeout_seconds: float = Field(
-        30.0, gt=0, description="Wait for association request/release messages; default 30"
+        30.0, gt=0, description="Wait for the A-ASSOCIATE-RQ after a connection; default 30"
     )
     dicom_dimse_timeout_seconds: float = Field(
-        30.0, gt=0, description="Wait for the next DIMSE message (C-STORE data); default 30"
+        30.0,
+        gt=0,
+        description="A C-STORE whose data set stops arriving this long is aborted; default 30",
     )
     dicom_network_timeout_seconds: float = Field(
         60.0,

@@ -372,10 +372,9 @@ def test_accepted_sockets_have_tcp_nodelay(scp: Running) -> None:
     try:
         server = scp.listener._server
         assert server is not None
-        (peer,) = server.active_associations
-        sock = peer.dul.socket.socket  # type: ignore[union-attr]
-        assert sock is not None
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        (peer,) = server.active
+        assert peer.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert [p.calling_ae for p in scp.listener.associations] == ["PYSCU"]
     finally:
         assoc.release()
 

@@ -54,11 +54,12 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
 
 from triage.errors import DicomIngestError, StoreError
 
 DICOM_SUBDIR = "dicom"
+#: Our Implementation Class UID (file meta, A-ASSOCIATE-AC): a fixed UUID-derived UID (PS3.5 B.2).
+IMPLEMENTATION_CLASS_UID = "2.25.306301879480639769131647343467511977568"
 IMPLEMENTATION_VERSION_NAME = "TRIAGE"
 UID_MAX_LEN = 64
 _UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
@@ -504,7 +505,7 @@ def encode_file_meta(
             _element(0x0002, 0x0002, b"UI", _padded(sop_class_uid, b"\x00")),
             _element(0x0002, 0x0003, b"UI", _padded(sop_instance_uid, b"\x00")),
             _element(0x0002, 0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
-            _element(0x0002, 0x0012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+            _element(0x0002, 0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\x00")),
             _element(0x0002, 0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME, b" ")),
             _element(0x0002, 0x0016, b"AE", _padded(source_ae.strip()[:16], b" ")),
         )

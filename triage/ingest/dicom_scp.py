@@ -33,12 +33,8 @@ hangs off ``on_instance(study_uid)``, called after a successful store; it runs b
 response is sent, so it must be quick (e.g. put the UID on a queue). An exception in it is
 logged and does not change the answer: the instance is already safe.
 
-pynetdicom hooks used: ``EVT_CONN_OPEN`` sets TCP_NODELAY (pynetdicom has no option for it;
-without it small PDUs such as C-STORE-RSP wait on Nagle's algorithm), a read timeout, and the
-PDU-length guard (:class:`_GuardedSocket`, which also reads in large chunks instead of
-pynetdicom's 4 KiB); ``EVT_REQUESTED`` applies the allowlist. pynetdicom's standard DIMSE/PDU
-logging handlers are unbound unless the ``pynetdicom`` logger is at DEBUG: they format every
-message even when nothing is logged.
+The upper layer (associations, PDUs, DIMSE commands) is :mod:`triage.ingest.dicom_ul`; this
+module is what happens to a C-STORE once it has arrived.
 """
 
 from __future__ import annotations
@@ -48,12 +44,9 @@ import ipaddress
 import logging
 import os
 import shutil
-import socket
 import threading
 from collections.abc import Callable, Iterator
-from io import BytesIO
 from pathlib import Path
-from typing import Any, cast
 
 from pydicom.uid import (
     HTJ2K,
@@ -73,22 +66,13 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, StoragePresentationContexts, evt
-from pynetdicom._handlers import (
-    standard_dimse_recv_handler,
-    standard_dimse_sent_handler,
-    standard_pdu_recv_handler,
-    standard_pdu_sent_handler,
-)
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta as pynetdicom_file_meta
-from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+from pynetdicom import StoragePresentationContexts
 
 from triage.config import Settings
 from triage.errors import ConfigError, DicomIngestError, StoreError
 from triage.ingest.dicom_files import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
     check_codestream,
     decoder_available,
     encode_file_meta,
@@ -100,6 +84,17 @@ from triage.ingest.dicom_files import (
     write_instance_file,
 )
 from triage.ingest.dicom_index import InstanceIndex
+from triage.ingest.dicom_ul import (
+    CALLING_AE_NOT_RECOGNIZED,
+    VERIFICATION,
+    Handlers,
+    Limits,
+    Peer,
+    Rejection,
+    Status,
+    StoreRequest,
+    UpperLayerServer,
+)
 from triage.store.db import Database
 from triage.store.models import utcnow
 
@@ -107,7 +102,7 @@ log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
 #: A transfer syntax we negotiate but cannot decode here (a decoder plugin is missing).
-NO_DECODER = 0xC212  # (pynetdicom itself answers 0xC211 when a handler raises)
+NO_DECODER = 0xC212
 
 #: Transfer syntaxes we accept, in our order of preference: the uncompressed ones, then the
 #: common compressed ones (stored as received, decoded when read).
@@ -130,16 +125,10 @@ TRANSFER_SYNTAXES: list[str] = [
     RLELossless,
 ]
 
-_STANDARD_LOGGING = (
-    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
-    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
-    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
-    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
-)
-
-# A-ABORT PDU: source 2 (service provider), reason 6 (invalid PDU parameter value).
-_ABORT_INVALID_PDU = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])
-_READ_CHUNK = 1 << 20
+#: SOP classes we accept: Verification and every storage SOP class pynetdicom knows.
+ABSTRACT_SYNTAXES: list[str] = [VERIFICATION] + [
+    str(cx.abstract_syntax) for cx in StoragePresentationContexts if cx.abstract_syntax
+]
 
 
 class DicomListener:
@@ -159,35 +148,30 @@ class DicomListener:
         self.on_instance = on_instance
         self.data_dir = Path(settings.data_dir)
         self.index = InstanceIndex(db)
-        self._server: ThreadedAssociationServer | None = None
-        self._ae: AE | None = None
+        self._server: UpperLayerServer | None = None
         # One store per SOP Instance UID at a time: two associations sending the same
         # instance must not write its file concurrently.
         self._in_flight: set[str] = set()
         self._in_flight_changed = threading.Condition()
         self._allowed = _parse_allowlist(settings.dicom_allowed_peers)
-        self._max_claim = max(
-            settings.dicom_max_pdu_claim,
-            settings.dicom_max_pdu + 6 if settings.dicom_max_pdu else 0,
-        )
         self._low_disk = False
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _make_ae(self) -> AE:
+    def _limits(self) -> Limits:
         s = self.settings
-        ae = AE(ae_title=s.dicom_ae_title)
-        ae.maximum_pdu_size = s.dicom_max_pdu
-        ae.maximum_associations = s.dicom_max_associations
-        ae.acse_timeout = s.dicom_acse_timeout_seconds
-        ae.dimse_timeout = s.dicom_dimse_timeout_seconds
-        ae.network_timeout = s.dicom_network_timeout_seconds
-        ae.require_called_aet = True
-        ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
-        for cx in StoragePresentationContexts:
-            if cx.abstract_syntax is not None:
-                ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
-        return ae
+        return Limits(
+            ae_title=s.dicom_ae_title,
+            max_pdu=s.dicom_max_pdu,
+            max_pdu_claim=max(s.dicom_max_pdu_claim, s.dicom_max_pdu + 6 if s.dicom_max_pdu else 0),
+            max_associations=s.dicom_max_associations,
+            max_dataset_bytes=s.dicom_max_dataset_bytes,
+            acse_timeout=s.dicom_acse_timeout_seconds,
+            dimse_timeout=s.dicom_dimse_timeout_seconds,
+            network_timeout=s.dicom_network_timeout_seconds,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        )
 
     def start(self) -> tuple[str, int]:
         """Recover unindexed files, then listen on ``bind_host:dicom_port`` (port 0: any free
@@ -218,110 +202,78 @@ class DicomListener:
                 "DICOM allowlist empty (dicom_allowed_peers): any calling AE title from any "
                 "address is accepted"
             )
-        ae = self._make_ae()
+        handlers = Handlers(store=self._handle_store, check=self._check_peer, closed=_on_closed)
+        server = UpperLayerServer(self._limits(), ABSTRACT_SYNTAXES, TRANSFER_SYNTAXES, handlers)
         address = (self.settings.bind_host, self.settings.dicom_port)
-        handlers: list[Any] = [
-            (evt.EVT_C_STORE, self._handle_store),
-            (evt.EVT_CONN_OPEN, self._on_connection),
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_ABORTED, _on_aborted),
-        ]
         try:
-            server = ae.start_server(address, block=False, evt_handlers=handlers)
+            host, port = server.start(*address)
         except OSError as exc:
             raise ConfigError(
                 "dicom_port", f"cannot listen on {address[0]}:{address[1]}: {exc}"
             ) from exc
-        assert server is not None  # block=False always returns the server
-        if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-            for event_type, handler in _STANDARD_LOGGING:
-                server.unbind(event_type, handler)
-        self._ae, self._server = ae, server
-        host, port = server.server_address[:2]
-        log.info("DICOM SCP %s listening on %s:%s", ae.ae_title, host, port)
-        return str(host), int(port)
+        self._server = server
+        log.info("DICOM SCP %s listening on %s:%s", self.settings.dicom_ae_title, host, port)
+        return host, port
 
     def stop(self) -> None:
         """Abort open associations, stop listening and close the socket. Idempotent."""
-        ae, self._ae, self._server = self._ae, None, None
-        if ae is not None:
-            ae.shutdown()
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
         self.index.close()
 
     @property
     def ready(self) -> bool:
         """True while the listener is accepting associations."""
         server = self._server
-        return server is not None and server.socket is not None and server.socket.fileno() >= 0
+        return server is not None and server.address is not None
 
     @property
     def address(self) -> tuple[str, int] | None:
         """The bound (host, port), or None when not started."""
-        if self._server is None:
-            return None
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        server = self._server
+        return None if server is None else server.address
+
+    @property
+    def associations(self) -> list[Peer]:
+        """The peers of the associations open now."""
+        server = self._server
+        return [] if server is None else [a.peer for a in server.active]
 
     # ------------------------------------------------------------------ association policy
 
-    def _on_connection(self, event: Event) -> None:
-        """EVT_CONN_OPEN: TCP_NODELAY, a read timeout and the PDU-length guard; pynetdicom's
-        logging handlers off unless its logger is at DEBUG."""
-        if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-            for event_type, handler in _STANDARD_LOGGING:
-                event.assoc.unbind(event_type, handler)
-        sock = event.assoc.dul.socket
-        raw = sock.socket if sock is not None else None
-        if sock is None or raw is None:
-            return
-        try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            raw.settimeout(self.settings.dicom_network_timeout_seconds)
-        except OSError as exc:  # not fatal: only latency / a stalled peer holds a thread
-            log.debug("could not set socket options: %s", exc)
-        if type(sock) is AssociationSocket:
-            sock.__class__ = _GuardedSocket
-            cast(_GuardedSocket, sock).max_pdu_claim = self._max_claim
-
-    def _on_requested(self, event: Event) -> None:
-        """EVT_REQUESTED: reject a calling AE title/address pair not in the allowlist."""
-        if not self._allowed:
-            return
-        assoc = event.assoc
-        primitive = assoc.requestor.primitive
-        calling = str(primitive.calling_ae_title if primitive else "").strip()
-        address = str(assoc.requestor.address)
-        if _is_allowed(self._allowed, calling, address):
-            return
+    def _check_peer(self, peer: Peer) -> Rejection | None:
+        """Reject a calling AE title/address pair not in the allowlist (when there is one)."""
+        if not self._allowed or _is_allowed(self._allowed, peer.calling_ae, peer.address):
+            return None
         log.warning(
             "association from %s, calling AE %r, rejected: not in dicom_allowed_peers",
-            address,
-            calling,
+            peer.address,
+            peer.calling_ae,
         )
-        assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE
-        assoc.kill()  # waits until the reject is sent and the peer has closed
+        return CALLING_AE_NOT_RECOGNIZED
 
     # ------------------------------------------------------------------ C-STORE
 
-    def _handle_store(self, event: Event) -> int:
-        """EVT_C_STORE: always answers a status; never raises into pynetdicom."""
+    def _handle_store(self, request: StoreRequest) -> Status:
+        """One C-STORE: always a status; never raises into the upper layer."""
         try:
-            study_uid = self._store(event)
+            study_uid = self._store(request)
         except DicomIngestError as exc:
             log.warning("C-STORE refused: %s", exc)
-            return exc.status
+            return Status(exc.status, str(exc))
         except StoreError as exc:
             log.error("C-STORE failed, store unavailable: %s", exc)
-            return DicomIngestError.OUT_OF_RESOURCES
+            return Status(DicomIngestError.OUT_OF_RESOURCES, "store unavailable")
         except Exception:
             log.exception("C-STORE failed unexpectedly")
-            return DicomIngestError.PROCESSING_FAILURE
+            return Status(DicomIngestError.PROCESSING_FAILURE, "processing failure")
         if study_uid is not None and self.on_instance is not None:
             try:
                 self.on_instance(study_uid)
             except Exception:
                 log.exception("on_instance hook failed for study %s", study_uid)
-        return SUCCESS
+        return Status(SUCCESS)
 
     def _check_free_space(self) -> None:
         minimum = self.settings.dicom_min_free_bytes
@@ -348,33 +300,34 @@ class DicomListener:
             self._low_disk = False
             log.warning("free space on the data disk is back above the minimum: storing again")
 
-    def _store(self, event: Event) -> str | None:
+    def _store(self, request: StoreRequest) -> str | None:
         """Persist and index one instance. Returns its Study UID, or None for a duplicate."""
-        request = cast(C_STORE, event.request)
-        transfer_syntax = str(event.context.transfer_syntax)
+        transfer_syntax = request.transfer_syntax
         if not decoder_available(transfer_syntax):
             raise DicomIngestError(
                 NO_DECODER, f"no decoder installed for transfer syntax {transfer_syntax}"
             )
         self._check_free_space()
-        body = cast(BytesIO, request.DataSet).getbuffer()
+        body = memoryview(request.dataset)
         try:
             scan = scan_dataset(body, transfer_syntax)
             if scan.header_length is None:  # deflated: pydicom inflates it to read the header
-                meta = pynetdicom_file_meta(event.file_meta)
+                meta = encode_file_meta(
+                    request.sop_class_uid, request.sop_instance_uid, transfer_syntax, ""
+                )
                 ds = read_header(b"\x00" * 128 + b"DICM" + meta + bytes(body))
                 fields, study_attrs = index_instance(ds)
             else:
                 check_codestream(body, scan.header_length, transfer_syntax)
                 fields, study_attrs = index_header(scan, transfer_syntax)
-            affected = str(request.AffectedSOPInstanceUID or "").strip("\x00 ")
+            affected = request.sop_instance_uid
             sop_uid = fields["sop_instance_uid"]
             if affected and affected != sop_uid:
                 raise DicomIngestError(
                     DicomIngestError.DATASET_MISMATCH,
                     f"Affected SOP Instance UID {affected!r:.80} differs from the data set's",
                 )
-            calling_ae = str(event.assoc.requestor.ae_title).strip()[:16]
+            calling_ae = request.peer.calling_ae[:16]
             with self._one_at_a_time(sop_uid):
                 if self.index.is_stored(sop_uid):
                     log.info("duplicate SOP Instance UID %s: already stored", sop_uid)
@@ -422,43 +375,6 @@ class DicomListener:
                 self._in_flight_changed.notify_all()
 
 
-class _GuardedSocket(AssociationSocket):
-    """pynetdicom's socket with two changes to :meth:`recv`, which the DUL calls with the
-    length a PDU header claims: a claim above ``max_pdu_claim`` is answered with A-ABORT and
-    nothing is read (pynetdicom would otherwise try to buffer up to 4 GiB), and reads are
-    done in large chunks into one buffer (pynetdicom reads 4 KiB at a time)."""
-
-    max_pdu_claim: int = 0
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        sock = self.socket
-        if sock is None:
-            return bytearray()
-        if self.max_pdu_claim and nr_bytes > self.max_pdu_claim:
-            log.warning(
-                "peer %s claims a PDU of %d bytes (limit %d, dicom_max_pdu_claim): A-ABORT",
-                self.assoc.requestor.address,
-                nr_bytes,
-                self.max_pdu_claim,
-            )
-            with contextlib.suppress(OSError):
-                sock.sendall(_ABORT_INVALID_PDU)
-                sock.shutdown(socket.SHUT_RDWR)
-            return bytearray()  # short read: pynetdicom closes the connection
-        buf = bytearray(nr_bytes)
-        view = memoryview(buf)
-        got = 0
-        while got < nr_bytes:
-            n = sock.recv_into(view[got:], min(nr_bytes - got, _READ_CHUNK))
-            if n == 0:
-                break
-            got += n
-        view.release()
-        if got < nr_bytes:
-            del buf[got:]
-        return buf
-
-
 Allowlist = dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network | None]]
 
 
@@ -481,14 +397,17 @@ def _is_allowed(allowed: Allowlist, calling_ae: str, address: str) -> bool:
     return any(net is None or ip in net for net in networks)
 
 
-def _on_aborted(event: Event) -> None:
-    """EVT_ABORTED: what was acknowledged is kept; completion waits for a quiet period as for
-    any study, so an aborted transfer is never taken for a complete one."""
-    log.warning(
-        "association from %s (%s) aborted; instances already acknowledged are kept",
-        event.assoc.requestor.address,
-        str(event.assoc.requestor.ae_title).strip(),
-    )
+def _on_closed(peer: Peer, how: str) -> None:
+    """An association ended. After an abort what was acknowledged is kept; completion waits for
+    a quiet period as for any study, so an aborted transfer is never taken for a complete
+    one."""
+    if how in ("aborted", "timeout", "protocol", "connection"):
+        log.warning(
+            "association from %s (%s) ended (%s); instances already acknowledged are kept",
+            peer.address,
+            peer.calling_ae,
+            how,
+        )
 
 
 def disk_free_bytes(path: Path) -> int:
