@@ -1,0 +1,478 @@
+"""The DICOM upper layer on its own: pynetdicom as a well-behaved SCU, and a raw socket peer
+for what no toolkit sends (PDVs on unknown contexts, data before a command, unknown PDUs,
+odd fragmentation, small peer PDUs). The store handler here records what it is given; the
+real one is tested in test_dicom_scp.py."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from triage.ingest.dicom_ul import (
+    Handlers,
+    Limits,
+    Peer,
+    Rejection,
+    Status,
+    StoreRequest,
+    UpperLayerServer,
+    encode_response,
+    p_data_pdus,
+    parse_command,
+)
+
+pytestmark = pytest.mark.integration
+
+SYNTAXES = [str(ExplicitVRLittleEndian)]
+
+
+@dataclass
+class Recorder:
+    stored: list[StoreRequest] = field(default_factory=list)
+    closed: list[tuple[Peer, str]] = field(default_factory=list)
+    answer: Status = field(default_factory=lambda: Status(0))
+    reject: Rejection | None = None
+
+    def handlers(self) -> Handlers:
+        def store(request: StoreRequest) -> Status:
+            self.stored.append(request)
+            return self.answer
+
+        return Handlers(
+            store=store,
+            check=lambda _peer: self.reject,
+            closed=lambda peer, how: self.closed.append((peer, how)),
+        )
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+def _server(rec: Recorder, **limits: object) -> UpperLayerServer:
+    settings: dict[str, object] = {"ae_title": "TRIAGE", "acse_timeout": 5.0, **limits}
+    return UpperLayerServer(
+        Limits(**settings),  # type: ignore[arg-type]
+        [str(Verification), str(CTImageStorage)],
+        SYNTAXES,
+        rec.handlers(),
+    )
+
+
+@pytest.fixture
+def server(rec: Recorder) -> Iterator[tuple[str, int]]:
+    srv = _server(rec)
+    address = srv.start("127.0.0.1", 0)
+    try:
+        yield address
+    finally:
+        srv.stop()
+
+
+def _dataset() -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.PatientID = "UL1"
+    ds.Modality = "CT"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def _encoded(ds: Dataset) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _wait(condition: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+# --------------------------------------------------------------------------- a raw peer
+
+
+class RawPeer:
+    """Speaks PDUs byte by byte, to send what toolkits never would."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(address, timeout=10)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def recv_exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError(f"closed after {len(data)} of {n} bytes")
+            data += chunk
+        return data
+
+    def recv_pdu(self) -> tuple[int, bytes]:
+        head = self.recv_exactly(6)
+        return head[0], self.recv_exactly(int.from_bytes(head[2:6], "big"))
+
+    def closed(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def associate(
+        self,
+        *,
+        max_pdu: int = 0,
+        version: int = 1,
+        app_context: str = "1.2.840.10008.3.1.1.1",
+        called: str = "TRIAGE",
+    ) -> tuple[int, bytes]:
+        primitive = A_ASSOCIATE()
+        primitive.application_context_name = UID(app_context)
+        primitive.calling_ae_title = "RAWPEER"
+        primitive.called_ae_title = called
+        contexts = []
+        for i, uid in enumerate([Verification, CTImageStorage]):
+            cx = build_context(uid, [ExplicitVRLittleEndian])
+            cx.context_id = 2 * i + 1
+            contexts.append(cx)
+        primitive.presentation_context_definition_list = contexts
+        item = MaximumLengthNotification()
+        item.maximum_length_received = max_pdu
+        primitive.user_information = [item]
+        pdu = A_ASSOCIATE_RQ()
+        pdu.from_primitive(primitive)
+        pdu.protocol_version = version
+        self.sock.sendall(pdu.encode())
+        return self.recv_pdu()
+
+    def p_data(self, *pdvs: tuple[int, int, bytes]) -> None:
+        """One P-DATA-TF PDU holding (context id, control header, bytes) PDVs."""
+        body = b"".join(struct.pack(">IBB", len(v) + 2, cx, mch) + v for cx, mch, v in pdvs)
+        self.sock.sendall(struct.pack(">BBI", 4, 0, len(body)) + body)
+
+    def response(self) -> dict[int, bytes]:
+        """Read P-DATA PDUs until a complete command set; return it parsed."""
+        command = b""
+        while True:
+            pdu_type, body = self.recv_pdu()
+            assert pdu_type == 0x04, f"P-DATA expected, got PDU type {pdu_type}"
+            i = 0
+            while i < len(body):
+                length, _cx, control = struct.unpack_from(">IBB", body, i)
+                command += body[i + 6 : i + 4 + length]
+                i += 4 + length
+                if control & 0x02:
+                    return parse_command(command)
+
+
+def _command(field_: int, message_id: int, *, data: bool, sop_class: str = "") -> bytes:
+    """A request command set; its Command Data Set Type says whether a data set follows."""
+    status_like = encode_response(field_, message_id, Status(0), sop_class)
+    parsed = parse_command(status_like)
+    parsed.pop(0x0120)
+    parsed.pop(0x0900)
+    parsed[0x0110] = struct.pack("<H", message_id)
+    parsed[0x0800] = struct.pack("<H", 0x0000 if data else 0x0101)
+    body = b"".join(
+        struct.pack("<HHI", 0, elem, len(v)) + v for elem, v in sorted(parsed.items()) if elem
+    )
+    return struct.pack("<HHI", 0, 0, 4) + struct.pack("<I", len(body)) + body
+
+
+def _status(command: dict[int, bytes]) -> int:
+    return int(struct.unpack("<H", command[0x0900])[0])
+
+
+@pytest.fixture
+def raw(server: tuple[str, int]) -> Iterator[RawPeer]:
+    peer = RawPeer(server)
+    try:
+        yield peer
+    finally:
+        peer.close()
+
+
+def _established(raw: RawPeer, **kwargs: object) -> None:
+    pdu_type, _ = raw.associate(**kwargs)  # type: ignore[arg-type]
+    assert pdu_type == 0x02, "A-ASSOCIATE-AC expected"
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def test_command_encoding_round_trips() -> None:
+    rsp = encode_response(0x8001, 7, Status(0xA700, "disk full"), "1.2.3", "1.2.3.4")
+    parsed = parse_command(rsp)
+    assert struct.unpack("<I", parsed[0x0000])[0] == len(rsp) - 12
+    assert parsed[0x0002] == b"1.2.3\x00"  # UIDs padded to even length with NUL
+    assert struct.unpack("<H", parsed[0x0120])[0] == 7
+    assert _status(parsed) == 0xA700 and parsed[0x0902] == b"disk full "
+    assert 0x0902 not in parse_command(encode_response(0x8001, 7, Status(0, "ignored")))
+
+
+def test_p_data_is_split_to_the_peer_maximum() -> None:
+    command = bytes(range(200))
+    pdus = p_data_pdus(3, command, 64)
+    got, i, controls = b"", 0, []
+    while i < len(pdus):
+        pdu_type, _, length = struct.unpack_from(">BBI", pdus, i)
+        assert pdu_type == 4 and length <= 64  # the PDV list, as PS3.8 D.1 counts it
+        _, cx, control = struct.unpack_from(">IBB", pdus, i + 6)
+        assert cx == 3
+        controls.append(control)
+        got += pdus[i + 12 : i + 6 + length]
+        i += 6 + length
+    assert got == command
+    assert controls[:-1] == [0x01] * (len(controls) - 1) and controls[-1] == 0x03
+    assert len(p_data_pdus(1, command, 0)) == len(command) + 12
+
+
+# --------------------------------------------------------------------------- a real SCU
+
+
+def test_pynetdicom_echo_and_store(server: tuple[str, int], rec: Recorder) -> None:
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate(*server, ae_title="TRIAGE")
+    assert assoc.is_established
+    assert int(assoc.send_c_echo().Status) == 0
+    ds = _dataset()
+    assert int(assoc.send_c_store(ds).Status) == 0
+    rec.answer = Status(0xA700, "no room on the data disk")
+    rsp = assoc.send_c_store(_dataset())
+    assert int(rsp.Status) == 0xA700
+    assert rsp.ErrorComment == "no room on the data disk"  # the peer sees why
+    assoc.release()
+    (first, _) = rec.stored
+    assert first.sop_instance_uid == ds.SOPInstanceUID
+    assert first.sop_class_uid == CTImageStorage
+    assert first.transfer_syntax == ExplicitVRLittleEndian
+    assert first.peer.calling_ae == "PYSCU" and first.peer.address == "127.0.0.1"
+    assert bytes(first.dataset) == _encoded(ds)  # as sent, not decoded and re-encoded
+    _wait(lambda: [how for _, how in rec.closed] == ["released"])
+
+
+def test_rejections_reach_the_peer(rec: Recorder) -> None:
+    srv = _server(rec, max_associations=1)
+    host, port = srv.start("127.0.0.1", 0)
+    try:
+        ae = AE(ae_title="PYSCU")
+        ae.add_requested_context(Verification)
+        wrong = ae.associate(host, port, ae_title="SOMEONE")
+        assert wrong.is_rejected
+        rj = wrong.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 7)
+        rec.reject = Rejection(1, 1, 3)
+        refused = ae.associate(host, port, ae_title="TRIAGE")
+        assert refused.is_rejected and refused.acceptor.primitive.diagnostic == 3
+        rec.reject = None
+        held = ae.associate(host, port, ae_title="TRIAGE")
+        assert held.is_established
+        over = ae.associate(host, port, ae_title="TRIAGE")
+        assert over.is_rejected
+        rj = over.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)
+        held.release()
+        _wait(lambda: not srv.active)
+        again = ae.associate(host, port, ae_title="TRIAGE")
+        assert again.is_established
+        again.release()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"version": 2}, (1, 2, 2)),  # protocol version 1 not offered
+        ({"app_context": "1.2.3.4"}, (1, 1, 2)),  # not the DICOM application context
+    ],
+)
+def test_associate_rq_we_cannot_honour_is_rejected(
+    raw: RawPeer, kwargs: dict[str, object], expected: tuple[int, int, int]
+) -> None:
+    pdu_type, body = raw.associate(**kwargs)  # type: ignore[arg-type]
+    assert pdu_type == 0x03
+    assert tuple(body[1:4]) == expected
+    assert raw.closed()
+
+
+# --------------------------------------------------------------------------- framing
+
+
+def test_commands_and_data_split_anyhow_are_reassembled(raw: RawPeer, rec: Recorder) -> None:
+    _established(raw)
+    ds = _dataset()
+    data = _encoded(ds)
+    command = _command(0x0001, 5, data=True, sop_class=CTImageStorage)
+    # The command in three fragments over two PDUs, then the data set in uneven fragments,
+    # several per PDU, the last fragment one byte long.
+    raw.p_data((3, 0x01, command[:10]), (3, 0x01, command[10:30]))
+    raw.p_data((3, 0x03, command[30:]), (3, 0x00, data[:7]))
+    raw.p_data((3, 0x00, data[7:100]), (3, 0x00, data[100:-1]))
+    raw.p_data((3, 0x02, data[-1:]))
+    rsp = raw.response()
+    assert _status(rsp) == 0 and struct.unpack("<H", rsp[0x0120])[0] == 5
+    (got,) = rec.stored
+    assert bytes(got.dataset) == data and got.message_id == 5
+
+
+def test_small_peer_pdu_gets_fragmented_responses(raw: RawPeer) -> None:
+    _established(raw, max_pdu=40)
+    raw.p_data((1, 0x03, _command(0x0030, 9, data=False, sop_class=Verification)))
+    rsp = raw.response()  # asserts each PDU fits and reassembles
+    assert _status(rsp) == 0 and struct.unpack("<H", rsp[0x0100])[0] == 0x8030
+
+
+def test_an_operation_we_do_not_serve_gets_0211(raw: RawPeer, rec: Recorder) -> None:
+    _established(raw)
+    query = _encoded(_dataset())
+    raw.p_data((3, 0x03, _command(0x0020, 11, data=True, sop_class=CTImageStorage)))
+    raw.p_data((3, 0x02, query))  # its data set is read and dropped
+    rsp = raw.response()
+    assert _status(rsp) == 0x0211
+    assert struct.unpack("<H", rsp[0x0100])[0] == 0x8020
+    # and the association goes on
+    raw.p_data((1, 0x03, _command(0x0030, 12, data=False, sop_class=Verification)))
+    assert _status(raw.response()) == 0
+    assert rec.stored == []
+
+
+def test_data_set_over_the_limit_is_drained_and_refused(rec: Recorder) -> None:
+    srv = _server(rec, max_dataset_bytes=1000)
+    address = srv.start("127.0.0.1", 0)
+    peer = RawPeer(address)
+    try:
+        _established(peer)
+        big = b"\x00" * 5000
+        peer.p_data((3, 0x03, _command(0x0001, 1, data=True, sop_class=CTImageStorage)))
+        for i in range(0, len(big), 600):
+            last = i + 600 >= len(big)
+            peer.p_data((3, 0x02 if last else 0x00, big[i : i + 600]))
+        rsp = peer.response()
+        assert _status(rsp) == 0xA700 and b"limit" in rsp[0x0902]
+        assert rec.stored == []
+        small = _encoded(_dataset())
+        peer.p_data((3, 0x03, _command(0x0001, 2, data=True, sop_class=CTImageStorage)))
+        peer.p_data((3, 0x02, small))
+        assert _status(peer.response()) == 0 and len(rec.stored) == 1
+    finally:
+        peer.close()
+        srv.stop()
+
+
+# --------------------------------------------------------------------------- protocol errors
+
+
+def _assert_aborted(raw: RawPeer, reason: int) -> None:
+    pdu_type, body = raw.recv_pdu()
+    assert pdu_type == 0x07, f"A-ABORT expected, got PDU type {pdu_type}"
+    assert body[2:4] == bytes([2, reason])  # source: service provider
+    assert raw.closed()
+
+
+@pytest.mark.parametrize(
+    ("pdvs", "reason"),
+    [
+        ([(9, 0x03, b"\x00" * 8)], 0x06),  # presentation context 9 was never negotiated
+        ([(3, 0x02, b"\x00" * 8)], 0x05),  # a data set fragment with no command before it
+        ([(3, 0x03, b"\x00\x00\x00\x00\xff")], 0x06),  # a command set cut mid-element
+    ],
+)
+def test_pdvs_that_break_the_protocol_are_aborted(
+    raw: RawPeer, rec: Recorder, pdvs: list[tuple[int, int, bytes]], reason: int
+) -> None:
+    _established(raw)
+    raw.p_data(*pdvs)
+    _assert_aborted(raw, reason)
+    assert rec.stored == []
+    _wait(lambda: [how for _, how in rec.closed] == ["protocol"])
+
+
+def test_pdv_longer_than_its_pdu_is_aborted(raw: RawPeer) -> None:
+    _established(raw)
+    raw.sock.sendall(struct.pack(">BBI", 4, 0, 8) + struct.pack(">IBB", 100, 1, 3) + b"\x00\x00")
+    _assert_aborted(raw, 0x06)
+
+
+def test_unknown_pdu_type_is_aborted(raw: RawPeer) -> None:
+    _established(raw)
+    raw.sock.sendall(b"\x09\x00\x00\x00\x00\x02\x00\x00")
+    _assert_aborted(raw, 0x01)
+
+
+def test_data_before_association_is_aborted(raw: RawPeer, rec: Recorder) -> None:
+    raw.p_data((1, 0x03, b"\x00" * 8))
+    _assert_aborted(raw, 0x02)
+
+
+def test_undecodable_associate_rq_is_aborted(raw: RawPeer) -> None:
+    raw.sock.sendall(b"\x01\x00\x00\x00\x00\x10" + b"\xff" * 16)
+    _assert_aborted(raw, 0x06)
+
+
+def test_stalled_data_set_is_aborted_after_the_dimse_timeout(rec: Recorder) -> None:
+    srv = _server(rec, dimse_timeout=0.5)
+    peer = RawPeer(srv.start("127.0.0.1", 0))
+    try:
+        _established(peer)
+        peer.p_data((3, 0x03, _command(0x0001, 1, data=True, sop_class=CTImageStorage)))
+        peer.p_data((3, 0x00, b"\x08\x00"))  # the data set starts, then nothing more
+        start = time.monotonic()
+        pdu_type, _ = peer.recv_pdu()
+        assert pdu_type == 0x07 and time.monotonic() - start < 5
+        assert peer.closed()
+        _wait(lambda: [how for _, how in rec.closed] == ["timeout"])
+    finally:
+        peer.close()
+        srv.stop()
+
+
+def test_peer_abort_and_stop(rec: Recorder) -> None:
+    srv = _server(rec)
+    address = srv.start("127.0.0.1", 0)
+    first = RawPeer(address)
+    second = RawPeer(address)
+    try:
+        _established(first)
+        first.sock.sendall(bytes([7, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-ABORT from the peer
+        assert first.closed()
+        _established(second)
+        _wait(lambda: len(srv.active) == 1)
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        pdu_type, body = second.recv_pdu()  # the engine stopping aborts what is open
+        assert pdu_type == 0x07 and body[2] == 0  # source: service user
+        stopper.join(10)
+        assert not stopper.is_alive() and srv.address is None
+        assert sorted(how for _, how in rec.closed) == ["aborted", "shutdown"]
+    finally:
+        first.close()
+        second.close()
+        srv.stop()
