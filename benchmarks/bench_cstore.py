@@ -14,7 +14,10 @@ and on 4 in parallel (the files split in 4), to:
   writes ``event.encoded_dataset()`` with fsync and rename, and nothing else;
 - ``triage``: our :class:`~triage.ingest.dicom_scp.DicomListener` in its own process, on a
   fresh SQLite database: every instance checked, written durably (rename, fsync, directory
-  fsync) and indexed before its Success.
+  fsync) and indexed before its Success;
+- ``re-send``: the same server sent the same files a second time (the first pass not timed):
+  every instance is received, checked and found already stored, nothing is written. It
+  measures the receive path alone (PDUs, header check, duplicate lookup, response).
 
 Servers run one at a time, interleaved round by round (the machine is shared: the median of
 the rounds is reported). Then the floors, in this process, on the same disk:
@@ -134,7 +137,10 @@ def run_storescp(work: Path, files: list[Path], associations: int) -> float:
     return elapsed
 
 
-def run_triage(work: Path, files: list[Path], associations: int) -> float:
+def run_triage(work: Path, files: list[Path], associations: int, resend: bool = False) -> float:
+    """Seconds for our SCP to receive, check, store and index ``files``. ``resend``: the files
+    are sent once (not timed), then again (timed): every instance is then received, checked
+    and found already stored, so nothing is written; what is left is the receive path."""
     data = work / "triage"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
@@ -146,6 +152,8 @@ def run_triage(work: Path, files: list[Path], associations: int) -> float:
     )
     try:
         wait_port(port, proc)
+        if resend:
+            send(port, "TRIAGE", files, associations)
         elapsed = send(port, "TRIAGE", files, associations)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -316,7 +324,12 @@ def main() -> None:
     times: dict[tuple[str, int], list[float]] = {}
     for r in range(args.rounds):
         for associations in (1, 4):
-            servers = (("storescp", run_storescp), ("bare", run_bare), ("triage", run_triage))
+            servers = (
+                ("storescp", run_storescp),
+                ("bare", run_bare),
+                ("triage", run_triage),
+                ("re-send", lambda w, f, a: run_triage(w, f, a, resend=True)),
+            )
             for name, fn in servers:
                 t = fn(work, files, associations)
                 times.setdefault((name, associations), []).append(t)
@@ -338,6 +351,7 @@ def main() -> None:
             f"  {associations} association(s): storescp {rate[('storescp', associations)]:6.0f}"
             f"   bare pynetdicom {rate[('bare', associations)]:6.0f}"
             f"   triage {rate[('triage', associations)]:6.0f}"
+            f"   triage re-send {rate[('re-send', associations)]:6.0f}"
         )
     print(f"  floor (write+fsync+rename+dir fsync, 1 process): {len(files) / floor_t:6.0f}")
     print(f"  floor, rename first (write+rename+fsync+dir fsync): {len(files) / floor_rf:6.0f}")
@@ -349,6 +363,13 @@ def main() -> None:
     print(f"  triage / storescp, 1 association:  {rate[('triage', 1)] / rate[('storescp', 1)]:.2f}")
     print(f"  triage / storescp, 4 associations: {rate[('triage', 4)] / rate[('storescp', 4)]:.2f}")
     print(f"  triage 4 associations / 1:         {rate[('triage', 4)] / rate[('triage', 1)]:.2f}")
+    print(
+        f"  storescp 4 associations / 1:       {rate[('storescp', 4)] / rate[('storescp', 1)]:.2f}"
+    )
+    print(
+        "  triage re-send / storescp, 1 assoc. (receive path, nothing written): "
+        f"{rate[('re-send', 1)] / rate[('storescp', 1)]:.2f}"
+    )
     print(f"  triage 1 association / floor:      {rate[('triage', 1)] * floor_t / len(files):.2f}")
     print(f"  triage / bare pynetdicom, 1 assoc.: {rate[('triage', 1)] / rate[('bare', 1)]:.2f}")
     print(

@@ -57,11 +57,17 @@ class Settings(BaseModel):
         "transient, local limit exceeded); default 10",
     )
     dicom_max_dataset_bytes: int = Field(
-        1024 * 1024 * 1024,
+        4 * 1024 * 1024 * 1024,
         ge=1024,
-        description="Largest data set one C-STORE may carry (it is held in memory until it is "
-        "written); a larger one is read to its end, discarded and answered 0xA700; default "
-        "1073741824 (1 GiB)",
+        description="Largest data set one C-STORE may carry; a larger one is read to its end, "
+        "discarded and answered 0xA700; default 4294967296 (4 GiB)",
+    )
+    dicom_spill_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="A data set arriving is held in memory up to this size, then in an "
+        "unlinked temporary file in data_dir (memory per association stays under it); "
+        "default 67108864 (64 MiB)",
     )
     dicom_acse_timeout_seconds: float = Field(
         30.0, gt=0, description="Wait for the A-ASSOCIATE-RQ after a connection; default 30"

@@ -763,3 +763,31 @@ def test_the_same_instance_from_parallel_associations_is_stored_once(
     assert len(stored_files(scp.data_dir)) == 1 and scp.seen == [row.study_uid]
     (st,) = studies(scp)
     assert st.instance_count == 1
+
+
+def test_instances_past_the_spill_size_are_stored_as_sent(tmp_path: Path) -> None:
+    """A data set larger than dicom_spill_bytes waits on disk while it arrives (memory per
+    association stays bounded); what is stored is still exactly what was sent."""
+    study = write_head_ct(
+        tmp_path / "big",
+        hemorrhage=False,
+        seed=12,
+        patient_id="P12",
+        accession="A12",
+        n_slices=3,
+    )
+    for run in _listener(tmp_path, dicom_spill_bytes=64 * 1024):
+        result = storescu(run, study.files)
+        assert result.returncode == 0, result.stderr
+        rows = instances(run)
+        assert len(rows) == 3
+        for row in rows:
+            stored = (run.data_dir / row.path).read_bytes()
+            sent = next(
+                f.read_bytes()
+                for f in study.files
+                if pydicom.dcmread(f).SOPInstanceUID == row.sop_instance_uid
+            )
+            assert stored[-400_000:] == sent[-400_000:] and row.size_bytes == len(stored)
+        leftovers = [p for p in run.data_dir.iterdir() if p.name.startswith(".spool")]
+        assert leftovers == []

@@ -5,12 +5,15 @@ real one is tested in test_dicom_scp.py."""
 
 from __future__ import annotations
 
+import mmap
+import os
 import socket
 import struct
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -475,4 +478,35 @@ def test_peer_abort_and_stop(rec: Recorder) -> None:
     finally:
         first.close()
         second.close()
+        srv.stop()
+
+
+def test_large_data_set_is_spooled_to_disk_and_handed_over_whole(
+    rec: Recorder, tmp_path: Path
+) -> None:
+    seen: list[tuple[type, bytes]] = []
+
+    def store(request: StoreRequest) -> Status:
+        seen.append((type(request.dataset), bytes(memoryview(request.dataset))))
+        return Status(0)
+
+    srv = UpperLayerServer(
+        Limits(ae_title="TRIAGE", spill_bytes=1000, spool_dir=tmp_path),
+        [str(CTImageStorage)],
+        SYNTAXES,
+        Handlers(store=store),
+    )
+    peer = RawPeer(srv.start("127.0.0.1", 0))
+    try:
+        _established(peer)
+        data = os.urandom(10_000)
+        # the raw peer proposed Verification as context 1 and CT as context 3; only CT here
+        peer.p_data((3, 0x03, _command(0x0001, 1, data=True, sop_class=CTImageStorage)))
+        for i in range(0, len(data), 1500):
+            peer.p_data((3, 0x02 if i + 1500 >= len(data) else 0x00, data[i : i + 1500]))
+        assert _status(peer.response()) == 0
+        assert seen == [(mmap.mmap, data)]
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        peer.close()
         srv.stop()

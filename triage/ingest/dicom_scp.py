@@ -166,6 +166,8 @@ class DicomListener:
             max_pdu_claim=max(s.dicom_max_pdu_claim, s.dicom_max_pdu + 6 if s.dicom_max_pdu else 0),
             max_associations=s.dicom_max_associations,
             max_dataset_bytes=s.dicom_max_dataset_bytes,
+            spill_bytes=s.dicom_spill_bytes,
+            spool_dir=self.data_dir,
             acse_timeout=s.dicom_acse_timeout_seconds,
             dimse_timeout=s.dicom_dimse_timeout_seconds,
             network_timeout=s.dicom_network_timeout_seconds,

@@ -34,7 +34,8 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 from pydicom.uid import UID
@@ -47,6 +48,9 @@ from pynetdicom.pdu_primitives import (
     SCP_SCU_RoleSelectionNegotiation,
 )
 from pynetdicom.presentation import PresentationContext, build_context, negotiate_as_acceptor
+
+from triage.errors import StoreError
+from triage.ingest.dicom_spool import DataSetBuffer, Spool
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +121,7 @@ class StoreRequest:
     sop_instance_uid: str
     message_id: int
     priority: int
-    dataset: bytearray
+    dataset: DataSetBuffer
 
 
 @dataclass
@@ -135,7 +139,9 @@ class Limits:
     max_pdu: int = 1 << 20  # announced; 0: unlimited
     max_pdu_claim: int = 1 << 24  # a PDU header claiming more is aborted before any read
     max_associations: int = 10
-    max_dataset_bytes: int = 1 << 30
+    max_dataset_bytes: int = 1 << 32
+    spill_bytes: int = 1 << 26  # a data set past this waits in an unlinked file, not memory
+    spool_dir: Path | None = None
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0
@@ -244,9 +250,9 @@ class _Message:
 
     context_id: int
     command: dict[int, bytes]
-    chunks: list[bytearray] = field(default_factory=list)
+    spool: Spool
     size: int = 0
-    too_big: bool = False
+    refusal: Status | None = None  # set: the rest of the data set is read and dropped
 
 
 class Association:
@@ -260,6 +266,8 @@ class Association:
         self.peer_max_pdu = 0
         self.established = False
         self._send_lock = threading.Lock()
+        self._message: _Message | None = None  # the message whose data set is arriving
+        self._command = bytearray()  # fragments of the next command set
 
     # ------------------------------------------------------------------ socket I/O
 
@@ -324,6 +332,9 @@ class Association:
                 self.send(abort_pdu(2, 0))
             how = "protocol"
         finally:
+            if self._message is not None:
+                self._message.spool.close()
+                self._message = None
             if self.server.stopping:
                 how = "shutdown"
             with contextlib.suppress(OSError):
@@ -345,15 +356,13 @@ class Association:
         if rejection is not None:
             self.send(reject_pdu(rejection))
             return "rejected"
-        message: _Message | None = None
-        command = bytearray()
         while True:
             timeout = limits.network_timeout
-            if message is not None or command:
+            if self._message is not None or self._command:
                 timeout = min(timeout, limits.dimse_timeout)
             pdu_type, length = self._read_header(timeout)
             if pdu_type == P_DATA:
-                message, command = self._p_data(length, message, command, timeout)
+                self._p_data(length, timeout)
             elif pdu_type == RELEASE_RQ:
                 self._recv(length, timeout)
                 self.send(RELEASE_RP_PDU)
@@ -450,10 +459,9 @@ class Association:
 
     # ------------------------------------------------------------------ P-DATA
 
-    def _p_data(
-        self, length: int, message: _Message | None, command: bytearray, timeout: float
-    ) -> tuple[_Message | None, bytearray]:
+    def _p_data(self, length: int, timeout: float) -> None:
         """Read one P-DATA-TF PDU's PDVs; answer each message whose last fragment is in."""
+        limits = self.server.limits
         header = memoryview(bytearray(6))
         left = length
         while left > 0:
@@ -468,34 +476,51 @@ class Association:
             left -= size
             if context_id not in self.contexts:
                 raise _Abort(INVALID_PARAMETER, f"PDV on presentation context {context_id}")
+            message = self._message
             if control & 0x01:  # a command fragment
                 if message is not None:
                     raise _Abort(UNEXPECTED_PARAMETER, "a command arrived inside a data set")
-                if len(command) + size > MAX_COMMAND_BYTES:
+                if len(self._command) + size > MAX_COMMAND_BYTES:
                     raise _Abort(INVALID_PARAMETER, "command set over 64 KiB")
-                command += self._recv(size, timeout)
+                self._command += self._recv(size, timeout)
                 if control & 0x02:
-                    parsed = parse_command(command)
-                    command = bytearray()
-                    message = _Message(context_id, parsed)
+                    parsed = parse_command(self._command)
+                    self._command = bytearray()
+                    message = _Message(
+                        context_id, parsed, Spool(limits.spill_bytes, limits.spool_dir)
+                    )
                     if _us(parsed, 0x0800) == NO_DATA_SET:
                         self._answer(message)
-                        message = None
-                    timeout = min(timeout, self.server.limits.dimse_timeout)
-            else:  # a data set fragment
-                if message is None or context_id != message.context_id:
-                    raise _Abort(UNEXPECTED_PARAMETER, "a data set fragment with no command")
-                message.size += size
-                if message.too_big or message.size > self.server.limits.max_dataset_bytes:
-                    message.too_big = True
-                    message.chunks = []
-                    self._discard(size, timeout)
-                else:
-                    message.chunks.append(self._recv(size, timeout))
-                if control & 0x02:
-                    self._answer(message)
-                    message = None
-        return message, command
+                    else:
+                        self._message = message
+                    timeout = min(timeout, limits.dimse_timeout)
+                continue
+            # a data set fragment
+            if message is None or context_id != message.context_id:
+                raise _Abort(UNEXPECTED_PARAMETER, "a data set fragment with no command")
+            message.size += size
+            if message.refusal is None and message.size > limits.max_dataset_bytes:
+                log.warning(
+                    "C-STORE from %s refused: data set over %d bytes (dicom_max_dataset_bytes)",
+                    self.peer.address,
+                    limits.max_dataset_bytes,
+                )
+                message.refusal = Status(
+                    0xA700, f"data set over the {limits.max_dataset_bytes >> 20} MiB limit"
+                )
+                message.spool.close()
+            if message.refusal is not None:
+                self._discard(size, timeout)
+            else:
+                fragment = self._recv(size, timeout)
+                try:
+                    message.spool.add(fragment)
+                except StoreError as exc:
+                    log.error("C-STORE from %s refused: %s", self.peer.address, exc)
+                    message.refusal = Status(0xA700, "cannot hold the data set: disk error")
+            if control & 0x02:
+                self._message = None
+                self._answer(message)
 
     def _discard(self, n: int, timeout: float) -> None:
         scratch = memoryview(bytearray(min(n, 1 << 20)))
@@ -505,6 +530,12 @@ class Association:
             n -= k
 
     def _answer(self, message: _Message) -> None:
+        try:
+            self._respond(message)
+        finally:
+            message.spool.close()
+
+    def _respond(self, message: _Message) -> None:
         command = message.command
         field_ = _us(command, 0x0100)
         message_id = _us(command, 0x0110)
@@ -536,17 +567,14 @@ class Association:
     def _store(
         self, message: _Message, context: PresentationContext, sop_class: str, sop_instance: str
     ) -> Status:
-        if message.too_big:
-            limit = self.server.limits.max_dataset_bytes
-            log.warning(
-                "C-STORE from %s refused: data set of %d bytes over dicom_max_dataset_bytes",
-                self.peer.address,
-                message.size,
-            )
-            return Status(0xA700, f"data set over the {limit >> 20} MiB limit")
-        chunks = message.chunks
-        dataset = chunks[0] if len(chunks) == 1 else bytearray().join(chunks)
-        message.chunks = []
+        """Hand a complete C-STORE to the store handler (the spool is closed by the caller)."""
+        if message.refusal is not None:
+            return message.refusal
+        try:
+            dataset = message.spool.finish()
+        except StoreError as exc:
+            log.error("C-STORE from %s refused: %s", self.peer.address, exc)
+            return Status(0xA700, "cannot hold the data set: disk error")
         request = StoreRequest(
             peer=self.peer,
             abstract_syntax=str(context.abstract_syntax),
