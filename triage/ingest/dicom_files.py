@@ -226,6 +226,8 @@ _SHORT_VRS = frozenset(
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
+_DELIMITERS = frozenset({_ITEM, _ITEM_END, _SEQ_END})
+_SHORT_VRS_B = frozenset(vr.encode("ascii") for vr in _SHORT_VRS)
 _MAX_DEPTH = 32
 
 
@@ -236,7 +238,11 @@ class _Walker:
     def __init__(self, buf: memoryview, implicit: bool, little: bool) -> None:
         self.buf = buf
         self.implicit = implicit
-        self.e = "<" if little else ">"
+        e = "<" if little else ">"
+        self._u16 = struct.Struct(e + "H").unpack_from
+        self._u32 = struct.Struct(e + "L").unpack_from
+        self._tag = struct.Struct(e + "HH").unpack_from
+        self._head = struct.Struct(e + "2sH").unpack_from  # explicit VR: VR, short length
         self.pixel_data_at: int | None = None  # offset of the top-level (7FE0,0010) element
         self.wanted: frozenset[int] = frozenset()  # top-level tags whose values to keep
         self.found: dict[int, tuple[int, int]] = {}  # tag -> (value offset, value length)
@@ -245,15 +251,16 @@ class _Walker:
         return DicomIngestError(DicomIngestError.CANNOT_DECODE, f"byte {pos}: {why}")
 
     def u16(self, pos: int) -> int:
-        return int(struct.unpack_from(self.e + "H", self.buf, pos)[0])
+        return int(self._u16(self.buf, pos)[0])
 
     def u32(self, pos: int) -> int:
-        return int(struct.unpack_from(self.e + "L", self.buf, pos)[0])
+        return int(self._u32(self.buf, pos)[0])
 
     def tag(self, pos: int, end: int) -> int:
         if pos + 4 > end:
             raise self.fail(pos, "truncated element tag")
-        return (self.u16(pos) << 16) | self.u16(pos + 2)
+        group, elem = self._tag(self.buf, pos)
+        return int((group << 16) | elem)
 
     def dataset(self, pos: int, end: int, depth: int, until_item_end: bool) -> int:
         """Walk elements from ``pos`` to ``end`` (or to an item delimiter); return the end."""
@@ -263,7 +270,7 @@ class _Walker:
             tag = self.tag(pos, end)
             if tag == _ITEM_END and until_item_end:
                 return pos + 8
-            if tag in (_ITEM, _ITEM_END, _SEQ_END):
+            if tag in _DELIMITERS:
                 raise self.fail(pos, f"unexpected delimiter ({tag >> 16:04X},{tag & 0xFFFF:04X})")
             if depth == 0:
                 if tag == _PIXEL_DATA and self.pixel_data_at is None:
@@ -281,29 +288,30 @@ class _Walker:
 
     def _is_short(self, pos: int) -> bool:
         """An explicit-VR element at ``pos`` has the 8-byte header (2-byte length)."""
-        return bytes(self.buf[pos + 4 : pos + 6]).decode("latin-1") in _SHORT_VRS
+        return bytes(self.buf[pos + 4 : pos + 6]) in _SHORT_VRS_B
 
     def element(self, pos: int, end: int, tag: int, depth: int) -> int:
+        if pos + 8 > end:
+            raise self.fail(pos, "truncated element header")
         if self.implicit:
-            if pos + 8 > end:
-                raise self.fail(pos, "truncated element header")
             length, pos = self.u32(pos + 4), pos + 8
             try:
                 vr = dictionary_VR(tag) if length != _UNDEFINED else "SQ"
             except KeyError:
                 vr = "UN"
         else:
-            if pos + 8 > end:
-                raise self.fail(pos, "truncated element header")
-            vr = bytes(self.buf[pos + 4 : pos + 6]).decode("latin-1")
-            if vr in _LONG_VRS:
-                if pos + 12 > end:
-                    raise self.fail(pos, "truncated element header")
-                length, pos = self.u32(pos + 8), pos + 12
-            elif vr in _SHORT_VRS:
-                length, pos = self.u16(pos + 6), pos + 8
-            else:
+            raw_vr, short = self._head(self.buf, pos + 4)
+            if raw_vr in _SHORT_VRS_B:
+                # the common case: no further checks below apply to these VRs
+                if pos + 8 + short > end:
+                    raise self.fail(pos + 8, f"value of {short} bytes runs past the end")
+                return int(pos + 8 + short)
+            vr = raw_vr.decode("latin-1")
+            if vr not in _LONG_VRS:
                 raise self.fail(pos, f"invalid VR {vr!r}")
+            if pos + 12 > end:
+                raise self.fail(pos, "truncated element header")
+            length, pos = self.u32(pos + 8), pos + 12
         if length == _UNDEFINED:
             if vr in ("SQ", "UN"):
                 return self.sequence(pos, end, depth, defined_end=None, implicit_un=vr == "UN")
@@ -623,7 +631,9 @@ def _text(
     parts = []
     for v in _values(_value(ds, keyword)):
         s = v.decode("latin-1") if isinstance(v, bytes) else str(v)
-        s = "".join(ch for ch in s if ch.isprintable()).strip()
+        if not s.isprintable():
+            s = "".join(ch for ch in s if ch.isprintable())
+        s = s.strip()
         parts.append(s)
     if not join:
         parts = parts[:1]

@@ -268,11 +268,14 @@ class Association:
         self._send_lock = threading.Lock()
         self._message: _Message | None = None  # the message whose data set is arriving
         self._command = bytearray()  # fragments of the next command set
+        self._timeout: float | None = None
 
     # ------------------------------------------------------------------ socket I/O
 
     def _recv_into(self, view: memoryview, timeout: float) -> None:
-        self.sock.settimeout(timeout)
+        if timeout != self._timeout:  # settimeout costs two fcntl calls: only on a change
+            self.sock.settimeout(timeout)
+            self._timeout = timeout
         got, n = 0, len(view)
         while got < n:
             try:
