@@ -20,7 +20,9 @@ and on 4 in parallel (the files split in 4), to:
   measures the receive path alone (PDUs, header check, duplicate lookup, response).
 
 Servers run one at a time, interleaved round by round (the machine is shared: the median of
-the rounds is reported). Then the floors, in this process, on the same disk:
+the rounds is reported), with ``sync`` before each (untimed): storescp does not fsync, and on
+ext4 the next server's first fsyncs would otherwise write storescp's 150 MB out. Then the
+floors, in this process, on the same disk:
 
 - ``floor``: the same files written with write + fsync + rename (+ directory fsync), one
   after the other (what any server that fsyncs each instance before answering must pay);
@@ -331,6 +333,9 @@ def main() -> None:
                 ("re-send", lambda w, f, a: run_triage(w, f, a, resend=True)),
             )
             for name, fn in servers:
+                # Untimed: flush what the previous server left dirty (storescp's 150 MB are
+                # not fsynced), or ext4 makes the next server's first fsyncs write it out.
+                os.sync()
                 t = fn(work, files, associations)
                 times.setdefault((name, associations), []).append(t)
                 print(
@@ -338,6 +343,7 @@ def main() -> None:
                     f"{t:6.2f} s  {len(files) / t:6.0f} images/s",
                     flush=True,
                 )
+    os.sync()
     floor_t = statistics.median(floor(work, files, rename_first=False) for _ in range(2))
     floor_rf = statistics.median(floor(work, files, rename_first=True) for _ in range(2))
     full = sqlite_commits(work, "FULL")
