@@ -510,3 +510,39 @@ def test_large_data_set_is_spooled_to_disk_and_handed_over_whole(
     finally:
         peer.close()
         srv.stop()
+
+
+def test_a_flood_of_idle_connections_is_turned_away_without_threads(
+    rec: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = _server(rec, max_associations=1, acse_timeout=10.0)
+    address = srv.start("127.0.0.1", 0)
+    idle = [RawPeer(address) for _ in range(srv.max_connections)]
+    try:
+        _wait(lambda: len(srv._connections) == srv.max_connections)
+        threads = threading.active_count()
+        late = RawPeer(address)
+        pdu_type, body = late.recv_pdu()  # at once, without sending anything
+        assert pdu_type == 0x03 and tuple(body[1:4]) == (2, 3, 2)  # transient, local limit
+        assert late.closed()
+        late.close()
+        assert threading.active_count() == threads
+        assert "turned away" in caplog.text
+    finally:
+        for peer in idle:
+            peer.close()
+    _wait(lambda: not srv._connections)
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(*address, ae_title="TRIAGE")
+    assert assoc.is_established
+    assoc.release()
+    srv.stop()
+
+
+def test_release_is_answered_and_the_peer_reads_it(raw: RawPeer, rec: Recorder) -> None:
+    _established(raw)
+    raw.sock.sendall(bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]))
+    assert raw.recv_pdu() == (0x06, b"\x00\x00\x00\x00")
+    assert raw.closed()
+    _wait(lambda: [how for _, how in rec.closed] == ["released"])

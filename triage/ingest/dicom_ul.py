@@ -33,6 +33,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,27 @@ def reject_pdu(rejection: Rejection) -> bytes:
 
 
 RELEASE_RP_PDU = bytes([RELEASE_RP, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+
+#: Closing: how long, and how many bytes, to read what the peer still sends after our last PDU.
+_LINGER_SECONDS = 0.5
+_LINGER_BYTES = 1 << 20
+
+
+def close_gently(sock: socket.socket) -> None:
+    """Close after our last PDU so that the peer reads it: half-close, then read and drop what
+    the peer still sends (up to a limit) until it closes. Closing a socket with unread bytes
+    makes the kernel send a reset, which can destroy our A-ABORT or A-ASSOCIATE-RJ in flight."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(_LINGER_SECONDS)
+        deadline = time.monotonic() + _LINGER_SECONDS
+        budget = _LINGER_BYTES
+        while budget > 0 and time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            budget -= len(data)
+    sock.close()
 
 
 # --------------------------------------------------------------------------- DIMSE commands
@@ -340,9 +362,7 @@ class Association:
                 self._message = None
             if self.server.stopping:
                 how = "shutdown"
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
-            self.sock.close()
+            close_gently(self.sock)
             if self.established:
                 try:
                     self.server.handlers.closed(self.peer, how)
@@ -621,6 +641,7 @@ class UpperLayerServer:
         self._lock = threading.Lock()
         self._active: set[Association] = set()
         self._connections: dict[Association, threading.Thread] = {}
+        self._turned_away_logged = 0.0
 
     def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on ``host:port`` (0: any free port); returns the bound address. Raises
@@ -665,6 +686,11 @@ class UpperLayerServer:
             conn.settimeout(None)
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                crowded = len(self._connections) >= self.max_connections
+            if crowded:
+                self._turn_away(conn, str(address[0]))
+                continue
             assoc = Association(self, conn, (str(address[0]), int(address[1])))
             thread = threading.Thread(
                 target=self._run,
@@ -675,6 +701,33 @@ class UpperLayerServer:
             with self._lock:
                 self._connections[assoc] = thread
             thread.start()
+
+    @property
+    def max_connections(self) -> int:
+        """Open connections (negotiating or associated) served at once: twice the association
+        limit and a few more, so that peers over the limit still get their A-ASSOCIATE-RJ
+        from a thread, while a flood of idle connections cannot start threads without end."""
+        return 2 * self.limits.max_associations + 4
+
+    def _turn_away(self, conn: socket.socket, address: str) -> None:
+        """Too many connections: A-ASSOCIATE-RJ (transient, local limit) without reading the
+        request, from the accepting thread; the peer should retry later."""
+        now = time.monotonic()
+        if now - self._turned_away_logged > 1.0:  # a flood is logged once a second
+            self._turned_away_logged = now
+            log.warning(
+                "connection from %s turned away: %d connections open already",
+                address,
+                self.max_connections,
+            )
+        with contextlib.suppress(OSError):
+            conn.settimeout(1.0)
+            conn.sendall(reject_pdu(LOCAL_LIMIT_EXCEEDED))
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_WR)
+            conn.setblocking(False)
+            conn.recv(65536)  # drop what already arrived, so the close is not a reset
+        conn.close()
 
     def _run(self, assoc: Association) -> None:
         try:
