@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -118,6 +119,33 @@ def _wait(condition: object, timeout: float = 5.0) -> None:
 # --------------------------------------------------------------------------- a raw peer
 
 
+def associate_rq(
+    *,
+    max_pdu: int = 0,
+    version: int = 1,
+    app_context: str = "1.2.840.10008.3.1.1.1",
+    called: str = "TRIAGE",
+) -> bytes:
+    """An A-ASSOCIATE-RQ from RAWPEER proposing Verification (context 1) and CT (context 3)."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = UID(app_context)
+    primitive.calling_ae_title = "RAWPEER"
+    primitive.called_ae_title = called
+    contexts = []
+    for i, uid in enumerate([Verification, CTImageStorage]):
+        cx = build_context(uid, [ExplicitVRLittleEndian])
+        cx.context_id = 2 * i + 1
+        contexts.append(cx)
+    primitive.presentation_context_definition_list = contexts
+    item = MaximumLengthNotification()
+    item.maximum_length_received = max_pdu
+    primitive.user_information = [item]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    pdu.protocol_version = version
+    return bytes(pdu.encode())
+
+
 class RawPeer:
     """Speaks PDUs byte by byte, to send what toolkits never would."""
 
@@ -146,31 +174,8 @@ class RawPeer:
         except ConnectionResetError:
             return True
 
-    def associate(
-        self,
-        *,
-        max_pdu: int = 0,
-        version: int = 1,
-        app_context: str = "1.2.840.10008.3.1.1.1",
-        called: str = "TRIAGE",
-    ) -> tuple[int, bytes]:
-        primitive = A_ASSOCIATE()
-        primitive.application_context_name = UID(app_context)
-        primitive.calling_ae_title = "RAWPEER"
-        primitive.called_ae_title = called
-        contexts = []
-        for i, uid in enumerate([Verification, CTImageStorage]):
-            cx = build_context(uid, [ExplicitVRLittleEndian])
-            cx.context_id = 2 * i + 1
-            contexts.append(cx)
-        primitive.presentation_context_definition_list = contexts
-        item = MaximumLengthNotification()
-        item.maximum_length_received = max_pdu
-        primitive.user_information = [item]
-        pdu = A_ASSOCIATE_RQ()
-        pdu.from_primitive(primitive)
-        pdu.protocol_version = version
-        self.sock.sendall(pdu.encode())
+    def associate(self, **kwargs: Any) -> tuple[int, bytes]:
+        self.sock.sendall(associate_rq(**kwargs))
         return self.recv_pdu()
 
     def p_data(self, *pdvs: tuple[int, int, bytes]) -> None:
@@ -546,3 +551,33 @@ def test_release_is_answered_and_the_peer_reads_it(raw: RawPeer, rec: Recorder) 
     assert raw.recv_pdu() == (0x06, b"\x00\x00\x00\x00")
     assert raw.closed()
     _wait(lambda: [how for _, how in rec.closed] == ["released"])
+
+
+def test_a_trickled_associate_rq_is_cut_at_the_acse_timeout(rec: Recorder) -> None:
+    """A peer sending its request a byte at a time, each byte within the timeout, still
+    gets no more than the ACSE timeout in all."""
+    srv = _server(rec, acse_timeout=1.0)
+    peer = RawPeer(srv.start("127.0.0.1", 0))
+    try:
+        rq = associate_rq()
+        start = time.monotonic()
+        reply = b""
+        for i in range(len(rq)):  # one byte every 0.1 s: each read is quick, the whole is not
+            try:
+                peer.sock.sendall(rq[i : i + 1])
+            except OSError:
+                break
+            time.sleep(0.1)
+            if time.monotonic() - start > 4:
+                break
+        peer.sock.settimeout(5)
+        try:
+            reply = peer.sock.recv(100)
+        except OSError:
+            reply = b""
+        elapsed = time.monotonic() - start
+        assert reply[:1] in (b"", b"\x07") and elapsed < 4  # closed (after an A-ABORT)
+        assert rec.closed == []  # never associated
+    finally:
+        peer.close()
+        srv.stop()

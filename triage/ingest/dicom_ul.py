@@ -294,12 +294,20 @@ class Association:
 
     # ------------------------------------------------------------------ socket I/O
 
-    def _recv_into(self, view: memoryview, timeout: float) -> None:
+    def _recv_into(self, view: memoryview, timeout: float, deadline: float | None = None) -> None:
+        """Fill ``view``; each read waits at most ``timeout`` s, and all of them together end
+        by ``deadline`` (``time.monotonic()``) when one is given."""
         if timeout != self._timeout:  # settimeout costs two fcntl calls: only on a change
             self.sock.settimeout(timeout)
             self._timeout = timeout
         got, n = 0, len(view)
         while got < n:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _Closed("timeout", "the A-ASSOCIATE-RQ did not arrive in time")
+                self.sock.settimeout(min(timeout, left))
+                self._timeout = None
             try:
                 k = self.sock.recv_into(view[got:], n - got)
             except TimeoutError as exc:
@@ -310,18 +318,18 @@ class Association:
                 raise _Closed("connection", "connection closed by the peer")
             got += k
 
-    def _recv(self, n: int, timeout: float) -> bytearray:
+    def _recv(self, n: int, timeout: float, deadline: float | None = None) -> bytearray:
         buf = bytearray(n)
         with memoryview(buf) as view:
-            self._recv_into(view, timeout)
+            self._recv_into(view, timeout, deadline)
         return buf
 
     def send(self, data: bytes) -> None:
         with self._send_lock:
             self.sock.sendall(data)
 
-    def _read_header(self, timeout: float) -> tuple[int, int]:
-        pdu_type, _, length = _HEADER.unpack(self._recv(6, timeout))
+    def _read_header(self, timeout: float, deadline: float | None = None) -> tuple[int, int]:
+        pdu_type, _, length = _HEADER.unpack(self._recv(6, timeout, deadline))
         claim = self.server.limits.max_pdu_claim
         if claim and length > claim:
             log.warning(
@@ -371,10 +379,12 @@ class Association:
 
     def _serve(self) -> str:
         limits = self.server.limits
-        pdu_type, length = self._read_header(limits.acse_timeout)
+        # the whole request within the ACSE timeout, however slowly its bytes trickle in
+        deadline = time.monotonic() + limits.acse_timeout
+        pdu_type, length = self._read_header(limits.acse_timeout, deadline)
         if pdu_type != ASSOCIATE_RQ:
             raise _Abort(UNEXPECTED_PDU, f"PDU type 0x{pdu_type:02X} before A-ASSOCIATE-RQ")
-        body = self._recv(length, limits.acse_timeout)
+        body = self._recv(length, limits.acse_timeout, deadline)
         rejection = self._negotiate(_HEADER.pack(pdu_type, 0, length) + body)
         if rejection is not None:
             self.send(reject_pdu(rejection))
