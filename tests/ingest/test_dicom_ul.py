@@ -125,11 +125,12 @@ def associate_rq(
     version: int = 1,
     app_context: str = "1.2.840.10008.3.1.1.1",
     called: str = "TRIAGE",
+    calling: str = "RAWPEER",
 ) -> bytes:
-    """An A-ASSOCIATE-RQ from RAWPEER proposing Verification (context 1) and CT (context 3)."""
+    """An A-ASSOCIATE-RQ proposing Verification (context 1) and CT (context 3)."""
     primitive = A_ASSOCIATE()
     primitive.application_context_name = UID(app_context)
-    primitive.calling_ae_title = "RAWPEER"
+    primitive.calling_ae_title = calling
     primitive.called_ae_title = called
     contexts = []
     for i, uid in enumerate([Verification, CTImageStorage]):
@@ -580,4 +581,36 @@ def test_a_trickled_associate_rq_is_cut_at_the_acse_timeout(rec: Recorder) -> No
         assert rec.closed == []  # never associated
     finally:
         peer.close()
+        srv.stop()
+
+
+def test_negotiation_is_remembered_per_request_items(rec: Recorder) -> None:
+    """The same proposed contexts from two AE titles: negotiated once, and each AC echoes
+    its own request's AE titles; the association check still sees each calling AE."""
+    srv = _server(rec)
+    address = srv.start("127.0.0.1", 0)
+    seen: list[str] = []
+    srv.handlers.check = lambda peer: seen.append(peer.calling_ae)  # type: ignore[func-returns-value]
+    try:
+        replies = []
+        for calling in ("CT1", "CT2"):
+            peer = RawPeer(address)
+            try:
+                pdu_type, body = peer.associate(calling=calling)
+                assert pdu_type == 0x02
+                replies.append(body)
+                peer.p_data((1, 0x03, _command(0x0030, 1, data=False, sop_class=Verification)))
+                assert _status(peer.response()) == 0
+            finally:
+                peer.close()
+        assert seen == ["CT1", "CT2"] and len(srv._negotiated) == 1
+        assert replies[0][20:36].strip() == b"CT1" and replies[1][20:36].strip() == b"CT2"
+        assert replies[0][:4] == replies[1][:4] and replies[0][36:] == replies[1][36:]
+        peer = RawPeer(address)  # other items (a different maximum PDU): negotiated anew
+        try:
+            assert peer.associate(max_pdu=1000)[0] == 0x02
+        finally:
+            peer.close()
+        assert len(srv._negotiated) == 2
+    finally:
         srv.stop()
