@@ -614,3 +614,19 @@ def test_negotiation_is_remembered_per_request_items(rec: Recorder) -> None:
         assert len(srv._negotiated) == 2
     finally:
         srv.stop()
+
+
+def test_non_ascii_uids_in_a_command_still_get_a_response(raw: RawPeer, rec: Recorder) -> None:
+    _established(raw)
+    command = parse_command(_command(0x0001, 3, data=True, sop_class=CTImageStorage))
+    command[0x1000] = "1.2.\u00e9\u00e9".encode("latin-1")
+    body = b"".join(struct.pack("<HHI", 0, e, len(v)) + v for e, v in sorted(command.items()) if e)
+    raw.p_data((3, 0x03, struct.pack("<HHI", 0, 0, 4) + struct.pack("<I", len(body)) + body))
+    raw.p_data((3, 0x02, _encoded(_dataset())))
+    rsp = raw.response()
+    assert _status(rsp) == 0 and rsp[0x1000].startswith(b"1.2.")
+
+
+def test_an_oversized_associate_rq_is_aborted(raw: RawPeer) -> None:
+    raw.sock.sendall(b"\x01\x00" + (2 << 20).to_bytes(4, "big") + b"\x00" * 1000)
+    _assert_aborted(raw, 0x06)

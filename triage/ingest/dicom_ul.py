@@ -71,8 +71,12 @@ C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
 NO_DATA_SET = 0x0101
 UNRECOGNIZED_OPERATION = 0x0211
 
-#: Distinct A-ASSOCIATE-RQ item sets whose negotiation is remembered (oldest dropped first).
+#: Distinct A-ASSOCIATE-RQ item sets whose negotiation is remembered (oldest dropped first),
+#: and the largest item set remembered (storescu's ~120 contexts take ~10 KiB).
 _NEGOTIATION_CACHE = 64
+_NEGOTIATION_CACHE_ITEM_BYTES = 1 << 16
+#: The largest A-ASSOCIATE-RQ read (hundreds of presentation contexts fit in 64 KiB).
+MAX_ASSOCIATE_RQ_BYTES = 1 << 20
 #: The largest command set we read (a C-STORE-RQ is ~200 bytes).
 MAX_COMMAND_BYTES = 1 << 16
 _HEADER = struct.Struct(">BBI")
@@ -240,7 +244,7 @@ def encode_response(
     """A DIMSE response command set with no data set (implicit VR little endian)."""
     body = b""
     if sop_class:
-        body += _element(0x0002, sop_class.encode("ascii"))
+        body += _element(0x0002, sop_class.encode("ascii", "replace"))
     body += _element(0x0100, _US.pack(command_field))
     body += _element(0x0120, _US.pack(message_id))
     body += _element(0x0800, _US.pack(NO_DATA_SET))
@@ -249,7 +253,7 @@ def encode_response(
         comment = status.comment.encode("ascii", "replace")[:64]
         body += _element(0x0902, comment if len(comment) % 2 == 0 else comment + b" ")
     if sop_instance:
-        body += _element(0x1000, sop_instance.encode("ascii"))
+        body += _element(0x1000, sop_instance.encode("ascii", "replace"))
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
@@ -393,8 +397,16 @@ class Association:
         return buf
 
     def send(self, data: bytes) -> None:
+        """Send ``data`` whole (raises OSError; also used by the server to abort)."""
         with self._send_lock:
             self.sock.sendall(data)
+
+    def _reply(self, data: bytes) -> None:
+        """:meth:`send` inside the protocol: a peer that stops reading ends the association."""
+        try:
+            self.send(data)
+        except OSError as exc:
+            raise _Closed("connection", f"cannot send to the peer: {exc}") from exc
 
     def _read_header(self, timeout: float, deadline: float | None = None) -> tuple[int, int]:
         pdu_type, _, length = _HEADER.unpack(self._recv(6, timeout, deadline))
@@ -452,10 +464,12 @@ class Association:
         pdu_type, length = self._read_header(limits.acse_timeout, deadline)
         if pdu_type != ASSOCIATE_RQ:
             raise _Abort(UNEXPECTED_PDU, f"PDU type 0x{pdu_type:02X} before A-ASSOCIATE-RQ")
+        if length > MAX_ASSOCIATE_RQ_BYTES:
+            raise _Abort(INVALID_PARAMETER, f"A-ASSOCIATE-RQ of {length} bytes")
         body = self._recv(length, limits.acse_timeout, deadline)
         rejection = self._negotiate(_HEADER.pack(pdu_type, 0, length) + body)
         if rejection is not None:
-            self.send(reject_pdu(rejection))
+            self._reply(reject_pdu(rejection))
             return "rejected"
         while True:
             timeout = limits.network_timeout
@@ -466,7 +480,7 @@ class Association:
                 self._p_data(length, timeout)
             elif pdu_type == RELEASE_RQ:
                 self._recv(length, timeout)
-                self.send(RELEASE_RP_PDU)
+                self._reply(RELEASE_RP_PDU)
                 return "released"
             elif pdu_type == ABORT:
                 self._recv(length, timeout)
@@ -518,7 +532,7 @@ class Association:
         self.contexts = negotiated.accepted
         # The AC's AE title fields echo the request's (PS3.8 9.3.3); the rest is negotiated.
         body = b"\x00\x01\x00\x00" + bytes(raw[10:42]) + bytes(32) + negotiated.ac_items
-        self.send(_HEADER.pack(ASSOCIATE_AC, 0, len(body)) + body)
+        self._reply(_HEADER.pack(ASSOCIATE_AC, 0, len(body)) + body)
         self.established = True
         if not self.contexts:
             log.warning(
@@ -633,7 +647,7 @@ class Association:
             )
             status = Status(UNRECOGNIZED_OPERATION, "only C-STORE and C-ECHO are served")
             rsp = encode_response(field_ | 0x8000, message_id, status, sop_class)
-        self.send(p_data_pdus(message.context_id, rsp, self.peer_max_pdu))
+        self._reply(p_data_pdus(message.context_id, rsp, self.peer_max_pdu))
 
     def _store(
         self, message: _Message, context: PresentationContext, sop_class: str, sop_instance: str
@@ -728,9 +742,11 @@ class UpperLayerServer:
                 conn, address = listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self.stopping:
                     return
+                log.error("DICOM listener cannot accept a connection: %s", exc)
+                time.sleep(0.1)  # e.g. out of file descriptors: do not spin
                 continue
             conn.settimeout(None)
             with contextlib.suppress(OSError):
@@ -757,6 +773,8 @@ class UpperLayerServer:
         found = self._negotiated.get(items)
         if found is None:
             found = negotiate(items, self.contexts, self.limits)
+            if len(items) > _NEGOTIATION_CACHE_ITEM_BYTES:
+                return found
             with self._lock:
                 if len(self._negotiated) >= _NEGOTIATION_CACHE:
                     self._negotiated.pop(next(iter(self._negotiated)))
