@@ -404,11 +404,17 @@ def _on_closed(peer: Peer, how: str) -> None:
     a quiet period as for any study, so an aborted transfer is never taken for a complete
     one."""
     if how in ("aborted", "timeout", "protocol", "connection"):
+        why = {
+            "aborted": "A-ABORT from the peer",
+            "timeout": "timed out",
+            "protocol": "protocol error, A-ABORT sent",
+            "connection": "connection closed without A-RELEASE",
+        }[how]
         log.warning(
-            "association from %s (%s) ended (%s); instances already acknowledged are kept",
+            "association from %s (%s) ended: %s; any instance acknowledged is kept",
             peer.address,
             peer.calling_ae,
-            how,
+            why,
         )
 
 

@@ -434,8 +434,10 @@ class Association:
             how = "protocol"
         except _Closed as exc:
             how = exc.how
-            if self.established and not self.server.stopping:
-                log.warning("association from %s ended: %s", self.peer.address, exc)
+            if exc.how == "timeout" and not self.server.stopping:
+                log.warning("association from %s timed out: %s", self.peer.address, exc)
+            else:  # the closed handler says it, once
+                log.debug("association from %s ended: %s", self.peer.address, exc)
             if exc.how == "timeout":
                 with contextlib.suppress(OSError):
                     self.send(abort_pdu(2, 0))
