@@ -785,12 +785,14 @@ def _render_chest(
     a, b = chest.body_axes
     t = chest.fat_thickness
     zf = np.clip(1.0 - ((g.z - 20.0) / 260.0) ** 2, 0.6, 1.0)  # body narrows toward the top
-    body = (g.x / (a * zf)) ** 2 + (g.y / b) ** 2 <= 1.0
-    vol[np.broadcast_to(body, g.shape)] = -100.0
-    muscle = (g.x / (a * zf - t)) ** 2 + (g.y / (b - t)) ** 2 <= 1.0
-    vol[np.broadcast_to(muscle, g.shape)] = 55.0
-    inner = (g.x / (a * zf - t - 12.0)) ** 2 + (g.y / (b - t - 12.0)) ** 2 <= 1.0
-    vol[np.broadcast_to(inner, g.shape)] = chest.soft_hu
+    # Slice by slice (the same element-wise arithmetic as on the whole grid, so the same
+    # values; ~3x faster than full-grid temporaries that do not fit in any cache).
+    y_body, y_muscle, y_inner = (g.y / b) ** 2, (g.y / (b - t)) ** 2, (g.y / (b - t - 12.0)) ** 2
+    for k in range(g.shape[0]):
+        zk, sl = zf[k : k + 1], vol[k : k + 1]
+        sl[(g.x / (a * zk)) ** 2 + y_body <= 1.0] = -100.0
+        sl[(g.x / (a * zk - t)) ** 2 + y_muscle <= 1.0] = 55.0
+        sl[(g.x / (a * zk - t - 12.0)) ** 2 + y_inner <= 1.0] = chest.soft_hu
     # Ribs in the chest wall, sternum, vertebra and canal.
     for k in range(18):
         ang = 2 * math.pi * (k + 0.5) / 18
@@ -811,8 +813,12 @@ def _render_chest(
     la, lb = chest.lung_axes
     lz = np.sqrt(np.clip(1.0 - ((g.z + 5.0) / 120.0) ** 2, 0.0, None))
     lungs = np.zeros(g.shape, dtype=bool)
-    for lx in _LUNG_CENTRES:
-        lungs |= ((g.x - lx) / (la * lz + 1e-3)) ** 2 + ((g.y - 5.0) / (lb * lz + 1e-3)) ** 2 <= 1.0
+    for k in range(g.shape[0]):  # slice by slice, as above
+        lzk, lk = lz[k : k + 1], lungs[k : k + 1]
+        for lx in _LUNG_CENTRES:
+            lk |= ((g.x - lx) / (la * lzk + 1e-3)) ** 2 + (
+                (g.y - 5.0) / (lb * lzk + 1e-3)
+            ) ** 2 <= 1.0
     # Heart (lower, anterior, left) displaces lung.
     heart_hit = _ellipsoid_in(g, (15.0, -25.0, -60.0), (58.0, 45.0, 48.0), 0.4)
     heart = _full(g, *heart_hit) if heart_hit else np.zeros(g.shape, dtype=bool)
@@ -843,8 +849,11 @@ def _render_chest(
         s_ang = np.arctan2(g.y + 15.0, g.x + 37.0)
         rr = np.hypot(g.y + 15.0, g.x + 37.0)
         phase = 6.0 * float(mdraw["dense_svc"][1])
-        streak = 120.0 * np.sin(7.0 * s_ang + phase) * np.exp(-rr / 30.0)
-        vol += np.where(zmask & (rr > 10.0) & (vol > -200), streak, 0.0).astype(np.float32)
+        streak = (120.0 * np.sin(7.0 * s_ang + phase) * np.exp(-rr / 30.0)).astype(np.float32)
+        away = rr > 10.0
+        for k in np.flatnonzero(zmask[:, 0, 0]):  # only where it adds something, as above
+            sl = vol[k : k + 1]
+            np.add(sl, streak, out=sl, where=away & (sl > -200))
     # Pulmonary arterial tree.
     for v in chest.tree:
         _paint_capsule(vol, g, v, artery_hu)
