@@ -4,6 +4,9 @@ shadow tests/conftest.py for ``from conftest import ...``)."""
 from __future__ import annotations
 
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from triage.synth import write_head_ct
 from triage.synth.ct import SyntheticStudy
@@ -24,3 +27,11 @@ def ct300_study(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
             slice_thickness=0.625,
         )
     return _cache["ct300"]
+
+
+def encoded_dataset(ds: Dataset) -> bytes:
+    """``ds`` encoded as a C-STORE data set travels: Explicit VR Little Endian, no file meta."""
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return fp.getvalue()

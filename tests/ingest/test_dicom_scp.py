@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import dcmtk, free_port
-from ct_fixtures import ct300_study
+from ct_fixtures import ct300_study, encoded_dataset
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomFileLike
@@ -279,16 +279,6 @@ def _raw_file(path: Path, body: bytes, sop_uid: str = "1.2.826.0.1.3680043.10.99
     return path
 
 
-def _encoded_body(ds: Dataset) -> bytes:
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, False
-    write_dataset(fp, ds)
-    return fp.getvalue()
-
-
 def _grow_pixel_length(body: bytes, extra: int) -> bytes:
     """Claim ``extra`` more Pixel Data bytes than there are."""
     at = body.index(b"\xe0\x7f\x10\x00OW\x00\x00") + 8
@@ -300,7 +290,7 @@ def test_undecodable_dataset_gets_c210_and_leaves_no_file(
     scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
-    good = _encoded_body(_slice(tmp_path))
+    good = encoded_dataset(_slice(tmp_path))
     bodies = {
         "garbage": b"this is not a DICOM data set at all" * 20,
         "random": bytes(range(256)) * 8,

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ct_fixtures import encoded_dataset
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.pdu import A_ASSOCIATE_RQ
@@ -98,13 +97,6 @@ def _dataset() -> Dataset:
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
-
-
-def _encoded(ds: Dataset) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, False
-    write_dataset(fp, ds)
-    return fp.getvalue()
 
 
 def _wait(condition: object, timeout: float = 5.0) -> None:
@@ -283,7 +275,7 @@ def test_pynetdicom_echo_and_store(server: tuple[str, int], rec: Recorder) -> No
     assert first.sop_class_uid == CTImageStorage
     assert first.transfer_syntax == ExplicitVRLittleEndian
     assert first.peer.calling_ae == "PYSCU" and first.peer.address == "127.0.0.1"
-    assert bytes(first.dataset) == _encoded(ds)  # as sent, not decoded and re-encoded
+    assert bytes(first.dataset) == encoded_dataset(ds)  # as sent, not decoded and re-encoded
     _wait(lambda: [how for _, how in rec.closed] == ["released"])
 
 
@@ -338,7 +330,7 @@ def test_associate_rq_we_cannot_honour_is_rejected(
 def test_commands_and_data_split_anyhow_are_reassembled(raw: RawPeer, rec: Recorder) -> None:
     _established(raw)
     ds = _dataset()
-    data = _encoded(ds)
+    data = encoded_dataset(ds)
     command = _command(0x0001, 5, data=True, sop_class=CTImageStorage)
     # The command in three fragments over two PDUs, then the data set in uneven fragments,
     # several per PDU, the last fragment one byte long.
@@ -361,7 +353,7 @@ def test_small_peer_pdu_gets_fragmented_responses(raw: RawPeer) -> None:
 
 def test_an_operation_we_do_not_serve_gets_0211(raw: RawPeer, rec: Recorder) -> None:
     _established(raw)
-    query = _encoded(_dataset())
+    query = encoded_dataset(_dataset())
     raw.p_data((3, 0x03, _command(0x0020, 11, data=True, sop_class=CTImageStorage)))
     raw.p_data((3, 0x02, query))  # its data set is read and dropped
     rsp = raw.response()
@@ -387,7 +379,7 @@ def test_data_set_over_the_limit_is_drained_and_refused(rec: Recorder) -> None:
         rsp = peer.response()
         assert _status(rsp) == 0xA700 and b"limit" in rsp[0x0902]
         assert rec.stored == []
-        small = _encoded(_dataset())
+        small = encoded_dataset(_dataset())
         peer.p_data((3, 0x03, _command(0x0001, 2, data=True, sop_class=CTImageStorage)))
         peer.p_data((3, 0x02, small))
         assert _status(peer.response()) == 0 and len(rec.stored) == 1
@@ -622,7 +614,7 @@ def test_non_ascii_uids_in_a_command_still_get_a_response(raw: RawPeer, rec: Rec
     command[0x1000] = "1.2.\u00e9\u00e9".encode("latin-1")
     body = b"".join(struct.pack("<HHI", 0, e, len(v)) + v for e, v in sorted(command.items()) if e)
     raw.p_data((3, 0x03, struct.pack("<HHI", 0, 0, 4) + struct.pack("<I", len(body)) + body))
-    raw.p_data((3, 0x02, _encoded(_dataset())))
+    raw.p_data((3, 0x02, encoded_dataset(_dataset())))
     rsp = raw.response()
     assert _status(rsp) == 0 and rsp[0x1000].startswith(b"1.2.")
 

@@ -484,13 +484,8 @@ class Association:
                 self._recv(length, timeout)
                 self._reply(RELEASE_RP_PDU)
                 return "released"
-            elif pdu_type == ABORT:
+            elif pdu_type == ABORT:  # the closed handler reports it
                 self._recv(length, timeout)
-                log.warning(
-                    "association from %s (%s) aborted by the peer",
-                    self.peer.address,
-                    self.peer.calling_ae,
-                )
                 return "aborted"
             elif pdu_type in (ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, RELEASE_RP):
                 raise _Abort(UNEXPECTED_PDU, f"unexpected PDU type 0x{pdu_type:02X}")
@@ -632,7 +627,7 @@ class Association:
         sop_class = _text(command, 0x0002)
         if field_ == C_STORE_RQ:
             sop_instance = _text(command, 0x1000)
-            status = self._store(message, context, sop_class, sop_instance)
+            status = self._store(message, context, sop_class, sop_instance, message_id)
             rsp = encode_response(0x8001, message_id, status, sop_class, sop_instance)
         elif field_ == C_ECHO_RQ:
             rsp = encode_response(0x8030, message_id, Status(0), sop_class or VERIFICATION)
@@ -652,7 +647,12 @@ class Association:
         self._reply(p_data_pdus(message.context_id, rsp, self.peer_max_pdu))
 
     def _store(
-        self, message: _Message, context: PresentationContext, sop_class: str, sop_instance: str
+        self,
+        message: _Message,
+        context: PresentationContext,
+        sop_class: str,
+        sop_instance: str,
+        message_id: int,
     ) -> Status:
         """Hand a complete C-STORE to the store handler (the spool is closed by the caller)."""
         if message.refusal is not None:
@@ -668,7 +668,7 @@ class Association:
             transfer_syntax=str(context.transfer_syntax[0]),
             sop_class_uid=sop_class,
             sop_instance_uid=sop_instance,
-            message_id=_us(message.command, 0x0110) or 0,
+            message_id=message_id,
             priority=_us(message.command, 0x0700) or 0,
             dataset=dataset,
         )
