@@ -42,6 +42,33 @@ def test_head_tissues_noise_free() -> None:
     assert (vol[c.inside] < 2000).all()
 
 
+def test_head_masks_are_their_full_grid_definitions() -> None:
+    """The canvas paints slice by slice for speed; its masks must be exactly the plain
+    whole-grid expressions (same float32 arithmetic, so bit-equal)."""
+    g = head_grid(thickness=2.5, n=48)
+    head = ct._draw_head(np.random.default_rng([11, 0]))
+    c = ct._HeadCanvas(g, head)
+    ax, ay, az = head.inner_axes
+
+    def radius(shrink: float) -> np.ndarray:
+        return np.sqrt(
+            (g.x / (ax - shrink)) ** 2 + (g.y / (ay - shrink)) ** 2 + (g.z / (az - shrink)) ** 2
+        )
+
+    assert np.array_equal(c.r_inner, radius(0.0))
+    assert np.array_equal(c.inside, radius(0.0) <= 1.0)
+    assert np.array_equal(c.white, radius(7.0) <= 1.0)
+    for margin in (1.5, 3.0):
+        assert np.array_equal(ct._within_inner(g, head, margin), radius(margin) <= 1.0)
+    freq, zf, phase, width = head.sulci
+    wave = np.abs(np.sin(freq * np.arctan2(g.y, g.x) + zf * g.z + phase + 1.7 * np.sin(0.05 * g.z)))
+    band = (radius(1.5) <= 1.0) & (radius(7.0) > 1.0)
+    assert np.array_equal(c.sulci, band & (wave < width))
+    above = g.z > head.cistern_z + 6.0
+    fissure = (np.abs(g.x) < 2.5) & c.inside & above & (np.abs(g.y) < 0.9 * ay)
+    assert np.array_equal(c.falx, fissure & (np.abs(g.x) < 0.9))
+
+
 @pytest.mark.parametrize("kind", ct.HEMORRHAGE_SUBTYPES)
 def test_every_hemorrhage_kind(kind: str) -> None:
     g = head_grid()

@@ -29,6 +29,7 @@ only inside the lesion, and the anatomy does not depend on the grid.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -306,13 +307,6 @@ def _full(g: _Grid, box: _Box, local: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ellipsoid(g: _Grid, centre: Sequence[float], axes: Sequence[float]) -> np.ndarray:
-    """Full-grid boolean mask of an axis-aligned ellipsoid."""
-    cx, cy, cz = centre
-    ax, ay, az = axes
-    return ((g.x - cx) / ax) ** 2 + ((g.y - cy) / ay) ** 2 + ((g.z - cz) / az) ** 2 <= 1.0
-
-
 def _slices_with(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) + 1 for i in np.flatnonzero(mask.any(axis=(1, 2))))
 
@@ -378,12 +372,30 @@ def _draw_head(rng: np.random.Generator) -> _Head:
     )
 
 
-def _inner_radius(g: _Grid, head: _Head, shrink: float = 0.0) -> np.ndarray:
-    """Normalised ellipsoidal radius w.r.t. the inner table shrunk by ``shrink`` mm."""
+def _radius_terms(
+    g: _Grid, centre: Sequence[float], axes: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The in-plane part [1, H, W] and the z part [N, 1, 1] of the squared normalised radius
+    of an axis-aligned ellipsoid; their sum is the squared radius on the whole grid."""
+    cx, cy, cz = centre
+    ax, ay, az = axes
+    return ((g.x - cx) / ax) ** 2 + ((g.y - cy) / ay) ** 2, ((g.z - cz) / az) ** 2
+
+
+def _inner_terms(g: _Grid, head: _Head, shrink: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_radius_terms` of the inner table shrunk by ``shrink`` mm."""
     ax, ay, az = head.inner_axes
-    return np.sqrt(
-        (g.x / (ax - shrink)) ** 2 + (g.y / (ay - shrink)) ** 2 + (g.z / (az - shrink)) ** 2
-    )
+    return _radius_terms(g, (0.0, 0.0, 0.0), (ax - shrink, ay - shrink, az - shrink))
+
+
+def _within_inner(g: _Grid, head: _Head, shrink: float = 0.0) -> np.ndarray:
+    """Full-grid mask of the voxels inside the inner table shrunk by ``shrink`` mm, computed
+    slice by slice (the same values as on the whole grid, without its float temporaries)."""
+    xy, zz = _inner_terms(g, head, shrink)
+    out = np.empty(g.shape, dtype=bool)
+    for k in range(g.shape[0]):
+        np.less_equal(np.sqrt(xy + zz[k : k + 1]), 1.0, out=out[k : k + 1])
+    return out
 
 
 class _HeadCanvas:
@@ -394,37 +406,49 @@ class _HeadCanvas:
         self.vol = np.full(g.shape, AIR_HU, dtype=np.float32)
         ax, ay, az = head.skull_axes
         s, t = head.scalp_thickness, head.skull_thickness
-        self.vol[_ellipsoid(g, (0, 0, 0), (ax + s, ay + s, az + s))] = 35.0
-        self.vol[_ellipsoid(g, (0, 0, 0), head.skull_axes)] = head.bone_hu
-        diploe = _ellipsoid(g, (0, 0, 0), (ax - t / 3, ay - t / 3, az - t / 3))
-        self.vol[diploe] = 0.6 * head.bone_hu
-        self.r_inner = _inner_radius(g, head)
-        self.inside = self.r_inner <= 1.0  # intracranial space
-        self.vol[self.inside] = head.csf_hu
-        brain = _inner_radius(g, head, 1.5) <= 1.0
-        self.vol[brain] = head.grey_hu
+        origin = (0.0, 0.0, 0.0)
+        scalp = _radius_terms(g, origin, (ax + s, ay + s, az + s))
+        skull = _radius_terms(g, origin, head.skull_axes)
+        diploe = _radius_terms(g, origin, (ax - t / 3, ay - t / 3, az - t / 3))
+        inner, brain, deep = (_inner_terms(g, head, shrink) for shrink in (0.0, 1.5, 7.0))
         # Sulci: CSF clefts through the cortical band (between 1.5 and ~7 mm deep).
         freq, zf, phase, width = head.sulci
-        theta = np.arctan2(g.y, g.x)
-        band = brain & (_inner_radius(g, head, 7.0) > 1.0)
-        wave = np.abs(np.sin(freq * theta + zf * g.z + phase + 1.7 * np.sin(0.05 * g.z)))
-        self.sulci = band & (wave < width)
-        self.vol[self.sulci] = head.csf_hu
-        self.white = _inner_radius(g, head, 7.0) <= 1.0
-        self.vol[self.white] = head.white_hu
+        theta = freq * np.arctan2(g.y, g.x)
+        z_wave, z_wobble = zf * g.z, 1.7 * np.sin(0.05 * g.z)
+        self.inside = np.empty(g.shape, dtype=bool)  # intracranial space
+        self.sulci = np.empty(g.shape, dtype=bool)
+        self.white = np.empty(g.shape, dtype=bool)
+        # Slice by slice: the same element-wise arithmetic as on the whole grid (so the same
+        # values), ~3x faster than full-grid temporaries that fit in no cache.
+        for k in range(g.shape[0]):
+            sl, z = self.vol[k : k + 1], slice(k, k + 1)
+            sl[scalp[0] + scalp[1][z] <= 1.0] = 35.0
+            sl[skull[0] + skull[1][z] <= 1.0] = head.bone_hu
+            sl[diploe[0] + diploe[1][z] <= 1.0] = 0.6 * head.bone_hu
+            inside = np.less_equal(np.sqrt(inner[0] + inner[1][z]), 1.0, out=self.inside[z])
+            sl[inside] = head.csf_hu
+            in_brain = np.sqrt(brain[0] + brain[1][z]) <= 1.0
+            sl[in_brain] = head.grey_hu
+            white = np.less_equal(np.sqrt(deep[0] + deep[1][z]), 1.0, out=self.white[z])
+            wave = np.abs(np.sin(theta + z_wave[z] + phase + z_wobble[z]))
+            sulci = np.logical_and(in_brain & ~white, wave < width, out=self.sulci[z])
+            sl[sulci] = head.csf_hu
+            sl[white] = head.white_hu
         # Deep grey nuclei (basal ganglia, thalami): grey-matter islands beside the ventricles.
         for side in (-1.0, 1.0):
             hit = _ellipsoid_in(g, (side * 18.0, 2.0, head.ventricle_z - 12.0), (8.0, 14.0, 9.0))
             if hit:
                 self.vol[hit[0]][hit[1]] = head.grey_hu
         # Interhemispheric fissure with the falx (dura ~45 HU) above the tentorium.
-        above = g.z > head.cistern_z + 6.0
-        fissure = (
-            (np.abs(g.x) < 2.5) & self.inside & above & (np.abs(g.y) < 0.9 * head.inner_axes[1])
-        )
-        self.vol[fissure] = head.csf_hu
-        self.falx = fissure & (np.abs(g.x) < 0.9)
-        self.vol[self.falx] = 45.0
+        above = g.z[:, 0, 0] > head.cistern_z + 6.0
+        plane = (np.abs(g.x) < 2.5) & (np.abs(g.y) < 0.9 * head.inner_axes[1])
+        midline = plane & (np.abs(g.x) < 0.9)
+        self.falx = np.zeros(g.shape, dtype=bool)
+        for k in np.flatnonzero(above):  # only the slices it is in, as above
+            fissure = self.inside[k : k + 1] & plane
+            self.vol[k : k + 1][fissure] = head.csf_hu
+            falx = np.logical_and(fissure, midline, out=self.falx[k : k + 1])
+            self.vol[k : k + 1][falx] = 45.0
         # Basal cisterns: a CSF ring around the midbrain.
         self.cistern = np.zeros(g.shape, dtype=bool)
         hit = _ellipsoid_in(g, (0.0, 8.0, head.cistern_z), (20.0, 18.0, 5.0))
@@ -458,10 +482,19 @@ class _HeadCanvas:
                 self.vol[hit[0]][hit[1]] = head.bone_hu * 0.9
         self.skull_base_z = zb
 
+    @functools.cached_property
+    def r_inner(self) -> np.ndarray:
+        """Normalised ellipsoidal radius w.r.t. the inner table (1.0 on it), full grid."""
+        xy, zz = _inner_terms(self.g, self.head)
+        out = np.empty(self.g.shape, dtype=np.float32)
+        for k in range(self.g.shape[0]):
+            np.sqrt(xy + zz[k : k + 1], out=out[k : k + 1])
+        return out
+
     def brain_tissue(self, margin: float = 3.0) -> np.ndarray:
         """Parenchyma at least ``margin`` mm inside the inner table, not CSF spaces."""
         return (
-            (_inner_radius(self.g, self.head, margin) <= 1.0)
+            _within_inner(self.g, self.head, margin)
             & ~self.ventricles
             & ~self.cistern
             & ~self.sulci
@@ -500,7 +533,7 @@ def _paint_iph(c: _HeadCanvas, rng: np.random.Generator, size: float, hu: float)
         )
         if hit:
             mask[hit[0]] |= hit[1]
-    mask &= c.brain_tissue(3.0) | (c.vol > 20.0) & (_inner_radius(g, head, 3.0) <= 1.0)
+    mask &= c.brain_tissue(3.0) | (c.vol > 20.0) & _within_inner(g, head, 3.0)
     mask &= ~c.ventricles
     if size >= 10.0:  # perilesional oedema (hypodense), painted first
         rim = _ellipsoid_in(g, centre, (size / 2 + 3.0,) * 3)
@@ -618,20 +651,23 @@ def _head_mimics(c: _HeadCanvas, rng: np.random.Generator, mimics: Sequence[str]
             y0 = (-0.7 + 1.0 * r[k]) * head.inner_axes[1]
             z0 = head.cistern_z + 20.0 + 40.0 * r[k + 2]
             length = 8.0 + 20.0 * r[k + 4]
-            seg = c.falx & (np.abs(g.y - y0) < length / 2) & (np.abs(g.z - z0) < 10.0)
-            c.vol[seg] = 200.0 + 400.0 * r[6]
+            rows = np.abs(g.y[0] - y0) < length / 2
+            for j in np.flatnonzero(np.abs(g.z[:, 0, 0] - z0) < 10.0):
+                c.vol[j][c.falx[j] & rows] = 200.0 + 400.0 * r[6]
     if "beam_hardening" in mimics:
         r = draws["beam_hardening"]
         # Alternating dark/bright bands between the petrous ridges (Hounsfield bar) and
         # streaks fanning from them, in the slices just above the skull base.
-        zmask = np.abs(g.z - (c.skull_base_z + 6.0 + 6.0 * r[0])) < 6.0
-        brain = c.inside & (c.vol < 100.0) & zmask
+        zmask = np.abs(g.z[:, 0, 0] - (c.skull_base_z + 6.0 + 6.0 * r[0])) < 6.0
         dy, dx = g.y - 12.0, g.x
         ang = np.arctan2(dy, dx)
         rad = np.hypot(dy, dx)
         fan = np.sin(9.0 * ang + 6.0 * r[1]) * np.exp(-rad / (20.0 + 15.0 * r[2]))
         bar = -30.0 * np.exp(-((dy / 3.5) ** 2)) * (np.abs(dx) < 30.0)
-        c.vol += np.where(brain, (20.0 + 25.0 * r[3]) * fan + bar, 0.0).astype(np.float32)
+        change = ((20.0 + 25.0 * r[3]) * fan + bar)[0]
+        for j in np.flatnonzero(zmask):  # the slices it is in; elsewhere it added 0
+            brain = c.inside[j] & (c.vol[j] < 100.0)
+            c.vol[j] += np.where(brain, change, 0.0).astype(np.float32)
     if "motion" in mimics:
         r = draws["motion"]
         n = g.shape[0]
