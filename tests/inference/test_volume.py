@@ -217,3 +217,22 @@ def test_resample_is_linear_in_physical_position() -> None:
         series_uid="y",
     )
     assert np.allclose(resample(v2, (8, 4, 4)), 50.0)
+
+
+def test_resample_on_the_grid_in_plane_only_interpolates_z() -> None:
+    rng = np.random.default_rng(5)
+    z = np.array([0.0, 2.0, 3.0, 7.0, 9.0])
+    hu = rng.normal(0.0, 300.0, (5, 8, 8)).astype(np.float32)
+    v = Volume(hu=hu, z_positions=z, pixel_spacing=(1.0, 1.0), slice_thickness=1.0, series_uid="z")
+    out = resample(v, (6, 8, 8))
+    assert out.shape == (6, 8, 8) and out.dtype == np.float32 and out.flags.c_contiguous
+    for k, t in enumerate(z_sample_positions(v, 6)):
+        upper = min(max(int(np.searchsorted(z, t, side="right")), 1), 4)
+        w = np.float32((t - z[upper - 1]) / (z[upper] - z[upper - 1]))
+        expected = hu[upper - 1] * (np.float32(1.0) - w) + hu[upper] * w
+        assert np.allclose(out[k], expected, atol=1e-3)
+    # evenly spaced slices sampled at their own positions, same in-plane size: an exact copy
+    even = Volume(
+        hu=hu, z_positions=np.arange(5.0), pixel_spacing=(1, 1), slice_thickness=1, series_uid="e"
+    )
+    assert np.array_equal(resample(even, (5, 8, 8)), hu)

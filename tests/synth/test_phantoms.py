@@ -69,6 +69,20 @@ def test_head_masks_are_their_full_grid_definitions() -> None:
     assert np.array_equal(c.falx, fissure & (np.abs(g.x) < 0.9))
 
 
+@pytest.mark.parametrize("s", [1, 2, 3, 4])
+def test_block_averages(s: int) -> None:
+    rng = np.random.default_rng(s)
+    a = (rng.standard_normal((3, 12 * s, 12 * s)) * 300.0).astype(np.float32)
+    reference = a.reshape(3, 12, s, 12, s).mean(axis=(2, 4))
+    got = ct.block_mean(a, s)
+    assert got.dtype == np.float32 and got.shape == (3, 12, 12)
+    assert np.allclose(got, reference, rtol=1e-6, atol=1e-4)
+    mask = rng.random((3, 12 * s, 12 * s)) < 0.4
+    frac = ct.block_fraction(mask, s)
+    assert frac.dtype == np.float32
+    assert np.array_equal(frac, mask.reshape(3, 12, s, 12, s).mean(axis=(2, 4), dtype=np.float32))
+
+
 @pytest.mark.parametrize("kind", ct.HEMORRHAGE_SUBTYPES)
 def test_every_hemorrhage_kind(kind: str) -> None:
     g = head_grid()

@@ -293,6 +293,8 @@ def resample(volume: Volume, shape: tuple[int, int, int] = MODEL_SHAPE) -> np.nd
     w = ((targets - z[lower]) / (z[upper] - z[lower])).clip(0.0, 1.0).astype(np.float32)
     hu = volume.hu
     stack = hu[lower] * (1.0 - w)[:, None, None] + hu[upper] * w[:, None, None]
+    if hu.shape[1:] == (ny, nx):  # already on the grid in plane: the averaging is the identity
+        return np.ascontiguousarray(stack, dtype=np.float32)
     wy = _area_weights(hu.shape[1], ny)
     wx = _area_weights(hu.shape[2], nx)
     out = np.einsum("yi,zij,xj->zyx", wy, stack, wx, optimize=True)

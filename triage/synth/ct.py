@@ -1073,6 +1073,39 @@ def spec_set(task: Task, seeds: Sequence[int], positive_fraction: float = 0.3) -
 # ------------------------------------------------------------------------- in-memory path
 
 
+def block_mean(a: np.ndarray, s: int) -> np.ndarray:
+    """Means of the s x s in-plane blocks of float32 ``a`` [k, H, W] -> [k, H/s, W/s]: each row
+    of a block summed left to right, the row sums added top to bottom, divided by s*s. The
+    same values as ``a.reshape(k, H/s, s, W/s, s).mean(axis=(2, 4))`` with today's NumPy, in a
+    fixed order of our own and ~6x faster (no generic reduction over two short axes)."""
+    k, h, w = a.shape
+    r = a.reshape(k, h // s, s, w // s, s)
+    total: np.ndarray | None = None
+    for i in range(s):
+        row = r[:, :, i, :, 0].copy() if s == 1 else np.add(r[:, :, i, :, 0], r[:, :, i, :, 1])
+        for j in range(2, s):
+            row += r[:, :, i, :, j]
+        if total is None:
+            total = row
+        else:
+            total += row
+    assert total is not None
+    total /= np.float32(s * s)
+    return total
+
+
+def block_fraction(mask: np.ndarray, s: int) -> np.ndarray:
+    """The fraction of True in each s x s in-plane block of boolean ``mask`` [k, H, W], float32
+    (exact: a count over s*s)."""
+    k, h, w = mask.shape
+    r = mask.view(np.uint8).reshape(k, h // s, s, w // s, s)
+    count = np.zeros((k, h // s, w // s), dtype=np.uint16)
+    for i in range(s):
+        for j in range(s):
+            count += r[:, :, i, :, j]
+    return count.astype(np.float32) / np.float32(s * s)
+
+
 def model_sample(
     spec: PhantomSpec,
     seed: int,
@@ -1108,10 +1141,8 @@ def model_sample(
     needed = np.unique(np.concatenate([upper - 1, upper]))
     g = _Grid.at(nx * supersample, spec.fov_mm, z_all[needed], spec.slice_thickness)
     vol, mask, lesions = render(spec, seed, g)
-    s = supersample
-    k = len(needed)
-    vol = vol.reshape(k, ny, s, nx, s).mean(axis=(2, 4))
-    frac = mask.reshape(k, ny, s, nx, s).mean(axis=(2, 4), dtype=np.float32)
+    vol = block_mean(vol, supersample)
+    frac = block_fraction(mask, supersample)
     rng = np.random.default_rng([seed, 1, 0])
     sigma = _noise_sigma(spec) * nx / 512.0
     vol += rng.standard_normal(vol.shape, dtype=np.float32) * np.float32(sigma)
