@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from triage.config import Settings, describe_settings, load_settings
+from triage.config import Settings, describe_settings, example_config, load_settings
 from triage.errors import ConfigError, RulesError, TriageError
 
 # Command-line flags that map directly to settings (the highest-precedence source).
@@ -70,6 +70,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    if args.example:
+        sys.stdout.write(example_config())
+        return 0
     settings = _settings(args)
     table = Table(title="Settings (defaults < file < environment < command line)")
     for col in ("setting", "environment", "value", "default", "meaning"):
@@ -108,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print every setting, its value and its default")
     _add_settings_args(p)
+    p.add_argument(
+        "--example",
+        action="store_true",
+        help="print a triage.toml with every setting commented out at its default",
+    )
     p.set_defaults(func=_cmd_config)
 
     rules = sub.add_parser("rules", help="rules files").add_subparsers(dest="rules_cmd")
