@@ -465,6 +465,29 @@ def test_raw_header_tolerates_unknown_character_sets(ct_slice: Dataset) -> None:
     assert _raw_index(ds)[1]["patient_name"] == "Doe^Jane"  # type: ignore[index]
 
 
+def test_character_set_that_pydicom_cannot_read_is_refused(ct_slice: Dataset) -> None:
+    """A NUL inside Specific Character Set (found by fuzzing): pydicom raises on such a file,
+    so the engine could never read it back; the SCP must refuse it (0xC210), not store it."""
+    ds = copy.deepcopy(ct_slice)
+    ds.SpecificCharacterSet = "ISO_IR 100"  # pydicom cannot write the bad value: patch bytes
+    body = _encode(ds).replace(b"ISO_IR 100", b"ISO_IR\x00100")
+    head = encode_file_meta(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian, "X")
+    with pytest.raises(ValueError):
+        pydicom.dcmread(io.BytesIO(head + body))
+    scan = scan_dataset(body, ExplicitVRLittleEndian)
+    with pytest.raises(DicomIngestError) as refused:
+        index_header(scan, ExplicitVRLittleEndian)
+    assert refused.value.status == DicomIngestError.CANNOT_DECODE
+    assert "Specific Character Set" in str(refused.value)
+    padded = copy.deepcopy(ct_slice)  # NUL padding at the end is read fine by both
+    padded.SpecificCharacterSet = "ISO_IR 100  "
+    padded.PatientName = "Müller"
+    body = _encode(padded).replace(b"ISO_IR 100  ", b"ISO_IR 100\x00\x00")
+    assert pydicom.dcmread(io.BytesIO(head + body)).PatientName == "Müller"
+    scan = scan_dataset(body, ExplicitVRLittleEndian)
+    assert index_header(scan, ExplicitVRLittleEndian)[1]["patient_name"] == "Müller"
+
+
 # --------------------------------------------------------------------------- file meta, files
 
 

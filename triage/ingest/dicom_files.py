@@ -772,10 +772,15 @@ class RawHeader:
         self._values = values
         self.file_meta = {"TransferSyntaxUID": transfer_syntax}
         charset = self._decode(_TAG_OF["SpecificCharacterSet"], "CS", None)
-        try:
+        try:  # an unknown term only warns, and falls back to the default repertoire
             self._encodings = convert_encodings(_values(charset) or [""])
-        except Exception:  # an unknown character set: pydicom falls back the same way
-            self._encodings = convert_encodings([""])
+        except Exception as exc:
+            # e.g. a NUL inside the value: pydicom cannot read such a file at all, so neither
+            # could anything downstream; refuse it now rather than store what cannot be used
+            raise DicomIngestError(
+                DicomIngestError.CANNOT_DECODE,
+                f"Specific Character Set {charset!r:.80} cannot be used: {exc}",
+            ) from exc
 
     def _decode(self, tag: int, vr: str, encodings: list[str] | None) -> str | list[str] | None:
         raw = self._values.get(tag)
