@@ -174,6 +174,41 @@ def test_slice_of_another_size_and_non_dicom_are_skipped(dicom_root: Path, tmp_p
     assert str(odd) not in v.paths
 
 
+def test_slices_with_corrupt_headers_are_skipped_not_fatal(
+    dicom_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by fuzzing: one slice whose header has an unusable value cost the whole series.
+    Such a slice passes the Storage SCP (the encoding is well formed, the indexed tags fine),
+    so the reader must skip it and keep the others."""
+    files = dicom_files(dicom_root / "ge-head-ct")[:14]
+
+    def patched(source: Path, tag: bytes, value: bytes, name: str) -> Path:
+        raw = source.read_bytes()  # explicit VR LE: tag, VR, 2-byte length, value
+        at = raw.index(tag) + 6
+        length = int.from_bytes(raw[at : at + 2], "little")
+        out = tmp_path / name
+        out.write_bytes(raw[: at + 2] + value.ljust(length) + raw[at + 2 + length :])
+        return out
+
+    no_columns = pydicom.dcmread(files[3])
+    del no_columns.Columns  # a required attribute missing
+    no_columns.save_as(tmp_path / "no_columns.dcm")
+    broken = [
+        patched(files[2], b"\x28\x00\x53\x10DS", b"1J", "slope.dcm"),  # not a number
+        tmp_path / "no_columns.dcm",
+        patched(files[4], b"\x28\x00\x52\x10DS", b"1e999", "intercept.dcm"),  # not finite
+        tmp_path / "bad_vr.dcm",
+    ]
+    raw = files[6].read_bytes()  # Modality with VR bytes that are no VR
+    at = raw.index(b"\x08\x00\x60\x00CS")
+    broken[3].write_bytes(raw[: at + 4] + b"C\x9a" + raw[at + 6 :])
+    caplog.set_level("WARNING", logger="triage.inference.volume")
+    v = load_volume([*files[:2], *broken[:3], files[5], broken[3], *files[7:]])
+    assert v.hu.shape == (10, 512, 512)
+    assert not {str(b) for b in broken} & set(v.paths)
+    assert sum("skipping" in r.getMessage() for r in caplog.records) == 4
+
+
 def test_selection_ranking_on_synthetic_rows() -> None:
     def rows(uid: str, n: int, **kw: object) -> list[Instance]:
         base: dict[str, object] = dict(

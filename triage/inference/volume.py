@@ -148,6 +148,23 @@ class _Slice:
     hu: np.ndarray
 
 
+@dataclass
+class _Header:
+    """What :func:`load_volume` needs from one file's header, read and checked up front."""
+
+    path: str
+    ds: Dataset
+    size: tuple[int, int]
+    orientation: list[float] | None
+    position: list[float] | None
+    slope: float
+    intercept: float
+    padding: float | None
+    spacing: tuple[float, float] | None
+    thickness: float | None
+    series_uid: str
+
+
 def _floats(value: object, n: int) -> list[float] | None:
     try:
         out = [float(v) for v in value]  # type: ignore[attr-defined]
@@ -156,14 +173,50 @@ def _floats(value: object, n: int) -> list[float] | None:
     return out if len(out) == n and all(math.isfinite(v) for v in out) else None
 
 
+def _finite(value: object, default: float, name: str) -> float:
+    number = float(value) if value not in (None, "") else default  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise ValueError(f"{name} {value!r} is not a finite number")
+    return number
+
+
+def _header(path: str, ds: Dataset) -> _Header:
+    """Read every attribute the volume needs; raises (ValueError and whatever pydicom raises for
+    a corrupt element) when one is there but unusable."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if rows <= 0 or cols <= 0:
+        raise ValueError(f"image size {rows}x{cols}")
+    spacing = _floats(ds.get("PixelSpacing"), 2)
+    thickness: float | None = None
+    with contextlib.suppress(TypeError, ValueError):
+        st = ds.get("SliceThickness")
+        thickness = float(st) if st not in (None, "") else None
+    pad = ds.get("PixelPaddingValue")
+    return _Header(
+        path=path,
+        ds=ds,
+        size=(rows, cols),
+        orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+        position=_floats(ds.get("ImagePositionPatient"), 3),
+        slope=_finite(ds.get("RescaleSlope", 1) or 1, 1.0, "RescaleSlope"),
+        intercept=_finite(ds.get("RescaleIntercept", 0) or 0, 0.0, "RescaleIntercept"),
+        padding=float(pad) if isinstance(pad, int | float) else None,
+        spacing=(spacing[0], spacing[1]) if spacing else None,
+        thickness=thickness if thickness is not None and math.isfinite(thickness) else None,
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+    )
+
+
 def load_volume(paths: Sequence[Path | str]) -> Volume:
     """Read one CT series and return it in HU, slices ordered inferior -> superior.
 
-    Files that are not DICOM, not CT, lack geometry, or whose size differs from the majority are
-    skipped (logged). Raises NotAssessable when fewer than MIN_SLICES slices remain, when the
-    series is not CT, or when the slices are not (roughly) axial.
+    Files that are not DICOM, not CT, lack geometry, whose header has an unusable value (a
+    corrupt element, a rescale that is not a number), or whose size differs from the majority
+    are skipped (logged): one bad file does not cost the series. Raises NotAssessable when
+    fewer than MIN_SLICES slices remain, when the series is not CT, or when the slices are not
+    (roughly) axial.
     """
-    headers: list[tuple[str, Dataset]] = []
+    headers: list[_Header] = []
     modalities: Counter[str] = Counter()
     for p in paths:
         try:
@@ -171,25 +224,29 @@ def load_volume(paths: Sequence[Path | str]) -> Volume:
         except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
             log.warning("skipping %s: not readable DICOM (%s)", p, exc)
             continue
-        modality = str(ds.get("Modality", "")).upper()
+        try:
+            modality = str(ds.get("Modality", "")).upper()
+        except Exception as exc:  # a corrupt element raises on access, with many types
+            log.warning("skipping %s: unreadable Modality (%s)", p, exc)
+            continue
         modalities[modality] += 1
         if modality != "CT":
             continue
         if "PixelData" not in ds:
             log.warning("skipping %s: no pixel data", p)
             continue
-        headers.append((str(p), ds))
+        try:
+            headers.append(_header(str(p), ds))
+        except Exception as exc:  # pydicom raises many types for corrupt elements
+            log.warning("skipping %s: unusable header (%s: %s)", p, type(exc).__name__, exc)
     if not headers:
         if modalities:
             found = ", ".join(sorted(m or "?" for m in modalities))
             raise NotAssessable(f"not a CT series (modality {found})")
         raise NotAssessable("no readable DICOM images")
 
-    sizes = Counter((int(ds.Rows), int(ds.Columns)) for _, ds in headers)
-    size = sizes.most_common(1)[0][0]
-    orientations = [
-        o for _, ds in headers if (o := _floats(ds.get("ImageOrientationPatient"), 6)) is not None
-    ]
+    size = Counter(h.size for h in headers).most_common(1)[0][0]
+    orientations = [h.orientation for h in headers if h.orientation is not None]
     if not orientations:
         raise NotAssessable("no ImageOrientationPatient: cannot order slices")
     iop = np.median(np.array(orientations), axis=0)
@@ -205,39 +262,26 @@ def load_volume(paths: Sequence[Path | str]) -> Volume:
         normal = -normal  # positions then increase inferior -> superior (LPS: +z is superior)
 
     slices: list[_Slice] = []
-    spacing: tuple[float, float] | None = None
-    thickness: list[float] = []
-    series_uid = ""
-    for path, ds in headers:
-        if (int(ds.Rows), int(ds.Columns)) != size:
-            log.warning("skipping %s: %dx%d differs from %dx%d", path, ds.Rows, ds.Columns, *size)
+    for h in headers:
+        if h.size != size:
+            log.warning("skipping %s: %dx%d differs from %dx%d", h.path, *h.size, *size)
             continue
-        ipp = _floats(ds.get("ImagePositionPatient"), 3)
-        if ipp is None:
-            log.warning("skipping %s: no ImagePositionPatient", path)
+        if h.position is None:
+            log.warning("skipping %s: no ImagePositionPatient", h.path)
             continue
         try:
-            stored = ds.pixel_array
+            stored = h.ds.pixel_array
         except Exception as exc:  # pydicom raises many types for undecodable pixel data
-            log.warning("skipping %s: cannot decode pixel data (%s)", path, exc)
+            log.warning("skipping %s: cannot decode pixel data (%s)", h.path, exc)
             continue
-        if stored.ndim != 2:
-            log.warning("skipping %s: %d-dimensional pixel data", path, stored.ndim)
+        if stored.shape != size:
+            log.warning("skipping %s: pixel data of shape %s", h.path, stored.shape)
             continue
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        hu = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-        pad = ds.get("PixelPaddingValue")
-        if pad is not None:
-            hu[stored == pad] = HU_MIN
+        hu = stored.astype(np.float32) * np.float32(h.slope) + np.float32(h.intercept)
+        if h.padding is not None:
+            hu[stored == h.padding] = HU_MIN
         np.clip(hu, HU_MIN, HU_MAX, out=hu)
-        slices.append(_Slice(path, float(np.dot(ipp, normal)), hu))
-        if spacing is None and (ps := _floats(ds.get("PixelSpacing"), 2)) is not None:
-            spacing = (ps[0], ps[1])
-        if (st := ds.get("SliceThickness")) not in (None, ""):
-            with contextlib.suppress(TypeError, ValueError):
-                thickness.append(float(st))
-        series_uid = series_uid or str(ds.get("SeriesInstanceUID", ""))
+        slices.append(_Slice(h.path, float(np.dot(h.position, normal)), hu))
 
     slices.sort(key=lambda s: s.position)
     unique: list[_Slice] = []
@@ -248,12 +292,16 @@ def load_volume(paths: Sequence[Path | str]) -> Volume:
         unique.append(s)
     if len(unique) < MIN_SLICES:
         raise NotAssessable(f"too few slices: {len(unique)} usable (need >= {MIN_SLICES})")
+    used = {s.path for s in unique}
+    kept = [h for h in headers if h.path in used]
+    spacing = next((h.spacing for h in kept if h.spacing is not None), None)
+    thickness = [h.thickness for h in kept if h.thickness is not None]
     return Volume(
         hu=np.stack([s.hu for s in unique]).astype(np.float32, copy=False),
         z_positions=np.array([s.position for s in unique], dtype=np.float64),
         pixel_spacing=spacing or (1.0, 1.0),
         slice_thickness=float(np.median(thickness)) if thickness else None,
-        series_uid=series_uid,
+        series_uid=next((h.series_uid for h in kept if h.series_uid), ""),
         paths=[s.path for s in unique],
         normal=(float(normal[0]), float(normal[1]), float(normal[2])),
     )
