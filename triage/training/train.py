@@ -234,14 +234,15 @@ def train_task(
     tune = generate(cfg.task, TUNE_SEED0, cfg.n_tune, 0.3, workers, cache_dir)
     log.info("%s: data ready in %.0f s; training", cfg.task, time.monotonic() - t0)
     net, loss = fit(cfg, train)
-    return finish_task(cfg, net, loss, tune, models_dir, time.monotonic() - t0)
+    return finish_task(cfg, net, loss, tune, models_dir, t0)
 
 
 def finish_task(  # type: ignore[no-untyped-def]
-    cfg: TrainConfig, net, loss: float, tune: Dataset, models_dir: Path, seconds: float
+    cfg: TrainConfig, net, loss: float, tune: Dataset, models_dir: Path, started: float
 ) -> TrainResult:
     """Operating point on the tuning set, ONNX export, config.pbtxt and training.json for a
-    trained ``net`` (``seconds``: the training's wall time, data included)."""
+    trained ``net``. ``started``: ``time.monotonic()`` when the task began; the result's
+    ``seconds`` is the whole wall time, data, tuning and export included."""
     from triage.training.export import export_onnx, write_config
 
     prob = predict(net, tune.volumes)
@@ -250,8 +251,9 @@ def finish_task(  # type: ignore[no-untyped-def]
     sens = float((prob[pos] >= thr).mean()) if pos.any() else float("nan")
     spec = float((prob[~pos] < thr).mean()) if (~pos).any() else float("nan")
     onnx_path = export_onnx(net, models_dir / cfg.task / "1" / "model.onnx")
-    result = TrainResult(cfg.task, seconds, cfg.steps, thr, sens, spec, str(onnx_path), loss)
     write_config(models_dir / cfg.task, threshold=thr)
+    seconds = time.monotonic() - started
+    result = TrainResult(cfg.task, seconds, cfg.steps, thr, sens, spec, str(onnx_path), loss)
     (models_dir / cfg.task / "training.json").write_text(
         json.dumps(
             {
