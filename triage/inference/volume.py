@@ -173,8 +173,8 @@ def _floats(value: object, n: int) -> list[float] | None:
     return out if len(out) == n and all(math.isfinite(v) for v in out) else None
 
 
-def _finite(value: object, default: float, name: str) -> float:
-    number = float(value) if value not in (None, "") else default  # type: ignore[arg-type]
+def _finite(value: object, name: str) -> float:
+    number = float(value)  # type: ignore[arg-type]
     if not math.isfinite(number):
         raise ValueError(f"{name} {value!r} is not a finite number")
     return number
@@ -198,8 +198,8 @@ def _header(path: str, ds: Dataset) -> _Header:
         size=(rows, cols),
         orientation=_floats(ds.get("ImageOrientationPatient"), 6),
         position=_floats(ds.get("ImagePositionPatient"), 3),
-        slope=_finite(ds.get("RescaleSlope", 1) or 1, 1.0, "RescaleSlope"),
-        intercept=_finite(ds.get("RescaleIntercept", 0) or 0, 0.0, "RescaleIntercept"),
+        slope=_finite(ds.get("RescaleSlope") or 1, "RescaleSlope"),  # absent, empty or 0: 1
+        intercept=_finite(ds.get("RescaleIntercept") or 0, "RescaleIntercept"),
         padding=float(pad) if isinstance(pad, int | float) else None,
         spacing=(spacing[0], spacing[1]) if spacing else None,
         thickness=thickness if thickness is not None and math.isfinite(thickness) else None,
