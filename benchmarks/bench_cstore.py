@@ -158,8 +158,7 @@ def run_triage(work: Path, files: list[Path], associations: int, resend: bool = 
             send(port, "TRIAGE", files, associations)
         elapsed = send(port, "TRIAGE", files, associations)
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, err = stop_server(proc)
     db = sqlite3.connect(data / "triage.db")
     try:
         ((count,),) = db.execute("SELECT COUNT(*) FROM instance").fetchall()
@@ -170,8 +169,16 @@ def run_triage(work: Path, files: list[Path], associations: int, resend: bool = 
     return elapsed
 
 
+def _block_stop_signals() -> None:
+    """Block SIGINT and SIGTERM before any thread starts, so that ``sigwait`` receives them
+    (unblocked, a signal the shell set to ignore - a benchmark started in the background -
+    never reaches it, and the server would never stop)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def serve(data: Path, port: int) -> None:
-    """Run our SCP alone in this process until SIGINT (the benchmark's server side)."""
+    """Run our SCP alone in this process until SIGTERM (the benchmark's server side)."""
+    _block_stop_signals()
     import logging
 
     from triage.config import Settings
@@ -196,6 +203,7 @@ def serve(data: Path, port: int) -> None:
 def serve_bare(data: Path, port: int) -> None:
     """The issue's reference: a minimal pynetdicom SCP (maximum PDU size 0) writing
     ``event.encoded_dataset()`` to a temp file, fsync, rename; no checks, no index."""
+    _block_stop_signals()
     from pynetdicom import AE, StoragePresentationContexts, evt
 
     def nodelay(event: object) -> None:
@@ -224,6 +232,19 @@ def serve_bare(data: Path, port: int) -> None:
         ae.shutdown()
 
 
+def stop_server(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """SIGTERM, then SIGKILL if it has not ended in 30 s (the files and rows are counted
+    after, so a kill changes no result)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        print(f"  (server {proc.args[2]} did not stop on SIGTERM in 30 s: killed)", flush=True)
+        proc.kill()
+        out, err = proc.communicate()
+    return out or b"", err or b""
+
+
 def run_bare(work: Path, files: list[Path], associations: int) -> float:
     data = work / "bare"
     shutil.rmtree(data, ignore_errors=True)
@@ -238,8 +259,7 @@ def run_bare(work: Path, files: list[Path], associations: int) -> float:
         wait_port(port, proc)
         elapsed = send(port, "BARE", files, associations)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=30)
+        stop_server(proc)
     got = len(list(data.glob("*.dcm")))
     if got != len(files):
         raise RuntimeError(f"the bare SCP stored {got} of {len(files)} files")

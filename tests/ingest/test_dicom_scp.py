@@ -31,6 +31,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from raw_peer import RawPeer, command_set, established, status_of
 from sqlmodel import select
 
 from triage.config import Settings
@@ -38,6 +39,7 @@ from triage.errors import ConfigError, StoreError
 from triage.inference.volume import load_volume
 from triage.ingest import dicom_scp
 from triage.ingest.dicom_scp import DicomListener
+from triage.ingest.dicom_stream import IncomingFile
 from triage.store.db import Database
 from triage.store.models import Instance, Study
 from triage.synth import write_head_ct
@@ -324,16 +326,64 @@ def test_duplicate_is_stored_once(scp: Running, tmp_path: Path) -> None:
     assert len(stored_files(scp.data_dir)) == 3
 
 
-def test_database_failure_answers_a700_and_removes_file(
+def test_database_down_answers_a700_and_writes_nothing(
     scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*_args: object) -> bool:
         raise StoreError("database is locked")
 
-    monkeypatch.setattr(scp.listener.index, "record", broken)
+    monkeypatch.setattr(scp.listener.index, "is_stored", broken)
     assert client_store(scp, [_slice(tmp_path)]) == [0xA700]
-    assert stored_files(scp.data_dir) == []
+    assert stored_files(scp.data_dir) == []  # the streamed file was removed too
     assert scp.seen == []
+
+
+def test_commit_failing_after_success_keeps_the_file_and_is_retried(
+    scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Success goes out once the file is durable; a commit failing after it leaves the file
+    and retries the row before the next instance's."""
+    index = scp.listener.index
+    record = index.record
+    failures = [StoreError("database is locked")]
+
+    def flaky(row: dict[str, Any], attrs: dict[str, str]) -> bool:
+        if failures:
+            raise failures.pop()
+        return record(row, attrs)
+
+    monkeypatch.setattr(index, "record", flaky)
+    first, second = _slice(tmp_path, seed=5), _slice(tmp_path, seed=6)
+    assert client_store(scp, [first]) == [0x0000]
+    assert len(stored_files(scp.data_dir)) == 1
+    assert instances(scp) == [] and scp.seen == []
+    assert client_store(scp, [second]) == [0x0000]
+    assert {i.sop_instance_uid for i in instances(scp)} == {
+        first.SOPInstanceUID,
+        second.SOPInstanceUID,
+    }
+    assert sorted(scp.seen) == sorted([first.StudyInstanceUID, second.StudyInstanceUID])
+
+
+def test_commit_failing_until_stop_is_indexed_at_next_start(
+    scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object) -> bool:
+        raise StoreError("disk I/O error")
+
+    monkeypatch.setattr(scp.listener.index, "record", broken)
+    ds = _slice(tmp_path)
+    assert client_store(scp, [ds]) == [0x0000]
+    scp.listener.stop()  # the retry at stop fails too
+    assert instances(scp) == []
+    monkeypatch.undo()
+    settings = scp.listener.settings
+    again = DicomListener(settings, scp.db)
+    again.start()
+    try:
+        assert [i.sop_instance_uid for i in instances(scp)] == [ds.SOPInstanceUID]
+    finally:
+        again.stop()
 
 
 def test_disk_failure_answers_a700(scp: Running, tmp_path: Path) -> None:
@@ -781,3 +831,108 @@ def test_instances_past_the_spill_size_are_stored_as_sent(tmp_path: Path) -> Non
             assert stored[-400_000:] == sent[-400_000:] and row.size_bytes == len(stored)
         leftovers = [p for p in run.data_dir.iterdir() if p.name.startswith(".spool")]
         assert leftovers == []
+
+
+# --------------------------------------------------------------------------- streamed write
+
+
+def _send_raw(run: Running, data: bytes, *, sop_class: str, sop_instance: str) -> int:
+    """One C-STORE from a raw peer, the data set in 16 KiB fragments; returns the status."""
+    peer = RawPeer((run.host, run.port))
+    try:
+        established(peer)
+        command = command_set(0x0001, 1, data=True, sop_class=sop_class, sop_instance=sop_instance)
+        peer.p_data((3, 0x03, command))
+        step = 16384
+        for i in range(0, len(data), step):
+            peer.p_data((3, 0x02 if i + step >= len(data) else 0x00, data[i : i + step]))
+        status = status_of(peer.response())
+        peer.sock.sendall(bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-RELEASE-RQ
+        assert peer.recv_pdu()[0] == 0x06  # the row is committed before the next PDU is read
+        return status
+    finally:
+        peer.close()
+
+
+def test_streamed_file_is_the_meta_header_and_the_data_set_as_sent(
+    scp: Running, tmp_path: Path
+) -> None:
+    ds = _slice(tmp_path, 51)
+    data = encoded_dataset(ds)
+    assert _send_raw(scp, data, sop_class=CTImageStorage, sop_instance=ds.SOPInstanceUID) == 0
+    (row,) = instances(scp)
+    stored = (scp.data_dir / row.path).read_bytes()
+    assert stored.endswith(data) and row.size_bytes == len(stored)
+    meta = pydicom.dcmread(scp.data_dir / row.path).file_meta
+    assert meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert meta.SourceApplicationEntityTitle == "RAWPEER"
+    assert list((scp.data_dir / ".incoming").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "sop_class, sop_instance",
+    [
+        ("1.2.840.10008.5.1.4.1.1.4", "from-the-data-set"),  # command says MR, data set CT
+        (CTImageStorage, ""),  # no Affected SOP Instance UID in the command
+    ],
+)
+def test_a_command_that_differs_from_its_data_set_is_stored_from_the_data_set(
+    scp: Running, tmp_path: Path, sop_class: str, sop_instance: str
+) -> None:
+    ds = _slice(tmp_path, 52)
+    data = encoded_dataset(ds)
+    sop_instance = ds.SOPInstanceUID if sop_instance else ""
+    assert _send_raw(scp, data, sop_class=sop_class, sop_instance=sop_instance) == 0
+    (row,) = instances(scp)
+    stored = pydicom.dcmread(scp.data_dir / row.path)
+    assert stored.file_meta.MediaStorageSOPClassUID == CTImageStorage == row.sop_class_uid
+    assert (scp.data_dir / row.path).read_bytes().endswith(data)
+    assert list((scp.data_dir / ".incoming").iterdir()) == []
+
+
+def test_a_transfer_broken_off_leaves_no_file(scp: Running, tmp_path: Path) -> None:
+    ds = _slice(tmp_path, 53)
+    data = encoded_dataset(ds)
+    peer = RawPeer((scp.host, scp.port))
+    try:
+        established(peer)
+        command = command_set(
+            0x0001, 1, data=True, sop_class=CTImageStorage, sop_instance=ds.SOPInstanceUID
+        )
+        peer.p_data((3, 0x03, command))
+        peer.p_data((3, 0x00, data[: len(data) // 2]))  # past a write batch: on disk already
+        peer.sock.sendall(bytes([7, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-ABORT
+        assert peer.closed()
+    finally:
+        peer.close()
+    deadline = time.monotonic() + 5
+    while list((scp.data_dir / ".incoming").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stored_files(scp.data_dir) == [] and instances(scp) == []
+
+
+def test_leftovers_of_a_crash_are_cleared_at_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    (data_dir / ".incoming").mkdir(parents=True)
+    (data_dir / ".incoming" / "tmpab12.tmp").write_bytes(b"half an instance")
+    for run in _listener(tmp_path):
+        assert list((run.data_dir / ".incoming").iterdir()) == []
+
+
+def test_a_re_sent_instance_is_not_written_again(
+    scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = _slice(tmp_path, 54)
+    assert client_store(scp, [ds]) == [0x0000]
+    opened: list[str] = []
+
+    class Counting(IncomingFile):
+        def __init__(self, *args: Any) -> None:
+            opened.append(args[3])
+            super().__init__(*args)
+
+    monkeypatch.setattr(dicom_scp, "IncomingFile", Counting)
+    other = _slice(tmp_path, 55)
+    assert client_store(scp, [ds, other]) == [0x0000, 0x0000]
+    assert opened == [other.SOPInstanceUID]  # the copy streamed nowhere
+    assert len(instances(scp)) == 2

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import socket
 import struct
 import threading
 import time
@@ -19,12 +18,10 @@ from typing import Any
 import pytest
 from ct_fixtures import encoded_dataset
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from raw_peer import RawPeer, associate_rq, command_set, established, status_of
 
 from triage.ingest.dicom_ul import (
     Handlers,
@@ -108,107 +105,6 @@ def _wait(condition: object, timeout: float = 5.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-# --------------------------------------------------------------------------- a raw peer
-
-
-def associate_rq(
-    *,
-    max_pdu: int = 0,
-    version: int = 1,
-    app_context: str = "1.2.840.10008.3.1.1.1",
-    called: str = "TRIAGE",
-    calling: str = "RAWPEER",
-) -> bytes:
-    """An A-ASSOCIATE-RQ proposing Verification (context 1) and CT (context 3)."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = UID(app_context)
-    primitive.calling_ae_title = calling
-    primitive.called_ae_title = called
-    contexts = []
-    for i, uid in enumerate([Verification, CTImageStorage]):
-        cx = build_context(uid, [ExplicitVRLittleEndian])
-        cx.context_id = 2 * i + 1
-        contexts.append(cx)
-    primitive.presentation_context_definition_list = contexts
-    item = MaximumLengthNotification()
-    item.maximum_length_received = max_pdu
-    primitive.user_information = [item]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    pdu.protocol_version = version
-    return bytes(pdu.encode())
-
-
-class RawPeer:
-    """Speaks PDUs byte by byte, to send what toolkits never would."""
-
-    def __init__(self, address: tuple[str, int]) -> None:
-        self.sock = socket.create_connection(address, timeout=10)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def recv_exactly(self, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = self.sock.recv(n - len(data))
-            if not chunk:
-                raise EOFError(f"closed after {len(data)} of {n} bytes")
-            data += chunk
-        return data
-
-    def recv_pdu(self) -> tuple[int, bytes]:
-        head = self.recv_exactly(6)
-        return head[0], self.recv_exactly(int.from_bytes(head[2:6], "big"))
-
-    def closed(self) -> bool:
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-    def associate(self, **kwargs: Any) -> tuple[int, bytes]:
-        self.sock.sendall(associate_rq(**kwargs))
-        return self.recv_pdu()
-
-    def p_data(self, *pdvs: tuple[int, int, bytes]) -> None:
-        """One P-DATA-TF PDU holding (context id, control header, bytes) PDVs."""
-        body = b"".join(struct.pack(">IBB", len(v) + 2, cx, mch) + v for cx, mch, v in pdvs)
-        self.sock.sendall(struct.pack(">BBI", 4, 0, len(body)) + body)
-
-    def response(self) -> dict[int, bytes]:
-        """Read P-DATA PDUs until a complete command set; return it parsed."""
-        command = b""
-        while True:
-            pdu_type, body = self.recv_pdu()
-            assert pdu_type == 0x04, f"P-DATA expected, got PDU type {pdu_type}"
-            i = 0
-            while i < len(body):
-                length, _cx, control = struct.unpack_from(">IBB", body, i)
-                command += body[i + 6 : i + 4 + length]
-                i += 4 + length
-                if control & 0x02:
-                    return parse_command(command)
-
-
-def _command(field_: int, message_id: int, *, data: bool, sop_class: str = "") -> bytes:
-    """A request command set; its Command Data Set Type says whether a data set follows."""
-    status_like = encode_response(field_, message_id, Status(0), sop_class)
-    parsed = parse_command(status_like)
-    parsed.pop(0x0120)
-    parsed.pop(0x0900)
-    parsed[0x0110] = struct.pack("<H", message_id)
-    parsed[0x0800] = struct.pack("<H", 0x0000 if data else 0x0101)
-    body = b"".join(
-        struct.pack("<HHI", 0, elem, len(v)) + v for elem, v in sorted(parsed.items()) if elem
-    )
-    return struct.pack("<HHI", 0, 0, 4) + struct.pack("<I", len(body)) + body
-
-
-def _status(command: dict[int, bytes]) -> int:
-    return int(struct.unpack("<H", command[0x0900])[0])
-
-
 @pytest.fixture
 def raw(server: tuple[str, int]) -> Iterator[RawPeer]:
     peer = RawPeer(server)
@@ -216,11 +112,6 @@ def raw(server: tuple[str, int]) -> Iterator[RawPeer]:
         yield peer
     finally:
         peer.close()
-
-
-def _established(raw: RawPeer, **kwargs: object) -> None:
-    pdu_type, _ = raw.associate(**kwargs)  # type: ignore[arg-type]
-    assert pdu_type == 0x02, "A-ASSOCIATE-AC expected"
 
 
 # --------------------------------------------------------------------------- commands
@@ -232,7 +123,7 @@ def test_command_encoding_round_trips() -> None:
     assert struct.unpack("<I", parsed[0x0000])[0] == len(rsp) - 12
     assert parsed[0x0002] == b"1.2.3\x00"  # UIDs padded to even length with NUL
     assert struct.unpack("<H", parsed[0x0120])[0] == 7
-    assert _status(parsed) == 0xA700 and parsed[0x0902] == b"disk full "
+    assert status_of(parsed) == 0xA700 and parsed[0x0902] == b"disk full "
     assert 0x0902 not in parse_command(encode_response(0x8001, 7, Status(0, "ignored")))
 
 
@@ -328,10 +219,10 @@ def test_associate_rq_we_cannot_honour_is_rejected(
 
 
 def test_commands_and_data_split_anyhow_are_reassembled(raw: RawPeer, rec: Recorder) -> None:
-    _established(raw)
+    established(raw)
     ds = _dataset()
     data = encoded_dataset(ds)
-    command = _command(0x0001, 5, data=True, sop_class=CTImageStorage)
+    command = command_set(0x0001, 5, data=True, sop_class=CTImageStorage)
     # The command in three fragments over two PDUs, then the data set in uneven fragments,
     # several per PDU, the last fragment one byte long.
     raw.p_data((3, 0x01, command[:10]), (3, 0x01, command[10:30]))
@@ -339,29 +230,29 @@ def test_commands_and_data_split_anyhow_are_reassembled(raw: RawPeer, rec: Recor
     raw.p_data((3, 0x00, data[7:100]), (3, 0x00, data[100:-1]))
     raw.p_data((3, 0x02, data[-1:]))
     rsp = raw.response()
-    assert _status(rsp) == 0 and struct.unpack("<H", rsp[0x0120])[0] == 5
+    assert status_of(rsp) == 0 and struct.unpack("<H", rsp[0x0120])[0] == 5
     (got,) = rec.stored
     assert bytes(got.dataset) == data and got.message_id == 5
 
 
 def test_small_peer_pdu_gets_fragmented_responses(raw: RawPeer) -> None:
-    _established(raw, max_pdu=40)
-    raw.p_data((1, 0x03, _command(0x0030, 9, data=False, sop_class=Verification)))
+    established(raw, max_pdu=40)
+    raw.p_data((1, 0x03, command_set(0x0030, 9, data=False, sop_class=Verification)))
     rsp = raw.response()  # asserts each PDU fits and reassembles
-    assert _status(rsp) == 0 and struct.unpack("<H", rsp[0x0100])[0] == 0x8030
+    assert status_of(rsp) == 0 and struct.unpack("<H", rsp[0x0100])[0] == 0x8030
 
 
 def test_an_operation_we_do_not_serve_gets_0211(raw: RawPeer, rec: Recorder) -> None:
-    _established(raw)
+    established(raw)
     query = encoded_dataset(_dataset())
-    raw.p_data((3, 0x03, _command(0x0020, 11, data=True, sop_class=CTImageStorage)))
+    raw.p_data((3, 0x03, command_set(0x0020, 11, data=True, sop_class=CTImageStorage)))
     raw.p_data((3, 0x02, query))  # its data set is read and dropped
     rsp = raw.response()
-    assert _status(rsp) == 0x0211
+    assert status_of(rsp) == 0x0211
     assert struct.unpack("<H", rsp[0x0100])[0] == 0x8020
     # and the association goes on
-    raw.p_data((1, 0x03, _command(0x0030, 12, data=False, sop_class=Verification)))
-    assert _status(raw.response()) == 0
+    raw.p_data((1, 0x03, command_set(0x0030, 12, data=False, sop_class=Verification)))
+    assert status_of(raw.response()) == 0
     assert rec.stored == []
 
 
@@ -370,19 +261,19 @@ def test_data_set_over_the_limit_is_drained_and_refused(rec: Recorder) -> None:
     address = srv.start("127.0.0.1", 0)
     peer = RawPeer(address)
     try:
-        _established(peer)
+        established(peer)
         big = b"\x00" * 5000
-        peer.p_data((3, 0x03, _command(0x0001, 1, data=True, sop_class=CTImageStorage)))
+        peer.p_data((3, 0x03, command_set(0x0001, 1, data=True, sop_class=CTImageStorage)))
         for i in range(0, len(big), 600):
             last = i + 600 >= len(big)
             peer.p_data((3, 0x02 if last else 0x00, big[i : i + 600]))
         rsp = peer.response()
-        assert _status(rsp) == 0xA700 and b"limit" in rsp[0x0902]
+        assert status_of(rsp) == 0xA700 and b"limit" in rsp[0x0902]
         assert rec.stored == []
         small = encoded_dataset(_dataset())
-        peer.p_data((3, 0x03, _command(0x0001, 2, data=True, sop_class=CTImageStorage)))
+        peer.p_data((3, 0x03, command_set(0x0001, 2, data=True, sop_class=CTImageStorage)))
         peer.p_data((3, 0x02, small))
-        assert _status(peer.response()) == 0 and len(rec.stored) == 1
+        assert status_of(peer.response()) == 0 and len(rec.stored) == 1
     finally:
         peer.close()
         srv.stop()
@@ -409,7 +300,7 @@ def _assert_aborted(raw: RawPeer, reason: int) -> None:
 def test_pdvs_that_break_the_protocol_are_aborted(
     raw: RawPeer, rec: Recorder, pdvs: list[tuple[int, int, bytes]], reason: int
 ) -> None:
-    _established(raw)
+    established(raw)
     raw.p_data(*pdvs)
     _assert_aborted(raw, reason)
     assert rec.stored == []
@@ -417,13 +308,13 @@ def test_pdvs_that_break_the_protocol_are_aborted(
 
 
 def test_pdv_longer_than_its_pdu_is_aborted(raw: RawPeer) -> None:
-    _established(raw)
+    established(raw)
     raw.sock.sendall(struct.pack(">BBI", 4, 0, 8) + struct.pack(">IBB", 100, 1, 3) + b"\x00\x00")
     _assert_aborted(raw, 0x06)
 
 
 def test_unknown_pdu_type_is_aborted(raw: RawPeer) -> None:
-    _established(raw)
+    established(raw)
     raw.sock.sendall(b"\x09\x00\x00\x00\x00\x02\x00\x00")
     _assert_aborted(raw, 0x01)
 
@@ -442,8 +333,8 @@ def test_stalled_data_set_is_aborted_after_the_dimse_timeout(rec: Recorder) -> N
     srv = _server(rec, dimse_timeout=0.5)
     peer = RawPeer(srv.start("127.0.0.1", 0))
     try:
-        _established(peer)
-        peer.p_data((3, 0x03, _command(0x0001, 1, data=True, sop_class=CTImageStorage)))
+        established(peer)
+        peer.p_data((3, 0x03, command_set(0x0001, 1, data=True, sop_class=CTImageStorage)))
         peer.p_data((3, 0x00, b"\x08\x00"))  # the data set starts, then nothing more
         start = time.monotonic()
         pdu_type, _ = peer.recv_pdu()
@@ -461,10 +352,10 @@ def test_peer_abort_and_stop(rec: Recorder) -> None:
     first = RawPeer(address)
     second = RawPeer(address)
     try:
-        _established(first)
+        established(first)
         first.sock.sendall(bytes([7, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-ABORT from the peer
         assert first.closed()
-        _established(second)
+        established(second)
         _wait(lambda: len(srv.active) == 1)
         stopper = threading.Thread(target=srv.stop)
         stopper.start()
@@ -496,13 +387,13 @@ def test_large_data_set_is_spooled_to_disk_and_handed_over_whole(
     )
     peer = RawPeer(srv.start("127.0.0.1", 0))
     try:
-        _established(peer)
+        established(peer)
         data = os.urandom(10_000)
         # the raw peer proposed Verification as context 1 and CT as context 3; only CT here
-        peer.p_data((3, 0x03, _command(0x0001, 1, data=True, sop_class=CTImageStorage)))
+        peer.p_data((3, 0x03, command_set(0x0001, 1, data=True, sop_class=CTImageStorage)))
         for i in range(0, len(data), 1500):
             peer.p_data((3, 0x02 if i + 1500 >= len(data) else 0x00, data[i : i + 1500]))
-        assert _status(peer.response()) == 0
+        assert status_of(peer.response()) == 0
         assert seen == [(mmap.mmap, data)]
         assert list(tmp_path.iterdir()) == []
     finally:
@@ -539,7 +430,7 @@ def test_a_flood_of_idle_connections_is_turned_away_without_threads(
 
 
 def test_release_is_answered_and_the_peer_reads_it(raw: RawPeer, rec: Recorder) -> None:
-    _established(raw)
+    established(raw)
     raw.sock.sendall(bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]))
     assert raw.recv_pdu() == (0x06, b"\x00\x00\x00\x00")
     assert raw.closed()
@@ -591,8 +482,8 @@ def test_negotiation_is_remembered_per_request_items(rec: Recorder) -> None:
                 pdu_type, body = peer.associate(calling=calling)
                 assert pdu_type == 0x02
                 replies.append(body)
-                peer.p_data((1, 0x03, _command(0x0030, 1, data=False, sop_class=Verification)))
-                assert _status(peer.response()) == 0
+                peer.p_data((1, 0x03, command_set(0x0030, 1, data=False, sop_class=Verification)))
+                assert status_of(peer.response()) == 0
             finally:
                 peer.close()
         assert seen == ["CT1", "CT2"] and len(srv._negotiated) == 1
@@ -609,16 +500,122 @@ def test_negotiation_is_remembered_per_request_items(rec: Recorder) -> None:
 
 
 def test_non_ascii_uids_in_a_command_still_get_a_response(raw: RawPeer, rec: Recorder) -> None:
-    _established(raw)
-    command = parse_command(_command(0x0001, 3, data=True, sop_class=CTImageStorage))
+    established(raw)
+    command = parse_command(command_set(0x0001, 3, data=True, sop_class=CTImageStorage))
     command[0x1000] = "1.2.\u00e9\u00e9".encode("latin-1")
     body = b"".join(struct.pack("<HHI", 0, e, len(v)) + v for e, v in sorted(command.items()) if e)
     raw.p_data((3, 0x03, struct.pack("<HHI", 0, 0, 4) + struct.pack("<I", len(body)) + body))
     raw.p_data((3, 0x02, encoded_dataset(_dataset())))
     rsp = raw.response()
-    assert _status(rsp) == 0 and rsp[0x1000].startswith(b"1.2.")
+    assert status_of(rsp) == 0 and rsp[0x1000].startswith(b"1.2.")
 
 
 def test_an_oversized_associate_rq_is_aborted(raw: RawPeer) -> None:
     raw.sock.sendall(b"\x01\x00" + (2 << 20).to_bytes(4, "big") + b"\x00" * 1000)
     _assert_aborted(raw, 0x06)
+
+
+# --------------------------------------------------------------------------- sink and after
+
+
+@dataclass
+class _Sink:
+    fragments: list[bytes] = field(default_factory=list)
+    discarded: int = 0
+
+    def add(self, fragment: bytearray) -> None:
+        self.fragments.append(bytes(fragment))
+
+    def discard(self) -> None:
+        self.discarded += 1
+
+
+def _sink_server(
+    store: Any, sinks: list[_Sink], starts: list[Any], **limits: Any
+) -> UpperLayerServer:
+    def begin(start: Any) -> _Sink:
+        starts.append(start)
+        sinks.append(_Sink())
+        return sinks[-1]
+
+    return UpperLayerServer(
+        Limits(ae_title="TRIAGE", **limits),
+        [str(CTImageStorage)],
+        SYNTAXES,
+        Handlers(store=store, begin=begin),
+    )
+
+
+def test_the_sink_gets_every_fragment_as_it_arrives_and_after_runs_once_answered() -> None:
+    sinks: list[_Sink] = []
+    starts: list[Any] = []
+    answered = threading.Event()
+    order: list[str] = []
+
+    def after() -> None:
+        # The peer must already hold the response: it sets `answered` only once it has it.
+        order.append("after" if answered.wait(5) else "after, before the response")
+
+    def store(request: StoreRequest) -> Status:
+        assert request.sink is sinks[-1]
+        # by now every fragment went to the sink, in order
+        assert b"".join(request.sink.fragments) == bytes(memoryview(request.dataset))
+        request.after = after
+        return Status(0)
+
+    srv = _sink_server(store, sinks, starts)
+    peer = RawPeer(srv.start("127.0.0.1", 0))
+    try:
+        established(peer, calling="SINKPEER")
+        data = os.urandom(5000)
+        command = command_set(0x0001, 1, data=True, sop_class=CTImageStorage)
+        peer.p_data((3, 0x03, command))
+        for i in range(0, len(data), 700):
+            peer.p_data((3, 0x02 if i + 700 >= len(data) else 0x00, data[i : i + 700]))
+        assert status_of(peer.response()) == 0
+        answered.set()
+        peer.sock.sendall(bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-RELEASE-RQ
+        assert peer.recv_pdu()[0] == 0x06  # read only after `after` returned
+        assert order == ["after"]
+        (start,) = starts
+        assert start.sop_class_uid == CTImageStorage and start.peer.calling_ae == "SINKPEER"
+        assert start.transfer_syntax == ExplicitVRLittleEndian
+        (sink,) = sinks
+        assert b"".join(sink.fragments) == data and len(sink.fragments) == 8
+        assert sink.discarded == 1  # the caller always discards; a used sink ignores it
+    finally:
+        peer.close()
+        srv.stop()
+
+
+def test_the_sink_is_discarded_when_the_transfer_breaks_off(tmp_path: Path) -> None:
+    sinks: list[_Sink] = []
+    stored: list[StoreRequest] = []
+
+    def store(request: StoreRequest) -> Status:
+        stored.append(request)
+        return Status(0)
+
+    srv = _sink_server(store, sinks, [], spill_bytes=1000, spool_dir=tmp_path)
+    address = srv.start("127.0.0.1", 0)
+    aborted, spilled = RawPeer(address), RawPeer(address)
+    try:
+        established(aborted)
+        aborted.p_data((3, 0x03, command_set(0x0001, 1, data=True, sop_class=CTImageStorage)))
+        aborted.p_data((3, 0x00, b"\x08\x00" * 100))
+        aborted.sock.sendall(bytes([7, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-ABORT mid-data set
+        assert aborted.closed()
+        _wait(lambda: len(sinks) == 1 and sinks[0].discarded == 1)
+        assert stored == []
+        # a data set that outgrows the memory spool is not written twice: the sink is dropped
+        established(spilled)
+        spilled.p_data((3, 0x03, command_set(0x0001, 2, data=True, sop_class=CTImageStorage)))
+        for last in (False, False, True):
+            spilled.p_data((3, 0x02 if last else 0x00, os.urandom(600)))
+        assert status_of(spilled.response()) == 0
+        assert sinks[1].discarded == 1 and len(sinks[1].fragments) == 1
+        assert stored[0].sink is None
+    finally:
+        aborted.close()
+        spilled.close()
+        srv.stop()

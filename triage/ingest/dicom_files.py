@@ -108,7 +108,7 @@ def safe_instance_path(data_dir: Path, study_uid: str, series_uid: str, sop_uid:
 # ---------------------------------------------------------------------------- durable writes
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -116,7 +116,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _make_dirs_durably(directory: Path) -> None:
+def make_dirs_durably(directory: Path) -> None:
     """``mkdir -p`` that also fsyncs the parent of every directory it creates, so the new
     directory entries themselves survive a crash."""
     missing: list[Path] = []
@@ -127,7 +127,7 @@ def _make_dirs_durably(directory: Path) -> None:
     for new in reversed(missing):
         with contextlib.suppress(FileExistsError):  # created concurrently: fine
             new.mkdir()
-        _fsync_dir(new.parent)
+        fsync_dir(new.parent)
 
 
 def write_durably(path: Path, data: bytes | Iterable[bytes | memoryview]) -> int:
@@ -141,7 +141,7 @@ def write_durably(path: Path, data: bytes | Iterable[bytes | memoryview]) -> int
     """
     path = Path(path)
     try:
-        _make_dirs_durably(path.parent)
+        make_dirs_durably(path.parent)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise StoreError(f"cannot create {path.parent}: {exc}") from exc
@@ -154,7 +154,7 @@ def write_durably(path: Path, data: bytes | Iterable[bytes | memoryview]) -> int
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -184,7 +184,7 @@ def write_instance_file(path: Path, chunks: Iterable[bytes | memoryview]) -> int
     """
     path = Path(path)
     try:
-        _make_dirs_durably(path.parent)
+        make_dirs_durably(path.parent)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise StoreError(f"cannot create {path.parent}: {exc}") from exc
@@ -203,7 +203,7 @@ def write_instance_file(path: Path, chunks: Iterable[bytes | memoryview]) -> int
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             written.unlink()

@@ -1,10 +1,13 @@
 """The Storage SCP's index writer: ``Instance`` rows and their ``Study``, fast, and recoverable.
 
-What "Success" means (the SCP answers it only after both steps):
+What "Success" means:
 
-1. the file is durable: written, renamed to its final name, fsynced, its directory fsynced
-   (:func:`~triage.ingest.dicom_files.write_instance_file`);
-2. the index row is committed (this module), visible to every reader at once.
+1. before the response, the file is durable: written (while the data set arrived, see
+   :mod:`triage.ingest.dicom_stream`), renamed to its final name, fsynced, its directory
+   fsynced;
+2. right after the response, before the association reads its next PDU, the index row is
+   committed (this module), visible to every reader at once. A crash in between leaves a
+   durable file without a row: the recovery below indexes it.
 
 On SQLite the index connection commits with ``synchronous=NORMAL`` (WAL): a commit is in the
 WAL file, so it survives the engine being killed (SIGKILL, OOM, crash), but not necessarily

@@ -1,10 +1,14 @@
 """DICOM Storage SCP: receives C-STORE (and answers C-ECHO), stores, indexes, acknowledges.
 
-The rule for every C-STORE: the instance is on disk (fsynced, file and directory) and its index
-row committed *before* the peer hears Success (see :mod:`triage.ingest.dicom_index` for what
-survives which crash, and the start-up recovery). The data set is written as received, never
-decoded: only its header is parsed, from the bytes before the Pixel Data. Anything else gets
-a DICOM failure status, never a dropped association:
+The rule for every C-STORE: the instance file is durable (fsynced, file and directory) *before*
+the peer hears Success; its index row is committed right after the response is sent, before
+the association reads its next PDU, with the SOP Instance UID held until then (a copy on
+another association waits for it). A crash between the two leaves a durable file without a
+row, which the start-up recovery indexes (see :mod:`triage.ingest.dicom_index` for what
+survives which crash). The data set is written as received, never decoded: it goes to disk
+while it arrives (:mod:`triage.ingest.dicom_stream`), and only its header is parsed, from the
+bytes before the Pixel Data. Anything else gets a DICOM failure status, never a dropped
+association:
 
 =============================================  ==============================================
 undecodable data set, or a compressed one      0xC210 (cannot understand / decode), no file
@@ -29,9 +33,9 @@ is answered with A-ABORT before anything is read; a read that stalls for
 ``dicom_network_timeout_seconds`` closes the connection.
 
 Protocol code only persists and acknowledges. Business logic (completion, routing, scoring)
-hangs off ``on_instance(study_uid)``, called after a successful store; it runs before the
-response is sent, so it must be quick (e.g. put the UID on a queue). An exception in it is
-logged and does not change the answer: the instance is already safe.
+hangs off ``on_instance(study_uid)``, called once a new instance's row is committed; it runs
+on the association's thread before the next PDU is read, so it must be quick (e.g. put the UID
+on a queue). An exception in it is logged and changes nothing: the instance is already safe.
 
 The upper layer (associations, PDUs, DIMSE commands) is :mod:`triage.ingest.dicom_ul`; this
 module is what happens to a C-STORE once it has arrived.
@@ -39,14 +43,14 @@ module is what happens to a C-STORE once it has arrived.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
-import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from pydicom.uid import (
     HTJ2K,
@@ -73,6 +77,7 @@ from triage.errors import ConfigError, DicomIngestError, StoreError
 from triage.ingest.dicom_files import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
+    InstanceFields,
     check_codestream,
     decoder_available,
     encode_file_meta,
@@ -84,6 +89,7 @@ from triage.ingest.dicom_files import (
     write_instance_file,
 )
 from triage.ingest.dicom_index import InstanceIndex
+from triage.ingest.dicom_stream import IncomingFile, clear_incoming, incoming_dir
 from triage.ingest.dicom_ul import (
     CALLING_AE_NOT_RECOGNIZED,
     VERIFICATION,
@@ -93,6 +99,7 @@ from triage.ingest.dicom_ul import (
     Rejection,
     Status,
     StoreRequest,
+    StoreStart,
     UpperLayerServer,
 )
 from triage.store.db import Database
@@ -155,6 +162,11 @@ class DicomListener:
         self._in_flight_changed = threading.Condition()
         self._allowed = _parse_allowlist(settings.dicom_allowed_peers)
         self._low_disk = False
+        self.incoming = incoming_dir(self.data_dir)
+        # Rows whose commit failed after their Success (the file is durable): retried before
+        # the next row, and at stop; the start-up recovery indexes them after a crash.
+        self._unindexed: list[tuple[dict[str, Any], dict[str, str]]] = []
+        self._unindexed_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -186,6 +198,11 @@ class DicomListener:
         if self._server is not None:
             raise RuntimeError("DicomListener already started")
         report = self.index.recover(self.data_dir)
+        report.removed += clear_incoming(self.data_dir)
+        try:
+            self.incoming.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # every store then writes from memory; the disk check decides
+            log.error("cannot create %s: %s", self.incoming, exc)
         if report.indexed or report.removed:
             log.warning("DICOM start-up recovery: %s", report)
         else:
@@ -204,7 +221,9 @@ class DicomListener:
                 "DICOM allowlist empty (dicom_allowed_peers): any calling AE title from any "
                 "address is accepted"
             )
-        handlers = Handlers(store=self._handle_store, check=self._check_peer, closed=_on_closed)
+        handlers = Handlers(
+            store=self._handle_store, check=self._check_peer, closed=_on_closed, begin=self._begin
+        )
         server = UpperLayerServer(self._limits(), ABSTRACT_SYNTAXES, TRANSFER_SYNTAXES, handlers)
         address = (self.settings.bind_host, self.settings.dicom_port)
         try:
@@ -222,6 +241,14 @@ class DicomListener:
         server, self._server = self._server, None
         if server is not None:
             server.stop()
+        try:
+            self._retry_unindexed()
+        except StoreError as exc:
+            log.error(
+                "%d stored instance(s) still not indexed (%s): the start-up recovery indexes them",
+                len(self._unindexed),
+                exc,
+            )
         self.index.close()
 
     @property
@@ -257,10 +284,31 @@ class DicomListener:
 
     # ------------------------------------------------------------------ C-STORE
 
+    def _begin(self, start: StoreStart) -> IncomingFile | None:
+        """A C-STORE command arrived: open its file, to be written while the data set arrives
+        (:mod:`triage.ingest.dicom_stream`). None (write from memory at the end, if at all) for
+        a deflated data set, a transfer syntax we cannot decode, a low disk, a command without
+        UIDs, or an instance stored already (a re-send writes nothing)."""
+        ts = start.transfer_syntax
+        if ts == DeflatedExplicitVRLittleEndian or not decoder_available(ts) or self._low_disk:
+            return None
+        if not start.sop_class_uid or not start.sop_instance_uid:
+            return None
+        try:
+            if self.index.is_stored(start.sop_instance_uid):
+                return None
+            head = encode_file_meta(
+                start.sop_class_uid, start.sop_instance_uid, ts, start.peer.calling_ae[:16]
+            )
+            return IncomingFile(self.incoming, head, start.sop_class_uid, start.sop_instance_uid)
+        except (StoreError, ValueError, UnicodeError) as exc:
+            log.debug("no streamed write for %s: %s", start.sop_instance_uid, exc)
+            return None
+
     def _handle_store(self, request: StoreRequest) -> Status:
         """One C-STORE: always a status; never raises into the upper layer."""
         try:
-            study_uid = self._store(request)
+            self._store(request)
         except DicomIngestError as exc:
             log.warning("C-STORE refused: %s", exc)
             return Status(exc.status, str(exc))
@@ -270,11 +318,6 @@ class DicomListener:
         except Exception:
             log.exception("C-STORE failed unexpectedly")
             return Status(DicomIngestError.PROCESSING_FAILURE, "processing failure")
-        if study_uid is not None and self.on_instance is not None:
-            try:
-                self.on_instance(study_uid)
-            except Exception:
-                log.exception("on_instance hook failed for study %s", study_uid)
         return Status(SUCCESS)
 
     def _check_free_space(self) -> None:
@@ -302,8 +345,12 @@ class DicomListener:
             self._low_disk = False
             log.warning("free space on the data disk is back above the minimum: storing again")
 
-    def _store(self, request: StoreRequest) -> str | None:
-        """Persist and index one instance. Returns its Study UID, or None for a duplicate."""
+    def _store(self, request: StoreRequest) -> None:
+        """Check one instance and make its file durable; its index row is committed by
+        ``request.after``, once the Success is sent (nothing is set for a duplicate).
+
+        The SOP Instance UID stays held from the duplicate check until the row is committed, so
+        a copy arriving on another association waits and is then found stored."""
         transfer_syntax = request.transfer_syntax
         if not decoder_available(transfer_syntax):
             raise DicomIngestError(
@@ -330,51 +377,117 @@ class DicomListener:
                     f"Affected SOP Instance UID {affected!r:.80} differs from the data set's",
                 )
             calling_ae = request.peer.calling_ae[:16]
-            with self._one_at_a_time(sop_uid):
+            self._hold(sop_uid)
+            try:
                 if self.index.is_stored(sop_uid):
                     log.info("duplicate SOP Instance UID %s: already stored", sop_uid)
-                    return None
+                    self._release(sop_uid)
+                    return
                 path = safe_instance_path(
                     self.data_dir, fields["study_uid"], fields["series_uid"], sop_uid
                 )
-                head = encode_file_meta(
-                    fields["sop_class_uid"], sop_uid, transfer_syntax, calling_ae
-                )
-                size = write_instance_file(path, (head, body))
-                row = {
-                    **fields,
-                    "path": path.relative_to(self.data_dir).as_posix(),
-                    "size_bytes": size,
-                    "calling_ae": calling_ae,
-                    "received_at": utcnow(),
-                }
-                try:
-                    new = self.index.record(row, study_attrs)
-                except StoreError:
-                    try:  # a commit can fail after it took effect: then the row is there
-                        indexed = self.index.is_stored(sop_uid)
-                    except StoreError:
-                        indexed = False
-                    if not indexed:
-                        _remove(path)  # nothing refers to it; the peer will resend
-                        raise
-                    new = True
+                size = self._write(request, fields, calling_ae, path, body)
+            except BaseException:
+                self._release(sop_uid)
+                raise
         finally:
             body.release()
-        return fields["study_uid"] if new else None
+        row = {
+            **fields,
+            "path": path.relative_to(self.data_dir).as_posix(),
+            "size_bytes": size,
+            "calling_ae": calling_ae,
+            "received_at": utcnow(),
+        }
+        request.after = partial(self._index, row, study_attrs)
 
-    @contextlib.contextmanager
-    def _one_at_a_time(self, sop_uid: str) -> Iterator[None]:
+    def _write(
+        self,
+        request: StoreRequest,
+        fields: InstanceFields,
+        calling_ae: str,
+        path: Path,
+        body: memoryview,
+    ) -> int:
+        """The instance file, durable: the streamed file when it matches the data set, else
+        written from memory. Returns its size."""
+        sink = request.sink
+        if (
+            isinstance(sink, IncomingFile)
+            and sink.usable
+            and sink.sop_class_uid == fields["sop_class_uid"]
+            and sink.sop_instance_uid == fields["sop_instance_uid"]
+        ):
+            try:
+                return sink.finish(path)
+            except StoreError as exc:
+                log.warning("streamed write failed, writing from memory: %s", exc)
+        head = encode_file_meta(
+            fields["sop_class_uid"], fields["sop_instance_uid"], request.transfer_syntax, calling_ae
+        )
+        return write_instance_file(path, (head, body))
+
+    def _index(self, row: dict[str, Any], study_attrs: dict[str, str]) -> None:
+        """After the Success: commit the instance's index row, release its SOP Instance UID,
+        tell business logic. A failed commit is kept and retried (the file is durable)."""
+        sop_uid = row["sop_instance_uid"]
+        try:
+            new = self._record(row, study_attrs)
+        finally:
+            self._release(sop_uid)
+        if new:
+            self._notify(row["study_uid"])
+
+    def _record(self, row: dict[str, Any], study_attrs: dict[str, str]) -> bool:
+        try:
+            if self._unindexed:
+                self._retry_unindexed()
+            return self.index.record(row, study_attrs)
+        except StoreError as exc:
+            try:  # a commit can fail after it took effect: then the row is there
+                if self.index.is_stored(row["sop_instance_uid"]):
+                    return True
+            except StoreError:
+                pass
+            with self._unindexed_lock:
+                self._unindexed.append((row, study_attrs))
+            log.error(
+                "instance %s stored in %s (acknowledged) but not indexed: %s; retried with the "
+                "next instance, at stop, and by the start-up recovery",
+                row["sop_instance_uid"],
+                row["path"],
+                exc,
+            )
+            return False
+
+    def _retry_unindexed(self) -> None:
+        """Commit the rows whose commit failed earlier; raises StoreError (keeping the rest)."""
+        with self._unindexed_lock:
+            while self._unindexed:
+                row, study_attrs = self._unindexed[0]
+                new = self.index.record(row, study_attrs)
+                self._unindexed.pop(0)
+                log.warning("instance %s indexed on retry", row["sop_instance_uid"])
+                if new:
+                    self._notify(row["study_uid"])
+
+    def _notify(self, study_uid: str) -> None:
+        if self.on_instance is not None:
+            try:
+                self.on_instance(study_uid)
+            except Exception:
+                log.exception("on_instance hook failed for study %s", study_uid)
+
+    def _hold(self, sop_uid: str) -> None:
         with self._in_flight_changed:
             while sop_uid in self._in_flight:
                 self._in_flight_changed.wait()
             self._in_flight.add(sop_uid)
-        try:
-            yield
-        finally:
-            with self._in_flight_changed:
-                self._in_flight.discard(sop_uid)
-                self._in_flight_changed.notify_all()
+
+    def _release(self, sop_uid: str) -> None:
+        with self._in_flight_changed:
+            self._in_flight.discard(sop_uid)
+            self._in_flight_changed.notify_all()
 
 
 Allowlist = dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network | None]]
@@ -421,10 +534,3 @@ def _on_closed(peer: Peer, how: str) -> None:
 def disk_free_bytes(path: Path) -> int:
     """Free bytes for unprivileged writers on the disk holding ``path`` (tests replace it)."""
     return int(shutil.disk_usage(path).free)
-
-
-def _remove(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError as exc:
-        log.warning("could not remove %s after a failed index: %s", path, exc)

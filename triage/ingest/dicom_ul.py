@@ -13,7 +13,10 @@ Protocol code triggers events, business logic handles them (the listener in
 
 - ``check(peer) -> Rejection | None``: after the A-ASSOCIATE-RQ passed our own checks (protocol
   version, application context, called AE title, association limit); an allowlist lives here;
-- ``store(request) -> Status``: one complete C-STORE; what it returns is sent as the response;
+- ``begin(start) -> Sink | None``: a C-STORE-RQ command arrived; a sink returned gets each
+  fragment of its data set as it arrives (the streamed write, :mod:`triage.ingest.dicom_stream`);
+- ``store(request) -> Status``: one complete C-STORE; what it returns is sent as the response,
+  then ``request.after`` (if the handler set it) runs before the next PDU is read;
 - ``closed(peer, how)``: the association ended (``released``, ``aborted`` by the peer,
   ``timeout``, ``protocol`` error, ``connection`` lost or ``shutdown``).
 
@@ -37,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
@@ -117,6 +120,25 @@ class Peer:
     called_ae: str = ""
 
 
+class Sink(Protocol):
+    """Where a C-STORE's data set fragments also go while they arrive (see ``begin``)."""
+
+    def add(self, fragment: bytearray) -> None: ...  # must not raise
+
+    def discard(self) -> None: ...  # idempotent; a no-op once the store handler used it
+
+
+@dataclass(frozen=True)
+class StoreStart:
+    """A C-STORE-RQ command whose data set is about to arrive."""
+
+    peer: Peer
+    abstract_syntax: str
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
 @dataclass
 class StoreRequest:
     """One complete C-STORE-RQ: its command and its data set as received (not decoded)."""
@@ -129,6 +151,11 @@ class StoreRequest:
     message_id: int
     priority: int
     dataset: DataSetBuffer
+    #: What ``begin`` returned for this message, given every fragment of the data set.
+    sink: Sink | None = None
+    #: Set by the store handler: run once the response has been sent (or could not be), before
+    #: the next PDU is read.
+    after: Callable[[], None] | None = None
 
 
 @dataclass
@@ -136,6 +163,7 @@ class Handlers:
     store: Callable[[StoreRequest], Status]
     check: Callable[[Peer], Rejection | None] = lambda _peer: None
     closed: Callable[[Peer, str], None] = lambda _peer, _how: None
+    begin: Callable[[StoreStart], Sink | None] = lambda _start: None
 
 
 @dataclass
@@ -281,6 +309,12 @@ class _Message:
     spool: Spool
     size: int = 0
     refusal: Status | None = None  # set: the rest of the data set is read and dropped
+    sink: Sink | None = None
+
+    def drop_sink(self) -> None:
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.discard()
 
 
 #: Bytes of an A-ASSOCIATE-RQ/AC before its variable items (header, version, AE titles).
@@ -449,6 +483,7 @@ class Association:
         finally:
             if self._message is not None:
                 self._message.spool.close()
+                self._message.drop_sink()
                 self._message = None
             if self.server.stopping:
                 how = "shutdown"
@@ -574,6 +609,8 @@ class Association:
                     if _us(parsed, 0x0800) == NO_DATA_SET:
                         self._answer(message)
                     else:
+                        if _us(parsed, 0x0100) == C_STORE_RQ:
+                            message.sink = self._begin(message)
                         self._message = message
                     timeout = min(timeout, limits.dimse_timeout)
                 continue
@@ -591,6 +628,7 @@ class Association:
                     0xA700, f"data set over the {limits.max_dataset_bytes >> 20} MiB limit"
                 )
                 message.spool.close()
+                message.drop_sink()
             if message.refusal is not None:
                 self._discard(size, timeout)
             else:
@@ -600,6 +638,12 @@ class Association:
                 except StoreError as exc:
                     log.error("C-STORE from %s refused: %s", self.peer.address, exc)
                     message.refusal = Status(0xA700, "cannot hold the data set: disk error")
+                    message.drop_sink()
+                if message.sink is not None:
+                    if message.spool.on_disk:  # spooled to a file: not written twice
+                        message.drop_sink()
+                    else:
+                        message.sink.add(fragment)
             if control & 0x02:
                 self._message = None
                 self._answer(message)
@@ -611,11 +655,27 @@ class Association:
             self._recv_into(scratch[:k], timeout)
             n -= k
 
+    def _begin(self, message: _Message) -> Sink | None:
+        context = self.contexts[message.context_id]
+        start = StoreStart(
+            peer=self.peer,
+            abstract_syntax=str(context.abstract_syntax),
+            transfer_syntax=str(context.transfer_syntax[0]),
+            sop_class_uid=_text(message.command, 0x0002),
+            sop_instance_uid=_text(message.command, 0x1000),
+        )
+        try:
+            return self.server.handlers.begin(start)
+        except Exception:
+            log.exception("C-STORE begin handler failed")
+            return None
+
     def _answer(self, message: _Message) -> None:
         try:
             self._respond(message)
         finally:
             message.spool.close()
+            message.drop_sink()
 
     def _respond(self, message: _Message) -> None:
         command = message.command
@@ -627,8 +687,17 @@ class Association:
         sop_class = _text(command, 0x0002)
         if field_ == C_STORE_RQ:
             sop_instance = _text(command, 0x1000)
-            status = self._store(message, context, sop_class, sop_instance, message_id)
+            request, status = self._store(message, context, sop_class, sop_instance, message_id)
             rsp = encode_response(0x8001, message_id, status, sop_class, sop_instance)
+            try:
+                self._reply(p_data_pdus(message.context_id, rsp, self.peer_max_pdu))
+            finally:
+                if request is not None and request.after is not None:
+                    try:
+                        request.after()
+                    except Exception:
+                        log.exception("C-STORE after-response handler failed")
+            return
         elif field_ == C_ECHO_RQ:
             rsp = encode_response(0x8030, message_id, Status(0), sop_class or VERIFICATION)
         elif field_ == C_CANCEL_RQ:
@@ -653,15 +722,16 @@ class Association:
         sop_class: str,
         sop_instance: str,
         message_id: int,
-    ) -> Status:
-        """Hand a complete C-STORE to the store handler (the spool is closed by the caller)."""
+    ) -> tuple[StoreRequest | None, Status]:
+        """Hand a complete C-STORE to the store handler (the spool and the sink are closed by
+        the caller)."""
         if message.refusal is not None:
-            return message.refusal
+            return None, message.refusal
         try:
             dataset = message.spool.finish()
         except StoreError as exc:
             log.error("C-STORE from %s refused: %s", self.peer.address, exc)
-            return Status(0xA700, "cannot hold the data set: disk error")
+            return None, Status(0xA700, "cannot hold the data set: disk error")
         request = StoreRequest(
             peer=self.peer,
             abstract_syntax=str(context.abstract_syntax),
@@ -671,12 +741,13 @@ class Association:
             message_id=message_id,
             priority=_us(message.command, 0x0700) or 0,
             dataset=dataset,
+            sink=message.sink,
         )
         try:
-            return self.server.handlers.store(request)
+            return request, self.server.handlers.store(request)
         except Exception:
             log.exception("C-STORE handler failed")
-            return Status(0x0110, "processing failure")
+            return request, Status(0x0110, "processing failure")
 
 
 # --------------------------------------------------------------------------- the server

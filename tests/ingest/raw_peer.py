@@ -1,0 +1,122 @@
+"""A raw DICOM upper-layer peer for tests: it speaks PDUs byte by byte, to send what toolkits
+never would (PDVs on unknown contexts, data before a command, odd fragmentation, a transfer
+broken off mid-data set)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from triage.ingest.dicom_ul import Status, encode_response, parse_command
+
+
+def associate_rq(
+    *,
+    max_pdu: int = 0,
+    version: int = 1,
+    app_context: str = "1.2.840.10008.3.1.1.1",
+    called: str = "TRIAGE",
+    calling: str = "RAWPEER",
+) -> bytes:
+    """An A-ASSOCIATE-RQ proposing Verification (context 1) and CT (context 3)."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = UID(app_context)
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    contexts = []
+    for i, uid in enumerate([Verification, CTImageStorage]):
+        cx = build_context(uid, [ExplicitVRLittleEndian])
+        cx.context_id = 2 * i + 1
+        contexts.append(cx)
+    primitive.presentation_context_definition_list = contexts
+    item = MaximumLengthNotification()
+    item.maximum_length_received = max_pdu
+    primitive.user_information = [item]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    pdu.protocol_version = version
+    return bytes(pdu.encode())
+
+
+class RawPeer:
+    """Speaks PDUs byte by byte, to send what toolkits never would."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(address, timeout=10)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def recv_exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError(f"closed after {len(data)} of {n} bytes")
+            data += chunk
+        return data
+
+    def recv_pdu(self) -> tuple[int, bytes]:
+        head = self.recv_exactly(6)
+        return head[0], self.recv_exactly(int.from_bytes(head[2:6], "big"))
+
+    def closed(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def associate(self, **kwargs: Any) -> tuple[int, bytes]:
+        self.sock.sendall(associate_rq(**kwargs))
+        return self.recv_pdu()
+
+    def p_data(self, *pdvs: tuple[int, int, bytes]) -> None:
+        """One P-DATA-TF PDU holding (context id, control header, bytes) PDVs."""
+        body = b"".join(struct.pack(">IBB", len(v) + 2, cx, mch) + v for cx, mch, v in pdvs)
+        self.sock.sendall(struct.pack(">BBI", 4, 0, len(body)) + body)
+
+    def response(self) -> dict[int, bytes]:
+        """Read P-DATA PDUs until a complete command set; return it parsed."""
+        command = b""
+        while True:
+            pdu_type, body = self.recv_pdu()
+            assert pdu_type == 0x04, f"P-DATA expected, got PDU type {pdu_type}"
+            i = 0
+            while i < len(body):
+                length, _cx, control = struct.unpack_from(">IBB", body, i)
+                command += body[i + 6 : i + 4 + length]
+                i += 4 + length
+                if control & 0x02:
+                    return parse_command(command)
+
+
+def command_set(
+    field_: int, message_id: int, *, data: bool, sop_class: str = "", sop_instance: str = ""
+) -> bytes:
+    """A request command set; its Command Data Set Type says whether a data set follows."""
+    status_like = encode_response(field_, message_id, Status(0), sop_class, sop_instance)
+    parsed = parse_command(status_like)
+    parsed.pop(0x0120)
+    parsed.pop(0x0900)
+    parsed[0x0110] = struct.pack("<H", message_id)
+    parsed[0x0800] = struct.pack("<H", 0x0000 if data else 0x0101)
+    body = b"".join(
+        struct.pack("<HHI", 0, elem, len(v)) + v for elem, v in sorted(parsed.items()) if elem
+    )
+    return struct.pack("<HHI", 0, 0, 4) + struct.pack("<I", len(body)) + body
+
+
+def status_of(command: dict[int, bytes]) -> int:
+    return int(struct.unpack("<H", command[0x0900])[0])
+
+
+def established(raw: RawPeer, **kwargs: object) -> None:
+    pdu_type, _ = raw.associate(**kwargs)  # type: ignore[arg-type]
+    assert pdu_type == 0x02, "A-ASSOCIATE-AC expected"
