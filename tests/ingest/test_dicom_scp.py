@@ -365,6 +365,31 @@ def test_commit_failing_after_success_keeps_the_file_and_is_retried(
     assert sorted(scp.seen) == sorted([first.StudyInstanceUID, second.StudyInstanceUID])
 
 
+def test_a_row_that_keeps_failing_does_not_hold_up_the_others(
+    scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = scp.listener.index
+    record = index.record
+    poisoned = _slice(tmp_path, seed=7)
+
+    def picky(row: dict[str, Any], attrs: dict[str, str]) -> bool:
+        if row["sop_instance_uid"] == poisoned.SOPInstanceUID and not healed:
+            raise StoreError("constraint failed")
+        return record(row, attrs)
+
+    healed = False
+    monkeypatch.setattr(index, "record", picky)
+    others = [_slice(tmp_path, seed=8), _slice(tmp_path, seed=9)]
+    assert client_store(scp, [poisoned, *others]) == [0x0000] * 3
+    assert {i.sop_instance_uid for i in instances(scp)} == {o.SOPInstanceUID for o in others}
+    healed = True
+    assert client_store(scp, []) == []  # the retry runs when an association ends
+    deadline = time.monotonic() + 5
+    while len(instances(scp)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert poisoned.SOPInstanceUID in {i.sop_instance_uid for i in instances(scp)}
+
+
 def test_commit_failing_until_stop_is_indexed_at_next_start(
     scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

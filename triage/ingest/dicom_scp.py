@@ -164,7 +164,8 @@ class DicomListener:
         self._low_disk = False
         self.incoming = incoming_dir(self.data_dir)
         # Rows whose commit failed after their Success (the file is durable): retried before
-        # the next row, and at stop; the start-up recovery indexes them after a crash.
+        # the next row, when an association ends, and at stop; the start-up recovery indexes
+        # them after a crash.
         self._unindexed: list[tuple[dict[str, Any], dict[str, str]]] = []
         self._unindexed_lock = threading.Lock()
 
@@ -222,7 +223,7 @@ class DicomListener:
                 "address is accepted"
             )
         handlers = Handlers(
-            store=self._handle_store, check=self._check_peer, closed=_on_closed, begin=self._begin
+            store=self._handle_store, check=self._check_peer, closed=self._closed, begin=self._begin
         )
         server = UpperLayerServer(self._limits(), ABSTRACT_SYNTAXES, TRANSFER_SYNTAXES, handlers)
         address = (self.settings.bind_host, self.settings.dicom_port)
@@ -439,9 +440,12 @@ class DicomListener:
             self._notify(row["study_uid"])
 
     def _record(self, row: dict[str, Any], study_attrs: dict[str, str]) -> bool:
-        try:
-            if self._unindexed:
+        if self._unindexed:
+            try:
                 self._retry_unindexed()
+            except StoreError as exc:  # this row still gets its own try
+                log.debug("retrying unindexed rows: %s", exc)
+        try:
             return self.index.record(row, study_attrs)
         except StoreError as exc:
             try:  # a commit can fail after it took effect: then the row is there
@@ -453,7 +457,7 @@ class DicomListener:
                 self._unindexed.append((row, study_attrs))
             log.error(
                 "instance %s stored in %s (acknowledged) but not indexed: %s; retried with the "
-                "next instance, at stop, and by the start-up recovery",
+                "next instance, when an association ends, at stop, and by the start-up recovery",
                 row["sop_instance_uid"],
                 row["path"],
                 exc,
@@ -461,15 +465,28 @@ class DicomListener:
             return False
 
     def _retry_unindexed(self) -> None:
-        """Commit the rows whose commit failed earlier; raises StoreError (keeping the rest)."""
+        """Commit the rows whose commit failed earlier. Raises StoreError at the first that
+        fails again, which goes to the back of the list (one bad row cannot hold up the rest
+        for ever)."""
         with self._unindexed_lock:
-            while self._unindexed:
-                row, study_attrs = self._unindexed[0]
-                new = self.index.record(row, study_attrs)
-                self._unindexed.pop(0)
+            for _ in range(len(self._unindexed)):
+                row, study_attrs = self._unindexed.pop(0)
+                try:
+                    new = self.index.record(row, study_attrs)
+                except StoreError:
+                    self._unindexed.append((row, study_attrs))
+                    raise
                 log.warning("instance %s indexed on retry", row["sop_instance_uid"])
                 if new:
                     self._notify(row["study_uid"])
+
+    def _closed(self, peer: Peer, how: str) -> None:
+        _on_closed(peer, how)
+        if self._unindexed:
+            try:
+                self._retry_unindexed()
+            except StoreError as exc:
+                log.error("%d stored instance(s) still not indexed: %s", len(self._unindexed), exc)
 
     def _notify(self, study_uid: str) -> None:
         if self.on_instance is not None:
