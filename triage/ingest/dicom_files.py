@@ -188,29 +188,42 @@ def write_instance_file(path: Path, chunks: Iterable[bytes | memoryview]) -> int
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise StoreError(f"cannot create {path.parent}: {exc}") from exc
-    written: Path = Path(tmp_name)
     size = 0
     try:
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            while view:
+                n = os.write(fd, view)
+                size += n
+                view = view[n:]
+    except BaseException as exc:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        if isinstance(exc, OSError):
+            raise StoreError(f"cannot write {path}: {exc}") from exc
+        raise
+    publish_file(fd, Path(tmp_name), path)
+    return size
+
+
+def publish_file(fd: int, written: Path, path: Path) -> None:
+    """Give the complete temp file ``written`` (open as ``fd``, closed here) its final name
+    ``path`` in an existing folder, then fsync it and the folder: on ext4 the file's fsync
+    commits the rename in the same journal transaction. Raises :class:`StoreError`; nothing
+    is left under either name."""
+    try:
         try:
-            for chunk in chunks:
-                view = memoryview(chunk).cast("B")
-                while view:
-                    n = os.write(fd, view)
-                    size += n
-                    view = view[n:]
             os.replace(written, path)
             written = path
             os.fsync(fd)
         finally:
             os.close(fd)
         fsync_dir(path.parent)
-    except BaseException as exc:
+    except OSError as exc:
         with contextlib.suppress(OSError):
             written.unlink()
-        if isinstance(exc, OSError):
-            raise StoreError(f"cannot write {path}: {exc}") from exc
-        raise
-    return size
+        raise StoreError(f"cannot write {path}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------- decoding

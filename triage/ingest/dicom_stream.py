@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from triage.errors import StoreError
-from triage.ingest.dicom_files import fsync_dir, make_dirs_durably
+from triage.ingest.dicom_files import make_dirs_durably, publish_file
 
 log = logging.getLogger(__name__)
 
@@ -153,21 +153,15 @@ class IncomingFile:
         if fd is None or self.failed is not None:
             raise StoreError(self.failed or "streamed file already closed")
         path = Path(path)
-        written = Path(self._name)
         self._fd = None
         try:
-            try:
-                make_dirs_durably(path.parent)
-                os.replace(written, path)
-                written = path
-                os.fsync(fd)  # commits the rename too (ext4: the same journal transaction)
-            finally:
-                os.close(fd)
-            fsync_dir(path.parent)
+            make_dirs_durably(path.parent)
         except OSError as exc:
+            os.close(fd)
             with contextlib.suppress(OSError):
-                written.unlink()
-            raise StoreError(f"cannot write {path}: {exc}") from exc
+                os.unlink(self._name)
+            raise StoreError(f"cannot create {path.parent}: {exc}") from exc
+        publish_file(fd, Path(self._name), path)
         return self.size
 
     def discard(self) -> None:

@@ -196,7 +196,7 @@ def balanced_bce(logits: Any, target: Any) -> Any:
     return loss
 
 
-def predict(net, volumes: np.ndarray, batch: int = 4) -> np.ndarray:  # type: ignore[no-untyped-def]
+def predict(net, volumes: np.ndarray, batch: int = 1) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Study probabilities of ``volumes`` [N, z, y, x] with a trained (PyTorch) net."""
     torch = _require_torch()
     out = []
