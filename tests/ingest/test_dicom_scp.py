@@ -338,14 +338,21 @@ def test_database_down_answers_a700_and_writes_nothing(
     assert scp.seen == []
 
 
+def _rows_eventually(run: Running, n: int) -> set[str]:
+    deadline = time.monotonic() + 5
+    while len(rows := instances(run)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {i.sop_instance_uid for i in rows}
+
+
 def test_commit_failing_after_success_keeps_the_file_and_is_retried(
     scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Success goes out once the file is durable; a commit failing after it leaves the file
-    and retries the row before the next instance's."""
+    and is retried (before the next instance's row, and when the association ends)."""
     index = scp.listener.index
     record = index.record
-    failures = [StoreError("database is locked")]
+    failures = [StoreError("database is locked")] * 2
 
     def flaky(row: dict[str, Any], attrs: dict[str, str]) -> bool:
         if failures:
@@ -354,14 +361,16 @@ def test_commit_failing_after_success_keeps_the_file_and_is_retried(
 
     monkeypatch.setattr(index, "record", flaky)
     first, second = _slice(tmp_path, seed=5), _slice(tmp_path, seed=6)
+    # first: its commit fails, and so does the retry when the association ends
     assert client_store(scp, [first]) == [0x0000]
     assert len(stored_files(scp.data_dir)) == 1
-    assert instances(scp) == [] and scp.seen == []
+    deadline = time.monotonic() + 5
+    while failures and time.monotonic() < deadline:  # the retry at the association's end
+        time.sleep(0.05)
+    assert not failures and instances(scp) == [] and scp.seen == []
+    # the next instance's commit retries it first
     assert client_store(scp, [second]) == [0x0000]
-    assert {i.sop_instance_uid for i in instances(scp)} == {
-        first.SOPInstanceUID,
-        second.SOPInstanceUID,
-    }
+    assert _rows_eventually(scp, 2) == {first.SOPInstanceUID, second.SOPInstanceUID}
     assert sorted(scp.seen) == sorted([first.StudyInstanceUID, second.StudyInstanceUID])
 
 
@@ -384,10 +393,7 @@ def test_a_row_that_keeps_failing_does_not_hold_up_the_others(
     assert {i.sop_instance_uid for i in instances(scp)} == {o.SOPInstanceUID for o in others}
     healed = True
     assert client_store(scp, []) == []  # the retry runs when an association ends
-    deadline = time.monotonic() + 5
-    while len(instances(scp)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert poisoned.SOPInstanceUID in {i.sop_instance_uid for i in instances(scp)}
+    assert poisoned.SOPInstanceUID in _rows_eventually(scp, 3)
 
 
 def test_commit_failing_until_stop_is_indexed_at_next_start(
