@@ -13,11 +13,13 @@ and on 4 in parallel (the files split in 4), to:
 - ``bare``: the issue's reference point, a minimal pynetdicom SCP (maximum PDU size 0) that
   writes ``event.encoded_dataset()`` with fsync and rename, and nothing else;
 - ``triage``: our :class:`~triage.ingest.dicom_scp.DicomListener` in its own process, on a
-  fresh SQLite database: every instance checked, written durably (rename, fsync, directory
-  fsync) and indexed before its Success;
+  fresh SQLite database: every instance written to disk while it arrives, checked, renamed,
+  fsynced (file and directory) before its Success, and indexed right after it (before the
+  next PDU is read; every row is counted at the end);
 - ``re-send``: the same server sent the same files a second time (the first pass not timed):
-  every instance is received, checked and found already stored, nothing is written. It
-  measures the receive path alone (PDUs, header check, duplicate lookup, response).
+  every instance is found already stored when its command arrives (nothing is written),
+  then received and checked. It measures the receive path alone (PDUs, header check,
+  duplicate lookup, response).
 
 Servers run one at a time, interleaved round by round (the machine is shared: the median of
 the rounds is reported), with ``sync`` before each (untimed): storescp does not fsync, and on
