@@ -967,3 +967,26 @@ def test_a_re_sent_instance_is_not_written_again(
     assert client_store(scp, [ds, other]) == [0x0000, 0x0000]
     assert opened == [other.SOPInstanceUID]  # the copy streamed nowhere
     assert len(instances(scp)) == 2
+
+
+def test_a_streamed_file_that_cannot_be_placed_is_written_from_memory(
+    scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """E.g. the incoming folder on another file system (rename: EXDEV): the instance is still
+    stored, from the data set in memory, and nothing is left in the incoming folder."""
+    tried: list[Path] = []
+
+    def cross_device(self: IncomingFile, path: Path) -> int:
+        tried.append(path)
+        self.discard()
+        raise StoreError("cannot write: [Errno 18] Invalid cross-device link")
+
+    monkeypatch.setattr(IncomingFile, "finish", cross_device)
+    ds = _slice(tmp_path, 56)
+    assert client_store(scp, [ds]) == [0x0000]
+    (row,) = instances(scp)
+    stored = scp.data_dir / row.path
+    assert stored.read_bytes().endswith(encoded_dataset(ds))
+    assert pydicom.dcmread(stored).SOPInstanceUID == ds.SOPInstanceUID
+    assert list((scp.data_dir / ".incoming").iterdir()) == []
+    assert tried == [stored]  # the streamed file was tried first
