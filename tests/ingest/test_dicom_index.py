@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from sqlmodel import select
 
+from triage.errors import StoreError
 from triage.ingest import dicom_index
 from triage.ingest.dicom_files import (
     encode_file_meta,
@@ -241,3 +242,31 @@ def test_recovery_skips_folders_older_than_the_newest_row(
     fresh.dispose()
     index.close()
     db.dispose()
+
+
+def test_rows_of_acknowledged_instances_are_owed_until_they_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = InstanceIndex(_db(tmp_path / "t.db"))
+    record = index.record
+    failing: set[str] = {"1.2.3.1", "1.2.3.2"}
+
+    def flaky(row: dict[str, Any], attrs: dict[str, str]) -> bool:
+        if row["sop_instance_uid"] in failing:
+            raise StoreError("database is locked")
+        return record(row, attrs)
+
+    monkeypatch.setattr(index, "record", flaky)
+    t0 = utcnow()
+    assert index.record_acknowledged(_row(1, "9.1", "CT", t0), {}) == []  # never raises
+    assert index.record_acknowledged(_row(2, "9.2", "CT", t0), {}) == []
+    assert index.owed == 2
+    # the next row is committed even though the owed ones fail again
+    assert index.record_acknowledged(_row(3, "9.3", "CT", t0), {}) == ["9.3"]
+    failing.discard("1.2.3.2")  # row 2 heals; row 1 still fails: it goes to the back
+    with pytest.raises(StoreError):
+        index.retry_owed()
+    assert index.owed == 1 and index.is_stored("1.2.3.2")
+    failing.clear()
+    assert index.retry_owed() == ["9.1"] and index.owed == 0
+    index.close()

@@ -91,6 +91,9 @@ class InstanceIndex:
         marks = ", ".join("?" for _ in self._inst_cols)
         self._insert_sql = f"INSERT INTO instance ({names}) VALUES ({marks})"
         self._study_sql = f"SELECT {', '.join(_STUDY_READ)} FROM study WHERE study_uid = ?"
+        # Rows of acknowledged instances whose commit failed (see record_acknowledged).
+        self._owed: list[tuple[dict[str, Any], dict[str, str]]] = []
+        self._owed_lock = threading.Lock()
 
     # ------------------------------------------------------------------ connection
 
@@ -213,6 +216,63 @@ class InstanceIndex:
         except BaseException:
             raw.rollback()
             raise
+
+    # ------------------------------------------------------------------ rows owed
+
+    def record_acknowledged(self, row: dict[str, Any], study_attrs: dict[str, str]) -> list[str]:
+        """:meth:`record` for an instance already answered Success (its file is durable).
+        Never raises: a commit that fails is logged and the row kept, to be retried first by
+        the next call and by :meth:`retry_owed` (the start-up recovery indexes it after a
+        crash). Returns the Study UIDs of the instances newly indexed by this call (this one,
+        and any owed rows that went through)."""
+        studies: list[str] = []
+        if self._owed:
+            try:
+                studies += self.retry_owed()
+            except StoreError as exc:  # this row still gets its own try
+                log.debug("retrying owed index rows: %s", exc)
+        try:
+            if self.record(row, study_attrs):
+                studies.append(row["study_uid"])
+        except StoreError as exc:
+            try:  # a commit can fail after it took effect: then the row is there
+                if self.is_stored(row["sop_instance_uid"]):
+                    return [*studies, row["study_uid"]]
+            except StoreError:
+                pass
+            with self._owed_lock:
+                self._owed.append((row, study_attrs))
+            log.error(
+                "instance %s stored in %s (acknowledged) but not indexed: %s; retried with the "
+                "next instance, when an association ends, at stop, and by the start-up recovery",
+                row["sop_instance_uid"],
+                row["path"],
+                exc,
+            )
+        return studies
+
+    @property
+    def owed(self) -> int:
+        """How many acknowledged instances wait for their index row."""
+        return len(self._owed)
+
+    def retry_owed(self) -> list[str]:
+        """Commit the owed rows; returns the Study UIDs of those newly indexed. Raises
+        :class:`StoreError` at the first that fails again, which goes to the back of the list
+        (one bad row cannot hold up the rest for ever)."""
+        studies: list[str] = []
+        with self._owed_lock:
+            for _ in range(len(self._owed)):
+                row, study_attrs = self._owed.pop(0)
+                try:
+                    new = self.record(row, study_attrs)
+                except StoreError:
+                    self._owed.append((row, study_attrs))
+                    raise
+                log.warning("instance %s indexed on retry", row["sop_instance_uid"])
+                if new:
+                    studies.append(row["study_uid"])
+        return studies
 
     # ------------------------------------------------------------------ recovery
 

@@ -163,11 +163,6 @@ class DicomListener:
         self._allowed = _parse_allowlist(settings.dicom_allowed_peers)
         self._low_disk = False
         self.incoming = incoming_dir(self.data_dir)
-        # Rows whose commit failed after their Success (the file is durable): retried before
-        # the next row, when an association ends, and at stop; the start-up recovery indexes
-        # them after a crash.
-        self._unindexed: list[tuple[dict[str, Any], dict[str, str]]] = []
-        self._unindexed_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -242,14 +237,7 @@ class DicomListener:
         server, self._server = self._server, None
         if server is not None:
             server.stop()
-        try:
-            self._retry_unindexed()
-        except StoreError as exc:
-            log.error(
-                "%d stored instance(s) still not indexed (%s): the start-up recovery indexes them",
-                len(self._unindexed),
-                exc,
-            )
+        self._retry_owed("the start-up recovery indexes them")
         self.index.close()
 
     @property
@@ -429,64 +417,28 @@ class DicomListener:
         return write_instance_file(path, (head, body))
 
     def _index(self, row: dict[str, Any], study_attrs: dict[str, str]) -> None:
-        """After the Success: commit the instance's index row, release its SOP Instance UID,
-        tell business logic. A failed commit is kept and retried (the file is durable)."""
-        sop_uid = row["sop_instance_uid"]
+        """After the Success: commit the instance's index row (a failed commit is owed and
+        retried: the file is durable), release its SOP Instance UID, tell business logic."""
         try:
-            new = self._record(row, study_attrs)
+            studies = self.index.record_acknowledged(row, study_attrs)
         finally:
-            self._release(sop_uid)
-        if new:
-            self._notify(row["study_uid"])
-
-    def _record(self, row: dict[str, Any], study_attrs: dict[str, str]) -> bool:
-        if self._unindexed:
-            try:
-                self._retry_unindexed()
-            except StoreError as exc:  # this row still gets its own try
-                log.debug("retrying unindexed rows: %s", exc)
-        try:
-            return self.index.record(row, study_attrs)
-        except StoreError as exc:
-            try:  # a commit can fail after it took effect: then the row is there
-                if self.index.is_stored(row["sop_instance_uid"]):
-                    return True
-            except StoreError:
-                pass
-            with self._unindexed_lock:
-                self._unindexed.append((row, study_attrs))
-            log.error(
-                "instance %s stored in %s (acknowledged) but not indexed: %s; retried with the "
-                "next instance, when an association ends, at stop, and by the start-up recovery",
-                row["sop_instance_uid"],
-                row["path"],
-                exc,
-            )
-            return False
-
-    def _retry_unindexed(self) -> None:
-        """Commit the rows whose commit failed earlier. Raises StoreError at the first that
-        fails again, which goes to the back of the list (one bad row cannot hold up the rest
-        for ever)."""
-        with self._unindexed_lock:
-            for _ in range(len(self._unindexed)):
-                row, study_attrs = self._unindexed.pop(0)
-                try:
-                    new = self.index.record(row, study_attrs)
-                except StoreError:
-                    self._unindexed.append((row, study_attrs))
-                    raise
-                log.warning("instance %s indexed on retry", row["sop_instance_uid"])
-                if new:
-                    self._notify(row["study_uid"])
+            self._release(row["sop_instance_uid"])
+        for study_uid in studies:
+            self._notify(study_uid)
 
     def _closed(self, peer: Peer, how: str) -> None:
         _on_closed(peer, how)
-        if self._unindexed:
-            try:
-                self._retry_unindexed()
-            except StoreError as exc:
-                log.error("%d stored instance(s) still not indexed: %s", len(self._unindexed), exc)
+        if self.index.owed:
+            self._retry_owed("retried with the next instance")
+
+    def _retry_owed(self, then: str) -> None:
+        try:
+            studies = self.index.retry_owed()
+        except StoreError as exc:
+            log.error("%d stored instance(s) not indexed yet (%s): %s", self.index.owed, exc, then)
+            return
+        for study_uid in studies:
+            self._notify(study_uid)
 
     def _notify(self, study_uid: str) -> None:
         if self.on_instance is not None:
