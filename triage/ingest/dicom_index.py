@@ -6,8 +6,10 @@ What "Success" means:
    :mod:`triage.ingest.dicom_stream`), renamed to its final name, fsynced, its directory
    fsynced;
 2. right after the response, before the association reads its next PDU, the index row is
-   committed (this module), visible to every reader at once. A crash in between leaves a
-   durable file without a row: the recovery below indexes it.
+   committed (this module, :meth:`InstanceIndex.record_acknowledged`), visible to every
+   reader at once. A crash in between leaves a durable file without a row: the recovery
+   below indexes it. A commit that fails while the engine runs is *owed*: kept and retried
+   (:meth:`InstanceIndex.retry_owed`); an acknowledged file is never removed.
 
 On SQLite the index connection commits with ``synchronous=NORMAL`` (WAL): a commit is in the
 WAL file, so it survives the engine being killed (SIGKILL, OOM, crash), but not necessarily
