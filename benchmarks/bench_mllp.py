@@ -208,7 +208,7 @@ def steps(n: int) -> None:
     (``time.thread_time``: what other processes do on the machine does not count)."""
     from triage.config import Settings
     from triage.hl7.inbound import decode_payload, evaluate
-    from triage.ingest.hl7_listener import MessageStore
+    from triage.ingest.hl7_store import MessageStore
     from triage.store.db import Database
 
     payloads = [orm(i) for i in range(n + 8)]

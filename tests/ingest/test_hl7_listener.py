@@ -20,8 +20,10 @@ from triage.config import Settings
 from triage.errors import StoreError
 from triage.hl7.ack import read_ack
 from triage.hl7.client import MLLPConnection, send_and_check
+from triage.hl7.inbound import decode_message
 from triage.hl7.mllp import MLLPDecoder, frame
-from triage.ingest.hl7_listener import HL7Listener, MessageStore, decode_message
+from triage.ingest.hl7_listener import HL7Listener
+from triage.ingest.hl7_store import MessageStore
 from triage.store.db import Database
 from triage.store.models import HL7Message, Order
 

@@ -78,7 +78,7 @@ def split_messages(data: bytes) -> list[bytes]:
 
 def _mapping(args: argparse.Namespace, settings: Settings) -> Any:
     from triage.hl7.mapping import load_mapping_or_defaults
-    from triage.ingest.hl7_listener import mapping_for
+    from triage.ingest.hl7_store import mapping_for
 
     if args.mapping:
         return load_mapping_or_defaults(args.mapping, required=True)
@@ -183,7 +183,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from triage.ingest.hl7_listener import MessageStore
+    from triage.ingest.hl7_store import MessageStore
     from triage.store.db import Database
 
     since = _since(args.since)
