@@ -1,4 +1,6 @@
-"""Unit tests of the ingest file rules: safe paths, durable writes, encoding check, indexing."""
+"""Unit tests of the ingest file rules: safe paths, encoding check, indexing, file meta.
+
+Durable writes are tested in tests/store/test_durable.py."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import io
 import os
 import re
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -33,7 +34,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from triage.errors import DicomIngestError, StoreError
+from triage.errors import DicomIngestError
 from triage.ingest import dicom_files
 from triage.ingest.dicom_files import (
     RawHeader,
@@ -48,8 +49,6 @@ from triage.ingest.dicom_files import (
     read_instance_file,
     safe_instance_path,
     scan_dataset,
-    write_durably,
-    write_instance_file,
 )
 from triage.synth import write_head_ct
 
@@ -112,66 +111,6 @@ def test_safe_path_is_deterministic_and_distinct(tmp_path: Path) -> None:
     assert a == safe_instance_path(tmp_path, "../a", "1.2", "1.3")
     assert a != safe_instance_path(tmp_path, "../b", "1.2", "1.3")
     assert a != safe_instance_path(tmp_path, "1.2", "1.2", "1.3")
-
-
-# --------------------------------------------------------------------------- durable writes
-
-
-def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
-
-
-def test_write_bytes_and_chunks(tmp_path: Path) -> None:
-    target = tmp_path / "a" / "b" / "x.dcm"
-    assert write_durably(target, b"hello") == 5
-    assert target.read_bytes() == b"hello"
-    assert write_durably(target, [b"new ", memoryview(b"content")]) == 11
-    assert target.read_bytes() == b"new content"
-    assert _leftovers(target.parent) == ["x.dcm"]
-
-
-def test_failing_chunks_leave_old_file_and_no_temp(tmp_path: Path) -> None:
-    target = tmp_path / "x.dcm"
-    write_durably(target, b"old")
-
-    def chunks() -> Iterator[bytes]:
-        yield b"partial"
-        raise ValueError("peer went away")
-
-    with pytest.raises(ValueError, match="peer went away"):
-        write_durably(target, chunks())
-    assert target.read_bytes() == b"old"
-    assert _leftovers(tmp_path) == ["x.dcm"]
-
-
-def test_fsync_failure_raises_store_error_and_cleans_up(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def broken_fsync(_fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
-    target = tmp_path / "d" / "x.dcm"
-    target.parent.mkdir()
-    monkeypatch.setattr(dicom_files.os, "fsync", broken_fsync)
-    with pytest.raises(StoreError, match="cannot write"):
-        write_durably(target, b"data")
-    assert _leftovers(target.parent) == []
-
-
-def test_unwritable_directory_raises_store_error(tmp_path: Path) -> None:
-    (tmp_path / "blocker").write_text("a file, not a folder")
-    with pytest.raises(StoreError):
-        write_durably(tmp_path / "blocker" / "x.dcm", b"data")
-
-
-def test_replace_failure_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_replace(_src: object, _dst: object) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(dicom_files.os, "replace", broken_replace)
-    with pytest.raises(StoreError, match="No space"):
-        write_durably(tmp_path / "x.dcm", b"data")
-    assert _leftovers(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- encoding
@@ -503,35 +442,6 @@ def test_encoded_file_meta_reads_back(ct_slice: Dataset, tmp_path: Path) -> None
     assert meta.SourceApplicationEntityTitle == "CT_SCANNER_1"
     assert meta.ImplementationVersionName == "TRIAGE"
     assert meta.FileMetaInformationGroupLength == len(head) - 144
-
-
-def test_write_instance_file(tmp_path: Path) -> None:
-    target = tmp_path / "a" / "b" / "x.dcm"
-    assert write_instance_file(target, [b"head", memoryview(b"-body" * 1000)]) == 5004
-    assert target.read_bytes() == b"head" + b"-body" * 1000
-    assert _leftovers(target.parent) == ["x.dcm"]
-
-
-def test_write_instance_file_fsync_failure_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def broken_fsync(_fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(dicom_files.os, "fsync", broken_fsync)
-    with pytest.raises(StoreError, match="Input/output"):
-        write_instance_file(tmp_path / "x.dcm", [b"data"])
-    assert _leftovers(tmp_path) == []  # neither the temp file nor the renamed one
-
-
-def test_write_instance_file_failing_chunks_leave_nothing(tmp_path: Path) -> None:
-    def chunks() -> Iterator[bytes]:
-        yield b"part"
-        raise ValueError("peer went away")
-
-    with pytest.raises(ValueError, match="peer went away"):
-        write_instance_file(tmp_path / "x.dcm", chunks())
-    assert _leftovers(tmp_path) == []
 
 
 def test_read_instance_file_round_trip_and_truncation(ct_slice: Dataset, tmp_path: Path) -> None:

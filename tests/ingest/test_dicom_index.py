@@ -19,11 +19,11 @@ from triage.ingest.dicom_files import (
     encode_file_meta,
     index_instance,
     safe_instance_path,
-    write_instance_file,
 )
 from triage.ingest.dicom_index import InstanceIndex
 from triage.store import repo
 from triage.store.db import Database
+from triage.store.durable import write_instance_file
 from triage.store.models import Instance, Study, StudyState, utcnow
 from triage.synth import write_head_ct
 

@@ -19,7 +19,6 @@ font is a 5x7 bitmap drawn in this module.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import zlib
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from triage.store.durable import write_durably
 
 DISCLAIMER = "AI triage aid - synthetic-phantom-trained model - not for clinical use"
 KEY_IMAGE_DIR = "keyimages"
@@ -316,18 +317,12 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 def store_key_image(data_dir: Path, study_uid: str, name: str, png: bytes) -> str:
     """Write ``png`` durably under ``data_dir/keyimages/<study>/<name>.png``; return the path
-    relative to ``data_dir`` (what the Finding stores)."""
+    relative to ``data_dir`` (what the Finding stores). Raises :class:`StoreError` (nothing
+    left behind)."""
     study = _SAFE.sub("_", study_uid)[:80].lstrip(".") or "unknown"  # never "." or ".."
     stem = _SAFE.sub("_", name)[:80].lstrip(".") or "key"
     rel = Path(KEY_IMAGE_DIR) / study / f"{stem}.png"
-    target = data_dir / rel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(png)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(target)
+    write_durably(data_dir / rel, png)
     return rel.as_posix()
 
 

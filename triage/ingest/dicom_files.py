@@ -4,8 +4,7 @@ Plain functions, no networking, so the Storage SCP stays thin and each rule is u
 
 - :func:`safe_instance_path`: ``<data_dir>/dicom/<study>/<series>/<sop>.dcm``, and never a path
   outside ``data_dir`` whatever the peer put in the UIDs.
-- :func:`write_durably`: temp file + fsync + atomic rename + directory fsync, so a file we
-  acknowledged survives power loss and a failed write leaves nothing behind.
+- how files are made durable is :mod:`triage.store.durable`.
 - :func:`check_encoding`: a structural walk of an encoded data set; pydicom itself is lenient
   and reads garbage as a handful of odd elements, so "can this be decoded" is decided here.
 - :func:`read_header` / :func:`index_instance`: decode only the header and pull out the
@@ -14,7 +13,6 @@ Plain functions, no networking, so the Storage SCP stays thin and each rule is u
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
@@ -22,9 +20,7 @@ import math
 import os
 import re
 import struct
-import tempfile
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -55,7 +51,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from triage.errors import DicomIngestError, StoreError
+from triage.errors import DicomIngestError
 
 DICOM_SUBDIR = "dicom"
 #: Our Implementation Class UID (file meta, A-ASSOCIATE-AC): a fixed UUID-derived UID (PS3.5 B.2).
@@ -103,128 +99,6 @@ def safe_instance_path(data_dir: Path, study_uid: str, series_uid: str, sop_uid:
     if os.path.commonpath([base, os.path.abspath(path)]) != base:  # pragma: no cover
         raise DicomIngestError(DicomIngestError.CANNOT_UNDERSTAND, "unsafe instance path")
     return path
-
-
-# ---------------------------------------------------------------------------- durable writes
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_dirs_durably(directory: Path) -> None:
-    """``mkdir -p`` that also fsyncs the parent of every directory it creates, so the new
-    directory entries themselves survive a crash."""
-    missing: list[Path] = []
-    d = directory
-    while not d.exists():
-        missing.append(d)
-        d = d.parent
-    for new in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # created concurrently: fine
-            new.mkdir()
-        fsync_dir(new.parent)
-
-
-def write_durably(path: Path, data: bytes | Iterable[bytes | memoryview]) -> int:
-    """Write ``data`` (bytes, or an iterable of byte chunks) to ``path`` atomically and durably.
-
-    The bytes go to a temp file in the same directory, which is flushed, fsynced and renamed
-    over ``path`` (``os.replace``), then the directory is fsynced. Readers see the old file or
-    the complete new one, never a partial one. On any error the temp file is removed and
-    :class:`StoreError` is raised (errors raised by the ``data`` iterable itself propagate
-    unchanged, after the same clean-up). Returns the number of bytes written.
-    """
-    path = Path(path)
-    try:
-        make_dirs_durably(path.parent)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise StoreError(f"cannot create {path.parent}: {exc}") from exc
-    tmp = Path(tmp_name)
-    size = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in [data] if isinstance(data, bytes | bytearray | memoryview) else data:
-                size += f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise StoreError(f"cannot write {path}: {exc}") from exc
-        raise
-    return size
-
-
-def write_instance_file(path: Path, chunks: Iterable[bytes | memoryview]) -> int:
-    """Write a received instance to ``path`` durably, with one disk-cache flush where the
-    file system allows it. Returns the number of bytes written; raises :class:`StoreError`
-    (nothing is left behind: neither the temp file nor ``path``).
-
-    The bytes go to a temp file in the same directory, which is renamed to ``path`` and only
-    then fsynced, followed by the directory. Every byte is written before the rename, so a
-    reader never sees a partial file; the order differs from :func:`write_durably` (fsync,
-    then rename) only in what a power cut in the middle can leave: a file under its final
-    name whose blocks were not flushed. Such a file was never acknowledged nor indexed, and
-    the start-up recovery (:meth:`triage.ingest.dicom_index.InstanceIndex.recover`) checks
-    every unindexed file and removes it. The gain: on ext4 the file's fsync commits the rename
-    in the same journal transaction, so the directory fsync is left with a cache flush
-    (~0.1 ms here), where fsync-then-rename pays two journal commits (measured:
-    docs/performance.md).
-
-    ``path`` must not be written concurrently by another thread (the SCP serialises per SOP
-    Instance UID).
-    """
-    path = Path(path)
-    try:
-        make_dirs_durably(path.parent)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise StoreError(f"cannot create {path.parent}: {exc}") from exc
-    size = 0
-    try:
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B")
-            while view:
-                n = os.write(fd, view)
-                size += n
-                view = view[n:]
-    except BaseException as exc:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        if isinstance(exc, OSError):
-            raise StoreError(f"cannot write {path}: {exc}") from exc
-        raise
-    publish_file(fd, Path(tmp_name), path)
-    return size
-
-
-def publish_file(fd: int, written: Path, path: Path) -> None:
-    """Give the complete temp file ``written`` (open as ``fd``, closed here) its final name
-    ``path`` in an existing folder, then fsync it and the folder: on ext4 the file's fsync
-    commits the rename in the same journal transaction. Raises :class:`StoreError`; nothing
-    is left under either name."""
-    try:
-        try:
-            os.replace(written, path)
-            written = path
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(path.parent)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            written.unlink()
-        raise StoreError(f"cannot write {path}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------- decoding

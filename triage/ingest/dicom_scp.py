@@ -86,7 +86,6 @@ from triage.ingest.dicom_files import (
     read_header,
     safe_instance_path,
     scan_dataset,
-    write_instance_file,
 )
 from triage.ingest.dicom_index import InstanceIndex
 from triage.ingest.dicom_stream import IncomingFile, clear_incoming, incoming_dir
@@ -103,6 +102,7 @@ from triage.ingest.dicom_ul import (
     UpperLayerServer,
 )
 from triage.store.db import Database
+from triage.store.durable import write_instance_file
 from triage.store.models import utcnow
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ removes it at start-up.
 
 Nothing here is needed for correctness: a file that fails to write, or whose command does not
 match its data set, is discarded and the instance written from memory as before
-(:func:`~triage.ingest.dicom_files.write_instance_file`).
+(:func:`~triage.store.durable.write_instance_file`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from triage.errors import StoreError
-from triage.ingest.dicom_files import make_dirs_durably, publish_file
+from triage.store.durable import make_dirs_durably, publish_file
 
 log = logging.getLogger(__name__)
 
