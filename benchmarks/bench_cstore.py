@@ -268,16 +268,10 @@ def run_bare(work: Path, files: list[Path], associations: int) -> float:
     return elapsed
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def floor(work: Path, files: list[Path], rename_first: bool) -> float:
     """Write each file durably from one process; seconds for all."""
+    from triage.store.durable import fsync_dir
+
     data = [f.read_bytes() for f in files]
     out = work / "floor"
     shutil.rmtree(out, ignore_errors=True)
@@ -296,7 +290,7 @@ def floor(work: Path, files: list[Path], rename_first: bool) -> float:
                 os.replace(tmp, final)
         finally:
             os.close(fd)
-        _fsync_dir(out)
+        fsync_dir(out)
     return time.perf_counter() - start
 
 

@@ -43,6 +43,16 @@ def make_dirs_durably(directory: Path) -> None:
         fsync_dir(new.parent)
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new temp file (fd, name) in ``path``'s folder, created durably if missing; named
+    ``.<name>.*.tmp`` (the start-up recovery removes leftovers). Raises StoreError."""
+    try:
+        make_dirs_durably(path.parent)
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise StoreError(f"cannot create {path.parent}: {exc}") from exc
+
+
 def write_durably(path: Path, data: bytes | Iterable[bytes | memoryview]) -> int:
     """Write ``data`` (bytes, or an iterable of byte chunks) to ``path`` atomically and durably.
 
@@ -53,11 +63,7 @@ def write_durably(path: Path, data: bytes | Iterable[bytes | memoryview]) -> int
     unchanged, after the same clean-up). Returns the number of bytes written.
     """
     path = Path(path)
-    try:
-        make_dirs_durably(path.parent)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise StoreError(f"cannot create {path.parent}: {exc}") from exc
+    fd, tmp_name = _temp_beside(path)
     tmp = Path(tmp_name)
     size = 0
     try:
@@ -97,11 +103,7 @@ def write_instance_file(path: Path, chunks: Iterable[bytes | memoryview]) -> int
     Instance UID).
     """
     path = Path(path)
-    try:
-        make_dirs_durably(path.parent)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise StoreError(f"cannot create {path.parent}: {exc}") from exc
+    fd, tmp_name = _temp_beside(path)
     size = 0
     try:
         for chunk in chunks:
