@@ -418,6 +418,7 @@ def test_commit_failing_until_stop_is_indexed_at_next_start(
 
 
 def test_disk_failure_answers_a700(scp: Running, tmp_path: Path) -> None:
+    (scp.data_dir / "dicom").rmdir()  # made at start; now a file where the folder should be
     (scp.data_dir / "dicom").write_text("a file where the folder should be")
     assert client_store(scp, [_slice(tmp_path)]) == [0xA700]
     assert instances(scp) == []
@@ -990,3 +991,30 @@ def test_a_streamed_file_that_cannot_be_placed_is_written_from_memory(
     assert pydicom.dcmread(stored).SOPInstanceUID == ds.SOPInstanceUID
     assert list((scp.data_dir / ".incoming").iterdir()) == []
     assert tried == [stored]  # the streamed file was tried first
+
+
+def test_incoming_folder_on_another_file_system_writes_when_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Decided once at start: no streamed write (each would fail its rename), one warning."""
+    monkeypatch.setattr(dicom_scp, "same_file_system", lambda _a, _b: False)
+    opened: list[str] = []
+
+    class Counting(IncomingFile):
+        def __init__(self, *args: Any) -> None:
+            opened.append(args[3])
+            super().__init__(*args)
+
+    monkeypatch.setattr(dicom_scp, "IncomingFile", Counting)
+    for run in _listener(tmp_path):
+        assert client_store(run, [_slice(tmp_path, 57), _slice(tmp_path, 58)]) == [0, 0]
+        assert len(instances(run)) == 2 and opened == []
+    assert "different file systems" in caplog.text
+    assert caplog.text.count("different file systems") == 1
+
+
+def test_same_file_system_compares_devices(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert dicom_scp.same_file_system(tmp_path / "a", tmp_path / "b")
+    assert not dicom_scp.same_file_system(tmp_path, Path("/proc"))

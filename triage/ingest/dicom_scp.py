@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -75,6 +76,7 @@ from pynetdicom import StoragePresentationContexts
 from triage.config import Settings
 from triage.errors import ConfigError, DicomIngestError, StoreError
 from triage.ingest.dicom_files import (
+    DICOM_SUBDIR,
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     InstanceFields,
@@ -163,6 +165,7 @@ class DicomListener:
         self._allowed = _parse_allowlist(settings.dicom_allowed_peers)
         self._low_disk = False
         self.incoming = incoming_dir(self.data_dir)
+        self._streaming = False  # decided at start (see _can_stream)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -195,10 +198,7 @@ class DicomListener:
             raise RuntimeError("DicomListener already started")
         report = self.index.recover(self.data_dir)
         report.removed += clear_incoming(self.data_dir)
-        try:
-            self.incoming.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # every store then writes from memory; the disk check decides
-            log.error("cannot create %s: %s", self.incoming, exc)
+        self._streaming = self._can_stream()
         if report.indexed or report.removed:
             log.warning("DICOM start-up recovery: %s", report)
         else:
@@ -231,6 +231,27 @@ class DicomListener:
         self._server = server
         log.info("DICOM SCP %s listening on %s:%s", self.settings.dicom_ae_title, host, port)
         return host, port
+
+    def _can_stream(self) -> bool:
+        """Whether instances can be written while they arrive: the incoming folder must exist
+        on the same file system as the instance folders (else each would be renamed in vain
+        and written again from memory)."""
+        instances = self.data_dir / DICOM_SUBDIR
+        try:
+            self.incoming.mkdir(parents=True, exist_ok=True)
+            instances.mkdir(parents=True, exist_ok=True)
+            same = same_file_system(self.incoming, instances)
+        except OSError as exc:  # every store writes from memory; the disk check decides
+            log.error("cannot prepare %s: %s; instances are written when complete", instances, exc)
+            return False
+        if not same:
+            log.warning(
+                "%s and %s are on different file systems: instances are written when complete, "
+                "not while they arrive (slower; keep data_dir on one file system)",
+                self.incoming,
+                instances,
+            )
+        return same
 
     def stop(self) -> None:
         """Abort open associations, stop listening and close the socket. Idempotent."""
@@ -279,7 +300,9 @@ class DicomListener:
         a deflated data set, a transfer syntax we cannot decode, a low disk, a command without
         UIDs, or an instance stored already (a re-send writes nothing)."""
         ts = start.transfer_syntax
-        if ts == DeflatedExplicitVRLittleEndian or not decoder_available(ts) or self._low_disk:
+        if not self._streaming or self._low_disk:
+            return None
+        if ts == DeflatedExplicitVRLittleEndian or not decoder_available(ts):
             return None
         if not start.sop_class_uid or not start.sop_instance_uid:
             return None
@@ -498,6 +521,11 @@ def _on_closed(peer: Peer, how: str) -> None:
             peer.calling_ae,
             why,
         )
+
+
+def same_file_system(a: Path, b: Path) -> bool:
+    """Whether two existing folders are on one file system (a rename between them works)."""
+    return os.stat(a).st_dev == os.stat(b).st_dev
 
 
 def disk_free_bytes(path: Path) -> int:
