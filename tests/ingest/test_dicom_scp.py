@@ -951,11 +951,8 @@ def test_leftovers_of_a_crash_are_cleared_at_start(tmp_path: Path) -> None:
         assert list((run.data_dir / ".incoming").iterdir()) == []
 
 
-def test_a_re_sent_instance_is_not_written_again(
-    scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ds = _slice(tmp_path, 54)
-    assert client_store(scp, [ds]) == [0x0000]
+def _count_streamed_files(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SOP Instance UIDs the listener opens a streamed file for, from now on."""
     opened: list[str] = []
 
     class Counting(IncomingFile):
@@ -964,6 +961,15 @@ def test_a_re_sent_instance_is_not_written_again(
             super().__init__(*args)
 
     monkeypatch.setattr(dicom_scp, "IncomingFile", Counting)
+    return opened
+
+
+def test_a_re_sent_instance_is_not_written_again(
+    scp: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = _slice(tmp_path, 54)
+    assert client_store(scp, [ds]) == [0x0000]
+    opened = _count_streamed_files(monkeypatch)
     other = _slice(tmp_path, 55)
     assert client_store(scp, [ds, other]) == [0x0000, 0x0000]
     assert opened == [other.SOPInstanceUID]  # the copy streamed nowhere
@@ -998,14 +1004,7 @@ def test_incoming_folder_on_another_file_system_writes_when_complete(
 ) -> None:
     """Decided once at start: no streamed write (each would fail its rename), one warning."""
     monkeypatch.setattr(dicom_scp, "same_file_system", lambda _a, _b: False)
-    opened: list[str] = []
-
-    class Counting(IncomingFile):
-        def __init__(self, *args: Any) -> None:
-            opened.append(args[3])
-            super().__init__(*args)
-
-    monkeypatch.setattr(dicom_scp, "IncomingFile", Counting)
+    opened = _count_streamed_files(monkeypatch)
     for run in _listener(tmp_path):
         assert client_store(run, [_slice(tmp_path, 57), _slice(tmp_path, 58)]) == [0, 0]
         assert len(instances(run)) == 2 and opened == []
