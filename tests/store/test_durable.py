@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +97,14 @@ def test_write_instance_file_failing_chunks_leave_nothing(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="peer went away"):
         write_instance_file(tmp_path / "x.dcm", chunks())
     assert _leftovers(tmp_path) == []
+
+
+def test_write_all_writes_every_byte_of_many_small_and_empty_chunks(tmp_path: Path) -> None:
+    chunks = [bytes([i % 251]) * (i % 5) for i in range(3 * durable.WRITEV_MAX + 7)]
+    chunks.append(memoryview(b"tail"))
+    fd = os.open(tmp_path / "x", os.O_WRONLY | os.O_CREAT)
+    try:
+        assert durable.write_all(fd, chunks) == sum(len(c) for c in chunks)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "x").read_bytes() == b"".join(bytes(c) for c in chunks)

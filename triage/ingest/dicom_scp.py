@@ -104,7 +104,7 @@ from triage.ingest.dicom_ul import (
     UpperLayerServer,
 )
 from triage.store.db import Database
-from triage.store.durable import write_instance_file
+from triage.store.durable import make_dirs_durably, write_instance_file
 from triage.store.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ class DicomListener:
         instances = self.data_dir / DICOM_SUBDIR
         try:
             self.incoming.mkdir(parents=True, exist_ok=True)
-            instances.mkdir(parents=True, exist_ok=True)
+            make_dirs_durably(instances)  # instance files will live under it
             same = same_file_system(self.incoming, instances)
         except OSError as exc:  # every store writes from memory; the disk check decides
             log.error("cannot prepare %s: %s; instances are written when complete", instances, exc)

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from triage.errors import StoreError
+from triage.store.durable import write_all
 
 #: What a complete data set is handed over as: both support ``memoryview``.
 DataSetBuffer = bytearray | mmap.mmap
@@ -47,9 +48,8 @@ class Spool:
             if self._file is None:
                 self._file = self._open()
                 chunks, self._chunks = self._chunks, []
-                for chunk in chunks:
-                    _write_all(self._file, chunk)
-            _write_all(self._file, fragment)
+                write_all(self._file, chunks)
+            write_all(self._file, [fragment])
         except OSError as exc:
             self.close()
             raise StoreError(
@@ -93,9 +93,3 @@ class Spool:
         if self._file is not None:
             os.close(self._file)
             self._file = None
-
-
-def _write_all(fd: int, data: bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

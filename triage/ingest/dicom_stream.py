@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from triage.errors import StoreError
-from triage.store.durable import make_dirs_durably, publish_file
+from triage.store.durable import make_dirs_durably, publish_file, write_all
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ class IncomingFile:
 
     @property
     def usable(self) -> bool:
-        return self._fd is not None and self.failed is None
+        """Open and not failed (a failure closes and removes the file)."""
+        return self._fd is not None
 
     def add(self, fragment: bytearray) -> None:
         """Append a data set fragment (the caller keeps it unchanged until :meth:`finish`)."""
@@ -131,15 +132,7 @@ class IncomingFile:
         if fd is None:
             return
         try:
-            views = [memoryview(c) for c in chunks if c]
-            while views:
-                n = os.writev(fd, views)
-                self.size += n
-                while views and n >= len(views[0]):
-                    n -= len(views[0])
-                    views.pop(0)
-                if n:
-                    views[0] = views[0][n:]
+            self.size += write_all(fd, chunks)
         except OSError as exc:
             self.failed = f"cannot write {self._name}: {exc}"
             log.warning("streamed write abandoned: %s", self.failed)
@@ -150,17 +143,15 @@ class IncomingFile:
         size. Raises :class:`StoreError` (nothing left behind under either name)."""
         self._flush(start_write_back=False)
         fd = self._fd
-        if fd is None or self.failed is not None:
+        if fd is None:
             raise StoreError(self.failed or "streamed file already closed")
         path = Path(path)
-        self._fd = None
         try:
             make_dirs_durably(path.parent)
         except OSError as exc:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(self._name)
+            self.discard()
             raise StoreError(f"cannot create {path.parent}: {exc}") from exc
+        self._fd = None  # publish_file closes it and cleans up after itself
         publish_file(fd, Path(self._name), path)
         return self.size
 

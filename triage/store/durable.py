@@ -15,10 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from triage.errors import StoreError
+
+#: Buffers per ``writev`` call (the kernel refuses more than IOV_MAX, 1024 on Linux).
+WRITEV_MAX = 512
 
 
 def fsync_dir(directory: Path) -> None:
@@ -104,14 +107,8 @@ def write_instance_file(path: Path, chunks: Iterable[bytes | memoryview]) -> int
     """
     path = Path(path)
     fd, tmp_name = _temp_beside(path)
-    size = 0
     try:
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B")
-            while view:
-                n = os.write(fd, view)
-                size += n
-                view = view[n:]
+        size = write_all(fd, list(chunks))
     except BaseException as exc:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -120,6 +117,22 @@ def write_instance_file(path: Path, chunks: Iterable[bytes | memoryview]) -> int
             raise StoreError(f"cannot write {path}: {exc}") from exc
         raise
     publish_file(fd, Path(tmp_name), path)
+    return size
+
+
+def write_all(fd: int, chunks: Sequence[bytes | bytearray | memoryview]) -> int:
+    """Write every byte of ``chunks`` to ``fd`` at its offset (``writev`` of at most
+    :data:`WRITEV_MAX` buffers at a time, resumed after a short write); returns the number of
+    bytes written. Raises OSError."""
+    views = [view for c in chunks if (view := memoryview(c).cast("B"))]
+    size = 0
+    while views:
+        n = os.writev(fd, views[:WRITEV_MAX])
+        size += n
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if n:
+            views[0] = views[0][n:]
     return size
 
 
