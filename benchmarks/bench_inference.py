@@ -80,7 +80,7 @@ def instance_rows(files: list[Path]) -> list[Instance]:
 
 
 def make_inputs(model: str, n: int, work: Path) -> list[np.ndarray]:
-    shape = load_contract(MODELS / model / "config.pbtxt").input_shape
+    contract = load_contract(MODELS / model / "config.pbtxt")
     out = []
     for i in range(n):
         kw: dict[str, Any] = {"seed": 1000 + i, "patient_id": f"B{i}", "accession": f"B{i}"}
@@ -89,7 +89,7 @@ def make_inputs(model: str, n: int, work: Path) -> list[np.ndarray]:
             study = ct.write_head_ct(folder, hemorrhage=bool(i % 2), size=256, **kw)
         else:
             study = ct.write_ctpa(folder, embolus=bool(i % 2), size=256, **kw)
-        out.append(resample(load_volume(study.files), shape))
+        out.append(resample(load_volume(study.files), contract.input_shape, contract.z_resampling))
     return out
 
 
@@ -250,7 +250,7 @@ def bench_300(triton: LocalTriton, work: Path, repeats: int) -> None:
         marks.append(("series selection", time.perf_counter()))
         volume = load_volume([Path(r.path) for r in series])
         marks.append(("DICOM read + HU", time.perf_counter()))
-        grid = resample(volume, contract.input_shape)
+        grid = resample(volume, contract.input_shape, contract.z_resampling)
         marks.append(("resample", time.perf_counter()))
         check_input(InputLimits.from_parameters("ich", contract.parameters), series, volume, grid)
         marks.append(("input checks", time.perf_counter()))

@@ -118,7 +118,8 @@ def test_synthetic_dicom_studies_end_to_end(triton: LocalTriton, tmp_path: Path)
         for model, label, files in cases:
             series = select_series(instance_rows(files))
             volume = load_volume([Path(i.path) for i in series])
-            out = c.infer(model, resample(volume, c.contract(model).input_shape))
+            contract = c.contract(model)
+            out = c.infer(model, resample(volume, contract.input_shape, contract.z_resampling))
             assert out.model_name == model and out.slice_probabilities.shape == (64,)
             if out.positive != label:
                 wrong.append(f"{out.model_version}: label {label}, p={out.probability:.3f}")

@@ -110,6 +110,15 @@ def test_malformed_config_names_file_and_line(text: str, line: int, words: str) 
     assert str(info.value).startswith(f"models/x/config.pbtxt:{line}: ")
 
 
+def test_z_resampling_parameter() -> None:
+    assert parse_contract(GOOD).z_resampling == "linear"  # absent: the default
+    near = GOOD + 'parameters { key: "z_resampling" value: { string_value: "nearest" } }\n'
+    assert parse_contract(near).z_resampling == "nearest"
+    with pytest.raises(RulesError) as info:
+        parse_contract(near.replace('"nearest"', '"cubic"'), "models/x/config.pbtxt")
+    assert info.value.line == 14 and "linear, nearest" in str(info.value)
+
+
 def test_missing_threshold_and_unreadable_file(tmp_path: Path) -> None:
     text = "\n".join(ln for ln in GOOD.splitlines() if "threshold" not in ln)
     with pytest.raises(RulesError, match="threshold"):

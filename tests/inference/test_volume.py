@@ -18,6 +18,7 @@ from triage.inference.volume import (
     resample,
     select_series,
     z_sample_positions,
+    z_support,
 )
 from triage.ingest.dicom_files import index_instance
 from triage.store.models import Instance
@@ -271,3 +272,53 @@ def test_resample_on_the_grid_in_plane_only_interpolates_z() -> None:
         hu=hu, z_positions=np.arange(5.0), pixel_spacing=(1, 1), slice_thickness=1, series_uid="e"
     )
     assert np.array_equal(resample(even, (5, 8, 8)), hu)
+
+
+UNEVEN = np.array([0.0, 1.0, 5.0, 6.0, 20.0, 21.0, 22.0, 30.0])
+
+
+def test_resample_nearest_takes_acquired_slices_as_they_are() -> None:
+    rng = np.random.default_rng(8)
+    hu = rng.normal(0.0, 300.0, (len(UNEVEN), 16, 16)).astype(np.float32)
+    v = Volume(hu=hu, z_positions=UNEVEN, pixel_spacing=(1, 1), slice_thickness=1, series_uid="n")
+    out = resample(v, (10, 16, 16), "nearest")
+    for k, t in enumerate(z_sample_positions(v, 10)):  # 0, 3.3, 6.7, 10, ... 30 mm
+        gaps = np.abs(UNEVEN - t)
+        nearest = int(np.flatnonzero(gaps == gaps.min())[0])  # a tie goes to the lower slice
+        assert np.array_equal(out[k], hu[nearest]), k
+    # in plane: the same area average as linear
+    small = resample(v, (10, 4, 4), "nearest")
+    assert np.allclose(small, out.reshape(10, 4, 4, 4, 4).mean(axis=(2, 4)), atol=1e-3)
+    with pytest.raises(ValueError, match="linear, nearest"):
+        resample(v, (10, 4, 4), "cubic")
+
+
+def test_resample_nearest_reads_no_slice_twice_into_a_blend() -> None:
+    """A one-slice spike (a 1 mm clot in a 1 mm series, every ~3 mm on the model grid) is
+    either on the grid at full height or absent: never diluted, as linear dilutes it."""
+    z = np.arange(0.0, 200.0, 1.0)
+    hu = np.zeros((200, 2, 2), np.float32)
+    heights = {"linear": set(), "nearest": set()}
+    for i in range(1, 199):
+        hu[:] = 0.0
+        hu[i] = 100.0
+        v = Volume(hu=hu, z_positions=z, pixel_spacing=(1, 1), slice_thickness=1, series_uid="s")
+        for mode in heights:
+            heights[mode].add(round(float(resample(v, (64, 2, 2), mode).max()), 1))
+    assert heights["nearest"] == {0.0, 100.0}
+    assert len(heights["linear"]) > 10  # every height in between, depending on the phase
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+def test_z_support_is_all_resample_reads(mode: str) -> None:
+    """Resampling only the slices of z_support gives the same volume (the phantom generator
+    paints only those)."""
+    z = np.cumsum(np.random.default_rng(2).uniform(0.6, 2.6, 150))
+    hu = np.random.default_rng(4).normal(0.0, 200.0, (150, 4, 4)).astype(np.float32)
+    full = Volume(hu=hu, z_positions=z, pixel_spacing=(1, 1), slice_thickness=1, series_uid="f")
+    keep = z_support(z, 64, mode)
+    assert len(keep) < 150
+    part = Volume(
+        hu=hu[keep], z_positions=z[keep], pixel_spacing=(1, 1), slice_thickness=1, series_uid="p"
+    )
+    assert np.array_equal(resample(full, (64, 4, 4), mode), resample(part, (64, 4, 4), mode))

@@ -237,7 +237,9 @@ def test_in_memory_path_matches_dicom_path(spec: ct.PhantomSpec, tmp_path: Path)
     """Same spec and seed: the model-grid volume of the in-memory path agrees statistically
     with writing DICOM, loading it and resampling it as the engine does."""
     study = ct.write_study(tmp_path, spec, seed=21, patient_id="P", accession="A")
-    via_dicom = resample(load_volume(study.files), ct.model_shape(spec.task))
+    via_dicom = resample(
+        load_volume(study.files), ct.model_shape(spec.task), ct.z_resampling(spec.task)
+    )
     mem = ct.model_sample(spec, 21)
     a, b = via_dicom, mem.volume
     assert a.shape == b.shape
@@ -254,3 +256,24 @@ def test_in_memory_path_matches_dicom_path(spec: ct.PhantomSpec, tmp_path: Path)
     dicom_ml = dicom_ml * (spec.fov_mm / 512) ** 2 * spec.slice_thickness / 1000
     mem_ml = sum(les.volume_ml for les in mem.lesions)
     assert abs(dicom_ml - mem_ml) / mem_ml < 0.1
+
+
+@pytest.mark.parametrize("task", ["ich", "pe"])
+def test_in_memory_lesion_volume_counts_the_slices_it_did_not_paint(task: str) -> None:
+    """The in-memory path paints only the slices its resampling reads (a third of a 1 mm
+    series for pe); the lesion volume it reports is still that of the whole series."""
+    spec = ct.PhantomSpec(
+        task,  # type: ignore[arg-type]
+        True,
+        subtypes=("lobar",) if task == "pe" else ("intraparenchymal",),
+        n_slices=150,
+        slice_thickness=1.0,
+        fov_mm=360.0 if task == "pe" else 230.0,
+        noise_hu=8.0,
+    )
+    mem = ct.model_sample(spec, 31, shape=(64, 64, 64), supersample=2)
+    z_all = ct._z_positions(spec)
+    _, _, full = ct.render(spec, 31, ct._Grid.at(128, spec.fov_mm, z_all, spec.slice_thickness))
+    mem_ml, full_ml = (sum(les.volume_ml for les in x) for x in (mem.lesions, full))
+    assert full_ml > 0.1
+    assert abs(mem_ml - full_ml) / full_ml < 0.1, (mem_ml, full_ml)

@@ -81,7 +81,7 @@ class TritonAnalyzer:
         try:
             series = select_series(instances)
             volume = load_volume([self.data_dir / inst.path for inst in series])
-            tensor = resample(volume, contract.input_shape)
+            tensor = resample(volume, contract.input_shape, contract.z_resampling)
             check_input(
                 InputLimits.from_parameters(model, contract.parameters), series, volume, tensor
             )

@@ -9,7 +9,8 @@ tests cross-check the result against ``google.protobuf.text_format`` with triton
 
 Engine contract (see models/README.md): exactly one FP32 input with 3 positive dims (z, y, x; HU,
 inferior -> superior), outputs ``probability`` FP32 [1] and ``slice_probabilities`` FP32 [z], a
-``threshold`` parameter in [0, 1] (the operating point) and optionally a ``version`` parameter.
+``threshold`` parameter in [0, 1] (the operating point), optionally a ``version`` parameter and
+``z_resampling`` (``linear``, the default, or ``nearest``: how slices reach the input's z dims).
 Problems raise :class:`~triage.errors.RulesError` naming the file and line.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 from triage.errors import RulesError
 
 PROBABILITY = "probability"
+Z_RESAMPLING = ("linear", "nearest")  # triage.inference.volume.z_weights
 SLICE_PROBABILITIES = "slice_probabilities"
 
 
@@ -64,6 +66,12 @@ class ModelContract:
     @property
     def version(self) -> str:
         return self.parameters.get("version", "")
+
+    @property
+    def z_resampling(self) -> str:
+        """How slices are brought to the input's z dims: ``linear`` (default) or ``nearest``
+        (:func:`triage.inference.volume.z_weights`); the model was trained on one of them."""
+        return self.parameters.get("z_resampling", "linear")
 
     @property
     def description(self) -> str:
@@ -369,6 +377,13 @@ class _Builder:
             ) from None
         if not 0.0 <= t <= 1.0:
             raise self.fail(f"parameter 'threshold' must be within [0, 1], got {t}", where)
+        if c.z_resampling not in Z_RESAMPLING:
+            zline = plines.get("z_resampling")
+            raise self.fail(
+                f"parameter 'z_resampling' must be one of {', '.join(Z_RESAMPLING)}, "
+                f"got {c.z_resampling!r}",
+                _Scalar("", "ident", zline) if zline else None,
+            )
 
 
 def parse_contract(text: str, source: str = "<config.pbtxt>") -> ModelContract:

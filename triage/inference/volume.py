@@ -8,8 +8,9 @@
   projected on the slice normal (cross product of the ImageOrientationPatient vectors) - never by
   InstanceNumber - which is right for gantry tilt and uneven spacing, and converts stored values
   to Hounsfield units (slope/intercept; padding and values below -1024 become -1024).
-- :func:`resample` brings a volume to the model grid (default 64 x 128 x 128): linear along the
-  slice normal by physical position (uneven spacing handled), area-average in-plane. Slices stay
+- :func:`resample` brings a volume to the model grid (default 64 x 128 x 128): along the slice
+  normal by physical position (uneven spacing handled), linear or nearest slice as the model's
+  contract says, area-average in-plane. Slices stay
   in acquisition geometry (a tilted gantry is not de-sheared).
 
 Anything a model may not judge raises :class:`~triage.errors.NotAssessable` with a reason.
@@ -31,6 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from triage.errors import NotAssessable
+from triage.inference.contract import Z_RESAMPLING
 from triage.store.models import Instance
 
 log = logging.getLogger(__name__)
@@ -324,23 +326,56 @@ def z_sample_positions(volume: Volume, n: int) -> np.ndarray:
     return np.linspace(volume.z_positions[0], volume.z_positions[-1], n)
 
 
-def resample(volume: Volume, shape: tuple[int, int, int] = MODEL_SHAPE) -> np.ndarray:
+def z_support(z: np.ndarray, n: int, mode: str = "linear") -> np.ndarray:
+    """Indices of the slices at ``z`` that :func:`resample` reads for ``n`` model slices."""
+    z = np.asarray(z, dtype=np.float64)
+    if mode == "nearest":
+        return np.unique(_nearest(z, n))
+    return np.unique(np.concatenate(_linear(z, n)))
+
+
+def _nearest(z: np.ndarray, n: int) -> np.ndarray:
+    """The acquired slice nearest to each of ``n`` evenly spaced positions (ties: the lower).
+
+    A clot a few millimetres long keeps its own HU in the slices that cross it, where linear
+    interpolation blends it with the contrast-filled lumen of the next slice (pe's
+    ``z_resampling``; docs/models.md)."""
+    lower, upper = _linear(z, n)
+    targets = np.linspace(z[0], z[-1], n)
+    return np.where(targets - z[lower] <= z[upper] - targets, lower, upper)
+
+
+def _linear(z: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slices below and above each of ``n`` evenly spaced positions from z[0] to z[-1]."""
+    targets = np.linspace(z[0], z[-1], n)
+    upper = np.clip(np.searchsorted(z, targets, side="right"), 1, len(z) - 1)
+    return upper - 1, upper
+
+
+def resample(
+    volume: Volume, shape: tuple[int, int, int] = MODEL_SHAPE, z_mode: str = "linear"
+) -> np.ndarray:
     """``volume.hu`` on a [z, y, x] = ``shape`` grid, float32 HU, inferior -> superior.
 
-    Along z: linear interpolation at ``shape[0]`` evenly spaced physical positions between the
-    first and last slice (uneven spacing is handled by position, not index). In-plane: area
-    average (exact block means when shrinking 512 -> 128).
+    Along z: at ``shape[0]`` evenly spaced physical positions between the first and last
+    slice (uneven spacing is handled by position, not index), linear interpolation or the
+    nearest acquired slice as it is (``z_mode``, the model contract's ``z_resampling``).
+    In-plane: area average (exact block means when shrinking 512 -> 128).
     """
     nz, ny, nx = shape
     z = volume.z_positions
     if len(z) < 2 or volume.hu.shape[0] != len(z):
         raise NotAssessable("cannot resample fewer than 2 slices")
-    targets = z_sample_positions(volume, nz)
-    upper = np.clip(np.searchsorted(z, targets, side="right"), 1, len(z) - 1)
-    lower = upper - 1
-    w = ((targets - z[lower]) / (z[upper] - z[lower])).clip(0.0, 1.0).astype(np.float32)
+    if z_mode not in Z_RESAMPLING:
+        raise ValueError(f"z resampling is one of {', '.join(Z_RESAMPLING)}, not {z_mode!r}")
     hu = volume.hu
-    stack = hu[lower] * (1.0 - w)[:, None, None] + hu[upper] * w[:, None, None]
+    if z_mode == "linear":
+        targets = z_sample_positions(volume, nz)
+        lower, upper = _linear(z, nz)
+        w = ((targets - z[lower]) / (z[upper] - z[lower])).clip(0.0, 1.0).astype(np.float32)
+        stack = hu[lower] * (1.0 - w)[:, None, None] + hu[upper] * w[:, None, None]
+    else:
+        stack = hu[_nearest(np.asarray(z, dtype=np.float64), nz)]
     if hu.shape[1:] == (ny, nx):  # already on the grid in plane: the averaging is the identity
         return np.ascontiguousarray(stack, dtype=np.float32)
     wy = _area_weights(hu.shape[1], ny)

@@ -24,9 +24,14 @@ from triage.synth.ct import (
     model_sample,
     model_shape,
     spec_set,
+    z_resampling,
 )
 
 log = logging.getLogger(__name__)
+
+# Part of every cache folder's name: bump it when what is cached changes for the same seeds
+# (2: lesion sizes count the slices the in-memory path does not paint).
+CACHE_FORMAT = "c2"
 
 TRAIN_SEED0 = 1_000_000
 TUNE_SEED0 = 3_000_000
@@ -87,7 +92,9 @@ def generate(
     cache = None
     if cache_dir is not None:
         shape = "x".join(str(d) for d in model_shape(task))
-        cache = Path(cache_dir) / f"{task}-{seed0}-{n}-{positive_fraction:g}-{shape}-p{PAINT_SIZE}"
+        z = "" if z_resampling(task) == "linear" else f"-z{z_resampling(task)}"
+        name = f"{task}-{seed0}-{n}-{positive_fraction:g}-{shape}-p{PAINT_SIZE}{z}-{CACHE_FORMAT}"
+        cache = Path(cache_dir) / name
         if (cache / "meta.npz").is_file() and (cache / "volumes.npy").is_file():
             return _load(task, cache)
     seeds = list(range(seed0, seed0 + n))

@@ -12,14 +12,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from triage.synth.ct import model_shape
+from triage.synth.ct import model_shape, z_resampling
 from triage.training.data import LOC_SHAPE
 
 INPUT = "volume"
 OUTPUTS = ("probability", "slice_probabilities", "localization")
 FINDINGS = {"ich": "intracranial hemorrhage", "pe": "pulmonary embolism"}
-# Network version per task: pe 2.1 takes the 256 x 256 in-plane grid (same network otherwise).
-VERSIONS = {"ich": "synthcnn-2.0", "pe": "synthcnn-2.1"}
+# Network version per task: pe 2.1 takes the 256 x 256 in-plane grid (same network otherwise),
+# pe 2.2 slices averaged along z (config.pbtxt z_resampling "average").
+VERSIONS = {"ich": "synthcnn-2.0", "pe": "synthcnn-2.2"}
 
 
 def export_onnx(net, path: Path) -> Path:  # type: ignore[no-untyped-def]
@@ -126,6 +127,7 @@ def config_text(
     text = _set_param(text, "threshold", f"{threshold:.4f}")
     text = _set_param(text, "version", f"{name}-{VERSIONS[name]}")
     text = _set_param(text, "finding", FINDINGS[name])
+    text = _set_param(text, "z_resampling", z_resampling(name))
     text = _set_param(
         text, "description", "small 2.5D CNN trained on synthetic phantoms; not for clinical use"
     )

@@ -141,7 +141,8 @@ def _dicom_subset(
                 patient_id=f"V{i}",
                 accession=f"VAL{i}",
             )
-            vol = resample(load_volume(study.files), client.contract(task).input_shape)
+            contract = client.contract(task)
+            vol = resample(load_volume(study.files), contract.input_shape, contract.z_resampling)
             p = client.infer(task, vol).probability
             diffs.append(abs(p - probs[i]))
             thr = client.contract(task).threshold
