@@ -29,7 +29,7 @@ slice_thickness=0.625)``; then the analyzer's work after completion, each step t
 selection, DICOM read + HU, resampling, input checks, inference on Triton, key image. Files
 are in the page cache (just written), as they are after a C-STORE.
 
-Synthetic phantoms; the models are placeholders or trained on phantoms; not for clinical use.
+Synthetic phantoms; the models are trained on synthetic phantoms; not for clinical use.
 """
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     print(f"CPU: {os.cpu_count()} cores visible; no GPU (Triton and onnxruntime on CPU)")
-    print("Synthetic phantoms; models are placeholders / phantom-trained; not for clinical use.")
+    print("Synthetic phantoms; models trained on synthetic phantoms; not for clinical use.")
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
         work = Path(tmp)
         triton = LocalTriton(MODELS, work / "triton", 120)
