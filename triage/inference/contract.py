@@ -25,7 +25,7 @@ from typing import Any
 from triage.errors import RulesError
 
 PROBABILITY = "probability"
-Z_RESAMPLING = ("linear", "nearest")  # triage.inference.volume.z_weights
+Z_RESAMPLING = ("linear", "nearest")  # how triage.inference.volume.resample goes along z
 SLICE_PROBABILITIES = "slice_probabilities"
 
 
@@ -70,7 +70,7 @@ class ModelContract:
     @property
     def z_resampling(self) -> str:
         """How slices are brought to the input's z dims: ``linear`` (default) or ``nearest``
-        (:func:`triage.inference.volume.z_weights`); the model was trained on one of them."""
+        (:func:`triage.inference.volume.resample`); the model was trained on one of them."""
         return self.parameters.get("z_resampling", "linear")
 
     @property

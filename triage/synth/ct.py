@@ -79,7 +79,7 @@ def model_shape(task: str) -> tuple[int, int, int]:
 
 
 def z_resampling(task: str) -> str:
-    """How ``task``'s slices are resampled along z (:func:`triage.inference.volume.z_weights`)."""
+    """How ``task``'s slices are resampled along z (:func:`triage.inference.volume.resample`)."""
     return MODEL_Z_RESAMPLING[task]
 
 
