@@ -502,6 +502,59 @@ def test_eight_connections_group_commit(listener: Callable[..., Running]) -> Non
     assert len(wait_for_calls(r, 200)) == 200
 
 
+def test_one_transaction_at_a_time_alone_or_with_others(listener: Callable[..., Running]) -> None:
+    """Alone, a connection's messages are stored in the listener's loop; with others open,
+    through the queue and the writer thread. Never two transactions at once, whatever opens
+    or closes in between."""
+    from triage.synth.orders import order_message
+
+    r = listener()
+    real = r.listener.store.process_batch
+    lock = threading.Lock()
+    state = {"inside": 0, "most": 0}
+    threads: set[str] = set()
+
+    def watched(items: Any) -> Any:
+        with lock:
+            state["inside"] += 1
+            state["most"] = max(state["most"], state["inside"])
+            threads.add(threading.current_thread().name.split("_")[0])
+        try:
+            time.sleep(0.002)  # widen the window two transactions would overlap in
+            return real(items)
+        finally:
+            with lock:
+                state["inside"] -= 1
+
+    r.listener.store.process_batch = watched  # type: ignore[method-assign]
+
+    def burst(k: int) -> list[str]:
+        """Five orders in one write, then five more one by one."""
+        msgs = [order_message(accession=f"T{k}-{i}", patient_id=f"P{k}") for i in range(10)]
+        with socket.create_connection((r.host, r.port), timeout=10) as sock:
+            dec = MLLPDecoder()
+            sock.sendall(b"".join(frame(m.encode()) for m in msgs[:5]))
+            sock.settimeout(10)
+            acks: list[bytes] = []
+            while len(acks) < 5:
+                acks += dec.feed(sock.recv(65536))
+            for m in msgs[5:]:
+                acks.append(raw_exchange(sock, dec, frame(m.encode())).encode())
+        return [read_ack(a.decode())[0] for a in acks]
+
+    assert burst(0) == ["AA"] * 10  # alone
+    out: list[list[str]] = []
+    workers = [threading.Thread(target=lambda k=k: out.append(burst(k))) for k in range(1, 7)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    assert sorted(code for codes in out for code in codes) == ["AA"] * 60
+    assert len(r.orders()) == 70 and len(r.messages()) == 70
+    assert state["most"] == 1
+    assert threads == {"hl7-listener", "hl7-writer"}
+
+
 @pytest.mark.parametrize(
     ("name", "code", "hl7_code"),
     [

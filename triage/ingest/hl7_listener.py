@@ -4,7 +4,8 @@ For every frame on a connection (a connection may carry any number of messages, 
 order; the frames of one read are handed on together):
 
 1. the frame joins the batch of every message waiting from all connections (group commit, up
-   to ``hl7_commit_batch_max``);
+   to ``hl7_commit_batch_max``); the only connection open, with nothing waiting, has its
+   frames stored right away (there is nothing to gather);
 2. the batch is stored and applied in one transaction by the message store
    (:mod:`triage.ingest.hl7_store`, which says what AA means);
 3. only after the commit, each connection writes its ACK; then ``on_order(order_id)`` is called
@@ -327,16 +328,35 @@ class HL7Listener:
                 self._connections.discard(task)
 
     async def _answer(self, payloads: list[bytes], peer: str, writer: asyncio.StreamWriter) -> None:
-        """Hand every frame of one read to the store together; answer them in order."""
-        if not payloads:
-            return
-        futures = [self._submit(p, peer) for p in payloads]
+        """Hand every frame of one read to the store together; answer them in order.
+
+        The only connection, with nothing else waiting, stores them right away: there is no
+        batch to gather, and going through the queue would cost a future and a turn of the
+        event loop per message."""
+        limit = self.settings.hl7_commit_batch_max
+        pending = payloads
+        # Checked before every transaction: a connection opened while an ACK was being sent
+        # sends the rest through the queue, so two transactions never run at once.
+        while pending and self._alone():
+            items = [(p, peer) for p in pending[:limit]]
+            pending = pending[limit:]
+            for outcome in self.store.process_batch(items):
+                await self._acknowledge(outcome, writer)
+        futures = [self._submit(p, peer) for p in pending]
         for fut in futures:
-            outcome = await fut
-            if outcome.ack:
-                writer.write(frame(outcome.ack.encode(outcome.codec, errors="replace")))
-                await writer.drain()
-            self._after_ack(outcome.order_ids)
+            await self._acknowledge(await fut, writer)
+
+    def _alone(self) -> bool:
+        """One connection open, nothing queued or being stored."""
+        return len(self._connections) <= 1 and not (
+            self._queue or self._writing or self._batch_scheduled
+        )
+
+    async def _acknowledge(self, outcome: Outcome, writer: asyncio.StreamWriter) -> None:
+        if outcome.ack:
+            writer.write(frame(outcome.ack.encode(outcome.codec, errors="replace")))
+            await writer.drain()
+        self._after_ack(outcome.order_ids)
 
     async def _answer_oversize(
         self, exc: MLLPFrameTooLarge, peer: str, writer: asyncio.StreamWriter
