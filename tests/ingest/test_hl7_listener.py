@@ -105,6 +105,17 @@ def wait_for_calls(r: Running, n: int) -> list[int]:
     return r.calls
 
 
+def ack_codes_from_threads(send: Callable[[int], list[str]], keys: range) -> list[str]:
+    """``send(k)`` for every k at once, one thread (one connection) each; all the codes."""
+    out: list[list[str]] = []
+    workers = [threading.Thread(target=lambda k=k: out.append(send(k))) for k in keys]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    return [code for codes in out for code in codes]
+
+
 def raw_exchange(sock: socket.socket, dec: MLLPDecoder, data: bytes) -> str:
     sock.sendall(data)
     sock.settimeout(5)
@@ -491,13 +502,7 @@ def test_eight_connections_group_commit(listener: Callable[..., Running]) -> Non
                 for i in range(25)
             ]
 
-    threads_out: list[list[str]] = []
-    workers = [threading.Thread(target=lambda k=k: threads_out.append(send(k))) for k in range(8)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(30)
-    assert sorted(code for codes in threads_out for code in codes) == ["AA"] * 200
+    assert sorted(ack_codes_from_threads(send, range(8))) == ["AA"] * 200
     assert len(r.orders()) == 200 and len(r.messages()) == 200
     assert len(wait_for_calls(r, 200)) == 200
 
@@ -543,13 +548,7 @@ def test_one_transaction_at_a_time_alone_or_with_others(listener: Callable[..., 
         return [read_ack(a.decode())[0] for a in acks]
 
     assert burst(0) == ["AA"] * 10  # alone
-    out: list[list[str]] = []
-    workers = [threading.Thread(target=lambda k=k: out.append(burst(k))) for k in range(1, 7)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(30)
-    assert sorted(code for codes in out for code in codes) == ["AA"] * 60
+    assert sorted(ack_codes_from_threads(burst, range(1, 7))) == ["AA"] * 60
     assert len(r.orders()) == 70 and len(r.messages()) == 70
     assert state["most"] == 1
     assert threads == {"hl7-listener", "hl7-writer"}
