@@ -82,6 +82,18 @@ def test_ge_slices_ordered_along_tilted_normal(ge_volume: Volume, dicom_root: Pa
     assert v.slice_thickness is not None and 4.0 <= v.slice_thickness <= 7.0
 
 
+def test_ge_uneven_spacing_nearest_slices(ge_volume: Volume) -> None:
+    """Nearest along z on a real series with 1-7 mm gaps: every model slice is one acquired
+    slice, the one nearest its position; none is a blend."""
+    r = resample(ge_volume, (64, 512, 512), "nearest")
+    for k, t in enumerate(z_sample_positions(ge_volume, 64)):
+        i = int(np.argmin(np.abs(ge_volume.z_positions - t)))
+        assert np.array_equal(r[k], ge_volume.hu[i]), k
+    assert set(z_support(ge_volume.z_positions, 64, "nearest")) == {
+        int(np.argmin(np.abs(ge_volume.z_positions - t))) for t in z_sample_positions(ge_volume, 64)
+    }
+
+
 def test_ge_hounsfield_units_are_sane(ge_volume: Volume) -> None:
     r = resample(ge_volume)
     assert r.shape == (64, 128, 128) and r.dtype == np.float32
@@ -132,6 +144,12 @@ def test_lidc_chest_loads_in_position_order(dicom_root: Path) -> None:
     assert r.shape == (64, 128, 128)
     assert (r < -700).mean() > 0.05  # lungs
     assert np.median(r[:, :4, :4]) == pytest.approx(-1000, abs=30)
+    # as pe takes it: nearest acquired slice, 256 x 256 (each 2 x 2 block of the slice)
+    pe = resample(v, (64, 256, 256), "nearest")
+    assert pe.shape == (64, 256, 256) and (pe < -700).mean() > 0.05
+    for k, t in enumerate(z_sample_positions(v, 64)):
+        i = int(np.argmin(np.abs(v.z_positions - t)))
+        assert np.allclose(pe[k], v.hu[i].reshape(256, 2, 256, 2).mean(axis=(1, 3)), atol=0.01)
 
 
 def test_mr_is_not_assessable(dicom_root: Path) -> None:
