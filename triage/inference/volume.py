@@ -331,7 +331,8 @@ def z_support(z: np.ndarray, n: int, mode: str = "linear") -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     if mode == "nearest":
         return np.unique(_nearest(z, n))
-    return np.unique(np.concatenate(_linear(z, n)))
+    _, lower, upper = _bracket(z, n)
+    return np.unique(np.concatenate([lower, upper]))
 
 
 def _nearest(z: np.ndarray, n: int) -> np.ndarray:
@@ -340,16 +341,16 @@ def _nearest(z: np.ndarray, n: int) -> np.ndarray:
     A clot a few millimetres long keeps its own HU in the slices that cross it, where linear
     interpolation blends it with the contrast-filled lumen of the next slice (pe's
     ``z_resampling``; docs/models.md)."""
-    lower, upper = _linear(z, n)
-    targets = np.linspace(z[0], z[-1], n)
+    targets, lower, upper = _bracket(z, n)
     return np.where(targets - z[lower] <= z[upper] - targets, lower, upper)
 
 
-def _linear(z: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Slices below and above each of ``n`` evenly spaced positions from z[0] to z[-1]."""
+def _bracket(z: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` evenly spaced positions from z[0] to z[-1] (:func:`z_sample_positions`), and the
+    slices below and above each."""
     targets = np.linspace(z[0], z[-1], n)
     upper = np.clip(np.searchsorted(z, targets, side="right"), 1, len(z) - 1)
-    return upper - 1, upper
+    return targets, upper - 1, upper
 
 
 def resample(
@@ -370,12 +371,11 @@ def resample(
         raise ValueError(f"z resampling is one of {', '.join(Z_RESAMPLING)}, not {z_mode!r}")
     hu = volume.hu
     if z_mode == "linear":
-        targets = z_sample_positions(volume, nz)
-        lower, upper = _linear(z, nz)
+        targets, lower, upper = _bracket(z, nz)
         w = ((targets - z[lower]) / (z[upper] - z[lower])).clip(0.0, 1.0).astype(np.float32)
         stack = hu[lower] * (1.0 - w)[:, None, None] + hu[upper] * w[:, None, None]
     else:
-        stack = hu[_nearest(np.asarray(z, dtype=np.float64), nz)]
+        stack = hu[_nearest(z, nz)]
     if hu.shape[1:] == (ny, nx):  # already on the grid in plane: the averaging is the identity
         return np.ascontiguousarray(stack, dtype=np.float32)
     wy = _area_weights(hu.shape[1], ny)

@@ -1154,7 +1154,7 @@ def model_sample(
         supersample = max(1, PAINT_SIZE // nx)
     z_all = _z_positions(spec)
     z_mode = z_resampling(spec.task)
-    needed = z_support(z_all.astype(np.float64), nz, z_mode)
+    needed = z_support(z_all, nz, z_mode)
     g = _Grid.at(nx * supersample, spec.fov_mm, z_all[needed], spec.slice_thickness)
     vol, mask, lesions = render(spec, seed, g)
     vol = block_mean(vol, supersample)

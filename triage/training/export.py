@@ -19,7 +19,7 @@ INPUT = "volume"
 OUTPUTS = ("probability", "slice_probabilities", "localization")
 FINDINGS = {"ich": "intracranial hemorrhage", "pe": "pulmonary embolism"}
 # Network version per task: pe 2.1 takes the 256 x 256 in-plane grid (same network otherwise),
-# pe 2.2 slices averaged along z (config.pbtxt z_resampling "average").
+# pe 2.2 the nearest acquired slice along z (config.pbtxt z_resampling "nearest").
 VERSIONS = {"ich": "synthcnn-2.0", "pe": "synthcnn-2.2"}
 
 
