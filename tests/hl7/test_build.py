@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO_ROOT
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
 from triage.config import Settings
 from triage.hl7.build import DISCLAIMER, AIResult, OrderRef, build_ai_result, build_order_change
 from triage.hl7.parse import control_id_of, parse_order, split_message
+from triage.priority import PRIORITY_CODES, normalise_priority
+from triage.scoring import load_urgency_rules
 
 SETTINGS = Settings(
     sending_application="TRIAGE", sending_facility="ED-AI", receiving_application="RIS",
@@ -78,6 +81,27 @@ def test_order_change_rejects_bad_input() -> None:
         build_order_change(SETTINGS, ORDER, "urgent-ish")
     with pytest.raises(ValueError):
         build_order_change(SETTINGS, OrderRef(accession_number=""), "S")
+
+
+def test_every_priority_the_urgency_rules_can_give_is_sent_and_read_back() -> None:
+    """One vocabulary: scoring, building and parsing agree on every code."""
+    rules = load_urgency_rules(REPO_ROOT / "rules" / "urgency.yaml")
+    assert set(rules.priorities) == PRIORITY_CODES
+    for code in rules.priorities:
+        assert parse_order(build_order_change(SETTINGS, ORDER, code)).ordered_priority == code
+    with pytest.raises(ValueError, match="table 0027"):
+        build_order_change(SETTINGS, ORDER, "U")
+
+
+def test_site_codes_are_read_through_the_same_vocabulary() -> None:
+    site = {"1": "S", "URG": "A", "9": "X"}  # "9" maps to no code: not taken
+    assert [normalise_priority(v, site) for v in ("1", " urg ", "9", "r", "Stat")] == [
+        "S",
+        "A",
+        "",
+        "R",
+        "S",
+    ]
 
 
 def test_values_with_delimiters_are_escaped() -> None:

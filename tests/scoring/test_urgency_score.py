@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,7 +72,13 @@ def test_unknown_and_missing_priority_fall_back_to_default(rules):
 @pytest.mark.parametrize(
     ("text", "line", "fragment"),
     [
-        ("version: 1\npriorities: {R: {label: R, base: 1}}\ndefault_priority: S\n", 3, "default"),
+        (
+            "version: 1\npriorities: {S: {label: S, base: 2}, A: {label: A, base: 2},\n"
+            "  T: {label: T, base: 2}, C: {label: C, base: 2}, P: {label: P, base: 1},\n"
+            "  R: {label: R, base: 1}}\ndefault_priority: Q\n",
+            5,
+            "default",
+        ),
         (
             "version: 1\npriorities:\n  R: {label: R, base: ten}\ndefault_priority: R\n",
             3,
@@ -82,3 +90,68 @@ def test_invalid_urgency_rules(text, line, fragment):
     with pytest.raises(RulesError) as err:
         load_urgency_rules(Path("u.yaml"), text)
     assert err.value.line == line and fragment in str(err.value)
+
+
+def _with(old: str, new: str) -> str:
+    text = RULES.read_text(encoding="utf-8")
+    assert old in text
+    return text.replace(old, new)
+
+
+def _line_of(text: str, fragment: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if fragment in line)
+
+
+@pytest.mark.parametrize("code", ["U", "'1'", "STAT", "ss"])
+def test_a_priority_outside_hl7_table_0027_is_refused_on_load(code):
+    """A site code in urgency.yaml would be scored, then fail when the RIS is told."""
+    text = _with(
+        "  R: {label: Routine", f"  {code}: {{label: Site, base: 40}}\n  R: {{label: Routine"
+    )
+    with pytest.raises(RulesError) as err:
+        load_urgency_rules(Path("site/urgency.yaml"), text)
+    assert err.value.path == "site/urgency.yaml"
+    assert err.value.line == _line_of(text, f"{code}: {{label: Site")
+    assert f"priority {code.strip(chr(39))!r} is not an HL7 table 0027 code" in str(err.value)
+    assert "hl7-mapping.yaml" in str(err.value)
+
+
+def test_every_table_0027_code_must_be_ranked():
+    text = _with("  T: {label: Timing critical, base: 50}\n", "")
+    with pytest.raises(RulesError) as err:
+        load_urgency_rules(Path("u.yaml"), text)
+    assert err.value.line == _line_of(text, "priorities:") and "missing: T" in str(err.value)
+
+
+def test_a_code_listed_twice_is_refused():
+    text = _with(
+        "  R: {label: Routine, base: 20}",
+        "  R: {label: Routine, base: 20}\n  r: {label: x, base: 1}",
+    )
+    with pytest.raises(RulesError) as err:
+        load_urgency_rules(Path("u.yaml"), text)
+    assert err.value.line == _line_of(text, "r: {label: x") and "listed twice" in str(err.value)
+
+
+def test_score_to_a_code_outside_the_table_is_refused():
+    text = _with("  - {min_score: 55, priority: A}", "  - {min_score: 55, priority: U}")
+    with pytest.raises(RulesError) as err:
+        load_urgency_rules(Path("u.yaml"), text)
+    assert err.value.line == _line_of(text, "priority: U") and "'U'" in str(err.value)
+
+
+def test_rules_check_names_file_line_and_reason(tmp_path):
+    bad = tmp_path / "urgency.yaml"
+    bad.write_text(
+        _with("  C: {label: Callback", "  U: {label: Urgent, base: 45}\n  C: {label: Callback")
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "triage.cli", "rules", "check", "--urgency", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=RULES.parents[1],
+    )
+    line = _line_of(bad.read_text(), "U: {label: Urgent")
+    assert r.returncode == 2
+    assert f"triage: error: {bad}:{line}: priority 'U' is not an HL7 table 0027 code" in r.stderr

@@ -27,7 +27,8 @@ from hl7apy.parser import parse_segment
 
 from triage.config import Settings
 from triage.hl7.ack import hl7_timestamp, new_control_id
-from triage.hl7.parse import escape, normalise_priority
+from triage.hl7.parse import escape
+from triage.priority import codes_text, normalise_priority
 
 VERSION = "2.5.1"
 DISCLAIMER = "AI triage aid; model trained on synthetic phantoms; not for clinical use"
@@ -146,11 +147,12 @@ def build_order_change(
     PID-3/5 from the order; ORC-1 ``XO``, ORC-2/3 placer/filler numbers, ORC-7.6 the priority,
     ORC-9 now, ORC-16 the reason (text); OBR-2/3 the numbers, OBR-4 the procedure, OBR-5 and
     OBR-27.6 the priority, OBR-18 the accession number, OBR-24 the modality.
-    ``new_priority`` must be a table-0027 code or word (S, A, R, P, C, T, STAT...).
+    ``new_priority`` must be a table-0027 code or word (S, A, R, P, C, T, STAT...) of
+    :mod:`triage.priority`, the vocabulary the urgency rules are checked against on load.
     """
     priority = normalise_priority(new_priority)
     if not priority:
-        raise ValueError(f"not a priority code: {new_priority!r}")
+        raise ValueError(f"not an HL7 table 0027 priority ({codes_text()}): {new_priority!r}")
     if not order.accession_number and not order.filler_order_number:
         raise ValueError("an order change needs an accession or filler order number")
     now = hl7_timestamp(when)

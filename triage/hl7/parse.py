@@ -11,7 +11,8 @@ Precedence rules (first non-empty wins):
 
 - accession number: IPC-1.1, OBR-18.1, OBR-3.1 (filler order number), ORC-3.1
 - ordered priority: TQ1-9.1, ORC-7.6, OBR-27.6, OBR-5; each value is normalised to a table-0027
-  code letter (S, A, R, P, C, T); a value that does not normalise is skipped
+  code letter (S, A, R, P, C, T; the sender's site codes first) by :mod:`triage.priority`, the
+  engine's one priority vocabulary; a value that does not normalise is skipped
 - modality: OBR-24, IPC-5.1, then inferred from the procedure code/text; only known DICOM
   modality codes are kept
 - study instance UID: ZDS-1.1, IPC-3.1 (of the order's own group first, then anywhere)
@@ -30,6 +31,8 @@ import re
 from dataclasses import dataclass, field
 
 from triage.errors import HL7Error, HL7ParseError
+from triage.priority import PRIORITY_CODES as PRIORITY_CODES  # re-exported: the one vocabulary
+from triage.priority import normalise_priority as normalise_priority
 
 ORDER_VERSIONS: dict[str, frozenset[str]] = {
     "ORM": frozenset({"2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6"}),
@@ -37,22 +40,6 @@ ORDER_VERSIONS: dict[str, frozenset[str]] = {
 }
 ORDER_TRIGGERS: dict[str, str] = {"ORM": "O01", "OMI": "O23"}
 PATIENT_UPDATE_TRIGGERS = frozenset({"A08", "A31"})
-
-PRIORITY_CODES = frozenset("SARPCT")
-_PRIORITY_WORDS = {
-    "STAT": "S",
-    "EMERGENCY": "S",
-    "EMERG": "S",
-    "ASAP": "A",
-    "URGENT": "A",
-    "ROUTINE": "R",
-    "ROUT": "R",
-    "PREOP": "P",
-    "PRE-OP": "P",
-    "CALLBACK": "C",
-    "CALL BACK": "C",
-    "TIMING CRITICAL": "T",
-}
 
 MODALITIES = frozenset(
     {"CT", "MR", "US", "NM", "PT", "CR", "DX", "MG", "XA", "RF", "OT", "IO", "PX", "RG", "OP"}
@@ -381,16 +368,6 @@ def control_id_of(raw: str) -> str:
     return header.control_id if header else ""
 
 
-def normalise_priority(value: str) -> str:
-    """A table-0027 priority code letter for ``value`` (code or word), or "" if unknown."""
-    v = value.strip().upper()
-    if not v:
-        return ""
-    if v in PRIORITY_CODES:
-        return v
-    return _PRIORITY_WORDS.get(v, "")
-
-
 def normalise_modality(value: str) -> str:
     """A DICOM modality code for an OBR-24 / IPC-5 value, or "" if it is not one."""
     v = value.strip().upper()
@@ -617,7 +594,7 @@ def _priority(fmap: FieldMap, msg: Message, group: list[Segment]) -> tuple[str, 
         value = ref.read(seg)
         if not value:
             continue
-        code = fmap.priority_codes.get(value.strip().upper()) or normalise_priority(value)
+        code = normalise_priority(value, fmap.priority_codes)
         if code:
             return code, str(ref), skipped
         skipped.append(f"{ref} priority {value!r} is not a table-0027 code; ignored")

@@ -1,4 +1,8 @@
-"""Load and validate rules/urgency.yaml (errors name the file and line)."""
+"""Load and validate rules/urgency.yaml (errors name the file and line).
+
+Priority codes are the engine's one vocabulary, HL7 table 0027 (:mod:`triage.priority`): the
+file must rank every code and only those, so a priority it produces can always be sent.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from triage.errors import RulesError
+from triage.priority import PRIORITY_LABELS, codes_text, is_priority_code
 from triage.yamlfile import LineDict, check_keys, load_yaml, require
 
 
@@ -80,12 +85,32 @@ def load_urgency_rules(path: Path, text: str | None = None) -> UrgencyRules:
         raise RulesError(str(path), "unsupported version (expected 1)", data.line_of("version"))
 
     priorities: dict[str, PriorityLevel] = {}
-    for rank, (code, spec) in enumerate(_mapping(path, data, "priorities").items()):
+    table = _mapping(path, data, "priorities")
+    for rank, (code, spec) in enumerate(table.items()):
+        line = table.line_of(code)
+        key = code.strip().upper()
+        if not is_priority_code(key):
+            raise RulesError(
+                str(path),
+                f"priority {code!r} is not an HL7 table 0027 code ({codes_text()}); a site's "
+                "own codes are translated to these in rules/hl7-mapping.yaml (priority_codes)",
+                line,
+            )
+        if key in priorities:
+            raise RulesError(str(path), f"priority {key!r} is listed twice", line)
         if not isinstance(spec, LineDict):
-            raise RulesError(str(path), f"priority {code!r} must be a mapping", data.line)
+            raise RulesError(str(path), f"priority {code!r} must be a mapping", line)
         check_keys(path, spec, {"label", "base"}, f"priority {code}")
-        priorities[code.upper()] = PriorityLevel(
-            code.upper(), str(require(path, spec, "label", str)), _number(path, spec, "base"), rank
+        priorities[key] = PriorityLevel(
+            key, str(require(path, spec, "label", str)), _number(path, spec, "base"), rank
+        )
+    missing = [c for c in PRIORITY_LABELS if c not in priorities]
+    if missing:
+        raise RulesError(
+            str(path),
+            f"priorities must rank every HL7 table 0027 code (any may arrive in an order); "
+            f"missing: {', '.join(missing)}",
+            data.line_of("priorities"),
         )
     default = str(require(path, data, "default_priority", str)).upper()
     if default not in priorities:
@@ -127,7 +152,11 @@ def load_urgency_rules(path: Path, text: str | None = None) -> UrgencyRules:
         check_keys(path, step, {"min_score", "priority"}, "priority_from_score")
         code = str(require(path, step, "priority", str)).upper()
         if code not in priorities:
-            raise RulesError(str(path), f"unknown priority {code!r}", step.line_of("priority"))
+            raise RulesError(
+                str(path),
+                f"unknown priority {code!r} (not an HL7 table 0027 code: {codes_text()})",
+                step.line_of("priority"),
+            )
         steps.append((_number(path, step, "min_score"), code))
     steps.sort(key=lambda s: -s[0])
     if not steps or steps[-1][0] > 0:
