@@ -15,16 +15,18 @@ from conftest import REPO_ROOT
 from ris_peer import FakeRIS
 from sqlmodel import select
 
-from triage.completion import CompletionPolicy
+from triage.completion import CompletionPolicy, complete_stable_studies
 from triage.config import load_settings
 from triage.errors import NotAssessable, TritonUnavailable
 from triage.outbound import RISNotifier
-from triage.pipeline import Analysis, Pipeline
+from triage.pipeline import MAX_FAILURES, Analysis, Pipeline
 from triage.routing import load_routing_rules
 from triage.scoring import load_urgency_rules
 from triage.store import Database, Instance, Order, OutboundMessage, Study, StudyState
 from triage.store.models import utcnow
 from triage.store.repo import record_instance
+
+NEGATIVE = Analysis("ich", "ich-test-1", "done", 0.1, False, 0.5, 3, "1.2.3.4")
 
 
 @dataclass
@@ -53,10 +55,21 @@ def ris():
     r.close()
 
 
-def make(tmp_path: Path, analyzer, ris: FakeRIS | None, *, stable: float = 0.05, routing=None):
+def make(
+    tmp_path: Path,
+    analyzer,
+    ris: FakeRIS | None,
+    *,
+    stable: float = 0.05,
+    routing=None,
+    window: float | None = None,
+    notifier=None,
+):
     env = {"TRIAGE_DATA_DIR": str(tmp_path), "TRIAGE_STUDY_STABLE_SECONDS": str(stable)}
     if ris is not None:
         env.update(TRIAGE_RIS_HOST="127.0.0.1", TRIAGE_RIS_PORT=str(ris.port))
+    if window is not None:
+        env["TRIAGE_ORDER_MATCH_WINDOW_HOURS"] = str(window)
     settings = load_settings(environ=env, overrides={"retry_seconds": 0.2})
     db = Database(settings.resolved_database_url)
     db.create_all()
@@ -66,7 +79,7 @@ def make(tmp_path: Path, analyzer, ris: FakeRIS | None, *, stable: float = 0.05,
         routing,
         load_urgency_rules(REPO_ROOT / "rules" / "urgency.yaml"),
         analyzer,
-        RISNotifier(settings, db),
+        (notifier or RISNotifier)(settings, db),
         completion=CompletionPolicy(
             stable_seconds_for=settings.stable_seconds_for,
             shortest_seconds=stable,
@@ -74,6 +87,7 @@ def make(tmp_path: Path, analyzer, ris: FakeRIS | None, *, stable: float = 0.05,
             routing=routing,
         ),
         retry_seconds=0.2,
+        match_window_hours=settings.order_match_window_hours,
     )
     return db, pipeline
 
@@ -128,9 +142,11 @@ def add_order(
     modality="",
     status="",
     control="NW",
+    hours_ago: float = 0.0,
 ) -> int:
     with db.session() as s:
         o = Order(
+            updated_at=utcnow() - timedelta(hours=hours_ago),
             accession_number=accession,
             ordered_priority=priority,
             patient_class=pclass,
@@ -447,3 +463,208 @@ def test_unexpected_analysis_failure_is_listed_not_retried_forever(tmp_path, ris
     time.sleep(0.25)
     p.tick()
     assert analyzer.calls == ["ich"]
+
+
+def change_order(db: Database, order_id: int, **values) -> None:
+    """What the message store does when an XO / CA / SC for the order is applied."""
+    with db.session() as s:
+        order = s.get(Order, order_id)
+        assert order is not None
+        for key, value in values.items():
+            setattr(order, key, value)
+        order.updated_at = utcnow()
+        s.add(order)
+
+
+def ordered(st: Study) -> tuple[str, str, str, str]:
+    return st.order_link, st.ordered_priority, st.patient_class, st.accession_number
+
+
+@pytest.mark.parametrize(("window", "hours_ago", "linked"), [(1, 2, False), (48, 30, True)])
+def test_the_match_window_setting_is_used_to_link_by_patient(
+    tmp_path, ris, window, hours_ago, linked
+):
+    db, p = make(tmp_path, ScriptedAnalyzer([NEGATIVE]), ris, window=window)
+    add_order(db, "ACCW", "A", "E", patient="PW", modality="CT", hours_ago=hours_ago)
+    add_study(db, "20.1", accession="", patient="PW")
+    p.tick()
+    st = study(db, "20.1")
+    assert st.state == StudyState.SCORED
+    if linked:
+        assert ordered(st) == ("patient", "A", "E", "ACCW") and st.engine_priority == "A"
+    else:
+        assert ordered(st) == ("none", "", "", "") and st.engine_priority == "R"
+
+
+@pytest.mark.parametrize(("window", "link"), [(1, "none"), (3, "patient")])
+def test_completion_links_with_the_match_window_setting(tmp_path, ris, window, link):
+    """Expected series are looked up with the order (routing may depend on it)."""
+    rules = load_routing_rules(
+        Path("site-routing.yaml"),
+        "version: 1\nrules:\n  - name: head\n    model: ich\n    modality: [CT]\n"
+        "    expected_series: ['(?i)brain']\n",
+    )
+    db, _ = make(tmp_path, ScriptedAnalyzer([]), ris, routing=rules)
+    add_study(db, "21.1", desc="BRAIN 5MM", patient="PV", age=2)
+    add_order(db, "ACCV", "S", "E", patient="PV", modality="CT", hours_ago=2)
+    policy = CompletionPolicy(
+        stable_seconds_for=lambda m, a: 3600.0,
+        shortest_seconds=3600,
+        expected_series_quiet_seconds=0.5,
+        routing=rules,
+    )
+    done = complete_stable_studies(db, policy, match_window_hours=window)
+    assert [uid for uid, _ in done] == ["21.1"]
+    assert study(db, "21.1").order_link == link
+
+
+def test_cancelled_order_takes_its_priority_and_patient_class_with_it(tmp_path, ris):
+    db, p = make(tmp_path, ScriptedAnalyzer([NEGATIVE]), ris)
+    order = add_order(db, "ACC22", "S", "E")
+    add_study(db, "22.1", accession="ACC22")
+    p.tick()
+    st = study(db, "22.1")
+    assert ordered(st) == ("accession", "S", "E", "ACC22") and st.engine_priority == "S"
+    change_order(db, order, order_control="CA", order_status="CA")
+    p.on_order(order)
+    st = study(db, "22.1")
+    assert ordered(st) == ("none", "", "", "ACC22")  # the images' own accession stays
+    assert st.engine_priority == "R" and st.state == StudyState.SCORED
+    reasons = json.loads(st.reasons)
+    assert reasons[0].startswith("No ordered priority") and "Patient class unknown" in reasons[1]
+    assert ris.messages == []  # nothing was raised, nothing is lowered on the RIS
+
+
+def test_order_moved_to_another_study_leaves_the_first_with_no_order(tmp_path, ris):
+    db, p = make(tmp_path, ScriptedAnalyzer([NEGATIVE, NEGATIVE]), ris)
+    order = add_order(db, "ACC23", "S", "E", study_uid="23.1")
+    add_study(db, "23.1", accession="")
+    add_study(db, "23.2", accession="")
+    p.tick()
+    assert ordered(study(db, "23.1")) == ("study_uid", "S", "E", "ACC23")
+    assert ordered(study(db, "23.2")) == ("none", "", "", "")
+    change_order(db, order, order_control="XO", study_uid="23.2")  # the RIS corrects it
+    p.on_order(order)
+    first, second = study(db, "23.1"), study(db, "23.2")
+    assert ordered(first) == ("none", "", "", "") and first.engine_priority == "R"
+    assert ordered(second) == ("study_uid", "S", "E", "ACC23") and second.engine_priority == "S"
+
+
+def test_relink_to_another_order_follows_it_and_tells_that_order(tmp_path, ris):
+    db, p = make(tmp_path, ScriptedAnalyzer([positive()]), ris)
+    add_order(db, "ACC24A", "R", "E", patient="PL", modality="CT")
+    add_study(db, "24.1", accession="", patient="PL")
+    p.tick()
+    st = study(db, "24.1")
+    assert ordered(st) == ("patient", "R", "E", "ACC24A") and st.engine_priority == "S"
+    assert len(ris.messages) == 2 and "ACC24A" in ris.messages[0]
+    # The RIS sends the order the study really belongs to, naming it by Study UID.
+    p.on_order(add_order(db, "ACC24B", "A", "I", study_uid="24.1", patient="PL"))
+    st = study(db, "24.1")
+    assert ordered(st) == ("study_uid", "A", "I", "ACC24B") and st.engine_priority == "S"
+    assert len(ris.messages) == 4  # the new order is told the raised priority and the result
+    assert all("ACC24B" in m and "ACC24A" not in m for m in ris.messages[2:])
+
+
+def test_relinked_to_a_stat_order_never_listed_below_it(tmp_path, ris):
+    db, p = make(tmp_path, ScriptedAnalyzer([NEGATIVE]), ris)
+    add_order(db, "ACC25A", "R", "O", patient="PK", modality="CT")
+    add_study(db, "25.1", accession="", patient="PK")
+    p.tick()
+    assert study(db, "25.1").engine_priority == "R"
+    p.on_order(add_order(db, "ACC25B", "S", "I", study_uid="25.1", patient="PK"))
+    st = study(db, "25.1")
+    assert ordered(st) == ("study_uid", "S", "I", "ACC25B") and st.engine_priority == "S"
+
+
+def test_study_guessed_by_patient_loses_the_order_to_the_study_it_names(tmp_path, ris):
+    db, p = make(tmp_path, ScriptedAnalyzer([NEGATIVE, NEGATIVE]), ris)
+    order = add_order(db, "ACC26", "A", "E", patient="PD", modality="CT")
+    add_study(db, "26.1", accession="", patient="PD")
+    p.tick()
+    assert ordered(study(db, "26.1")) == ("patient", "A", "E", "ACC26")
+    change_order(db, order, order_control="XO", study_uid="26.2")
+    p.on_order(order)  # the named study is not here yet: the guess stands meanwhile
+    assert ordered(study(db, "26.1")) == ("patient", "A", "E", "ACC26")
+    add_study(db, "26.2", accession="", patient="PD")
+    p.tick()
+    assert ordered(study(db, "26.2")) == ("study_uid", "A", "E", "ACC26")
+    first = study(db, "26.1")
+    assert ordered(first) == ("none", "", "", "") and first.engine_priority == "R"
+
+
+class FlakyNotifier(RISNotifier):
+    """The real outbox, except that queuing raises for the accessions in ``failing``."""
+
+    failing: dict[str, int]
+
+    def queue(self, session, study, order, findings, **kwargs):
+        left = self.failing.get(study.accession_number, 0)
+        if left:
+            self.failing[study.accession_number] = left - 1
+            raise RuntimeError(f"cannot queue {study.accession_number}")
+        return super().queue(session, study, order, findings, **kwargs)
+
+
+def make_due(db: Database, uid: str) -> None:
+    with db.session() as s:
+        st = s.exec(select(Study).where(Study.study_uid == uid)).one()
+        st.ai_next_attempt_at = utcnow()
+        s.add(st)
+
+
+def test_error_while_scoring_marks_the_study_failed_others_go_on(tmp_path, ris, caplog):
+    analyzer = ScriptedAnalyzer([positive(), positive()])
+    db, p = make(tmp_path, analyzer, ris, notifier=FlakyNotifier)
+    p.notifier.failing = {"ACC27A": 1}
+    add_order(db, "ACC27A", "R", "E")
+    add_order(db, "ACC27B", "R", "E")
+    add_study(db, "27.1", accession="ACC27A")
+    add_study(db, "27.2", accession="ACC27B")
+    p.tick()  # before: the error left 27.1 COMPLETE forever, and 27.2 too
+    broken, other = study(db, "27.1"), study(db, "27.2")
+    assert other.state == StudyState.SCORED and other.engine_priority == "S"
+    assert broken.state == StudyState.FAILED and broken.failures == 1
+    assert "Processing failed (RuntimeError: cannot queue ACC27A); retry 1 of 2" in broken.reasons
+    assert "study 27.1: processing failed" in caplog.text
+    assert len(ris.messages) == 2 and all("ACC27B" in m for m in ris.messages)
+    make_due(db, "27.1")
+    p.tick()
+    st = study(db, "27.1")
+    assert st.state == StudyState.SCORED and st.engine_priority == "S" and st.failures == 0
+    assert "Processing failed" not in st.reasons
+    assert analyzer.calls == ["ich", "ich"]  # analysed once; only the scoring was retried
+    assert len(ris.messages) == 4 and all("ACC27A" in m for m in ris.messages[2:])
+
+
+def test_a_study_that_keeps_failing_stops_being_retried(tmp_path, ris):
+    db, p = make(tmp_path, ScriptedAnalyzer([positive()]), ris, notifier=FlakyNotifier)
+    p.notifier.failing = {"ACC28": 99}
+    add_order(db, "ACC28", "A", "E")
+    add_study(db, "28.1", accession="ACC28")
+    p.tick()
+    for _ in range(MAX_FAILURES - 1):
+        make_due(db, "28.1")
+        p.tick()
+    st = study(db, "28.1")
+    assert st.state == StudyState.FAILED and st.failures == MAX_FAILURES
+    assert st.ai_next_attempt_at is None and "no more retries" in st.reasons
+    assert st.engine_priority in ("", "A") and st.ordered_priority == "A"  # listed as ordered
+    assert p.notifier.failing["ACC28"] == 99 - MAX_FAILURES
+    p.tick()
+    assert p.notifier.failing["ACC28"] == 99 - MAX_FAILURES  # not retried again
+    p.notifier.failing.clear()
+    p.on_order(add_order(db, "ACC28", "A", "E"))  # an order change processes it again
+    assert study(db, "28.1").state == StudyState.SCORED
+
+
+def test_a_study_left_complete_by_a_stopped_engine_is_processed(tmp_path, ris):
+    db, p = make(tmp_path, ScriptedAnalyzer([positive()]), ris, stable=3600)
+    add_order(db, "ACC29", "R", "E")
+    add_study(db, "29.1", accession="ACC29")
+    with db.session() as s:  # completed, then the engine stopped before processing it
+        st = s.exec(select(Study).where(Study.study_uid == "29.1")).one()
+        st.state = StudyState.COMPLETE
+        s.add(st)
+    p.tick()
+    assert study(db, "29.1").state == StudyState.SCORED

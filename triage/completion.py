@@ -38,9 +38,16 @@ class CompletionPolicy:
 
 
 def complete_stable_studies(
-    db: Database, policy: CompletionPolicy, now: datetime | None = None
+    db: Database,
+    policy: CompletionPolicy,
+    *,
+    match_window_hours: float,
+    now: datetime | None = None,
 ) -> list[tuple[str, str]]:
-    """Mark quiet RECEIVING studies COMPLETE; return (study UID, why) for each."""
+    """Mark quiet RECEIVING studies COMPLETE; return (study UID, why) for each.
+
+    ``match_window_hours`` (the ``order_match_window_hours`` setting) is used to link a study
+    to its order when the routing rule, hence the expected series, depends on the order."""
     now = now or utcnow()
     shortest = min(policy.shortest_seconds, policy.expected_series_quiet_seconds)
     done: list[tuple[str, str]] = []
@@ -58,7 +65,7 @@ def complete_stable_studies(
             if quiet >= needed:
                 why = f"no new image for {needed:g} s"
             elif quiet >= policy.expected_series_quiet_seconds and _expected_series_present(
-                s, study, policy.routing
+                s, study, policy.routing, match_window_hours
             ):
                 why = "every expected series is present"
             if why:
@@ -69,10 +76,12 @@ def complete_stable_studies(
     return done
 
 
-def _expected_series_present(session: Session, study: Study, routing: RoutingRules | None) -> bool:
+def _expected_series_present(
+    session: Session, study: Study, routing: RoutingRules | None, match_window_hours: float
+) -> bool:
     if routing is None or not any(r.expected_series for r in routing.rules):
         return False
-    order = link_order(session, study)
+    order = link_order(session, study, match_window_hours)
     rule = route(routing, facts_for_study(session, study, order))
     if rule is None or not rule.expected_series:
         return False

@@ -3,10 +3,14 @@
 Event handlers, each run on the single pipeline worker (so one study is never processed twice
 at once):
 
-- :meth:`Pipeline.tick`: complete stable studies, retry AI that was pending, retry RIS sends.
-- :meth:`Pipeline.on_order`: an order arrived or changed; link it and re-score its studies.
+- :meth:`Pipeline.tick`: complete stable studies, retry AI that was pending and studies whose
+  processing failed, retry RIS sends.
+- :meth:`Pipeline.on_order`: an order arrived or changed; link it and re-score its studies (and
+  those it was linked to before: a lost link takes the old order's priority with it).
 
-For a complete study: routing rules -> inference -> scoring -> outbound to the RIS.
+For a complete study: routing rules -> inference -> scoring -> outbound to the RIS. An error
+while processing one study marks it FAILED (with the error as a reason, retried after
+``retry_seconds``, at most :data:`MAX_FAILURES` times in a row); the others go on.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, and_, col, or_, select
 
 from triage.completion import CompletionPolicy, complete_stable_studies
 from triage.errors import InferenceError, NotAssessable
@@ -28,14 +32,17 @@ from triage.scoring import FindingInput, UrgencyRules, score_study
 from triage.store import Database, Finding, Instance, Order, Study, StudyState
 from triage.store.models import utcnow
 from triage.store.repo import (
-    DEFAULT_MATCH_WINDOW_HOURS,
     latest_findings,
     link_order,
     studies_for_order,
     study_instances,
+    study_reasons,
 )
 
 log = logging.getLogger("triage.pipeline")
+
+MAX_FAILURES = 3  # processing errors in a row after which a study is no longer retried
+FAILED_REASON = "Processing failed"
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ class Pipeline:
         *,
         completion: CompletionPolicy,
         retry_seconds: float,
-        match_window_hours: float = DEFAULT_MATCH_WINDOW_HOURS,
+        match_window_hours: float,
     ) -> None:
         self.db = db
         self.routing = routing
@@ -104,24 +111,29 @@ class Pipeline:
         self.notifier = notifier
         self.completion = completion
         self.retry_seconds = retry_seconds
-        self.window = match_window_hours
+        self.window = match_window_hours  # the order_match_window_hours setting
 
     # -- events -------------------------------------------------------------------------
     def tick(self) -> None:
-        """Periodic work: completion, pending AI retries, pending RIS sends."""
-        for uid, why in complete_stable_studies(self.db, self.completion):
+        """Periodic work: completion, pending AI and failed-study retries, pending RIS sends."""
+        done = complete_stable_studies(self.db, self.completion, match_window_hours=self.window)
+        for uid, why in done:
             log.info("study %s complete: %s", uid, why)
             self.process_study(uid)
-        for uid in self._due_ai_retries():
+        for uid in self._due_retries():
             self.process_study(uid)
         self.notifier.send_pending()
 
     def on_order(self, order_id: int) -> None:
         """An order was stored: link it to its studies and re-score those already scored.
 
-        ORC-5 = CM (exam completed) completes the order's studies that have images now.
+        The studies linked to the order before are linked again too: an order cancelled or
+        moved to another study leaves them with the order they are linked to now, or none, and
+        its priority and patient class go with it. ORC-5 = CM (exam completed) completes the
+        order's studies that have images now.
         """
         to_process: list[str] = []
+        to_retry: list[str] = []  # FAILED studies: processed again, not only re-scored
         to_rescore: list[str] = []
         with self.db.session() as s:
             order = s.get(Order, order_id)
@@ -129,8 +141,11 @@ class Pipeline:
                 return
             for st in studies_for_order(s, order, self.window):
                 link_order(s, st, self.window)
-                if (
+                if st.state == StudyState.FAILED:
+                    to_retry.append(st.study_uid)
+                elif (
                     order.order_status.upper() == "CM"
+                    and st.order_id == order.id
                     and st.state == StudyState.RECEIVING
                     and st.instance_count > 0
                 ):
@@ -142,6 +157,9 @@ class Pipeline:
                 s.add(st)
         for uid in to_process:
             log.info("study %s complete: the RIS reports the exam completed (ORC-5 CM)", uid)
+            self.process_study(uid)
+        for uid in to_retry:
+            log.info("study %s (failed before): processed again, its order changed", uid)
             self.process_study(uid)
         for uid in to_rescore:
             self.rescore(uid)
@@ -169,8 +187,15 @@ class Pipeline:
         """Route, analyse and score one complete study.
 
         Idempotent: a study whose instance set was already analysed by the same model is only
-        re-scored, never sent to the model again.
+        re-scored, never sent to the model again. An error marks the study FAILED (retried),
+        never leaves it COMPLETE, and is not raised: the other studies go on.
         """
+        try:
+            self._process(study_uid)
+        except Exception as exc:  # a bug or a broken store: this study only
+            self._failed(study_uid, exc)
+
+    def _process(self, study_uid: str) -> None:
         with self.db.session() as s:
             study = _study(s, study_uid)
             if study is None:
@@ -258,19 +283,71 @@ class Pipeline:
             s.add(study)
 
     def rescore(self, study_uid: str) -> None:
-        """Score again a study already processed (its order changed); others wait their turn."""
-        self._score(study_uid, processed=False)
+        """Score again a study already processed (its order changed); others wait their turn.
+        An error marks the study FAILED, as in :meth:`process_study`."""
+        try:
+            self._score(study_uid, processed=False)
+        except Exception as exc:  # a bug or a broken store: this study only
+            self._failed(study_uid, exc)
+
+    def _failed(self, study_uid: str, exc: Exception) -> None:
+        """Record an error while processing a study: state FAILED, the error as a reason (the
+        worklist shows it, at the study's ordered priority or above), and a retry after
+        ``retry_seconds`` times the failures so far, up to :data:`MAX_FAILURES` in a row; then
+        it waits for new images or an order change."""
+        log.error("study %s: processing failed", study_uid, exc_info=exc)
+        try:
+            with self.db.session() as s:
+                study = _study(s, study_uid)
+                if study is None or study.state == StudyState.RECEIVING:
+                    return  # gone, or new images came: it completes and is processed again
+                study.failures += 1
+                delay = self.retry_seconds * study.failures
+                retried = study.failures < MAX_FAILURES
+                study.state = StudyState.FAILED
+                study.ai_next_attempt_at = utcnow() + timedelta(seconds=delay) if retried else None
+                then = (
+                    f"retry {study.failures} of {MAX_FAILURES - 1} in {delay:g} s"
+                    if retried
+                    else "no more retries until new images or an order change"
+                )
+                reasons = [r for r in study_reasons(study) if not r.startswith(FAILED_REASON)]
+                reasons.append(
+                    f"{FAILED_REASON} ({type(exc).__name__}: {exc}); {then}; "
+                    "listed at ordered priority or above"
+                )
+                study.reasons = json.dumps(reasons)
+                s.add(study)
+            log.warning("study %s marked failed (%d in a row): %s", study_uid, study.failures, then)
+        except Exception:
+            log.exception(
+                "study %s: cannot record the failure; retried at the next tick", study_uid
+            )
 
     def _score(self, study_uid: str, *, processed: bool) -> None:
         """Score a study from its order and latest findings; notify the RIS when it rose."""
         waiting = (
-            {StudyState.RECEIVING} if processed else {StudyState.RECEIVING, StudyState.COMPLETE}
+            {StudyState.RECEIVING}
+            if processed
+            else {StudyState.RECEIVING, StudyState.COMPLETE, StudyState.FAILED}
         )
         with self.db.session() as s:
             study = _study(s, study_uid)
             if study is None or study.state in waiting:
                 return
             order = link_order(s, study, self.window)
+            displaced: list[str] = []
+            if order is not None and study.order_link != "patient":
+                # a study guessed by patient loses this order to the study it names
+                displaced = list(
+                    s.exec(
+                        select(Study.study_uid).where(
+                            Study.order_id == order.id,
+                            Study.order_link == "patient",
+                            Study.study_uid != study_uid,
+                        )
+                    ).all()
+                )
             findings = latest_findings(s, study_uid)
             pending = study.state == StudyState.AI_PENDING
             result = score_study(
@@ -297,6 +374,7 @@ class Pipeline:
             study.scored_at = utcnow()
             if not pending and study.state != StudyState.NOT_ROUTED:
                 study.state = StudyState.SCORED
+            study.failures = 0
             sent = study.sent_priority
             raised_further = result.raised and (
                 not sent or self.urgency.level(result.priority).rank < self.urgency.level(sent).rank
@@ -326,17 +404,30 @@ class Pipeline:
                 else:
                     raised_further = corrected = False
             s.add(study)
+        for uid in displaced:
+            log.info("study %s: its order belongs to study %s; linked again", uid, study_uid)
+            self.rescore(uid)
         if raised_further or corrected:
             self.notifier.send_pending()
 
-    def _due_ai_retries(self) -> list[str]:
+    def _due_retries(self) -> list[str]:
+        """AI-pending and failed studies whose retry is due, and any study left COMPLETE (a
+        study is COMPLETE only while this worker processes it, so one seen here was left by
+        an engine that stopped, or an error that could not be recorded)."""
         now = utcnow()
         with self.db.session() as s:
             rows = s.exec(
-                select(Study.study_uid).where(
-                    Study.state == StudyState.AI_PENDING,
-                    col(Study.ai_next_attempt_at) <= now,
+                select(Study.study_uid)
+                .where(
+                    or_(
+                        Study.state == StudyState.COMPLETE,
+                        and_(
+                            col(Study.state).in_((StudyState.AI_PENDING, StudyState.FAILED)),
+                            col(Study.ai_next_attempt_at) <= now,
+                        ),
+                    )
                 )
+                .order_by(col(Study.id))
             ).all()
         return list(rows)
 

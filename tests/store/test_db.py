@@ -15,7 +15,9 @@ def test_tables_of_an_older_version_get_the_new_columns(tmp_path):
         s.add(Study(study_uid="1.2.3"))
     old.dispose()
     con = sqlite3.connect(path)  # the schema as an older version made it
-    for table, column in [("study", "score"), ("study", "reasons"), ("finding", "key_image")]:
+    dropped = [("study", "score"), ("study", "reasons"), ("finding", "key_image")]
+    dropped += [("study", "accession_from_order"), ("study", "failures")]
+    for table, column in dropped:
         con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     con.commit()
     con.close()
@@ -25,6 +27,7 @@ def test_tables_of_an_older_version_get_the_new_columns(tmp_path):
         study = s.exec(select(Study)).one()
         assert study.study_uid == "1.2.3"
         assert study.state == "receiving" and study.score == 0.0 and study.reasons == "[]"
+        assert study.failures == 0 and study.accession_from_order is False
         s.add(Finding(study_uid="1.2.3", model_name="ich", key_image="k.png"))
     with db.session() as s:
         assert s.exec(select(Finding)).one().key_image == "k.png"

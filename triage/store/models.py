@@ -26,6 +26,7 @@ class StudyState(StrEnum):
     AI_PENDING = "ai_pending"  # routed to a model, inference not yet done (e.g. Triton down)
     SCORED = "scored"  # scoring done (with or without an AI finding)
     NOT_ROUTED = "not_routed"  # no routing rule matched; listed at ordered priority
+    FAILED = "failed"  # processing raised an error; retried, listed at ordered priority or above
 
 
 class Instance(SQLModel, table=True):
@@ -70,14 +71,17 @@ class Study(SQLModel, table=True):
     routing_rule: str = ""
     ordered_priority: str = ""  # copied from the linked order (S, A, R, ...)
     patient_class: str = ""  # copied from the linked order (PV1-2)
-    order_link: str = "none"  # none, study_uid, accession
+    order_link: str = "none"  # none, study_uid, accession, patient
+    order_id: int | None = Field(default=None, index=True)  # the linked order; None: none
+    accession_from_order: bool = False  # accession_number was copied from the linked order
     engine_priority: str = ""  # our priority; never lower than ordered_priority
     sent_priority: str = ""  # last priority we told the RIS about (ORM XO)
     score: float = 0.0
     reasons: str = "[]"  # JSON list of human-readable reasons
     scored_at: datetime | None = None
     ai_attempts: int = 0
-    ai_next_attempt_at: datetime | None = None
+    ai_next_attempt_at: datetime | None = None  # when an AI_PENDING or FAILED study is retried
+    failures: int = 0  # processing errors in a row (FAILED); 0 once it is scored
     ai_status: str = ""  # "", pending, done, not_assessable, error
     analyzed_fingerprint: str = ""  # hash of the instance set the last analysis saw
     sent_finding: str = ""  # AI result last told to the RIS (model:positive|negative|...)
