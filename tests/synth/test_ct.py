@@ -188,7 +188,9 @@ def test_hemorrhage_only_when_labelled(head_pair: dict[bool, SyntheticStudy]) ->
     assert touched <= set(slices) | {slices[0] - 1, slices[-1] + 1}
     lesion_hu = pos[mask]
     assert 55 <= float(lesion_hu.mean()) <= 85
-    assert np.percentile(lesion_hu, 5) > 40 and np.percentile(lesion_hu, 95) < 100
+    # Edge voxels hold half a plane of brain (the slice profile): a few are below 40.
+    assert np.percentile(lesion_hu, 5) > 30 and np.percentile(lesion_hu, 95) < 100
+    assert np.percentile(lesion_hu, 25) > 45
     # It replaced brain tissue, not bone.
     assert 15 < float(neg[mask].mean()) < 45
     # Default demo bleed: 14-28 mm across in plane, clearly visible.

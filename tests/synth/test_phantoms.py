@@ -34,9 +34,10 @@ def test_head_tissues_noise_free() -> None:
     c = ct._HeadCanvas(g, head)
     vol = c.vol
     assert np.allclose(vol[c.white & ~c.ventricles & (vol < 50)].mean(), head.white_hu, atol=3)
-    assert 25 <= head.white_hu < head.grey_hu <= 41  # grey brighter than white
+    assert 21 <= head.white_hu < head.grey_hu <= 46  # grey brighter than white
+    assert 5 <= head.grey_hu - head.white_hu <= 12
     assert np.all(np.abs(vol[c.ventricles] - head.csf_hu) < 1e-3)
-    assert 0 < head.csf_hu < 10
+    assert 0 <= head.csf_hu <= 10
     assert c.sulci.any() and c.cistern.any() and c.falx.any()
     assert vol.max() > 1000 and (vol == ct.AIR_HU).any()  # bone and air
     assert (vol[c.inside] < 2000).all()
@@ -255,7 +256,9 @@ def test_in_memory_path_matches_dicom_path(spec: ct.PhantomSpec, tmp_path: Path)
     dicom_ml = ct.read_truth_mask(study.truth_mask).sum()  # type: ignore[arg-type]
     dicom_ml = dicom_ml * (spec.fov_mm / 512) ** 2 * spec.slice_thickness / 1000
     mem_ml = sum(les.volume_ml for les in mem.lesions)
-    assert abs(dicom_ml - mem_ml) / mem_ml < 0.1
+    # The truth mask marks voxels whose slab is at least half lesion; the lesion's volume is the
+    # mean over the planes of the slice profile: on 8 mm slices they differ by up to ~20 %.
+    assert abs(dicom_ml - mem_ml) / mem_ml < (0.1 if spec.slice_thickness < 6 else 0.2)
 
 
 @pytest.mark.parametrize("task", ["ich", "pe"])

@@ -30,6 +30,7 @@ only inside the lesion, and the anatomy does not depend on the grid.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import re
@@ -132,6 +133,17 @@ class PhantomSpec:
     noise_hu: float = 5.0
     scanner: int = 1  # index into SCANNERS
     size_mm: float | None = None
+    # Acquisition as real scanners vary it (draw_spec randomises each per study; the defaults
+    # are a neutral acquisition): a calibration offset of the whole HU scale on top of the
+    # scanner's; the reconstruction kernel (< 0: Gaussian blur of that sigma in pixels of the
+    # 512 matrix, > 0: unsharp-mask sharpening of that amount, edge overshoot included); the
+    # patient's in-plane rotation (degrees) and position (mm) on the table; the correlated
+    # share of the noise (x the per-pixel sigma, on cells of the 128 grid).
+    hu_offset: float = 0.0
+    kernel: float = 0.0
+    rotation_deg: float = 0.0
+    shift_mm: tuple[float, float] = (0.0, 0.0)
+    coarse_noise: float = 0.3
 
     def __post_init__(self) -> None:
         known = HEMORRHAGE_SUBTYPES if self.task == "ich" else EMBOLUS_LEVELS
@@ -359,6 +371,11 @@ class _Head:
     ventricle_z: float
     sulci: tuple[float, float, float, float]  # angular frequency, z frequency, phase, width
     cistern_z: float
+    sinus_hu: float  # dural venous sinuses (blood: 40-70 HU with the haematocrit)
+    sinus_radius: float  # superior sagittal sinus at the torcula, mm
+    cupping: float  # HU added to the brain next to the inner table (beam hardening, scatter)
+    texture_hu: float  # RMS of the brain's slow density variations
+    detail_seed: int  # the draws of the skull base detail, tentorium, texture and head holder
 
     @property
     def inner_axes(self) -> tuple[float, float, float]:
@@ -373,14 +390,18 @@ class _Head:
 
 def _draw_head(rng: np.random.Generator) -> _Head:
     scale = rng.uniform(0.93, 1.07)
+    skull_thickness = _u(rng, 5.5, 7.5)
+    scalp_thickness = _u(rng, 4.0, 6.0)
+    grey = _u(rng, 33.0, 46.0)  # scanners and ages differ by several HU
+    white = grey - _u(rng, 5.0, 12.0)
     return _Head(
         skull_axes=(72.0 * scale, 92.0 * scale, 95.0 * scale),
-        skull_thickness=_u(rng, 5.5, 7.5),
-        scalp_thickness=_u(rng, 4.0, 6.0),
-        grey_hu=_u(rng, 36.0, 40.0),
-        white_hu=_u(rng, 27.0, 31.0),
-        csf_hu=_u(rng, 3.0, 7.0),
-        bone_hu=_u(rng, 1250.0, 1500.0),
+        skull_thickness=skull_thickness,
+        scalp_thickness=scalp_thickness,
+        grey_hu=grey,
+        white_hu=white,
+        csf_hu=_u(rng, 0.0, 10.0),
+        bone_hu=_u(rng, 1100.0, 1600.0),
         ventricle_axes=(_u(rng, 4.0, 7.0), _u(rng, 18.0, 24.0), _u(rng, 12.0, 16.0)),
         ventricle_z=_u(rng, 12.0, 20.0),
         sulci=(
@@ -390,6 +411,11 @@ def _draw_head(rng: np.random.Generator) -> _Head:
             _u(rng, 0.10, 0.16),
         ),
         cistern_z=_u(rng, -14.0, -8.0),
+        sinus_hu=_u(rng, 42.0, 70.0),
+        sinus_radius=_u(rng, 3.0, 5.0),
+        cupping=_u(rng, -3.0, 8.0),
+        texture_hu=_u(rng, 1.0, 4.0),
+        detail_seed=int(rng.integers(2**31)),
     )
 
 
@@ -502,6 +528,136 @@ class _HeadCanvas:
             if hit:
                 self.vol[hit[0]][hit[1]] = head.bone_hu * 0.9
         self.skull_base_z = zb
+        self._paint_sinuses()
+        self._paint_detail(np.random.default_rng(head.detail_seed))
+        # Cupping / pseudo-enhancement: the brain next to the inner table a few HU off.
+        if head.cupping:
+            r = self.r_inner
+            for k in range(g.shape[0]):
+                ramp = np.clip((r[k] - 0.75) / 0.25, 0.0, 1.0) ** 2
+                brain = self.inside[k] & (self.vol[k] < 100.0)
+                self.vol[k][brain] += np.float32(head.cupping) * ramp[brain]
+
+    def _paint_detail(self, rng: np.random.Generator) -> None:
+        """What every real head CT has besides the large compartments: slow density
+        variations of the brain (plane waves, 12-60 mm), the bony clutter of the skull base
+        (clinoids, sphenoid wings, petrous apex: small dense bodies of any shape and density)
+        with air cells (mastoid, sphenoid sinus), the tentorium (a thin dural sheet: faint
+        partial-volume lines) and, in most scans, the head holder behind the head."""
+        g, head = self.g, self.head
+        ax, ay, _az = head.inner_axes
+        # Brain texture.
+        waves = []
+        for _ in range(8):
+            d = rng.normal(size=3)
+            d /= float(np.linalg.norm(d)) or 1.0
+            k = 2.0 * math.pi / _u(rng, 12.0, 60.0)
+            waves.append((d * k, _u(rng, 0.0, 2.0 * math.pi)))
+        amp = np.float32(head.texture_hu * math.sqrt(2.0 / len(waves)))
+        for j in range(g.shape[0]):
+            z = float(g.z[j, 0, 0])
+            field_ = np.zeros(g.shape[1:], np.float32)
+            for kv, phase in waves:
+                field_ += np.sin(g.x[0] * kv[0] + g.y[0] * kv[1] + (z * kv[2] + phase))
+            brain = self.inside[j] & (self.vol[j] > 15.0) & (self.vol[j] < 60.0)
+            self.vol[j][brain] += amp * field_[brain]
+        # Tentorium: from the transverse sinuses up to the incisura around the midbrain.
+        zt = head.cistern_z - 3.0
+        tent_hu = np.float32(_u(rng, 42.0, 55.0))
+        slope = _u(rng, 0.25, 0.45)
+        box = _box(g, (-ax, 0.0, zt - 2.0), (ax, ay, zt + slope * ay + 2.0))
+        if box is not None:
+            x, y, zz = _coords(g, box)
+            r_xy = np.sqrt((x / ax) ** 2 + (y / ay) ** 2)
+            height = zt + slope * ay * (1.0 - r_xy)
+            sheet = (np.abs(zz - height) < 0.6) & (x**2 + (y - 10.0) ** 2 > 15.0**2) & (y > 0)
+            sub = self.vol[box]
+            sheet &= self.inside[box] & (sub < 100.0)
+            sub[sheet] = tent_hu
+        # Skull base clutter and air cells.
+        zb = self.skull_base_z
+        for _ in range(int(rng.integers(20, 41))):
+            centre = (_u(rng, -0.8, 0.8) * ax, _u(rng, -0.8, 0.6) * ay, zb + _u(rng, -8.0, 14.0))
+            axes = (_u(rng, 1.5, 7.0), _u(rng, 1.5, 7.0), _u(rng, 1.5, 6.0))
+            hu = _u(rng, 250.0, 1400.0)
+            hit = _ellipsoid_in(g, centre, axes, _u(rng, 0.0, math.pi))
+            if hit:
+                sub = self.vol[hit[0]]
+                sub[hit[1] & (sub > -200.0)] = hu
+        cells = [
+            (
+                (side * _u(rng, 0.75, 0.95) * ax, _u(rng, 0.1, 0.4) * ay, zb + _u(rng, -8, 6)),
+                (_u(rng, 2.0, 5.0),) * 3,
+            )
+            for side in (-1.0, 1.0)
+            for _ in range(4)
+        ]
+        cells.append(((0.0, -0.3 * ay, zb - 6.0), (_u(rng, 7, 11), _u(rng, 7, 11), _u(rng, 6, 9))))
+        for centre, axes in cells:
+            shell = _ellipsoid_in(g, centre, tuple(a + 1.5 for a in axes))
+            if shell:
+                self.vol[shell[0]][shell[1]] = head.bone_hu * 0.8
+            hit = _ellipsoid_in(g, centre, axes)
+            if hit:
+                self.vol[hit[0]][hit[1]] = -900.0
+        # Head holder: a thin dense arc behind the head, in most scans.
+        if rng.random() < 0.7:
+            gap = _u(rng, 4.0, 20.0)
+            s = head.scalp_thickness + head.skull_thickness + gap
+            rr = np.sqrt((g.x[0] / (ax + s)) ** 2 + (g.y[0] / (ay + s)) ** 2)
+            arc = (np.abs(rr - 1.0) * (ay + s) < _u(rng, 0.8, 2.0)) & (g.y[0] > 0.2 * ay)
+            holder_hu = np.float32(_u(rng, 150.0, 600.0))
+            for j in range(g.shape[0]):
+                self.vol[j][arc & (self.vol[j] < -500.0)] = holder_hu
+
+    def _paint_sinuses(self) -> None:
+        """The dural venous sinuses, present in every head: superior sagittal (midline, under
+        the vertex, widening backward), transverse and sigmoid (along the occipital and
+        temporal inner table) and straight (torcula to the vein of Galen), all at the
+        blood's HU (``sinus_hu``, 42-70: the range of an acute bleed's lower half)."""
+        g, head = self.g, self.head
+        _ax, ay, az = head.inner_axes
+        big = head.sinus_radius
+        zt = head.cistern_z - 3.0  # torcula / transverse sinus level
+        segments: list[tuple[np.ndarray, np.ndarray, float]] = []
+
+        def inset(p: np.ndarray, d: float, radial_xy: bool = False) -> np.ndarray:
+            n = float(np.hypot(p[0], p[1])) if radial_xy else float(np.linalg.norm(p))
+            if radial_xy:
+                return np.array([p[0] * (1 - d / n), p[1] * (1 - d / n), p[2]])
+            return p * (1.0 - d / max(n, 1e-3))
+
+        phi_end = math.pi - math.asin(max(-0.9, min(0.9, zt / az)))
+        phis = np.linspace(0.35, phi_end, 14)
+        for a0, a1 in itertools.pairwise(phis):
+            r = big * (0.35 + 0.65 * (a1 - phis[0]) / (phi_end - phis[0]))
+            p0 = np.array([0.0, -ay * math.cos(a0), az * math.sin(a0)])
+            p1 = np.array([0.0, -ay * math.cos(a1), az * math.sin(a1)])
+            segments.append((inset(p0, r + 0.5), inset(p1, r + 0.5), r))
+        torcula = inset(np.array(_surface_point(head, math.pi / 2, zt)), big, radial_xy=True)
+        for side in (-1.0, 1.0):
+            thetas = math.pi / 2 - side * np.linspace(0.0, 1.15, 7)
+            pts = [
+                np.array(_surface_point(head, float(t), zt - 4.0 * i / 6.0))
+                for i, t in enumerate(thetas)
+            ]
+            thetas2 = math.pi / 2 - side * np.linspace(1.15, 1.5, 4)
+            pts2 = [
+                np.array(_surface_point(head, float(t), zt - 4.0 - 22.0 * i / 3.0))
+                for i, t in enumerate(thetas2)
+            ]
+            for seq, r in ((pts, 0.8 * big), (pts2, 0.7 * big)):
+                for q0, q1 in itertools.pairwise(seq):
+                    segments.append((inset(q0, r + 0.5, True), inset(q1, r + 0.5, True), r))
+        galen = np.array([0.0, head.ventricle_axes[1] * 0.6, head.ventricle_z - 6.0])
+        segments.append((torcula, galen, 0.5 * big))
+        self.sinus = np.zeros(g.shape, dtype=bool)
+        for p0, p1, r in segments:
+            hit = _capsule_in(g, list(p0), list(p1), r)
+            if hit:
+                self.sinus[hit[0]] |= hit[1]
+        self.sinus &= self.inside & ~self.ventricles
+        self.vol[self.sinus] = head.sinus_hu
 
     @functools.cached_property
     def r_inner(self) -> np.ndarray:
@@ -988,14 +1144,128 @@ def _z_positions(spec: PhantomSpec) -> np.ndarray:
     return (z0 + np.arange(n) * t).astype(np.float32)
 
 
+def profile_samples(thickness: float) -> int:
+    """How many planes across its thickness one slice integrates (:func:`render`): one per
+    ~1.25 mm, at most 4."""
+    return int(min(4, max(1, round(thickness / 1.25))))
+
+
 def render(spec: PhantomSpec, seed: int, g: _Grid) -> tuple[np.ndarray, np.ndarray, list[Lesion]]:
-    """Noise-free HU volume, lesion mask and lesions of ``spec`` on grid ``g``."""
-    if spec.task == "ich":
-        vol, mask, lesions = _render_head(spec, seed, g)
+    """Noise-free HU volume, lesion mask and lesions of ``spec`` on grid ``g``, as the scanner
+    reconstructs them:
+
+    - **slice profile**: each slice is the mean of :func:`profile_samples` planes spread evenly
+      over its thickness (a box profile), so bone cut obliquely by a 5 mm slice (the vertex,
+      the skull base) gives the partial-volume values a real scan has; a voxel is lesion when
+      at least half of its planes are;
+    - **pose**: the patient rotated and moved in plane (``rotation_deg``, ``shift_mm``);
+    - **kernel**: blur or sharpening (``kernel``), edge overshoot included;
+    - **calibration**: the scanner's offset plus ``hu_offset`` on every voxel.
+    """
+    paint = _render_head if spec.task == "ich" else _render_chest
+    n_sub = profile_samples(spec.slice_thickness)
+    if n_sub == 1:
+        vol, mask, lesions = paint(spec, seed, g)
     else:
-        vol, mask, lesions = _render_chest(spec, seed, g)
-    vol += np.float32(SCANNERS[spec.scanner][3])
+        vol = np.zeros(g.shape, np.float32)
+        count = np.zeros(g.shape, np.uint8)
+        planes: list[list[Lesion]] = []
+        for k in range(n_sub):
+            dz = np.float32(((k + 0.5) / n_sub - 0.5) * g.thickness)
+            v, m, les = paint(spec, seed, replace(g, z=g.z + dz))
+            vol += v
+            count += m
+            planes.append(les)
+        vol /= np.float32(n_sub)
+        mask = 2 * count >= n_sub
+        # each lesion's volume and centre: the mean over the planes (the slab's integral)
+        lesions = [
+            replace(
+                per[0],
+                volume_ml=float(np.mean([les.volume_ml for les in per])),
+                centre_mm=tuple(float(c) for c in np.mean([les.centre_mm for les in per], 0)),
+            )
+            for per in zip(*planes, strict=True)
+        ]
+    vol, mask = _pose(vol, mask, g, spec.rotation_deg, spec.shift_mm)
+    _apply_kernel(vol, spec.kernel)
+    vol += np.float32(SCANNERS[spec.scanner][3] + spec.hu_offset)
     return vol, mask, lesions
+
+
+def _pose(
+    vol: np.ndarray,
+    mask: np.ndarray,
+    g: _Grid,
+    rotation_deg: float,
+    shift_mm: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``vol`` (bilinear) and ``mask`` (nearest) rotated by ``rotation_deg`` about the image
+    centre and moved by ``shift_mm`` (x, y), slice by slice; air comes in at the edges."""
+    if not rotation_deg and not any(shift_mm):
+        return vol, mask
+    n, h, w = vol.shape
+    a = math.radians(rotation_deg)
+    c, s = math.cos(a), math.sin(a)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xx -= (w - 1) / 2 + shift_mm[0] / g.spacing
+    yy -= (h - 1) / 2 + shift_mm[1] / g.spacing
+    xs = c * xx + s * yy + (w - 1) / 2  # the source of each output pixel
+    ys = -s * xx + c * yy + (h - 1) / 2
+    x0, y0 = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
+    fx, fy = (xs - x0).astype(np.float32), (ys - y0).astype(np.float32)
+    inside = (x0 >= 0) & (x0 < w - 1) & (y0 >= 0) & (y0 < h - 1)
+    x0, y0 = np.clip(x0, 0, w - 2), np.clip(y0, 0, h - 2)
+    i00 = (y0 * w + x0).ravel()
+    weights = [((1 - fy) * (1 - fx)).ravel(), ((1 - fy) * fx).ravel()]
+    weights += [(fy * (1 - fx)).ravel(), (fy * fx).ravel()]
+    offsets = (0, 1, w, w + 1)
+    near = (np.rint(ys).clip(0, h - 1) * w + np.rint(xs).clip(0, w - 1)).astype(np.int64).ravel()
+    out = np.full_like(vol, AIR_HU)
+    out_mask = np.zeros_like(mask)
+    keep = inside.ravel()
+    for k in range(n):
+        flat = vol[k].ravel()
+        acc = np.zeros(h * w, np.float32)
+        for off, wt in zip(offsets, weights, strict=True):
+            acc += flat[i00 + off] * wt
+        out[k].ravel()[keep] = acc[keep]
+        out_mask[k].ravel()[keep] = mask[k].ravel()[near[keep]]
+    return out, out_mask
+
+
+def _gauss_taps(sigma: float) -> np.ndarray:
+    r = max(1, math.ceil(3.0 * sigma))
+    t = np.exp(-0.5 * (np.arange(-r, r + 1, dtype=np.float32) / np.float32(sigma)) ** 2)
+    return (t / t.sum()).astype(np.float32)
+
+
+def _blur_slice(a: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """Separable convolution of one slice [H, W] with ``taps`` (edges: nearest value)."""
+    r = len(taps) // 2
+    out = a
+    for axis in (0, 1):
+        pad = np.pad(out, [(r, r) if ax == axis else (0, 0) for ax in (0, 1)], mode="edge")
+        acc = np.zeros_like(a)
+        n = a.shape[axis]
+        for i, t in enumerate(taps):
+            acc += t * (pad[i : i + n] if axis == 0 else pad[:, i : i + n])
+        out = acc
+    return out
+
+
+def _apply_kernel(vol: np.ndarray, kernel: float) -> None:
+    """The reconstruction kernel, in place: ``kernel`` < 0 blurs (Gaussian, sigma = -kernel
+    pixels), > 0 sharpens (unsharp mask of that amount around a 1-pixel Gaussian)."""
+    if kernel == 0.0:
+        return
+    taps = _gauss_taps(-kernel if kernel < 0 else 1.0)
+    for k in range(vol.shape[0]):
+        smooth = _blur_slice(vol[k], taps)
+        if kernel < 0:
+            vol[k] = smooth
+        else:
+            vol[k] += np.float32(kernel) * (vol[k] - smooth)
 
 
 def _noise_sigma(spec: PhantomSpec) -> float:
@@ -1004,10 +1274,11 @@ def _noise_sigma(spec: PhantomSpec) -> float:
 
 def _coarse_noise(spec: PhantomSpec, seed: int, n: int, cells: int) -> np.ndarray:
     """Correlated noise component: white on a ``cells`` x ``cells`` in-plane grid (the model
-    grid), 0.3 x the per-pixel sigma; shared by the DICOM and in-memory paths."""
+    grid), ``spec.coarse_noise`` x the per-pixel sigma; shared by the DICOM and in-memory
+    paths."""
     rng = np.random.default_rng([seed, 1, 1])
     return rng.standard_normal((n, cells, cells), dtype=np.float32) * np.float32(
-        0.3 * _noise_sigma(spec)
+        spec.coarse_noise * _noise_sigma(spec)
     )
 
 
@@ -1033,8 +1304,9 @@ def draw_spec(task: Task, rng: np.random.Generator, *, positive: bool) -> Phanto
         fov = _u(rng, 200.0, 250.0)
         noise = _u(rng, 3.0, 8.0)
         kinds: tuple[str, ...] = HEMORRHAGE_SUBTYPES
-        mimic_p = 0.3
-        mimics = tuple(m for m in HEAD_MIMICS if rng.random() < mimic_p)
+        # Physiological calcifications are the rule in adult heads, bleed or not.
+        mimic_p = (0.55, 0.55, 0.25, 0.5, 0.1)  # choroid, pineal, falx, beam hardening, motion
+        mimics = tuple(m for m, p in zip(HEAD_MIMICS, mimic_p, strict=True) if rng.random() < p)
     else:
         thickness = float(rng.choice([1.0, 1.25, 2.0, 2.5]))
         coverage = _u(rng, 180.0, 230.0)
@@ -1057,6 +1329,9 @@ def draw_spec(task: Task, rng: np.random.Generator, *, positive: bool) -> Phanto
         if rng.random() < 0.2:
             subtypes = (first, str(rng.choice(kinds, p=weights)))
     n = max(8, round(coverage / thickness))
+    # Acquisition (a separate stream: the draws above are those of the earlier generator).
+    arng = np.random.default_rng(rng.integers(2**63))
+    kernel = -_u(arng, 0.3, 1.5) if arng.random() < 0.5 else _u(arng, 0.0, 0.8)
     return PhantomSpec(
         task=task,
         label=positive,
@@ -1067,6 +1342,11 @@ def draw_spec(task: Task, rng: np.random.Generator, *, positive: bool) -> Phanto
         fov_mm=round(fov, 1),
         noise_hu=round(noise, 2),
         scanner=scanner,
+        hu_offset=round(_u(arng, -12.0, 12.0), 2),
+        kernel=round(kernel, 3),
+        rotation_deg=round(_u(arng, -15.0, 15.0), 2),
+        shift_mm=(round(_u(arng, -15.0, 15.0), 1), round(_u(arng, -15.0, 15.0), 1)),
+        coarse_noise=round(_u(arng, 0.3, 1.0), 3),
     )
 
 

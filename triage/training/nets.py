@@ -43,6 +43,15 @@ FEATURES = {
     "ich": (70.0, 25.0, 150.0, 3),
     "pe": (45.0, 30.0, 180.0, 4),
 }
+# The study's own soft tissue as its HU reference: (window low, high) of the first mean, half
+# width of the second, and the value the reference is moved to. The brain (ich) or the chest's
+# muscle and mediastinum (pe) of any scanner, calibration offset or patient then sit where the
+# windows below expect them, and a bleed or a clot is judged against its own surroundings.
+REFERENCE = {
+    "ich": (10.0, 65.0, 12.0, 33.0),
+    "pe": (0.0, 100.0, 20.0, 45.0),
+}
+MAX_REFERENCE_SHIFT = 25.0  # HU; past it the input checks call the scale uncalibrated
 
 
 def _reach(m: torch.Tensor, r: int, dim: int, sign: int) -> torch.Tensor:
@@ -104,6 +113,7 @@ class Detector(nn.Module):
     lesion_c: torch.Tensor
     lesion_h: torch.Tensor
     dense_hu: torch.Tensor
+    reference: torch.Tensor
 
     def __init__(self, task: str, width: int = 12, size: int | None = None) -> None:
         super().__init__()
@@ -118,6 +128,7 @@ class Detector(nn.Module):
         self.register_buffer("lesion_c", torch.tensor(lc))
         self.register_buffer("lesion_h", torch.tensor(lh))
         self.register_buffer("dense_hu", torch.tensor(dense))
+        self.register_buffer("reference", torch.tensor(REFERENCE[task]))
         self.task = task
         self.enc = enc
         n_feat = N_FEATURES
@@ -148,12 +159,28 @@ class Detector(nn.Module):
     def _task(self, v: torch.Tensor) -> torch.Tensor:
         return ((v - self.centre) / self.halfwidth).clamp(-1.5, 2.0)
 
+    def normalise(self, volume: torch.Tensor) -> torch.Tensor:
+        """``volume`` [B, Z, H, W] shifted so that its soft-tissue reference (:data:`REFERENCE`:
+        the mean of the voxels in a soft-tissue window, then the mean of those within a half
+        width of it) lands on the reference value; the shift is at most
+        :data:`MAX_REFERENCE_SHIFT`. A calibration offset or a denser brain no longer looks
+        like blood."""
+        lo, hi, half, value = self.reference.unbind()
+        dims = (1, 2, 3)
+        m = ((volume >= lo) & (volume <= hi)).to(volume.dtype)
+        m1 = (volume * m).sum(dim=dims) / m.sum(dim=dims).clamp(min=1.0)
+        m = ((volume - m1[:, None, None, None]).abs() <= half).to(volume.dtype)
+        m2 = (volume * m).sum(dim=dims) / m.sum(dim=dims).clamp(min=1.0)
+        shift = (m2 - value).clamp(-MAX_REFERENCE_SHIFT, MAX_REFERENCE_SHIFT)
+        return volume - shift[:, None, None, None]
+
     def features(self, volume: torch.Tensor) -> torch.Tensor:
-        """Fixed (not learned) channels on the 64 x 64 cell grid [B*Z, N_FEATURES, 64, 64]."""
+        """Fixed (not learned) channels on the 64 x 64 cell grid [B*Z, N_FEATURES, 64, 64], of
+        the volume after :meth:`normalise`."""
         b, z, h, w = volume.shape
         s = self.scale
         cell = 2 * s  # input voxels per feature cell, in plane
-        v = volume.reshape(b * z, 1, h, w)
+        v = self.normalise(volume).reshape(b * z, 1, h, w)
         # full resolution: a lesion-range voxel enclosed by dense (contrast / bone) voxels,
         # in plane or along z
         dense = (v > self.dense_hu).to(v.dtype)

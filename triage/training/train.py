@@ -207,6 +207,42 @@ def predict(net, volumes: np.ndarray, batch: int = 1) -> np.ndarray:  # type: ig
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def fit_platt(logits: np.ndarray, labels: np.ndarray, ridge: float = 0.05) -> tuple[float, float]:
+    """(a, b) of the logistic recalibration ``sigmoid(a * logit + b)`` that minimises the
+    binary cross-entropy on (logits, labels), with a small ridge pulling (a, b) toward
+    (1, 0) so that separable data cannot drive ``a`` to infinity (Newton's method)."""
+    x = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.float64)
+    a, b = 1.0, 0.0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(a * x + b)))
+        r = p - y
+        w = p * (1.0 - p)
+        grad = np.array([r @ x + ridge * (a - 1.0), r.sum() + ridge * b])
+        hess = np.array([[w @ (x * x) + ridge, w @ x], [w @ x, w.sum() + ridge]], dtype=np.float64)
+        step = np.linalg.solve(hess, grad)
+        a, b = a - float(step[0]), b - float(step[1])
+        if float(np.abs(step).max()) < 1e-9:
+            break
+    return a, b
+
+
+def calibrate(net, tune: Dataset) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Fold a Platt recalibration, fitted on the tuning set, into the net's study scale and
+    bias: the exported ``probability`` is then calibrated (what the scorer receives)."""
+    torch = _require_torch()
+    logits = []
+    with torch.no_grad():
+        for i in range(len(tune)):
+            v = torch.from_numpy(np.asarray(tune.volumes[i : i + 1], dtype=np.float32))
+            logits.append(float(net(v)[0][0]))
+    a, b = fit_platt(np.array(logits), tune.labels)
+    with torch.no_grad():
+        net.study_scale.mul_(a)
+        net.study_bias.mul_(a).add_(b)
+    return a, b
+
+
 def choose_threshold(prob: np.ndarray, labels: np.ndarray, specificity: float) -> float:
     """The lowest threshold whose specificity on (prob, labels) is >= ``specificity`` (halfway
     between the negative score it must exceed and the next higher score).
@@ -245,6 +281,8 @@ def finish_task(  # type: ignore[no-untyped-def]
     ``seconds`` is the whole wall time, data, tuning and export included."""
     from triage.training.export import export_onnx, write_config
 
+    a, b = calibrate(net, tune)
+    log.info("%s: calibration on the tuning set: logit x %.3f %+.3f", cfg.task, a, b)
     prob = predict(net, tune.volumes)
     thr = choose_threshold(prob, tune.labels, cfg.target_specificity)
     pos = tune.labels > 0.5
