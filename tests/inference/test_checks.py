@@ -4,15 +4,30 @@ for Triton (the analyzer here has no inference server at all)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from conftest import SHARED_DATA
+from pydicom.dataset import Dataset
 
 from triage.errors import TritonUnavailable
 from triage.inference.analyze import TritonAnalyzer
-from triage.inference.checks import InputFacts, InputLimits, problems
+from triage.inference.checks import (
+    InputFacts,
+    InputLimits,
+    anatomy,
+    content_grid,
+    measure,
+    problems,
+    pulmonary_artery_enhancement,
+)
+from triage.inference.contract import load_contract
+from triage.inference.volume import Volume, load_volume, resample
+from triage.store.models import Instance
 from triage.synth import ct
 
 from .conftest import MODELS_DIR
@@ -24,7 +39,17 @@ SHARED = SHARED_DATA / "dicom"
 def _files(folder: str, pattern: str = "*") -> list[Path]:
     root = SHARED / folder
     assert root.is_dir(), f"shared test data not found: {root}"
-    return sorted(p for p in root.glob(pattern) if p.is_file() and "LICENSE" not in p.name)
+    return sorted(
+        p
+        for p in root.rglob(pattern)
+        if p.is_file() and "LICENSE" not in p.name and p.name != "DIRFILE"
+    )
+
+
+def _limits(model: str) -> InputLimits:
+    return InputLimits.from_parameters(
+        model, load_contract(MODELS_DIR / model / "config.pbtxt").parameters
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,39 +71,140 @@ def _passes(analyzer: TritonAnalyzer, model: str, files: list[Path]) -> None:
         analyzer.analyze(model, instance_rows(files))
 
 
+def _rewrite(files: list[Path], out: Path, change: Callable[[Dataset], None]) -> list[Path]:
+    """A copy of a series with ``change`` applied to every data set (the originals are
+    read-only shared data)."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        change(ds)
+        path = out / f"{i:04d}.dcm"
+        ds.save_as(path)
+        written.append(path)
+    return written
+
+
+def _grid_facts(model: str, grid: np.ndarray, fov_mm: float, coverage_mm: float) -> InputFacts:
+    """:func:`measure` on a model-grid volume (from the in-memory phantom path)."""
+    n = 64
+    volume = Volume(
+        hu=np.zeros((n, 1, grid.shape[2]), np.float32),  # only the geometry is read
+        z_positions=np.linspace(0.0, coverage_mm, n),
+        pixel_spacing=(fov_mm / grid.shape[2], fov_mm / grid.shape[2]),
+        slice_thickness=2.5,
+        series_uid="",
+    )
+    return measure(_limits(model), [Instance(modality="CT")], volume, grid)
+
+
+# -- real series ----------------------------------------------------------------------------------
+
+
 def test_non_contrast_chest_ct_is_not_assessable_for_pe(analyzer: TritonAnalyzer) -> None:
     detail = _not_assessable(analyzer, "pe", _files("lidc-chest-ct"))
-    assert "enhancement too low" in detail and "wrong body part" not in detail
+    assert "pulmonary artery enhancement too low" in detail
+    assert "wrong body part" not in detail and "calibrated" not in detail
 
 
 def test_chest_ct_is_the_wrong_body_part_for_ich(analyzer: TritonAnalyzer) -> None:
     detail = _not_assessable(analyzer, "ich", _files("lidc-chest-ct"))
-    assert "wrong body part" in detail and "head" in detail
+    assert "wrong body part" in detail and "no closed skull ring" in detail
 
 
 def test_head_ct_is_the_wrong_body_part_for_pe(analyzer: TritonAnalyzer) -> None:
     detail = _not_assessable(analyzer, "pe", _files("ge-head-ct", "*.dcm"))
-    assert "wrong body part" in detail and "chest" in detail
+    assert "wrong body part" in detail and "two lungs" in detail
 
 
-def test_head_ct_thicker_than_validated_is_not_assessable(analyzer: TritonAnalyzer) -> None:
-    # 4 and 7 mm slices, median 5.5 mm: outside the ich contract's 0.6-5 mm
+def test_head_ct_thicker_than_trained_is_not_assessable(analyzer: TritonAnalyzer) -> None:
+    # 4 and 7 mm slices, median 5.5 mm: outside the ich contract's 1.25-5 mm; nothing else
     detail = _not_assessable(analyzer, "ich", _files("ge-head-ct", "*.dcm"))
-    assert "slice thickness 5.5 mm outside the validated range" in detail
+    assert (
+        detail
+        == "not assessable by ich: slice thickness 5.5 mm outside the trained range 1.25-5 mm"
+    )
 
 
-def test_head_phantom_with_localizer_and_dose_screens_passes_for_ich(
-    analyzer: TritonAnalyzer,
-) -> None:
-    files = [p for p in (SHARED / "philips-head-phantom").rglob("I*") if p.is_file()]
-    assert files, "shared test data not found"
-    _passes(analyzer, "ich", files)
+def test_real_head_ct_passes_every_content_check() -> None:
+    volume = load_volume(_files("ge-head-ct", "*.dcm"))
+    grid = resample(volume, (64, 128, 128), "linear")
+    facts = measure(_limits("ich"), [Instance(modality="CT")], volume, grid)
+    assert problems(replace(_limits("ich"), max_slice_thickness_mm=None), facts) == []
+    assert facts.head_slices is not None and facts.head_slices >= 32
+    assert facts.air_hu is not None and -1024 <= facts.air_hu <= -970
+    assert facts.tissue_hu is not None and 20 <= facts.tissue_hu <= 40
+    # a real elderly head has calcifications: measured, well under the contract's limit
+    assert facts.intracranial_enhancing_ml is not None
+    assert (
+        0.5 < facts.intracranial_enhancing_ml < 0.6 * _limits("ich").max_intracranial_enhancing_ml
+    )  # type: ignore[operator]
+
+
+def test_skull_phantom_without_brain_is_not_a_head(analyzer: TritonAnalyzer) -> None:
+    """The Philips head phantom: a skull filled with air and test inserts (no brain-density
+    tissue); its localizer and dose screens are never the series checked."""
+    detail = _not_assessable(analyzer, "ich", _files("philips-head-phantom", "I*"))
+    assert "wrong body part" in detail and "brain-density tissue" in detail
+    assert "slice thickness" not in detail  # the 5 mm axial series, not the localizer
 
 
 @pytest.mark.parametrize("model", ["ich", "pe"])
 def test_mr_never_goes_to_a_ct_model(analyzer: TritonAnalyzer, model: str) -> None:
     detail = _not_assessable(analyzer, model, _files("dcm4che-wrist-mr", "*.dcm"))
     assert "CT" in detail
+
+
+# -- HU calibration -------------------------------------------------------------------------------
+
+
+def test_real_series_with_wrong_rescale_are_not_assessable(
+    analyzer: TritonAnalyzer, tmp_path: Path
+) -> None:
+    ge = _files("ge-head-ct", "*.dcm")
+
+    def shift(delta: float) -> Callable[[Dataset], None]:
+        def change(ds: Dataset) -> None:
+            ds.SliceThickness = 5  # so thickness is not a reason
+            ds.RescaleIntercept = float(ds.RescaleIntercept) + delta
+
+        return change
+
+    baseline = _rewrite(ge, tmp_path / "ok", shift(0.0))
+    _passes(analyzer, "ich", baseline)
+    plus = _not_assessable(analyzer, "ich", _rewrite(ge, tmp_path / "plus", shift(100.0)))
+    assert "HU scale not calibrated: air around the body at" in plus
+    minus = _not_assessable(analyzer, "ich", _rewrite(ge, tmp_path / "minus", shift(-80.0)))
+    assert "HU scale not calibrated: intracranial tissue median at" in minus
+    assert "wrong body part" not in minus
+
+    lidc = _files("lidc-chest-ct")
+
+    def no_intercept(ds: Dataset) -> None:
+        assert float(ds.RescaleIntercept) < -500  # stored values are HU + 1024 (or so)
+        ds.RescaleIntercept = 0
+
+    detail = _not_assessable(analyzer, "pe", _rewrite(lidc, tmp_path / "lidc", no_intercept))
+    assert "HU scale not calibrated: no air at about -1000 HU" in detail
+    assert "enhancement" not in detail and "wrong body part" not in detail
+
+
+def test_phantom_without_intercept_is_not_assessable(
+    analyzer: TritonAnalyzer, tmp_path: Path
+) -> None:
+    head = ct.write_head_ct(
+        tmp_path / "h", hemorrhage=False, seed=4, patient_id="P", accession="A", size=256
+    )
+    _passes(analyzer, "ich", head.files)
+
+    def no_intercept(ds: Dataset) -> None:
+        ds.RescaleIntercept = 0
+
+    detail = _not_assessable(analyzer, "ich", _rewrite(head.files, tmp_path / "x", no_intercept))
+    assert "HU scale not calibrated: no air at about -1000 HU" in detail
+
+
+# -- phantoms -------------------------------------------------------------------------------------
 
 
 def test_synthetic_studies(analyzer: TritonAnalyzer, tmp_path: Path) -> None:
@@ -95,6 +221,99 @@ def test_synthetic_studies(analyzer: TritonAnalyzer, tmp_path: Path) -> None:
     assert "too few slices: 10" in _not_assessable(analyzer, "ich", short.files)
 
 
+def _head_sample(seed: int, mimics: tuple[str, ...] = ()) -> tuple[ct.PhantomSpec, np.ndarray]:
+    spec = ct.PhantomSpec(task="ich", label=False, mimics=mimics, n_slices=48, slice_thickness=2.5)
+    return spec, ct.model_sample(spec, seed).volume
+
+
+def enhance_head(volume: np.ndarray, fov_mm: float, hu: float = 180.0) -> np.ndarray:
+    """A phantom head with contrast: arteries (a circle of Willis and both middle cerebral
+    arteries, 3-4 mm wide) and deep venous sinuses (straight sinus, internal cerebral veins)
+    raised to ``hu`` inside the brain. Positions are relative to the head's centre on the
+    grid, found from the skull, so any phantom head will do."""
+    out = volume.copy()
+    nz, ny, nx = out.shape
+    mm = fov_mm / nx
+    skull = out > 300
+    ys, xs = np.nonzero(skull.any(axis=0))
+    cy, cx = (ys.min() + ys.max()) / 2.0, (xs.min() + xs.max()) / 2.0
+    y, x = np.mgrid[0:ny, 0:nx]
+    dy, dx = (y - cy) * mm, (x - cx) * mm  # mm from the centre; +y posterior
+    inside = (out > -20) & (out < 100)
+    base = nz // 3  # a little above the skull base
+    willis = np.abs(np.hypot(dx, dy - 5.0) - 14.0) < 2.0
+    mca = (np.abs(dy - 5.0) < 1.8) & (np.abs(dx) > 12.0) & (np.abs(dx) < 55.0)
+    deep = (np.abs(dx) < 2.0) & (dy > 0.0) & (dy < 60.0)
+    for k in range(base, base + 4):
+        out[k][(willis | mca) & inside[k]] = hu
+    for k in range(base + 4, min(nz, base + 20)):
+        out[k][deep & inside[k]] = hu
+    return out
+
+
+def test_contrast_enhanced_head_is_not_assessable_for_ich() -> None:
+    spec, plain = _head_sample(
+        11, mimics=("choroid_calcification", "pineal_calcification", "falx_calcification")
+    )
+    coverage = spec.n_slices * spec.slice_thickness
+    facts = _grid_facts("ich", plain, spec.fov_mm, coverage)
+    assert problems(_limits("ich"), facts) == []  # calcifications are not contrast
+    enhanced = enhance_head(plain, spec.fov_mm)
+    facts = _grid_facts("ich", enhanced, spec.fov_mm, coverage)
+    found = problems(_limits("ich"), facts)
+    assert len(found) == 1 and found[0].startswith("contrast-enhanced head CT:"), found
+
+
+def aorta_timed_ctpa(seed: int) -> tuple[ct.PhantomSpec, np.ndarray, np.ndarray]:
+    """(spec, well-timed CTPA, the same study with the bolus in the aorta only), on pe's grid.
+
+    The generator's poor-contrast variant of the same seed differs only in contrast (same
+    anatomy and noise streams): where it differs, the pulmonary side (trunk, arteries, right
+    heart) is; there the aorta-timed volume takes the poor values, and the systemic side
+    (aorta, left ventricle: > 150 HU where the two agree) is raised by 150 HU."""
+    kw = {"label": False, "n_slices": 80, "slice_thickness": 2.5, "fov_mm": 380.0}
+    good = ct.PhantomSpec(task="pe", **kw)  # type: ignore[arg-type]
+    poor = ct.PhantomSpec(task="pe", mimics=("poor_contrast",), **kw)  # type: ignore[arg-type]
+    v_good = ct.model_sample(good, seed).volume
+    v_poor = ct.model_sample(poor, seed).volume
+    pulmonary = v_good - v_poor > 20.0
+    assert pulmonary.sum() > 1000, "the poor-contrast variant no longer differs in the arteries"
+    timed = np.where(pulmonary, v_poor, v_good)
+    systemic = ~pulmonary & (v_good > 150.0) & (v_good < 500.0)
+    timed[systemic] += 150.0
+    return good, v_good, timed
+
+
+def test_bolus_in_the_aorta_only_is_not_assessable_for_pe() -> None:
+    spec, good, timed = aorta_timed_ctpa(5)
+    coverage = spec.n_slices * spec.slice_thickness
+    ok = _grid_facts("pe", good, spec.fov_mm, coverage)
+    assert problems(_limits("pe"), ok) == [] and ok.enhancement_hu is not None
+    late = _grid_facts("pe", timed, spec.fov_mm, coverage)
+    found = problems(_limits("pe"), late)
+    assert len(found) == 1 and "pulmonary artery enhancement too low" in found[0], found
+    # anywhere in the volume there is plenty of contrast: the check looks at the right place
+    assert float(np.percentile(timed[timed < 700], 99.9)) > 300
+
+
+def test_contract_thickness_is_not_wider_than_trained() -> None:
+    """The thickness range of each contract lies inside the thicknesses the training phantoms
+    are drawn with (triage/synth/ct.py draw_spec)."""
+    for model in ("ich", "pe"):
+        rng = np.random.default_rng(0)
+        drawn = {ct.draw_spec(model, rng, positive=bool(i % 2)).slice_thickness for i in range(400)}  # type: ignore[arg-type]
+        limits = _limits(model)
+        assert (
+            limits.min_slice_thickness_mm is not None and limits.max_slice_thickness_mm is not None
+        )
+        assert (
+            min(drawn)
+            <= limits.min_slice_thickness_mm
+            <= limits.max_slice_thickness_mm
+            <= max(drawn)
+        )
+
+
 def test_limits_from_contract_parameters() -> None:
     limits = InputLimits.from_parameters(
         "pe",
@@ -108,26 +327,28 @@ def test_limits_from_contract_parameters() -> None:
     )
     assert limits.body_part == "chest" and limits.min_slices == 32
     assert limits.max_slice_thickness_mm == 3.0 and limits.min_coverage_mm is None
-    facts = InputFacts("CT", 40, 100.0, 3.5, 300.0, 0.4, enhancement_hu=350.0)
-    expected = "slice thickness 3.5 mm outside the validated range 0.6-3 mm"
+    facts = InputFacts("CT", 40, 100.0, 3.5)
+    expected = "slice thickness 3.5 mm outside the trained range 0.6-3 mm"
     assert problems(limits, facts) == [expected]
     # no parameters: nothing is checked but the modality
     bare = InputLimits.from_parameters("x", {})
-    assert problems(bare, InputFacts("CT", 2, 1.0, 20.0, None, None)) == []
-    assert problems(bare, InputFacts("MR", 40, 100.0, 1.0, None, None)) != []
+    assert problems(bare, InputFacts("CT", 2, 1.0, 20.0)) == []
+    assert problems(bare, InputFacts("MR", 40, 100.0, 1.0)) != []
 
 
 def test_content_checks_judge_a_256_grid_as_its_128_average() -> None:
     """pe's 256 x 256 input is measured at the 128 x 128 resolution the thresholds were
     calibrated on: a grid and its 2 x 2 repetition give the same facts."""
-    from triage.inference.checks import content_grid, mediastinal_enhancement
-
-    rng = np.random.default_rng(0)
-    coarse = rng.normal(40.0, 30.0, (8, 128, 128)).astype(np.float32)
+    spec = ct.PhantomSpec(task="pe", label=False, n_slices=40, slice_thickness=2.5, fov_mm=380.0)
+    coarse = ct.model_sample(spec, 2, shape=(64, 128, 128)).volume
     fine = np.repeat(np.repeat(coarse, 2, axis=1), 2, axis=2)
-    assert content_grid(fine).shape == (8, 128, 128)
+    assert content_grid(fine).shape == (64, 128, 128)
     assert np.allclose(content_grid(fine), coarse)
     assert content_grid(coarse) is coarse
     odd = np.zeros((4, 200, 200), np.float32)
     assert content_grid(odd) is odd  # not a multiple of 128: left as it is
-    assert mediastinal_enhancement(content_grid(fine)) == mediastinal_enhancement(coarse)
+    px = spec.fov_mm / 128
+    value = pulmonary_artery_enhancement(content_grid(fine), anatomy(content_grid(fine), px), px)
+    assert value is not None and value == pulmonary_artery_enhancement(
+        coarse, anatomy(coarse, px), px
+    )

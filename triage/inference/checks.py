@@ -1,23 +1,61 @@
 """Input checks: may this model judge this series at all? Plain functions, run before any claim.
 
-A model only says something about studies like those it was validated on. Before a volume is
+A model only says something about studies like those it was trained on. Before a volume is
 sent to a model, :func:`check_input` looks at the selected series' metadata and at the volume
-(in Hounsfield units, on the model grid) and raises :class:`~triage.errors.NotAssessable` with
-every reason that applies - never a silent "negative":
+(in Hounsfield units, on the model grid; pe's 256 x 256 grid is judged at its 128 x 128
+average, :func:`content_grid`) and raises :class:`~triage.errors.NotAssessable` with every
+reason that applies - never a silent "negative". Each check is a plain function of numpy arrays
+(well under a second per study on one core); the thresholds are listed here.
 
-- **modality**: CT only (an MR or any other modality never reaches a CT model);
+- **modality**: CT only (an MR or any other modality never reaches a CT model).
+- **HU calibration** (:func:`calibration`; whenever the model names a ``body_part``): air
+  around the body (pixels below -500 HU connected to the image border, the values clipped at
+  -1024 left out) must have a median at or below :data:`AIR_MAX_HU` (-950; air is -1000), and
+  a reference tissue must sit where it belongs: for a head the median of the tissue inside the
+  skull (CSF, grey and white matter, -200..300 HU) within :data:`HEAD_TISSUE_HU` (0..65; ~30 on
+  a calibrated scanner), for a chest the most frequent soft-tissue value of the body (5 HU bins
+  over -40..200: muscle, heart, blood, liver) within :data:`CHEST_TISSUE_HU` (15..100; ~40-60).
+  Stored values without the rescale intercept (air near 0) or a scanner offset beyond a few
+  tens of HU fail; the content checks below are then not judged (their HU windows would be
+  meaningless) and the reason says so.
 - **body part** (``body_part`` parameter, ``head`` or ``chest``), judged from the image content,
-  not from header tags (they are often missing or generic): the body's width in the axial plane
-  and the share of air-filled lung inside the body. A head is narrow (<= 260 mm) and a chest is
-  wide (>= 240 mm) with lungs (>= 8 % of the body's cross-section);
-- **slice thickness** outside ``[min_slice_thickness_mm, max_slice_thickness_mm]`` (SliceThickness,
-  else the median slice spacing);
+  not from header tags (often missing or generic), slice by slice (:func:`anatomy`):
+
+  - a *head slice* has a closed ring of bone (> :data:`SKULL_HU`, 200) enclosing at least
+    :data:`HEAD_MIN_CM2` (20 cm^2) of which at least :data:`BRAIN_MIN_FRACTION` (60 %) is
+    brain-density tissue (:data:`BRAIN_HU`, -20..100 HU: CSF, white and grey matter, blood);
+    a head has such slices in at least :data:`MIN_ANATOMY_FRACTION` (25 %) of the slices and is
+    at most :data:`HEAD_MAX_WIDTH_MM` (260 mm) wide. A skull filled with air or inserts (a
+    calibration phantom) is not a head;
+  - a *chest slice* has aerated lung (-1024..-400 HU inside the body outline) of at least
+    :data:`LUNG_MIN_CM2` (20 cm^2) on each side of the body's midline with the mediastinum
+    between them; a chest has such slices in at least 25 % of the slices and is at least
+    :data:`CHEST_MIN_WIDTH_MM` (240 mm) wide.
+- **slice thickness** outside ``[min_slice_thickness_mm, max_slice_thickness_mm]``
+  (SliceThickness, else the median slice spacing): the contract states the range the model was
+  trained on, never wider.
 - **too few slices** (``min_slices``) or too short a coverage along the slice normal
-  (``min_coverage_mm``);
-- **CTPA enhancement** (``min_enhancement_hu``): the median HU of the brightest part of the
-  mediastinal blood pool (heart and great vessels, between the lungs, spine and bone excluded)
-  must reach the threshold (~200 HU): a non-contrast chest CT or a mistimed bolus is not
-  assessable for embolism, whatever the model would answer.
+  (``min_coverage_mm``).
+- **CTPA enhancement at the pulmonary arteries** (``min_enhancement_hu``,
+  :func:`pulmonary_artery_enhancement`): at hilar level (the middle third of the chest slices,
+  where the pulmonary trunk divides into the main pulmonary arteries), in the mediastinum left
+  of the midline (from it to the left lung's medial edge, on rows where both lungs are) and in
+  the front half of the body (:data:`ANTERIOR_FRACTION`): the pulmonary trunk and the left
+  pulmonary artery, not the ascending aorta (right of the midline) nor the descending aorta
+  (beside the spine). Per slice the brightest :data:`TRUNK_CM2` (2 cm^2, less than a main
+  pulmonary artery's cross-section) of blood and soft tissue (0..700 HU, not touching bone) is
+  taken; their median must reach the threshold (~200 HU): a non-contrast chest CT, or a bolus
+  timed to the aorta only, is not assessable for embolism. No region found (no two lungs):
+  not assessable either. The volume is taken as the scanner writes it, patient left on the
+  image right.
+- **contrast in a head for a non-contrast model** (``max_intracranial_enhancing_ml``,
+  :func:`intracranial_enhancement_ml`): the volume, on the head slices, of the tissue enclosed
+  by the skull ring (two voxels in from the bone, so the partial volume of the inner table is
+  left out) at :data:`ENHANCING_HU` (120..200 HU): contrast-filled arteries and venous sinuses
+  as the model grid shows them (a 2-5 mm vessel averaged over a voxel and a slice) and the
+  rims of the larger ones. A real non-contrast head of the shared data (elderly, with
+  calcifications) has ~3 ml, phantoms with calcification mimics ~1-2 ml; ich's limit is 6 ml.
+  Contrast raises it whatever the header says.
 
 The limits come from the model contract's ``config.pbtxt`` ``parameters`` (see models/README.md);
 a missing parameter skips that check (logged once per model). The thresholds of the content
@@ -35,27 +73,37 @@ from dataclasses import dataclass
 import numpy as np
 
 from triage.errors import NotAssessable
-from triage.inference.volume import Volume
+from triage.inference.volume import HU_MIN, Volume
 from triage.store.models import Instance
 
 log = logging.getLogger(__name__)
 
 BODY_HU = -500.0  # above: patient (or table); below: air
-LUNG_HU = (-950.0, -400.0)  # aerated lung after in-plane averaging
+AIR_MAX_HU = -950.0  # median of the air around the body at most this (air: -1000)
+HEAD_TISSUE_HU = (0.0, 65.0)  # median of the intracranial tissue (~30 when calibrated)
+CHEST_TISSUE_HU = (15.0, 100.0)  # most frequent soft-tissue value of a chest (~40-60)
+LUNG_MAX_HU = -400.0  # aerated lung (and airway) inside the body: below
+SKULL_HU = 200.0  # bone of the skull ring after in-plane averaging: above
+BRAIN_HU = (-20.0, 100.0)  # CSF, white and grey matter, blood
+BRAIN_MIN_FRACTION = 0.6
+HEAD_MIN_CM2 = 20.0
+LUNG_MIN_CM2 = 20.0
+MIN_ANATOMY_FRACTION = 0.25
+MIN_ANATOMY_SLICES = 3
 HEAD_MAX_WIDTH_MM = 260.0
 CHEST_MIN_WIDTH_MM = 240.0
-CHEST_MIN_LUNG_FRACTION = 0.08
 BONE_HU = 700.0  # cortical bone and dense calcification: never "vessel"
 VESSEL_MIN_HU = 0.0  # fat and air are below
-BRIGHTEST_QUANTILE = 0.8  # the brightest 20 % of the mediastinal soft tissue
-MIN_MEDIASTINUM_VOXELS = 40
+TRUNK_CM2 = 2.0  # per slice, the brightest blood of this area: a main pulmonary artery's
+ANTERIOR_FRACTION = 0.5  # of the body's front-back depth: trunk in front, descending aorta not
+ENHANCING_HU = (120.0, SKULL_HU)
 
 _warned: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
 class InputLimits:
-    """What a model was validated on, from its contract parameters (None: not checked)."""
+    """What a model was trained on, from its contract parameters (None: not checked)."""
 
     model: str
     body_part: str | None = None  # "head" or "chest"
@@ -64,6 +112,7 @@ class InputLimits:
     min_slices: int | None = None
     min_coverage_mm: float | None = None
     min_enhancement_hu: float | None = None
+    max_intracranial_enhancing_ml: float | None = None
 
     @classmethod
     def from_parameters(cls, model: str, params: Mapping[str, str]) -> InputLimits:
@@ -91,7 +140,10 @@ class InputLimits:
             max_slice_thickness_mm=num("max_slice_thickness_mm"),
             min_slices=int(slices) if slices is not None else None,
             min_coverage_mm=num("min_coverage_mm"),
-            min_enhancement_hu=num("min_enhancement_hu"),
+            min_enhancement_hu=num("min_enhancement_hu") if body in (None, "chest") else None,
+            max_intracranial_enhancing_ml=(
+                num("max_intracranial_enhancing_ml") if body in (None, "head") else None
+            ),
         )
 
 
@@ -103,101 +155,214 @@ class InputFacts:
     slices: int
     coverage_mm: float
     slice_thickness_mm: float | None
-    body_width_mm: float | None
-    lung_fraction: float | None
-    enhancement_hu: float | None = None
+    body_width_mm: float | None = None
+    air_hu: float | None = None  # median of the air around the body
+    tissue_hu: float | None = None  # the body part's reference tissue (see calibration)
+    head_slices: int | None = None  # slices with a skull ring around brain-density tissue
+    skull_slices: int | None = None  # slices with a closed skull ring, whatever it holds
+    chest_slices: int | None = None  # slices with two lungs and a mediastinum
+    grid_slices: int | None = None  # slices of the grid the content checks looked at
+    enhancement_hu: float | None = None  # pulmonary trunk / main pulmonary arteries
+    intracranial_enhancing_ml: float | None = None
+
+
+# -- image primitives (numpy only; [z, y, x] stacks, everything in plane) ----------------------
+
+
+def _runs(passable: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """Pixels of ``passable`` in the same run along the last axis as a ``seed`` pixel."""
+    n = passable.shape[-1]
+    if passable.size == 0:
+        return passable.copy()
+    lines = passable.reshape(-1, n)
+    padded = np.zeros((lines.shape[0], n + 1), dtype=bool)  # a False ends every line's runs
+    padded[:, :n] = lines
+    seeds = np.zeros_like(padded)
+    seeds[:, :n] = seed.reshape(-1, n) & lines
+    flat = padded.ravel()
+    starts = flat & ~np.concatenate(([False], flat[:-1]))
+    label = np.cumsum(starts) * flat
+    hit = np.bincount(label, weights=seeds.ravel(), minlength=int(label.max()) + 1) > 0
+    hit[0] = False
+    return hit[label].reshape(padded.shape)[:, :n].reshape(passable.shape)
+
+
+def reachable(passable: np.ndarray) -> np.ndarray:
+    """The pixels of ``passable`` [..., y, x] connected in plane (4-neighbours) to the image
+    border: runs along rows and columns, alternated until nothing changes (a few passes)."""
+    seed = np.zeros_like(passable)
+    seed[..., 0, :] = seed[..., -1, :] = True
+    seed[..., :, 0] = seed[..., :, -1] = True
+    seed &= passable
+    while True:
+        grown = _runs(passable, seed)
+        grown = np.swapaxes(
+            _runs(np.swapaxes(passable, -1, -2), np.swapaxes(grown, -1, -2)), -1, -2
+        )
+        if np.array_equal(grown, seed):
+            return grown
+        seed = grown
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    out[..., 1:, :] &= mask[..., :-1, :]
+    out[..., :-1, :] &= mask[..., 1:, :]
+    out[..., :, 1:] &= mask[..., :, :-1]
+    out[..., :, :-1] &= mask[..., :, 1:]
+    return out
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    out[..., 1:, :] |= mask[..., :-1, :]
+    out[..., :-1, :] |= mask[..., 1:, :]
+    out[..., :, 1:] |= mask[..., :, :-1]
+    out[..., :, :-1] |= mask[..., :, 1:]
+    return out
 
 
 # -- measurements -------------------------------------------------------------------------------
 
 
-def _inside(body: np.ndarray) -> np.ndarray:
-    """Pixels between the first and last body pixel of their row AND of their column."""
-    inside_rows = np.zeros_like(body)
-    inside_cols = np.zeros_like(body)
-    rows = np.flatnonzero(body.any(axis=1))
-    for r in rows:
-        c = np.flatnonzero(body[r])
-        inside_rows[r, c[0] : c[-1] + 1] = True
-    for c in np.flatnonzero(body.any(axis=0)):
-        r = np.flatnonzero(body[:, c])
-        inside_cols[r[0] : r[-1] + 1, c] = True
-    return inside_rows & inside_cols
+@dataclass(frozen=True)
+class Anatomy:
+    """Per slice of a [z, y, x] HU grid: what :func:`anatomy` found."""
+
+    body: np.ndarray  # [z, y, x] inside the body outline (holes filled)
+    outside_air: np.ndarray  # [z, y, x] air connected to the image border
+    intracranial: np.ndarray  # [z, y, x] inside a closed ring of bone (the ring left out)
+    skull: np.ndarray  # [z] a closed ring encloses >= HEAD_MIN_CM2
+    head: np.ndarray  # [z] ... and it is mostly brain-density tissue
+    chest: np.ndarray  # [z] two lungs and a mediastinum
+    midline: np.ndarray  # [z] column of the body's centre (-1: no body)
 
 
-def body_metrics(grid: np.ndarray, column_mm: float) -> tuple[float, float]:
-    """(body width in mm, lung fraction) of the central slices of ``grid`` ([z, y, x] HU).
+def anatomy(grid: np.ndarray, pixel_mm: float) -> Anatomy:
+    """Head and chest slices of ``grid`` ([z, y, x] HU, square pixels of ``pixel_mm``)."""
+    cm2 = pixel_mm * pixel_mm / 100.0
+    outside = reachable(grid <= BODY_HU)
+    bone = grid > SKULL_HU
+    enclosed = ~reachable(~bone) & ~bone  # inside a closed ring of bone, bone left out
+    # ... with what lies wholly inside that tissue (calcifications, contrast-filled vessels)
+    intracranial = ~reachable(~enclosed)
+    interior = _erode(enclosed)
+    inner = interior & (grid >= BRAIN_HU[0]) & (grid <= BRAIN_HU[1])
+    n_enclosed = intracranial.sum(axis=(1, 2))
+    n_interior = np.maximum(interior.sum(axis=(1, 2)), 1)
+    skull = n_enclosed * cm2 >= HEAD_MIN_CM2
+    head = skull & (inner.sum(axis=(1, 2)) >= BRAIN_MIN_FRACTION * n_interior)
+    body = ~outside
+    lung = body & (grid < LUNG_MAX_HU)
+    nz, _, nx = grid.shape
+    chest = np.zeros(nz, dtype=bool)
+    midline = np.full(nz, -1, dtype=int)
+    cols = np.arange(nx)
+    for k in range(nz):
+        per_col = body[k].sum(axis=0)
+        if per_col.sum() == 0:
+            continue
+        cx = int(np.searchsorted(np.cumsum(per_col), per_col.sum() / 2.0))
+        midline[k] = cx
+        lung_cols = lung[k].sum(axis=0)
+        right, left = lung_cols[cols < cx].sum(), lung_cols[cols > cx].sum()
+        if min(right, left) * cm2 < LUNG_MIN_CM2:
+            continue
+        rows = np.flatnonzero(lung[k].any(axis=1))
+        centre = lung[k, rows[0] : rows[-1] + 1, max(cx - 1, 0) : cx + 2]
+        chest[k] = centre.mean() < 0.5  # tissue (the mediastinum) between the lungs
+    return Anatomy(body, outside, intracranial, skull, head, chest, midline)
 
-    Width: per slice, the 80th percentile of the body's extent over the rows it spans (a thin
-    table or head holder barely moves it); the median over the central half of the slices.
-    Lung fraction: aerated-lung pixels over pixels inside the body outline, same slices.
-    """
+
+def body_width_mm(grid: np.ndarray, body: np.ndarray, pixel_mm: float) -> float:
+    """Median over the central half of the slices of the 80th percentile of the body's
+    left-right extent over its rows (a thin table or head holder barely moves it)."""
     nz = grid.shape[0]
-    lo, hi = nz // 4, max(nz // 4 + 1, (3 * nz) // 4)
     widths: list[float] = []
-    fractions: list[float] = []
-    for s in grid[lo:hi]:
-        body = s > BODY_HU
-        rows = np.flatnonzero(body.any(axis=1))
+    for k in range(nz // 4, max(nz // 4 + 1, (3 * nz) // 4)):
+        solid = body[k] & (grid[k] > BODY_HU)
+        rows = np.flatnonzero(solid.any(axis=1))
         if rows.size == 0:
             continue
-        extents = []
-        for r in rows:
-            c = np.flatnonzero(body[r])
-            extents.append(c[-1] - c[0] + 1)
-        widths.append(float(np.percentile(extents, 80)) * column_mm)
-        inside = _inside(body)
-        lung = inside & (s > LUNG_HU[0]) & (s < LUNG_HU[1])
-        fractions.append(float(lung.sum()) / max(int(inside.sum()), 1))
-    if not widths:
-        return 0.0, 0.0
-    return float(np.median(widths)), float(np.median(fractions))
+        first = np.argmax(solid[rows], axis=1)
+        last = solid.shape[1] - 1 - np.argmax(solid[rows, ::-1], axis=1)
+        widths.append(float(np.percentile(last - first + 1, 80)) * pixel_mm)
+    return float(np.median(widths)) if widths else 0.0
 
 
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    out = mask.copy()
-    out[1:, :] |= mask[:-1, :]
-    out[:-1, :] |= mask[1:, :]
-    out[:, 1:] |= mask[:, :-1]
-    out[:, :-1] |= mask[:, 1:]
-    return out
+def calibration(
+    grid: np.ndarray, anat: Anatomy, body_part: str
+) -> tuple[float | None, float | None]:
+    """(median HU of the air around the body, the reference tissue's HU) - None when absent.
 
-
-def mediastinal_enhancement(grid: np.ndarray) -> float | None:
-    """Median HU of the brightest mediastinal blood pool of a chest ``grid`` ([z, y, x] HU).
-
-    Per central slice with lungs: the box between the lungs (middle 40 % of the lungs' left-right
-    extent, anterior 60 % of their front-back extent, which leaves out the spine); there, soft
-    tissue and blood (0-700 HU) not touching bone (> 700 HU). The answer is the median of the
-    brightest 20 % of those voxels over all such slices: contrast-filled heart, pulmonary trunk
-    and aorta (~250-450 HU on a CTPA) against ~40 HU blood without contrast. None when no
-    mediastinum can be found (no lungs).
+    Air: pixels at or below -500 HU connected to the border, without those clipped at -1024
+    (padding, and air the loader clipped) unless they are all there is. Tissue: for a head the
+    median of -200..300 HU inside the skull ring on the head-like slices (else on every ring);
+    for a chest the centre of the fullest 5 HU bin of the body's -40..200 HU voxels.
     """
-    nz = grid.shape[0]
+    air = grid[anat.outside_air]
+    unclipped = air[air > HU_MIN + 1.0]
+    air_hu: float | None = None
+    if unclipped.size >= 100:
+        air_hu = float(np.median(unclipped))
+    elif air.size >= 100:
+        air_hu = HU_MIN
+    tissue_hu: float | None = None
+    if body_part == "head":
+        rings = anat.head if anat.head.any() else anat.skull
+        inside = grid[rings][_erode(anat.intracranial[rings])]
+        inside = inside[(inside > -200.0) & (inside < 300.0)]
+        tissue_hu = float(np.median(inside)) if inside.size >= 100 else None
+    elif body_part == "chest":
+        soft = grid[anat.body & (grid >= -40.0) & (grid < 200.0)]
+        if soft.size >= 100:
+            counts, edges = np.histogram(soft, bins=np.arange(-40.0, 205.0, 5.0))
+            tissue_hu = float(edges[int(np.argmax(counts))] + 2.5)
+    return air_hu, tissue_hu
+
+
+def pulmonary_artery_enhancement(grid: np.ndarray, anat: Anatomy, pixel_mm: float) -> float | None:
+    """Median HU of the brightest blood in the region of the pulmonary trunk and main
+    pulmonary arteries (see the module docstring), or None when it cannot be found."""
+    chest = np.flatnonzero(anat.chest)
+    if chest.size == 0:
+        return None
+    first, last = int(chest[0]), int(chest[-1])
+    third = (last - first) / 3.0
+    lung = anat.body & (grid < LUNG_MAX_HU)
+    per_slice = max(1, round(TRUNK_CM2 * 100.0 / (pixel_mm * pixel_mm)))
     values: list[np.ndarray] = []
-    for s in grid[nz // 5 : max(nz // 5 + 1, (4 * nz) // 5)]:
-        body = s > BODY_HU
-        lung = _inside(body) & (s > LUNG_HU[0]) & (s < LUNG_HU[1])
-        if lung.sum() < 0.04 * s.size:
-            continue
-        ys, xs = np.nonzero(lung)
-        x0, x1 = np.percentile(xs, [5, 95])
-        y0, y1 = np.percentile(ys, [5, 95])
-        c0, c1 = int(x0 + 0.3 * (x1 - x0)), math.ceil(x0 + 0.7 * (x1 - x0))
-        r0, r1 = int(y0), math.ceil(y0 + 0.6 * (y1 - y0))
-        if c1 <= c0 or r1 <= r0:
-            continue
-        box = s[r0:r1, c0:c1]
-        near_bone = _dilate(box > BONE_HU)
-        soft = (box >= VESSEL_MIN_HU) & (box <= BONE_HU) & ~near_bone
-        values.append(box[soft])
+    for k in chest[(chest >= first + third) & (chest <= last - third)]:
+        s, cx = grid[k], int(anat.midline[k])
+        body_rows = np.flatnonzero(anat.body[k].any(axis=1))
+        depth = body_rows[-1] - body_rows[0] + 1
+        region = np.zeros(s.shape, dtype=bool)
+        for r in range(body_rows[0], body_rows[0] + int(ANTERIOR_FRACTION * depth)):
+            left = np.flatnonzero(lung[k, r, cx + 1 :])
+            if left.size and lung[k, r, :cx].any():  # between the lungs, left of the midline
+                region[r, cx + 2 : cx + 1 + left[0]] = True
+        blood = s[region & (s >= VESSEL_MIN_HU) & (s <= BONE_HU) & ~_dilate(s > BONE_HU)]
+        if blood.size >= per_slice:
+            values.append(np.partition(blood, blood.size - per_slice)[-per_slice:])
     if not values:
         return None
-    pool = np.concatenate(values)
-    if pool.size < MIN_MEDIASTINUM_VOXELS:
-        return None
-    top = pool[pool >= np.quantile(pool, BRIGHTEST_QUANTILE)]
-    return float(np.median(top))
+    return float(np.median(np.concatenate(values)))
+
+
+def intracranial_enhancement_ml(
+    grid: np.ndarray, anat: Anatomy, pixel_mm: float, slice_mm: float
+) -> float:
+    """Millilitres at :data:`ENHANCING_HU` (over 120 HU) in the tissue the skull ring encloses
+    on the head slices (up to :data:`SKULL_HU`), two voxels in from the ring and from anything
+    denser: contrast-filled vessels and sinuses as the model grid shows them (a 2-5 mm vessel
+    averaged over a voxel and a slice: 120-200 HU), and the rim of the larger ones."""
+    if not anat.head.any():
+        return 0.0
+    head = grid[anat.head]
+    soft = ~reachable(head <= SKULL_HU) & (head <= SKULL_HU)
+    inside = _erode(_erode(soft))
+    n = int((inside & (head >= ENHANCING_HU[0]) & (head <= ENHANCING_HU[1])).sum())
+    return n * pixel_mm * pixel_mm * slice_mm / 1000.0
 
 
 def _thickness(volume: Volume) -> float | None:
@@ -233,22 +398,97 @@ def measure(
     """Everything :func:`check_input` judges, measured once."""
     modalities = sorted({(i.modality or "?").upper() for i in instances}) or ["?"]
     coverage = float(volume.z_positions[-1] - volume.z_positions[0]) if volume.shape[0] else 0.0
-    width = lung = enhancement = None
-    if limits.body_part or limits.min_enhancement_hu is not None:
-        grid = content_grid(grid)
-        column_mm = volume.pixel_spacing[1] * volume.hu.shape[2] / grid.shape[2]
-        width, lung = body_metrics(grid, column_mm)
-    if limits.min_enhancement_hu is not None:
-        enhancement = mediastinal_enhancement(grid)
-    return InputFacts(
+    facts = InputFacts(
         modality="\\".join(modalities),
         slices=volume.shape[0],
         coverage_mm=coverage,
         slice_thickness_mm=_thickness(volume),
-        body_width_mm=width,
-        lung_fraction=lung,
-        enhancement_hu=enhancement,
     )
+    part = limits.body_part
+    if part is None and limits.min_enhancement_hu is not None:
+        part = "chest"
+    if part is None and limits.max_intracranial_enhancing_ml is not None:
+        part = "head"
+    if part not in ("head", "chest"):
+        return facts
+    g = content_grid(grid)
+    pixel_mm = volume.pixel_spacing[1] * volume.hu.shape[2] / g.shape[2]
+    slice_mm = coverage / max(g.shape[0] - 1, 1)
+    anat = anatomy(g, pixel_mm)
+    air, tissue = calibration(g, anat, part)
+    enhancement = enhancing = None
+    if limits.min_enhancement_hu is not None:
+        enhancement = pulmonary_artery_enhancement(g, anat, pixel_mm)
+    if limits.max_intracranial_enhancing_ml is not None:
+        enhancing = intracranial_enhancement_ml(g, anat, pixel_mm, slice_mm)
+    return InputFacts(
+        modality=facts.modality,
+        slices=facts.slices,
+        coverage_mm=coverage,
+        slice_thickness_mm=facts.slice_thickness_mm,
+        body_width_mm=body_width_mm(g, anat.body, pixel_mm),
+        air_hu=air,
+        tissue_hu=tissue,
+        head_slices=int(anat.head.sum()),
+        skull_slices=int(anat.skull.sum()),
+        chest_slices=int(anat.chest.sum()),
+        grid_slices=int(g.shape[0]),
+        enhancement_hu=enhancement,
+        intracranial_enhancing_ml=enhancing,
+    )
+
+
+def _miscalibrated(part: str, facts: InputFacts, *, tissue: bool) -> str | None:
+    air = facts.air_hu
+    hint = "rescale intercept missing or scanner offset"
+    if air is None:
+        return f"HU scale not calibrated: no air at about -1000 HU around the body ({hint})"
+    if air > AIR_MAX_HU:
+        return (
+            f"HU scale not calibrated: air around the body at {air:.0f} HU "
+            f"(expected about -1000, at most {AIR_MAX_HU:g}; {hint})"
+        )
+    lo, hi = HEAD_TISSUE_HU if part == "head" else CHEST_TISSUE_HU
+    what = "intracranial tissue median" if part == "head" else "soft tissue peak"
+    value = facts.tissue_hu
+    if tissue and value is not None and not lo <= value <= hi:
+        return (
+            f"HU scale not calibrated: {what} at {value:.0f} HU (expected {lo:g} to {hi:g}; {hint})"
+        )
+    return None
+
+
+def _anatomy_problem(limits: InputLimits, facts: InputFacts) -> str | None:
+    part, n = limits.body_part, facts.grid_slices or 0
+    need = max(MIN_ANATOMY_SLICES, math.ceil(MIN_ANATOMY_FRACTION * n))
+    width = facts.body_width_mm or 0.0
+    seen = f"body width {width:.0f} mm"
+    prefix = f"wrong body part: the {limits.model} model reads {part} CT"
+    if part == "head":
+        heads, rings = facts.head_slices or 0, facts.skull_slices or 0
+        if heads < need:
+            if rings >= need:
+                return (
+                    f"{prefix}; a closed skull ring is seen in {rings} of {n} slices but it "
+                    f"encloses brain-density tissue in only {heads} (need {need}): not a head "
+                    f"with a brain (a phantom?) ({seen})"
+                )
+            return (
+                f"{prefix}; no closed skull ring around brain-density tissue in enough slices "
+                f"({heads} of {n}, need {need}) ({seen})"
+            )
+        if width > HEAD_MAX_WIDTH_MM:
+            return f"{prefix}; {seen} is wider than a head (<= {HEAD_MAX_WIDTH_MM:g} mm)"
+    elif part == "chest":
+        chests = facts.chest_slices or 0
+        if chests < need:
+            return (
+                f"{prefix}; two lungs with a mediastinum between them in {chests} of {n} "
+                f"slices (need {need}) ({seen})"
+            )
+        if width < CHEST_MIN_WIDTH_MM:
+            return f"{prefix}; {seen} is narrower than a chest (>= {CHEST_MIN_WIDTH_MM:g} mm)"
+    return None
 
 
 def problems(limits: InputLimits, facts: InputFacts) -> list[str]:
@@ -256,20 +496,11 @@ def problems(limits: InputLimits, facts: InputFacts) -> list[str]:
     out: list[str] = []
     if facts.modality != "CT":
         out.append(f"modality {facts.modality}: the {limits.model} model takes CT only")
-    if limits.body_part and facts.body_width_mm is not None and facts.lung_fraction is not None:
-        width, lung = facts.body_width_mm, facts.lung_fraction
-        seen = f"body width {width:.0f} mm, aerated lung {100 * lung:.0f}% of the cross-section"
-        if limits.body_part == "head" and width > HEAD_MAX_WIDTH_MM:
-            out.append(f"wrong body part: the {limits.model} model reads head CT ({seen})")
-        elif limits.body_part == "chest" and (
-            width < CHEST_MIN_WIDTH_MM or lung < CHEST_MIN_LUNG_FRACTION
-        ):
-            out.append(f"wrong body part: the {limits.model} model reads chest CT ({seen})")
     t = facts.slice_thickness_mm
     lo, hi = limits.min_slice_thickness_mm, limits.max_slice_thickness_mm
     if t is not None and ((lo is not None and t < lo - 1e-6) or (hi is not None and t > hi + 1e-6)):
         out.append(
-            f"slice thickness {t:g} mm outside the validated range "
+            f"slice thickness {t:g} mm outside the trained range "
             f"{lo if lo is not None else 0:g}-{hi if hi is not None else math.inf:g} mm"
         )
     if limits.min_slices is not None and facts.slices < limits.min_slices:
@@ -279,16 +510,45 @@ def problems(limits: InputLimits, facts: InputFacts) -> list[str]:
             f"coverage {facts.coverage_mm:.0f} mm along the slice normal is too short "
             f"(need >= {limits.min_coverage_mm:g} mm)"
         )
-    if limits.min_enhancement_hu is not None and not any("body part" in p for p in out):
+    if facts.grid_slices is None or facts.modality != "CT":
+        return out  # content not measured (no body part), or not CT: nothing more to judge
+    part = limits.body_part or ("chest" if limits.min_enhancement_hu is not None else "head")
+    # air first (no anatomy needed); the reference tissue once the body part is found - or,
+    # for a head, once the skull ring is (brain shifted out of its window is a calibration
+    # fault, not another body part)
+    need = max(MIN_ANATOMY_SLICES, math.ceil(MIN_ANATOMY_FRACTION * facts.grid_slices))
+    wrong_part = _anatomy_problem(limits, facts) if limits.body_part else None
+    shaped = wrong_part is None or (part == "head" and (facts.skull_slices or 0) >= need)
+    wrong = _miscalibrated(part, facts, tissue=shaped)
+    if wrong:
+        out.append(wrong + "; anatomy and contrast not judged")
+        return out
+    if wrong_part:
+        out.append(wrong_part)
+        return out  # the other content checks assume the body part
+    if limits.min_enhancement_hu is not None:
         e = facts.enhancement_hu
         if e is None:
-            out.append("pulmonary artery enhancement cannot be measured (no mediastinum found)")
+            out.append(
+                "pulmonary artery enhancement cannot be measured (pulmonary trunk not found "
+                "above the heart)"
+            )
         elif e < limits.min_enhancement_hu:
             out.append(
                 f"pulmonary artery enhancement too low: median {e:.0f} HU in the brightest "
-                f"mediastinal vessels (need >= {limits.min_enhancement_hu:g} HU; "
-                "non-contrast or mistimed bolus)"
+                f"blood of the pulmonary trunk and main arteries (need >= "
+                f"{limits.min_enhancement_hu:g} HU; non-contrast, or bolus not timed to the "
+                "pulmonary arteries)"
             )
+    ml = facts.intracranial_enhancing_ml
+    limit = limits.max_intracranial_enhancing_ml
+    if limit is not None and ml is not None and ml > limit:
+        out.append(
+            f"contrast-enhanced head CT: {ml:.1f} ml inside the skull at "
+            f"{ENHANCING_HU[0]:g}-{ENHANCING_HU[1]:g} HU (arteries, venous sinuses; the "
+            f"{limits.model} model reads non-contrast CT, limit "
+            f"{limits.max_intracranial_enhancing_ml:g} ml)"
+        )
     return out
 
 
