@@ -9,8 +9,12 @@ import struct
 from typing import Any
 
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -24,21 +28,31 @@ def associate_rq(
     app_context: str = "1.2.840.10008.3.1.1.1",
     called: str = "TRIAGE",
     calling: str = "RAWPEER",
+    abstract_syntaxes: tuple[str, ...] = (Verification, CTImageStorage),
+    roles: dict[str, tuple[bool, bool]] | None = None,
 ) -> bytes:
-    """An A-ASSOCIATE-RQ proposing Verification (context 1) and CT (context 3)."""
+    """An A-ASSOCIATE-RQ proposing ``abstract_syntaxes`` as contexts 1, 3, 5, ... (by default
+    Verification as 1 and CT as 3), with SCP/SCU role selection items ``{SOP class: (SCU
+    role, SCP role)}`` (the roles the requestor proposes for itself)."""
     primitive = A_ASSOCIATE()
     primitive.application_context_name = UID(app_context)
     primitive.calling_ae_title = calling
     primitive.called_ae_title = called
     contexts = []
-    for i, uid in enumerate([Verification, CTImageStorage]):
+    for i, uid in enumerate(abstract_syntaxes):
         cx = build_context(uid, [ExplicitVRLittleEndian])
         cx.context_id = 2 * i + 1
         contexts.append(cx)
     primitive.presentation_context_definition_list = contexts
     item = MaximumLengthNotification()
     item.maximum_length_received = max_pdu
-    primitive.user_information = [item]
+    user: list[Any] = [item]
+    for uid, (scu, scp) in (roles or {}).items():
+        role = SCP_SCU_RoleSelectionNegotiation()
+        role.sop_class_uid = UID(uid)
+        role.scu_role, role.scp_role = scu, scp
+        user.append(role)
+    primitive.user_information = user
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     pdu.protocol_version = version
@@ -111,6 +125,13 @@ def command_set(
         struct.pack("<HHI", 0, elem, len(v)) + v for elem, v in sorted(parsed.items()) if elem
     )
     return struct.pack("<HHI", 0, 0, 4) + struct.pack("<I", len(body)) + body
+
+
+def associate_ac(body: bytes) -> A_ASSOCIATE:
+    """The A-ASSOCIATE-AC whose PDU body (after the 6-byte header) is ``body``, decoded."""
+    pdu = A_ASSOCIATE_AC()
+    pdu.decode(struct.pack(">BBI", 2, 0, len(body)) + body)
+    return pdu.to_primitive()
 
 
 def status_of(command: dict[int, bytes]) -> int:

@@ -27,6 +27,7 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    MRImageStorage,
     generate_uid,
 )
 from pynetdicom import AE, _config
@@ -868,20 +869,30 @@ def test_instances_past_the_spill_size_are_stored_as_sent(tmp_path: Path) -> Non
 # --------------------------------------------------------------------------- streamed write
 
 
-def _send_raw(run: Running, data: bytes, *, sop_class: str, sop_instance: str) -> int:
-    """One C-STORE from a raw peer, the data set in 16 KiB fragments; returns the status."""
+#: What the raw peer proposes here: Verification (context 1), CT (3), MR (5).
+_CONTEXTS = (str(Verification), str(CTImageStorage), str(MRImageStorage))
+
+
+def _c_store(peer: RawPeer, data: bytes, context_id: int, **command: Any) -> dict[int, bytes]:
+    """One C-STORE on an association, the data set in 16 KiB fragments; the response."""
+    peer.p_data((context_id, 0x03, command_set(0x0001, 1, data=True, **command)))
+    step = 16384
+    for i in range(0, len(data), step):
+        peer.p_data((context_id, 0x02 if i + step >= len(data) else 0x00, data[i : i + step]))
+    return peer.response()
+
+
+def _send_raw(
+    run: Running, data: bytes, *, sop_class: str, sop_instance: str, context_id: int = 3
+) -> int:
+    """One C-STORE from a raw peer on its own association; returns the status."""
     peer = RawPeer((run.host, run.port))
     try:
-        established(peer)
-        command = command_set(0x0001, 1, data=True, sop_class=sop_class, sop_instance=sop_instance)
-        peer.p_data((3, 0x03, command))
-        step = 16384
-        for i in range(0, len(data), step):
-            peer.p_data((3, 0x02 if i + step >= len(data) else 0x00, data[i : i + step]))
-        status = status_of(peer.response())
+        established(peer, abstract_syntaxes=_CONTEXTS)
+        rsp = _c_store(peer, data, context_id, sop_class=sop_class, sop_instance=sop_instance)
         peer.sock.sendall(bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-RELEASE-RQ
         assert peer.recv_pdu()[0] == 0x06  # the row is committed before the next PDU is read
-        return status
+        return status_of(rsp)
     finally:
         peer.close()
 
@@ -901,25 +912,98 @@ def test_streamed_file_is_the_meta_header_and_the_data_set_as_sent(
     assert list((scp.data_dir / ".incoming").iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    "sop_class, sop_instance",
-    [
-        ("1.2.840.10008.5.1.4.1.1.4", "from-the-data-set"),  # command says MR, data set CT
-        (CTImageStorage, ""),  # no Affected SOP Instance UID in the command
-    ],
-)
-def test_a_command_that_differs_from_its_data_set_is_stored_from_the_data_set(
-    scp: Running, tmp_path: Path, sop_class: str, sop_instance: str
+def test_a_command_without_its_sop_instance_uid_is_stored_from_the_data_set(
+    scp: Running, tmp_path: Path
 ) -> None:
     ds = _slice(tmp_path, 52)
     data = encoded_dataset(ds)
-    sop_instance = ds.SOPInstanceUID if sop_instance else ""
-    assert _send_raw(scp, data, sop_class=sop_class, sop_instance=sop_instance) == 0
+    assert _send_raw(scp, data, sop_class=CTImageStorage, sop_instance="") == 0
     (row,) = instances(scp)
     stored = pydicom.dcmread(scp.data_dir / row.path)
     assert stored.file_meta.MediaStorageSOPClassUID == CTImageStorage == row.sop_class_uid
+    assert stored.SOPInstanceUID == ds.SOPInstanceUID
     assert (scp.data_dir / row.path).read_bytes().endswith(data)
     assert list((scp.data_dir / ".incoming").iterdir()) == []
+
+
+def _nothing_stored(run: Running) -> None:
+    assert stored_files(run.data_dir) == []  # .incoming included
+    assert instances(run) == [] and studies(run) == []
+    assert list((run.data_dir / ".incoming").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("context_id", "sop_class"),
+    [
+        (1, CTImageStorage),  # a CT image on the Verification context
+        (5, CTImageStorage),  # a CT image on the MR context
+        (3, MRImageStorage),  # the CT context, the command says MR (the data set is CT)
+    ],
+)
+def test_a_c_store_off_its_presentation_context_gets_0122_and_stores_nothing(
+    scp: Running,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    context_id: int,
+    sop_class: str,
+) -> None:
+    opened = _count_streamed_files(monkeypatch)
+    ds = _slice(tmp_path, 59)
+    data = encoded_dataset(ds)
+    peer = RawPeer((scp.host, scp.port))
+    try:
+        established(peer, abstract_syntaxes=_CONTEXTS)
+        command = {"sop_class": sop_class, "sop_instance": ds.SOPInstanceUID}
+        rsp = _c_store(peer, data, context_id, **command)
+        assert status_of(rsp) == 0x0122 and b"context" in rsp[0x0902]
+        assert opened == []  # no streamed write was begun
+        _nothing_stored(scp)
+        assert scp.listener.counters["sop_class_refused"] == 1
+        # the association goes on: the same instance on the CT context is stored
+        rsp = _c_store(peer, data, 3, sop_class=CTImageStorage, sop_instance=ds.SOPInstanceUID)
+        assert status_of(rsp) == 0
+    finally:
+        peer.close()
+    assert _rows_eventually(scp, 1) == {ds.SOPInstanceUID}
+
+
+def test_a_data_set_of_another_sop_class_than_its_command_gets_a900(
+    scp: Running, tmp_path: Path
+) -> None:
+    """The command says CT, on the CT context, but the data set is an MR image: refused
+    (the streamed file begun for it is removed), not stored under either class."""
+    ds = _slice(tmp_path, 60)
+    ds.SOPClassUID = MRImageStorage
+    data = encoded_dataset(ds)
+    status = _send_raw(scp, data, sop_class=CTImageStorage, sop_instance=ds.SOPInstanceUID)
+    assert status == 0xA900
+    _nothing_stored(scp)
+
+
+def test_a_release_in_the_middle_of_a_data_set_stores_nothing_and_is_counted(
+    scp: Running, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds = _slice(tmp_path, 61)
+    data = encoded_dataset(ds)
+    peer = RawPeer((scp.host, scp.port))
+    try:
+        established(peer)
+        command = command_set(
+            0x0001, 1, data=True, sop_class=CTImageStorage, sop_instance=ds.SOPInstanceUID
+        )
+        peer.p_data((3, 0x03, command))
+        peer.p_data((3, 0x00, data[: len(data) // 2]))  # past a write batch: on disk already
+        peer.sock.sendall(bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-RELEASE-RQ
+        assert peer.recv_pdu() == (0x06, b"\x00\x00\x00\x00")  # A-RELEASE-RP
+        assert peer.closed()
+    finally:
+        peer.close()
+    deadline = time.monotonic() + 5
+    while not scp.listener.counters["released_mid_message"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert scp.listener.counters["released_mid_message"] == 1
+    _nothing_stored(scp)
+    assert ds.SOPInstanceUID in caplog.text and "RAWPEER" in caplog.text
 
 
 def test_a_transfer_broken_off_leaves_no_file(scp: Running, tmp_path: Path) -> None:

@@ -18,10 +18,18 @@ from typing import Any
 import pytest
 from ct_fixtures import encoded_dataset
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from raw_peer import RawPeer, associate_rq, command_set, established, status_of
+from raw_peer import (
+    RawPeer,
+    associate_ac,
+    associate_rq,
+    command_set,
+    established,
+    status_of,
+)
 
 from triage.ingest.dicom_ul import (
     Handlers,
@@ -30,6 +38,7 @@ from triage.ingest.dicom_ul import (
     Rejection,
     Status,
     StoreRequest,
+    StoreStart,
     UpperLayerServer,
     encode_response,
     p_data_pdus,
@@ -45,6 +54,7 @@ SYNTAXES = [str(ExplicitVRLittleEndian)]
 class Recorder:
     stored: list[StoreRequest] = field(default_factory=list)
     closed: list[tuple[Peer, str]] = field(default_factory=list)
+    begun: list[StoreStart] = field(default_factory=list)
     answer: Status = field(default_factory=lambda: Status(0))
     reject: Rejection | None = None
 
@@ -53,10 +63,14 @@ class Recorder:
             self.stored.append(request)
             return self.answer
 
+        def begin(start: StoreStart) -> None:
+            self.begun.append(start)
+
         return Handlers(
             store=store,
             check=lambda _peer: self.reject,
             closed=lambda peer, how: self.closed.append((peer, how)),
+            begin=begin,
         )
 
 
@@ -170,26 +184,33 @@ def test_pynetdicom_echo_and_store(server: tuple[str, int], rec: Recorder) -> No
     _wait(lambda: [how for _, how in rec.closed] == ["released"])
 
 
+def _rejection(address: tuple[str, int], **kwargs: Any) -> tuple[int, int, int]:
+    """(result, source, reason) of the A-ASSOCIATE-RJ a raw peer gets. (Not pynetdicom as the
+    requestor here: when the RJ arrives before its requesting thread has looked at the socket,
+    pynetdicom 3 takes the closed transport for a failed connection and reports an abort.)"""
+    peer = RawPeer(address)
+    try:
+        pdu_type, body = peer.associate(**kwargs)
+        assert pdu_type == 0x03, f"A-ASSOCIATE-RJ expected, got PDU type {pdu_type}"
+        assert peer.closed()
+        return body[1], body[2], body[3]
+    finally:
+        peer.close()
+
+
 def test_rejections_reach_the_peer(rec: Recorder) -> None:
     srv = _server(rec, max_associations=1)
     host, port = srv.start("127.0.0.1", 0)
     try:
         ae = AE(ae_title="PYSCU")
         ae.add_requested_context(Verification)
-        wrong = ae.associate(host, port, ae_title="SOMEONE")
-        assert wrong.is_rejected
-        rj = wrong.acceptor.primitive
-        assert (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 7)
+        assert _rejection((host, port), called="SOMEONE") == (1, 1, 7)
         rec.reject = Rejection(1, 1, 3)
-        refused = ae.associate(host, port, ae_title="TRIAGE")
-        assert refused.is_rejected and refused.acceptor.primitive.diagnostic == 3
+        assert _rejection((host, port)) == (1, 1, 3)
         rec.reject = None
         held = ae.associate(host, port, ae_title="TRIAGE")
         assert held.is_established
-        over = ae.associate(host, port, ae_title="TRIAGE")
-        assert over.is_rejected
-        rj = over.acceptor.primitive
-        assert (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)
+        assert _rejection((host, port)) == (2, 3, 2)  # transient: local limit exceeded
         held.release()
         _wait(lambda: not srv.active)
         again = ae.associate(host, port, ae_title="TRIAGE")
@@ -618,4 +639,198 @@ def test_the_sink_is_discarded_when_the_transfer_breaks_off(tmp_path: Path) -> N
     finally:
         aborted.close()
         spilled.close()
+        srv.stop()
+
+
+# --------------------------------------------------------------------------- operation vs context
+
+
+def _echo(raw: RawPeer, message_id: int, context_id: int = 1, sop_class: str = "") -> int:
+    sop_class = sop_class or str(Verification)
+    raw.p_data((context_id, 0x03, command_set(0x0030, message_id, data=False, sop_class=sop_class)))
+    return status_of(raw.response())
+
+
+def _store(raw: RawPeer, message_id: int, context_id: int, sop_class: str) -> dict[int, bytes]:
+    ds = _dataset()
+    command = command_set(
+        0x0001, message_id, data=True, sop_class=sop_class, sop_instance=ds.SOPInstanceUID
+    )
+    raw.p_data((context_id, 0x03, command))
+    raw.p_data((context_id, 0x02, encoded_dataset(ds)))
+    return raw.response()
+
+
+@pytest.mark.parametrize(
+    ("context_id", "sop_class"),
+    [
+        (1, str(CTImageStorage)),  # a CT image on the Verification context
+        (3, str(MRImageStorage)),  # an MR image on the CT context
+        (3, ""),  # no Affected SOP Class UID: nothing says what it is
+    ],
+)
+def test_a_c_store_off_its_context_gets_0122_and_nothing_is_stored(
+    raw: RawPeer, rec: Recorder, context_id: int, sop_class: str
+) -> None:
+    established(raw)
+    rsp = _store(raw, 1, context_id, sop_class)
+    assert status_of(rsp) == 0x0122  # SOP Class not supported
+    assert struct.unpack("<H", rsp[0x0100])[0] == 0x8001
+    assert rsp[0x0902].strip()  # the Error Comment says why
+    assert rec.stored == [] and rec.begun == []  # not handed over, no streamed write begun
+    # the association goes on: Verification and a CT on its own context still work
+    assert _echo(raw, 2) == 0
+    assert status_of(_store(raw, 3, 3, str(CTImageStorage))) == 0
+    assert len(rec.stored) == len(rec.begun) == 1
+
+
+def test_a_c_echo_off_a_verification_context_gets_0122(raw: RawPeer, rec: Recorder) -> None:
+    established(raw)
+    assert _echo(raw, 1, context_id=3, sop_class=str(CTImageStorage)) == 0x0122
+    assert _echo(raw, 2, context_id=3, sop_class=str(Verification)) == 0x0122
+    assert _echo(raw, 3, context_id=1, sop_class=str(CTImageStorage)) == 0x0122
+    assert _echo(raw, 4) == 0  # and then a proper one
+    assert rec.stored == []
+
+
+def test_refusals_are_logged_and_counted(rec: Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    srv = _server(rec)
+    peer = RawPeer(srv.start("127.0.0.1", 0))
+    try:
+        established(peer, calling="MODALITY")
+        assert status_of(_store(peer, 1, 1, str(CTImageStorage))) == 0x0122
+        assert _echo(peer, 2, context_id=3) == 0x0122
+        assert _echo(peer, 3) == 0
+        peer.sock.sendall(bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # a release between messages
+        assert peer.recv_pdu()[0] == 0x06
+        _wait(lambda: not srv.active)
+        counts = srv.counters.snapshot()
+        assert counts["sop_class_refused"] == 2 and counts["released_mid_message"] == 0
+        assert "MODALITY" in caplog.text and str(CTImageStorage) in caplog.text
+    finally:
+        peer.close()
+        srv.stop()
+
+
+def _ac_results_and_roles(body: bytes) -> tuple[dict[int, int], dict[str, tuple[bool, bool]]]:
+    ac = associate_ac(body)
+    results = {
+        int(cx.context_id): int(cx.result) for cx in ac.presentation_context_definition_results_list
+    }
+    roles = {
+        str(item.sop_class_uid): (item.scu_role, item.scp_role)
+        for item in ac.user_information
+        if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
+    }
+    return results, roles
+
+
+def test_a_requestor_that_wants_to_be_storage_scp_only_gets_its_context_rejected(
+    raw: RawPeer, rec: Recorder
+) -> None:
+    """We are the SCP of every storage SOP class, never its SCU: a requestor proposing to be
+    the SCP only (as for C-GET) gets that context rejected, not silently defaulted."""
+    pdu_type, body = raw.associate(roles={str(CTImageStorage): (False, True)})
+    assert pdu_type == 0x02
+    results, roles = _ac_results_and_roles(body)
+    assert results == {1: 0x00, 3: 0x01}  # CT: rejected by the acceptor (user)
+    assert roles == {}
+    raw.p_data((3, 0x03, command_set(0x0001, 1, data=True, sop_class=CTImageStorage)))
+    _assert_aborted(raw, 0x06)  # not an accepted context
+    assert rec.stored == []
+
+
+def test_a_requestor_offering_both_roles_is_the_scu(raw: RawPeer, rec: Recorder) -> None:
+    pdu_type, body = raw.associate(roles={str(CTImageStorage): (True, True)})
+    assert pdu_type == 0x02
+    results, roles = _ac_results_and_roles(body)
+    assert results == {1: 0x00, 3: 0x00}
+    assert roles == {str(CTImageStorage): (True, False)}  # it may be SCU, not SCP
+    assert status_of(_store(raw, 1, 3, str(CTImageStorage))) == 0
+    assert len(rec.stored) == 1
+
+
+# --------------------------------------------------------------------------- release mid-message
+
+
+@pytest.mark.parametrize("cut", ["data set", "command"])
+def test_release_in_the_middle_of_a_message_is_answered_logged_counted_and_stores_nothing(
+    caplog: pytest.LogCaptureFixture, cut: str
+) -> None:
+    sinks: list[_Sink] = []
+    stored: list[StoreRequest] = []
+
+    def store(request: StoreRequest) -> Status:
+        stored.append(request)
+        return Status(0)
+
+    srv = _sink_server(store, sinks, [])
+    peer = RawPeer(srv.start("127.0.0.1", 0))
+    sop_instance = generate_uid()
+    try:
+        established(peer, calling="HALFWAY")
+        command = command_set(
+            0x0001, 1, data=True, sop_class=CTImageStorage, sop_instance=sop_instance
+        )
+        if cut == "data set":
+            peer.p_data((3, 0x03, command))
+            peer.p_data((3, 0x00, b"\x08\x00" * 500))  # some, not all, of the data set
+        else:
+            peer.p_data((3, 0x01, command[:20]))  # some, not all, of the command set
+        peer.sock.sendall(bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-RELEASE-RQ
+        assert peer.recv_pdu() == (0x06, b"\x00\x00\x00\x00")  # A-RELEASE-RP
+        assert peer.closed()
+        _wait(lambda: not srv.active)
+        assert stored == []
+        assert all(sink.discarded for sink in sinks)  # the streamed file, if any, removed
+        assert len(sinks) == (1 if cut == "data set" else 0)
+        assert srv.counters.snapshot()["released_mid_message"] == 1
+        (warning,) = [r for r in caplog.records if "A-RELEASE-RQ in the middle" in r.message]
+        assert warning.levelname == "WARNING"
+        assert "127.0.0.1" in warning.message and "HALFWAY" in warning.message
+        if cut == "data set":
+            assert sop_instance in warning.message and "1000 bytes" in warning.message
+        else:
+            assert "SOP Instance unknown" in warning.message
+    finally:
+        peer.close()
+        srv.stop()
+
+
+# --------------------------------------------------------------------------- shared negotiation
+
+
+def test_negotiated_contexts_are_immutable_and_one_association_cannot_change_anothers(
+    rec: Recorder,
+) -> None:
+    """Two associations with the same request share one remembered negotiation: its contexts
+    are frozen values in a read-only mapping, so neither can change what the other sees."""
+    srv = _server(rec)
+    address = srv.start("127.0.0.1", 0)
+    first, second = RawPeer(address), RawPeer(address)
+    try:
+        established(first)
+        established(second)
+        _wait(lambda: len(srv.active) == 2)
+        a, b = srv.active
+        assert dict(a.contexts) == dict(b.contexts) and len(srv._negotiated) == 1
+        context = a.contexts[3]
+        with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
+            context.abstract_syntax = str(MRImageStorage)  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            context.as_scp = False  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            a.contexts[5] = context  # type: ignore[index]
+        with pytest.raises(TypeError):
+            del a.contexts[1]  # type: ignore[attr-defined]
+        assert b.contexts[3].abstract_syntax == str(CTImageStorage) and 1 in b.contexts
+        (negotiated,) = srv._negotiated.values()
+        assert negotiated.accepted[3].abstract_syntax == str(CTImageStorage)
+        # and both associations still store a CT on context 3
+        assert status_of(_store(second, 1, 3, str(CTImageStorage))) == 0
+        assert status_of(_store(first, 1, 3, str(CTImageStorage))) == 0
+        assert len(rec.stored) == 2
+    finally:
+        first.close()
+        second.close()
         srv.stop()

@@ -11,12 +11,16 @@ bytes before the Pixel Data. Anything else gets a DICOM failure status, never a 
 association:
 
 =============================================  ==============================================
+Affected SOP Class UID not the abstract        0x0122 (SOP class not supported), answered by
+syntax of its presentation context (a CT on    the upper layer when the command arrives: the
+a Verification or MR context), C-ECHO off a    data set is read and dropped, nothing written
+Verification context
 undecodable data set, or a compressed one      0xC210 (cannot understand / decode), no file
 whose pixel data is not a stream of its
 transfer syntax
 transfer syntax with no decoder installed      0xC212 (cannot understand: no decoder)
 missing SOP/Study/Series UID, request/data     0xA900 (data set does not match SOP class)
-set SOP Instance UID mismatch
+set SOP Instance or SOP Class UID mismatch
 UID too long or with control characters        0xC000 (cannot understand)
 disk or database failure, free space below     0xA700 (out of resources)
 ``dicom_min_free_bytes``
@@ -94,6 +98,7 @@ from triage.ingest.dicom_stream import IncomingFile, clear_incoming, incoming_di
 from triage.ingest.dicom_ul import (
     CALLING_AE_NOT_RECOGNIZED,
     VERIFICATION,
+    Counters,
     Handlers,
     Limits,
     Peer,
@@ -274,6 +279,16 @@ class DicomListener:
         return None if server is None else server.address
 
     @property
+    def counters(self) -> dict[str, int]:
+        """Protocol events counted since start (see :class:`~triage.ingest.dicom_ul.Counters`:
+        ``released_mid_message``, ``sop_class_refused``, ``protocol_aborts``); all zero
+        when not started. For ``/healthz`` or a periodic log line."""
+        server = self._server
+        if server is None:
+            return dict.fromkeys(Counters.NAMES, 0)
+        return server.counters.snapshot()
+
+    @property
     def associations(self) -> list[Peer]:
         """The peers of the associations open now."""
         server = self._server
@@ -387,6 +402,14 @@ class DicomListener:
                 raise DicomIngestError(
                     DicomIngestError.DATASET_MISMATCH,
                     f"Affected SOP Instance UID {affected!r:.80} differs from the data set's",
+                )
+            # The upper layer checked the command's SOP Class against its presentation
+            # context (0x0122); the data set must be of that class too.
+            if request.sop_class_uid != fields["sop_class_uid"]:
+                raise DicomIngestError(
+                    DicomIngestError.DATASET_MISMATCH,
+                    "Affected SOP Class UID differs from the data set's: "
+                    f"{request.sop_class_uid!r:.70} vs {fields['sop_class_uid']!r:.70}",
                 )
             calling_ae = request.peer.calling_ae[:16]
             self._hold(sop_uid)

@@ -37,9 +37,10 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
 from pydicom.uid import UID
@@ -73,6 +74,7 @@ UNEXPECTED_PARAMETER, INVALID_PARAMETER = 0x05, 0x06
 C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
 NO_DATA_SET = 0x0101
 UNRECOGNIZED_OPERATION = 0x0211
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 #: Distinct A-ASSOCIATE-RQ item sets whose negotiation is remembered (oldest dropped first),
 #: and the largest item set remembered (storescu's ~120 contexts take ~10 KiB).
@@ -184,6 +186,32 @@ class Limits:
     implementation_version_name: str = ""
 
 
+class Counters:
+    """Protocol events worth watching, counted since the server started (thread-safe; only
+    rare paths count, never the C-STORE hot path). Names:
+
+    - ``released_mid_message``: an A-RELEASE-RQ arrived while a DIMSE message (its command or
+      its data set) was only partly received; the partial message was dropped, not stored;
+    - ``sop_class_refused``: a C-STORE or C-ECHO answered 0x0122 because its Affected SOP
+      Class UID, or the operation, does not belong to its presentation context;
+    - ``protocol_aborts``: associations we ended with an A-ABORT for a protocol error.
+    """
+
+    NAMES = ("released_mid_message", "sop_class_refused", "protocol_aborts")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(self.NAMES, 0)
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 class _Abort(Exception):
     """The association must end with an A-ABORT (source 2, ``reason``)."""
 
@@ -209,6 +237,21 @@ def reject_pdu(rejection: Rejection) -> bytes:
 
 
 RELEASE_RP_PDU = bytes([RELEASE_RP, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+_PDU_TYPES = frozenset(
+    (ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA, RELEASE_RQ, RELEASE_RP, ABORT)
+)
+
+
+def _check_fixed_length(pdu_type: int, length: int) -> None:
+    """A-RELEASE-RQ/RP and A-ABORT are 4 bytes after their header (PS3.8 9.3.6-9.3.8); any
+    other length is an invalid PDU (Evt19: A-ABORT, reason 6)."""
+    if length != 4:
+        raise _Abort(INVALID_PARAMETER, f"PDU type 0x{pdu_type:02X} of length {length}, not 4")
+
+
+def _command_name(field_: int | None) -> str:
+    return {C_STORE_RQ: "C-STORE", C_ECHO_RQ: "C-ECHO"}.get(field_ or 0, "DIMSE message")
+
 
 #: Closing: how long, and how many bytes, to read what the peer still sends after our last PDU.
 _LINGER_SECONDS = 0.5
@@ -297,6 +340,39 @@ def p_data_pdus(context_id: int, command: bytes, peer_max_pdu: int) -> bytes:
     return b"".join(out)
 
 
+def refuse_operation(field_: int, context: AcceptedContext, sop_class: str) -> Status | None:
+    """Whether a C-STORE-RQ or C-ECHO-RQ may be served on the presentation context it came on
+    (PS3.7 9.1.1, 9.1.5; PS3.8 7.1.1.13): a C-STORE's Affected SOP Class UID must be the
+    context's abstract syntax, with us as the SCP of that SOP class (role negotiation); a
+    C-ECHO must come on a Verification context (an empty Affected SOP Class UID is read as
+    Verification). None: it may; else the status (0x0122 *SOP Class not supported*) to answer.
+    Two string comparisons: it runs for every C-STORE."""
+    if field_ == C_STORE_RQ:
+        if sop_class != context.abstract_syntax:
+            if not sop_class:
+                return Status(SOP_CLASS_NOT_SUPPORTED, "C-STORE without an Affected SOP Class UID")
+            return Status(
+                SOP_CLASS_NOT_SUPPORTED,
+                f"SOP Class is not context {context.context_id}'s abstract syntax",
+            )
+    elif field_ == C_ECHO_RQ:
+        if context.abstract_syntax != VERIFICATION:
+            return Status(
+                SOP_CLASS_NOT_SUPPORTED, f"C-ECHO on context {context.context_id}: not Verification"
+            )
+        if sop_class and sop_class != VERIFICATION:
+            return Status(
+                SOP_CLASS_NOT_SUPPORTED, "C-ECHO's Affected SOP Class is not Verification"
+            )
+    else:
+        return None
+    if not context.as_scp:
+        return Status(
+            SOP_CLASS_NOT_SUPPORTED, f"we are not SCP on context {context.context_id} (roles)"
+        )
+    return None
+
+
 # --------------------------------------------------------------------------- one association
 
 
@@ -325,18 +401,42 @@ def _ae_title(raw: bytes | bytearray) -> str:
     return bytes(raw).decode("ascii", "replace").strip(" \x00")
 
 
+@dataclass(frozen=True, slots=True)
+class AcceptedContext:
+    """One accepted presentation context, as negotiated: an immutable value, so that the
+    negotiation remembered for one association (:meth:`UpperLayerServer.negotiate`) can be
+    shared by every association that sends the same request, and none can change what the
+    others see."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+    #: We act as SCP for this SOP class (the peer may send us its requests), and as SCU.
+    as_scp: bool = True
+    as_scu: bool = False
+
+
+#: An association's accepted contexts before negotiation: none.
+NO_CONTEXTS: Mapping[int, AcceptedContext] = MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class Negotiated:
     """What an A-ASSOCIATE-RQ's variable items (application context, presentation contexts,
-    user information) negotiate to, and the AC's variable items that answer them."""
+    user information) negotiate to, and the AC's variable items that answer them. Read-only
+    all through: ``accepted`` is a read-only mapping of frozen contexts."""
 
     application_context: str
     peer_max_pdu: int
-    accepted: dict[int, PresentationContext]
+    accepted: Mapping[int, AcceptedContext]
     ac_items: bytes
 
 
-def negotiate(items: bytes, supported: list[PresentationContext], limits: Limits) -> Negotiated:
+def negotiate(
+    items: bytes,
+    supported: list[PresentationContext] | tuple[PresentationContext, ...],
+    limits: Limits,
+) -> Negotiated:
     """Decode the variable items of an A-ASSOCIATE-RQ with pynetdicom, negotiate presentation
     contexts and SCP/SCU roles (:func:`pynetdicom.presentation.negotiate_as_acceptor`), and
     encode the AC's items. Raises :class:`_Abort` when the items cannot be decoded."""
@@ -353,7 +453,7 @@ def negotiate(items: bytes, supported: list[PresentationContext], limits: Limits
         if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
     }
     results, role_items = negotiate_as_acceptor(
-        primitive.presentation_context_definition_list, supported, roles or None
+        primitive.presentation_context_definition_list, list(supported), roles or None
     )
     ac = A_ASSOCIATE()
     ac.application_context_name = UID(APPLICATION_CONTEXT)
@@ -375,10 +475,21 @@ def negotiate(items: bytes, supported: list[PresentationContext], limits: Limits
     ac.user_information = [*user, *role_items]  # type: ignore[list-item]
     pdu = A_ASSOCIATE_AC()
     pdu.from_primitive(ac)
+    accepted = {
+        int(cx.context_id): AcceptedContext(  # type: ignore[arg-type]
+            context_id=int(cx.context_id),  # type: ignore[arg-type]
+            abstract_syntax=str(cx.abstract_syntax),
+            transfer_syntax=str(cx.transfer_syntax[0]),
+            as_scp=bool(cx.as_scp),
+            as_scu=bool(cx.as_scu),
+        )
+        for cx in results
+        if cx.result == 0x00
+    }
     return Negotiated(
         application_context=str(primitive.application_context_name or ""),
         peer_max_pdu=int(primitive.maximum_length_received or 0),
-        accepted={int(cx.context_id): cx for cx in results if cx.result == 0x00},  # type: ignore[arg-type]
+        accepted=MappingProxyType(accepted),
         ac_items=bytes(pdu.encode())[_RQ_FIXED:],
     )
 
@@ -390,7 +501,7 @@ class Association:
         self.server = server
         self.sock = sock
         self.peer = Peer(address[0], address[1])
-        self.contexts: dict[int, PresentationContext] = {}
+        self.contexts: Mapping[int, AcceptedContext] = NO_CONTEXTS
         self.peer_max_pdu = 0
         self.established = False
         self._send_lock = threading.Lock()
@@ -463,6 +574,7 @@ class Association:
             how = self._serve()
         except _Abort as exc:
             log.warning("association from %s aborted: %s", self.peer.address, exc)
+            self.server.counters.add("protocol_aborts")
             with contextlib.suppress(OSError):
                 self.send(abort_pdu(2, exc.reason))
             how = "protocol"
@@ -472,7 +584,9 @@ class Association:
                 log.warning("association from %s timed out: %s", self.peer.address, exc)
             else:  # the closed handler says it, once
                 log.debug("association from %s ended: %s", self.peer.address, exc)
-            if exc.how == "timeout":
+            # Idle or stalled inside an association: A-ABORT. The ACSE timer (ARTIM) expiring
+            # before the A-ASSOCIATE-RQ is in only closes the connection (PS3.8 AA-2).
+            if exc.how == "timeout" and self.established:
                 with contextlib.suppress(OSError):
                     self.send(abort_pdu(2, 0))
         except Exception:
@@ -499,8 +613,11 @@ class Association:
         # the whole request within the ACSE timeout, however slowly its bytes trickle in
         deadline = time.monotonic() + limits.acse_timeout
         pdu_type, length = self._read_header(limits.acse_timeout, deadline)
+        if pdu_type == ABORT:  # PS3.8 Sta2 + Evt16: AA-2, close without a word
+            raise _Closed("aborted", "A-ABORT before A-ASSOCIATE-RQ")
         if pdu_type != ASSOCIATE_RQ:
-            raise _Abort(UNEXPECTED_PDU, f"PDU type 0x{pdu_type:02X} before A-ASSOCIATE-RQ")
+            reason = UNEXPECTED_PDU if pdu_type in _PDU_TYPES else UNRECOGNIZED_PDU
+            raise _Abort(reason, f"PDU type 0x{pdu_type:02X} before A-ASSOCIATE-RQ")
         if length > MAX_ASSOCIATE_RQ_BYTES:
             raise _Abort(INVALID_PARAMETER, f"A-ASSOCIATE-RQ of {length} bytes")
         body = self._recv(length, limits.acse_timeout, deadline)
@@ -514,18 +631,51 @@ class Association:
                 timeout = min(timeout, limits.dimse_timeout)
             pdu_type, length = self._read_header(timeout)
             if pdu_type == P_DATA:
+                if length == 0:
+                    raise _Abort(INVALID_PARAMETER, "P-DATA-TF without a PDV")
                 self._p_data(length, timeout)
             elif pdu_type == RELEASE_RQ:
+                _check_fixed_length(pdu_type, length)
                 self._recv(length, timeout)
+                self._drop_partial_message()
                 self._reply(RELEASE_RP_PDU)
                 return "released"
             elif pdu_type == ABORT:  # the closed handler reports it
+                _check_fixed_length(pdu_type, length)
                 self._recv(length, timeout)
                 return "aborted"
             elif pdu_type in (ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, RELEASE_RP):
                 raise _Abort(UNEXPECTED_PDU, f"unexpected PDU type 0x{pdu_type:02X}")
             else:
                 raise _Abort(UNRECOGNIZED_PDU, f"unknown PDU type 0x{pdu_type:02X}")
+
+    def _drop_partial_message(self) -> None:
+        """An A-RELEASE-RQ arrived: a DIMSE message whose command or data set is only partly
+        in is dropped (never handed to the store handler), logged and counted. The release is
+        still answered with A-RELEASE-RP (PS3.8: the release is always affirmative); the peer
+        has no response for that message, so it knows the instance was not stored."""
+        message, partial_command = self._message, bytes(self._command)
+        if message is None and not partial_command:
+            return
+        self._message, self._command = None, bytearray()
+        self.server.counters.add("released_mid_message")
+        if message is not None:
+            what = (
+                f"{_command_name(_us(message.command, 0x0100))} data set after "
+                f"{message.size} bytes, SOP Instance "
+                f"{_text(message.command, 0x1000) or '(none given)'}"
+            )
+            message.spool.close()
+            message.drop_sink()
+        else:
+            what = f"command set after {len(partial_command)} bytes, SOP Instance unknown"
+        log.warning(
+            "association from %s (%s): A-RELEASE-RQ in the middle of a %s: the partial "
+            "message is dropped, nothing of it is stored; answered A-RELEASE-RP",
+            self.peer.address,
+            self.peer.calling_ae,
+            what,
+        )
 
     def _negotiate(self, raw: bytes) -> Rejection | None:
         """Check the A-ASSOCIATE-RQ; send the AC, or return why it is rejected."""
@@ -606,10 +756,13 @@ class Association:
                     message = _Message(
                         context_id, parsed, Spool(limits.spill_bytes, limits.spool_dir)
                     )
+                    field_ = _us(parsed, 0x0100)
+                    if field_ in (C_STORE_RQ, C_ECHO_RQ):
+                        message.refusal = self._check_operation(field_, message)
                     if _us(parsed, 0x0800) == NO_DATA_SET:
                         self._answer(message)
                     else:
-                        if _us(parsed, 0x0100) == C_STORE_RQ:
+                        if field_ == C_STORE_RQ and message.refusal is None:
                             message.sink = self._begin(message)
                         self._message = message
                     timeout = min(timeout, limits.dimse_timeout)
@@ -648,6 +801,29 @@ class Association:
                 self._message = None
                 self._answer(message)
 
+    def _check_operation(self, field_: int, message: _Message) -> Status | None:
+        """:func:`refuse_operation` for a command that just arrived, logged and counted when it
+        refuses (its data set, if any, is then read and dropped: nothing is stored)."""
+        context = self.contexts[message.context_id]
+        sop_class = _text(message.command, 0x0002)
+        refusal = refuse_operation(field_, context, sop_class)
+        if refusal is not None:
+            self.server.counters.add("sop_class_refused")
+            log.warning(
+                "association from %s (%s): %s of SOP Class %r, SOP Instance %r on presentation "
+                "context %d (%s) refused: 0x%04X %s",
+                self.peer.address,
+                self.peer.calling_ae,
+                _command_name(field_),
+                sop_class,
+                _text(message.command, 0x1000),
+                context.context_id,
+                context.abstract_syntax,
+                refusal.code,
+                refusal.comment,
+            )
+        return refusal
+
     def _discard(self, n: int, timeout: float) -> None:
         scratch = memoryview(bytearray(min(n, 1 << 20)))
         while n > 0:
@@ -659,8 +835,8 @@ class Association:
         context = self.contexts[message.context_id]
         start = StoreStart(
             peer=self.peer,
-            abstract_syntax=str(context.abstract_syntax),
-            transfer_syntax=str(context.transfer_syntax[0]),
+            abstract_syntax=context.abstract_syntax,
+            transfer_syntax=context.transfer_syntax,
             sop_class_uid=_text(message.command, 0x0002),
             sop_instance_uid=_text(message.command, 0x1000),
         )
@@ -699,7 +875,8 @@ class Association:
                         log.exception("C-STORE after-response handler failed")
             return
         elif field_ == C_ECHO_RQ:
-            rsp = encode_response(0x8030, message_id, Status(0), sop_class or VERIFICATION)
+            status = message.refusal or Status(0)
+            rsp = encode_response(0x8030, message_id, status, sop_class or VERIFICATION)
         elif field_ == C_CANCEL_RQ:
             return
         elif field_ & 0x8000:
@@ -718,7 +895,7 @@ class Association:
     def _store(
         self,
         message: _Message,
-        context: PresentationContext,
+        context: AcceptedContext,
         sop_class: str,
         sop_instance: str,
         message_id: int,
@@ -734,8 +911,8 @@ class Association:
             return None, Status(0xA700, "cannot hold the data set: disk error")
         request = StoreRequest(
             peer=self.peer,
-            abstract_syntax=str(context.abstract_syntax),
-            transfer_syntax=str(context.transfer_syntax[0]),
+            abstract_syntax=context.abstract_syntax,
+            transfer_syntax=context.transfer_syntax,
             sop_class_uid=sop_class,
             sop_instance_uid=sop_instance,
             message_id=message_id,
@@ -765,11 +942,19 @@ class UpperLayerServer:
     ) -> None:
         self.limits = limits
         self.handlers = handlers
-        self.contexts: list[PresentationContext] = []
+        self.counters = Counters()
+        supported = []
         for i, uid in enumerate(abstract_syntaxes):
             cx = build_context(uid, transfer_syntaxes)
             cx.context_id = 2 * i + 1
-            self.contexts.append(cx)
+            # Our roles, for a requestor that proposes SCP/SCU role selection (PS3.7 D.3.3.4):
+            # it may be the SCU (we are the SCP: we store, we answer C-ECHO); it may not be the
+            # SCP (we never send a C-STORE). A context on which the requestor wants to be SCP
+            # only is rejected; one where it offers both is accepted with us as SCP only.
+            cx.scu_role, cx.scp_role = True, False
+            supported.append(cx)
+        #: Negotiation input only; associations see :class:`AcceptedContext` values.
+        self._supported = tuple(supported)
         self.stopping = False
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -845,7 +1030,7 @@ class UpperLayerServer:
         association, and decoding and negotiating ~120 proposed contexts costs ~10 ms."""
         found = self._negotiated.get(items)
         if found is None:
-            found = negotiate(items, self.contexts, self.limits)
+            found = negotiate(items, self._supported, self.limits)
             if len(items) > _NEGOTIATION_CACHE_ITEM_BYTES:
                 return found
             with self._lock:
