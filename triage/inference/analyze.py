@@ -11,8 +11,9 @@ not know about scoring or the RIS. Steps, in order:
 3. inference (:class:`~triage.inference.client.InferenceClient`); Triton down or the model not
    ready raise ``TritonUnavailable`` / ``ModelNotReady`` and the pipeline lists the study as
    "AI pending";
-4. the key image (:mod:`triage.inference.keyimage`): the key slice, windowed, with the model's
-   localisation map when it has one, stored under ``<data_dir>/keyimages/``.
+4. the key image (:mod:`triage.inference.keyimage`): the key slice (the localisation map's peak,
+   where the study probability comes from), windowed, with the model's localisation map for a
+   positive study only, stored under ``<data_dir>/keyimages/``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from triage.inference.checks import InputLimits, check_input
 from triage.inference.client import InferenceClient, ModelOutput
 from triage.inference.contract import ModelContract, load_contract
 from triage.inference.keyimage import (
+    key_grid_slice,
     map_for_slice,
     render_key_image,
     store_key_image,
@@ -99,8 +101,10 @@ class TritonAnalyzer:
         out = client.infer(model, tensor)
         key_slice = None
         if out.key_slice is not None:
-            # from the model grid back to the acquired slice nearest to it (0 = most inferior)
-            z = z_sample_positions(volume, contract.input_shape[0])[out.key_slice]
+            # where the evidence for the probability is (the localisation map's peak, when
+            # there is one), from the model grid back to the nearest acquired slice
+            grid_slice = key_grid_slice(out.localization, out.slice_probabilities)
+            z = z_sample_positions(volume, contract.input_shape[0])[grid_slice]
             key_slice = int(np.argmin(np.abs(volume.z_positions - z)))
         key_image = ""
         if self.key_images and key_slice is not None:
@@ -144,6 +148,7 @@ class TritonAnalyzer:
                 probability=out.probability,
                 slice_index=key_slice,
                 n_slices=volume.shape[0],
+                positive=out.positive,
             )
             study_uid = series[0].study_uid if series else volume.series_uid
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]

@@ -1,11 +1,18 @@
 """Key image: the model's most suspicious slice as a PNG, windowed, with the lesion overlay.
 
-:func:`render_key_image` takes the acquired slice the model pointed at (the argmax of its
-slice probabilities, mapped back from the model grid), applies the window for the finding
+:func:`key_grid_slice` says which slice that is: where the evidence for the probability is.
+With a localisation map, the study probability is read from its peak cell, so the key slice is
+in that cell's slab (of its model slices, the one with the highest slice probability); without
+one, the argmax of the slice probabilities. The analyzer maps it back to the acquired slice
+nearest to it.
+
+:func:`render_key_image` takes that acquired slice, applies the window for the finding
 (brain 40/80 for hemorrhage, mediastinum 100/700 for embolism, or ``window_center`` /
-``window_width`` from the model contract), blends the model's coarse localisation map in colour
-when the model has one (red, opacity rising with the map value; outline where it crosses 0.5),
-and burns in a caption band under the image:
+``window_width`` from the model contract), and for a POSITIVE study (probability at or above
+the operating point) blends the model's coarse localisation map in colour (red, opacity rising
+with the map value; outline where it crosses 0.5). A NEGATIVE study gets no overlay at all -
+nothing on it looks like a finding - and its caption says "below the operating point". The
+caption band burnt in under the image always reads:
 
     AI TRIAGE AID - SYNTHETIC-PHANTOM-TRAINED MODEL - NOT FOR CLINICAL USE
 
@@ -177,6 +184,23 @@ def map_for_slice(
     return loc[int(np.clip(np.rint(frac * (loc.shape[0] - 1)), 0, loc.shape[0] - 1))]
 
 
+def key_grid_slice(localization: np.ndarray | None, slice_probabilities: np.ndarray) -> int:
+    """Index (model grid, 0 = most inferior) of the slice where the evidence is.
+
+    A 3-D map [z', y', x'] covers the grid's ``n`` slices in ``z'`` equal slabs: the slab of its
+    peak cell, and in it the slice with the highest slice probability. Otherwise (no map, a
+    2-D map, or slab sizes that do not divide) the argmax of ``slice_probabilities``.
+    """
+    probs = np.asarray(slice_probabilities, dtype=np.float64).reshape(-1)
+    loc = None if localization is None else np.asarray(localization, dtype=np.float64)
+    if loc is None or loc.ndim != 3 or loc.size == 0 or probs.size % loc.shape[0]:
+        return int(np.argmax(probs))
+    per_cell = probs.size // loc.shape[0]
+    cell = int(np.unravel_index(int(np.argmax(loc)), loc.shape)[0])
+    lo = cell * per_cell
+    return lo + int(np.argmax(probs[lo : lo + per_cell]))
+
+
 def _outline(mask: np.ndarray) -> np.ndarray:
     inner = mask.copy()
     inner[1:, :] &= mask[:-1, :]
@@ -262,15 +286,17 @@ def render_key_image(
     probability: float | None,
     slice_index: int,
     n_slices: int,
+    positive: bool = True,
 ) -> KeyImage:
     """Windowed slice + overlay + caption band, as PNG. ``localization`` is a 2-D map in [0, 1]
-    covering the slice's field of view (any resolution), or None."""
+    covering the slice's field of view (any resolution), or None. ``positive`` False (the
+    probability is below the operating point): no overlay is drawn, whatever the map."""
     hu = np.asarray(slice_hu, dtype=np.float32)
     rows, cols = hu.shape
     grey = apply_window(hu, *window)
     rgb = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float32)
     overlay = False
-    if localization is not None and np.size(localization) > 0:
+    if positive and localization is not None and np.size(localization) > 0:
         m = _resize_bilinear(np.clip(localization, 0.0, 1.0), rows, cols)
         alpha = np.where(m >= OVERLAY_MIN_VALUE, m * OVERLAY_MAX_ALPHA, 0.0)[:, :, None]
         if float(alpha.max()) > 0.0:
@@ -279,9 +305,11 @@ def render_key_image(
             edge = _outline(m >= OUTLINE_LEVEL)
             rgb[edge] = (255.0, 255.0, 0.0)
     p = "n/a" if probability is None else f"{probability:.2f}"
-    info = f"{model} {model_version} p={p} key slice {slice_index + 1}/{n_slices}" + (
-        "" if overlay else " (no localisation map)"
-    )
+    info = f"{model} {model_version} p={p} key slice {slice_index + 1}/{n_slices}"
+    if not positive:
+        info += " - below the operating point: no finding, no overlay"
+    elif not overlay:
+        info += " (no localisation map)"
     max_chars = max(1, (cols - 4) // ADVANCE)
     lines = [*wrap(DISCLAIMER, max_chars), *wrap(info, max_chars)]
     band = LINE_H * len(lines) + 4
