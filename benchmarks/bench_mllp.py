@@ -1,21 +1,30 @@
-"""MLLP ingest benchmark: our HL7 listener against two reference servers, measured in one run.
+"""MLLP ingest benchmark: the running engine and our HL7 listener against two reference servers,
+measured side by side in one run.
 
-    .venv/bin/python benchmarks/bench_mllp.py            # 5,000 ORMs, 1 and 8 connections
-    .venv/bin/python benchmarks/bench_mllp.py -n 2000 --connections 1 4
+    .venv/bin/python benchmarks/bench_mllp.py            # 3,000 ORMs, 1 and 8 connections
+    .venv/bin/python benchmarks/bench_mllp.py -n 2000 --connections 1 4 --repeat 3
+    .venv/bin/python benchmarks/bench_mllp.py --servers durable engine --engine-src /tmp/old
 
-Servers (each in its own process, on 127.0.0.1, an ephemeral port):
+Servers (each in its own process, on 127.0.0.1, an ephemeral port; with ``--repeat`` the
+servers take turns round by round, so that the disk's mood is shared):
 
-- ``echo``: a bare asyncio server that answers every frame with an ACK echoing MSH-10;
+- ``echo``: a plain blocking-socket server (one thread per connection) that answers every
+  frame with an ACK echoing MSH-10;
 - ``durable``: the same, but it appends each message to a file and fsyncs it before the ACK
   (the floor for any server that promises "acknowledged = on disk");
-- ``triage``: our :class:`~triage.ingest.hl7_listener.HL7Listener` on a fresh SQLite database
-  (parse, store raw + ACK + order in one transaction, group commit, then ACK).
+- ``triage``: our :class:`~triage.ingest.hl7_listener.HL7Listener` alone on a fresh SQLite
+  database (parse, store raw + ACK + order in one transaction, group commit, then ACK);
+- ``engine``: ``triage serve`` (the whole engine: HTTP API, DICOM listener, scheduler, the
+  pipeline thread that each order is handed to) on a fresh data directory, with
+  ``study_stable_seconds`` 600 and ``triton_url`` pointing at a port where nothing listens:
+  Triton's start-up is skipped, the HL7 path (listener, store, on_order, pipeline) is the
+  production one. ``--engine-src DIR`` runs the engine from another checkout (an A/B).
 
 The client (this process, asyncio) sends ``-n`` distinct ORM^O01 messages (one new order each)
 split evenly over the connections; each connection sends its next message when the previous
 one is acknowledged (as RIS interfaces do). It checks every ACK (MSA-1 AA/CA and MSA-2 = our
-MSH-10) and, for ``triage``, that every order is in the database afterwards. It prints
-messages/s per server and the ratios that docs/performance.md quotes.
+MSH-10) and, for ``triage`` and ``engine``, that every order is in the database afterwards.
+It prints messages/s and server CPU per message for each, and the ratios to the durable echo.
 """
 
 from __future__ import annotations
@@ -72,21 +81,24 @@ def _cpu() -> float:
 # -- reference servers (run in a child process) ----------------------------------------------
 
 
-async def _serve_echo(durable: bool, directory: Path) -> None:
+def _serve_echo(durable: bool, directory: Path) -> None:
+    """A plain blocking-socket server, one thread per connection; ``durable``: each message
+    appended to one file and fsynced before its ACK."""
+    import socket
+    import threading
+
     fd = os.open(directory / "messages.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        import socket
-
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def handle(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = b""
-        try:
+        with conn:
             while True:
-                data = await reader.read(65536)
+                data = conn.recv(65536)
                 if not data:
                     break
                 buf += data
+                out = []
                 while True:
                     start = buf.find(SB)
                     end = buf.find(EB, start + 1)
@@ -97,15 +109,24 @@ async def _serve_echo(durable: bool, directory: Path) -> None:
                     if durable:
                         os.write(fd, payload + b"\n")
                         os.fsync(fd)
-                    writer.write(SB + _echo_ack(payload) + EB)
-                await writer.drain()
-        finally:
-            writer.close()
+                    out.append(SB + _echo_ack(payload) + EB)
+                if out:
+                    conn.sendall(b"".join(out))
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    print(server.sockets[0].getsockname()[1], flush=True)
+    server = socket.create_server(("127.0.0.1", 0), backlog=64)
+    print(server.getsockname()[1], flush=True)
     cpu0 = _cpu()
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until stdin closes
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    sys.stdin.read()  # until stdin closes
     server.close()
     os.close(fd)
     print(f"cpu_s={_cpu() - cpu0:.3f}", flush=True)
@@ -171,9 +192,100 @@ async def _drive(port: int, messages: list[bytes], connections: int) -> float:
     return time.perf_counter() - t0
 
 
-def run_one(kind: str, n: int, connections: int, offset: int) -> tuple[float, float, str]:
+def _count_rows(db_path: Path) -> tuple[int, int]:
+    """(orders, messages) in a triage database."""
+    import sqlite3
+
+    con = sqlite3.connect(db_path, timeout=30)
+    try:
+        orders = con.execute('SELECT count(*) FROM "order"').fetchone()[0]
+        messages = con.execute("SELECT count(*) FROM hl7message").fetchone()[0]
+    finally:
+        con.close()
+    return int(orders), int(messages)
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_engine(n: int, connections: int, offset: int, src: Path) -> tuple[float, float, str]:
+    """``triage serve`` from ``src`` on a fresh data directory; (messages/s, the engine's CPU
+    ms per message during the run, note)."""
+    import json
+    import signal
+
+    with tempfile.TemporaryDirectory(prefix="bench-mllp-engine-") as tmp:
+        data = Path(tmp) / "var"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+        env.update(
+            PYTHONPATH=str(src),
+            TRIAGE_DATA_DIR=str(data),
+            TRIAGE_RULES_DIR=str(src / "rules"),
+            TRIAGE_MODELS_DIR=str(src / "models"),
+            TRIAGE_HL7_PORT="0",
+            TRIAGE_DICOM_PORT="0",
+            TRIAGE_HTTP_PORT="0",
+            TRIAGE_TRITON_URL=f"http://127.0.0.1:{_free_port()}",  # nothing listens there
+            TRIAGE_TRITON_WARMUP="false",
+            TRIAGE_STUDY_STABLE_SECONDS="600",
+            TRIAGE_LOG_LEVEL="WARNING",
+        )
+        log = Path(tmp) / "engine.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "triage.cli", "serve"],
+                cwd=tmp,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            port = 0
+            while not port:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"engine did not start: {log.read_text()[-2000:]}")
+                try:
+                    port = int(json.loads((data / "endpoints.json").read_text())["hl7"][1])
+                except (OSError, ValueError, KeyError):
+                    time.sleep(0.05)
+            time.sleep(0.5)  # start-up work (recovery, Triton connection) out of the way
+            messages = [orm(offset + i) for i in range(n)]
+            cpu0 = _proc_cpu(proc.pid)
+            elapsed = asyncio.run(_drive(port, messages, connections))
+            cpu = _proc_cpu(proc.pid) - cpu0
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        orders, stored = _count_rows(data / "triage.db")
+    if (orders, stored) != (n, n):
+        raise AssertionError(f"engine stored {orders} orders, {stored} messages; expected {n}")
+    return n / elapsed, 1000 * cpu / n, f"orders={orders} messages={stored}"
+
+
+def run_one(
+    kind: str, n: int, connections: int, offset: int, src: Path = REPO
+) -> tuple[float, float, str]:
     """Start server ``kind`` in a child process, send ``n`` ORMs; (messages/s, the server's
     CPU ms per message, server note)."""
+    if kind == "engine":
+        return run_engine(n, connections, offset, src)
     with tempfile.TemporaryDirectory(prefix=f"bench-mllp-{kind}-") as tmp:
         proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", kind, "--dir", tmp],
@@ -252,18 +364,27 @@ def steps(n: int) -> None:
             )
 
 
+SERVERS = ("echo", "durable", "triage", "engine")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("-n", type=int, default=5000, help="messages per run (5000)")
+    p.add_argument("-n", type=int, default=3000, help="messages per run (3000)")
     p.add_argument("--connections", type=int, nargs="+", default=[1, 8])
     p.add_argument(
         "--servers",
         nargs="+",
-        choices=["echo", "durable", "triage"],
-        default=["echo", "durable", "triage"],
-        help="servers to measure (all three; the table needs all three)",
+        choices=SERVERS,
+        default=list(SERVERS),
+        help="servers to measure (all four; the ratios need durable)",
     )
-    p.add_argument("--repeat", type=int, default=1, help="measure every server this many times")
+    p.add_argument("--repeat", type=int, default=1, help="rounds: every server once per round")
+    p.add_argument(
+        "--engine-src",
+        type=Path,
+        default=REPO,
+        help="checkout the engine runs from (default: this one)",
+    )
     p.add_argument("--steps", action="store_true", help="print the in-process CPU per step instead")
     p.add_argument("--serve", choices=["echo", "durable", "triage"], help=argparse.SUPPRESS)
     p.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
@@ -272,7 +393,7 @@ def main() -> int:
         if args.serve == "triage":
             asyncio.run(_serve_triage(args.dir))
         else:
-            asyncio.run(_serve_echo(args.serve == "durable", args.dir))
+            _serve_echo(args.serve == "durable", args.dir)
         return 0
     if args.steps:
         steps(args.n)
@@ -280,7 +401,7 @@ def main() -> int:
 
     print(
         f"{args.n} ORM^O01 per run, python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"load average {os.getloadavg()[0]:.1f}; engine from {args.engine_src}"
     )
     rows: list[tuple[int, dict[str, tuple[float, float]]]] = []
     offset = 0
@@ -288,7 +409,7 @@ def main() -> int:
         for conns in args.connections:
             results: dict[str, tuple[float, float]] = {}
             for kind in args.servers:
-                rate, cpu, note = run_one(kind, args.n, conns, offset)
+                rate, cpu, note = run_one(kind, args.n, conns, offset, args.engine_src)
                 offset += args.n
                 results[kind] = (rate, cpu)
                 extra = f"  ({note})" if note else ""
@@ -299,20 +420,23 @@ def main() -> int:
                 )
             rows.append((conns, results))
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
-    if len(args.servers) < 3:
-        return 0
     print()
+    names = [k for k in SERVERS if k in args.servers]
+    ratios = [k for k in ("triage", "engine") if k in names and "durable" in names]
     print(
-        "| connections | bare echo | durable echo (fsync) | triage | triage / durable "
-        "| server CPU/msg: durable, triage |"
+        "| connections | "
+        + " | ".join(f"{k} msg/s" for k in names)
+        + "".join(f" | {k} / durable" for k in ratios)
+        + " | server CPU/msg: "
+        + ", ".join(names)
+        + " |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---" * (len(names) + len(ratios) + 2) + "|")
     for conns, r in rows:
-        (e, _), (d, dc), (t, tc) = r["echo"], r["durable"], r["triage"]
-        print(
-            f"| {conns} | {e:,.0f}/s | {d:,.0f}/s | {t:,.0f}/s | {t / d:.2f}x "
-            f"| {dc:.2f} ms, {tc:.2f} ms |"
-        )
+        cells = [f"{r[k][0]:,.0f}" for k in names]
+        cells += [f"**{r[k][0] / r['durable'][0]:.2f}x**" for k in ratios]
+        cpu = ", ".join(f"{r[k][1]:.2f}" for k in names)
+        print(f"| {conns} | " + " | ".join(cells) + f" | {cpu} ms |")
     return 0
 
 

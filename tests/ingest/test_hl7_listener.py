@@ -507,6 +507,35 @@ def test_eight_connections_group_commit(listener: Callable[..., Running]) -> Non
     assert len(wait_for_calls(r, 200)) == 200
 
 
+def test_on_orders_gets_every_order_once_in_order_in_batches(
+    listener: Callable[..., Running],
+) -> None:
+    """Given on_orders, the listener hands over the ids of the orders acknowledged in the same
+    few milliseconds in one call: all of them, once, in the order of their ACKs."""
+    from triage.synth.orders import order_message
+
+    batches: list[list[int]] = []
+    r = listener(on_orders=batches.append)
+    msgs = [order_message(accession=f"B{i}", patient_id="P1") for i in range(20)]
+    with socket.create_connection((r.host, r.port), timeout=10) as sock:
+        dec = MLLPDecoder()
+        sock.sendall(b"".join(frame(m.encode()) for m in msgs))
+        sock.settimeout(10)
+        acks: list[bytes] = []
+        while len(acks) < 20:
+            acks += dec.feed(sock.recv(65536))
+        for m in msgs[:3]:  # a resend applies nothing: no id
+            raw_exchange(sock, dec, frame(m.encode()))
+    deadline = time.monotonic() + 5
+    while sum(map(len, batches)) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    ids = [o.id for o in r.orders()]
+    assert [i for b in batches for i in b] == ids and len(ids) == 20
+    assert len(batches) < 20 and all(batches)
+    assert r.calls == ids  # on_order, given too, still runs for each
+
+
 def test_one_transaction_at_a_time_alone_or_with_others(listener: Callable[..., Running]) -> None:
     """Alone, a connection's messages are stored in the listener's loop; with others open,
     through the queue and the writer thread. Never two transactions at once, whatever opens

@@ -9,7 +9,8 @@ order; the frames of one read are handed on together):
 2. the batch is stored and applied in one transaction by the message store
    (:mod:`triage.ingest.hl7_store`, which says what AA means);
 3. only after the commit, each connection writes its ACK; then ``on_order(order_id)`` is called
-   for every order applied, from one worker thread, in order.
+   for every order applied, from one worker thread, in order (or ``on_orders(order_ids)`` once
+   for the orders of a few milliseconds).
 
 All of this runs in the listener's own thread and event loop (see :class:`HL7Listener`);
 frames that arrive while a batch is being committed wait in their sockets and form the next
@@ -56,7 +57,10 @@ class _Pending:
 
 
 class HL7Listener:
-    """MLLP server storing RIS orders. ``on_order(order_id)`` runs after each ACK.
+    """MLLP server storing RIS orders. ``on_order(order_id)`` runs after each ACK; or, given
+    ``on_orders``, ``on_orders(order_ids)`` once for the orders acknowledged within
+    ``ON_ORDER_DELAY`` of each other, in order (a consumer that has work per call, such as
+    scheduling a job, does it once per batch instead of once per order).
 
     The listener runs in its own thread with its own event loop: the connections' I/O, the
     parsing and the database transaction of each batch all happen there, so a message costs no
@@ -70,12 +74,14 @@ class HL7Listener:
         db: Database,
         on_order: Callable[[int], None] | None = None,
         *,
+        on_orders: Callable[[list[int]], None] | None = None,
         idle_timeout: float | None = None,
         mapping: HL7Mapping | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.on_order = on_order
+        self.on_orders = on_orders
         self.idle_timeout = idle_timeout or settings.hl7_idle_timeout_seconds
         self.store = MessageStore(settings, db, mapping or mapping_for(settings))
         self._server: asyncio.Server | None = None
@@ -255,7 +261,8 @@ class HL7Listener:
         """Queue on_order for orders whose ACK is written. They go to the on_order thread
         together, ``ON_ORDER_DELAY`` after the first (one thread wake-up for all the messages
         of those milliseconds, not one per message; stop() hands over what is left)."""
-        if self.on_order is None or not order_ids or self._notifier is None:
+        nobody = self.on_order is None and self.on_orders is None
+        if nobody or not order_ids or self._notifier is None:
             return
         self._due.extend(order_ids)
         if not self._flush_scheduled:
@@ -270,7 +277,13 @@ class HL7Listener:
                 self._notifier.submit(self._call_on_order, due)
 
     def _call_on_order(self, order_ids: list[int]) -> None:
-        assert self.on_order is not None
+        if self.on_orders is not None:
+            try:
+                self.on_orders(order_ids)
+            except Exception:
+                log.exception("on_orders(%d orders) failed", len(order_ids))
+        if self.on_order is None:
+            return
         for order_id in order_ids:
             try:
                 self.on_order(order_id)

@@ -1,0 +1,320 @@
+"""The HL7 listener inside the running engine (`triage serve` as a subprocess, its real
+listeners on ephemeral ports), driven the way peers drive it: several frames per TCP write,
+frames cut across writes (even between the block bytes), frames sent while the previous
+commit is in flight, many fresh connections, the hl7 package's `mllp_send`, and 10,000
+messages on one connection.
+
+The engine gets a Triton URL where nothing listens (studies would wait as "AI pending"):
+the HL7 path does not depend on Triton, and its start-up would cost seconds per test."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from triage.hl7.ack import read_ack
+from triage.hl7.mllp import MLLPDecoder, frame
+from triage.service import orders_near_studies
+from triage.store import Database, Order, Study
+from triage.store.repo import studies_for_order
+from triage.synth.orders import order_message
+
+REPO = Path(__file__).resolve().parent.parent.parent
+MLLP_SEND = REPO / ".venv" / "bin" / "mllp_send"
+TIMEOUT = 10.0  # seconds a peer waits for an ACK before the test calls it lost
+
+
+@dataclass
+class EngineProcess:
+    proc: subprocess.Popen[bytes]
+    work: Path
+    host: str
+    port: int
+
+    def log(self) -> str:
+        return (self.work / "engine.log").read_text(errors="replace")
+
+    def order_count(self) -> int:
+        import sqlite3
+
+        con = sqlite3.connect(self.work / "var" / "triage.db", timeout=30)
+        try:
+            return int(con.execute('SELECT count(*) FROM "order"').fetchone()[0])
+        finally:
+            con.close()
+
+
+def start_engine(work: Path) -> EngineProcess:
+    data = work / "var"
+    env = dict(os.environ)
+    for name in [n for n in env if n.startswith("TRIAGE_")]:
+        del env[name]
+    env.update(
+        TRIAGE_DATA_DIR=str(data),
+        TRIAGE_DICOM_PORT="0",
+        TRIAGE_HL7_PORT="0",
+        TRIAGE_HTTP_PORT="0",
+        TRIAGE_TRITON_URL=f"http://127.0.0.1:{free_port()}",  # nothing there
+        TRIAGE_TRITON_WARMUP="false",
+        TRIAGE_LOG_LEVEL="INFO",
+    )
+    log = (work / "engine.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "triage.cli", "serve"],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"engine exited: {(work / 'engine.log').read_text()}")
+        try:
+            ep = json.loads((data / "endpoints.json").read_text())
+            host, port = ep["hl7"]
+            return EngineProcess(proc, work, str(host), int(port))
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.05)
+    stop_engine(proc)
+    raise AssertionError("engine did not write endpoints.json within 60 s")
+
+
+def stop_engine(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    e = start_engine(tmp_path_factory.mktemp("hl7-engine"))
+    try:
+        yield e
+    finally:
+        stop_engine(e.proc)
+    assert e.proc.returncode == 0, e.log()[-4000:]
+
+
+_serial = iter(range(10**9))
+
+
+def orders(tag: str, n: int) -> list[tuple[bytes, str]]:
+    """``n`` new ORM^O01 orders: (payload, MSH-10), every one with its own accession."""
+    out = []
+    for _ in range(n):
+        k = next(_serial)
+        control = f"{tag}{k}"
+        text = order_message(
+            accession=f"{tag}{k:07d}", patient_id=f"P{k % 97:05d}", control_id=control
+        )
+        out.append((text.encode(), control))
+    return out
+
+
+class Peer:
+    """One MLLP connection, raw socket: what is written is exactly what goes on the wire."""
+
+    def __init__(self, e: EngineProcess) -> None:
+        self.sock = socket.create_connection((e.host, e.port), timeout=TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.decoder = MLLPDecoder()
+        self.acks: list[bytes] = []
+
+    def __enter__(self) -> Peer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def receive(self, count: int) -> list[tuple[str, str]]:
+        """Wait for ``count`` more ACKs; (MSA-1, MSA-2) of each, in arrival order."""
+        want = len(self.acks) + count
+        while len(self.acks) < want:
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except TimeoutError:
+                got = len(self.acks) - (want - count)
+                raise AssertionError(
+                    f"{got} of {count} ACKs within {TIMEOUT:.0f} s; the rest never came"
+                ) from None
+            assert chunk, "the engine closed the connection"
+            self.acks += self.decoder.feed(chunk)
+        return [read_ack(a.decode())[:2] for a in self.acks[want - count : want]]
+
+
+def accepted(controls: list[str]) -> list[tuple[str, str]]:
+    return [("AA", c) for c in controls]
+
+
+# -- which orders the engine hands to the pipeline --------------------------------------------
+
+
+def test_orders_near_studies_is_a_superset_of_what_the_pipeline_would_touch(
+    tmp_path: Path,
+) -> None:
+    """The engine hands the pipeline only the orders that share a key with a stored study;
+    every order for which studies_for_order finds a study is among them."""
+    db = Database(f"sqlite:///{tmp_path / 'triage.db'}")
+    db.create_all()
+    with db.session() as s:
+        s.add(Study(study_uid="1.2.1", accession_number="ACC1", patient_id="PA"))
+        s.add(Study(study_uid="1.2.2", patient_id="PB"))  # unlinked, no accession
+        s.add(Study(study_uid="1.2.3", accession_number="ACC3", patient_id="PC", order_id=9))
+    orders = [
+        Order(accession_number="ACC1", patient_id="PX"),  # by accession
+        Order(accession_number="NEW1", patient_id="PX", study_uid="1.2.2"),  # by Study UID
+        Order(accession_number="NEW2", patient_id="PB"),  # by patient (unlinked study)
+        Order(accession_number="NEW3", patient_id="PZ"),  # nothing
+        Order(accession_number="", patient_id="", study_uid=""),  # nothing
+        Order(accession_number="NEW4", patient_id="PY"),  # nothing
+    ]
+    with db.session() as s:
+        for o in orders:
+            s.add(o)
+        s.flush()
+        ids = [int(o.id) for o in orders if o.id is not None]
+        s.add(Order(id=9, accession_number="OLD", patient_id="PQ"))  # linked by order_id
+    ids.append(9)
+    near = orders_near_studies(db, list(reversed(ids)) + ids[:2])
+    assert near == [9, ids[2], ids[1], ids[0]]  # in the order given, once each
+    with db.session() as s:
+        touched = [i for i in ids if studies_for_order(s, s.get(Order, i), 24.0)]
+    assert set(touched) <= set(near)
+    assert orders_near_studies(db, []) == []
+    db.dispose()
+
+
+# -- the stalls of issue 14 -------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_two_frames_in_one_write_on_sixty_fresh_connections(engine: EngineProcess) -> None:
+    """A RIS that batches: both messages in one write, on a new connection; both ACKs."""
+    for attempt in range(60):
+        msgs = orders(f"TW{attempt}-", 2)
+        with Peer(engine) as peer:
+            peer.send(b"".join(frame(p) for p, _ in msgs))
+            assert peer.receive(2) == accepted([c for _, c in msgs]), f"attempt {attempt}"
+
+
+def cut_points(data: bytes) -> list[int]:
+    """Where a stream of frames is cut: right after each start block, between each end block
+    and its carriage return, right before each start block, and inside each payload."""
+    points: set[int] = set()
+    for i, byte in enumerate(data):
+        if byte == 0x0B:
+            points.update((i, i + 1, i + 40))
+        elif byte == 0x1C:
+            points.add(i + 1)
+    return sorted(p for p in points if 0 < p < len(data))
+
+
+@pytest.mark.integration
+def test_frames_cut_across_writes(engine: EngineProcess) -> None:
+    """Every frame cut inside its block bytes and its payload, pieces written separately with
+    a pause (so that the engine reads them separately); three frames per stream, 20
+    connections. Every ACK arrives, in order."""
+    for attempt in range(20):
+        msgs = orders(f"CW{attempt}-", 3)
+        stream = b"".join(frame(p) for p, _ in msgs)
+        cuts = [0, *cut_points(stream)[attempt % 3 :: 2], len(stream)]
+        with Peer(engine) as peer:
+            for a, b in itertools.pairwise(cuts):
+                peer.send(stream[a:b])
+                time.sleep(0.002)
+            assert peer.receive(3) == accepted([c for _, c in msgs]), f"attempt {attempt}"
+
+
+@pytest.mark.integration
+def test_frames_sent_while_the_previous_commit_is_in_flight(engine: EngineProcess) -> None:
+    """A pipelining peer: the next frame leaves while the previous one is being committed (no
+    wait for its ACK), a frame's end and the next frame's start in one write."""
+    for attempt in range(20):
+        msgs = orders(f"PF{attempt}-", 6)
+        wire = [frame(p) for p, _ in msgs]
+        stream = b"".join(wire)
+        # Cut in the middle of every frame: each write ends one frame and starts the next.
+        cuts, at = [0], 0
+        for w in wire:
+            cuts.append(at + len(w) // 2)
+            at += len(w)
+        cuts.append(len(stream))
+        with Peer(engine) as peer:
+            for a, b in itertools.pairwise(cuts):
+                peer.send(stream[a:b])
+                time.sleep(0.0005 * (attempt % 4))
+            assert peer.receive(6) == accepted([c for _, c in msgs]), f"attempt {attempt}"
+
+
+@pytest.mark.integration
+def test_mllp_send_real_client(engine: EngineProcess, tmp_path: Path) -> None:
+    """The hl7 package's `mllp_send` (one message, then its ACK, then the next) with a file of
+    framed messages, three runs in a row on fresh connections."""
+    for run in range(3):
+        msgs = orders(f"MS{run}-", 25)
+        path = tmp_path / f"batch{run}.hl7"
+        path.write_bytes(b"".join(frame(p) for p, _ in msgs))
+        out = subprocess.run(
+            [str(MLLP_SEND), "-p", str(engine.port), "-f", str(path), engine.host],
+            capture_output=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        acks = MLLPDecoder().feed(out.stdout)
+        assert [read_ack(a.decode())[:2] for a in acks] == accepted([c for _, c in msgs])
+
+
+FAULT_COUNT = 10_000
+
+
+@pytest.mark.integration
+def test_ten_thousand_messages_two_per_write_on_one_connection(engine: EngineProcess) -> None:
+    """10,000 orders on one connection, two frames per TCP write, written as fast as the
+    engine takes them (a sender thread; ACKs read meanwhile): 10,000 ACKs, in order, each
+    MSA-2 echoing its MSH-10, and 10,000 more orders in the database."""
+    before = engine.order_count()
+    msgs = orders("TK", FAULT_COUNT)
+    writes = [frame(msgs[i][0]) + frame(msgs[i + 1][0]) for i in range(0, FAULT_COUNT, 2)]
+    failed: list[BaseException] = []
+
+    with Peer(engine) as peer:
+
+        def send_all() -> None:
+            try:
+                for data in writes:
+                    peer.send(data)
+            except BaseException as exc:  # reported by the test thread
+                failed.append(exc)
+
+        sender = threading.Thread(target=send_all)
+        sender.start()
+        try:
+            got = peer.receive(FAULT_COUNT)
+        finally:
+            sender.join(TIMEOUT)
+    assert not failed
+    assert len(got) == FAULT_COUNT
+    assert got == accepted([c for _, c in msgs])
+    assert engine.order_count() - before == FAULT_COUNT
