@@ -275,8 +275,9 @@ def test_real_model_key_image_positive_on_the_lesion_negative_without_overlay(
     assert _red(rgb[:256]).sum() > 10 and "below the operating point" not in text["Description"]
 
     # a negative: today's network calls the simple ellipsoid head of phantoms.py negative
+    from triage.inference.controls import write_volume_series
+
     from .phantoms import PIXEL_MM, SLICE_MM, head_ct
-    from .series_writer import write_volume_series
 
     plain = head_ct(seed=0)
     z = [k * SLICE_MM for k in range(plain.shape[0])]
