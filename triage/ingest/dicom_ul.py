@@ -22,7 +22,12 @@ Protocol code triggers events, business logic handles them (the listener in
 
 Every peer gets an answer in the protocol: A-ASSOCIATE-RJ for a refused association, a DIMSE
 status for a refused operation (with an Error Comment saying why), A-ABORT for a PDU that
-breaks the protocol; the connection is closed only after that.
+breaks the protocol; the connection is closed only after that. A C-STORE whose Affected SOP
+Class UID is not its presentation context's abstract syntax, or a C-ECHO off a Verification
+context, is answered 0x0122 as soon as its command is in (:func:`refuse_operation`), and its
+data set read and dropped. The states and events follow PS3.8 Table 9-10 (deviations:
+docs/dicom-conformance.md); an A-RELEASE-RQ in the middle of a message is answered, and the
+half message dropped, logged and counted (:class:`Counters`).
 
 Timeouts (seconds): ``acse`` for the A-ASSOCIATE-RQ to arrive; ``network`` for any read
 (an association idle, or a stalled read, this long is aborted); ``dimse`` for each read while
