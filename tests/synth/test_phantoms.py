@@ -280,3 +280,90 @@ def test_in_memory_lesion_volume_counts_the_slices_it_did_not_paint(task: str) -
     mem_ml, full_ml = (sum(les.volume_ml for les in x) for x in (mem.lesions, full))
     assert full_ml > 0.1
     assert abs(mem_ml - full_ml) / full_ml < 0.1, (mem_ml, full_ml)
+
+
+# ------------------------------------------------------------------ real anatomy, acquisition
+
+
+def test_every_head_has_its_dural_venous_sinuses() -> None:
+    """The superior sagittal sinus under the vertex (midline, wider at the back), the
+    transverse/sigmoid sinuses low and lateral: blood at 42-70 HU that is not a bleed."""
+    g = head_grid(n=48, thickness=2.5)
+    for seed in (3, 8):
+        head = ct._draw_head(np.random.default_rng([seed, 0]))
+        c = ct._HeadCanvas(g, head)
+        assert 42 <= head.sinus_hu <= 70
+        assert c.sinus.any() and (c.sinus <= c.inside).all()
+        values = c.vol[c.sinus]
+        assert abs(float(np.median(values)) - head.sinus_hu) < 5  # texture only moves it a little
+        zi, yi, xi = np.nonzero(c.sinus)
+        x, y, z = g.x[0, 0, xi], g.y[0, yi, 0], g.z[zi, 0, 0]
+        top = z > 0.6 * head.inner_axes[2]
+        assert top.any() and np.abs(x[top]).max() < 8.0  # sagittal sinus: midline at the vertex
+        low = z < head.cistern_z
+        assert low.any() and np.abs(x[low]).max() > 30.0  # transverse/sigmoid: lateral
+        assert y[low].mean() > 0  # posterior
+
+
+def test_slice_profile_integrates_the_thickness() -> None:
+    """A 5 mm slice is the mean of four planes across it: bone cut obliquely at the vertex gives
+    values between brain and bone that no single plane has."""
+    assert [ct.profile_samples(t) for t in (0.625, 1.25, 2.5, 3.0, 5.0, 8.0)] == [1, 1, 2, 2, 4, 4]
+    spec = ct.PhantomSpec("ich", False, n_slices=8, slice_thickness=5.0)
+    z = np.float32(ct._z_positions(replace_n(spec, 28))[-8:])
+    g = ct._Grid.at(SMALL, 230.0, z, 5.0)
+    vol, _, _ = ct.render(spec, 4, g)
+    planes = [
+        ct._render_head(spec, 4, ct._Grid.at(SMALL, 230.0, z + np.float32(d), 5.0))[0]
+        for d in (-1.875, -0.625, 0.625, 1.875)
+    ]
+    assert np.allclose(vol, np.mean(planes, axis=0) + ct.SCANNERS[spec.scanner][3], atol=1e-3)
+    single = planes[1]
+    between = lambda v: ((v > 150) & (v < 600)).sum()  # noqa: E731
+    assert between(vol) > 1.5 * between(single)
+
+
+def replace_n(spec: ct.PhantomSpec, n: int) -> ct.PhantomSpec:
+    from dataclasses import replace
+
+    return replace(spec, n_slices=n)
+
+
+def test_acquisition_offset_pose_and_kernel() -> None:
+    g = head_grid(n=12, thickness=1.25)
+    base = ct.PhantomSpec("ich", False, n_slices=12, slice_thickness=1.25)
+    from dataclasses import replace
+
+    plain, _, _ = ct.render(base, 7, g)
+    shifted, _, _ = ct.render(replace(base, hu_offset=10.0), 7, g)
+    assert np.allclose(shifted - plain, 10.0, atol=1e-3)
+    # pose: the head turned and moved keeps its size; its centre moves by the shift
+    posed, _, _ = ct.render(replace(base, rotation_deg=12.0, shift_mm=(10.0, -6.0)), 7, g)
+    body0, body1 = plain > -500, posed > -500
+    assert abs(int(body1.sum()) - int(body0.sum())) / body0.sum() < 0.03
+    cx0 = float(g.x[0, 0, np.nonzero(body0)[2]].mean())
+    cx1 = float(g.x[0, 0, np.nonzero(body1)[2]].mean())
+    assert abs((cx1 - cx0) - 10.0) < 2.0
+    # kernel: blur narrows the range at edges, sharpening overshoots beyond the bone's value
+    blur, _, _ = ct.render(replace(base, kernel=-1.5), 7, g)
+    sharp, _, _ = ct.render(replace(base, kernel=0.8), 7, g)
+    assert blur.max() < plain.max() and sharp.max() > plain.max() + 50
+    inner = ct._HeadCanvas(g, ct._draw_head(np.random.default_rng([7, 0]))).white
+    assert abs(float(sharp[inner].mean()) - float(plain[inner].mean())) < 2.0  # flat: unchanged
+
+
+def test_chest_detail_spine_table_veins_bronchi() -> None:
+    g = chest_grid(thickness=2.5, n=60, size=256)
+    plain, _, _ = ct._render_chest(ct.PhantomSpec("pe", False), 5, g)
+    chest = ct._draw_chest(np.random.default_rng([5, 0]))
+    assert 60 <= chest.marrow_hu <= 450
+    spine = (g.x**2 + (g.y - 72.0) ** 2 <= 12.0**2) & np.ones(g.shape, bool)
+    assert np.allclose(np.median(plain[spine]), chest.marrow_hu, atol=1.0)
+    below = g.y[0, :, 0] > chest.body_axes[1] + 1.0  # the table, under the patient
+    assert (plain[:, below, :] > 50).any()
+    mucus, _, _ = ct._render_chest(ct.PhantomSpec("pe", False, mimics=("mucus_bronchi",)), 5, g)
+    changed = mucus != plain
+    assert changed.any() and ((mucus[changed] > 0) & (mucus[changed] < 50)).all()
+    atel, _, _ = ct._render_chest(ct.PhantomSpec("pe", False, mimics=("atelectasis",)), 5, g)
+    changed = atel != plain
+    assert changed.any() and (plain[changed] < -300).all() and (atel[changed] > 20).all()

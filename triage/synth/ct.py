@@ -103,7 +103,14 @@ HEAD_MIMICS = (
     "motion",
 )
 EMBOLUS_LEVELS = ("central", "lobar", "segmental", "subsegmental")
-CTPA_MIMICS = ("mixing_artefact", "hilar_nodes", "poor_contrast", "dense_svc")
+CTPA_MIMICS = (
+    "mixing_artefact",
+    "hilar_nodes",
+    "poor_contrast",
+    "dense_svc",
+    "mucus_bronchi",
+    "atelectasis",
+)
 SCANNERS = (
     # model name, kernel, noise factor, HU calibration offset
     ("PhantomScan 16", "STANDARD", 1.25, 2.0),
@@ -916,6 +923,9 @@ class _Chest:
     artery_hu: float
     aorta_hu: float
     tree: tuple[_Vessel, ...]
+    marrow_hu: float  # vertebral bodies: cancellous bone, 60 HU (osteoporotic) to 450
+    cortex_hu: float
+    detail_seed: int  # veins, bronchi, small vessels, scapulae, table
 
 
 # Centre and hilum landmarks (mm); y grows posterior, x toward patient left.
@@ -975,6 +985,9 @@ def _draw_chest(rng: np.random.Generator) -> _Chest:
         artery_hu=_u(rng, 250.0, 450.0),
         aorta_hu=_u(rng, 200.0, 330.0),
         tree=tuple(tree),
+        marrow_hu=_u(rng, 60.0, 450.0),
+        cortex_hu=_u(rng, 600.0, 1000.0),
+        detail_seed=int(rng.integers(2**31)),
     )
 
 
@@ -982,6 +995,98 @@ def _paint_capsule(vol: np.ndarray, g: _Grid, v: _Vessel, hu: float) -> None:
     hit = _capsule_in(g, v.p0, v.p1, v.radius)
     if hit:
         vol[hit[0]][hit[1]] = hu
+
+
+def _chest_wall_and_table(
+    vol: np.ndarray, g: _Grid, chest: _Chest, rng: np.random.Generator
+) -> None:
+    """Scapulae (thin bone plates behind the upper ribs) and the scanner table (a dense
+    curved band under the patient): bone and plastic that a real CTPA always shows."""
+    a, b = chest.body_axes
+    hu = _u(rng, 350.0, 900.0)
+    for side in (-1.0, 1.0):
+        centre = (side * _u(rng, 0.5, 0.65) * a, _u(rng, 0.55, 0.7) * b, _u(rng, 30.0, 55.0))
+        axes = (_u(rng, 22.0, 32.0), _u(rng, 2.5, 4.5), _u(rng, 45.0, 65.0))
+        hit = _ellipsoid_in(g, centre, axes, side * _u(rng, 0.4, 0.8))
+        if hit:
+            sub = vol[hit[0]]
+            sub[hit[1] & (sub > -200.0)] = hu
+    top = b + _u(rng, 2.0, 25.0)
+    thick = _u(rng, 3.0, 8.0)
+    curve = _u(rng, 0.0, 0.002)
+    table_y = top - curve * g.x**2
+    band = (g.y >= table_y) & (g.y <= table_y + thick) & (np.abs(g.x) < 0.95 * a + 40.0)
+    table_hu = np.float32(_u(rng, 100.0, 500.0))
+    for k in range(g.shape[0]):
+        vol[k][band[0] & (vol[k] < -500.0)] = table_hu
+
+
+def _lung_detail(
+    vol: np.ndarray,
+    g: _Grid,
+    chest: _Chest,
+    lungs: np.ndarray,
+    artery_hu: float,
+    mimics: Sequence[str],
+    rng: np.random.Generator,
+) -> None:
+    """What lies in real lungs beside the arteries: pulmonary veins (draining to the left
+    atrium, less opacified than the arteries in the arterial phase), bronchi with their walls
+    next to the larger arteries (filled with mucus in ``mucus_bronchi``), a few hundred small
+    vessels of any orientation, and dependent atelectasis (``atelectasis``)."""
+    vein_hu = artery_hu * _u(rng, 0.45, 0.85)
+    atrium = np.array([10.0, 15.0, -40.0])
+    for side in (-1.0, 1.0):
+        for dz in (15.0, -15.0):
+            p0 = atrium + np.array([side * 15.0, 0.0, dz * 0.5])
+            direction = np.array([side, _u(rng, -0.2, 0.4), dz / 30.0])
+            stack = [(p0, direction, 0)]
+            while stack:
+                p, d, depth = stack.pop()
+                radius = (_u(rng, 4.0, 6.0), _u(rng, 2.5, 3.5), _u(rng, 1.2, 2.0))[depth]
+                length = (_u(rng, 30.0, 45.0), _u(rng, 20.0, 30.0), _u(rng, 12.0, 22.0))[depth]
+                q = p + _unit(d) * length
+                _paint_capsule(vol, g, _Vessel(_xyz(p), _xyz(q), radius, ""), vein_hu)
+                if depth < 2:
+                    for _ in range(2):
+                        stack.append((q, _unit(d) + rng.normal(0.0, 0.6, 3), depth + 1))
+    mucus = "mucus_bronchi" in mimics
+    plugged = set(rng.choice(len(chest.tree), size=min(4, len(chest.tree)), replace=False))
+    for i, v in enumerate(chest.tree):
+        if v.level not in ("lobar", "segmental"):
+            continue
+        a0, a1 = np.array(v.p0), np.array(v.p1)
+        axis = _unit(a1 - a0)
+        normal = _unit(np.cross(axis, rng.normal(size=3)))
+        r = 0.8 * v.radius
+        off = normal * (v.radius + r + 1.5)
+        q0, q1 = _xyz(a0 + off), _xyz(a1 + off)
+        _paint_capsule(vol, g, _Vessel(q0, q1, r + 1.0, ""), _u(rng, 0.0, 40.0))
+        mucus_hu = _u(rng, 10.0, 40.0)  # drawn always: the mimic changes nothing else
+        fill = mucus_hu if mucus and i in plugged else -950.0
+        _paint_capsule(vol, g, _Vessel(q0, q1, r, ""), fill)
+    la, lb = chest.lung_axes
+    for _ in range(int(rng.integers(150, 300))):
+        side = -1.0 if rng.random() < 0.5 else 1.0
+        c = np.array(
+            [
+                _LUNG_CENTRES[0 if side < 0 else 1] + _u(rng, -0.8, 0.8) * la,
+                5.0 + _u(rng, -0.8, 0.8) * lb,
+                _u(rng, -110.0, 90.0),
+            ]
+        )
+        d = _unit(rng.normal(size=3)) * _u(rng, 3.0, 8.0)
+        hit = _capsule_in(g, list(c - d), list(c + d), _u(rng, 0.5, 1.3))
+        if hit:
+            sub = vol[hit[0]]
+            sub[hit[1] & lungs[hit[0]]] = artery_hu * _u(rng, 0.4, 1.0)
+    if "atelectasis" in mimics:
+        rim = _u(rng, 8.0, 25.0)
+        collapsed_hu = np.float32(_u(rng, 25.0, 70.0))
+        low = g.z[:, 0, 0] < _u(rng, -70.0, -30.0)
+        back = g.y[0] > 5.0 + lb * 0.85 - rim  # the dependent rim of each lung
+        for k in np.flatnonzero(low):
+            vol[k][lungs[k] & back & (vol[k] < -300.0)] = collapsed_hu
 
 
 def _render_chest(
@@ -992,7 +1097,7 @@ def _render_chest(
     mdraw = {m: mrng.random(8) for m in CTPA_MIMICS}
     artery_hu = chest.artery_hu
     if "poor_contrast" in spec.mimics:
-        artery_hu = 120.0 + 80.0 * float(mdraw["poor_contrast"][0])
+        artery_hu = 140.0 + 100.0 * float(mdraw["poor_contrast"][0])
     aorta_hu = (
         min(chest.aorta_hu, artery_hu + 60.0) if "poor_contrast" in spec.mimics else chest.aorta_hu
     )
@@ -1021,8 +1126,8 @@ def _render_chest(
     vol[np.broadcast_to((g.x / 12.0) ** 2 + ((g.y + b - t - 4.0) / 5.0) ** 2 <= 1.0, g.shape)] = (
         600.0
     )
-    vol[np.broadcast_to(g.x**2 + (g.y - 72.0) ** 2 <= 19.0**2, g.shape)] = 900.0
-    vol[np.broadcast_to(g.x**2 + (g.y - 72.0) ** 2 <= 16.0**2, g.shape)] = 400.0
+    vol[np.broadcast_to(g.x**2 + (g.y - 72.0) ** 2 <= 19.0**2, g.shape)] = chest.cortex_hu
+    vol[np.broadcast_to(g.x**2 + (g.y - 72.0) ** 2 <= 16.0**2, g.shape)] = chest.marrow_hu
     vol[np.broadcast_to(g.x**2 + (g.y - 100.0) ** 2 <= 8.0**2, g.shape)] = 15.0
     # Lungs, tapering to the apices and the bases.
     la, lb = chest.lung_axes
@@ -1040,6 +1145,9 @@ def _render_chest(
     lungs &= ~heart
     vol[lungs] = chest.lung_hu
     vol[heart] = 40.0  # myocardium
+    drng = np.random.default_rng(chest.detail_seed)
+    _chest_wall_and_table(vol, g, chest, drng)
+    _lung_detail(vol, g, chest, lungs, artery_hu, spec.mimics, drng)
     for c, axes, hu in (
         ((-5.0, -35.0, -60.0), (28.0, 22.0, 30.0), artery_hu * 0.95),  # RV/RA
         ((30.0, -15.0, -62.0), (24.0, 22.0, 30.0), aorta_hu),
@@ -1221,17 +1329,20 @@ def _pose(
     weights += [(fy * (1 - fx)).ravel(), (fy * fx).ravel()]
     offsets = (0, 1, w, w + 1)
     near = (np.rint(ys).clip(0, h - 1) * w + np.rint(xs).clip(0, w - 1)).astype(np.int64).ravel()
-    out = np.full_like(vol, AIR_HU)
-    out_mask = np.zeros_like(mask)
-    keep = inside.ravel()
-    for k in range(n):
+    out = np.full((n, h * w), AIR_HU, dtype=vol.dtype)
+    out_mask = np.zeros((n, h * w), dtype=mask.dtype)
+    keep = np.flatnonzero(inside.ravel())
+    sources = [i00[keep] + off for off in offsets]
+    kept_weights = [wt[keep] for wt in weights]
+    nearest = near[keep]
+    for k in range(n):  # slice by slice: the gathers stay in cache
         flat = vol[k].ravel()
-        acc = np.zeros(h * w, np.float32)
-        for off, wt in zip(offsets, weights, strict=True):
-            acc += flat[i00 + off] * wt
-        out[k].ravel()[keep] = acc[keep]
-        out_mask[k].ravel()[keep] = mask[k].ravel()[near[keep]]
-    return out, out_mask
+        acc = np.zeros(len(keep), np.float32)
+        for src, wt in zip(sources, kept_weights, strict=True):
+            acc += np.take(flat, src) * wt
+        out[k, keep] = acc
+        out_mask[k, keep] = np.take(mask[k].ravel(), nearest)
+    return out.reshape(n, h, w), out_mask.reshape(n, h, w)
 
 
 def _gauss_taps(sigma: float) -> np.ndarray:
@@ -1305,7 +1416,13 @@ def draw_spec(task: Task, rng: np.random.Generator, *, positive: bool) -> Phanto
         noise = _u(rng, 3.0, 8.0)
         kinds: tuple[str, ...] = HEMORRHAGE_SUBTYPES
         # Physiological calcifications are the rule in adult heads, bleed or not.
-        mimic_p = (0.55, 0.55, 0.25, 0.5, 0.1)  # choroid, pineal, falx, beam hardening, motion
+        mimic_p: tuple[float, ...] = (
+            0.55,
+            0.55,
+            0.25,
+            0.5,
+            0.1,
+        )  # choroid, pineal, falx, beam hardening, motion
         mimics = tuple(m for m, p in zip(HEAD_MIMICS, mimic_p, strict=True) if rng.random() < p)
     else:
         thickness = float(rng.choice([1.0, 1.25, 2.0, 2.5]))
@@ -1313,11 +1430,10 @@ def draw_spec(task: Task, rng: np.random.Generator, *, positive: bool) -> Phanto
         fov = _u(rng, 320.0, 400.0)
         noise = _u(rng, 6.0, 14.0)
         kinds = EMBOLUS_LEVELS
-        mimics = tuple(
-            m for m, p in zip(CTPA_MIMICS, (0.3, 0.3, 0.15, 0.2), strict=True) if rng.random() < p
-        )
-        if positive:  # poor timing is a negative-only case (input checks handle it)
-            mimics = tuple(m for m in mimics if m != "poor_contrast")
+        # Each mimic in positives and negatives alike (poor contrast included: the input
+        # checks refuse the worst timing, the model must cope with the rest).
+        mimic_p = (0.3, 0.3, 0.15, 0.2, 0.25, 0.3)
+        mimics = tuple(m for m, p in zip(CTPA_MIMICS, mimic_p, strict=True) if rng.random() < p)
     subtypes: tuple[str, ...] = ()
     if positive:
         if task == "pe":
