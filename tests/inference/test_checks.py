@@ -85,6 +85,16 @@ def _rewrite(files: list[Path], out: Path, change: Callable[[Dataset], None]) ->
     return written
 
 
+def _washout(ds: Dataset) -> None:
+    """Contrast washed out: blood at 100-700 HU brought to 30 % of its enhancement over 40 HU
+    (a 250-450 HU pulmonary artery becomes 103-163 HU): a badly timed bolus."""
+    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    blood = (hu > 100.0) & (hu < 700.0)
+    hu[blood] = 40.0 + (hu[blood] - 40.0) * 0.3
+    stored = np.rint((hu - float(ds.RescaleIntercept)) / float(ds.RescaleSlope))
+    ds.PixelData = stored.astype(ds.pixel_array.dtype).tobytes()
+
+
 def _grid_facts(model: str, grid: np.ndarray, fov_mm: float, coverage_mm: float) -> InputFacts:
     """:func:`measure` on a model-grid volume (from the in-memory phantom path)."""
     n = 64
@@ -215,8 +225,8 @@ def test_synthetic_studies(analyzer: TritonAnalyzer, tmp_path: Path) -> None:
     ctpa = ct.write_ctpa(tmp_path / "c", embolus=True, seed=3, **kw)
     _passes(analyzer, "pe", ctpa.files)
     assert "wrong body part" in _not_assessable(analyzer, "ich", ctpa.files)
-    poor = ct.write_ctpa(tmp_path / "p", embolus=False, seed=3, mimics=("poor_contrast",), **kw)
-    assert "enhancement too low" in _not_assessable(analyzer, "pe", poor.files)
+    washed = _rewrite(ctpa.files, tmp_path / "w", _washout)
+    assert "enhancement too low" in _not_assessable(analyzer, "pe", washed)
     short = ct.write_head_ct(tmp_path / "s", hemorrhage=True, seed=3, n_slices=10, **kw)
     assert "too few slices: 10" in _not_assessable(analyzer, "ich", short.files)
 
@@ -268,17 +278,18 @@ def aorta_timed_ctpa(seed: int) -> tuple[ct.PhantomSpec, np.ndarray, np.ndarray]
     """(spec, well-timed CTPA, the same study with the bolus in the aorta only), on pe's grid.
 
     The generator's poor-contrast variant of the same seed differs only in contrast (same
-    anatomy and noise streams): where it differs, the pulmonary side (trunk, arteries, right
-    heart) is; there the aorta-timed volume takes the poor values, and the systemic side
-    (aorta, left ventricle: > 150 HU where the two agree) is raised by 150 HU."""
+    anatomy and noise streams): where it differs is the pulmonary side (trunk, arteries, right
+    heart). There the aorta-timed volume keeps 30 % of the enhancement over 40 HU (a 250-450 HU
+    trunk becomes 100-160 HU); the systemic side (aorta, left ventricle: 150-500 HU where the
+    two agree) is raised by 150 HU."""
     kw = {"label": False, "n_slices": 80, "slice_thickness": 2.5, "fov_mm": 380.0}
     good = ct.PhantomSpec(task="pe", **kw)  # type: ignore[arg-type]
     poor = ct.PhantomSpec(task="pe", mimics=("poor_contrast",), **kw)  # type: ignore[arg-type]
     v_good = ct.model_sample(good, seed).volume
     v_poor = ct.model_sample(poor, seed).volume
-    pulmonary = v_good - v_poor > 20.0
+    pulmonary = v_good - v_poor > 5.0
     assert pulmonary.sum() > 1000, "the poor-contrast variant no longer differs in the arteries"
-    timed = np.where(pulmonary, v_poor, v_good)
+    timed = np.where(pulmonary, 40.0 + (v_good - 40.0) * 0.3, v_good).astype(np.float32)
     systemic = ~pulmonary & (v_good > 150.0) & (v_good < 500.0)
     timed[systemic] += 150.0
     return good, v_good, timed
