@@ -1,4 +1,4 @@
-"""``triage models train`` and ``triage models validate`` (registered by
+"""``triage models train``, ``validate``, ``stress`` and ``controls`` (registered by
 :func:`add_models_commands`). Trained on synthetic phantoms; not for clinical use."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS = REPO / "models"
+DEFAULT_LEDGER = REPO / "docs" / "models" / "ledger.jsonl"
 
 
 def _tasks(value: str) -> tuple[str, ...]:
@@ -48,32 +49,111 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     _logging()
-    from triage.training.validate import validate
+    from rich.console import Console
 
-    results = validate(
+    from triage.training.validate import HeldOutRefused, validate
+
+    console = Console()
+    try:
+        results = validate(
+            Path(args.models_dir),
+            Path(args.out),
+            n=args.n,
+            tasks=args.tasks,
+            triton_url=args.triton_url,
+            workers=args.workers,
+            ledger=Path(args.ledger),
+            again=args.again,
+            in_memory=not args.no_in_memory,
+        )
+    except HeldOutRefused as exc:
+        console.print(f"[bold red]refused:[/] {exc}")
+        return 2
+    from rich.table import Table
+
+    t = Table(title="Held-out set through the production path (synthetic phantoms)")
+    for col in ("task", "version", "n (pos.)", "not assessable", "AUC", "sens", "spec",
+                "FA/study", "ECE", "time"):  # fmt: skip
+        t.add_column(col)
+    for r in results:
+        s = r.summary()
+        t.add_row(
+            r.task,
+            r.model_version,
+            f"{s['n']} ({s['positives']})",
+            f"{s['not_assessable']} ({s['not_assessable_positives']} pos.)",
+            f"{s['auc']:.3f}",
+            f"{s['sensitivity']:.3f}",
+            f"{s['specificity']:.3f}",
+            f"{s['false_alerts_per_study']:.3f}",
+            f"{s['ece']:.3f}",
+            f"{s['seconds']:.0f} s",
+        )
+    console.print(t)
+    console.print("Synthetic phantoms; not for clinical use.")
+    console.print(f"report: {Path(args.out) / 'report.md'}; ledger: {args.ledger}")
+    return 0
+
+
+def _cmd_stress(args: argparse.Namespace) -> int:
+    _logging()
+    import json
+
+    from rich.console import Console
+
+    from triage.training.perturb import COMBINATIONS, PERTURBATIONS
+    from triage.training.stress import run_stress, stress_table
+
+    known = [p.name for p in (*PERTURBATIONS, *COMBINATIONS)]
+    names = None
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        bad = [n for n in names if n not in known]
+        if bad:
+            Console().print(f"[bold red]unknown perturbation(s):[/] {', '.join(bad)}")
+            return 2
+    run_stress(
         Path(args.models_dir),
         Path(args.out),
-        n=args.n,
         tasks=args.tasks,
+        per_class=args.per_class,
         triton_url=args.triton_url,
+        onnx=args.onnx,
         workers=args.workers,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-        dicom_per_class=args.dicom,
+        names=names,
     )
-    print("Validation on held-out synthetic phantoms; not for clinical use.")
-    for r in results:
-        op = r.op
-        print(
-            f"{r.task}: AUC {r.auc:.3f} ({r.auc_ci[0]:.3f}-{r.auc_ci[1]:.3f}), sensitivity "
-            f"{op.sensitivity:.3f}, specificity {op.specificity:.3f}, FP/study "
-            f"{op.fp_per_study:.3f} at threshold {r.threshold:.4f}"
-        )
-    print(f"report: {Path(args.out) / 'report.md'}")
+    payload = json.loads((Path(args.out) / "stress.json").read_text(encoding="utf-8"))
+    console = Console()
+    console.print(stress_table(payload))
+    console.print("Red: below the 0.85 target (single perturbations). Synthetic phantoms only.")
+    console.print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _cmd_controls(args: argparse.Namespace) -> int:
+    _logging()
+    from rich.console import Console
+
+    from triage.training.validate import controls
+
+    rows = controls(
+        Path(args.models_dir),
+        Path(args.out),
+        triton_url=args.triton_url,
+        data_dir=Path(args.data),
+    )
+    console = Console()
+    if rows is None:
+        console.print(f"[bold red]no real controls:[/] {args.data} or triage.inference.controls")
+        return 1
+    for r in rows:
+        console.print(("[green]" if r["ok"] else "[bold red]") + r["verdict"] + "[/]")
+    console.print(f"{sum(r['ok'] for r in rows)} of {len(rows)} right; report: {args.out}")
     return 0
 
 
 def add_models_commands(subparsers: Any) -> None:
-    """Register ``models train`` and ``models validate`` on the top-level subparsers."""
+    """Register ``models train``, ``validate``, ``stress`` and ``controls``."""
     models = subparsers.add_parser(
         "models", help="train / validate the ich and pe models (synthetic phantoms)"
     ).add_subparsers(dest="models_cmd")
@@ -90,18 +170,52 @@ def add_models_commands(subparsers: Any) -> None:
     p.add_argument("--workers", type=int, default=2, help="phantom generator processes (2)")
     p.add_argument("--cache-dir", default="var/training-cache", help="phantom cache ('' for none)")
     p.set_defaults(func=_cmd_train)
-    p = models.add_parser("validate", help="held-out phantoms through Triton; Markdown report")
+    p = models.add_parser(
+        "validate",
+        help="held-out phantoms as DICOM through the engine (checks, Triton); ledger; report",
+    )
     p.add_argument("--tasks", type=_tasks, default=("ich", "pe"), help="ich,pe (both)")
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS), help="model repository")
     p.add_argument("--n", type=int, default=200, help="held-out studies per task (200)")
-    p.add_argument("--out", default="var/validation", help="report folder")
+    p.add_argument("--out", default="var/validation", help="report folder (docs/models)")
     p.add_argument("--triton-url", default=None, help="host:port of a running Triton (gRPC)")
-    p.add_argument("--workers", type=int, default=2, help="phantom generator processes (2)")
-    p.add_argument("--cache-dir", default="", help="phantom cache ('' for none)")
+    p.add_argument("--workers", type=int, default=2, help="DICOM writer processes (2)")
     p.add_argument(
-        "--dicom",
-        type=int,
-        default=6,
-        help="positives and negatives per task also run the full DICOM way (6)",
+        "--ledger",
+        default=str(DEFAULT_LEDGER),
+        help="held-out ledger, appended by every run (docs/models/ledger.jsonl)",
+    )
+    p.add_argument(
+        "--again",
+        default=None,
+        metavar="REASON",
+        help="score a model version already in the ledger again; the reason is recorded",
+    )
+    p.add_argument(
+        "--no-in-memory",
+        action="store_true",
+        help="skip scoring each phantom through the in-memory path as well",
     )
     p.set_defaults(func=_cmd_validate)
+    p = models.add_parser(
+        "stress", help="frozen stress suite: perturbed phantoms at the shipped operating point"
+    )
+    p.add_argument("--tasks", type=_tasks, default=("ich", "pe"), help="ich,pe (both)")
+    p.add_argument("--models-dir", default=str(DEFAULT_MODELS), help="model repository")
+    p.add_argument("--per-class", type=int, default=20, help="positives = negatives per task (20)")
+    p.add_argument("--out", default="var/validation", help="report folder (docs/models)")
+    p.add_argument("--triton-url", default=None, help="host:port of a running Triton (gRPC)")
+    p.add_argument("--onnx", action="store_true", help="onnxruntime in process, not Triton")
+    p.add_argument("--workers", type=int, default=2, help="phantom generator processes (2)")
+    p.add_argument("--only", default="", help="comma-separated perturbation names (all)")
+    p.set_defaults(func=_cmd_stress)
+    p = models.add_parser(
+        "controls", help="the real series of the shared data through the engine; report"
+    )
+    p.add_argument("--models-dir", default=str(DEFAULT_MODELS), help="model repository")
+    p.add_argument("--out", default="var/validation", help="report folder (docs/models)")
+    p.add_argument("--triton-url", default=None, help="host:port of a running Triton (gRPC)")
+    p.add_argument(
+        "--data", default=str(REPO.parent / "shared" / "data" / "dicom"), help="real DICOM"
+    )
+    p.set_defaults(func=_cmd_controls)

@@ -142,3 +142,25 @@ def calibration(
             )
         )
     return rows
+
+
+def reliability(
+    prob: np.ndarray, labels: np.ndarray, bins: int = 10
+) -> list[tuple[float, float, int, float, float]]:
+    """Reliability-diagram rows over ``bins`` equal-width bins of [0, 1] (the last one closed):
+    (bin low, bin high, studies, mean predicted, observed positive fraction)."""
+    edges = tuple(float(v) for v in np.linspace(0.0, 1.0, bins + 1))
+    return calibration(prob, labels, edges)
+
+
+def ece(prob: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: over equal-width bins, the study-weighted mean of
+    |mean predicted - observed positive fraction| (0: perfectly calibrated)."""
+    n = len(prob)
+    if n == 0:
+        return float("nan")
+    total = 0.0
+    for _, _, k, mean_p, observed in reliability(prob, labels, bins):
+        if k:
+            total += k / n * abs(mean_p - observed)
+    return float(total)
