@@ -536,6 +536,55 @@ def test_on_orders_gets_every_order_once_in_order_in_batches(
     assert r.calls == ids  # on_order, given too, still runs for each
 
 
+def test_group_commit_waits_for_peers_coming_back_but_not_for_silent_ones(
+    listener: Callable[..., Running],
+) -> None:
+    """With several connections, a commit waits (briefly) for the peers the last one
+    acknowledged: one that goes silent with its connection open, and one that hangs up,
+    keep nobody waiting; every message of the busy peers is answered, in order."""
+    from triage.synth.orders import order_message
+
+    r = listener()
+    seen: list[int] = []
+    real = r.listener.store.process_batch
+
+    def counted(items: Any) -> Any:
+        seen.append(len(items))
+        return real(items)
+
+    r.listener.store.process_batch = counted  # type: ignore[method-assign]
+    silent = socket.create_connection((r.host, r.port), timeout=10)
+    leaving = socket.create_connection((r.host, r.port), timeout=10)
+    try:
+        for k, sock in enumerate((silent, leaving)):
+            ack = raw_exchange(
+                sock,
+                MLLPDecoder(),
+                frame(order_message(accession=f"Q{k}", patient_id="P").encode()),
+            )
+            assert read_ack(ack)[0] == "AA"
+        leaving.close()
+
+        def busy(k: int) -> list[str]:
+            with MLLPConnection(r.host, r.port, timeout=10) as conn:
+                return [
+                    read_ack(conn.exchange(order_message(accession=f"W{k}-{i}", patient_id="P")))[1]
+                    for i in range(30)
+                ]
+
+        out: dict[int, list[str]] = {}
+        workers = [threading.Thread(target=lambda k=k: out.update({k: busy(k)})) for k in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(30)
+    finally:
+        silent.close()
+    assert out == {k: [f"ORMW{k}-{i}" for i in range(30)] for k in range(4)}
+    assert len(r.orders()) == 122
+    assert sum(seen) == 122
+
+
 def test_one_transaction_at_a_time_alone_or_with_others(listener: Callable[..., Running]) -> None:
     """Alone, a connection's messages are stored in the listener's loop; with others open,
     through the queue and the writer thread. Never two transactions at once, whatever opens

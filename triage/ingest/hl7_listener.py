@@ -27,6 +27,7 @@ import functools
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +48,11 @@ log = logging.getLogger(__name__)
 DEFAULT_IDLE_TIMEOUT = 300.0
 READ_CHUNK = 64 * 1024
 ON_ORDER_DELAY = 0.005  # seconds: on_order calls due are handed to their thread in batches
+# Group commit, several connections: after a commit, the next one waits for the connections
+# just acknowledged to send their next frame, at most this fraction of the last commit's
+# duration and at most GATHER_MAX seconds (docs/performance.md, "HL7 MLLP").
+GATHER_FRACTION = 0.5
+GATHER_MAX = 0.002
 
 
 @dataclass
@@ -93,6 +99,9 @@ class HL7Listener:
         self._queue: list[_Pending] = []
         self._batch_scheduled = False
         self._writing = False  # a batch is in the writer thread
+        self._commit_started = 0.0
+        self._returning: set[str] = set()  # peers acknowledged by the last commit, not back yet
+        self._gather: asyncio.TimerHandle | None = None  # deadline of the wait for them
         self._writer: ThreadPoolExecutor | None = None
         self._notifier: ThreadPoolExecutor | None = None
         self._due: list[int] = []  # orders whose ACK is written, for the next on_order batch
@@ -183,6 +192,9 @@ class HL7Listener:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._gather is not None:
+            self._gather.cancel()
+            self._gather = None
         self._queue.clear()  # frames of the dropped connections not stored yet: not answered
         if self._writer is not None:  # the batch being committed
             await asyncio.to_thread(self._writer.shutdown, wait=True)
@@ -199,7 +211,9 @@ class HL7Listener:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Outcome] = loop.create_future()
         self._queue.append(_Pending(payload, peer, fut))
-        if not self._batch_scheduled and not self._writing:
+        if self._gather is not None:
+            self._came_back(peer)
+        elif not self._batch_scheduled and not self._writing:
             # After the handlers that got data in this loop iteration: they all join the batch.
             self._batch_scheduled = True
             loop.call_soon(self._commit_queue)
@@ -221,6 +235,7 @@ class HL7Listener:
             items = [(p.payload, p.peer) for p in batch]
             if len(self._connections) > 1 and self._writer is not None:
                 self._writing = True
+                self._commit_started = time.monotonic()
                 future = asyncio.get_running_loop().run_in_executor(
                     self._writer, self.store.process_batch, items
                 )
@@ -241,6 +256,31 @@ class HL7Listener:
             self._resolve(batch, None, future.exception())
         else:
             self._resolve(batch, future.result(), None)
+        # The connections just acknowledged send their next frame within a round trip; a
+        # commit started at once would hold only the frames that came during this one, and
+        # theirs would wait a whole commit (with 8 request/response peers the batches went
+        # 1, 7, 1, 7, ...). So wait for them, a bounded time (the peer may have no more).
+        queued = {p.peer for p in self._queue}
+        self._returning = {p.peer for p in batch} - queued
+        if self._returning and len(self._queue) < self.settings.hl7_commit_batch_max:
+            wait = min(GATHER_MAX, GATHER_FRACTION * (time.monotonic() - self._commit_started))
+            self._batch_scheduled = True
+            self._gather = asyncio.get_running_loop().call_later(wait, self._gathered)
+            return
+        self._commit_queue()
+
+    def _came_back(self, peer: str) -> None:
+        """``peer`` sent a frame or closed: commit now if it was the last one awaited."""
+        self._returning.discard(peer)
+        if self._gather is not None and (
+            not self._returning or len(self._queue) >= self.settings.hl7_commit_batch_max
+        ):
+            self._gather.cancel()
+            self._gathered()
+
+    def _gathered(self) -> None:
+        self._gather = None
+        self._returning.clear()
         self._commit_queue()
 
     @staticmethod
@@ -339,6 +379,8 @@ class HL7Listener:
                 await asyncio.wait_for(writer.wait_closed(), timeout=2)
             if task is not None:
                 self._connections.discard(task)
+            if self._gather is not None:
+                self._came_back(peer)
 
     async def _answer(self, payloads: list[bytes], peer: str, writer: asyncio.StreamWriter) -> None:
         """Hand every frame of one read to the store together; answer them in order.
