@@ -13,8 +13,9 @@ order; the frames of one read are handed on together):
    for the orders of a few milliseconds).
 
 All of this runs in the listener's own thread and event loop (see :class:`HL7Listener`);
-frames that arrive while a batch is being committed wait in their sockets and form the next
-batch. A frame over ``hl7_max_message_bytes`` is answered AR and the connection closed; a
+with several connections the transaction runs in a writer thread, frames that arrive during a
+commit form the next batch, and that batch waits, briefly, for the connections just
+acknowledged to send their next frame (``GATHER_FRACTION``, ``GATHER_MAX``). A frame over ``hl7_max_message_bytes`` is answered AR and the connection closed; a
 peer idle for ``hl7_idle_timeout_seconds`` is disconnected.
 """
 
@@ -276,7 +277,11 @@ class HL7Listener:
             not self._returning or len(self._queue) >= self.settings.hl7_commit_batch_max
         ):
             self._gather.cancel()
-            self._gathered()
+            self._gather = None
+            self._returning.clear()
+            # After the handlers that got data in this loop iteration (_batch_scheduled is
+            # still set, so they only queue): the whole of their reads joins the batch.
+            asyncio.get_running_loop().call_soon(self._commit_queue)
 
     def _gathered(self) -> None:
         self._gather = None
