@@ -139,5 +139,5 @@ def status_of(command: dict[int, bytes]) -> int:
 
 
 def established(raw: RawPeer, **kwargs: object) -> None:
-    pdu_type, _ = raw.associate(**kwargs)  # type: ignore[arg-type]
+    pdu_type, _ = raw.associate(**kwargs)
     assert pdu_type == 0x02, "A-ASSOCIATE-AC expected"

@@ -230,7 +230,7 @@ def test_rejections_reach_the_peer(rec: Recorder) -> None:
 def test_associate_rq_we_cannot_honour_is_rejected(
     raw: RawPeer, kwargs: dict[str, object], expected: tuple[int, int, int]
 ) -> None:
-    pdu_type, body = raw.associate(**kwargs)  # type: ignore[arg-type]
+    pdu_type, body = raw.associate(**kwargs)
     assert pdu_type == 0x03
     assert tuple(body[1:4]) == expected
     assert raw.closed()
@@ -494,7 +494,7 @@ def test_negotiation_is_remembered_per_request_items(rec: Recorder) -> None:
     srv = _server(rec)
     address = srv.start("127.0.0.1", 0)
     seen: list[str] = []
-    srv.handlers.check = lambda peer: seen.append(peer.calling_ae)  # type: ignore[func-returns-value]
+    srv.handlers.check = lambda peer: seen.append(peer.calling_ae)
     try:
         replies = []
         for calling in ("CT1", "CT2"):
@@ -712,10 +712,12 @@ def test_refusals_are_logged_and_counted(rec: Recorder, caplog: pytest.LogCaptur
         srv.stop()
 
 
-def _ac_results_and_roles(body: bytes) -> tuple[dict[int, int], dict[str, tuple[bool, bool]]]:
+def _ac_results_and_roles(
+    body: bytes,
+) -> tuple[dict[int, int | None], dict[str, tuple[bool | None, bool | None]]]:
     ac = associate_ac(body)
     results = {
-        int(cx.context_id): int(cx.result) for cx in ac.presentation_context_definition_results_list
+        int(cx.context_id or 0): cx.result for cx in ac.presentation_context_definition_results_list
     }
     roles = {
         str(item.sop_class_uid): (item.scu_role, item.scp_role)
