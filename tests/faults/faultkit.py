@@ -241,7 +241,8 @@ class Engine:
 class StoreSCU:
     """dcmtk's storescu sending ``files`` on one association, followed line by line: which file
     each response answered, and its status text (``Success``, ``Refused: OutOfResources``...).
-    ``on_success(n)`` is called with the running count of Success responses."""
+    ``on_response(file, status)`` is called for each response; ``halt=False``: go on after a
+    failure status (storescu stops at the first one by default)."""
 
     def __init__(
         self,
@@ -250,12 +251,14 @@ class StoreSCU:
         *,
         aet: str = "MODALITY",
         on_response: Callable[[Path, str], None] | None = None,
+        halt: bool = True,
     ) -> None:
         self.responses: list[tuple[Path, str]] = []
         self.output: list[str] = []
         self.proc = subprocess.Popen(
-            [dcmtk("storescu"), "-v", "-aet", aet, "-aec", "TRIAGE", "127.0.0.1", str(port)]
-            + [str(f) for f in files],
+            [dcmtk("storescu"), "-v", "-aet", aet, "-aec", "TRIAGE"]
+            + ([] if halt else ["--no-halt"])
+            + ["127.0.0.1", str(port), *map(str, files)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
@@ -299,9 +302,9 @@ class StoreSCU:
         return [f for f, status in self.responses if status == "Success"]
 
 
-def store(port: int, files: Sequence[Path], timeout: float = 120) -> StoreSCU:
+def store(port: int, files: Sequence[Path], timeout: float = 120, halt: bool = True) -> StoreSCU:
     """Send ``files`` on one association and wait for storescu to finish."""
-    scu = StoreSCU(port, files)
+    scu = StoreSCU(port, files, halt=halt)
     scu.wait(timeout)
     return scu
 
