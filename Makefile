@@ -34,13 +34,16 @@ test: $(STAMP) check
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Models (synthetic phantoms; not for clinical use): retrain from fixed seeds, then validate
-# on held-out seeds through the real Triton (report in var/validation/).
+# on held-out seeds through the engine's own path and the real Triton, once per shipped model
+# version (docs/models/ledger.md; a second run needs ARGS='--again "reason"'), then the frozen
+# stress suite; both rewrite docs/models/report.md.
 train: $(STAMP)
 	$(BIN)/pip install -q -e '.[train]'
 	$(BIN)/triage models train $(ARGS)
 
 validate: $(STAMP)
-	$(BIN)/triage models validate $(ARGS)
+	$(BIN)/triage models validate --out docs/models $(ARGS)
+	$(BIN)/triage models stress --out docs/models
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
