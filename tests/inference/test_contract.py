@@ -1,4 +1,5 @@
-"""Model contract parsing: the repository's configs, the text-format subset, errors with lines."""
+"""Model contract parsing: the repository's configs, protobuf text format and the server's JSON,
+errors with lines."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from triage.inference.contract import (
     contract_from_config,
     load_contract,
     parse_contract,
-    parse_text_proto,
 )
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -55,21 +55,20 @@ def test_repository_configs_follow_the_engine_contract(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.parent.name)
-def test_parser_agrees_with_protobuf_text_format(path: Path) -> None:
-    """Cross-check with tritonclient's own ModelConfig message and protobuf's text parser."""
-    from google.protobuf import text_format
+def test_file_and_server_json_give_the_same_contract(path: Path) -> None:
+    """The file and its JSON form as the server gives it (gRPC: int64 as strings) agree."""
+    from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
 
     text = path.read_text()
     pb = text_format.Parse(text, model_config_pb2.ModelConfig())
-    c = parse_contract(text, str(path))
-    assert pb.name == c.name and pb.max_batch_size == c.max_batch_size
-    assert pb.dynamic_batching.ByteSize() >= 0 and pb.HasField("dynamic_batching")
-    assert [(i.name, list(i.dims)) for i in pb.input] == [(i.name, list(i.dims)) for i in c.inputs]
-    assert [model_config_pb2.DataType.Name(o.data_type) for o in pb.output] == [
-        o.data_type for o in c.outputs
-    ]
-    assert {k: v.string_value for k, v in pb.parameters.items()} == dict(c.parameters)
+    as_json = json_format.MessageToDict(pb, preserving_proto_field_name=True)
+    assert isinstance(as_json["input"][0]["dims"][0], str)  # the int64-as-string shape
+    from_file = parse_contract(text, "f")
+    from_server = contract_from_config(as_json, "f")
+    assert from_server == from_file
+    assert dict(from_server.parameters) == dict(from_file.parameters)
+    assert list(from_file.parameters)[:2] == ["z_resampling", "threshold"]  # file order
 
 
 def test_text_format_subset() -> None:
@@ -77,28 +76,29 @@ def test_text_format_subset() -> None:
     assert c.input_shape == (8, 16, 16)
     assert c.threshold == pytest.approx(0.3)
     assert c.version == 'v"1"'
-    tree = parse_text_proto(GOOD)
-    assert tree["dynamic_batching"] == [{"max_queue_delay_microseconds": [100]}]
+    assert c.backend == "python" and c.max_batch_size == 4
 
 
 @pytest.mark.parametrize(
     ("text", "line", "words"),
     [
-        (GOOD.replace('name: "m"', 'name: "m'), 3, "unexpected character"),
-        (GOOD.replace("max_batch_size: 4", "max_batch_size 4"), 5, "expected ':'"),
-        (GOOD.replace("dims: [ 8, 16, 16 ]", "dims: [ 8, 16 16 ]"), 7, "expected ',' or ']'"),
+        (GOOD.replace('name: "m"', 'name: "m'), 3, "missing ending quote"),
+        (GOOD.replace("max_batch_size: 4", "max_batch_size 4"), 5, 'Expected ":"'),
+        (GOOD.replace("dims: [ 8, 16, 16 ]", "dims: [ 8, 16 16 ]"), 7, 'Expected ","'),
         (GOOD.replace('"0.3"', '"high"'), 12, "threshold"),
         (GOOD.replace('"0.3"', '"1.5"'), 12, "within [0, 1]"),
         (GOOD.replace("dims: [ 8 ]", "dims: [ 9 ]"), 9, "slice_probabilities"),
         (GOOD.replace("TYPE_FP32, dims", "TYPE_UINT8, dims"), 7, "TYPE_FP32"),
         (GOOD.replace("max_batch_size: 4", 'max_batch_size: "4"'), 5, "integer"),
         (GOOD + "\ninput [ { name: 'x' data_type: TYPE_FP32 dims: [1,1,1] } ]", 7, "one input"),
-        (GOOD.rstrip() + "\n{", 14, "expected a field name"),
+        (GOOD.rstrip() + "\n{", 14, "Expected identifier"),
         (
             GOOD.replace("} ]\noutput", "\noutput", 1),
-            14,
-            "missing '}' for the message opened on line 7",
+            8,
+            'ModelInput" has no field named "output"',
         ),
+        (GOOD + "foo: 1\n", 14, 'no field named "foo"'),
+        (GOOD.replace('{ string_value: "0.3" }', "{ }"), 12, "'threshold' needs value"),
     ],
 )
 def test_malformed_config_names_file_and_line(text: str, line: int, words: str) -> None:
