@@ -15,8 +15,9 @@ order; the frames of one read are handed on together):
 All of this runs in the listener's own thread and event loop (see :class:`HL7Listener`);
 with several connections the transaction runs in a writer thread, frames that arrive during a
 commit form the next batch, and that batch waits, briefly, for the connections just
-acknowledged to send their next frame (``GATHER_FRACTION``, ``GATHER_MAX``). A frame over ``hl7_max_message_bytes`` is answered AR and the connection closed; a
-peer idle for ``hl7_idle_timeout_seconds`` is disconnected.
+acknowledged to send their next frame (``GATHER_FRACTION``, ``GATHER_MAX``). A frame over
+``hl7_max_message_bytes`` is answered AR and the connection closed; a peer idle for
+``hl7_idle_timeout_seconds`` is disconnected.
 """
 
 from __future__ import annotations
