@@ -116,7 +116,23 @@ class Settings(BaseModel):
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP API port (0: any)")
     ris_host: str = Field("", description="RIS MLLP host; empty: nothing is sent (logged)")
     ris_port: int = Field(0, ge=0, le=65535, description="RIS MLLP port; 0 with host empty")
-    ris_timeout_seconds: float = Field(10.0, gt=0, description="Connect/ACK wait for the RIS")
+    ris_timeout_seconds: float = Field(
+        10.0, gt=0, description="Connect/ACK wait for the RIS; default 10"
+    )
+    ris_backoff_max_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Longest wait between two tries of a RIS send: the first wait is "
+        "retry_seconds, doubled after each failure in a row, capped here (the RIS unreachable, "
+        "or a message without an ACK); default 300",
+    )
+    ris_max_failures: int = Field(
+        10,
+        ge=1,
+        description="A message written to the RIS this many times without an acceptable ACK "
+        "(timed out, connection lost) goes to the dead letters (`triage outbox list --dead`); "
+        "a RIS that refuses connections counts against no message; default 10",
+    )
     sending_application: str = Field("TRIAGE", description="MSH-3 of messages we send")
     sending_facility: str = Field("TRIAGE", description="MSH-4 of messages we send")
     receiving_application: str = Field("RIS", description="MSH-5 of messages we send")
@@ -202,7 +218,12 @@ class Settings(BaseModel):
         "patient and modality placed within this many hours",
     )
     completion_poll_seconds: float = Field(1.0, gt=0, description="How often completion runs")
-    retry_seconds: float = Field(15.0, gt=0, description="Wait before retrying AI or RIS send")
+    retry_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="Wait before retrying AI, and the first wait before retrying a RIS send "
+        "(then doubled, up to ris_backoff_max_seconds); default 15",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log")
 
     @field_validator("dicom_ae_title")

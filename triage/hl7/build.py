@@ -7,8 +7,12 @@ read, and OBR-5 as well. Each segment is written as ER7 text with every value es
 placed into the hl7apy message structure (ORM_O01 / ORU_R01 groups), so the result is
 structurally what hl7apy expects and can be read back by it.
 
-- :func:`build_order_change`: ORM^O01 with ORC-1 = XO (change order) carrying the new priority.
+- :func:`build_order_change`: ORM^O01 with ORC-1 = XO (change order) carrying the new priority,
+  or OMI^O23 (ORC-1 = XO, TQ1-9 the priority, IPC the accession and study) when the site mapping
+  says ``outbound: order_change: OMI^O23``.
 - :func:`build_ai_result`: ORU^R01 with the AI result as OBX segments.
+- :func:`validation_error`: what is wrong with a message by hl7apy's v2.5.1 structures (strict),
+  checked before any message leaves; ``""`` when nothing.
 
 Both return the message as text with CR segment separators, MSH-3..6 from the settings and a
 fresh MSH-10 (or the ``control_id`` passed in).
@@ -21,9 +25,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from hl7apy import load_reference
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Group, Message
-from hl7apy.parser import parse_segment
+from hl7apy.exceptions import HL7apyException
+from hl7apy.parser import parse_message, parse_segment
+from hl7apy.validation import Validator
 
 from triage.config import Settings
 from triage.hl7.ack import hl7_timestamp, new_control_id
@@ -133,6 +140,9 @@ def _to_text(msg: Message) -> str:
     return str(msg.to_er7()).replace("\r\r", "\r").strip("\r")
 
 
+ORDER_CHANGE_MESSAGES = ("ORM^O01", "OMI^O23")
+
+
 def build_order_change(
     settings: Settings,
     order: OrderRef,
@@ -141,8 +151,10 @@ def build_order_change(
     reason: str = "",
     control_id: str | None = None,
     when: datetime | None = None,
+    message: str = "ORM^O01",
 ) -> str:
-    """ORM^O01 (v2.5.1) asking the RIS to change the order's priority.
+    """ORM^O01 (v2.5.1) asking the RIS to change the order's priority; with ``message`` =
+    ``"OMI^O23"``, the same change as OMI^O23 (:func:`_build_omi_change`).
 
     PID-3/5 from the order; ORC-1 ``XO``, ORC-2/3 placer/filler numbers, ORC-7.6 the priority,
     ORC-9 now, ORC-16 the reason (text); OBR-2/3 the numbers, OBR-4 the procedure, OBR-5 and
@@ -155,7 +167,11 @@ def build_order_change(
         raise ValueError(f"not an HL7 table 0027 priority ({codes_text()}): {new_priority!r}")
     if not order.accession_number and not order.filler_order_number:
         raise ValueError("an order change needs an accession or filler order number")
+    if message not in ORDER_CHANGE_MESSAGES:
+        raise ValueError(f"an order change is {' or '.join(ORDER_CHANGE_MESSAGES)}: {message!r}")
     now = hl7_timestamp(when)
+    if message == "OMI^O23":
+        return _build_omi_change(settings, order, priority, reason, control_id, now)
     msg = _message(settings, "ORM_O01", "ORM^O01^ORM_O01", control_id or new_control_id(), now)
     patient = msg.add_group("ORM_O01_PATIENT")
     patient.add(_pid(order))
@@ -183,6 +199,112 @@ def build_order_change(
     obr += [timing]  # OBR-27
     choice.add(_segment(*obr))
     return _to_text(msg)
+
+
+def _build_omi_change(
+    settings: Settings,
+    order: OrderRef,
+    priority: str,
+    reason: str,
+    control_id: str | None,
+    now: str,
+) -> str:
+    """OMI^O23 (v2.5.1) with ORC-1 ``XO``: PID/PV1 as in the ORM; ORC-2/3 the numbers, ORC-9
+    now, ORC-16 the reason; TQ1-1 ``1``, TQ1-9 the priority; OBR-2/3/4, OBR-18, OBR-24 as in the
+    ORM; IPC-1 the accession number, IPC-2 and IPC-4 the accession number too (the engine does
+    not keep the RIS's requested procedure and step ids), IPC-3 the Study Instance UID, IPC-5
+    the modality."""
+    msg = _message(settings, "OMI_O23", "OMI^O23^OMI_O23", control_id or new_control_id(), now)
+    patient = msg.add_group("OMI_O23_PATIENT")
+    patient.add(_pid(order))
+    if order.patient_class:
+        visit = patient.add_group("OMI_O23_PATIENT_VISIT")
+        visit.add(_segment("PV1", "1", escape(order.patient_class)))
+    grp: Group = msg.add_group("OMI_O23_ORDER")
+    placer = _components(order.placer_order_number)
+    filler = _components(order.filler_order_number)
+    grp.add(
+        _segment(
+            "ORC", "XO", placer, filler, "", "", "", "", "", now,
+            "", "", "", "", "", "", f"^{escape(reason)}" if reason else "",
+        )
+    )  # fmt: skip
+    timing = grp.add_group("OMI_O23_TIMING")
+    timing.add(_segment("TQ1", "1", "", "", "", "", "", "", "", priority))
+    obr = ["OBR", "1", placer, filler, _procedure(order)]
+    obr += [""] * 13  # OBR-5 .. OBR-17
+    obr += [escape(order.accession_number)]  # OBR-18
+    obr += [""] * 5  # OBR-19 .. OBR-23
+    obr += [escape(order.modality)]  # OBR-24
+    grp.add(_segment(*obr))
+    accession = escape(order.accession_number or order.filler_order_number.split("^")[0])
+    grp.add(
+        _segment(
+            "IPC", accession, accession, escape(order.study_uid), accession,
+            escape(order.modality),
+        )
+    )  # fmt: skip
+    return _to_text(msg)
+
+
+def _relaxed(ref: Any, fields: frozenset[str]) -> Any:
+    """hl7apy's structure ``ref`` with each child of a ``choice`` optional (hl7apy checks a
+    choice like a sequence, so ORM_O01's OBR|RQD|RQ1|RXO|ODS|ODT would need all six) and the
+    named ``fields`` optional."""
+    if not isinstance(ref, tuple) or len(ref) < 2 or ref[0] not in ("sequence", "choice"):
+        return ref
+    children = []
+    for child in ref[1]:
+        name, sub, cardinality = child[0], child[1], child[2]
+        if ref[0] == "choice" or name in fields:
+            cardinality = (0, cardinality[1])
+        children.append((name, _relaxed(sub, fields), cardinality, *child[3:]))
+    return (ref[0], tuple(children), *ref[2:])
+
+
+#: Fields the standard requires that the engine can only echo from the order: an order change
+#: for an order that came without them is still sent (the RIS finds the order by its numbers).
+ECHOED_FIELDS = frozenset({"PID_5", "OBR_4"})
+_STRUCTURES: dict[str, Any] = {}
+_CHOICES = {"ORM_O01_OBRRQDRQ1RXOODSODT_SUPPGRP"}  # exactly one child, checked here
+
+
+def validation_error(text: str) -> str:
+    """Why ``text`` is not a valid v2.5.1 ORM^O01, OMI^O23 or ORU^R01 by hl7apy's strict
+    validation (structure, cardinality, data types), or ``""``. Two relaxations, both for what
+    hl7apy cannot express or the engine cannot know: a choice group must hold exactly one of its
+    segments (hl7apy would want all), and :data:`ECHOED_FIELDS` may be empty."""
+    try:
+        msg = parse_message(text, find_groups=True, validation_level=VALIDATION_LEVEL.STRICT)
+        structure = str(msg.name)
+        if structure not in ("ORM_O01", "OMI_O23", "ORU_R01"):
+            return f"not a message the engine sends: {structure}"
+        if str(msg.msh.msh_12.to_er7()) != VERSION:
+            return f"MSH-12 is {msg.msh.msh_12.to_er7()!r}, not {VERSION}"
+        ref = _STRUCTURES.get(structure)
+        if ref is None:
+            ref = _relaxed(load_reference(structure, "Message", VERSION), ECHOED_FIELDS)
+            _STRUCTURES[structure] = ref
+        Validator.validate(msg, reference=ref)
+        problem = _choice_problem(msg)
+        if problem:
+            return problem
+    except (HL7apyException, ValueError, KeyError, IndexError, AttributeError) as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return ""
+
+
+def _choice_problem(element: Any) -> str:
+    for child in getattr(element, "children", ()):
+        if child.classname != "Group":
+            continue
+        if child.name in _CHOICES and len(child.children) != 1:
+            kinds = ", ".join(c.name for c in child.children) or "none"
+            return f"{child.name} must hold exactly one segment, holds: {kinds}"
+        problem = _choice_problem(child)
+        if problem:
+            return problem
+    return ""
 
 
 def _number(value: float | None) -> str:

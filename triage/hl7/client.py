@@ -3,9 +3,11 @@
 :func:`send_message` uses one connection per message: connect, send one frame, wait for one
 framed ACK, close; :class:`MLLPConnection` keeps a connection for several messages. Every
 network failure (refused, timed out, closed before a complete ACK) is
-:class:`~triage.errors.RISUnavailable` (retry later); an ACK that is not AA/CA or that
-acknowledges another message is :class:`RISNegativeAck`, a
-:class:`~triage.errors.RISRejected`.
+:class:`~triage.errors.RISUnavailable` (retry later): :class:`RISNoAck`, its subclass, when the
+message was written and no complete ACK came back (the RIS may have stored it: the outbox sends
+it again with the same MSH-10), plain ``RISUnavailable`` when it could not be written at all
+(connection refused). An ACK that is not AA/CA or that acknowledges another message is
+:class:`RISNegativeAck`, a :class:`~triage.errors.RISRejected`, with the RIS's error text.
 """
 
 from __future__ import annotations
@@ -23,12 +25,19 @@ ACCEPT_CODES = frozenset({"AA", "CA"})
 
 
 class RISNegativeAck(RISRejected):
-    """The RIS answered, but not with an acceptance of our message. ``ack`` is its text."""
+    """The RIS answered, but not with an acceptance of our message. ``ack`` is its text,
+    ``ack_code`` its MSA-1, ``detail`` its error text (ERR-8, else ERR-3.2, else MSA-3)."""
 
-    def __init__(self, message: str, ack: str, ack_code: str = "") -> None:
+    def __init__(self, message: str, ack: str, ack_code: str = "", detail: str = "") -> None:
         self.ack = ack
         self.ack_code = ack_code
+        self.detail = detail
         super().__init__(message)
+
+
+class RISNoAck(RISUnavailable):
+    """The message was written (at least in part) but no complete ACK came back: timed out, or
+    the connection closed or failed. The RIS may have stored it."""
 
 
 def decode_text(payload: bytes) -> str:
@@ -77,6 +86,7 @@ class MLLPConnection:
         data = frame(message.encode("utf-8") if isinstance(message, str) else message)
         deadline = time.monotonic() + self.timeout
         try:
+            # from here on, a failure may leave the message stored by the RIS
             self._sock.sendall(data)
             while True:
                 remaining = deadline - time.monotonic()
@@ -91,7 +101,11 @@ class MLLPConnection:
                     return decode_text(frames[0])
         except (OSError, MLLPError) as exc:
             self.close()
-            raise RISUnavailable(f"{self.host}:{self.port}: {exc}") from exc
+            raise RISNoAck(f"{self.host}:{self.port}: no ACK: {exc}") from exc
+
+    @property
+    def is_open(self) -> bool:
+        return self._sock is not None
 
 
 def send_message(host: str, port: int, message: str, timeout: float) -> str:
@@ -112,10 +126,10 @@ def check_ack(ack: str, control_id: str) -> str:
         raise RISNegativeAck(f"RIS answered without a readable MSA: {ack[:200]!r}", ack)
     if code not in ACCEPT_CODES:
         why = f": {detail}" if detail else ""
-        raise RISNegativeAck(f"RIS answered {code} for {control_id}{why}", ack, code)
+        raise RISNegativeAck(f"RIS answered {code} for {control_id}{why}", ack, code, detail)
     if acked_id != control_id:
         raise RISNegativeAck(
-            f"RIS acknowledged {acked_id!r}, but we sent {control_id!r}", ack, code
+            f"RIS acknowledged {acked_id!r}, but we sent {control_id!r}", ack, code, detail
         )
     return ack
 

@@ -17,6 +17,8 @@ go. The mapping file lets an integration engineer say it per sender without code
         priority_codes:       # site values -> HL7 table 0027 (S A R P C T)
           "1": S
         infer_modality: true  # guess CT/MR/... from the procedure text when no source has it
+    outbound:                 # optional: what the engine sends to the RIS
+      order_change: OMI^O23   # ORM^O01 (default) or OMI^O23 for a raised priority
 
 A source is ``SEG-n`` (the whole field, components joined with ``^``) or ``SEG-n.c`` (one
 component). Fields a sender entry does not name come from ``defaults``, then the built-in
@@ -42,7 +44,9 @@ from triage.hl7.parse import (
 )
 from triage.yamlfile import LineDict, check_keys, load_yaml, require
 
-TOP_KEYS = {"version", "defaults", "senders"}
+TOP_KEYS = {"version", "defaults", "senders", "outbound"}
+OUTBOUND_KEYS = {"order_change"}
+ORDER_CHANGE_MESSAGES = ("ORM^O01", "OMI^O23")
 ENTRY_KEYS = {"fields", "priority_codes", "infer_modality"}
 SENDER_KEYS = {"name", "match", *ENTRY_KEYS}
 MATCH_KEYS = {"sending_application", "sending_facility"}
@@ -67,6 +71,7 @@ class HL7Mapping:
     path: str
     defaults: FieldMap
     senders: tuple[Sender, ...] = ()
+    order_change: str = "ORM^O01"  # outbound: the message that carries a raised priority
 
     def for_header(self, header: MessageHeader | None) -> FieldMap:
         """The field map for a message from this sender (the defaults when none matches)."""
@@ -130,7 +135,21 @@ def load_mapping(path: Path, text: str | None = None) -> HL7Mapping:
                 line=raw.line,
             )
         )
-    return HL7Mapping(str(path), defaults, tuple(senders))
+    order_change = "ORM^O01"
+    if "outbound" in data:
+        out = require(path, data, "outbound", dict)
+        check_keys(path, out, OUTBOUND_KEYS, "outbound")
+        if "order_change" in out:
+            value = out["order_change"]
+            if value not in ORDER_CHANGE_MESSAGES:
+                raise RulesError(
+                    str(path),
+                    f"outbound order_change must be {' or '.join(ORDER_CHANGE_MESSAGES)}, "
+                    f"not {value!r}",
+                    out.line_of("order_change"),
+                )
+            order_change = str(value)
+    return HL7Mapping(str(path), defaults, tuple(senders), order_change)
 
 
 def _field_map(path: Path, raw: LineDict, base: FieldMap, name: str) -> FieldMap:

@@ -1,25 +1,28 @@
 """The RIS outbox: messages are queued in the transaction that raised a study's priority, then
-sent in order over MLLP. The ACK is checked (MSA-1 AA/CA, MSA-2 = our MSH-10).
+sent in order per order over MLLP by :class:`~triage.outbound.sender.OutboxSender` (states,
+backoff and dead letters: :mod:`triage.outbound.outbox`). The ACK is checked (MSA-1 AA/CA,
+MSA-2 = our MSH-10).
 
-- RIS unreachable: the message stays pending and is retried after ``retry_seconds``; later
-  messages wait behind it, so the RIS sees them in order.
-- RIS answers AE/AR or acknowledges another message: the message is marked ``rejected`` with
-  the ACK kept for the integration engineer; it is not resent.
+- The order change is ORM^O01, or OMI^O23 when ``rules/hl7-mapping.yaml`` says
+  ``outbound: order_change: OMI^O23``.
+- An order change is not queued when the order was already sent (or is about to be sent) the
+  same or a more urgent priority: the RIS is never told a lower one.
 - No RIS configured: the message is stored as ``skipped`` (the log says so once).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from triage.config import Settings
-from triage.errors import RISRejected, RISUnavailable
 from triage.hl7.build import AIResult, OrderRef, build_ai_result, build_order_change
-from triage.hl7.client import send_and_check
 from triage.hl7.parse import control_id_of
+from triage.outbound.outbox import DEAD, PENDING, SENT, SKIPPED, announced_rank
+from triage.outbound.sender import OutboxSender
 from triage.store import Database, Finding, Order, OutboundMessage, Study
 from triage.store.models import utcnow
 from triage.store.repo import study_reasons
@@ -52,11 +55,54 @@ def _finding(f: Finding) -> str:
     return "positive" if f.positive else "negative"
 
 
+def order_key_of(ref: OrderRef) -> str:
+    """What orders the outbox: the accession number, else the filler order number."""
+    return ref.accession_number or ref.filler_order_number
+
+
 class RISNotifier:
-    def __init__(self, settings: Settings, db: Database) -> None:
+    """Queues what the RIS must be told (:meth:`queue`, in the caller's transaction) and sends
+    it (:meth:`send_pending`).
+
+    ``rank`` (priority code -> urgency, 0 = most urgent) defaults to the order of the
+    priorities in ``<rules_dir>/urgency.yaml``; ``order_change`` (ORM^O01 or OMI^O23) to the
+    site mapping's ``outbound: order_change``; ``clock`` is for tests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        *,
+        rank: dict[str, int] | None = None,
+        order_change: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.settings = settings
         self.db = db
         self._warned = False
+        if rank is None:
+            from triage.scoring import load_urgency_rules
+
+            urgency = load_urgency_rules(settings.rules_dir / "urgency.yaml")
+            rank = {code: urgency.level(code).rank for code in urgency.priorities}
+        self.rank = rank
+        if order_change is None:
+            from triage.ingest.hl7_store import mapping_for
+
+            order_change = mapping_for(settings).order_change
+        self.order_change = order_change
+        self.sender = OutboxSender(settings, db, rank=rank, clock=clock)
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: Settings) -> None:
+        self._settings = value
+        if hasattr(self, "sender"):
+            self.sender.settings = value
 
     def queue(
         self,
@@ -76,7 +122,7 @@ class RISNotifier:
         tries again once the order is linked.
         """
         ref = _order_ref(study, order)
-        status = "pending" if self.settings.ris_configured else "skipped"
+        status = PENDING if self.settings.ris_configured else SKIPPED
         if not self.settings.ris_configured and not self._warned:
             log.warning("no RIS configured: order changes and AI results are stored, not sent")
             self._warned = True
@@ -89,11 +135,29 @@ class RISNotifier:
                 study.engine_priority,
             )
             return False
-        messages: list[tuple[str, str]] = []
+        key = order_key_of(ref)
+        messages: list[tuple[str, str, str]] = []
         if order_change:
-            reason = reasons[-1] if reasons else "AI triage"
-            change = build_order_change(self.settings, ref, study.engine_priority, reason=reason)
-            messages.append(("ORM", change))
+            best = announced_rank(session, key, self.rank, (PENDING, SENT, DEAD))
+            mine = self.rank.get(study.engine_priority, len(self.rank))
+            if best is not None and best[0] <= mine:
+                log.info(
+                    "study %s: order %s was already sent priority %s; %s is not announced",
+                    study.study_uid,
+                    key,
+                    best[1],
+                    study.engine_priority,
+                )
+            else:
+                reason = reasons[-1] if reasons else "AI triage"
+                change = build_order_change(
+                    self.settings,
+                    ref,
+                    study.engine_priority,
+                    reason=reason,
+                    message=self.order_change,
+                )
+                messages.append((self.order_change[:3], change, study.engine_priority))
         for f in findings:
             if f.status not in ("done", "not_assessable"):
                 continue
@@ -107,8 +171,8 @@ class RISNotifier:
                 reasons=reasons,
             )
             oru = build_ai_result(self.settings, ref, result, corrected=corrected)
-            messages.append(("ORU", oru))
-        for kind, raw in messages:
+            messages.append(("ORU", oru, ""))
+        for kind, raw, priority in messages:
             session.add(
                 OutboundMessage(
                     study_uid=study.study_uid,
@@ -116,54 +180,15 @@ class RISNotifier:
                     control_id=control_id_of(raw),
                     raw=raw,
                     status=status,
+                    order_key=key,
+                    priority=priority,
                 )
             )
         return True
 
     def send_pending(self) -> None:
-        """Send due pending messages in queue order; stop at the first unreachable RIS."""
-        s = self.settings
-        if not s.ris_configured:
-            return
-        now = utcnow()
-        with self.db.session() as session:
-            pending = session.exec(
-                select(OutboundMessage)
-                .where(OutboundMessage.status == "pending")
-                .order_by(col(OutboundMessage.id))
-            ).all()
-        for msg in pending:
-            if msg.next_attempt_at is not None and msg.next_attempt_at > now:
-                return  # keep the order: nothing overtakes a message that is waiting
-            msg.attempts += 1
-            try:
-                ack = send_and_check(s.ris_host, s.ris_port, msg.raw, s.ris_timeout_seconds)
-            except RISUnavailable as exc:
-                msg.error = str(exc)
-                msg.next_attempt_at = utcnow() + timedelta(seconds=s.retry_seconds)
-                self._save(msg)
-                log.warning(
-                    "RIS unavailable (%s); %s %s retried in %.0fs",
-                    exc,
-                    msg.kind,
-                    msg.control_id,
-                    s.retry_seconds,
-                )
-                return
-            except RISRejected as exc:
-                msg.status = "rejected"
-                msg.error = str(exc)
-                msg.ack = getattr(exc, "ack", "")
-                self._save(msg)
-                log.error("RIS rejected %s %s: %s", msg.kind, msg.control_id, exc)
-                continue
-            msg.status = "sent"
-            msg.ack = ack
-            msg.error = ""
-            msg.sent_at = utcnow()
-            self._save(msg)
-            log.info("sent %s %s for study %s", msg.kind, msg.control_id, msg.study_uid)
+        """Send the pending messages that are due, in order per order (one round)."""
+        self.sender.send_pending()
 
-    def _save(self, msg: OutboundMessage) -> None:
-        with self.db.session() as session:
-            session.add(msg)
+    def close(self) -> None:
+        self.sender.close()

@@ -5,7 +5,8 @@
 - ``HL7Message``: every inbound HL7 message, raw, with the ACK we answered.
 - ``Order``: the RIS order, parsed from ORM/OMI messages.
 - ``Finding``: one model result for one study.
-- ``OutboundMessage``: every ORM/ORU we sent (or tried to send) to the RIS, with its ACK.
+- ``OutboundMessage``: every ORM/OMI/ORU we sent (or tried to send) to the RIS, with its ACK.
+- ``OutboxAction``: what was done to an outbox message (retry, discard, dead letter), by whom.
 """
 
 from __future__ import annotations
@@ -142,15 +143,41 @@ class Finding(SQLModel, table=True):
 
 
 class OutboundMessage(SQLModel, table=True):
+    """One message to the RIS (the outbox; ``triage/outbound/``, docs/hl7-interface.md)."""
+
     id: int | None = Field(default=None, primary_key=True)
     study_uid: str = Field(index=True, max_length=64)
-    kind: str  # ORM (order change XO) or ORU (AI result)
-    control_id: str = Field(index=True)
+    kind: str  # ORM or OMI (order change XO), ORU (AI result)
+    control_id: str = Field(index=True)  # MSH-10; a resend keeps it (the RIS dedupes on it)
     raw: str
-    status: str = "pending"  # pending, sent, rejected, failed, skipped
+    # pending, sent (acknowledged), rejected (AE/AR: dead letter), dead (dead letter: failures,
+    # invalid, superseded), discarded (by the integration engineer), skipped (no RIS)
+    status: str = Field(default="pending", index=True)
+    order_key: str = Field(default="", index=True)  # accession (else filler number): ordering
+    priority: str = ""  # the priority an order change announces ("" for an ORU)
     ack: str = ""
-    error: str = ""
-    attempts: int = 0
+    ack_code: str = ""  # MSA-1 of the last ACK
+    ris_error: str = ""  # the RIS's error text (ERR-8, ERR-3.2 or MSA-3) of an AE/AR
+    error: str = ""  # why the last attempt failed, or why the message is a dead letter
+    attempts: int = 0  # times written to the RIS
+    failures: int = 0  # attempts with no acceptable ACK (timed out, connection lost)
+    validated: bool = False  # checked with hl7apy (done once, before the first send)
     next_attempt_at: datetime | None = None
+    last_attempt_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = None
+    dead_at: datetime | None = None
+
+
+class OutboxAction(SQLModel, table=True):
+    """Who did what to an outbox message, and when: `triage outbox retry|discard` (the OS
+    user) and the engine's own dead-lettering (``engine``)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    who: str = ""
+    action: str = ""  # retry, discard, dead-letter
+    message_id: int = Field(index=True)
+    from_status: str = ""
+    to_status: str = ""
+    note: str = ""
