@@ -1,4 +1,5 @@
-"""Command line: ``triage serve``, ``triage demo``, ``triage config``, ``triage rules check``."""
+"""Command line: ``triage serve``, ``triage demo``, ``triage config``, ``triage rules check``,
+``triage hl7 ...``, ``triage outbox list | show | retry | discard``, ``triage models ...``."""
 
 from __future__ import annotations
 
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     from triage.hl7 import commands as hl7_commands  # `triage hl7 check | replay`
 
     hl7_commands.add_parsers(sub, _add_settings_args, _settings)
+
+    from triage.outbound import commands as outbox_commands  # `triage outbox list | show ...`
+
+    outbox_commands.add_parsers(sub, _add_settings_args, _settings)
 
     from triage.training.cli import add_models_commands  # `triage models train | validate`
 
