@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from triage.config import Settings
@@ -52,7 +53,13 @@ def add_parsers(sub: Any, add_settings_args: SettingsArgs, settings_of: Settings
 def _db(settings: Settings) -> Any:
     from triage.store import Database
 
-    db = Database(settings.resolved_database_url)
+    url = settings.resolved_database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise outbox.OutboxError(
+            f"no engine database at {url.removeprefix('sqlite:///')} (data_dir "
+            f"{settings.data_dir}; set --data-dir, TRIAGE_DATA_DIR or --config as for serve)"
+        )
+    db = Database(url)
     db.create_all()  # an engine version before the outbox columns: add them
     return db
 
