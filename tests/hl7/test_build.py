@@ -8,7 +8,14 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
 from triage.config import Settings
-from triage.hl7.build import DISCLAIMER, AIResult, OrderRef, build_ai_result, build_order_change
+from triage.hl7.build import (
+    DISCLAIMER,
+    AIResult,
+    OrderRef,
+    build_ai_result,
+    build_order_change,
+    validation_error,
+)
 from triage.hl7.parse import control_id_of, parse_order, split_message
 from triage.priority import PRIORITY_CODES, normalise_priority
 from triage.scoring import load_urgency_rules
@@ -183,3 +190,42 @@ def test_ai_result_not_assessable_without_probability() -> None:
     assert obx["AI-FINDING"][0][5] == "NA^Not assessable^L"
     with pytest.raises(ValueError):
         build_ai_result(SETTINGS, ORDER, AIResult(model_name="m", finding="maybe"))
+
+
+def test_omi_order_change_round_trips_and_validates() -> None:
+    msg = build_order_change(SETTINGS, ORDER, "S", reason="AI: suspected PE", message="OMI^O23")
+    assert validation_error(msg) == ""
+    o = parse_order(msg)
+    assert (o.message_type, o.trigger, o.order_control) == ("OMI", "O23", "XO")
+    assert (o.ordered_priority, o.priority_source) == ("S", "TQ1-9.1")
+    assert o.accession_number == "ACC-CTPA-24007" and o.study_uid == ORDER.study_uid
+    ipc = split_message(msg).first("IPC")
+    assert ipc is not None and ipc.get(3) == ORDER.study_uid and ipc.get(5) == "CT"
+    with pytest.raises(ValueError, match="ORM\\^O01 or OMI\\^O23"):
+        build_order_change(SETTINGS, ORDER, "S", message="OMG^O19")
+
+
+def test_what_we_build_passes_validation_and_broken_messages_do_not() -> None:
+    bare = OrderRef(accession_number="A1", patient_id="P1")  # no name, no procedure: echoed
+    result = AIResult(model_name="ich", finding="positive", probability=0.9)
+    for msg in (
+        build_order_change(SETTINGS, ORDER, "A"),
+        build_order_change(SETTINGS, bare, "A"),
+        build_ai_result(SETTINGS, ORDER, result),
+    ):
+        assert validation_error(msg) == ""
+    xo = build_order_change(SETTINGS, ORDER, "S")
+    segs = xo.split("\r")
+    no_orc = "\r".join(s for s in segs if not s.startswith("ORC"))
+    assert "ORM_O01_ORDER.ORC" in validation_error(no_orc)
+    two_in_choice = xo.replace("\rOBR|", "\rRQD|1\rOBR|")
+    assert "exactly one segment" in validation_error(two_in_choice)
+    bad_time = xo.replace("||ORM^O01", "x||ORM^O01")  # MSH-7 is no longer a time
+    assert "not an HL7 valid date" in validation_error(bad_time)
+    omi_no_uid = build_order_change(
+        SETTINGS, OrderRef(accession_number="A1", patient_id="P1"), "S", message="OMI^O23"
+    )
+    assert "IPC.IPC_3" in validation_error(omi_no_uid)  # IPC-3 (Study UID) is required
+    assert "not a message the engine sends" in validation_error(
+        "MSH|^~\\&|A|B|C|D|20240101||ADT^A08^ADT_A01|X1|P|2.5.1\rEVN||20240101\rPID|1||P1||N"
+    )

@@ -11,7 +11,13 @@ from conftest import free_port
 
 from triage.errors import RISRejected, RISUnavailable
 from triage.hl7.ack import build_ack
-from triage.hl7.client import MLLPConnection, RISNegativeAck, send_and_check, send_message
+from triage.hl7.client import (
+    MLLPConnection,
+    RISNegativeAck,
+    RISNoAck,
+    send_and_check,
+    send_message,
+)
 from triage.hl7.mllp import MLLPDecoder, frame
 
 MESSAGE = "MSH|^~\\&|TRIAGE|TRIAGE|RIS|RIS|20240312||ORM^O01^ORM_O01|OUT0001|P|2.5.1\rPID|1||X"
@@ -151,3 +157,26 @@ def test_connection_reused_for_several_messages(server: Callable[[Reply], TinySe
             msg = MESSAGE.replace("OUT0001", f"OUT000{i}")
             assert f"MSA|AA|OUT000{i}" in conn.exchange(msg)
     assert len(srv.received) == 3
+
+
+def test_no_ack_after_writing_is_told_apart_from_a_refused_connection(
+    server: Callable[[Reply], TinyServer],
+) -> None:
+    """The outbox charges a message only when it was written and no ACK came (the RIS may
+    have stored it); a refused connection charges nothing."""
+    srv = server(lambda text: None)
+    with pytest.raises(RISNoAck):
+        send_message("127.0.0.1", srv.port, MESSAGE, timeout=5)
+    assert srv.received == [MESSAGE]
+    with pytest.raises(RISUnavailable) as refused:
+        send_message("127.0.0.1", free_port(), MESSAGE, timeout=2)
+    assert not isinstance(refused.value, RISNoAck)
+
+
+def test_rejection_carries_the_ris_error_text(server: Callable[[Reply], TinyServer]) -> None:
+    srv = server(
+        lambda text: frame(build_ack(text, "AE", hl7_code=207, text="Unknown order").encode())
+    )
+    with pytest.raises(RISNegativeAck) as info:
+        send_and_check("127.0.0.1", srv.port, MESSAGE, timeout=5)
+    assert info.value.detail == "Unknown order" and info.value.ack_code == "AE"
