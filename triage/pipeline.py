@@ -3,8 +3,9 @@
 Event handlers, each run on the single pipeline worker (so one study is never processed twice
 at once):
 
-- :meth:`Pipeline.tick`: complete stable studies, retry AI that was pending and studies whose
-  processing failed, retry RIS sends.
+- :meth:`Pipeline.tick`: pick up a changed urgency rules file (re-scoring the open studies),
+  complete stable studies, retry AI that was pending and studies whose processing failed,
+  re-score the open studies every ``aging.rescore_every_seconds`` (aging), retry RIS sends.
 - :meth:`Pipeline.on_order`: an order arrived or changed; link it and re-score its studies (and
   those it was linked to before: a lost link takes the old order's priority with it).
 
@@ -18,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sqlmodel import Session, and_, col, or_, select
@@ -28,7 +30,9 @@ from triage.completion import CompletionPolicy, complete_stable_studies
 from triage.errors import InferenceError, NotAssessable
 from triage.routing import RoutingRules, route
 from triage.routing.gather import facts_for_study
-from triage.scoring import FindingInput, UrgencyRules, score_study
+from triage.scoring import FindingInput, UrgencyRules, UrgencyRulesWatcher, score_study
+from triage.scoring.history import Cause, record_change, remember_version
+from triage.scoring.score import ScoreResult
 from triage.store import Database, Finding, Instance, Order, Study, StudyState
 from triage.store.models import utcnow
 from triage.store.repo import (
@@ -42,6 +46,9 @@ from triage.store.repo import (
 log = logging.getLogger("triage.pipeline")
 
 MAX_FAILURES = 3  # processing errors in a row after which a study is no longer retried
+#: Studies the scheduled re-score (aging, a rules change) looks at: scored and not changing.
+OPEN_STATES = (StudyState.SCORED, StudyState.NOT_ROUTED, StudyState.AI_PENDING)
+_CHUNK = 500  # ids per IN (...) query
 FAILED_REASON = "Processing failed"
 
 
@@ -103,26 +110,70 @@ class Pipeline:
         completion: CompletionPolicy,
         retry_seconds: float,
         match_window_hours: float,
+        rules_watcher: UrgencyRulesWatcher | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        """``rules_watcher``: picks up a changed urgency rules file at each tick (None: the
+        rules stay as given); ``clock``: the time aging is measured with (UTC)."""
         self.db = db
         self.routing = routing
-        self.urgency = urgency
+        self.urgency = rules_watcher.current if rules_watcher is not None else urgency
+        self.rules_watcher = rules_watcher
+        self.clock = clock
+        self._last_rescore = clock()  # the first scheduled re-score: one period from now
         self.analyzer = analyzer
         self.notifier = notifier
         self.completion = completion
         self.retry_seconds = retry_seconds
         self.window = match_window_hours  # the order_match_window_hours setting
+        try:
+            with self.db.session() as s:
+                remember_version(s, self.urgency, self.clock())
+        except Exception:  # recorded again at the next rules change; scoring goes on
+            log.exception("cannot record urgency rules version %s", self.urgency.version_id)
 
     # -- events -------------------------------------------------------------------------
     def tick(self) -> None:
-        """Periodic work: completion, pending AI and failed-study retries, pending RIS sends."""
+        """Periodic work: a changed rules file, completion, pending AI and failed-study
+        retries, the scheduled re-score (aging), pending RIS sends."""
+        self.check_rules()
         done = complete_stable_studies(self.db, self.completion, match_window_hours=self.window)
         for uid, why in done:
             log.info("study %s complete: %s", uid, why)
             self.process_study(uid)
         for uid in self._due_retries():
             self.process_study(uid)
+        self._scheduled_rescore()
         self.notifier.send_pending()
+
+    def check_rules(self) -> bool:
+        """Put a changed urgency rules file in force and re-score the open studies with it.
+        A file with an error is refused by the watcher (logged with file, line and reason) and
+        the rules in force stay. True when new rules were put in force."""
+        if self.rules_watcher is None:
+            return False
+        new = self.rules_watcher.poll()
+        if new is None:
+            return False
+        self.urgency = new
+        try:
+            with self.db.session() as s:
+                remember_version(s, new, self.clock())
+        except Exception:
+            log.exception("cannot record urgency rules version %s", new.version_id)
+        changed = self.rescore_open(Cause.RULES, new.version_id)
+        log.info("urgency rules %s in force: %d open studies changed", new.version_id, changed)
+        return True
+
+    def _scheduled_rescore(self) -> None:
+        aging = self.urgency.aging
+        if aging.points_per_minute <= 0 or aging.max_points <= 0:
+            return
+        now = self.clock()
+        if (now - self._last_rescore).total_seconds() < aging.rescore_every_seconds:
+            return
+        self._last_rescore = now
+        self.rescore_open(Cause.AGING)
 
     def on_order(self, order_id: int) -> None:
         """An order was stored: link it to its studies and re-score those already scored.
@@ -162,7 +213,7 @@ class Pipeline:
             log.info("study %s (failed before): processed again, its order changed", uid)
             self.process_study(uid)
         for uid in to_rescore:
-            self.rescore(uid)
+            self.rescore(uid, Cause.ORDER, str(order_id))
 
     def recover(self) -> None:
         """At start-up: apply again the orders of the last ``match_window_hours``.
@@ -216,18 +267,22 @@ class Pipeline:
                 study.state = StudyState.NOT_ROUTED
                 study.ai_status = ""
             s.add(study)
+        cause, ref = Cause.COMPLETED, ""
         if rule is None:
             log.info("study %s: no routing rule matched; listed at ordered priority", study_uid)
         elif again:
             log.info("study %s: same images as already analysed; re-scored only", study_uid)
         else:
             log.info("study %s routed to %s by rule %s", study_uid, rule.model, rule.name)
-            self._analyze(study_uid, rule.model, instances, fingerprint)
-        self._score(study_uid, processed=True)
+            finding_id = self._analyze(study_uid, rule.model, instances, fingerprint)
+            if finding_id is not None:
+                cause, ref = Cause.FINDING, str(finding_id)
+        self._score(study_uid, processed=True, cause=cause, ref=ref)
 
     def _analyze(
         self, study_uid: str, model: str, instances: list[Instance], fingerprint: str
-    ) -> None:
+    ) -> int | None:
+        """Run the model and store its Finding; the finding's id (None: AI pending)."""
         analysis: Analysis | None = None
         error = ""
         if self.analyzer is None:
@@ -242,10 +297,11 @@ class Pipeline:
             except Exception as exc:  # a bug or an unreadable file: not retried forever
                 log.exception("study %s: analysis failed", study_uid)
                 analysis = Analysis(model, "", "error", detail=f"analysis failed: {exc}")
+        finding: Finding | None = None
         with self.db.session() as s:
             study = _study(s, study_uid)
             if study is None:
-                return
+                return None
             study.ai_attempts += 1
             if analysis is None:
                 study.state = StudyState.AI_PENDING
@@ -258,21 +314,20 @@ class Pipeline:
                     self.retry_seconds,
                 )
             else:
-                s.add(
-                    Finding(
-                        study_uid=study_uid,
-                        model_name=analysis.model_name,
-                        model_version=analysis.model_version,
-                        status=analysis.status,
-                        probability=analysis.probability,
-                        positive=analysis.positive,
-                        threshold=analysis.threshold,
-                        key_slice=analysis.key_slice,
-                        series_uid=analysis.series_uid,
-                        detail=analysis.detail,
-                        key_image=analysis.key_image,
-                    )
+                finding = Finding(
+                    study_uid=study_uid,
+                    model_name=analysis.model_name,
+                    model_version=analysis.model_version,
+                    status=analysis.status,
+                    probability=analysis.probability,
+                    positive=analysis.positive,
+                    threshold=analysis.threshold,
+                    key_slice=analysis.key_slice,
+                    series_uid=analysis.series_uid,
+                    detail=analysis.detail,
+                    key_image=analysis.key_image,
                 )
+                s.add(finding)
                 study.ai_status = analysis.status
                 study.ai_next_attempt_at = None
                 study.analyzed_fingerprint = fingerprint
@@ -281,12 +336,14 @@ class Pipeline:
                     "study %s: %s %s p=%s", study_uid, model, analysis.status, analysis.probability
                 )
             s.add(study)
+            s.flush()
+            return finding.id if finding is not None else None
 
-    def rescore(self, study_uid: str) -> None:
+    def rescore(self, study_uid: str, cause: Cause = Cause.ORDER, ref: str = "") -> None:
         """Score again a study already processed (its order changed); others wait their turn.
         An error marks the study FAILED, as in :meth:`process_study`."""
         try:
-            self._score(study_uid, processed=False)
+            self._score(study_uid, processed=False, cause=cause, ref=ref)
         except Exception as exc:  # a bug or a broken store: this study only
             self._failed(study_uid, exc)
 
@@ -324,7 +381,7 @@ class Pipeline:
                 "study %s: cannot record the failure; retried at the next tick", study_uid
             )
 
-    def _score(self, study_uid: str, *, processed: bool) -> None:
+    def _score(self, study_uid: str, *, processed: bool, cause: Cause, ref: str = "") -> None:
         """Score a study from its order and latest findings; notify the RIS when it rose."""
         waiting = (
             {StudyState.RECEIVING}
@@ -349,66 +406,170 @@ class Pipeline:
                     ).all()
                 )
             findings = latest_findings(s, study_uid)
-            pending = study.state == StudyState.AI_PENDING
-            result = score_study(
-                self.urgency,
-                ordered_priority=study.ordered_priority,
-                patient_class=study.patient_class,
-                findings=[
-                    FindingInput(
-                        f.model_name,
-                        f.status,
-                        f.probability,
-                        f.positive,
-                        f.threshold,
-                        f.model_version,
-                        f.detail,
-                    )
-                    for f in findings
-                ],
-                ai_pending=pending,
-            )
-            study.score = result.score
-            study.engine_priority = result.priority
-            study.reasons = json.dumps(result.reasons)
-            study.scored_at = utcnow()
-            if not pending and study.state != StudyState.NOT_ROUTED:
+            now = self.clock()
+            result = self._score_one(study, order, findings, now)
+            if study.state != StudyState.AI_PENDING and study.state != StudyState.NOT_ROUTED:
                 study.state = StudyState.SCORED
             study.failures = 0
-            sent = study.sent_priority
-            raised_further = result.raised and (
-                not sent or self.urgency.level(result.priority).rank < self.urgency.level(sent).rank
+            raised_further, corrected = self._apply(
+                s, study, order, findings, result, now, cause, ref
             )
-            told = _finding_signature(findings)
-            corrected = bool(sent) and not raised_further and told != study.sent_finding
-            if raised_further:
-                log.info(
-                    "study %s raised %s -> %s (score %.1f)",
-                    study_uid,
-                    result.ordered_priority,
-                    result.priority,
-                    result.score,
-                )
-            elif corrected:
-                log.info(
-                    "study %s: AI result changed since the RIS was told; correcting", study_uid
-                )
-            if raised_further or corrected:
-                queued = self.notifier.queue(
-                    s, study, order, findings, order_change=raised_further, corrected=corrected
-                )
-                if queued:
-                    study.sent_finding = told
-                    if raised_further:
-                        study.sent_priority = result.priority
-                else:
-                    raised_further = corrected = False
-            s.add(study)
         for uid in displaced:
             log.info("study %s: its order belongs to study %s; linked again", uid, study_uid)
-            self.rescore(uid)
+            self.rescore(uid, Cause.ORDER, str(order.id) if order is not None else "")
         if raised_further or corrected:
             self.notifier.send_pending()
+
+    def _score_one(
+        self, study: Study, order: Order | None, findings: list[Finding], now: datetime
+    ) -> ScoreResult:
+        """The plain scoring function on a study's stored facts."""
+        rules = self.urgency
+        since = study.completed_at or study.last_received_at
+        waited = (now - _aware(since)).total_seconds() / 60.0 if since is not None else None
+        return score_study(
+            rules,
+            ordered_priority=study.ordered_priority,
+            patient_class=study.patient_class,
+            findings=[
+                FindingInput(
+                    f.model_name,
+                    f.status,
+                    f.probability,
+                    f.positive,
+                    f.threshold,
+                    f.model_version,
+                    f.detail,
+                )
+                for f in findings
+            ],
+            ai_pending=study.state == StudyState.AI_PENDING,
+            location=order.ordering_location if order is not None else "",
+            waiting_minutes=waited,
+            fields=_rule_fields(rules.fields_used, study, order),
+        )
+
+    def _apply(
+        self,
+        s: Session,
+        study: Study,
+        order: Order | None,
+        findings: list[Finding],
+        result: ScoreResult,
+        now: datetime,
+        cause: Cause,
+        ref: str,
+    ) -> tuple[bool, bool]:
+        """Store a score on a study; queue the RIS messages when its priority rose above what
+        the RIS was sent (never a lower one) or its AI result changed since; record a change
+        of engine priority with its cause. Returns (raised further, corrected)."""
+        before_priority = study.engine_priority
+        before_score = study.score if study.scored_at is not None else None
+        study.score = result.score
+        study.engine_priority = result.priority
+        study.reasons = json.dumps(result.reasons)
+        study.scored_at = now
+        study.rules_version = result.rules_version
+        sent = study.sent_priority
+        rank = self.urgency.level
+        raised_further = result.raised and (
+            not sent or rank(result.priority).rank < rank(sent).rank
+        )
+        told = _finding_signature(findings)
+        corrected = bool(sent) and not raised_further and told != study.sent_finding
+        uid = study.study_uid
+        if raised_further:
+            log.info(
+                "study %s raised %s -> %s (score %.1f, %s)",
+                uid,
+                result.ordered_priority,
+                result.priority,
+                result.score,
+                cause,
+            )
+        elif corrected:
+            log.info("study %s: AI result changed since the RIS was told; correcting", uid)
+        if raised_further or corrected:
+            # the AI result goes again only when the RIS has not been told this one
+            results = findings if told != study.sent_finding else []
+            queued = self.notifier.queue(
+                s, study, order, results, order_change=raised_further, corrected=corrected
+            )
+            if queued:
+                study.sent_finding = told
+                if raised_further:
+                    study.sent_priority = result.priority
+            else:
+                raised_further = corrected = False
+        if result.priority != before_priority:
+            record_change(
+                s,
+                study_uid=uid,
+                at=now,
+                from_priority=before_priority,
+                to_priority=result.priority,
+                from_score=before_score,
+                to_score=result.score,
+                cause=cause,
+                cause_ref=ref,
+                rules_version=result.rules_version,
+                reasons=result.reasons,
+                announced=study.sent_priority,
+            )
+        s.add(study)
+        return raised_further, corrected
+
+    def rescore_open(self, cause: Cause, ref: str = "") -> int:
+        """Score again every open study (scored, not routed or AI pending, completed within
+        the rules' ``aging.stop_after_hours``) in one transaction: the scheduled aging pass,
+        and after a rules change. Only studies whose score, priority or reasons change are
+        written; a rise is queued for the RIS as in :meth:`_score`. Returns how many
+        changed. An error is logged, and the pass is tried again at its next turn."""
+        now = self.clock()
+        cutoff = now - timedelta(hours=self.urgency.aging.stop_after_hours)
+        changed = notify = 0
+        try:
+            with self.db.session() as s:
+                studies = s.exec(
+                    select(Study).where(
+                        col(Study.state).in_(OPEN_STATES),
+                        or_(
+                            col(Study.completed_at) >= cutoff,
+                            and_(
+                                col(Study.completed_at).is_(None),
+                                col(Study.last_received_at) >= cutoff,
+                            ),
+                        ),
+                    )
+                ).all()
+                orders = _orders_by_id(s, {st.order_id for st in studies if st.order_id})
+                findings = _latest_findings_of(s, [st.study_uid for st in studies])
+                for st in studies:
+                    order = orders.get(st.order_id) if st.order_id is not None else None
+                    mine = findings.get(st.study_uid, [])
+                    try:
+                        result = self._score_one(st, order, mine, now)
+                    except Exception:  # a bug: this study keeps its score
+                        log.exception("study %s: re-score failed", st.study_uid)
+                        continue
+                    if (
+                        result.score == st.score
+                        and result.priority == st.engine_priority
+                        and result.rules_version == st.rules_version
+                        and json.dumps(result.reasons) == st.reasons
+                    ):
+                        continue
+                    changed += 1
+                    raised, corrected = self._apply(s, st, order, mine, result, now, cause, ref)
+                    notify += raised or corrected
+        except Exception:
+            log.exception("re-score of the open studies (%s) failed; tried again later", cause)
+            return 0
+        if changed:
+            log.info("re-score (%s): %d of the open studies changed", cause, changed)
+        if notify:
+            self.notifier.send_pending()
+        return changed
 
     def _due_retries(self) -> list[str]:
         """AI-pending and failed studies whose retry is due, and any study left COMPLETE (a
@@ -451,3 +612,47 @@ def _finding_signature(findings: list[Finding]) -> str:
 
 def _study(session: Session, study_uid: str) -> Study | None:
     return session.exec(select(Study).where(Study.study_uid == study_uid)).first()
+
+
+def _aware(when: datetime) -> datetime:
+    """A stored time as UTC (SQLite gives it back without its time zone)."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _rule_fields(used: frozenset[str], study: Study, order: Order | None) -> dict[str, str] | None:
+    """The order/study fields the urgency rules test, as text ("" when absent)."""
+    if not used:
+        return None
+    values: dict[str, str] = {}
+    for name in used:
+        where, _, attr = name.partition(".")
+        row: object = study if where == "study" else order
+        value = getattr(row, attr, "") if row is not None else ""
+        values[name] = "" if value is None else str(value)
+    return values
+
+
+def _orders_by_id(session: Session, ids: Iterable[int]) -> dict[int, Order]:
+    wanted = sorted(ids)
+    found: dict[int, Order] = {}
+    for i in range(0, len(wanted), _CHUNK):
+        chunk = wanted[i : i + _CHUNK]
+        for o in session.exec(select(Order).where(col(Order.id).in_(chunk))).all():
+            if o.id is not None:
+                found[o.id] = o
+    return found
+
+
+def _latest_findings_of(session: Session, uids: list[str]) -> dict[str, list[Finding]]:
+    """The newest finding per model of each study (as :func:`latest_findings`), in bulk."""
+    newest: dict[str, dict[str, Finding]] = {}
+    for i in range(0, len(uids), _CHUNK):
+        chunk = uids[i : i + _CHUNK]
+        rows = session.exec(
+            select(Finding)
+            .where(col(Finding.study_uid).in_(chunk))
+            .order_by(col(Finding.created_at).desc(), col(Finding.id).desc())
+        ).all()
+        for f in rows:
+            newest.setdefault(f.study_uid, {}).setdefault(f.model_name, f)
+    return {uid: list(by_model.values()) for uid, by_model in newest.items()}

@@ -24,7 +24,8 @@ def positive(model="ich", p=0.97):
 def test_positive_emergency_head_ct_becomes_stat(rules):
     r = score_study(rules, ordered_priority="R", patient_class="E", findings=[positive()])
     assert r.priority == "S" and r.raised
-    assert any("POSITIVE" in x and "synthetic phantoms" in x for x in r.reasons)
+    assert "ICH 0.97 >= 0.50: +58.2 (POSITIVE, ich 1)" in r.reasons
+    assert any("synthetic phantoms" in x for x in r.reasons)
     assert r.reasons[-1].endswith("(raised from R)")
 
 
@@ -155,3 +156,162 @@ def test_rules_check_names_file_line_and_reason(tmp_path):
     line = _line_of(bad.read_text(), "U: {label: Urgent")
     assert r.returncode == 2
     assert f"triage: error: {bad}:{line}: priority 'U' is not an HL7 table 0027 code" in r.stderr
+
+
+# -- the terms added for issue 15: location, aging, rules, and the reasons ------------------
+
+
+def test_reasons_read_at_a_glance(rules):
+    r = score_study(
+        rules,
+        ordered_priority="R",
+        patient_class="E",
+        findings=[FindingInput("ich", "done", 0.97, True, 0.8, "3")],
+        waiting_minutes=42.5,
+    )
+    assert r.reasons[:3] == [
+        "Ordered priority R (Routine): +20",
+        "Emergency patient (E): +20",
+        "ICH 0.97 >= 0.80: +58.2 (POSITIVE, ich 3)",
+    ]
+    assert "waiting 42 of 30 min: +12" in r.reasons
+    assert r.score == 100.0 and r.reasons[-1] == "Score 100 -> priority S (raised from R)"
+    assert r.rules_version == rules.version_id and r.target_minutes == 30
+    assert [t.kind for t in r.terms] == ["ordered", "class", "finding", "aging"]
+
+
+def test_negative_finding_reason_shows_the_operating_point(rules):
+    r = score_study(
+        rules,
+        ordered_priority="R",
+        patient_class="O",
+        findings=[FindingInput("pe", "done", 0.12, False, 0.6)],
+    )
+    assert "PE 0.12 < 0.60: +0" in r.reasons and r.score == 20
+
+
+def test_aging_counts_whole_minutes_past_the_target_up_to_the_cap(rules):
+    def aged(minutes: float | None) -> float:
+        return score_study(
+            rules, ordered_priority="R", patient_class="E", waiting_minutes=minutes
+        ).score
+
+    assert aged(None) == aged(10) == aged(30) == aged(30.9) == 40
+    assert aged(31) == 41 and aged(42) == 52
+    assert aged(60) == aged(600) == 70  # max_points 30
+    r = score_study(rules, ordered_priority="R", patient_class="E", waiting_minutes=65)
+    assert r.priority == "A" and "waiting 65 of 30 min: +30" in r.reasons
+
+
+def test_icu_location_adds_points_and_shortens_the_target(rules):
+    r = score_study(
+        rules, ordered_priority="R", patient_class="I", location="ICU^12^B", waiting_minutes=45
+    )
+    assert "Intensive care (ICU^12^B): +15" in r.reasons
+    assert r.target_minutes == 30 and "waiting 45 of 30 min: +15" in r.reasons
+    r = score_study(
+        rules, ordered_priority="R", patient_class="I", location="WARD3^12", waiting_minutes=45
+    )
+    assert not any("Intensive care" in x for x in r.reasons) and r.target_minutes == 120
+
+
+def test_rules_match_order_and_dicom_fields(rules):
+    fields = {
+        "order.procedure_text": "CT HEAD TRAUMA",
+        "order.ordering_location": "STROKE^1",
+        "study.modality": "ct",
+    }
+    r = score_study(rules, ordered_priority="R", patient_class="O", fields=fields)
+    assert "trauma: +15" in r.reasons and "stroke pathway: +20" in r.reasons
+    assert r.score == 55 and r.priority == "A"
+    r = score_study(
+        rules, ordered_priority="R", patient_class="O", fields=fields | {"study.modality": "CR"}
+    )
+    assert "trauma: +15" in r.reasons and not any("stroke" in x for x in r.reasons)
+
+
+def test_order_key_priority_then_score_then_completion_then_accession(rules):
+    from datetime import UTC, datetime
+
+    from triage.scoring import order_key
+
+    t1 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
+    t2 = datetime(2025, 1, 1, 11, 0, tzinfo=UTC)
+    rows = [
+        ("R", 40.0, t1, "B", "5"),
+        ("S", 72.0, t2, "A", "1"),
+        ("R", 40.0, t1, "A", "4"),
+        ("R", 40.0, None, "A", "6"),
+        ("A", 60.0, t2, "Z", "2"),
+        ("R", 45.0, t2, "Z", "3"),
+    ]
+    ordered = sorted(rows, key=lambda x: order_key(rules, *x))
+    assert [x[4] for x in ordered] == ["1", "2", "3", "4", "5", "6"]
+    naive = order_key(rules, "R", 40.0, t1.replace(tzinfo=None), "A", "4")
+    assert naive == order_key(rules, "R", 40.0, t1, "A", "4")
+
+
+def test_version_id_is_the_hash_of_the_text(rules):
+    text = RULES.read_text(encoding="utf-8")
+    again = load_urgency_rules(Path("elsewhere.yaml"), text)
+    assert again.version_id == rules.version_id and len(rules.version_id) == 12
+    changed = load_urgency_rules(Path("u.yaml"), text.replace("points: 15\n", "points: 16\n", 1))
+    assert changed.version_id != rules.version_id
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragment", "at"),
+    [
+        (
+            "      order.procedure_text: '\\b(trauma|polytrauma)\\b'",
+            "      order.reason: 'anticoagul'",
+            "unknown field 'order.reason'",
+            "order.reason:",
+        ),
+        (
+            "      order.procedure_text: '\\b(trauma|polytrauma)\\b'",
+            "      order.procedure_text: '(trauma'",
+            "invalid regular expression",
+            "order.procedure_text: '(trauma'",
+        ),
+        (
+            "  - name: trauma\n    points: 15",
+            "  - name: trauma\n    points: -5",
+            "never negative",
+            "points: -5",
+        ),
+        ("  max_points: 30", "  max_points: -1", "never negative", "max_points: -1"),
+        (
+            "  E: {label: Emergency, points: 20, reading_target_minutes: 30}",
+            "  E: {label: Emergency, points: 20, reading_target_minutes: 0}",
+            "must be above 0",
+            "E: {label: Emergency",
+        ),
+        (
+            "  - {min_score: 55, priority: A}",
+            "  - {min_score: 55, priority: A}\n  - {min_score: 60, priority: R}",
+            "a higher score must never give a lower priority",
+            "priority_from_score:",
+        ),
+        (
+            "  - name: stroke pathway",
+            "  - name: trauma",
+            "listed twice",
+            "  - name: trauma",
+        ),
+        ("aging:\n", "aging:\n  every: 5\n", "unknown key 'every' in aging", "every: 5"),
+        (
+            "  - {label: Intensive care, match: '^(ICU",
+            "  - {label: Intensive care, matches: '^(ICU",
+            "unknown key 'matches'",
+            "Intensive care, matches",
+        ),
+    ],
+)
+def test_bad_rules_name_file_line_and_reason(old, new, fragment, at):
+    text = _with(old, new)
+    with pytest.raises(RulesError) as err:
+        load_urgency_rules(Path("site/urgency.yaml"), text)
+    line = max(i for i, x in enumerate(text.splitlines(), 1) if at in x)  # the last one
+    assert fragment in str(err.value)
+    assert str(err.value).startswith(f"site/urgency.yaml:{line}: "), (str(err.value), line)

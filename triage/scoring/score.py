@@ -1,28 +1,49 @@
-"""The scoring function: plain, deterministic, and explained.
+"""The scoring function: plain (no I/O), deterministic, and explained.
 
-Every number that goes into a score is written as a reason, so a radiologist can see why a
-study moved. The engine priority is never lower than the ordered priority.
+Every number that goes into a score is written as a reason a radiologist reads at a glance
+("ICH 0.97 >= 0.80: +58", "emergency patient: +20", "waiting 42 of 30 min: +12"), and the last
+reason is the outcome ("Score 97 -> priority S (raised from R)").
+
+Invariants (tested as properties in tests/scoring/test_properties.py):
+
+- the engine priority is never lower than the ordered priority;
+- more evidence never lowers a score or a priority: a higher probability, a positive instead of
+  a negative result, one more matching rule, a longer wait;
+- a not-assessable or pending AI result never lowers anything (it adds nothing);
+- :func:`order_key` orders studies deterministically: priority, score, completion time,
+  accession number, Study UID.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from triage.scoring.rules import UrgencyRules
 
-SYNTHETIC_NOTE = "model trained on synthetic phantoms; not for clinical use"
+SYNTHETIC_NOTE = "AI models trained on synthetic phantoms; not for clinical use"
 
 
 @dataclass(frozen=True)
 class FindingInput:
     model: str
     status: str  # done, not_assessable, error, pending
-    probability: float | None = None
-    positive: bool = False
-    threshold: float | None = None
+    probability: float | None = None  # calibrated
+    positive: bool = False  # at the model's operating point
+    threshold: float | None = None  # the operating point
     model_version: str = ""
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class ScoreTerm:
+    """One contribution to a score, as the worklist API shows it."""
+
+    kind: str  # ordered, class, location, finding, aging, rule
+    label: str
+    points: float
 
 
 @dataclass(frozen=True)
@@ -32,6 +53,10 @@ class ScoreResult:
     ordered_priority: str
     raised: bool
     reasons: list[str] = field(default_factory=list)
+    terms: tuple[ScoreTerm, ...] = ()
+    waiting_minutes: float | None = None
+    target_minutes: float | None = None
+    rules_version: str = ""
 
 
 def _fmt(x: float) -> str:
@@ -45,69 +70,152 @@ def score_study(
     patient_class: str,
     findings: Sequence[FindingInput] = (),
     ai_pending: bool = False,
+    location: str = "",
+    waiting_minutes: float | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> ScoreResult:
+    """Score one study.
+
+    ``location``: the order's PV1-3 (assigned patient location); ``waiting_minutes``: time since
+    the study completed (None: not known, no aging); ``fields``: the order and study fields the
+    rules test (``order.procedure_text`` -> value; a missing one is empty).
+    """
     reasons: list[str] = []
+    terms: list[ScoreTerm] = []
     level = rules.level(ordered_priority)
     given = (ordered_priority or "").strip().upper()
+    base = level.base
     if given and given in rules.priorities:
-        reasons.append(f"Ordered priority {level.code} ({level.label}): +{_fmt(level.base)}")
+        reasons.append(f"Ordered priority {level.code} ({level.label}): +{_fmt(base)}")
     elif given:
         reasons.append(
             f"Ordered priority {given!r} unknown, taken as {level.code} ({level.label}): "
-            f"+{_fmt(level.base)}"
+            f"+{_fmt(base)}"
         )
     else:
-        reasons.append(
-            f"No ordered priority, taken as {level.code} ({level.label}): +{_fmt(level.base)}"
-        )
-    score = level.base
+        reasons.append(f"No ordered priority, taken as {level.code} ({level.label}): +{_fmt(base)}")
+    terms.append(ScoreTerm("ordered", level.code, base))
+    score = base
 
     pc = (patient_class or "").strip().upper()
     cls = rules.patient_class.get(pc)
     if cls is not None:
-        points = cls.points
-        reasons.append(f"Patient class {cls.code} ({cls.label}): +{_fmt(points)}")
+        reasons.append(f"{cls.label} patient ({cls.code}): +{_fmt(cls.points)}")
+        terms.append(ScoreTerm("class", cls.code, cls.points))
     else:
-        points = rules.unknown_patient_class_points
+        cls = rules.unknown_class
         what = f"{pc!r} not in rules" if pc else "unknown (no order yet)"
-        reasons.append(f"Patient class {what}: +{_fmt(points)}")
-    score += points
+        reasons.append(f"Patient class {what}: +{_fmt(cls.points)}")
+        terms.append(ScoreTerm("class", pc, cls.points))
+    score += cls.points
+    target = cls.target_minutes
 
+    if location:
+        for loc in rules.locations:
+            if loc.pattern.search(location):
+                reasons.append(f"{loc.label} ({location}): +{_fmt(loc.points)}")
+                terms.append(ScoreTerm("location", loc.label, loc.points))
+                score += loc.points
+                if loc.target_minutes is not None:
+                    target = (
+                        loc.target_minutes if target is None else min(target, loc.target_minutes)
+                    )
+                break
+
+    positives = False
     for f in findings:
         weight = rules.findings.get(f.model)
-        label = weight.label if weight else f.model
-        version = f" {f.model_version}" if f.model_version else ""
-        name = f"AI {label} ({f.model}{version})"
+        name = f.model.upper()
         if f.status == "not_assessable":
             reasons.append(
-                f"{name}: not assessable ({f.detail or 'no reason given'}); "
-                "no AI points, listed at ordered priority or above"
+                f"{name} not assessable ({f.detail or 'no reason given'}): +0, "
+                "listed at ordered priority or above"
             )
             continue
         if f.status != "done" or f.probability is None:
-            reasons.append(f"{name}: no result ({f.status}{': ' + f.detail if f.detail else ''})")
+            detail = f": {f.detail}" if f.detail else ""
+            reasons.append(f"{name} no result ({f.status}{detail}): +0")
             continue
-        thr = f" (threshold {f.threshold:.2f})" if f.threshold is not None else ""
+        p = max(0.0, min(1.0, f.probability))
+        thr = f.threshold
         if not f.positive:
-            reasons.append(f"{name}: negative, probability {f.probability:.2f}{thr}: +0")
+            cmp = f" < {thr:.2f}" if thr is not None else " negative"
+            reasons.append(f"{name} {p:.2f}{cmp}: +0")
             continue
         add = weight.points if weight else 0.0
         if weight and weight.scale_by_probability:
-            add *= max(0.0, min(1.0, f.probability))
+            add *= p
+        add = round(add, 1)
         score += add
-        reasons.append(
-            f"{name}: POSITIVE, probability {f.probability:.2f}{thr}: +{_fmt(add)} "
-            f"[{SYNTHETIC_NOTE}]"
-        )
+        positives = True
+        cmp = f" >= {thr:.2f}" if thr is not None else " positive"
+        version = f", {f.model} {f.model_version}" if f.model_version else ""
+        reasons.append(f"{name} {p:.2f}{cmp}: +{_fmt(add)} (POSITIVE{version})")
+        terms.append(ScoreTerm("finding", f.model, add))
+    if positives:
+        reasons.append(SYNTHETIC_NOTE)
     if ai_pending:
         reasons.append("AI pending: listed at ordered priority until the result arrives")
 
+    aging = rules.aging
+    if waiting_minutes is not None and target is not None:
+        waited = max(0.0, waiting_minutes)
+        late = math.floor(waited - target) if waited > target else 0
+        add = min(aging.max_points, late * aging.points_per_minute)
+        if add > 0 or waited > target / 2:  # say nothing of a wait far from its target
+            reasons.append(f"waiting {math.floor(waited)} of {_fmt(target)} min: +{_fmt(add)}")
+        if add > 0:
+            terms.append(ScoreTerm("aging", f"{math.floor(waited)}/{_fmt(target)} min", add))
+            score += add
+
+    if rules.rules:
+        values = fields or {}
+        for rule in rules.rules:
+            if all(c.holds(values.get(c.field, "") or "") for c in rule.conditions):
+                reasons.append(f"{rule.name}: +{_fmt(rule.points)}")
+                terms.append(ScoreTerm("rule", rule.name, rule.points))
+                score += rule.points
+
     score = min(100.0, round(score, 1))
-    from_score = next(code for min_score, code in rules.priority_from_score if score >= min_score)
+    from_score = level.code
+    for min_score, code in rules.priority_from_score:
+        if score >= min_score:
+            from_score = code
+            break
     priority = rules.more_urgent(from_score, level.code)
-    raised = rules.level(priority).rank < level.rank
+    raised = rules.priorities[priority].rank < level.rank
     if raised:
         reasons.append(f"Score {_fmt(score)} -> priority {priority} (raised from {level.code})")
     else:
         reasons.append(f"Score {_fmt(score)} -> priority {priority} (as ordered)")
-    return ScoreResult(score, priority, level.code, raised, reasons)
+    return ScoreResult(
+        score,
+        priority,
+        level.code,
+        raised,
+        reasons,
+        tuple(terms),
+        waiting_minutes,
+        target,
+        rules.version_id,
+    )
+
+
+def order_key(
+    rules: UrgencyRules,
+    priority: str,
+    score: float,
+    completed_at: datetime | None,
+    accession: str,
+    study_uid: str,
+) -> tuple[int, float, int, str, str, str]:
+    """Worklist order, most urgent first: priority, then score (higher first), then completion
+    time (earlier first; unknown last), then accession number, then Study UID (a total order:
+    the same studies always come out the same way, whatever order they were read in)."""
+    if completed_at is None:
+        when, stamp = 1, ""
+    else:
+        if completed_at.tzinfo is not None:
+            completed_at = completed_at.astimezone(UTC).replace(tzinfo=None)
+        when, stamp = 0, completed_at.isoformat()
+    return (rules.level(priority).rank, -score, when, stamp, accession, study_uid)

@@ -7,6 +7,8 @@
 - ``Finding``: one model result for one study.
 - ``OutboundMessage``: every ORM/OMI/ORU we sent (or tried to send) to the RIS, with its ACK.
 - ``OutboxAction``: what was done to an outbox message (retry, discard, dead letter), by whom.
+- ``PriorityChange``: every change of a study's engine priority, with its cause (scoring).
+- ``RulesVersion``: every urgency rules text the engine has put in force, by its id (scoring).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class Study(SQLModel, table=True):
     ai_status: str = ""  # "", pending, done, not_assessable, error
     analyzed_fingerprint: str = ""  # hash of the instance set the last analysis saw
     sent_finding: str = ""  # AI result last told to the RIS (model:positive|negative|...)
+    rules_version: str = ""  # id of the urgency rules version that gave the current score
 
 
 class Order(SQLModel, table=True):
@@ -181,3 +184,30 @@ class OutboxAction(SQLModel, table=True):
     from_status: str = ""
     to_status: str = ""
     note: str = ""
+
+
+class PriorityChange(SQLModel, table=True):
+    """One change of a study's engine priority: when, from, to, why and what caused it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_uid: str = Field(index=True, max_length=64)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    from_priority: str = ""  # "" for the first score of a study
+    to_priority: str = ""
+    from_score: float | None = None
+    to_score: float = 0.0
+    cause: str = ""  # completed, finding, order, aging, rules (see triage.scoring.history)
+    cause_ref: str = ""  # the finding id, order id or rules version id, when there is one
+    rules_version: str = ""  # the urgency rules version id that gave the new score
+    reasons: str = "[]"  # JSON list: the reasons of the new score
+    announced: str = ""  # the priority the RIS has been sent after this change ("" none)
+
+
+class RulesVersion(SQLModel, table=True):
+    """An urgency rules text the engine has put in force, remembered by its id (a hash)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    version_id: str = Field(index=True, unique=True, max_length=64)
+    path: str = ""
+    text: str = ""
+    first_loaded_at: datetime = Field(default_factory=utcnow)
