@@ -180,3 +180,34 @@ def test_rejection_carries_the_ris_error_text(server: Callable[[Reply], TinyServ
     with pytest.raises(RISNegativeAck) as info:
         send_and_check("127.0.0.1", srv.port, MESSAGE, timeout=5)
     assert info.value.detail == "Unknown order" and info.value.ack_code == "AE"
+
+
+def test_replies_that_arrive_in_one_read_are_all_returned(
+    server: Callable[[Reply], TinyServer],
+) -> None:
+    """A peer that answers two pipelined messages in one write: both replies reach the
+    caller, in order (the first read used to keep the first frame and drop the second)."""
+    second = MESSAGE.replace("OUT0001", "OUT0002")
+
+    def both_at_once(text: str) -> bytes:
+        if "OUT0001" in text:
+            return b""  # held back: answered together with the second
+        return frame(build_ack(MESSAGE, "AA").encode()) + frame(build_ack(second, "AA").encode())
+
+    srv = server(both_at_once)
+    with MLLPConnection("127.0.0.1", srv.port, timeout=2.0) as conn:
+        conn.send(MESSAGE, second)  # two frames in one write
+        first_ack, second_ack = conn.receive(), conn.receive()
+    assert "|OUT0001" in first_ack.split("\r")[1]
+    assert "|OUT0002" in second_ack.split("\r")[1]
+
+
+def test_exchange_keeps_a_reply_that_came_early(server: Callable[[Reply], TinyServer]) -> None:
+    """Two replies in one write to one message: the next exchange gets the second one at
+    once instead of waiting for a reply that was already read and dropped."""
+    second = MESSAGE.replace("OUT0001", "OUT0002")
+    replies = frame(build_ack(MESSAGE, "AA").encode()) + frame(build_ack(second, "AA").encode())
+    srv = server(lambda text: replies if "OUT0001" in text else b"")
+    with MLLPConnection("127.0.0.1", srv.port, timeout=1.0) as conn:
+        assert "|OUT0001" in conn.exchange(MESSAGE).split("\r")[1]
+        assert "|OUT0002" in conn.exchange(second).split("\r")[1]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections import deque
 
 from triage.errors import RISRejected, RISUnavailable
 from triage.hl7.ack import read_ack
@@ -60,6 +61,7 @@ class MLLPConnection:
         self.port = port
         self.timeout = timeout
         self._decoder = MLLPDecoder(MAX_ACK_BYTES)
+        self._pending: deque[bytes] = deque()  # replies decoded but not yet returned
         try:
             self._sock: socket.socket | None = socket.create_connection(
                 (host, port), timeout=timeout
@@ -75,33 +77,57 @@ class MLLPConnection:
         self.close()
 
     def close(self) -> None:
+        self._pending.clear()
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
 
     def exchange(self, message: str | bytes) -> str:
         """Send one message (str: UTF-8) and return the text of the next framed reply."""
-        if self._sock is None:
-            raise RISUnavailable(f"connection to {self.host}:{self.port} is closed")
-        data = frame(message.encode("utf-8") if isinstance(message, str) else message)
+        self.send(message)
+        return self.receive()
+
+    def send(self, *messages: str | bytes) -> None:
+        """Send ``messages`` (str: UTF-8), each framed, in one write (a peer may pipeline:
+        :meth:`receive` then returns their replies in turn)."""
+        sock = self._open()
+        data = b"".join(frame(m.encode("utf-8") if isinstance(m, str) else m) for m in messages)
+        try:
+            sock.settimeout(self.timeout)
+            sock.sendall(data)  # from here on, a failure may leave the messages stored
+        except OSError as exc:
+            self.close()
+            raise RISNoAck(f"{self.host}:{self.port}: no ACK: {exc}") from exc
+
+    def receive(self) -> str:
+        """The text of the next framed reply. Replies that arrived together in one read are
+        kept, in order, for the next calls: none is lost when a peer answers several
+        pipelined messages in one write."""
+        if self._pending:
+            return decode_text(self._pending.popleft())
+        sock = self._open()
         deadline = time.monotonic() + self.timeout
         try:
-            # from here on, a failure may leave the message stored by the RIS
-            self._sock.sendall(data)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError("no ACK within the timeout")
-                self._sock.settimeout(remaining)
-                chunk = self._sock.recv(65536)
+                sock.settimeout(remaining)
+                chunk = sock.recv(65536)
                 if not chunk:
                     raise ConnectionError("connection closed before a complete ACK")
                 frames = self._decoder.feed(chunk)
                 if frames:
+                    self._pending.extend(frames[1:])
                     return decode_text(frames[0])
         except (OSError, MLLPError) as exc:
             self.close()
             raise RISNoAck(f"{self.host}:{self.port}: no ACK: {exc}") from exc
+
+    def _open(self) -> socket.socket:
+        if self._sock is None:
+            raise RISUnavailable(f"connection to {self.host}:{self.port} is closed")
+        return self._sock
 
     @property
     def is_open(self) -> bool:

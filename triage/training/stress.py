@@ -317,6 +317,7 @@ def run_stress(
 
 def write_stress(out_dir: Path, results: list[TaskStress], scorer: str = "Triton") -> Path:
     from triage.training.plot import bars_png
+    from triage.training.validate import git_commit
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for r in results:
@@ -332,6 +333,7 @@ def write_stress(out_dir: Path, results: list[TaskStress], scorer: str = "Triton
         "note": "synthetic phantoms; not for clinical use",
         "date": time.strftime("%Y-%m-%d"),
         "scorer": scorer,
+        "commit": git_commit(),  # the generator's and the models' code
         "seed0": STRESS_SEED0,
         "target": STRESS_TARGET,
         "results": [r.as_json() for r in results],

@@ -746,7 +746,8 @@ def stress_markdown(payload: dict[str, Any]) -> list[str]:
     from triage.training.stress import STRESS_TARGET
 
     lines = [
-        f"## Stress suite ({payload.get('date', '?')}, {payload.get('scorer', 'Triton')})",
+        f"## Stress suite ({payload.get('date', '?')}, {payload.get('scorer', 'Triton')}, "
+        f"commit {payload.get('commit', '?')})",
         "",
         f"Frozen: seeds {payload['seed0']:,}+ (half positive), the perturbations of "
         "`triage/training/perturb.py` at fixed strengths, applied to the acquired slices at "
