@@ -39,7 +39,7 @@ from triage.ingest.hl7_listener import HL7Listener
 from triage.outbound.ris import RISNotifier
 from triage.pipeline import Pipeline
 from triage.routing import load_routing_rules
-from triage.scoring import load_urgency_rules
+from triage.scoring import UrgencyRulesWatcher, load_urgency_rules
 from triage.store import Database, Order, Study, StudyState
 from triage.store.models import utcnow
 
@@ -63,6 +63,10 @@ class Engine:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.routing = load_routing_rules(settings.rules_dir / "routing.yaml")
         self.urgency = load_urgency_rules(settings.rules_dir / "urgency.yaml")
+        # a changed urgency.yaml is put in force at the next tick (a bad one refused, logged)
+        self.rules_watcher = UrgencyRulesWatcher(
+            settings.rules_dir / "urgency.yaml", initial=self.urgency
+        )
         self.db = Database(settings.resolved_database_url)
         self.db.create_all()
         self.triton: LocalTriton | None = None
@@ -99,6 +103,7 @@ class Engine:
             ),
             retry_seconds=settings.retry_seconds,
             match_window_hours=settings.order_match_window_hours,
+            rules_watcher=self.rules_watcher,
         )
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(1)},
@@ -298,7 +303,7 @@ class Engine:
     async def run(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        app = create_app(self.db, self.urgency, self.health, s.data_dir)
+        app = create_app(self.db, lambda: self.pipeline.urgency, self.health, s.data_dir)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -16,6 +16,7 @@ from ris_peer import FakeRIS
 from sqlmodel import col, select
 from test_pipeline import ScriptedAnalyzer, add_order, add_study, positive, study
 
+from triage.api.worklist import worklist
 from triage.completion import CompletionPolicy
 from triage.config import load_settings
 from triage.errors import RulesError
@@ -143,6 +144,16 @@ def test_aging_lifts_a_waiting_study_on_a_tick(tmp_path, ris):
     assert any("waiting 45 of 30 min: +15" in r for r in json.loads(last.reasons))
     assert len(orms(db)) == 1 and "|A" in orms(db)[0]
     assert len(ris.messages) == 2  # the ORM, and the AI result the RIS had not been told
+
+    with db.session() as sess:  # the worklist API shows the reasons and the history
+        (item,) = worklist(sess, p.urgency, now=clock.now)
+    assert "waiting 45 of 30 min: +15" in item["reasons"]
+    assert item["waiting_minutes"] == 45.5 and item["rules_version"] == p.urgency.version_id
+    assert [(c["from"], c["to"], c["cause"]) for c in item["priority_changes"]] == [
+        ("R", "A", "aging"),
+        ("", "R", "finding"),
+    ]
+    assert item["engine_priority"] == "A" and item["score"] == 55  # the old fields stay
 
     clock.advance(600)  # capped at +30: no new change, nothing more sent
     p.tick()

@@ -24,9 +24,15 @@ HealthProbe = Callable[[], dict[str, dict[str, Any]]]
 
 
 def create_app(
-    db: Database, rules: UrgencyRules, health: HealthProbe, data_dir: Path | None = None
+    db: Database,
+    rules: UrgencyRules | Callable[[], UrgencyRules],
+    health: HealthProbe,
+    data_dir: Path | None = None,
 ) -> FastAPI:
-    """``data_dir``: where key images live (None: the key-image endpoint always answers 404)."""
+    """``rules``: the urgency rules, or a function giving the rules in force (they change
+    while the engine runs); ``data_dir``: where key images live (None: the key-image endpoint
+    always answers 404)."""
+    current_rules = rules if callable(rules) else (lambda: rules)
     app = FastAPI(title="Triage engine", version=__version__, docs_url=None, redoc_url=None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -51,7 +57,7 @@ def create_app(
     @app.get("/api/worklist")
     def get_worklist() -> dict[str, Any]:
         with db.session() as s:
-            items = worklist(s, rules)
+            items = worklist(s, current_rules())
         return {"notice": SYNTHETIC_NOTICE, "count": len(items), "studies": items}
 
     @app.get("/api/studies/{study_uid}/key-image", response_model=None)

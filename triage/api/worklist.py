@@ -1,14 +1,20 @@
-"""The worklist view: open studies, most urgent first, each with why it is where it is."""
+"""The worklist view: open studies, most urgent first, each with why it is where it is.
+
+Order: engine priority, then score (higher first), then completion time (earlier first), then
+accession number, then Study UID (:func:`triage.scoring.order_key`): the same studies always
+come out in the same order.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from triage.scoring import UrgencyRules
-from triage.store.models import Finding, Order, Study
+from triage.scoring import UrgencyRules, order_key
+from triage.store.models import Finding, Order, PriorityChange, Study
 from triage.store.repo import study_reasons
 
 SYNTHETIC_NOTICE = (
@@ -17,8 +23,18 @@ SYNTHETIC_NOTICE = (
 )
 
 
-def worklist(session: Session, rules: UrgencyRules) -> list[dict[str, Any]]:
-    """Every study, sorted by engine priority (S first), then score, then arrival."""
+HISTORY_SHOWN = 5  # the last engine priority changes listed per study
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def worklist(
+    session: Session, rules: UrgencyRules, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Every study, most urgent first (:func:`triage.scoring.order_key`)."""
+    now = now or datetime.now(UTC)
     studies = session.exec(select(Study)).all()
     findings: dict[str, dict[str, Finding]] = {}
     for f in session.exec(select(Finding).order_by(Finding.created_at, Finding.id)).all():  # type: ignore[arg-type]
@@ -28,13 +44,24 @@ def worklist(session: Session, rules: UrgencyRules) -> list[dict[str, Any]]:
         if o.accession_number:
             orders[o.accession_number] = o
 
-    def key(st: Study) -> tuple[int, float, str]:
+    history: dict[str, list[PriorityChange]] = {}
+    changes = session.exec(select(PriorityChange).order_by(col(PriorityChange.id).desc()))
+    for ch in changes.all():
+        shown = history.setdefault(ch.study_uid, [])
+        if len(shown) < HISTORY_SHOWN:
+            shown.append(ch)
+
+    def key(st: Study) -> tuple[int, float, int, str, str, str]:
         code = st.engine_priority or st.ordered_priority
-        return (rules.level(code).rank, -st.score, st.first_received_at.isoformat())
+        return order_key(rules, code, st.score, st.completed_at, st.accession_number, st.study_uid)
 
     items = []
     for st in sorted(studies, key=key):
         order = orders.get(st.accession_number)
+        since = st.completed_at
+        waiting = (
+            round((now - _aware(since)).total_seconds() / 60.0, 1) if since is not None else None
+        )
         items.append(
             {
                 "accession_number": st.accession_number,
@@ -74,6 +101,22 @@ def worklist(session: Session, rules: UrgencyRules) -> list[dict[str, Any]]:
                     for f in findings.get(st.study_uid, {}).values()
                 ],
                 "reasons": study_reasons(st),
+                "completed_at": _aware(since).isoformat() if since is not None else None,
+                "waiting_minutes": waiting,
+                "rules_version": st.rules_version,
+                "priority_changes": [
+                    {
+                        "at": _aware(ch.at).isoformat(),
+                        "from": ch.from_priority,
+                        "to": ch.to_priority,
+                        "score": ch.to_score,
+                        "cause": ch.cause,
+                        "cause_ref": ch.cause_ref,
+                        "rules_version": ch.rules_version,
+                        "announced": ch.announced,
+                    }
+                    for ch in history.get(st.study_uid, [])
+                ],
             }
         )
     return items
