@@ -1,4 +1,4 @@
-"""ER7 codec benchmark: our splitter (triage.hl7.parse) against python-hl7 (the ``hl7`` package),
+"""ER7 codec benchmark: our splitter (triage.hl7.codec) against python-hl7 (the ``hl7`` package),
 the same messages, side by side in one run.
 
     .venv/bin/python benchmarks/bench_hl7_codec.py              # timings, agreement, ratios
@@ -47,7 +47,7 @@ import hl7  # noqa: E402  (python-hl7)
 from hl7 import util as hl7_util  # noqa: E402
 
 from triage.errors import HL7ParseError  # noqa: E402
-from triage.hl7.parse import (  # noqa: E402
+from triage.hl7.codec import (  # noqa: E402
     Delimiters,
     Message,
     Segment,

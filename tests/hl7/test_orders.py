@@ -5,51 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hl7_samples import hapi_messages, own, shared
 
-from triage.errors import HL7Error, HL7ParseError
-from triage.hl7.parse import (
-    escape,
-    infer_modality,
-    normalise_priority,
-    parse_order,
-    parse_orders,
-    peek_header,
-    read_header,
-    split_message,
-    unescape,
-)
-
-DATA = Path(__file__).resolve().parent.parent / "data" / "hl7"
-
-
-def own(name: str) -> str:
-    return (DATA / name).read_text(encoding="utf-8")
-
-
-def shared(shared_data: Path, rel: str) -> str:
-    return (shared_data / "hl7" / rel).read_bytes().decode("utf-8")
-
-
-def hapi_messages(shared_data: Path) -> list[str]:
-    """messages.txt: LF line ends, messages separated by blank lines and comment lines (and in
-    one place by nothing: a new MSH starts the next message)."""
-    text = shared(shared_data, "hapi-hl7v2/messages.txt")
-    blocks: list[str] = []
-    cur: list[str] = []
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith(("//", "/*", "*")):
-            if cur:
-                blocks.append("\n".join(cur))
-                cur = []
-            continue
-        if line.startswith("MSH") and cur:
-            blocks.append("\n".join(cur))
-            cur = []
-        cur.append(line)
-    if cur:
-        blocks.append("\n".join(cur))
-    return blocks
-
+from triage.errors import HL7Error
+from triage.hl7.codec import split_message
+from triage.hl7.header import read_header
+from triage.hl7.orders import parse_order, parse_orders
 
 # -- our own samples -------------------------------------------------------------------------
 
@@ -212,46 +173,6 @@ def test_hapi_messages_txt_orms(shared_data: Path) -> None:
 # -- errors ----------------------------------------------------------------------------------
 
 
-def test_garbage_is_a_parse_error() -> None:
-    with pytest.raises(HL7ParseError) as info:
-        parse_order(own("garbage.hl7"))
-    assert info.value.ack_code == "AR"
-    assert peek_header(own("garbage.hl7")) is None
-
-
-def test_bad_encoding_characters_are_a_parse_error() -> None:
-    raw = own("orm_nw_v251.hl7").replace("MSH|^~\\&|", "MSH|^^\\&|", 1)
-    with pytest.raises(HL7ParseError) as info:
-        parse_order(raw)
-    assert info.value.hl7_code == 102 and info.value.location == "MSH^1^2"
-    assert peek_header(raw) is not None and peek_header(raw).control_id == "RIS00000101"  # type: ignore[union-attr]
-
-
-def test_non_order_type_is_200() -> None:
-    with pytest.raises(HL7Error) as info:
-        parse_order(own("adt_a01_v251.hl7"))
-    assert (info.value.ack_code, info.value.hl7_code) == ("AE", 200)
-
-
-def test_wrong_event_is_201() -> None:
-    raw = own("orm_nw_v251.hl7").replace("ORM^O01^ORM_O01", "ORM^O02", 1)
-    with pytest.raises(HL7Error) as info:
-        parse_order(raw)
-    assert info.value.hl7_code == 201
-
-
-@pytest.mark.parametrize("version", ["2.1", "3.0", "2.7"])
-def test_unsupported_version_is_203(version: str) -> None:
-    raw = own("orm_nw_v251.hl7").replace("|P|2.5.1|", f"|P|{version}|", 1)
-    with pytest.raises(HL7Error) as info:
-        parse_order(raw)
-    assert (info.value.ack_code, info.value.hl7_code, info.value.location) == (
-        "AE",
-        203,
-        "MSH^1^12",
-    )
-
-
 def test_missing_control_id_and_order_control_are_101() -> None:
     with pytest.raises(HL7Error) as info:
         parse_order(own("orm_nw_v251.hl7").replace("RIS00000101", "", 1))
@@ -263,38 +184,3 @@ def test_missing_control_id_and_order_control_are_101() -> None:
     with pytest.raises(HL7Error) as info:
         parse_order(no_orc)
     assert info.value.hl7_code == 101
-
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
-def test_escape_roundtrip() -> None:
-    text = "a|b^c&d~e\\f\nnext"
-    enc = escape(text)
-    assert enc == "a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f\\.br\\next"
-    assert unescape(enc) == text
-    assert unescape("\\X41\\BC\\H\\x\\N\\") == "ABCx"
-
-
-@pytest.mark.parametrize(
-    ("value", "code"),
-    [
-        ("S", "S"),
-        ("stat", "S"),
-        ("ASAP", "A"),
-        ("R", "R"),
-        ("Routine", "R"),
-        ("T", "T"),
-        ("D", ""),
-        ("", ""),
-    ],
-)
-def test_normalise_priority(value: str, code: str) -> None:
-    assert normalise_priority(value) == code
-
-
-def test_infer_modality() -> None:
-    assert infer_modality("CT pulmonary angiogram") == "CT"
-    assert infer_modality("MRI brain") == "MR"
-    assert infer_modality("X-RAY ANKLE 3+ VW") == "DX"
-    assert infer_modality("KNEE-RIGHT AP LAT") == ""

@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 from triage.errors import HL7Error
-from triage.hl7.parse import MessageHeader, escape, peek_header, split_message
+from triage.hl7.codec import escape, split_message
+from triage.hl7.header import MessageHeader, peek_header
 
 DEFAULT_VERSION = "2.5.1"
 ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})

@@ -15,21 +15,17 @@ from dataclasses import dataclass, field
 
 from triage.errors import HL7Error
 from triage.hl7.ack import ack_for_error, build_ack
-from triage.hl7.mapping import DEFAULT_MAPPING, HL7Mapping
-from triage.hl7.parse import (
-    DEFAULT_FIELD_MAP,
-    FieldMap,
+from triage.hl7.codec import normalise_segments
+from triage.hl7.fieldmap import DEFAULT_FIELD_MAP, FieldMap
+from triage.hl7.header import (
     MessageHeader,
-    ParsedOrder,
-    PatientUpdate,
     check_order_header,
     check_required_header,
     message_of,
-    normalise_segments,
-    orders_of,
-    patient_update_of,
     peek_header,
 )
+from triage.hl7.mapping import DEFAULT_MAPPING, HL7Mapping
+from triage.hl7.orders import ParsedOrder, PatientUpdate, orders_of, patient_update_of
 
 # HL7 table 0211 (character sets) -> Python codec
 CHARSETS = {

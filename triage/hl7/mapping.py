@@ -22,7 +22,7 @@ go. The mapping file lets an integration engineer say it per sender without code
 
 A source is ``SEG-n`` (the whole field, components joined with ``^``) or ``SEG-n.c`` (one
 component). Fields a sender entry does not name come from ``defaults``, then the built-in
-defaults (:data:`triage.hl7.parse.DEFAULT_SOURCES`). The first sender whose ``match`` fits the
+defaults (:data:`triage.hl7.fieldmap.DEFAULT_SOURCES`). The first sender whose ``match`` fits the
 message is used. The file is validated on load; an error names the file and line.
 """
 
@@ -33,15 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from triage.errors import RulesError
-from triage.hl7.parse import (
+from triage.hl7.fieldmap import (
     DEFAULT_FIELD_MAP,
     DEFAULT_SOURCES,
     MAPPED_FIELDS,
-    PRIORITY_CODES,
     FieldMap,
     FieldRef,
-    MessageHeader,
 )
+from triage.hl7.header import MessageHeader
+from triage.priority import PRIORITY_CODES
 from triage.yamlfile import LineDict, check_keys, load_yaml, require
 
 TOP_KEYS = {"version", "defaults", "senders", "outbound"}
