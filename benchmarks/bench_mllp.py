@@ -345,7 +345,7 @@ def steps(n: int) -> None:
                 db.create_all()
                 store = MessageStore(settings, db)
                 store.store_batch(evs[n : n + 1], ["bench"])  # opens the connection
-                store._connection().execute(f"PRAGMA synchronous={sync}")
+                store.rows.connection().execute(f"PRAGMA synchronous={sync}")
 
                 def run(store: MessageStore = store, batch: int = batch) -> None:
                     for i in range(0, n, batch):

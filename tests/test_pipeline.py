@@ -23,8 +23,8 @@ from triage.pipeline import MAX_FAILURES, Analysis, Pipeline
 from triage.routing import load_routing_rules
 from triage.scoring import load_urgency_rules
 from triage.store import Database, Instance, Order, OutboundMessage, Study, StudyState
+from triage.store.instances import record_instance
 from triage.store.models import utcnow
-from triage.store.repo import record_instance
 
 NEGATIVE = Analysis("ich", "ich-test-1", "done", 0.1, False, 0.5, 3, "1.2.3.4")
 

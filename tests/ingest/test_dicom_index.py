@@ -1,5 +1,6 @@
-"""The SCP's index writer: its fast path does what repo.record_instance does, and the
-start-up recovery indexes what a crash left unindexed (and only that)."""
+"""The SCP's index: the start-up recovery indexes what a crash left unindexed (and only that),
+and acknowledged rows whose commit failed are owed until they commit (the SQL itself is
+tested in tests/store/test_instances.py)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,9 @@ from triage.ingest.dicom_files import (
     safe_instance_path,
 )
 from triage.ingest.dicom_index import InstanceIndex
-from triage.store import repo
 from triage.store.db import Database
 from triage.store.durable import write_instance_file
-from triage.store.models import Instance, Study, StudyState, utcnow
+from triage.store.models import Instance, Study, utcnow
 from triage.synth import write_head_ct
 
 
@@ -54,90 +54,6 @@ def _row(n: int, study: str, modality: str, when: Any, **extra: Any) -> dict[str
         "received_at": when,
         **extra,
     }
-
-
-_SEQUENCE = [  # (instance, study, modality, seconds after t0, study attributes)
-    (1, "9.1", "SR", 0, {"patient_id": "", "accession_number": "ACC1"}),
-    (2, "9.1", "CT", 5, {"patient_id": "P1", "body_part": "HEAD"}),
-    (3, "9.1", "CT", 3, {"patient_id": "OTHER", "study_description": "CT HEAD"}),  # older
-    (4, "9.2", "OT", 1, {}),
-    (5, "9.2", "MR", 2, {"contrast_agent": "GAD"}),
-    (2, "9.1", "CT", 9, {}),  # duplicate SOP: nothing changes
-    (6, "9.1", "PR", 20, {}),  # after completion: back to RECEIVING
-]
-
-
-def _apply_with_record_instance(db: Database, rows: list[tuple[dict[str, Any], dict]]) -> None:
-    for i, (row, attrs) in enumerate(rows):
-        with db.session() as s:
-            repo.record_instance(s, Instance(**row), attrs)
-        if i == 4:
-            _complete(db, "9.1")
-
-
-def _apply_with_index(db: Database, rows: list[tuple[dict[str, Any], dict]]) -> list[bool]:
-    index = InstanceIndex(db)
-    results = []
-    for i, (row, attrs) in enumerate(rows):
-        results.append(index.record(dict(row), attrs))
-        if i == 4:
-            _complete(db, "9.1")
-    index.close()
-    return results
-
-
-def _complete(db: Database, study_uid: str) -> None:
-    with db.session() as s:
-        st = s.exec(select(Study).where(Study.study_uid == study_uid)).one()
-        st.state = StudyState.COMPLETE
-        s.add(st)
-
-
-def _snapshot(db: Database) -> tuple[list[dict], list[dict]]:
-    with db.session() as s:
-        insts = [i.model_dump(exclude={"id"}) for i in s.exec(select(Instance)).all()]
-        studies = [
-            st.model_dump(exclude={"id", "first_received_at"})
-            for st in s.exec(select(Study).order_by(Study.study_uid)).all()
-        ]
-    return sorted(insts, key=lambda r: r["sop_instance_uid"]), studies
-
-
-def test_fast_path_matches_record_instance(tmp_path: Path) -> None:
-    t0 = utcnow()
-    rows = [
-        (_row(n, study, mod, t0 + timedelta(seconds=dt)), attrs)
-        for n, study, mod, dt, attrs in _SEQUENCE
-    ]
-    a, b = _db(tmp_path / "a.db"), _db(tmp_path / "b.db")
-    _apply_with_record_instance(a, rows)
-    results = _apply_with_index(b, rows)
-    assert results == [True, True, True, True, True, False, True]
-    assert _snapshot(a) == _snapshot(b)
-    (_, studies) = _snapshot(b)
-    first = studies[0]
-    assert first["modality"] == "CT" and first["modalities"] == "CT\\PR\\SR"
-    assert first["patient_id"] == "P1" and first["state"] == "receiving"
-    assert first["instance_count"] == 4
-    a.dispose()
-    b.dispose()
-
-
-def test_fast_path_is_used_for_known_studies(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    db = _db(tmp_path / "t.db")
-    index = InstanceIndex(db)
-    t0 = utcnow()
-    assert index.record(_row(1, "9.9", "CT", t0), {})  # new study: record_instance
-    calls: list[int] = []
-    monkeypatch.setattr(repo, "record_instance", lambda *a: calls.append(1) or True)
-    assert index.record(_row(2, "9.9", "CT", t0), {})
-    assert calls == []
-    ((sync,),) = index._raw().execute("PRAGMA synchronous").fetchall()
-    assert sync == 1  # NORMAL on the index connection only
-    index.close()
-    db.dispose()
 
 
 # --------------------------------------------------------------------------- recovery

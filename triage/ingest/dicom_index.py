@@ -20,43 +20,31 @@ temp files and files that are not a complete, well-formed instance: those were n
 acknowledged). A commit with ``synchronous=FULL`` would cost a second flush of the disk cache
 per instance (as much again as the file's own fsync); measured in docs/performance.md.
 
-The common case (a new instance of a study already known) is written with three statements
-on the raw SQLite connection, in one ``BEGIN IMMEDIATE`` transaction; it does exactly what
-:func:`triage.store.repo.record_instance` does for an existing study (a test runs both on the
-same inputs and compares the rows). A new study, and any non-SQLite database, go through
-``record_instance`` itself (which also links the order).
+The rows are written by :class:`triage.store.instances.InstanceWriter` (the SQL, its fast
+path for a known study, and the translation of database errors live in :mod:`triage.store`);
+this module adds the rows owed and the recovery.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
-
 from triage.errors import DicomIngestError, StoreError
 from triage.ingest.dicom_files import DICOM_SUBDIR, is_valid_uid, read_instance_file
-from triage.store import repo
 from triage.store.db import Database
-from triage.store.models import Instance, Study, StudyState
+from triage.store.instances import InstanceWriter
 
 log = logging.getLogger(__name__)
 
 #: Files whose directory changed up to this long before the newest indexed instance are
 #: checked by :meth:`InstanceIndex.recover` (covers clock steps and slow concurrent stores).
 RECOVERY_MARGIN = timedelta(minutes=10)
-
-_REPLACEABLE_MODALITIES = ("SR", "PR", "KO", "OT")  # as in repo.record_instance
-_STUDY_READ: tuple[str, ...] = ("id", *repo.STUDY_FIELDS, "modality", "modalities")
-_STUDY_READ += ("instance_count", "last_received_at", "state")
 
 
 @dataclass
@@ -73,151 +61,27 @@ class RecoveryReport:
 
 
 class InstanceIndex:
-    """Writes the index rows of received instances. Thread-safe (one connection, a lock)."""
+    """Writes the index rows of received instances (:class:`InstanceWriter`), keeps those
+    whose commit failed, and recovers after a crash. Thread-safe."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._lock = threading.Lock()
-        self._conn: Connection | None = None
-        self._fast = db.engine.dialect.name == "sqlite"
-        dialect = db.engine.dialect
-        self._inst_cols = [c for c in Instance.__table__.columns if c.name != "id"]  # type: ignore[attr-defined]
-        self._inst_bind = [
-            c.type.dialect_impl(dialect).bind_processor(dialect) for c in self._inst_cols
-        ]
-        study_cols = Study.__table__.columns  # type: ignore[attr-defined]
-        when = study_cols["last_received_at"].type.dialect_impl(dialect)
-        self._when_bind = when.bind_processor(dialect)
-        self._when_result = when.result_processor(dialect, None)
-        names = ", ".join(c.name for c in self._inst_cols)
-        marks = ", ".join("?" for _ in self._inst_cols)
-        self._insert_sql = f"INSERT INTO instance ({names}) VALUES ({marks})"
-        self._study_sql = f"SELECT {', '.join(_STUDY_READ)} FROM study WHERE study_uid = ?"
+        self.writer = InstanceWriter(db)
         # Rows of acknowledged instances whose commit failed (see record_acknowledged).
         self._owed: list[tuple[dict[str, Any], dict[str, str]]] = []
         self._owed_lock = threading.Lock()
 
-    # ------------------------------------------------------------------ connection
-
-    def _connection(self) -> Connection:
-        if self._conn is None:
-            try:
-                conn = self.db.engine.connect()
-                if self._fast:
-                    conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
-                    conn.commit()
-            except SQLAlchemyError as exc:
-                raise StoreError(f"cannot open the index connection: {exc}") from exc
-            self._conn = conn
-        return self._conn
-
-    def _raw(self) -> sqlite3.Connection:
-        raw = self._connection().connection.dbapi_connection
-        assert isinstance(raw, sqlite3.Connection)
-        return raw
-
     def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
-
-    # ------------------------------------------------------------------ queries
+        self.writer.close()
 
     def is_stored(self, sop_instance_uid: str) -> bool:
         """True when an instance with this SOP Instance UID is indexed."""
-        with self._lock:
-            try:
-                if self._fast:
-                    raw = self._raw()
-                    row = raw.execute(
-                        "SELECT 1 FROM instance WHERE sop_instance_uid = ?", (sop_instance_uid,)
-                    ).fetchone()
-                    return row is not None
-                conn = self._connection()
-                found = conn.execute(
-                    text("SELECT 1 FROM instance WHERE sop_instance_uid = :u"),
-                    {"u": sop_instance_uid},
-                ).first()
-                conn.rollback()
-                return found is not None
-            except (sqlite3.Error, SQLAlchemyError) as exc:
-                self._reset()
-                raise StoreError(f"database error: {exc}") from exc
+        return self.writer.is_stored(sop_instance_uid)
 
     def record(self, row: dict[str, Any], study_attrs: dict[str, str]) -> bool:
-        """Index an instance and update its study, committed. ``row`` holds ``Instance``
-        columns (at least the header fields, ``path``, ``size_bytes``, ``calling_ae`` and an
-        aware ``received_at``; others take the model's defaults). False: the SOP UID is
-        already indexed (nothing changed). Raises :class:`StoreError`."""
-        with self._lock:
-            try:
-                if self._fast:
-                    done = self._record_fast(row, study_attrs)
-                    if done is not None:
-                        return done
-                return self._record_orm(Instance(**row), study_attrs)
-            except (sqlite3.Error, SQLAlchemyError) as exc:
-                self._reset()
-                raise StoreError(f"database error: {exc}") from exc
-
-    def _reset(self) -> None:
-        """After an error: roll back whatever is open and start again with a new connection."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                raw = conn.connection.dbapi_connection
-                if isinstance(raw, sqlite3.Connection) and raw.in_transaction:
-                    raw.rollback()
-                conn.close()
-            except Exception as exc:  # the connection may be broken; it is dropped anyway
-                log.debug("closing the index connection after an error: %s", exc)
-
-    def _record_orm(self, inst: Instance, study_attrs: dict[str, str]) -> bool:
-        with Session(bind=self._connection(), expire_on_commit=False) as session:
-            try:
-                new = repo.record_instance(session, inst, study_attrs)
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
-        return new
-
-    def _record_fast(self, row: dict[str, Any], study_attrs: dict[str, str]) -> bool | None:
-        """``record_instance`` for a known study, in SQL. None: the study is new (not handled
-        here; nothing was written)."""
-        raw = self._raw()
-        if raw.in_transaction:  # never expected; do not commit someone else's work
-            raw.rollback()
-        raw.execute("BEGIN IMMEDIATE")
-        try:
-            if raw.execute(
-                "SELECT 1 FROM instance WHERE sop_instance_uid = ?", (row["sop_instance_uid"],)
-            ).fetchone():
-                raw.rollback()
-                return False
-            found = raw.execute(self._study_sql, (row["study_uid"],)).fetchone()
-            if found is None:
-                raw.rollback()
-                return None
-            study = dict(zip(_STUDY_READ, found, strict=True))
-            values = []
-            for col, bind in zip(self._inst_cols, self._inst_bind, strict=True):
-                value = row[col.name] if col.name in row else _column_default(col.name)
-                values.append(bind(value) if bind else value)
-            raw.execute(self._insert_sql, values)
-            sets, params = _study_update(study, row, study_attrs, self._when_result)
-            if self._when_bind is not None and "last_received_at" in params:
-                params["last_received_at"] = self._when_bind(params["last_received_at"])
-            assignments = ", ".join(f"{k} = :{k}" for k in sets)
-            raw.execute(
-                f"UPDATE study SET {assignments} WHERE id = :id", {**params, "id": found[0]}
-            )
-            raw.commit()
-            return True
-        except BaseException:
-            raw.rollback()
-            raise
+        """Index an instance and update its study, committed (:meth:`InstanceWriter.record`).
+        False: the SOP UID is already indexed. Raises :class:`StoreError`."""
+        return self.writer.record(row, study_attrs)
 
     # ------------------------------------------------------------------ rows owed
 
@@ -303,42 +167,12 @@ class InstanceIndex:
         return report
 
     def _newest_received(self) -> datetime | None:
-        with self._lock:
-            try:
-                conn = self._connection()
-                value = conn.execute(text("SELECT MAX(received_at) FROM instance")).scalar()
-                conn.rollback()
-            except SQLAlchemyError as exc:
-                self._reset()
-                raise StoreError(f"database error: {exc}") from exc
-        if value is None:
-            return None
-        if isinstance(value, str) and self._when_result is not None:
-            value = self._when_result(value)
-        if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=UTC)
-        return None
+        return self.writer.newest_received()
 
     def _indexed_paths(self, data_dir: Path, study_dir: Path) -> set[str]:
-        prefix = study_dir.relative_to(data_dir).as_posix() + "/"
-        with self._lock:
-            try:
-                conn = self._connection()
-                if is_valid_uid(study_dir.name):  # the folder is named after the study UID
-                    rows = conn.execute(
-                        text("SELECT path FROM instance WHERE study_uid = :u"),
-                        {"u": study_dir.name},
-                    ).all()
-                else:
-                    rows = conn.execute(
-                        text("SELECT path FROM instance WHERE substr(path, 1, :n) = :p"),
-                        {"n": len(prefix), "p": prefix},
-                    ).all()
-                conn.rollback()
-            except SQLAlchemyError as exc:
-                self._reset()
-                raise StoreError(f"database error: {exc}") from exc
-        return {str(r[0]) for r in rows}
+        if is_valid_uid(study_dir.name):  # the folder is named after the study UID
+            return self.writer.paths_of_study(study_dir.name)
+        return self.writer.paths_under(study_dir.relative_to(data_dir).as_posix() + "/")
 
     def _recover_series(
         self, data_dir: Path, study_dir: Path, series_dir: Path, report: RecoveryReport
@@ -376,44 +210,6 @@ class InstanceIndex:
             if self.record(row, study_attrs):
                 report.indexed += 1
                 log.info("re-indexed %s (no index row after a crash)", rel)
-
-
-def _column_default(name: str) -> Any:
-    """The model's default for an ``Instance`` column the SCP does not set."""
-    field = Instance.model_fields[name]
-    if field.default_factory is not None:
-        return field.default_factory()  # type: ignore[call-arg]
-    return field.default
-
-
-def _study_update(
-    study: dict[str, Any],
-    row: dict[str, Any],
-    study_attrs: dict[str, str],
-    parse_when: Any,
-) -> tuple[list[str], dict[str, Any]]:
-    """The columns ``repo.record_instance`` changes on an existing study, and their values."""
-    modality = row.get("modality") or ""
-    new: dict[str, Any] = {}
-    for key in repo.STUDY_FIELDS:
-        if not study[key] and study_attrs.get(key):
-            new[key] = study_attrs[key]
-    mods = set(filter(None, (study["modalities"] or "").split("\\"))) | {modality}
-    new["modalities"] = "\\".join(sorted(filter(None, mods)))
-    if not study["modality"] or study["modality"] in _REPLACEABLE_MODALITIES:
-        new["modality"] = modality
-    new["instance_count"] = int(study["instance_count"] or 0) + 1
-    last = study["last_received_at"]
-    if isinstance(last, str) and parse_when is not None:
-        last = parse_when(last)
-    now = row["received_at"]
-    if isinstance(last, datetime) and last.tzinfo is None:
-        last = last.replace(tzinfo=UTC)
-    if not isinstance(last, datetime) or now > last:
-        new["last_received_at"] = now
-    if study["state"] != StudyState.RECEIVING:
-        new["state"] = str(StudyState.RECEIVING)
-    return list(new), new
 
 
 def _subdirs(path: Path) -> list[Path]:

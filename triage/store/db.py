@@ -1,8 +1,14 @@
-"""Database connection. SQLite by default (WAL, busy timeout), any SQLAlchemy URL otherwise."""
+"""Database connection. SQLite by default (WAL, busy timeout), any SQLAlchemy URL otherwise.
+
+Also the one place where database errors become :class:`~triage.errors.StoreError`
+(:func:`database_errors`): the ORM sessions here, and the raw sqlite3 writers of the
+listeners (:mod:`triage.store.instances`, :mod:`triage.store.messages`), all go through it.
+"""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +22,24 @@ from triage.errors import StoreError
 from triage.store import models  # noqa: F401  (registers the tables)
 
 log = logging.getLogger("triage.store")
+
+#: What the database layers raise: SQLAlchemy (ORM, Core) and sqlite3 (the raw writers).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, sqlite3.Error)
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """True for an error of the database layer, translated or not."""
+    return isinstance(exc, StoreError | SQLAlchemyError | sqlite3.Error)
+
+
+@contextmanager
+def database_errors(what: str = "database error") -> Iterator[None]:
+    """Translate database errors raised inside the block into :class:`StoreError`
+    (``"<what>: <the library's message>"``, the original as ``__cause__``)."""
+    try:
+        yield
+    except DATABASE_ERRORS as exc:
+        raise StoreError(f"{what}: {exc}") from exc
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -36,8 +60,9 @@ class Database:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         try:
-            self.engine: Engine = create_engine(url, **kwargs)
-        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            with database_errors(f"cannot open database {url!r}"):
+                self.engine: Engine = create_engine(url, **kwargs)
+        except (ImportError, ValueError) as exc:
             raise StoreError(f"cannot open database {url!r}: {exc}") from exc
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -45,11 +70,9 @@ class Database:
     def create_all(self) -> None:
         """Create missing tables, then add columns that a newer engine version introduced to
         tables made by an older one (additive changes only; nothing is dropped or retyped)."""
-        try:
+        with database_errors(f"cannot create tables in {self.url!r}"):
             SQLModel.metadata.create_all(self.engine)
             self._add_missing_columns()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot create tables in {self.url!r}: {exc}") from exc
 
     def _add_missing_columns(self) -> None:
         inspector = inspect(self.engine)
@@ -81,13 +104,10 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session that commits on success and rolls back on error."""
-        with Session(self.engine, expire_on_commit=False) as s:
+        with Session(self.engine, expire_on_commit=False) as s, database_errors():
             try:
                 yield s
                 s.commit()
-            except SQLAlchemyError as exc:
-                s.rollback()
-                raise StoreError(f"database error: {exc}") from exc
             except BaseException:
                 s.rollback()
                 raise

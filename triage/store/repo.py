@@ -1,4 +1,5 @@
-"""Store operations used by the listeners and the pipeline. Plain functions over a Session."""
+"""Store operations used by the pipeline: order-study links, findings, queries. Plain functions
+over a Session (instances are indexed by :mod:`triage.store.instances`)."""
 
 from __future__ import annotations
 
@@ -9,66 +10,7 @@ from typing import Any
 
 from sqlmodel import Session, col, or_, select
 
-from triage.store.models import Finding, Instance, Order, Study, StudyState, utcnow
-
-# Study-level attributes copied from an instance header when a study is first seen.
-STUDY_FIELDS = (
-    "accession_number",
-    "patient_id",
-    "patient_name",
-    "body_part",
-    "study_description",
-    "contrast_agent",
-    "study_datetime",
-)
-
-
-def record_instance(
-    session: Session,
-    inst: Instance,
-    study_attrs: dict[str, str],
-    *,
-    match_window_hours: float | None = None,
-) -> bool:
-    """Index a stored instance and update its study. Returns False for a duplicate SOP UID.
-
-    ``study_attrs`` holds the study-level tags read from the instance (keys in STUDY_FIELDS).
-    A study that had completed goes back to RECEIVING, so it completes (and is re-scored) again.
-    A new study is linked to its order (:func:`link_order`): by Study UID or accession number,
-    and by patient only when ``match_window_hours`` (the ``order_match_window_hours`` setting)
-    is given; otherwise the pipeline makes that match when the study completes.
-    """
-    existing = session.exec(
-        select(Instance).where(Instance.sop_instance_uid == inst.sop_instance_uid)
-    ).first()
-    if existing is not None:
-        return False
-    session.add(inst)
-    study = session.exec(select(Study).where(Study.study_uid == inst.study_uid)).first()
-    now = inst.received_at or utcnow()
-    if study is None:
-        study = Study(study_uid=inst.study_uid, first_received_at=now, last_received_at=now)
-        for key in STUDY_FIELDS:
-            if study_attrs.get(key):
-                setattr(study, key, study_attrs[key])
-        study.modality = inst.modality
-        study.calling_ae = inst.calling_ae
-        link_order(session, study, match_window_hours)
-    else:
-        for key in STUDY_FIELDS:
-            if not getattr(study, key) and study_attrs.get(key):
-                setattr(study, key, study_attrs[key])
-    mods = set(filter(None, study.modalities.split("\\"))) | {inst.modality}
-    study.modalities = "\\".join(sorted(filter(None, mods)))
-    if not study.modality or study.modality in ("SR", "PR", "KO", "OT"):
-        study.modality = inst.modality
-    study.instance_count += 1
-    study.last_received_at = max(study.last_received_at, now)
-    if study.state != StudyState.RECEIVING:
-        study.state = StudyState.RECEIVING
-    session.add(study)
-    return True
-
+from triage.store.models import Finding, Instance, Order, Study
 
 CANCELLED_CONTROLS = ("CA", "CR", "OC", "DC", "DR", "OD")  # ORC-1 of a cancelled order
 CANCELLED_STATUSES = ("CA", "DC")  # ORC-5: cancelled, discontinued
