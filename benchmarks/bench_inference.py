@@ -60,7 +60,7 @@ from triage.inference.client import InferenceClient  # noqa: E402
 from triage.inference.contract import load_contract  # noqa: E402
 from triage.inference.local_triton import LocalTriton  # noqa: E402
 from triage.inference.volume import load_volume, resample, select_series  # noqa: E402
-from triage.ingest.dicom_files import index_instance  # noqa: E402
+from triage.ingest.dicom_header import index_instance  # noqa: E402
 from triage.store.models import Instance  # noqa: E402
 from triage.synth import ct  # noqa: E402
 

@@ -20,7 +20,7 @@ from triage.inference.volume import (
     z_sample_positions,
     z_support,
 )
-from triage.ingest.dicom_files import index_instance
+from triage.ingest.dicom_header import index_instance
 from triage.store.models import Instance
 
 

@@ -35,7 +35,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from triage.inference.analyze import TritonAnalyzer
 from triage.inference.volume import load_volume, resample, select_series
-from triage.ingest.dicom_files import index_instance
+from triage.ingest.dicom_header import index_instance
 from triage.store.models import Instance
 
 RESLICE_MM = 5.0

@@ -79,21 +79,14 @@ from pynetdicom import StoragePresentationContexts
 
 from triage.config import Settings
 from triage.errors import ConfigError, DicomIngestError, StoreError
-from triage.ingest.dicom_files import (
-    DICOM_SUBDIR,
+from triage.ingest.dicom_header import InstanceFields, index_header, index_instance, read_header
+from triage.ingest.dicom_index import InstanceIndex
+from triage.ingest.dicom_meta import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
-    InstanceFields,
-    check_codestream,
-    decoder_available,
     encode_file_meta,
-    index_header,
-    index_instance,
-    read_header,
-    safe_instance_path,
-    scan_dataset,
 )
-from triage.ingest.dicom_index import InstanceIndex
+from triage.ingest.dicom_paths import DICOM_SUBDIR, safe_instance_path
 from triage.ingest.dicom_stream import IncomingFile, clear_incoming, incoming_dir
 from triage.ingest.dicom_ul import (
     CALLING_AE_NOT_RECOGNIZED,
@@ -108,6 +101,7 @@ from triage.ingest.dicom_ul import (
     StoreStart,
     UpperLayerServer,
 )
+from triage.ingest.dicom_walk import check_codestream, decoder_available, scan_dataset
 from triage.store.db import Database
 from triage.store.durable import make_dirs_durably, write_instance_file
 from triage.store.models import utcnow
