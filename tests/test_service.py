@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import socket
 import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from conftest import free_port
 
 from triage.config import Settings
-from triage.service import Engine
+from triage.service import Engine, new_scheduler, read_endpoints
 
 
 def test_every_address_in_endpoints_json_accepts_connections_when_it_is_written(
@@ -56,3 +62,81 @@ def test_every_address_in_endpoints_json_accepts_connections_when_it_is_written(
     assert not runner.is_alive()
     assert seen == {"checked": True, "http": "accepted", "hl7": "accepted", "dicom": "accepted"}
     assert not (settings.data_dir / "endpoints.json").exists()  # removed on the way out
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "var",
+        dicom_port=0,
+        hl7_port=0,
+        http_port=0,
+        triton_url=f"http://127.0.0.1:{free_port()}",  # nothing there: AI pending
+        triton_warmup=False,
+    )
+
+
+def test_healthz_shows_the_dicom_listeners_counters(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    engine = Engine(settings)
+    runner = threading.Thread(target=asyncio.run, args=(engine.run(),))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (settings.data_dir / "endpoints.json").exists():
+            assert time.monotonic() < deadline and runner.is_alive()
+            time.sleep(0.05)
+        ends = read_endpoints(settings.data_dir)
+        url = "http://{}:{}/healthz".format(*ends["http"])
+
+        def dicom() -> dict[str, Any]:
+            try:
+                with urllib.request.urlopen(url, timeout=10) as resp:
+                    body = resp.read()
+            except urllib.error.HTTPError as exc:  # 503: Triton is not there
+                body = exc.read()
+            return dict(json.loads(body)["components"]["dicom"])
+
+        assert dicom()["counters"] == {
+            "released_mid_message": 0,
+            "sop_class_refused": 0,
+            "protocol_aborts": 0,
+        }
+        # A peer claiming a 4 GiB PDU is aborted (a protocol abort), before anything is read.
+        with socket.create_connection(tuple(ends["dicom"]), timeout=10) as sock:
+            sock.sendall(bytes([1, 0]) + (0xFFFFFFF0).to_bytes(4, "big"))
+            assert sock.recv(1) == b"\x07"  # A-ABORT
+        counters = dicom()["counters"]
+        assert counters["protocol_aborts"] == 1 and counters["sop_class_refused"] == 0
+    finally:
+        engine.request_stop()
+        runner.join(60)
+    assert not runner.is_alive()
+
+
+def test_a_tick_skipped_while_the_previous_runs_is_not_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With one worker and max_instances=1 a due tick is skipped while the previous one runs
+    (a long study): normal, so the scheduler's warning about it is logged at DEBUG."""
+    scheduler = new_scheduler()
+    release, skipped = threading.Event(), threading.Event()
+    scheduler.add_listener(lambda _event: skipped.set(), EVENT_JOB_MAX_INSTANCES)
+    scheduler.add_job(release.wait, "interval", seconds=0.05, args=[30], id="tick")
+    caplog.set_level(logging.DEBUG, logger="apscheduler")
+    scheduler.start()
+    try:
+        assert skipped.wait(30)
+    finally:
+        release.set()
+        scheduler.shutdown(wait=True)
+    skips = [r for r in caplog.records if "maximum number of running instances" in r.msg]
+    assert skips and {r.levelno for r in skips} == {logging.DEBUG}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    caplog.clear()
+    caplog.set_level(logging.WARNING, logger="apscheduler")
+    logging.getLogger("apscheduler.scheduler").warning(
+        'Execution of job "%s" skipped: maximum number of running instances reached (%d)',
+        "tick",
+        1,
+    )
+    assert caplog.records == []  # at WARNING (as `triage serve` sets it): not shown at all

@@ -1,9 +1,10 @@
 """Runs the engine: store, listeners, HTTP API, scheduler and (by default) a local Triton.
 
 Start order: database and rules (a bad rules file stops start-up) -> HTTP API (so /healthz
-can say what is not ready yet) -> HL7 and DICOM listeners -> scheduler -> Triton (started in
-the background; studies that complete before it is ready wait as "AI pending"). Ctrl-C or
-SIGTERM stops everything, Triton included, in reverse order.
+can say what is not ready yet) -> HL7 and DICOM listeners -> scheduler -> Triton (connected,
+or started and supervised, in the background by :mod:`triage.inference.supervisor`; studies
+that complete before it is ready wait as "AI pending"). Ctrl-C or SIGTERM stops everything,
+Triton included, in reverse order.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import json
 import logging
 import signal
 import socket
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,10 @@ from sqlmodel import select
 from triage.api.app import create_app
 from triage.completion import CompletionPolicy
 from triage.config import Settings
-from triage.errors import TriageError, TritonUnavailable
+from triage.errors import TriageError
 from triage.inference.analyze import TritonAnalyzer
-from triage.inference.breaker import CircuitBreaker, RetryPolicy
-from triage.inference.client import InferenceClient
-from triage.inference.local_triton import LocalTriton
+from triage.inference.breaker import CircuitBreaker
+from triage.inference.supervisor import TritonSupervisor
 from triage.ingest.dicom_scp import DicomListener
 from triage.ingest.hl7_listener import HL7Listener
 from triage.outbound.ris import RISNotifier
@@ -46,6 +44,33 @@ from triage.store.models import utcnow
 log = logging.getLogger("triage")
 
 _IN_CHUNK = 500  # order ids per query (SQLite allows 32,766 parameters)
+
+
+class _SkippedTickFilter(logging.Filter):
+    """The scheduler warns when a tick falls due while the previous one still runs. With one
+    worker and ``max_instances=1`` that is normal (a long study holds the worker): the record
+    is demoted to DEBUG (shown only when the scheduler's logger is at DEBUG)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and "maximum number of running instances" in str(
+            record.msg
+        ):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_SKIPPED_TICK_FILTER = _SkippedTickFilter()
+
+
+def new_scheduler() -> BackgroundScheduler:
+    """The pipeline's scheduler: one worker thread, so a study is never processed twice at
+    once; a tick due while the previous one runs is skipped (logged at DEBUG)."""
+    logging.getLogger("apscheduler.scheduler").addFilter(_SKIPPED_TICK_FILTER)
+    return BackgroundScheduler(
+        executors={"default": ThreadPoolExecutor(1)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+    )
 
 
 class _Server(uvicorn.Server):
@@ -69,18 +94,18 @@ class Engine:
         )
         self.db = Database(settings.resolved_database_url)
         self.db.create_all()
-        self.triton: LocalTriton | None = None
-        self.triton_url = settings.triton_url
-        self.triton_error = ""
-        self.triton_restarts = 0
-        self.warmup: dict[str, float] = {}
-        self.client: InferenceClient | None = None
         self.breaker = CircuitBreaker(
             settings.triton_breaker_failures, settings.triton_breaker_reset_seconds
         )
-        self._triton_stop = threading.Event()
         self.analyzer = TritonAnalyzer(
             data_dir, settings.models_dir, key_images=settings.key_images
+        )
+        self.triton = TritonSupervisor(
+            settings,
+            self.routing.models,
+            self.analyzer,
+            self.breaker,
+            on_connected=self._triton_connected,
         )
         self.notifier = RISNotifier(settings, self.db)
         self.pipeline = Pipeline(
@@ -105,10 +130,7 @@ class Engine:
             match_window_hours=settings.order_match_window_hours,
             rules_watcher=self.rules_watcher,
         )
-        self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(1)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
-        )
+        self.scheduler = new_scheduler()
         self.dicom = DicomListener(settings, self.db, on_instance=None)
         self.hl7 = HL7Listener(settings, self.db, on_orders=self._on_orders)
         self.endpoints: dict[str, Any] = {}
@@ -143,7 +165,11 @@ class Engine:
     def health(self) -> dict[str, dict[str, Any]]:
         s = self.settings
         parts: dict[str, dict[str, Any]] = {
-            "dicom": {"ready": self.dicom.ready, "address": self.endpoints.get("dicom")},
+            "dicom": {
+                "ready": self.dicom.ready,
+                "address": self.endpoints.get("dicom"),
+                "counters": self.dicom.counters,
+            },
             "hl7": {"ready": self.hl7.ready, "address": self.endpoints.get("hl7")},
             "scheduler": {"ready": self.scheduler.running},
             "ris": {
@@ -152,73 +178,14 @@ class Engine:
                 "address": f"{s.ris_host}:{s.ris_port}" if s.ris_configured else None,
             },
         }
-        triton: dict[str, Any] = {
-            "ready": False,
-            "url": self.triton_url or None,
-            "mode": "external" if s.triton_url else "local",
-            "breaker": self.breaker.snapshot(),
-        }
-        if not s.triton_url:
-            triton["pid"] = self.triton.pid if self.triton is not None else None
-            triton["restarts"] = self.triton_restarts
-        if self.warmup:
-            triton["warmup_seconds"] = {m: round(v, 3) for m, v in self.warmup.items()}
-        client = self.client
-        if client is None:
-            triton["detail"] = self.triton_error or "starting"
-        else:
-            try:
-                states = client.model_states()
-                wanted = self.routing.models
-                triton["models"] = {m: states.get(m, "UNAVAILABLE") for m in wanted} | states
-                triton["ready"] = (
-                    client.is_server_ready()
-                    and all(states.get(m) == "READY" for m in wanted)
-                    and triton["breaker"]["state"] != "open"
-                )
-                if not triton["ready"]:
-                    triton["detail"] = "server or a routed model is not ready, or breaker open"
-            except TriageError as exc:
-                triton["detail"] = str(exc)
-        parts["triton"] = triton
+        parts["triton"] = self.triton.health()
         return parts
 
     # -- lifecycle ------------------------------------------------------------------------
-    def _new_client(self, url: str) -> InferenceClient:
-        s = self.settings
-        return InferenceClient(
-            url,
-            s.triton_protocol,
-            timeout=s.triton_timeout_seconds,
-            models_dir=s.models_dir,
-            retry=RetryPolicy(
-                s.triton_retry_attempts, s.triton_retry_base_seconds, s.triton_retry_max_seconds
-            ),
-            breaker=self.breaker,
-            shared_memory=None if s.triton_shared_memory else False,
-        )
-
-    def _connect(self, url: str) -> None:
-        """New client on ``url``; warm-up; then attach it (health says ready only after)."""
-        s = self.settings
-        client = self._new_client(url)
-        if s.triton_warmup:
-            try:
-                self.warmup = client.warm_up(sorted(self.routing.models))
-                log.info(
-                    "Triton warm-up: %s",
-                    ", ".join(f"{m} {v:.2f} s" for m, v in self.warmup.items()) or "no model",
-                )
-            except TriageError as exc:
-                log.warning("Triton warm-up failed (studies wait as AI pending): %s", exc)
-        self.breaker.reset()
-        old, self.client = self.client, client
-        self.analyzer.attach(client)
-        self.triton_error = ""
+    def _triton_connected(self, url: str) -> None:
+        """A new Triton client is attached: publish its address, retry AI-pending studies."""
         self.endpoints["triton"] = url
         self._write_endpoints()
-        if old is not None:
-            old.close()
         self._wake_pending()
 
     def _wake_pending(self) -> None:
@@ -233,66 +200,6 @@ class Engine:
                 log.info("Triton is back: %d AI-pending studies retried now", len(rows))
         except TriageError as exc:
             log.warning("cannot wake AI-pending studies: %s", exc)
-
-    def _start_triton(self) -> None:
-        """External Triton: connect once (the client reconnects by itself). Bundled Triton:
-        start it and supervise it - when its process dies, restart it with backoff."""
-        s = self.settings
-        if s.triton_url:
-            try:
-                self._connect(self.triton_url)
-                log.info("Triton (external) at %s (%s)", self.triton_url, s.triton_protocol)
-            except TritonUnavailable as exc:
-                self.triton_error = str(exc)
-                log.error("Triton not available: %s; studies wait as AI pending", exc)
-            return
-        self.triton = LocalTriton(s.models_dir, s.data_dir / "triton", s.triton_startup_seconds)
-        self._supervise(self.triton)
-
-    def _supervise(self, triton: LocalTriton) -> None:
-        s = self.settings
-        delay = 1.0
-        first = True
-        try:
-            while not self._triton_stop.is_set():
-                if not first:
-                    log.warning("restarting the local Triton in %.1f s", delay)
-                    if self._triton_stop.wait(delay):
-                        return
-                    delay = min(delay * 2.0, s.triton_restart_max_seconds)
-                first = False
-                try:
-                    triton.start()
-                except TritonUnavailable as exc:
-                    self.triton_error = str(exc)
-                    log.error("local Triton did not start: %s; studies wait as AI pending", exc)
-                    triton.stop()
-                    continue
-                self.triton_url = (
-                    triton.http_url if s.triton_protocol == "http" else triton.grpc_url
-                )
-                log.info(
-                    "Triton (local, bundled) ready at %s (%s)", self.triton_url, s.triton_protocol
-                )
-                try:
-                    self._connect(self.triton_url)
-                except TritonUnavailable as exc:
-                    self.triton_error = str(exc)
-                started = time.monotonic()
-                while triton.is_running() and not self._triton_stop.wait(0.5):
-                    pass
-                if self._triton_stop.is_set():
-                    return
-                code = triton.returncode
-                self.analyzer.attach(None)  # studies wait as AI pending from now on
-                self.triton_error = f"local Triton exited (code {code}); restarting"
-                log.error("local Triton (pid %s) exited with code %s", triton.pid, code)
-                triton.stop()  # reap the process group (backend stubs)
-                self.triton_restarts += 1
-                if time.monotonic() - started > 60.0:
-                    delay = 1.0  # it ran a good while: restart soon
-        finally:
-            triton.stop()
 
     def _write_endpoints(self) -> None:
         path = self.settings.data_dir / "endpoints.json"
@@ -319,7 +226,6 @@ class Engine:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
-        triton_thread: threading.Thread | None = None
         try:
             host, port = sock.getsockname()[:2]
             self.endpoints["http"] = [host, port]
@@ -338,8 +244,7 @@ class Engine:
             self.scheduler.add_job(self.pipeline.recover, id="recover")  # runs first
             self.scheduler.start()
             self._write_endpoints()
-            triton_thread = threading.Thread(target=self._start_triton, name="triton-start")
-            triton_thread.start()
+            self.triton.start()
             await server.serve(sockets=[sock])
         finally:
             log.info("stopping")
@@ -347,11 +252,7 @@ class Engine:
                 self.scheduler.shutdown(wait=True)
             await self.hl7.stop()
             self.dicom.stop()
-            self._triton_stop.set()
-            if triton_thread is not None:
-                await asyncio.to_thread(triton_thread.join)
-            if self.triton is not None:
-                self.triton.stop()
+            await asyncio.to_thread(self.triton.stop)
             sock.close()
             self.db.dispose()
             with contextlib.suppress(FileNotFoundError):
