@@ -126,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--urgency", help="urgency rules file to check")
     p.set_defaults(func=_cmd_rules_check)
 
-    from triage.hl7 import commands as hl7_commands  # `triage hl7 check | replay`
+    from triage.cli_hl7 import add_hl7_commands  # `triage hl7 check | replay`
 
-    hl7_commands.add_parsers(sub, _add_settings_args, _settings)
+    add_hl7_commands(sub, _add_settings_args, _settings)
 
     from triage.outbound import commands as outbox_commands  # `triage outbox list | show ...`
 

@@ -1,4 +1,4 @@
-"""Evaluation of inbound messages, acknowledgment modes, the site mapping and `triage hl7 check`."""
+"""Evaluation of inbound messages, acknowledgment modes and the site mapping."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from triage.cli import main
 from triage.errors import HL7Error, RulesError
 from triage.hl7.ack import read_ack
 from triage.hl7.build import OrderRef, build_order_change
+from triage.hl7.fieldmap import DEFAULT_SOURCES
+from triage.hl7.header import read_header
 from triage.hl7.inbound import decode_payload, evaluate, make_ack
 from triage.hl7.mapping import DEFAULT_MAPPING, load_mapping
-from triage.hl7.parse import DEFAULT_SOURCES, parse_order, read_header
+from triage.hl7.orders import parse_order
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DATA = REPO / "tests" / "data" / "hl7"
@@ -183,39 +184,3 @@ def test_mapping_errors_name_file_and_line(text: str, line: int, words: str) -> 
         load_mapping(path, text)
     assert info.value.line == line and words in str(info.value)
     assert str(info.value).startswith(f"{path}:{line}:")
-
-
-# -- triage hl7 check ------------------------------------------------------------------------
-
-
-def test_check_command_accepts_and_shows_sources(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["hl7", "check", str(DATA / "orm_nw_v231.hl7"), "--ack"])
-    out = capsys.readouterr().out
-    assert rc == 0
-    assert "priority           A  from OBR-27.6" in out
-    assert "accession          ACC-CTPA-24007  from OBR-18.1" in out
-    assert "answer: AA" in out and "MSA|AA|RIS00000102" in out
-
-
-def test_check_command_rejects_with_exit_status(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    assert main(["hl7", "check", str(DATA / "no_msh10.hl7")]) == 1
-    out = capsys.readouterr().out
-    assert "rejected: AE ERR-3 101 at MSH^1^10" in out
-    # several messages in one file, MLLP-framed, one bad
-    framed = tmp_path / "two.mllp"
-    framed.write_bytes(
-        b"\x0b" + own("orm_xo_v251.hl7").encode() + b"\x1c\x0d"
-        b"\x0b" + own("bad_msh12.hl7").encode() + b"\x1c\x0d"
-    )
-    assert main(["hl7", "check", str(framed)]) == 1
-    out = capsys.readouterr().out
-    assert "message 1" in out and "message 2" in out and "ERR-3 203" in out
-
-
-def test_check_command_with_bad_mapping(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    bad = tmp_path / "m.yaml"
-    bad.write_text("version: 1\nsenders: 3\n")
-    assert main(["hl7", "check", str(DATA / "orm_nw_v231.hl7"), "--mapping", str(bad)]) == 2
-    assert f"{bad}:2" in capsys.readouterr().err

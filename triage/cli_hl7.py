@@ -1,4 +1,5 @@
-"""``triage hl7 check FILE`` and ``triage hl7 replay``: tools for integration engineers.
+"""``triage hl7 check FILE`` and ``triage hl7 replay`` (registered by :func:`add_hl7_commands`):
+tools for integration engineers.
 
 - ``check`` reads a file holding one or more messages (MLLP-framed, or plain text with CR, LF
   or CRLF segment separators) and prints, for each, what the listener would take from it,
@@ -44,7 +45,7 @@ _FIELD_LABELS = (
 )
 
 
-def add_parsers(sub: Any, add_settings_args: SettingsArgs, settings_of: SettingsOf) -> None:
+def add_hl7_commands(sub: Any, add_settings_args: SettingsArgs, settings_of: SettingsOf) -> None:
     """Register ``hl7 check`` and ``hl7 replay`` under the main parser's subcommands."""
     hl7 = sub.add_parser("hl7", help="HL7 tools").add_subparsers(dest="hl7_cmd")
     p = hl7.add_parser("check", help="show what the engine would take from a message file")
