@@ -5,6 +5,8 @@ the same messages, side by side in one run.
     .venv/bin/python benchmarks/bench_hl7_codec.py --rounds 9
     .venv/bin/python benchmarks/bench_hl7_codec.py --tests      # tests/hl7 with python-hl7 as codec
 
+Also hl7apy's structured parser (the outbound check's library) on the orders, split only.
+
 Messages: every single-message file of tests/data/hl7 and /work/shared/data/hl7 (the batch and
 file envelopes, and text that is not HL7, left out), and the blocks of hapi-hl7v2/messages.txt.
 Both get the same text, segments separated by CR (python-hl7 splits segments on CR only; our
@@ -318,6 +320,33 @@ def bench(title: str, messages: list[tuple[str, str]], rounds: int, repeat: int)
         )
 
 
+def hl7apy_split(orders: list[tuple[str, str]], rounds: int) -> None:
+    """hl7apy's structured parser (groups found, as the outbound check uses it) on the orders
+    it accepts, against our split."""
+    from hl7apy.parser import parse_message
+
+    def structured(text: str) -> object:
+        return parse_message(text, find_groups=True, validation_level=2)
+
+    texts, refused = [], []
+    for name, text in orders:
+        try:
+            structured(text)
+            texts.append(text)
+        except Exception as exc:  # hl7apy raises its own types per problem
+            refused.append(f"{name} ({type(exc).__name__})")
+    times: dict[str, list[float]] = {"ours": [], "hl7apy": []}
+    for _ in range(rounds):
+        times["ours"] += _time(lambda: [split_message(t) for t in texts], 1)
+        times["hl7apy"] += _time(lambda: [structured(t) for t in texts], 1)
+    med = {who: statistics.median(t) / len(texts) * 1e6 for who, t in times.items()}
+    print(f"\nhl7apy: refuses {len(refused)} of {len(orders)} orders: {'; '.join(refused)}")
+    print(
+        f"split, the {len(texts)} others: ours {med['ours']:.1f} µs, hl7apy {med['hl7apy']:.1f} µs"
+        f" per message: {med['hl7apy'] / med['ours']:.0f}x"
+    )
+
+
 # -- tests/hl7 with python-hl7 as the codec -------------------------------------------------
 
 
@@ -413,6 +442,7 @@ def main() -> None:
     bench("all messages", messages, args.rounds, args.repeat)
     orders = [(n, t) for n, t in messages if split_message(t).msh.get(9) in ("ORM", "OMI")]
     bench("orders (ORM, OMI)", orders, args.rounds, args.repeat * 4)
+    hl7apy_split(orders, args.rounds)
 
 
 if __name__ == "__main__":

@@ -140,10 +140,9 @@ class Engine:
     def _on_orders(self, order_ids: list[int]) -> None:
         """Orders the HL7 listener acknowledged in the last few milliseconds (called in its
         on_order thread): one pipeline job for those that share an identifier with a stored
-        study. For the others (the usual case: the order comes before its images)
-        :meth:`Pipeline.on_order` would find no study and do nothing, at ~1.5 ms of CPU per
-        order and a scheduler job each, taken from the listener (one interpreter lock): that
-        halved the engine's HL7 rate against the listener alone (docs/performance.md)."""
+        study. The others (the usual case: the order comes before its images) are left out:
+        :meth:`Pipeline.on_order` would find no study for them, and its queries would take the
+        interpreter lock from the listener (docs/performance.md, "The running engine")."""
         if not self.scheduler.running:
             return
         try:

@@ -1,12 +1,12 @@
 """The DICOM upper layer of the Storage SCP: associations, PDUs and DIMSE commands (PS3.8, PS3.7).
 
 Why our own: pynetdicom runs every PDU through two threads, an event queue, its state machine
-and a DIMSE decoder; measured on a 300-slice CT that is ~3 ms of CPU per instance before our
-handler runs, which held the SCP at 0.15x dcmtk's storescp (docs/performance.md). Here one
-thread per association reads each PDU header, then each PDV straight into the data set buffer
-with ``recv_into``, and calls the handler once the last fragment is in. pynetdicom still does
-what it does well and what is not on the hot path: decoding the A-ASSOCIATE-RQ, negotiating
-presentation contexts and SCP/SCU roles, encoding the A-ASSOCIATE-AC.
+and a DIMSE decoder, and that CPU before our handler runs kept the SCP far behind dcmtk's
+storescp (docs/performance.md, "DICOM C-STORE"). Here one thread per association reads each
+PDU header, then each PDV straight into the data set buffer with ``recv_into``, and calls the
+handler once the last fragment is in. pynetdicom still does what it does well and what is not
+on the hot path: decoding the A-ASSOCIATE-RQ, negotiating presentation contexts and SCP/SCU
+roles, encoding the A-ASSOCIATE-AC.
 
 Protocol code triggers events, business logic handles them (the listener in
 :mod:`triage.ingest.dicom_scp`):
@@ -1032,7 +1032,8 @@ class UpperLayerServer:
 
     def negotiate(self, items: bytes) -> Negotiated:
         """:func:`negotiate`, remembered: a modality sends the same request items on every
-        association, and decoding and negotiating ~120 proposed contexts costs ~10 ms."""
+        association, and negotiating its many proposed contexts is the costliest part of a
+        short association (docs/performance.md)."""
         found = self._negotiated.get(items)
         if found is None:
             found = negotiate(items, self._supported, self.limits)

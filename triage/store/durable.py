@@ -98,9 +98,8 @@ def write_instance_file(path: Path, chunks: Iterable[bytes | memoryview]) -> int
     name whose blocks were not flushed. Such a file was never acknowledged nor indexed, and
     the start-up recovery (:meth:`triage.ingest.dicom_index.InstanceIndex.recover`) checks
     every unindexed file and removes it. The gain: on ext4 the file's fsync commits the rename
-    in the same journal transaction, so the directory fsync is left with a cache flush
-    (~0.1 ms here), where fsync-then-rename pays two journal commits (measured:
-    docs/performance.md).
+    in the same journal transaction, so the directory fsync is left with a cache flush, where
+    fsync-then-rename pays two journal commits (docs/performance.md).
 
     ``path`` must not be written concurrently by another thread (the SCP serialises per SOP
     Instance UID).
