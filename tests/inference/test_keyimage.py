@@ -177,6 +177,19 @@ def test_analyzer_key_image_overlay_is_on_the_lesion(tmp_path: Path) -> None:
     near = np.zeros_like(red)
     near[max(ty.min() - 12, 0) : ty.max() + 13, max(tx.min() - 12, 0) : tx.max() + 13] = True
     assert (red & near).sum() >= 0.8 * red.sum()
+    # beside it, the same slice and window without the overlay (the study page shows both)
+    from triage.inference.keyimage import plain_key_image_path
+
+    plain_rgb, plain_text = read_png(
+        (tmp_path / "data" / plain_key_image_path(a.key_image)).read_bytes()
+    )
+    assert plain_rgb.shape[1] == 256 and DISCLAIMER in plain_text["Description"]
+    assert "without the overlay" in plain_text["Description"]
+    assert _red(plain_rgb[:256]).sum() == 0
+    img, bare = rgb[:256].astype(int), plain_rgb[:256].astype(int)
+    assert (bare[..., 0] == bare[..., 1]).all() and (bare[..., 1] == bare[..., 2]).all()
+    untouched = (img[..., 0] == img[..., 1]) & (img[..., 1] == img[..., 2])  # no overlay there
+    assert untouched.mean() > 0.9 and np.array_equal(bare[untouched], img[untouched])
 
 
 def test_no_key_image_when_disabled(tmp_path: Path) -> None:

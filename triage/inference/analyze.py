@@ -150,9 +150,24 @@ class TritonAnalyzer:
                 n_slices=volume.shape[0],
                 positive=out.positive,
             )
+            plain = render_key_image(
+                volume.hu[key_slice],
+                window=window_for(contract.name, contract.parameters),
+                localization=None,
+                model=out.model_name,
+                model_version=out.model_version,
+                probability=out.probability,
+                slice_index=key_slice,
+                n_slices=volume.shape[0],
+                positive=out.positive,
+                plain=True,
+            )
             study_uid = series[0].study_uid if series else volume.series_uid
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
-            return store_key_image(self.data_dir, study_uid, f"{out.model_name}-{stamp}", image.png)
+            name = f"{out.model_name}-{stamp}"
+            # the slice without the overlay first: the key image's path names both
+            store_key_image(self.data_dir, study_uid, f"{name}-plain", plain.png)
+            return store_key_image(self.data_dir, study_uid, name, image.png)
         except Exception as exc:  # a key image is an aid; the finding stands without it
             log.warning("%s: key image not made: %s", out.model_name, exc)
             return ""

@@ -287,16 +287,19 @@ def render_key_image(
     slice_index: int,
     n_slices: int,
     positive: bool = True,
+    plain: bool = False,
 ) -> KeyImage:
     """Windowed slice + overlay + caption band, as PNG. ``localization`` is a 2-D map in [0, 1]
     covering the slice's field of view (any resolution), or None. ``positive`` False (the
-    probability is below the operating point): no overlay is drawn, whatever the map."""
+    probability is below the operating point): no overlay is drawn, whatever the map.
+    ``plain``: the same slice and window without any overlay (what the reader compares the
+    overlay with); its caption says so."""
     hu = np.asarray(slice_hu, dtype=np.float32)
     rows, cols = hu.shape
     grey = apply_window(hu, *window)
     rgb = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float32)
     overlay = False
-    if positive and localization is not None and np.size(localization) > 0:
+    if positive and not plain and localization is not None and np.size(localization) > 0:
         m = _resize_bilinear(np.clip(localization, 0.0, 1.0), rows, cols)
         alpha = np.where(m >= OVERLAY_MIN_VALUE, m * OVERLAY_MAX_ALPHA, 0.0)[:, :, None]
         if float(alpha.max()) > 0.0:
@@ -306,7 +309,9 @@ def render_key_image(
             rgb[edge] = (255.0, 255.0, 0.0)
     p = "n/a" if probability is None else f"{probability:.2f}"
     info = f"{model} {model_version} p={p} key slice {slice_index + 1}/{n_slices}"
-    if not positive:
+    if plain:
+        info += " - the slice without the overlay"
+    elif not positive:
         info += " - below the operating point: no finding, no overlay"
     elif not overlay:
         info += " (no localisation map)"
@@ -352,6 +357,11 @@ def store_key_image(data_dir: Path, study_uid: str, name: str, png: bytes) -> st
     rel = Path(KEY_IMAGE_DIR) / study / f"{stem}.png"
     write_durably(data_dir / rel, png)
     return rel.as_posix()
+
+
+def plain_key_image_path(rel: str) -> str:
+    """Where the slice without the overlay is stored beside the key image ``rel``."""
+    return rel[: -len(".png")] + "-plain.png" if rel.endswith(".png") else ""
 
 
 def resolve_key_image(data_dir: Path, rel: str) -> Path | None:
