@@ -7,18 +7,36 @@ where they enter the engine, so callers catch our classes, never a library's::
     TriageError
     ├── ConfigError            bad setting value, unreadable config file (names the setting)
     ├── RulesError             invalid rules/*.yaml or model contract (names file and line)
-    ├── StoreError             database or data-directory failure
+    ├── StoreError             database or data-directory failure (database errors are
+    │                          translated in one place: triage.store.db.database_errors)
     ├── IngestError            something received from a peer that we cannot accept
     │   ├── DicomIngestError   carries the DICOM status to answer with
     │   └── HL7Error           carries the HL7 ACK code (AE/AR) and error location
     │       └── HL7ParseError  the message cannot be parsed at all
-    ├── InferenceError         anything between us and a model answer
+    │           └── MLLPError  not a valid MLLP frame
+    │               └── MLLPFrameTooLarge  a frame over the size cap (its head kept for the ACK)
+    ├── NotAssessable          a verdict on the input, not a failure: the study is outside what
+    │                          the model may judge (with reason); scored without AI, not retried
+    ├── InferenceError         anything between us and a model answer; the study waits, retried
     │   ├── TritonUnavailable  server down or not ready; retry later, nothing is dropped
     │   ├── ModelNotReady      the named model is not loaded/ready
-    │   └── NotAssessable      the input is outside what the model may judge (with reason)
-    └── OutboundError          sending to the RIS failed
-        ├── RISUnavailable     connection refused / timed out; retry later
-        └── RISRejected        the RIS answered with an AE/AR ACK or a mismatched MSA-2
+    │   └── RegisterError      the server did not register a shared-memory region (the request
+    │                          goes over the network instead)
+    ├── OutboundError          sending to the RIS failed
+    │   ├── RISUnavailable     connection refused / timed out; retry later
+    │   │   └── RISNoAck       written (perhaps in part), no complete ACK back: maybe stored
+    │   └── RISRejected        the RIS answered with an AE/AR ACK or a mismatched MSA-2
+    │       └── RISNegativeAck  with the RIS's ACK, its MSA-1 and error text
+    ├── OutboxError            an outbox command that cannot be done (unknown message, state)
+    ├── HeldOutRefused         a model version already scored on the held-out set (the ledger)
+    └── AuthError              an account operation that cannot be done (users, roles)
+        ├── NotAuthenticated   no valid session or bearer token (HTTP 401, or the sign-in page)
+        └── Forbidden          the user's role may not do this (HTTP 403)
+
+Every exception class of the engine is defined here; the modules that raise them re-export
+them under their old names (``triage.hl7.client.RISNegativeAck``...). Private control-flow
+exceptions that never leave their module (the DICOM upper layer's ``_Abort``/``_Closed``,
+the local Triton launcher's ``_PortInUse``) are not part of the tree.
 
 Protocol code turns these into the peer's own language: a DICOM status, an HL7 ACK, an HTTP
 4xx/5xx with a message.
@@ -101,6 +119,43 @@ class HL7ParseError(HL7Error):
         super().__init__(message, ack_code="AR", hl7_code=hl7_code, location=location)
 
 
+class MLLPError(HL7ParseError):
+    """Framing error: what arrived is not a valid MLLP frame."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, hl7_code=207)
+
+
+class MLLPFrameTooLarge(MLLPError):
+    """A frame's payload exceeds the size cap.
+
+    ``head`` holds the first bytes of the oversize payload (for an ACK that echoes MSH-10);
+    ``complete_frames`` the frames completed in the same ``MLLPDecoder.feed`` call before
+    the oversize one, which the caller still has to process.
+    """
+
+    def __init__(
+        self, size: int, limit: int, head: bytes, complete_frames: list[bytes] | None = None
+    ) -> None:
+        self.size = size
+        self.limit = limit
+        self.head = head
+        self.complete_frames = list(complete_frames or [])
+        super().__init__(f"MLLP frame exceeds {limit} bytes (at least {size} received)")
+
+
+class NotAssessable(TriageError):
+    """The study is outside what the model may judge; ``reason`` says why.
+
+    Not an :class:`InferenceError`: nothing failed, the input was judged. The pipeline
+    records a not-assessable finding and scores the study without AI; it does not wait and
+    retry as it does when the inference server is down."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
 class InferenceError(TriageError):
     """Inference failed for a reason other than the input itself."""
 
@@ -113,12 +168,9 @@ class ModelNotReady(InferenceError):
     """The named model is not loaded or not ready on the inference server."""
 
 
-class NotAssessable(InferenceError):
-    """The study is outside what the model may judge; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
+class RegisterError(InferenceError):
+    """The server refused (or could not be asked) to register a shared-memory region;
+    ``__cause__`` is the client library's exception."""
 
 
 class OutboundError(TriageError):
@@ -131,3 +183,41 @@ class RISUnavailable(OutboundError):
 
 class RISRejected(OutboundError):
     """The RIS answered with a negative or mismatched acknowledgement."""
+
+
+class RISNoAck(RISUnavailable):
+    """The message was written (at least in part) but no complete ACK came back: timed out, or
+    the connection closed or failed. The RIS may have stored it."""
+
+
+class RISNegativeAck(RISRejected):
+    """The RIS answered, but not with an acceptance of our message. ``ack`` is its text,
+    ``ack_code`` its MSA-1, ``detail`` its error text (ERR-8, else ERR-3.2, else MSA-3)."""
+
+    def __init__(self, message: str, ack: str, ack_code: str = "", detail: str = "") -> None:
+        self.ack = ack
+        self.ack_code = ack_code
+        self.detail = detail
+        super().__init__(message)
+
+
+class OutboxError(TriageError):
+    """An outbox action that cannot be done (unknown message, wrong state)."""
+
+
+class HeldOutRefused(TriageError):
+    """This model version was already scored on the held-out set (the ledger says when)."""
+
+
+class AuthError(TriageError):
+    """An account operation that cannot be done: unknown user, unknown role, a password too
+    short, an invalid user name (``triage users``, ``triage.auth``)."""
+
+
+class NotAuthenticated(AuthError):
+    """A request without a valid session or bearer token: HTTP 401 (a page request is sent
+    to ``/login`` instead)."""
+
+
+class Forbidden(AuthError):
+    """A signed-in user whose role may not do this: HTTP 403 with the roles that may."""

@@ -16,29 +16,15 @@ import socket
 import time
 from collections import deque
 
-from triage.errors import RISRejected, RISUnavailable
+from triage.errors import RISNegativeAck as RISNegativeAck
+from triage.errors import RISNoAck as RISNoAck
+from triage.errors import RISUnavailable
 from triage.hl7.ack import read_ack
 from triage.hl7.mllp import MLLPDecoder, MLLPError, frame
 from triage.hl7.parse import control_id_of
 
 MAX_ACK_BYTES = 1024 * 1024
 ACCEPT_CODES = frozenset({"AA", "CA"})
-
-
-class RISNegativeAck(RISRejected):
-    """The RIS answered, but not with an acceptance of our message. ``ack`` is its text,
-    ``ack_code`` its MSA-1, ``detail`` its error text (ERR-8, else ERR-3.2, else MSA-3)."""
-
-    def __init__(self, message: str, ack: str, ack_code: str = "", detail: str = "") -> None:
-        self.ack = ack
-        self.ack_code = ack_code
-        self.detail = detail
-        super().__init__(message)
-
-
-class RISNoAck(RISUnavailable):
-    """The message was written (at least in part) but no complete ACK came back: timed out, or
-    the connection closed or failed. The RIS may have stored it."""
 
 
 def decode_text(payload: bytes) -> str:

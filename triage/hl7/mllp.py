@@ -10,7 +10,8 @@ unfinished part is dropped). A frame whose payload grows past ``max_size`` bytes
 
 from __future__ import annotations
 
-from triage.errors import HL7ParseError
+from triage.errors import MLLPError as MLLPError
+from triage.errors import MLLPFrameTooLarge as MLLPFrameTooLarge
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c"
@@ -20,31 +21,6 @@ TRAILER = END_BLOCK + CARRIAGE_RETURN
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 # How many leading bytes of an oversize frame are kept, so that an ACK can echo its MSH-10.
 HEAD_BYTES = 4096
-
-
-class MLLPError(HL7ParseError):
-    """Framing error: what arrived is not a valid MLLP frame."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, hl7_code=207)
-
-
-class MLLPFrameTooLarge(MLLPError):
-    """A frame's payload exceeds the size cap.
-
-    ``head`` holds the first bytes of the oversize payload (for an ACK that echoes MSH-10);
-    ``complete_frames`` the frames completed in the same :meth:`MLLPDecoder.feed` call before
-    the oversize one, which the caller still has to process.
-    """
-
-    def __init__(
-        self, size: int, limit: int, head: bytes, complete_frames: list[bytes] | None = None
-    ) -> None:
-        self.size = size
-        self.limit = limit
-        self.head = head
-        self.complete_frames = list(complete_frames or [])
-        super().__init__(f"MLLP frame exceeds {limit} bytes (at least {size} received)")
 
 
 def frame(payload: bytes) -> bytes:

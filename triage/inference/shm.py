@@ -32,17 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
+from triage.errors import RegisterError as RegisterError
+
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_REGIONS = 16  # more requests in flight than this go over the network
 UNREGISTER_WAIT_SECONDS = 2.0
-
-
-class RegisterError(Exception):
-    """The server refused (or could not be asked) to register a region; ``__cause__`` is the
-    client library's exception."""
 
 
 def is_local_url(url: str) -> bool:

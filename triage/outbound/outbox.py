@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 
 from sqlmodel import Session, col, select
 
-from triage.errors import TriageError
+from triage.errors import OutboxError as OutboxError
 from triage.store import Database, OutboundMessage
 from triage.store.models import OutboxAction, utcnow
 
@@ -41,10 +41,6 @@ SKIPPED = "skipped"
 DEAD_LETTERS = (REJECTED, DEAD)
 STATUSES = (PENDING, SENT, REJECTED, DEAD, DISCARDED, SKIPPED)
 ORDER_CHANGE_KINDS = ("ORM", "OMI")
-
-
-class OutboxError(TriageError):
-    """An outbox action that cannot be done (unknown message, wrong state)."""
 
 
 def backoff_seconds(base: float, cap: float, failures: int) -> float:

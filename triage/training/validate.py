@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from triage.errors import HeldOutRefused as HeldOutRefused
 from triage.errors import TriageError
 from triage.training import metrics
 
@@ -67,10 +68,6 @@ TARGETS = {
     "ece": 0.05,
 }
 COLOURS = {"ich": (200, 30, 30), "pe": (30, 80, 200)}
-
-
-class HeldOutRefused(TriageError):
-    """This model version was already scored on the held-out set (the ledger says when)."""
 
 
 # -- per-study records ------------------------------------------------------------------------
