@@ -15,11 +15,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
+# `make run` and `make demo` share a local API token (var/.api-token, made once, mode 600),
+# so that the demo may read the worklist; a site sets its own (docs/security.md).
+DEV_TOKEN = $(shell mkdir -p var && (test -s var/.api-token || (umask 077; \
+	$(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))' > var/.api-token)) \
+	&& cat var/.api-token)
+
 run: $(STAMP)
-	$(BIN)/triage serve $(ARGS)
+	TRIAGE_API_TOKEN="$${TRIAGE_API_TOKEN:-$(DEV_TOKEN)}" $(BIN)/triage serve $(ARGS)
 
 demo: $(STAMP)
-	$(BIN)/triage demo $(ARGS)
+	TRIAGE_API_TOKEN="$${TRIAGE_API_TOKEN:-$(DEV_TOKEN)}" $(BIN)/triage demo $(ARGS)
 
 check: $(STAMP)
 	$(BIN)/ruff check $(LINTED)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from triage.errors import ConfigError
 
@@ -224,6 +224,37 @@ class Settings(BaseModel):
         description="Wait before retrying AI, and the first wait before retrying a RIS send "
         "(then doubled, up to ris_backoff_max_seconds); default 15",
     )
+    api_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token for automation: `Authorization: Bearer <token>` is accepted "
+        "with the radiologist role (read the worklist, give feedback); at least 16 characters; "
+        "never printed; default '' (none; per-user tokens: `triage users token`)",
+    )
+    session_max_minutes: float = Field(
+        480.0,
+        gt=0,
+        description="A browser session ends this long after its sign-in, used or not; "
+        "default 480 (8 hours)",
+    )
+    session_idle_minutes: float = Field(
+        30.0, gt=0, description="A browser session unused this long ends; default 30"
+    )
+    session_cookie_secure: bool = Field(
+        False,
+        description="Mark the session cookie Secure (sent over HTTPS only): set true when "
+        "the engine is reached through a TLS proxy; default false",
+    )
+    login_max_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed sign-ins in a row that lock an account; default 5",
+    )
+    login_lockout_minutes: float = Field(
+        15.0,
+        gt=0,
+        description="How long a locked account refuses sign-ins (counted from the last "
+        "failure; `triage users passwd` unlocks it at once); default 15",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log")
 
     @field_validator("dicom_ae_title")
@@ -286,6 +317,14 @@ class Settings(BaseModel):
         return self.stable_seconds_by_modality.get(
             modality.strip().upper(), self.study_stable_seconds
         )
+
+    @field_validator("api_token")
+    @classmethod
+    def _api_token(cls, v: SecretStr) -> SecretStr:
+        token = v.get_secret_value().strip()
+        if token and (len(token) < 16 or not token.isascii() or not token.isprintable()):
+            raise ValueError("must be empty or at least 16 printable ASCII characters")
+        return SecretStr(token)
 
     @field_validator("ris_host", "triton_url", "database_url", "bind_host")
     @classmethod
@@ -354,6 +393,8 @@ def load_settings(
         setting = str(err["loc"][0]) if err["loc"] else "config"
         origin = sources.get(setting, "default")
         given = values.get(setting, "<default>")
+        if setting in fields and fields[setting].annotation is SecretStr:
+            given = "<hidden>"  # a secret is never printed, not even a wrong one
         raise ConfigError(setting, f"{err['msg']} (got {given!r} from {origin})") from None
 
 
@@ -365,12 +406,15 @@ def describe_settings() -> list[tuple[str, str, str, str]]:
         if isinstance(default, Path) and default.is_absolute():
             with contextlib.suppress(ValueError):
                 default = f"<repo>/{default.relative_to(REPO_ROOT)}"
-        rows.append((name, ENV_PREFIX + name.upper(), repr(default), field.description or ""))
+        shown = repr(default.get_secret_value()) if isinstance(default, SecretStr) else repr(default)
+        rows.append((name, ENV_PREFIX + name.upper(), shown, field.description or ""))
     return rows
 
 
 def _toml_value(value: Any) -> str:
     """``value`` (a setting's default) as a TOML literal."""
+    if isinstance(value, SecretStr):
+        return _toml_value(value.get_secret_value())
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

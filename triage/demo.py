@@ -131,8 +131,17 @@ def run_demo(settings: Settings, *, studies: int = 6, wait_seconds: float = 120.
             )
             accessions.append(acc)
 
+    token = settings.api_token.get_secret_value()
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+
     def ours() -> list[dict[str, Any]]:
-        r = httpx.get(f"{base}/api/worklist", timeout=10.0)
+        r = httpx.get(f"{base}/api/worklist", headers=auth, timeout=10.0)
+        if r.status_code in (401, 403):
+            raise TriageError(
+                "the engine refused to show the worklist: run the engine and the demo with "
+                "the same TRIAGE_API_TOKEN (`make run` and `make demo` share one; "
+                "docs/security.md)"
+            )
         r.raise_for_status()
         return [s for s in r.json()["studies"] if s["accession_number"] in accessions]
 

@@ -209,7 +209,9 @@ class Engine:
     async def run(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        app = create_app(self.db, lambda: self.pipeline.urgency, self.health, s.data_dir)
+        app = create_app(
+            self.db, lambda: self.pipeline.urgency, self.health, s.data_dir, settings=s
+        )
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

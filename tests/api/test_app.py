@@ -7,6 +7,7 @@ from conftest import REPO_ROOT
 from fastapi.testclient import TestClient
 
 from triage.api.app import create_app
+from triage.config import Settings
 from triage.scoring import load_urgency_rules
 from triage.store import Database, Finding, Study, StudyState
 
@@ -24,13 +25,19 @@ def rules():
     return load_urgency_rules(REPO_ROOT / "rules" / "urgency.yaml")
 
 
-def client(db, rules, parts):
-    return TestClient(create_app(db, rules, lambda: parts))
+TOKEN = "api-token-of-these-tests"  # their api_token setting (TRIAGE_API_TOKEN)
+
+
+def client(db, rules, parts, *, auth=True):
+    c = TestClient(create_app(db, rules, lambda: parts, settings=Settings(api_token=TOKEN)))
+    if auth:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+    return c
 
 
 def test_healthz_503_names_the_part_that_is_not_ready(db, rules):
     parts = {"dicom": {"ready": True}, "triton": {"ready": False, "detail": "starting"}}
-    r = client(db, rules, parts).get("/healthz")
+    r = client(db, rules, parts, auth=False).get("/healthz")  # open: no credentials needed
     assert r.status_code == 503
     body = r.json()
     assert body["status"] == "not ready"
@@ -38,7 +45,8 @@ def test_healthz_503_names_the_part_that_is_not_ready(db, rules):
 
 
 def test_healthz_200_when_all_ready(db, rules):
-    r = client(db, rules, {"dicom": {"ready": True}, "hl7": {"ready": True}}).get("/healthz")
+    parts = {"dicom": {"ready": True}, "hl7": {"ready": True}}
+    r = client(db, rules, parts, auth=False).get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ready"
 
 
@@ -100,3 +108,10 @@ def test_unknown_path_and_method_answer_json(db, rules):
     assert r.status_code == 404 and r.json() == {"error": "Not Found"}
     r = c.post("/api/worklist")
     assert r.status_code == 405 and "error" in r.json()
+
+
+def test_worklist_needs_credentials(db, rules):
+    r = client(db, rules, {}, auth=False).get("/api/worklist")
+    assert r.status_code == 401
+    assert r.json()["error"] == "authentication required"
+    assert r.headers["www-authenticate"].startswith("Bearer")

@@ -37,6 +37,10 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+API_TOKEN = "end-to-end-api-token"  # TRIAGE_API_TOKEN of the engine started here
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
 @pytest.fixture
 def ris():
     r = FakeRIS()
@@ -53,6 +57,7 @@ def engine(tmp_path, ris):
         TRIAGE_DICOM_PORT="0",
         TRIAGE_HL7_PORT="0",
         TRIAGE_HTTP_PORT="0",
+        TRIAGE_API_TOKEN=API_TOKEN,
         TRIAGE_RIS_HOST="127.0.0.1",
         TRIAGE_RIS_PORT=str(ris.port),
         TRIAGE_STUDY_STABLE_SECONDS="2",
@@ -139,7 +144,7 @@ def test_bleed_jumps_to_the_top(engine, ris, tmp_path):
         )
 
     def scored():
-        items = httpx.get(f"{base}/api/worklist", timeout=5).json()["studies"]
+        items = httpx.get(f"{base}/api/worklist", headers=AUTH, timeout=5).json()["studies"]
         ours = [s for s in items if s["accession_number"] in ("ACCPOS1", "ACCNEG1")]
         return ours if len(ours) == 2 and all(s["state"] == "scored" for s in ours) else None
 

@@ -45,6 +45,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+API_TOKEN = "outage-tests-api-token"  # TRIAGE_API_TOKEN of the engines started here
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
 class Engine:
     def __init__(self, work: Path, env: dict[str, str]) -> None:
         self.work = work
@@ -58,6 +62,7 @@ class Engine:
             TRIAGE_DICOM_PORT="0",
             TRIAGE_HL7_PORT="0",
             TRIAGE_HTTP_PORT="0",
+            TRIAGE_API_TOKEN=API_TOKEN,
             TRIAGE_STUDY_STABLE_SECONDS="1",
             TRIAGE_COMPLETION_POLL_SECONDS="0.3",
             TRIAGE_RETRY_SECONDS="1",
@@ -121,7 +126,7 @@ class Engine:
         )
 
     def study(self, accession: str) -> dict[str, Any] | None:
-        items = httpx.get(f"{self.base}/api/worklist", timeout=10).json()["studies"]
+        items = httpx.get(f"{self.base}/api/worklist", headers=AUTH, timeout=10).json()["studies"]
         return next((s for s in items if s["accession_number"] == accession), None)
 
     def stop(self) -> None:
@@ -207,11 +212,11 @@ def test_external_triton_stopped_mid_run_studies_wait_then_complete(
         # the key image of the result, over HTTP
         url = st["findings"][0]["key_image_url"]
         assert url and url.startswith(f"/api/studies/{study.study_uid}/key-image")
-        r = httpx.get(engine.base + url, timeout=10)
+        r = httpx.get(engine.base + url, headers=AUTH, timeout=10)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         rgb, text = read_png(r.content)
         assert rgb.shape[1] == 256 and DISCLAIMER in text["Description"]
-        r = httpx.get(f"{engine.base}/api/studies/1.2.3.4/key-image", timeout=10)
+        r = httpx.get(f"{engine.base}/api/studies/1.2.3.4/key-image", headers=AUTH, timeout=10)
         assert r.status_code == 404 and "error" in r.json()
     finally:
         triton.stop()

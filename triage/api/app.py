@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from sqlmodel import col, select
@@ -14,6 +14,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from triage import __version__
 from triage.api.worklist import SYNTHETIC_NOTICE, worklist
+from triage.auth.audit import audit
+from triage.auth.deps import READERS, client_address, require
+from triage.auth.routes import install_auth
+from triage.auth.users import Clock, User
+from triage.config import Settings
 from triage.errors import StoreError
 from triage.inference.keyimage import DISCLAIMER, resolve_key_image
 from triage.scoring import UrgencyRules
@@ -28,10 +33,15 @@ def create_app(
     rules: UrgencyRules | Callable[[], UrgencyRules],
     health: HealthProbe,
     data_dir: Path | None = None,
+    settings: Settings | None = None,
+    clock: Clock | None = None,
 ) -> FastAPI:
     """``rules``: the urgency rules, or a function giving the rules in force (they change
     while the engine runs); ``data_dir``: where key images live (None: the key-image endpoint
-    always answers 404)."""
+    always answers 404); ``settings``: the sign-in, session and token settings (None: the
+    defaults, so no ``api_token``); ``clock``: the time source of sessions and lock-out.
+    Every endpoint but ``/healthz`` needs a signed-in user or a bearer token
+    (docs/security.md); each read of patient data is audited."""
     current_rules = rules if callable(rules) else (lambda: rules)
     app = FastAPI(title="Triage engine", version=__version__, docs_url=None, redoc_url=None)
 
@@ -47,6 +57,8 @@ def create_app(
     async def _store_error(_req: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"error": "store unavailable", "detail": str(exc)}, 503)
 
+    install_auth(app, db, settings or Settings(), clock=clock)
+
     @app.get("/healthz")
     def healthz() -> JSONResponse:
         parts = health()
@@ -55,14 +67,21 @@ def create_app(
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/api/worklist")
-    def get_worklist() -> dict[str, Any]:
+    def get_worklist(request: Request, user: User = Depends(require(*READERS))) -> dict[str, Any]:
         with db.session() as s:
             items = worklist(s, current_rules())
+        audit(db, user.name, "view", "worklist", client_address(request), f"{len(items)} studies")
         return {"notice": SYNTHETIC_NOTICE, "count": len(items), "studies": items}
 
     @app.get("/api/studies/{study_uid}/key-image", response_model=None)
-    def key_image(study_uid: str, model: str | None = None) -> FileResponse | JSONResponse:
+    def key_image(
+        request: Request,
+        study_uid: str,
+        model: str | None = None,
+        user: User = Depends(require(*READERS)),
+    ) -> FileResponse | JSONResponse:
         """The newest key image PNG of a study's AI finding (of ``model`` when given)."""
+        audit(db, user.name, "view", f"study:{study_uid}", client_address(request), "key image")
         with db.session() as s:
             query = select(Finding).where(Finding.study_uid == study_uid, Finding.key_image != "")
             if model:
@@ -86,4 +105,7 @@ def create_app(
             },
         )
 
+    from triage.web import install_pages  # the pages: worklist, study (triage/web/)
+
+    install_pages(app, db, current_rules, data_dir)
     return app

@@ -9,6 +9,8 @@
 - ``OutboxAction``: what was done to an outbox message (retry, discard, dead letter), by whom.
 - ``PriorityChange``: every change of a study's engine priority, with its cause (scoring).
 - ``RulesVersion``: every urgency rules text the engine has put in force, by its id (scoring).
+- ``UserAccount``, ``AuthSession``: local accounts and signed-in sessions (``triage.auth``).
+- ``AuditEvent``: the append-only audit log of views and changes (``triage.auth.audit``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from sqlalchemy import DDL, event
 from sqlmodel import Field, SQLModel
 
 
@@ -211,3 +214,58 @@ class RulesVersion(SQLModel, table=True):
     path: str = ""
     text: str = ""
     first_loaded_at: datetime = Field(default_factory=utcnow)
+
+
+class UserAccount(SQLModel, table=True):
+    """A local account (``triage.auth``): its role, its argon2 password hash, the lock-out
+    state of its sign-ins, and the hash of its personal API token (``triage users token``)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=64)
+    role: str = ""  # radiologist, manager, engineer, admin (triage.auth.users.ROLES)
+    password_hash: str = ""  # argon2id, encoded with its parameters
+    created_at: datetime = Field(default_factory=utcnow)
+    password_changed_at: datetime = Field(default_factory=utcnow)
+    failed_logins: int = 0  # failed sign-ins in a row
+    locked_until: datetime | None = None  # sign-ins refused until then (lock-out)
+    last_login_at: datetime | None = None
+    token_hash: str = Field(default="", index=True)  # SHA-256 of the API token; "" none
+    token_created_at: datetime | None = None
+
+
+class AuthSession(SQLModel, table=True):
+    """A signed-in browser session. The cookie carries a random token; only its SHA-256 is
+    stored, with the per-session CSRF token and the two expiries."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(index=True, unique=True, max_length=64)
+    user_name: str = Field(index=True, max_length=64)
+    csrf_token: str = ""
+    address: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    last_seen_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(default_factory=utcnow)  # absolute end (session_max_minutes)
+
+
+class AuditEvent(SQLModel, table=True):
+    """The append-only audit log (``triage.auth.audit``): who did or saw what, when, from
+    where. Nothing in the engine updates or deletes a row; on SQLite triggers refuse it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    user: str = Field(default="", index=True)
+    action: str = Field(default="", index=True)  # sign-in, view, feedback, ... (docs/security.md)
+    obj: str = ""  # what was seen or changed: "worklist", "study:<uid>", "user:<name>", ...
+    address: str = ""  # the client's IP address, or "cli:<os user>"
+    detail: str = ""
+
+
+for _when, _verb in (("UPDATE", "updated"), ("DELETE", "deleted")):
+    event.listen(
+        AuditEvent.__table__,  # type: ignore[attr-defined]
+        "after_create",
+        DDL(
+            f"CREATE TRIGGER IF NOT EXISTS auditevent_no_{_when.lower()} BEFORE {_when} "
+            f"ON auditevent BEGIN SELECT RAISE(ABORT, 'audit log rows are never {_verb}'); END"
+        ).execute_if(dialect="sqlite"),
+    )
