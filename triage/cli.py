@@ -1,5 +1,6 @@
 """Command line: ``triage serve``, ``triage demo``, ``triage config``, ``triage rules check``,
-``triage hl7 ...``, ``triage outbox list | show | retry | discard``, ``triage models ...``."""
+``triage hl7 ...``, ``triage outbox list | show | retry | discard``, ``triage models ...``,
+``triage users add | passwd | role | token | list``, ``triage audit export``."""
 
 from __future__ import annotations
 
@@ -133,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     from triage.outbound import commands as outbox_commands  # `triage outbox list | show ...`
 
     outbox_commands.add_parsers(sub, _add_settings_args, _settings)
+
+    from triage.auth import commands as auth_commands  # `triage users ...`, `triage audit export`
+
+    auth_commands.add_parsers(sub, _add_settings_args, _settings)
 
     from triage.training.cli import add_models_commands  # `triage models train | validate`
 
