@@ -212,6 +212,7 @@ class Engine:
         app = create_app(
             self.db, lambda: self.pipeline.urgency, self.health, s.data_dir, settings=s
         )
+        self._close_pages = app.state.worklist_feed.close  # open live pages end at stop
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -262,6 +263,7 @@ class Engine:
 
     def request_stop(self) -> None:
         if self._server is not None:
+            self._close_pages()  # else uvicorn waits for the pages' event streams to end
             self._server.should_exit = True
 
 

@@ -11,6 +11,7 @@
 - ``RulesVersion``: every urgency rules text the engine has put in force, by its id (scoring).
 - ``UserAccount``, ``AuthSession``: local accounts and signed-in sessions (``triage.auth``).
 - ``AuditEvent``: the append-only audit log of views and changes (``triage.auth.audit``).
+- ``Feedback``: a radiologist's verdict on an AI result, or a final report's coded result.
 """
 
 from __future__ import annotations
@@ -214,6 +215,25 @@ class RulesVersion(SQLModel, table=True):
     path: str = ""
     text: str = ""
     first_loaded_at: datetime = Field(default_factory=utcnow)
+
+
+class Feedback(SQLModel, table=True):
+    """Whether an AI result was right: a radiologist's verdict on the study page (source
+    ``radiologist``) or a final report's coded result from the RIS (source ``report``, an
+    inbound ORU^R01 mapped by ``final_report`` in rules/hl7-mapping.yaml)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_uid: str = Field(index=True, max_length=64)
+    model_name: str = ""  # the model whose result is judged
+    finding_id: int | None = None  # the finding judged ("" result when there was none)
+    ai_result: str = ""  # what the AI said then: positive, negative, not_assessable, pending
+    source: str = ""  # radiologist, report
+    verdict: str = ""  # agreed, disagreed ("" when there was no AI result to judge)
+    truth: str = ""  # positive, negative ("" when not known)
+    note: str = ""
+    who: str = ""  # the signed-in user, or the report's sending application
+    message_id: int | None = None  # the HL7Message of a report
+    at: datetime = Field(default_factory=utcnow, index=True)
 
 
 class UserAccount(SQLModel, table=True):
