@@ -15,6 +15,7 @@ from conftest import REPO_ROOT
 from ris_peer import FakeRIS
 from sqlmodel import select
 
+from triage import pipeline as pipeline_module
 from triage.completion import CompletionPolicy, complete_stable_studies
 from triage.config import load_settings
 from triage.errors import NotAssessable, TritonUnavailable
@@ -84,7 +85,6 @@ def make(
             stable_seconds_for=settings.stable_seconds_for,
             shortest_seconds=stable,
             expected_series_quiet_seconds=stable,
-            routing=routing,
         ),
         retry_seconds=0.2,
         match_window_hours=settings.order_match_window_hours,
@@ -422,7 +422,6 @@ def test_expected_series_complete_a_study_early(tmp_path, ris):
         stable_seconds_for=lambda m, a: 3600.0,
         shortest_seconds=3600,
         expected_series_quiet_seconds=0.5,
-        routing=rules,
     )
     add_study(db, "17.1", desc="BRAIN 5MM", series="1", age=2)
     p.tick()
@@ -504,18 +503,54 @@ def test_completion_links_with_the_match_window_setting(tmp_path, ris, window, l
         "version: 1\nrules:\n  - name: head\n    model: ich\n    modality: [CT]\n"
         "    expected_series: ['(?i)brain']\n",
     )
-    db, _ = make(tmp_path, ScriptedAnalyzer([]), ris, routing=rules)
+    db, p = make(tmp_path, ScriptedAnalyzer([]), ris, routing=rules, window=window)
     add_study(db, "21.1", desc="BRAIN 5MM", patient="PV", age=2)
     add_order(db, "ACCV", "S", "E", patient="PV", modality="CT", hours_ago=2)
     policy = CompletionPolicy(
         stable_seconds_for=lambda m, a: 3600.0,
         shortest_seconds=3600,
         expected_series_quiet_seconds=0.5,
-        routing=rules,
     )
-    done = complete_stable_studies(db, policy, match_window_hours=window)
+    done = complete_stable_studies(db, policy, expected_series_present=p.expected_series_present)
     assert [uid for uid, _ in done] == ["21.1"]
     assert study(db, "21.1").order_link == link
+
+
+def test_a_study_completed_by_its_expected_series_is_routed_once(
+    tmp_path, ris, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Completion asks the pipeline whether the expected series are there (the pipeline
+    routes); the rule found then is the one the study is processed with, not routed again
+    unless its images or its order changed."""
+    rules = load_routing_rules(
+        Path("site-routing.yaml"),
+        "version: 1\nrules:\n  - name: head\n    model: ich\n    modality: [CT]\n"
+        "    expected_series: ['(?i)brain']\n",
+    )
+    db, p = make(
+        tmp_path, ScriptedAnalyzer([positive(), positive()]), ris, stable=3600, routing=rules
+    )
+    p.completion = CompletionPolicy(
+        stable_seconds_for=lambda m, a: 3600.0,
+        shortest_seconds=3600,
+        expected_series_quiet_seconds=0.5,
+    )
+    routed: list[object] = []
+    real_route = pipeline_module.route
+
+    def counting_route(routing, facts):
+        routed.append(facts)
+        return real_route(routing, facts)
+
+    monkeypatch.setattr(pipeline_module, "route", counting_route)
+    add_study(db, "23.1", desc="BRAIN 5MM", age=2)
+    p.tick()
+    st = study(db, "23.1")
+    assert st.state == StudyState.SCORED and st.routed_model == "ich"
+    assert len(routed) == 1
+    # Processed again later (a retry, an order): routed then, as before.
+    p.process_study("23.1")
+    assert len(routed) == 2
 
 
 def test_cancelled_order_takes_its_priority_and_patient_class_with_it(tmp_path, ris):

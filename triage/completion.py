@@ -6,7 +6,8 @@ DICOM has no "study finished" message, so completion is inferred, and made idemp
   per-modality overrides of ``study_stable_seconds``).
 - **Expected series**: once every series the matching routing rule lists in
   ``expected_series`` is present, a shorter quiet period (``expected_series_quiet_seconds``)
-  is enough.
+  is enough. Completion does not route: it asks the ``expected_series_present`` callable it
+  is given (the pipeline's, which routes the study once and keeps the rule for processing).
 - **From the RIS**: an order with ORC-5 = CM (exam completed) completes its studies that have
   images at once (see :meth:`triage.pipeline.Pipeline.on_order`).
 
@@ -20,13 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
-from triage.routing import RoutingRules, route
-from triage.routing.gather import facts_for_study
-from triage.store import Database, Instance, Study, StudyState
+from triage.ports import ExpectedSeriesPresent
+from triage.store import Database, Study, StudyState
 from triage.store.models import utcnow
-from triage.store.repo import link_order
 
 
 @dataclass(frozen=True)
@@ -34,20 +33,20 @@ class CompletionPolicy:
     stable_seconds_for: Callable[[str, str], float]  # (modality, calling AE) -> seconds
     shortest_seconds: float  # the shortest quiet period any study can have
     expected_series_quiet_seconds: float
-    routing: RoutingRules | None = None
 
 
 def complete_stable_studies(
     db: Database,
     policy: CompletionPolicy,
     *,
-    match_window_hours: float,
+    expected_series_present: ExpectedSeriesPresent | None = None,
     now: datetime | None = None,
 ) -> list[tuple[str, str]]:
     """Mark quiet RECEIVING studies COMPLETE; return (study UID, why) for each.
 
-    ``match_window_hours`` (the ``order_match_window_hours`` setting) is used to link a study
-    to its order when the routing rule, hence the expected series, depends on the order."""
+    ``expected_series_present(session, study)``: whether every series the study's routing
+    rule expects is present (None: no rule expects any); asked only for a study quiet for
+    ``expected_series_quiet_seconds`` but not yet for its whole quiet period."""
     now = now or utcnow()
     shortest = min(policy.shortest_seconds, policy.expected_series_quiet_seconds)
     done: list[tuple[str, str]] = []
@@ -64,8 +63,10 @@ def complete_stable_studies(
             why = ""
             if quiet >= needed:
                 why = f"no new image for {needed:g} s"
-            elif quiet >= policy.expected_series_quiet_seconds and _expected_series_present(
-                s, study, policy.routing, match_window_hours
+            elif (
+                expected_series_present is not None
+                and quiet >= policy.expected_series_quiet_seconds
+                and expected_series_present(s, study)
             ):
                 why = "every expected series is present"
             if why:
@@ -74,18 +75,3 @@ def complete_stable_studies(
                 s.add(study)
                 done.append((study.study_uid, why))
     return done
-
-
-def _expected_series_present(
-    session: Session, study: Study, routing: RoutingRules | None, match_window_hours: float
-) -> bool:
-    if routing is None or not any(r.expected_series for r in routing.rules):
-        return False
-    order = link_order(session, study, match_window_hours)
-    rule = route(routing, facts_for_study(session, study, order))
-    if rule is None or not rule.expected_series:
-        return False
-    descriptions = session.exec(
-        select(Instance.series_description).where(Instance.study_uid == study.study_uid).distinct()
-    ).all()
-    return all(any(p.search(d or "") for d in descriptions) for p in rule.expected_series)

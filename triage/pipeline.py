@@ -20,15 +20,14 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 from sqlmodel import Session, and_, col, or_, select
 
 from triage.completion import CompletionPolicy, complete_stable_studies
 from triage.errors import InferenceError, NotAssessable
-from triage.routing import RoutingRules, route
+from triage.ports import Analysis, Analyzer, Notifier
+from triage.routing import RoutingRule, RoutingRules, route
 from triage.routing.gather import facts_for_study
 from triage.scoring import FindingInput, UrgencyRules, UrgencyRulesWatcher, score_study
 from triage.scoring.history import Cause, record_change, remember_version
@@ -50,52 +49,6 @@ MAX_FAILURES = 3  # processing errors in a row after which a study is no longer 
 OPEN_STATES = (StudyState.SCORED, StudyState.NOT_ROUTED, StudyState.AI_PENDING)
 _CHUNK = 500  # ids per IN (...) query
 FAILED_REASON = "Processing failed"
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """A model's answer for a study, ready to store as a Finding."""
-
-    model_name: str
-    model_version: str
-    status: str  # done, not_assessable, error
-    probability: float | None = None
-    positive: bool = False
-    threshold: float | None = None
-    key_slice: int | None = None
-    series_uid: str = ""
-    detail: str = ""
-    key_image: str = ""  # PNG path relative to the data dir; "" when none
-
-
-class Analyzer(Protocol):
-    def analyze(
-        self, model: str, instances: list[Instance]
-    ) -> Analysis:  # pragma: no cover - protocol
-        """Run ``model`` on a study's instances. Raises NotAssessable / InferenceError."""
-        ...
-
-
-class Notifier(Protocol):
-    """The RIS side, as an outbox: messages are queued in the scoring transaction, then sent."""
-
-    def queue(
-        self,
-        session: Session,
-        study: Study,
-        order: Order | None,
-        findings: list[Finding],
-        *,
-        order_change: bool = True,
-        corrected: bool = False,
-    ) -> bool:  # pragma: no cover - protocol
-        """Queue an ORM XO (new priority, when ``order_change``) and an ORU per AI result
-        (result status C when ``corrected``); False when nothing could be queued."""
-        ...
-
-    def send_pending(self) -> None:  # pragma: no cover - protocol
-        """Send queued messages that are due; failures stay queued for a later retry."""
-        ...
 
 
 class Pipeline:
@@ -126,6 +79,9 @@ class Pipeline:
         self.completion = completion
         self.retry_seconds = retry_seconds
         self.window = match_window_hours  # the order_match_window_hours setting
+        # Rules found by expected_series_present in this tick's completion, kept for the
+        # processing that follows (a study is routed once): uid -> (images, order, rule).
+        self._routed: dict[str, tuple[tuple[datetime, int], int | None, RoutingRule | None]] = {}
         try:
             with self.db.session() as s:
                 remember_version(s, self.urgency, self.clock())
@@ -137,10 +93,15 @@ class Pipeline:
         """Periodic work: a changed rules file, completion, pending AI and failed-study
         retries, the scheduled re-score (aging), pending RIS sends."""
         self.check_rules()
-        done = complete_stable_studies(self.db, self.completion, match_window_hours=self.window)
-        for uid, why in done:
-            log.info("study %s complete: %s", uid, why)
-            self.process_study(uid)
+        try:
+            done = complete_stable_studies(
+                self.db, self.completion, expected_series_present=self.expected_series_present
+            )
+            for uid, why in done:
+                log.info("study %s complete: %s", uid, why)
+                self.process_study(uid)
+        finally:
+            self._routed.clear()
         for uid in self._due_retries():
             self.process_study(uid)
         self._scheduled_rescore()
@@ -246,13 +207,41 @@ class Pipeline:
         except Exception as exc:  # a bug or a broken store: this study only
             self._failed(study_uid, exc)
 
+    def expected_series_present(self, session: Session, study: Study) -> bool:
+        """Whether every series the study's routing rule lists in ``expected_series`` is
+        present (completion asks). The study is linked to its order and routed here; the rule
+        is kept for its processing in the same tick."""
+        if not any(r.expected_series for r in self.routing.rules):
+            return False
+        order = link_order(session, study, self.window)
+        rule = route(self.routing, facts_for_study(session, study, order))
+        images = (study.last_received_at, study.instance_count)
+        self._routed[study.study_uid] = (images, study.order_id, rule)
+        if rule is None or not rule.expected_series:
+            return False
+        descriptions = session.exec(
+            select(Instance.series_description)
+            .where(Instance.study_uid == study.study_uid)
+            .distinct()
+        ).all()
+        return all(any(p.search(d or "") for d in descriptions) for p in rule.expected_series)
+
+    def _route(self, session: Session, study: Study, order: Order | None) -> RoutingRule | None:
+        """The study's routing rule: the one completion just found, when neither its images
+        nor its order changed since, else routed now."""
+        kept = self._routed.pop(study.study_uid, None)
+        images = (study.last_received_at, study.instance_count)
+        if kept is not None and kept[:2] == (images, study.order_id):
+            return kept[2]
+        return route(self.routing, facts_for_study(session, study, order))
+
     def _process(self, study_uid: str) -> None:
         with self.db.session() as s:
             study = _study(s, study_uid)
             if study is None:
                 return
             order = link_order(s, study, self.window)
-            rule = route(self.routing, facts_for_study(s, study, order))
+            rule = self._route(s, study, order)
             instances = list(study_instances(s, study_uid)) if rule else []
             fingerprint = _fingerprint(instances)
             again = (

@@ -124,7 +124,6 @@ class Engine:
                     ]
                 ),
                 expected_series_quiet_seconds=settings.expected_series_quiet_seconds,
-                routing=self.routing,
             ),
             retry_seconds=settings.retry_seconds,
             match_window_hours=settings.order_match_window_hours,

@@ -79,7 +79,6 @@ def make(tmp_path: Path, analyzer, ris: FakeRIS, rules_file: Path | None = None)
             stable_seconds_for=settings.stable_seconds_for,
             shortest_seconds=0.05,
             expected_series_quiet_seconds=0.05,
-            routing=routing,
         ),
         retry_seconds=0.2,
         match_window_hours=settings.order_match_window_hours,

@@ -1,6 +1,6 @@
 """Run a routed model on a stored study: select the series, build the volume, check, ask Triton.
 
-This is the pipeline's :class:`~triage.pipeline.Analyzer`. It knows files and tensors; it does
+This is the pipeline's :class:`~triage.ports.Analyzer`. It knows files and tensors; it does
 not know about scoring or the RIS. Steps, in order:
 
 1. select the series (:func:`~triage.inference.volume.select_series`), load it in HU, resample
@@ -43,7 +43,7 @@ from triage.inference.volume import (
     select_series,
     z_sample_positions,
 )
-from triage.pipeline import Analysis
+from triage.ports import Analysis
 from triage.store.models import Instance
 
 log = logging.getLogger(__name__)
