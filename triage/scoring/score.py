@@ -20,6 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from triage.scoring.rules import UrgencyRules
 
@@ -37,8 +38,7 @@ class FindingInput:
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class ScoreTerm:
+class ScoreTerm(NamedTuple):
     """One contribution to a score, as the worklist API shows it."""
 
     kind: str  # ordered, class, location, finding, aging, rule
@@ -60,7 +60,7 @@ class ScoreResult:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+    return "%.0f" % x if x == int(x) else "%.1f" % x  # noqa: UP031 - the fastest here
 
 
 def score_study(
@@ -171,19 +171,22 @@ def score_study(
     if rules.rules:
         values = fields or {}
         for rule in rules.rules:
-            if all(c.holds(values.get(c.field, "") or "") for c in rule.conditions):
+            for c in rule.conditions:
+                if not c.holds(values.get(c.field) or ""):
+                    break
+            else:
                 reasons.append(f"{rule.name}: +{_fmt(rule.points)}")
                 terms.append(ScoreTerm("rule", rule.name, rule.points))
                 score += rule.points
 
     score = min(100.0, round(score, 1))
-    from_score = level.code
+    priority = level.code
     for min_score, code in rules.priority_from_score:
         if score >= min_score:
-            from_score = code
+            if rules.priorities[code].rank < level.rank:
+                priority = code
             break
-    priority = rules.more_urgent(from_score, level.code)
-    raised = rules.priorities[priority].rank < level.rank
+    raised = priority != level.code
     if raised:
         reasons.append(f"Score {_fmt(score)} -> priority {priority} (raised from {level.code})")
     else:
