@@ -303,9 +303,15 @@ def install_auth(
         if result.user is None and result.reason == "locked" and result.locked_until:
             until = result.locked_until
             minutes = max(1, round((until - now).total_seconds() / 60))
-            await run_in_threadpool(
-                audit, db, username, "sign-in-locked", obj, address, f"locked until {_iso(until)}"
-            )
+            if result.checked:  # this wrong password locked the account
+                action = "sign-in-failed"
+                detail = (
+                    f"wrong user name or password ({result.failures} in a row); "
+                    f"locked until {_iso(until)}"
+                )
+            else:
+                action, detail = "sign-in-locked", f"locked until {_iso(until)}"
+            await run_in_threadpool(audit, db, username, action, obj, address, detail)
             message = (
                 f"Too many failed sign-ins: this account is locked until "
                 f"{until:%H:%M} UTC (about {minutes} min). Try again then, or ask an "

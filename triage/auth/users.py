@@ -199,6 +199,7 @@ class SignIn:
     reason: str = ""  # "", "wrong", "locked"
     locked_until: datetime | None = None
     failures: int = 0
+    checked: bool = False  # the password was checked (and was wrong); False: refused unchecked
 
 
 def authenticate(
@@ -217,7 +218,7 @@ def authenticate(
         acc = _account(s, name)
         if acc is None:
             burn_verify(password)
-            return SignIn(None, "wrong")
+            return SignIn(None, "wrong", checked=True)
         if acc.locked_until is not None:
             if aware(acc.locked_until) > now:
                 return SignIn(None, "locked", aware(acc.locked_until), acc.failed_logins)
@@ -229,8 +230,8 @@ def authenticate(
                 acc.locked_until = now + lockout
             s.add(acc)
             if acc.locked_until is not None and aware(acc.locked_until) > now:
-                return SignIn(None, "locked", aware(acc.locked_until), acc.failed_logins)
-            return SignIn(None, "wrong", None, acc.failed_logins)
+                return SignIn(None, "locked", aware(acc.locked_until), acc.failed_logins, True)
+            return SignIn(None, "wrong", None, acc.failed_logins, True)
         if needs_rehash(acc.password_hash):
             acc.password_hash = hash_password(password)
         acc.failed_logins = 0
