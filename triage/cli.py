@@ -1,6 +1,7 @@
 """Command line: ``triage serve``, ``triage demo``, ``triage config``, ``triage rules check``,
 ``triage hl7 ...``, ``triage outbox list | show | retry | discard``, ``triage models ...``,
-``triage users add | passwd | role | token | list``, ``triage audit export``."""
+``triage users add | passwd | role | token | list``, ``triage audit export``,
+``triage worklist [--follow]``, ``triage status``."""
 
 from __future__ import annotations
 
@@ -138,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     from triage.auth import commands as auth_commands  # `triage users ...`, `triage audit export`
 
     auth_commands.add_parsers(sub, _add_settings_args, _settings)
+
+    from triage.web.terminal import add_terminal_commands  # `triage worklist`, `triage status`
+
+    add_terminal_commands(sub, _add_settings_args, _settings)
 
     from triage.training.cli import add_models_commands  # `triage models train | validate`
 

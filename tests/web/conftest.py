@@ -226,6 +226,7 @@ class LiveServer:
     app: Any
     db: Database
     data_dir: Path
+    health: dict[str, dict[str, Any]]  # what /healthz reports (a test may change it)
 
 
 @pytest.fixture
@@ -246,7 +247,7 @@ def live_server(db: Database, rules: UrgencyRules, data_dir: Path) -> Iterator[L
         time.sleep(0.02)
     assert server.started, "uvicorn did not start"
     try:
-        yield LiveServer(f"http://127.0.0.1:{port}", app, db, data_dir)
+        yield LiveServer(f"http://127.0.0.1:{port}", app, db, data_dir, health)
     finally:
         app.state.worklist_feed.close()  # open event streams end, so the server can stop
         server.should_exit = True
