@@ -67,6 +67,21 @@ def test_retry_and_discard_are_recorded_with_who(outbox, capsys) -> None:
     assert "retry: message" in capsys.readouterr().out
 
 
+def test_retry_and_discard_are_in_the_audit_log(outbox, capsys) -> None:
+    from triage.auth.audit import events
+
+    db, bad, _, waiting = outbox
+    assert main(["outbox", "retry", str(bad)]) == 0
+    assert main(["outbox", "discard", str(waiting)]) == 0
+    got = [(e.action, e.obj, e.address) for e in events(db)]
+    me = f"cli:{getpass.getuser()}"
+    assert got == [
+        ("outbox-retry", f"outbox:{bad}", me),
+        ("outbox-discard", f"outbox:{waiting}", me),
+    ]
+    assert all(e.user.startswith(getpass.getuser() + "@") for e in events(db))
+
+
 def test_a_sent_message_cannot_be_retried_or_discarded(outbox, capsys) -> None:
     db, _, good, _ = outbox
     assert main(["outbox", "retry", str(good)]) == 1

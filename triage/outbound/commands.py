@@ -160,7 +160,11 @@ def cmd_change(args: argparse.Namespace, settings: Settings, action: str) -> int
     who = outbox.who_am_i()
     change = outbox.retry if action == "retry" else outbox.discard
     done = change(db, args.ids, who=who, note=args.note)
+    from triage.auth.audit import audit, cli_address
+
     for m in done:
+        audit(db, who, f"outbox-{action}", f"outbox:{m.id}", cli_address(),
+              f"{m.kind} {m.control_id}, order {m.order_key}: now {m.status}")  # fmt: skip
         print(f"{action}: message {m.id} ({m.kind} {m.control_id}, order {m.order_key}) "
               f"is now {m.status}")  # fmt: skip
     if action == "retry":
