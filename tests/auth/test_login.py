@@ -156,3 +156,18 @@ def test_sign_out_ends_the_session(client, users, db):
         assert s.exec(select(AuthSession)).all() == []
     client.cookies.set("triage_session", token)  # the old cookie, replayed
     assert client.get("/api/worklist").status_code == 401
+
+
+def test_expired_sessions_are_removed_at_the_next_sign_in(client, users, db, clock, app):
+    from fastapi.testclient import TestClient
+
+    assert sign_in(client, "rita").status_code == 303
+    clock.advance(minutes=10)
+    with TestClient(app) as other:
+        assert sign_in(other, "mark").status_code == 303
+    clock.advance(minutes=25)  # rita's session idle 35 min, mark's 25 min
+    with TestClient(app) as third:
+        assert sign_in(third, "erin").status_code == 303
+    with db.session() as s:
+        left = sorted(r.user_name for r in s.exec(select(AuthSession)).all())
+    assert left == ["erin", "mark"]

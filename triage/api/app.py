@@ -57,7 +57,7 @@ def create_app(
     async def _store_error(_req: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"error": "store unavailable", "detail": str(exc)}, 503)
 
-    install_auth(app, db, settings or Settings(), clock=clock)
+    install_auth(app, db, settings or Settings.model_validate({}), clock=clock)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

@@ -333,6 +333,7 @@ def install_auth(
                 else "wrong user name or password",
             )
             return form_response(next_url, "Wrong user name or password.", username, 401)
+        await run_in_threadpool(ctx.sessions.purge)  # expired sessions of anyone
         token, _sess = await run_in_threadpool(ctx.sessions.create, result.user, address)
         await run_in_threadpool(
             audit, db, result.user.name, "sign-in", obj, address, f"role {result.user.role}"

@@ -10,6 +10,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import or_
 from sqlmodel import col, delete, select
 
 from triage.auth.users import Clock, User, aware, token_hash
@@ -79,15 +80,15 @@ class SessionStore:
             s.exec(delete(AuthSession).where(col(AuthSession.token_hash) == token_hash(token)))
 
     def purge(self) -> int:
-        """Remove expired sessions; returns how many."""
+        """Remove expired sessions (run at each sign-in); returns how many."""
         now = self.clock()
         with self.db.session() as s:
-            rows = s.exec(select(AuthSession)).all()
-            gone = [
-                r
-                for r in rows
-                if aware(r.expires_at) <= now or aware(r.last_seen_at) + self.idle <= now
-            ]
-            for r in gone:
-                s.delete(r)
-        return len(gone)
+            result = s.exec(
+                delete(AuthSession).where(
+                    or_(
+                        col(AuthSession.expires_at) <= now,
+                        col(AuthSession.last_seen_at) <= now - self.idle,
+                    )
+                )
+            )
+            return int(result.rowcount or 0)
