@@ -271,3 +271,16 @@ def test_export_without_a_database_is_a_clear_error(data_dir, monkeypatch, capsy
     assert run(monkeypatch, "audit", "export", "--data-dir", str(data_dir)) == 1
     assert "no engine database" in capsys.readouterr().err
     assert not data_dir.exists()  # nothing was created
+
+
+def test_config_never_prints_the_api_token(data_dir, monkeypatch, capsys):
+    secret = "s3cret-token-that-must-not-leak"
+    monkeypatch.setenv("TRIAGE_API_TOKEN", secret)
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "TRIAGE_API_TOKEN" in out and "**********" in out and secret not in out
+    monkeypatch.setenv("TRIAGE_API_TOKEN", "short\x01secret")
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert "api_token" in err and "secret" not in err
