@@ -2,7 +2,8 @@
 
 :func:`decode_payload` turns frame bytes into text (MSH-18), :func:`evaluate` reads the header
 and, for orders (ORM^O01, OMI^O23) and patient updates (ADT^A08, ADT^A31), the values the engine
-takes, with the site mapping of the sender; :func:`make_ack` builds the answer for an outcome
+takes, with the site mapping of the sender, and for a final report (ORU^R01) its coded
+results (:mod:`triage.hl7.reports`); :func:`make_ack` builds the answer for an outcome
 in the message's acknowledgment mode (original: AA/AE/AR; enhanced: CA/CE/CR per MSH-15, or
 AA/AE/AR per MSH-16 when no commit ACK is asked for). The listener, ``triage hl7 check`` and
 ``triage hl7 replay`` all go through these functions, so the check shows exactly what the
@@ -26,6 +27,7 @@ from triage.hl7.header import (
 )
 from triage.hl7.mapping import DEFAULT_MAPPING, HL7Mapping
 from triage.hl7.orders import ParsedOrder, PatientUpdate, orders_of, patient_update_of
+from triage.hl7.reports import ParsedReport, reports_of
 
 # HL7 table 0211 (character sets) -> Python codec
 CHARSETS = {
@@ -128,9 +130,10 @@ class Evaluation:
     raw: str
     codec: str = "utf-8"
     header: MessageHeader | None = None
-    kind: str = "other"  # order, patient_update, other, rejected
+    kind: str = "other"  # order, patient_update, report, other, rejected
     orders: list[ParsedOrder] = field(default_factory=list)
     patient: PatientUpdate | None = None
+    report: ParsedReport | None = None  # a final report's coded results (ORU^R01)
     error: HL7Error | None = None
     fmap: FieldMap = DEFAULT_FIELD_MAP
     notes: list[str] = field(default_factory=list)
@@ -175,6 +178,10 @@ def evaluate(raw: str, mapping: HL7Mapping = DEFAULT_MAPPING, codec: str = "utf-
         elif header.is_patient_update:
             ev.kind = "patient_update"
             ev.patient = patient_update_of(msg, ev.fmap)
+        elif header.type_code == "ORU^R01":
+            ev.kind = "report"
+            ev.report = reports_of(msg, ev.fmap, mapping.final_report)
+            ev.notes.extend(ev.report.notes)
     except HL7Error as exc:
         ev.error = exc
         ev.kind = "rejected"

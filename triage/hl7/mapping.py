@@ -19,6 +19,9 @@ go. The mapping file lets an integration engineer say it per sender without code
         infer_modality: true  # guess CT/MR/... from the procedure text when no source has it
     outbound:                 # optional: what the engine sends to the RIS
       order_change: OMI^O23   # ORM^O01 (default) or OMI^O23 for a raised priority
+    final_report:             # optional: coded results of final reports (ORU^R01) as truth
+      results:                # for the AI results (triage.hl7.reports)
+        - {model: ich, code: [ICH], positive: [POS], negative: [NEG]}
 
 A source is ``SEG-n`` (the whole field, components joined with ``^``) or ``SEG-n.c`` (one
 component). Fields a sender entry does not name come from ``defaults``, then the built-in
@@ -41,10 +44,11 @@ from triage.hl7.fieldmap import (
     FieldRef,
 )
 from triage.hl7.header import MessageHeader
+from triage.hl7.reports import NO_FINAL_REPORT, FinalReportMap, load_final_report
 from triage.priority import PRIORITY_CODES
 from triage.yamlfile import LineDict, check_keys, load_yaml, require
 
-TOP_KEYS = {"version", "defaults", "senders", "outbound"}
+TOP_KEYS = {"version", "defaults", "senders", "outbound", "final_report"}
 OUTBOUND_KEYS = {"order_change"}
 ORDER_CHANGE_MESSAGES = ("ORM^O01", "OMI^O23")
 ENTRY_KEYS = {"fields", "priority_codes", "infer_modality"}
@@ -72,6 +76,7 @@ class HL7Mapping:
     defaults: FieldMap
     senders: tuple[Sender, ...] = ()
     order_change: str = "ORM^O01"  # outbound: the message that carries a raised priority
+    final_report: FinalReportMap = NO_FINAL_REPORT  # inbound ORU^R01: coded results as truth
 
     def for_header(self, header: MessageHeader | None) -> FieldMap:
         """The field map for a message from this sender (the defaults when none matches)."""
@@ -149,7 +154,9 @@ def load_mapping(path: Path, text: str | None = None) -> HL7Mapping:
                     out.line_of("order_change"),
                 )
             order_change = str(value)
-    return HL7Mapping(str(path), defaults, tuple(senders), order_change)
+    return HL7Mapping(
+        str(path), defaults, tuple(senders), order_change, load_final_report(path, data)
+    )
 
 
 def _field_map(path: Path, raw: LineDict, base: FieldMap, name: str) -> FieldMap:

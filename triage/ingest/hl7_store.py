@@ -5,8 +5,9 @@ For each message of a batch (:meth:`MessageStore.process_batch`): decode it (MSH
 with the sender's site mapping (:mod:`triage.hl7.inbound`), recognise a resend (same MSH-3,
 MSH-4, MSH-10 and content as a message already accepted), build its ACK, store the raw message
 with that ACK, and apply it (orders upserted by accession number + sending facility;
-ADT^A08/A31 patient names). The whole batch is committed in ONE transaction (SQLite WAL,
-``synchronous=FULL``: one fsync for the batch). The statements and transactions are
+ADT^A08/A31 patient names; ORU^R01 final reports' coded results as feedback). The whole
+batch is committed in ONE transaction (SQLite WAL, ``synchronous=FULL``: one fsync for the
+batch). The statements and transactions are
 :mod:`triage.store.messages`' (on SQLite the store's own sqlite3 connection, DBAPI cursor,
 one ``BEGIN IMMEDIATE`` per batch; other databases go through SQLAlchemy Core).
 
@@ -30,6 +31,7 @@ from sqlalchemy import Connection
 
 from triage.config import Settings
 from triage.errors import HL7Error
+from triage.feedback import report_feedback_row
 from triage.hl7.inbound import (
     CANCEL_CONTROLS,
     Evaluation,
@@ -215,7 +217,9 @@ class MessageStore:
             return Outcome(ack, code, message_id=row_id, duplicate_of=row_id)
         ack, code = self.ack(header, "AA")
         mid = self._insert_message(ops, ev.raw, peer, header, ack, code, "; ".join(notes))
+        before = len(ev.notes)
         order_ids = self.apply(ops, ev, mid)
+        notes += ev.notes[before:]  # what applying found (a report for no stored study...)
         return Outcome(ack, code, order_ids=order_ids, message_id=mid, notes=notes)
 
     @staticmethod
@@ -311,6 +315,8 @@ class MessageStore:
             return [self.upsert_order(conn, o, message_id) for o in ev.applied_orders]
         if ev.kind == "patient_update" and ev.patient is not None and ev.patient.patient_name:
             ops_for(conn).update_patient(ev.patient.patient_id, ev.patient.patient_name)
+        if ev.kind == "report" and ev.report is not None:
+            apply_report(ops_for(conn), ev, message_id)
         return []
 
     @staticmethod
@@ -355,6 +361,34 @@ class MessageStore:
             accession_number=parsed.accession_number, sending_facility=parsed.sending_facility
         )
         return ops.insert_order(values)
+
+
+def apply_report(ops: MessageOps, ev: Evaluation, message_id: int) -> int:
+    """Store a final report's coded results as feedback (source ``report``) on the studies
+    it names, once per message, study and model; a result for no stored study is noted."""
+    added = 0
+    sender = ev.header.sending_application if ev.header is not None else ""
+    for result in ev.report.results if ev.report is not None else []:
+        studies = ops.report_studies(result.study_uid, result.accession_number)
+        if not studies:
+            note = (
+                f"report {result.accession_number or result.study_uid}: no such study here; "
+                f"{result.model} {result.truth} not recorded"
+            )
+            log.info("HL7 message #%d: %s", message_id, note)
+            ev.notes.append(note)
+        for uid in studies:
+            row = report_feedback_row(
+                ops.newest_finding(uid, result.model),
+                study_uid=uid,
+                model=result.model,
+                truth=result.truth,
+                who=sender or "report",
+                note=f"final report OBX {result.code}={result.value}",
+                message_id=message_id,
+            )
+            added += ops.insert_feedback(row)
+    return added
 
 
 @dataclass

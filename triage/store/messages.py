@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Row, bindparam, insert, select, update
 
 from triage.errors import StoreError
 from triage.store.db import Database, database_errors
-from triage.store.models import HL7Message, Order, utcnow
+from triage.store.models import Feedback, Finding, HL7Message, Order, Study, utcnow
 
 _MSG = HL7Message.__table__  # type: ignore[attr-defined]
 _ORDER = Order.__table__  # type: ignore[attr-defined]
@@ -90,6 +90,19 @@ class MessageOps:
         """The stored message was applied (again): ``processed`` set, ``error`` = note."""
         raise NotImplementedError
 
+    # final reports (ORU^R01) as feedback (triage.hl7.reports, triage.feedback)
+    def report_studies(self, study_uid: str, accession_number: str) -> list[str]:
+        """The Study UIDs a report names: by its Study UID, else by its accession number."""
+        raise NotImplementedError
+
+    def newest_finding(self, study_uid: str, model: str) -> dict[str, Any] | None:
+        """{id, status, positive} of the newest finding of ``model`` for a study, or None."""
+        raise NotImplementedError
+
+    def insert_feedback(self, values: dict[str, Any]) -> bool:
+        """Add a feedback row, unless this message gave it already (a replay); True if added."""
+        raise NotImplementedError
+
 
 class CoreOps(MessageOps):
     """SQLAlchemy Core, on any database."""
@@ -128,6 +141,44 @@ class CoreOps(MessageOps):
         self.conn.execute(
             update(_MSG).where(_MSG.c.id == message_id).values(processed=True, error=note)
         )
+
+    def report_studies(self, study_uid: str, accession_number: str) -> list[str]:
+        st = Study.__table__  # type: ignore[attr-defined]
+        conn = self.conn
+        if study_uid:
+            rows = conn.execute(select(st.c.study_uid).where(st.c.study_uid == study_uid))
+            found = [str(r[0]) for r in rows]
+            if found:
+                return found
+        if not accession_number:
+            return []
+        rows = conn.execute(select(st.c.study_uid).where(st.c.accession_number == accession_number))
+        return [str(r[0]) for r in rows]
+
+    def newest_finding(self, study_uid: str, model: str) -> dict[str, Any] | None:
+        f = Finding.__table__  # type: ignore[attr-defined]
+        row = self.conn.execute(
+            select(f.c.id, f.c.status, f.c.positive)
+            .where(f.c.study_uid == study_uid, f.c.model_name == model)
+            .order_by(f.c.created_at.desc(), f.c.id.desc())
+            .limit(1)
+        ).first()
+        return dict(row._mapping) if row is not None else None
+
+    def insert_feedback(self, values: dict[str, Any]) -> bool:
+        fb = Feedback.__table__  # type: ignore[attr-defined]
+        conn = self.conn
+        known = conn.execute(
+            select(fb.c.id).where(
+                fb.c.message_id == values["message_id"],
+                fb.c.study_uid == values["study_uid"],
+                fb.c.model_name == values["model_name"],
+            )
+        ).first()
+        if known is not None:
+            return False
+        conn.execute(insert(fb), values)
+        return True
 
 
 def _sqlite_now() -> str:
@@ -214,6 +265,39 @@ class SQLiteOps(MessageOps):
 
     def update_patient(self, patient_id: str, patient_name: str) -> None:
         self.cur.execute(_SQL_UPDATE_PATIENT, (patient_name, self.now, patient_id))
+
+    def report_studies(self, study_uid: str, accession_number: str) -> list[str]:
+        table = Study.__table__.name  # type: ignore[attr-defined]
+        for column, value in (("study_uid", study_uid), ("accession_number", accession_number)):
+            if value:
+                sql = f'SELECT study_uid FROM "{table}" WHERE {column} = ?'
+                found = [str(r[0]) for r in self.cur.execute(sql, (value,)).fetchall()]
+                if found:
+                    return found
+        return []
+
+    def newest_finding(self, study_uid: str, model: str) -> dict[str, Any] | None:
+        table = Finding.__table__.name  # type: ignore[attr-defined]
+        row = self.cur.execute(
+            f'SELECT id, status, positive FROM "{table}" WHERE study_uid = ? AND model_name = ? '
+            "ORDER BY created_at DESC, id DESC LIMIT 1",
+            (study_uid, model),
+        ).fetchone()
+        return {"id": row[0], "status": row[1], "positive": bool(row[2])} if row else None
+
+    def insert_feedback(self, values: dict[str, Any]) -> bool:
+        table = Feedback.__table__.name  # type: ignore[attr-defined]
+        known = self.cur.execute(
+            f'SELECT id FROM "{table}" WHERE message_id = ? AND study_uid = ? AND model_name = ?',
+            (values["message_id"], values["study_uid"], values["model_name"]),
+        ).fetchone()
+        if known is not None:
+            return False
+        row = {**values, "at": self.now}
+        names = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        self.cur.execute(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', tuple(row.values()))
+        return True
 
 
 class MessageRows:
