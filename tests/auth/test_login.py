@@ -171,3 +171,30 @@ def test_expired_sessions_are_removed_at_the_next_sign_in(client, users, db, clo
     with db.session() as s:
         left = sorted(r.user_name for r in s.exec(select(AuthSession)).all())
     assert left == ["erin", "mark"]
+
+
+def test_parallel_wrong_passwords_are_all_counted(db, users, clock):
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import timedelta
+
+    from triage.auth.users import authenticate
+    from triage.store.models import UserAccount
+
+    def attempt(_: int):
+        return authenticate(
+            db,
+            "rita",
+            "wrong password!",
+            max_failures=12,
+            lockout=timedelta(minutes=15),
+            now=clock(),
+        )
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(attempt, range(12)))
+    with db.session() as s:
+        acc = s.exec(select(UserAccount).where(UserAccount.name == "rita")).one()
+    assert acc.failed_logins == 12
+    assert acc.locked_until is not None
+    assert sorted(r.failures for r in results) == list(range(1, 13))
+    assert [r.reason for r in results].count("locked") == 1

@@ -19,8 +19,9 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, select, update
 
 from triage.auth.passwords import (
     MIN_PASSWORD_LENGTH,
@@ -213,29 +214,45 @@ def authenticate(
 ) -> SignIn:
     """Check a sign-in. ``max_failures`` wrong passwords in a row lock the account for
     ``lockout`` from the last one; while locked even the right password is refused. An
-    unknown name costs the same time as a wrong password and gives the same answer."""
+    unknown name costs the same time as a wrong password and gives the same answer.
+
+    The slow hash check runs outside any database transaction; a failure is counted with
+    one atomic UPDATE, so sign-ins tried in parallel cannot lose a count."""
     with db.session() as s:
         acc = _account(s, name)
-        if acc is None:
-            burn_verify(password)
-            return SignIn(None, "wrong", checked=True)
-        if acc.locked_until is not None:
-            if aware(acc.locked_until) > now:
-                return SignIn(None, "locked", aware(acc.locked_until), acc.failed_logins)
-            acc.failed_logins = 0  # the lock-out is over: a full set of tries again
-            acc.locked_until = None
-        if not verify_password(acc.password_hash, password):
-            acc.failed_logins += 1
-            if acc.failed_logins >= max_failures:
-                acc.locked_until = now + lockout
-            s.add(acc)
-            if acc.locked_until is not None and aware(acc.locked_until) > now:
-                return SignIn(None, "locked", aware(acc.locked_until), acc.failed_logins, True)
-            return SignIn(None, "wrong", None, acc.failed_logins, True)
-        if needs_rehash(acc.password_hash):
-            acc.password_hash = hash_password(password)
-        acc.failed_logins = 0
-        acc.locked_until = None
-        acc.last_login_at = now
-        s.add(acc)
-        return SignIn(User(acc.name, acc.role))
+    if acc is None:
+        burn_verify(password)
+        return SignIn(None, "wrong", checked=True)
+    if acc.locked_until is not None and aware(acc.locked_until) > now:
+        return SignIn(None, "locked", aware(acc.locked_until), acc.failed_logins)
+    ok = verify_password(acc.password_hash, password)
+    rehash = hash_password(password) if ok and needs_rehash(acc.password_hash) else ""
+    account = col(UserAccount.id) == acc.id
+    with db.session() as s:
+        if ok:
+            values: dict[str, Any] = {"failed_logins": 0, "locked_until": None}
+            values["last_login_at"] = now
+            if rehash:
+                values["password_hash"] = rehash
+            s.exec(update(UserAccount).where(account).values(**values))
+            return SignIn(User(acc.name, acc.role))
+        # a lock-out that is over starts a full set of tries again
+        s.exec(
+            update(UserAccount)
+            .where(account, col(UserAccount.locked_until).is_not(None))
+            .where(col(UserAccount.locked_until) <= now)
+            .values(failed_logins=0, locked_until=None)
+        )
+        s.exec(
+            update(UserAccount)
+            .where(account)
+            .values(failed_logins=col(UserAccount.failed_logins) + 1)
+        )
+        row = s.exec(select(UserAccount).where(account)).one()
+        s.refresh(row)
+        failures = row.failed_logins
+        if failures >= max_failures:
+            row.locked_until = now + lockout
+            s.add(row)
+            return SignIn(None, "locked", row.locked_until, failures, True)
+        return SignIn(None, "wrong", None, failures, True)
