@@ -191,7 +191,6 @@ def bench_pass(n: int) -> None:
                 stable_seconds_for=settings.stable_seconds_for,
                 shortest_seconds=10,
                 expected_series_quiet_seconds=2,
-                routing=routing,
             ),
             retry_seconds=15,
             match_window_hours=24,
