@@ -29,6 +29,7 @@ where they enter the engine, so callers catch our classes, never a library's::
     │       └── RISNegativeAck  with the RIS's ACK, its MSA-1 and error text
     ├── OutboxError            an outbox command that cannot be done (unknown message, state)
     ├── HeldOutRefused         a model version already scored on the held-out set (the ledger)
+    ├── FeedbackError          feedback that cannot be recorded (unknown study, verdict, model)
     └── AuthError              an account operation that cannot be done (users, roles)
         ├── NotAuthenticated   no valid session or bearer token (HTTP 401, or the sign-in page)
         └── Forbidden          the user's role may not do this (HTTP 403)
@@ -207,6 +208,10 @@ class OutboxError(TriageError):
 
 class HeldOutRefused(TriageError):
     """This model version was already scored on the held-out set (the ledger says when)."""
+
+
+class FeedbackError(TriageError):
+    """Feedback that cannot be recorded (unknown study, verdict or model)."""
 
 
 class AuthError(TriageError):

@@ -19,16 +19,12 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from triage.errors import TriageError
+from triage.errors import FeedbackError as FeedbackError
 from triage.store.models import Feedback, Finding, utcnow
 
 VERDICTS = ("agreed", "disagreed")
 SOURCES = ("radiologist", "report")
 NOTE_MAX = 2000
-
-
-class FeedbackError(TriageError):
-    """Feedback that cannot be recorded (unknown study, verdict or model)."""
 
 
 def ai_result_of(finding: Finding | None) -> str:
