@@ -406,7 +406,9 @@ def describe_settings() -> list[tuple[str, str, str, str]]:
         if isinstance(default, Path) and default.is_absolute():
             with contextlib.suppress(ValueError):
                 default = f"<repo>/{default.relative_to(REPO_ROOT)}"
-        shown = repr(default.get_secret_value()) if isinstance(default, SecretStr) else repr(default)
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()  # the default is empty; a value never shows
+        shown = repr(default)
         rows.append((name, ENV_PREFIX + name.upper(), shown, field.description or ""))
     return rows
 
