@@ -42,6 +42,7 @@ _FIELD_LABELS = (
     ("modality", "modality"),
     ("study_uid", "study UID"),
     ("ordering_location", "ordering location"),
+    ("reason_for_study", "reason for study"),
 )
 
 

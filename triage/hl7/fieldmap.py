@@ -14,6 +14,8 @@ replace them: :mod:`triage.hl7.mapping`):
 - patient id: PID-3.1 (first repetition), else PID-2.1
 - placer / filler order number: ORC-2 / ORC-3, else OBR-2 / OBR-3 (entity id and namespace,
   joined with ``^``)
+- reason for study: OBR-31.2 (the text), else OBR-31.1 (a code, or a text some senders put
+  there)
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ DEFAULT_SOURCES: dict[str, tuple[FieldRef, ...]] = {
     "modality": refs("OBR-24.1", "IPC-5.1"),
     "study_uid": refs("ZDS-1.1", "IPC-3.1"),
     "ordering_location": refs("PV1-3"),
+    "reason_for_study": refs("OBR-31.2", "OBR-31.1"),
 }
 MAPPED_FIELDS = tuple(DEFAULT_SOURCES)
 

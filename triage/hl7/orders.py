@@ -48,6 +48,7 @@ class ParsedOrder:
     modality: str = ""  # OBR-24 | IPC-5 | inferred
     study_uid: str = ""  # ZDS-1.1 | IPC-3
     ordering_location: str = ""  # PV1-3, "point of care^room^bed^facility..."
+    reason_for_study: str = ""  # OBR-31.2 | OBR-31.1
     sources: dict[str, str] = field(default_factory=dict)  # engine field -> "ORC-7.6"...
     warnings: list[str] = field(default_factory=list)
 

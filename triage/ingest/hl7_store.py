@@ -65,6 +65,7 @@ _ORDER_FIELDS = (
     "modality",
     "study_uid",
     "ordering_location",
+    "reason_for_study",
     "sending_application",
 )
 

@@ -37,6 +37,7 @@ ORDER_FIELDS = (
     "modality",
     "study_uid",
     "ordering_location",
+    "reason_for_study",
     "sending_application",
     "sending_facility",
 )

@@ -111,6 +111,7 @@ class Order(SQLModel, table=True):
     modality: str = ""
     study_uid: str = Field(default="", index=True, max_length=64)
     ordering_location: str = ""
+    reason_for_study: str = ""  # OBR-31 (text, else code): urgency rules may test it
     sending_application: str = ""
     sending_facility: str = ""
     message_id: int | None = Field(default=None, foreign_key="hl7message.id")
