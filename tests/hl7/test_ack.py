@@ -9,7 +9,7 @@ from hl7apy.parser import parse_message
 
 from triage.errors import HL7Error, HL7ParseError
 from triage.hl7.ack import ack_for_error, build_ack, read_ack
-from triage.hl7.parse import split_message
+from triage.hl7.codec import split_message
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "hl7"
 ORM = (DATA / "orm_nw_v251.hl7").read_text(encoding="utf-8")

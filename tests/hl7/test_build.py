@@ -16,7 +16,9 @@ from triage.hl7.build import (
     build_order_change,
     validation_error,
 )
-from triage.hl7.parse import control_id_of, parse_order, split_message
+from triage.hl7.codec import split_message
+from triage.hl7.header import control_id_of
+from triage.hl7.orders import parse_order
 from triage.priority import PRIORITY_CODES, normalise_priority
 from triage.scoring import load_urgency_rules
 

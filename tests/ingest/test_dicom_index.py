@@ -16,12 +16,10 @@ from sqlmodel import select
 
 from triage.errors import StoreError
 from triage.ingest import dicom_index
-from triage.ingest.dicom_files import (
-    encode_file_meta,
-    index_instance,
-    safe_instance_path,
-)
+from triage.ingest.dicom_header import index_instance
 from triage.ingest.dicom_index import InstanceIndex
+from triage.ingest.dicom_meta import encode_file_meta
+from triage.ingest.dicom_paths import safe_instance_path
 from triage.store.db import Database
 from triage.store.durable import write_instance_file
 from triage.store.models import Instance, Study, utcnow

@@ -9,7 +9,7 @@ from sqlmodel import col, select
 
 from triage.config import Settings, load_settings
 from triage.hl7.build import AIResult, OrderRef, build_ai_result, build_order_change
-from triage.hl7.parse import control_id_of
+from triage.hl7.header import control_id_of
 from triage.store import Database, OutboundMessage
 from triage.store.models import OutboxAction
 

@@ -10,7 +10,7 @@ from sqlmodel import select
 
 from triage.config import Settings
 from triage.hl7.mapping import load_mapping
-from triage.hl7.parse import parse_order
+from triage.hl7.orders import parse_order
 from triage.ingest.hl7_store import MessageStore
 from triage.pipeline import _rule_fields
 from triage.scoring import load_urgency_rules, score_study

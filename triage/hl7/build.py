@@ -34,7 +34,7 @@ from hl7apy.validation import Validator
 
 from triage.config import Settings
 from triage.hl7.ack import hl7_timestamp, new_control_id
-from triage.hl7.parse import escape
+from triage.hl7.codec import escape
 from triage.priority import codes_text, normalise_priority
 
 VERSION = "2.5.1"

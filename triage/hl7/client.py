@@ -20,8 +20,8 @@ from triage.errors import RISNegativeAck as RISNegativeAck
 from triage.errors import RISNoAck as RISNoAck
 from triage.errors import RISUnavailable
 from triage.hl7.ack import read_ack
+from triage.hl7.header import control_id_of
 from triage.hl7.mllp import MLLPDecoder, MLLPError, frame
-from triage.hl7.parse import control_id_of
 
 MAX_ACK_BYTES = 1024 * 1024
 ACCEPT_CODES = frozenset({"AA", "CA"})

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from triage.errors import DicomIngestError, StoreError
-from triage.ingest.dicom_files import DICOM_SUBDIR, is_valid_uid, read_instance_file
+from triage.ingest.dicom_meta import read_instance_file
+from triage.ingest.dicom_paths import DICOM_SUBDIR, is_valid_uid
 from triage.store.db import Database
 from triage.store.instances import InstanceWriter
 

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 
 from triage.config import Settings
 from triage.errors import HL7ParseError
+from triage.hl7.header import MessageHeader, peek_header
 from triage.hl7.inbound import decode_message
 from triage.hl7.mapping import HL7Mapping
 from triage.hl7.mllp import MLLPDecoder, MLLPFrameTooLarge, frame
-from triage.hl7.parse import MessageHeader, peek_header
 from triage.ingest.hl7_store import MessageStore, Outcome, mapping_for
 from triage.store.db import Database
 

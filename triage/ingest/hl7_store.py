@@ -32,6 +32,7 @@ from sqlalchemy import Connection
 from triage.config import Settings
 from triage.errors import HL7Error
 from triage.feedback import report_feedback_row
+from triage.hl7.header import MessageHeader, peek_header
 from triage.hl7.inbound import (
     CANCEL_CONTROLS,
     Evaluation,
@@ -41,7 +42,7 @@ from triage.hl7.inbound import (
     make_ack,
 )
 from triage.hl7.mapping import DEFAULT_MAPPING, HL7Mapping, load_mapping_or_defaults
-from triage.hl7.parse import MessageHeader, ParsedOrder, peek_header
+from triage.hl7.orders import ParsedOrder
 from triage.store.db import Database, is_database_error
 from triage.store.messages import MessageOps, MessageRows, ops_for
 from triage.store.models import utcnow

@@ -20,7 +20,7 @@ from sqlmodel import Session
 
 from triage.config import Settings
 from triage.hl7.build import AIResult, OrderRef, build_ai_result, build_order_change
-from triage.hl7.parse import control_id_of
+from triage.hl7.header import control_id_of
 from triage.outbound.outbox import DEAD, PENDING, SENT, SKIPPED, announced_rank
 from triage.outbound.sender import OutboxSender
 from triage.store import Database, Finding, Order, OutboundMessage, Study

@@ -352,7 +352,7 @@ def instance_rows(files: Sequence[Path]) -> list[Any]:
     """Instance rows as DICOM ingest indexes them (header fields only)."""
     import pydicom
 
-    from triage.ingest.dicom_files import index_instance
+    from triage.ingest.dicom_header import index_instance
     from triage.store.models import Instance
 
     return [
