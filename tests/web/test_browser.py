@@ -50,7 +50,8 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(5000)
+    context.set_default_timeout(15000)  # a loaded CI machine
+    expect.set_options(timeout=15000)
     pg = context.new_page()
     try:
         yield pg
