@@ -12,6 +12,7 @@ from triage.hl7.build import (
     DISCLAIMER,
     AIResult,
     OrderRef,
+    SenderIdentity,
     build_ai_result,
     build_order_change,
     validation_error,
@@ -22,8 +23,8 @@ from triage.hl7.orders import parse_order
 from triage.priority import PRIORITY_CODES, normalise_priority
 from triage.scoring import load_urgency_rules
 
-SETTINGS = Settings(
-    sending_application="TRIAGE", sending_facility="ED-AI", receiving_application="RIS",
+SENDER = SenderIdentity(
+    application="TRIAGE", facility="ED-AI", receiving_application="RIS",
     receiving_facility="GENHOSP",
 )  # fmt: skip
 ORDER = OrderRef(
@@ -41,7 +42,7 @@ ORDER = OrderRef(
 
 
 def test_order_change_round_trips_through_our_parser() -> None:
-    msg = build_order_change(SETTINGS, ORDER, "S", reason="AI: suspected PE")
+    msg = build_order_change(SENDER, ORDER, "S", reason="AI: suspected PE")
     assert "\n" not in msg and msg.count("\r") >= 3
     o = parse_order(msg)
     assert (o.message_type, o.trigger, o.version) == ("ORM", "O01", "2.5.1")
@@ -65,8 +66,21 @@ def test_order_change_round_trips_through_our_parser() -> None:
     assert orc.get(16, 2) == "AI: suspected PE"
 
 
+def test_sender_identity_is_taken_from_the_settings_field_by_field() -> None:
+    settings = Settings(
+        sending_application="APP3", sending_facility="FAC4", receiving_application="APP5",
+        receiving_facility="FAC6",
+    )  # fmt: skip
+    sender = SenderIdentity.from_settings(settings)
+    assert sender == SenderIdentity("APP3", "FAC4", "APP5", "FAC6")
+    result = AIResult(model_name="ich", finding="negative")
+    for msg in (build_order_change(sender, ORDER, "S"), build_ai_result(sender, ORDER, result)):
+        msh = split_message(msg).msh
+        assert [msh.get(i) for i in (3, 4, 5, 6)] == ["APP3", "FAC4", "APP5", "FAC6"]
+
+
 def test_order_change_read_by_hl7apy_with_groups() -> None:
-    msg = build_order_change(SETTINGS, ORDER, "A", control_id="CTRL0001")
+    msg = build_order_change(SENDER, ORDER, "A", control_id="CTRL0001")
     m = parse_message(msg, find_groups=True, validation_level=VALIDATION_LEVEL.TOLERANT)
     assert m.name == "ORM_O01"
     assert m.msh.msh_10.value == "CTRL0001"
@@ -79,17 +93,17 @@ def test_order_change_read_by_hl7apy_with_groups() -> None:
 
 
 def test_order_change_fresh_control_ids_and_priority_words() -> None:
-    a = build_order_change(SETTINGS, ORDER, "stat")
-    b = build_order_change(SETTINGS, ORDER, "STAT")
+    a = build_order_change(SENDER, ORDER, "stat")
+    b = build_order_change(SENDER, ORDER, "STAT")
     assert control_id_of(a) != control_id_of(b)
     assert parse_order(a).ordered_priority == "S"
 
 
 def test_order_change_rejects_bad_input() -> None:
     with pytest.raises(ValueError):
-        build_order_change(SETTINGS, ORDER, "urgent-ish")
+        build_order_change(SENDER, ORDER, "urgent-ish")
     with pytest.raises(ValueError):
-        build_order_change(SETTINGS, OrderRef(accession_number=""), "S")
+        build_order_change(SENDER, OrderRef(accession_number=""), "S")
 
 
 def test_every_priority_the_urgency_rules_can_give_is_sent_and_read_back() -> None:
@@ -97,9 +111,9 @@ def test_every_priority_the_urgency_rules_can_give_is_sent_and_read_back() -> No
     rules = load_urgency_rules(REPO_ROOT / "rules" / "urgency.yaml")
     assert set(rules.priorities) == PRIORITY_CODES
     for code in rules.priorities:
-        assert parse_order(build_order_change(SETTINGS, ORDER, code)).ordered_priority == code
+        assert parse_order(build_order_change(SENDER, ORDER, code)).ordered_priority == code
     with pytest.raises(ValueError, match="table 0027"):
-        build_order_change(SETTINGS, ORDER, "U")
+        build_order_change(SENDER, ORDER, "U")
 
 
 def test_site_codes_are_read_through_the_same_vocabulary() -> None:
@@ -115,7 +129,7 @@ def test_site_codes_are_read_through_the_same_vocabulary() -> None:
 
 def test_values_with_delimiters_are_escaped() -> None:
     odd = OrderRef(accession_number="A|1", patient_id="P&2~3", patient_name="SMITH&JONES^ANN")
-    msg = build_order_change(SETTINGS, odd, "S", reason="x|y")
+    msg = build_order_change(SENDER, odd, "S", reason="x|y")
     o = parse_order(msg)
     assert o.accession_number == "A|1"
     assert o.patient_id == "P&2~3"
@@ -123,7 +137,7 @@ def test_values_with_delimiters_are_escaped() -> None:
 
 
 def test_from_row_reads_attributes() -> None:
-    parsed = parse_order(build_order_change(SETTINGS, ORDER, "S"))
+    parsed = parse_order(build_order_change(SENDER, ORDER, "S"))
     ref = OrderRef.from_row(parsed, study_uid="1.2.3")
     assert ref.accession_number == ORDER.accession_number and ref.study_uid == "1.2.3"
 
@@ -146,7 +160,7 @@ def test_ai_result_oru() -> None:
         finding_name="Pulmonary embolism",
         reasons=["AI positive for PE (p=0.93)", "Emergency patient"],
     )
-    msg = build_ai_result(SETTINGS, ORDER, result, control_id="ORU0001")
+    msg = build_ai_result(SENDER, ORDER, result, control_id="ORU0001")
     m = split_message(msg)
     assert m.msh.raw(9) == "ORU^R01^ORU_R01" and m.msh.get(10) == "ORU0001"
     assert [s.name for s in m.segments[:5]] == ["MSH", "PID", "PV1", "ORC", "OBR"]
@@ -175,7 +189,7 @@ def test_ai_result_passes_hl7apy_strict_validation() -> None:
     result = AIResult(
         model_name="ich_head_ct", finding="negative", probability=0.02, reasons=["x|y^z"]
     )
-    msg = build_ai_result(SETTINGS, ORDER, result)
+    msg = build_ai_result(SENDER, ORDER, result)
     m = parse_message(msg, find_groups=True, validation_level=VALIDATION_LEVEL.STRICT)
     m.validate()
     obs = m.oru_r01_patient_result.oru_r01_order_observation.oru_r01_observation
@@ -187,15 +201,15 @@ def test_ai_result_passes_hl7apy_strict_validation() -> None:
 
 def test_ai_result_not_assessable_without_probability() -> None:
     result = AIResult(model_name="pe_ctpa", finding="not_assessable", reasons=["no CTPA series"])
-    obx = _obx(build_ai_result(SETTINGS, OrderRef(accession_number="A1"), result))
+    obx = _obx(build_ai_result(SENDER, OrderRef(accession_number="A1"), result))
     assert "AI-PROB" not in obx and "AI-MODEL-VERSION" not in obx
     assert obx["AI-FINDING"][0][5] == "NA^Not assessable^L"
     with pytest.raises(ValueError):
-        build_ai_result(SETTINGS, ORDER, AIResult(model_name="m", finding="maybe"))
+        build_ai_result(SENDER, ORDER, AIResult(model_name="m", finding="maybe"))
 
 
 def test_omi_order_change_round_trips_and_validates() -> None:
-    msg = build_order_change(SETTINGS, ORDER, "S", reason="AI: suspected PE", message="OMI^O23")
+    msg = build_order_change(SENDER, ORDER, "S", reason="AI: suspected PE", message="OMI^O23")
     assert validation_error(msg) == ""
     o = parse_order(msg)
     assert (o.message_type, o.trigger, o.order_control) == ("OMI", "O23", "XO")
@@ -204,19 +218,19 @@ def test_omi_order_change_round_trips_and_validates() -> None:
     ipc = split_message(msg).first("IPC")
     assert ipc is not None and ipc.get(3) == ORDER.study_uid and ipc.get(5) == "CT"
     with pytest.raises(ValueError, match="ORM\\^O01 or OMI\\^O23"):
-        build_order_change(SETTINGS, ORDER, "S", message="OMG^O19")
+        build_order_change(SENDER, ORDER, "S", message="OMG^O19")
 
 
 def test_what_we_build_passes_validation_and_broken_messages_do_not() -> None:
     bare = OrderRef(accession_number="A1", patient_id="P1")  # no name, no procedure: echoed
     result = AIResult(model_name="ich", finding="positive", probability=0.9)
     for msg in (
-        build_order_change(SETTINGS, ORDER, "A"),
-        build_order_change(SETTINGS, bare, "A"),
-        build_ai_result(SETTINGS, ORDER, result),
+        build_order_change(SENDER, ORDER, "A"),
+        build_order_change(SENDER, bare, "A"),
+        build_ai_result(SENDER, ORDER, result),
     ):
         assert validation_error(msg) == ""
-    xo = build_order_change(SETTINGS, ORDER, "S")
+    xo = build_order_change(SENDER, ORDER, "S")
     segs = xo.split("\r")
     no_orc = "\r".join(s for s in segs if not s.startswith("ORC"))
     assert "ORM_O01_ORDER.ORC" in validation_error(no_orc)
@@ -225,7 +239,7 @@ def test_what_we_build_passes_validation_and_broken_messages_do_not() -> None:
     bad_time = xo.replace("||ORM^O01", "x||ORM^O01")  # MSH-7 is no longer a time
     assert "not an HL7 valid date" in validation_error(bad_time)
     omi_no_uid = build_order_change(
-        SETTINGS, OrderRef(accession_number="A1", patient_id="P1"), "S", message="OMI^O23"
+        SENDER, OrderRef(accession_number="A1", patient_id="P1"), "S", message="OMI^O23"
     )
     assert "IPC.IPC_3" in validation_error(omi_no_uid)  # IPC-3 (Study UID) is required
     assert "not a message the engine sends" in validation_error(

@@ -8,7 +8,7 @@ import pytest
 
 from triage.errors import HL7Error, RulesError
 from triage.hl7.ack import read_ack
-from triage.hl7.build import OrderRef, build_order_change
+from triage.hl7.build import OrderRef, SenderIdentity, build_order_change
 from triage.hl7.fieldmap import DEFAULT_SOURCES
 from triage.hl7.header import read_header
 from triage.hl7.inbound import decode_payload, evaluate, make_ack
@@ -114,12 +114,10 @@ def test_enhanced_unsupported_version_is_commit_reject() -> None:
 # -- escaping both ways ----------------------------------------------------------------------
 
 
-def test_builders_escape_and_parser_unescapes(tmp_path: Path) -> None:
-    from triage.config import Settings
-
+def test_builders_escape_and_parser_unescapes() -> None:
     nasty = "O|BRIEN&SONS~\\X"
     msg = build_order_change(
-        Settings(data_dir=tmp_path),
+        SenderIdentity("TRIAGE", "TRIAGE", "RIS", "RIS"),
         OrderRef(
             accession_number="ACC|1^2",
             patient_id="P&1",

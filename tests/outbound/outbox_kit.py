@@ -8,7 +8,13 @@ from pathlib import Path
 from sqlmodel import col, select
 
 from triage.config import Settings, load_settings
-from triage.hl7.build import AIResult, OrderRef, build_ai_result, build_order_change
+from triage.hl7.build import (
+    AIResult,
+    OrderRef,
+    SenderIdentity,
+    build_ai_result,
+    build_order_change,
+)
 from triage.hl7.header import control_id_of
 from triage.store import Database, OutboundMessage
 from triage.store.models import OutboxAction
@@ -65,14 +71,16 @@ def ref(accession: str) -> OrderRef:
 
 
 def queue_xo(db: Database, settings: Settings, accession: str, priority: str, **kw: str) -> int:
-    raw = build_order_change(settings, ref(accession), priority, reason="AI", **kw)
+    sender = SenderIdentity.from_settings(settings)
+    raw = build_order_change(sender, ref(accession), priority, reason="AI", **kw)
     kind = "OMI" if kw.get("message") == "OMI^O23" else "ORM"
     return add(db, raw, accession, kind=kind, priority=priority)
 
 
 def queue_oru(db: Database, settings: Settings, accession: str) -> int:
     result = AIResult(model_name="ich", finding="positive", probability=0.9, threshold=0.5)
-    return add(db, build_ai_result(settings, ref(accession), result), accession, kind="ORU")
+    raw = build_ai_result(SenderIdentity.from_settings(settings), ref(accession), result)
+    return add(db, raw, accession, kind="ORU")
 
 
 def add(

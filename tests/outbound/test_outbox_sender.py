@@ -23,7 +23,7 @@ from outbox_kit import (
 )
 from ris_peer import FakeRIS, control_id
 
-from triage.hl7.build import build_order_change
+from triage.hl7.build import SenderIdentity, build_order_change
 from triage.outbound.outbox import backoff_seconds
 from triage.outbound.ris import RISNotifier
 from triage.outbound.sender import OutboxSender
@@ -118,7 +118,7 @@ def test_a_rejection_keeps_the_ris_error_text_and_the_order_goes_on(tmp_path, ri
 def test_a_message_failing_validation_is_a_dead_letter_never_sent(tmp_path, ris) -> None:
     settings = settings_for(tmp_path, ris.port)
     db, clock = database(settings), Clock()
-    good = build_order_change(settings, ref("ACC-V"), "S")
+    good = build_order_change(SenderIdentity.from_settings(settings), ref("ACC-V"), "S")
     no_orc = "\r".join(seg for seg in good.split("\r") if not seg.startswith("ORC"))
     broken = add(db, no_orc, "ACC-V", kind="ORM", priority="S")
     nxt = queue_oru(db, settings, "ACC-V")

@@ -14,8 +14,9 @@ structurally what hl7apy expects and can be read back by it.
 - :func:`validation_error`: what is wrong with a message by hl7apy's v2.5.1 structures (strict),
   checked before any message leaves; ``""`` when nothing.
 
-Both return the message as text with CR segment separators, MSH-3..6 from the settings and a
-fresh MSH-10 (or the ``control_id`` passed in).
+Both return the message as text with CR segment separators, MSH-3..6 from the
+:class:`SenderIdentity` they are given (made once from the settings) and a fresh MSH-10 (or the
+``control_id`` passed in).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hl7apy import load_reference
 from hl7apy.consts import VALIDATION_LEVEL
@@ -32,10 +33,12 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message, parse_segment
 from hl7apy.validation import Validator
 
-from triage.config import Settings
 from triage.hl7.ack import hl7_timestamp, new_control_id
 from triage.hl7.codec import escape
 from triage.priority import codes_text, normalise_priority
+
+if TYPE_CHECKING:
+    from triage.config import Settings
 
 VERSION = "2.5.1"
 DISCLAIMER = "AI triage aid; model trained on synthetic phantoms; not for clinical use"
@@ -47,6 +50,28 @@ FINDINGS: dict[str, tuple[str, str, str]] = {
     "negative": ("NEG", "Negative", "N"),
     "not_assessable": ("NA", "Not assessable", ""),
 }
+
+
+@dataclass(frozen=True)
+class SenderIdentity:
+    """Who the messages the engine sends are from and for: MSH-3/4 (``application``,
+    ``facility``) and MSH-5/6 (``receiving_application``, ``receiving_facility``)."""
+
+    application: str
+    facility: str
+    receiving_application: str
+    receiving_facility: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SenderIdentity:
+        """From ``sending_application``, ``sending_facility``, ``receiving_application`` and
+        ``receiving_facility`` of the settings."""
+        return cls(
+            application=settings.sending_application,
+            facility=settings.sending_facility,
+            receiving_application=settings.receiving_application,
+            receiving_facility=settings.receiving_facility,
+        )
 
 
 @dataclass(frozen=True)
@@ -98,7 +123,7 @@ def _segment(*fields: str) -> Any:
 
 
 def _message(
-    settings: Settings, structure: str, msg_type: str, control_id: str, when: str
+    sender: SenderIdentity, structure: str, msg_type: str, control_id: str, when: str
 ) -> Message:
     msg = Message(structure, version=VERSION, validation_level=VALIDATION_LEVEL.TOLERANT)
     msg.msh = parse_segment(
@@ -106,10 +131,10 @@ def _message(
             [
                 "MSH",
                 "^~\\&",
-                escape(settings.sending_application),
-                escape(settings.sending_facility),
-                escape(settings.receiving_application),
-                escape(settings.receiving_facility),
+                escape(sender.application),
+                escape(sender.facility),
+                escape(sender.receiving_application),
+                escape(sender.receiving_facility),
                 when,
                 "",
                 msg_type,
@@ -144,7 +169,7 @@ ORDER_CHANGE_MESSAGES = ("ORM^O01", "OMI^O23")
 
 
 def build_order_change(
-    settings: Settings,
+    sender: SenderIdentity,
     order: OrderRef,
     new_priority: str,
     *,
@@ -171,8 +196,8 @@ def build_order_change(
         raise ValueError(f"an order change is {' or '.join(ORDER_CHANGE_MESSAGES)}: {message!r}")
     now = hl7_timestamp(when)
     if message == "OMI^O23":
-        return _build_omi_change(settings, order, priority, reason, control_id, now)
-    msg = _message(settings, "ORM_O01", "ORM^O01^ORM_O01", control_id or new_control_id(), now)
+        return _build_omi_change(sender, order, priority, reason, control_id, now)
+    msg = _message(sender, "ORM_O01", "ORM^O01^ORM_O01", control_id or new_control_id(), now)
     patient = msg.add_group("ORM_O01_PATIENT")
     patient.add(_pid(order))
     if order.patient_class:
@@ -202,7 +227,7 @@ def build_order_change(
 
 
 def _build_omi_change(
-    settings: Settings,
+    sender: SenderIdentity,
     order: OrderRef,
     priority: str,
     reason: str,
@@ -214,7 +239,7 @@ def _build_omi_change(
     ORM; IPC-1 the accession number, IPC-2 and IPC-4 the accession number too (the engine does
     not keep the RIS's requested procedure and step ids), IPC-3 the Study Instance UID, IPC-5
     the modality."""
-    msg = _message(settings, "OMI_O23", "OMI^O23^OMI_O23", control_id or new_control_id(), now)
+    msg = _message(sender, "OMI_O23", "OMI^O23^OMI_O23", control_id or new_control_id(), now)
     patient = msg.add_group("OMI_O23_PATIENT")
     patient.add(_pid(order))
     if order.patient_class:
@@ -312,7 +337,7 @@ def _number(value: float | None) -> str:
 
 
 def build_ai_result(
-    settings: Settings,
+    sender: SenderIdentity,
     order: OrderRef,
     result: AIResult,
     *,
@@ -334,7 +359,7 @@ def build_ai_result(
         raise ValueError(f"finding must be one of {', '.join(FINDINGS)}: {result.finding!r}")
     now = hl7_timestamp(when)
     observed = hl7_timestamp(result.observed_at) if result.observed_at else now
-    msg = _message(settings, "ORU_R01", "ORU^R01^ORU_R01", control_id or new_control_id(), now)
+    msg = _message(sender, "ORU_R01", "ORU^R01^ORU_R01", control_id or new_control_id(), now)
     pr = msg.add_group("ORU_R01_PATIENT_RESULT")
     patient = pr.add_group("ORU_R01_PATIENT")
     patient.add(_pid(order))

@@ -19,7 +19,13 @@ from datetime import datetime
 from sqlmodel import Session
 
 from triage.config import Settings
-from triage.hl7.build import AIResult, OrderRef, build_ai_result, build_order_change
+from triage.hl7.build import (
+    AIResult,
+    OrderRef,
+    SenderIdentity,
+    build_ai_result,
+    build_order_change,
+)
 from triage.hl7.header import control_id_of
 from triage.outbound.outbox import DEAD, PENDING, SENT, SKIPPED, announced_rank
 from triage.outbound.sender import OutboxSender
@@ -101,6 +107,7 @@ class RISNotifier:
     @settings.setter
     def settings(self, value: Settings) -> None:
         self._settings = value
+        self.sender_identity = SenderIdentity.from_settings(value)  # MSH-3..6 of what we send
         if hasattr(self, "sender"):
             self.sender.settings = value
 
@@ -151,7 +158,7 @@ class RISNotifier:
             else:
                 reason = reasons[-1] if reasons else "AI triage"
                 change = build_order_change(
-                    self.settings,
+                    self.sender_identity,
                     ref,
                     study.engine_priority,
                     reason=reason,
@@ -170,7 +177,7 @@ class RISNotifier:
                 finding_name=FINDING_NAMES.get(f.model_name, ""),
                 reasons=reasons,
             )
-            oru = build_ai_result(self.settings, ref, result, corrected=corrected)
+            oru = build_ai_result(self.sender_identity, ref, result, corrected=corrected)
             messages.append(("ORU", oru, ""))
         for kind, raw, priority in messages:
             session.add(
