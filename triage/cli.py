@@ -1,4 +1,5 @@
 """Command line: ``triage serve``, ``triage demo``, ``triage config``, ``triage rules check``,
+``triage rules simulate``,
 ``triage hl7 ...``, ``triage outbox list | show | retry | discard``, ``triage models ...``,
 ``triage users add | passwd | role | token | list``, ``triage audit export``,
 ``triage worklist [--follow]``, ``triage status``."""
@@ -127,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--routing", help="routing rules file to check")
     p.add_argument("--urgency", help="urgency rules file to check")
     p.set_defaults(func=_cmd_rules_check)
+
+    from triage.scoring.simulate_cli import add_simulate_command  # `triage rules simulate`
+
+    add_simulate_command(rules, _add_settings_args, _settings)
 
     from triage.cli_hl7 import add_hl7_commands  # `triage hl7 check | replay`
 
