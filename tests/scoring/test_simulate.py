@@ -429,6 +429,19 @@ def test_a_bad_rules_file_is_refused_with_file_and_line(store, capsys):
     assert digest(store / "triage.db") == before
 
 
+def test_bad_arguments_are_refused_in_one_line(store, capsys):
+    code, out, err = run(capsys, str(SHIPPED), "--since", "last tuesday")
+    assert code == 2 and out == ""
+    assert err == (
+        "triage: error: --since: 'last tuesday': expected a span (7d, 12h, 90m, 2w) or an "
+        "ISO date/time\n"
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main(["rules", "simulate", str(SHIPPED), "--readers", "0"])
+    assert exit_.value.code == 2
+    assert "the number of readers must be 1 or more" in capsys.readouterr().err
+
+
 def test_no_database_is_an_error_not_a_new_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TRIAGE_DATA_DIR", str(tmp_path / "nothing"))
     code, _, err = run(capsys, str(SHIPPED), "--current", str(SHIPPED))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from triage.config import Settings
+from triage.errors import ConfigError
 from triage.scoring.simulate import (
     DEFAULT_READ_MINUTES,
     RulesFigures,
@@ -43,7 +44,7 @@ def parse_when(text: str, now: datetime) -> datetime:
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(
+        raise ValueError(
             f"{text!r}: expected a span (7d, 12h, 90m, 2w) or an ISO date/time"
         ) from None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
@@ -111,8 +112,14 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     current = load_urgency_rules(args.current or settings.rules_dir / "urgency.yaml")
     proposed = load_urgency_rules(args.proposed)
     now = datetime.now(UTC)
-    until = parse_when(args.until, now) if args.until else now
-    since = parse_when(args.since, until)
+    try:
+        until = parse_when(args.until, now) if args.until else now
+    except ValueError as exc:
+        raise ConfigError("--until", str(exc)) from None
+    try:
+        since = parse_when(args.since, until)
+    except ValueError as exc:
+        raise ConfigError("--since", str(exc)) from None
     history = load_history(settings.resolved_database_url, since, until)
     result = simulate(history, current, proposed, args.readers, args.read_minutes)
     if args.plot:
@@ -125,6 +132,10 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # -- the terminal view ------------------------------------------------------------------------
+
+
+def _readers_text(n: int) -> str:
+    return f"{n} reader" if n == 1 else f"{n} readers"
 
 
 def _num(x: float | None) -> str:
@@ -150,7 +161,7 @@ def print_result(result: SimulationResult, plot: Path | None = None) -> None:
         f"[bold]What-if[/]: {b.path} ({b.version}) -> {a.path} ({a.version})\n"
         f"{result.studies} studies completed {result.since:%Y-%m-%d %H:%M} to "
         f"{result.until:%Y-%m-%d %H:%M} UTC ({result.days:.1f} days{left_out})\n"
-        f"{result.readers} readers; minutes per read: {minutes}"
+        f"{_readers_text(result.readers)}; minutes per read: {minutes}"
     )
     if result.unused_read_keys:
         console.print(f"read-minute keys no study used: {', '.join(result.unused_read_keys)}")
@@ -170,7 +181,7 @@ def print_result(result: SimulationResult, plot: Path | None = None) -> None:
     console.print(table)
 
     table = Table(
-        title=f"Modelled wait from completion to reading, minutes ({result.readers} readers)"
+        title=f"Modelled wait from completion to reading, minutes ({_readers_text(result.readers)})"
     )
     for col in ("studies", "n", "", "mean", "median", "90%", "max"):
         table.add_column(col, justify="left" if col in ("studies", "") else "right")
