@@ -209,3 +209,16 @@ def test_png_is_valid_zlib(tmp_path: Path) -> None:
     data = path.read_bytes()
     n = struct.unpack(">I", data[33:37])[0]
     assert data[37:41] == b"IDAT" and zlib.decompress(data[41 : 41 + n])
+
+
+def test_a_run_for_one_task_keeps_the_other_tasks_results(tmp_path: Path) -> None:
+    from triage.training.validate import merged_results
+
+    path = tmp_path / "stress.json"
+    old = [{"task": "ich", "n": 1, "date": "2026-01-01"}, {"task": "pe", "n": 2, "date": "x"}]
+    path.write_text(json.dumps({"results": old}), encoding="utf-8")
+    merged = merged_results(path, [{"task": "ich", "n": 3}])
+    assert [(r["task"], r["n"]) for r in merged] == [("ich", 3), ("pe", 2)]
+    assert merged[0]["date"] != "2026-01-01"  # the new result carries today's date
+    nested = merged_results(tmp_path / "none.json", [{"summary": {"task": "pe"}}], "summary")
+    assert [r["summary"]["task"] for r in nested] == ["pe"]

@@ -317,7 +317,7 @@ def run_stress(
 
 def write_stress(out_dir: Path, results: list[TaskStress], scorer: str = "Triton") -> Path:
     from triage.training.plot import bars_png
-    from triage.training.validate import git_commit
+    from triage.training.validate import git_commit, merged_results
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for r in results:
@@ -336,7 +336,7 @@ def write_stress(out_dir: Path, results: list[TaskStress], scorer: str = "Triton
         "commit": git_commit(),  # the generator's and the models' code
         "seed0": STRESS_SEED0,
         "target": STRESS_TARGET,
-        "results": [r.as_json() for r in results],
+        "results": merged_results(path, [r.as_json() for r in results]),
     }
     path.write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
     return path

@@ -499,6 +499,25 @@ def validate(
     return results
 
 
+def merged_results(
+    path: Path, new: list[dict[str, Any]], where: str | None = None
+) -> list[dict[str, Any]]:
+    """``new`` results, plus those of the other tasks already in the JSON report at ``path``
+    (a run for one task keeps the other task's last results; each carries its own date).
+    ``where``: the key of the sub-object holding ``task`` (None: the result itself)."""
+
+    def task_of(r: dict[str, Any]) -> str:
+        return str((r.get(where, {}) if where else r).get("task", ""))
+
+    today = time.strftime("%Y-%m-%d")
+    for r in new:
+        r.setdefault("date", today)
+    done = {task_of(r) for r in new}
+    old = _load(path) or {}
+    kept = [r for r in old.get("results", []) if task_of(r) not in done]
+    return sorted(kept + new, key=task_of)
+
+
 def write_heldout(out_dir: Path, results: list[HeldOut]) -> Path:
     from triage.training.plot import reliability_png, roc_png
 
@@ -519,7 +538,7 @@ def write_heldout(out_dir: Path, results: list[HeldOut]) -> Path:
     payload = {
         "note": "synthetic phantoms; not for clinical use",
         "date": time.strftime("%Y-%m-%d"),
-        "results": [h.as_json() for h in results],
+        "results": merged_results(path, [h.as_json() for h in results], "summary"),
     }
     path.write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
     return path
