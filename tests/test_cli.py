@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+from support.paths import REPO_ROOT
 
 
 def triage(*args: str, env: dict[str, str] | None = None, cwd=None):

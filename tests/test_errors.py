@@ -7,7 +7,7 @@ import ast
 import inspect
 import re
 
-from conftest import REPO_ROOT
+from support.paths import REPO_ROOT
 
 from triage import errors
 from triage.errors import InferenceError, NotAssessable, TriageError

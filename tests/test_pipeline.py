@@ -11,9 +11,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
-from ris_peer import FakeRIS
 from sqlmodel import select
+from support.paths import REPO_ROOT
+from support.ris_peer import FakeRIS
 
 from triage import pipeline as pipeline_module
 from triage.completion import CompletionPolicy, complete_stable_studies

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES
-from conftest import free_port
+from support.net import free_port
 
 from triage.config import Settings
 from triage.service import Engine, new_scheduler, read_endpoints

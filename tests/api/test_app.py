@@ -3,8 +3,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO_ROOT
 from fastapi.testclient import TestClient
+from support.paths import REPO_ROOT
 
 from triage.api.app import create_app
 from triage.config import Settings

@@ -4,37 +4,25 @@ MLLP server in this test) receiving what the engine sends back."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import dcmtk
-from ris_peer import FakeRIS
+from support.dcmtk import storescu
+from support.engine import Engine
+from support.net import wait_for
+from support.ris_peer import FakeRIS
 
-from triage.hl7.client import send_message
 from triage.synth.ct import write_head_ct
-from triage.synth.orders import order_message
 
 pytestmark = pytest.mark.integration
 
 
 def segments(msg: str, name: str) -> list[list[str]]:
     return [s.split("|") for s in msg.split("\r") if s.startswith(name + "|")]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 API_TOKEN = "end-to-end-api-token"  # TRIAGE_API_TOKEN of the engine started here
@@ -49,61 +37,27 @@ def ris():
 
 
 @pytest.fixture
-def engine(tmp_path, ris):
-    data = tmp_path / "var"
-    env = dict(os.environ)
-    env.update(
-        TRIAGE_DATA_DIR=str(data),
-        TRIAGE_DICOM_PORT="0",
-        TRIAGE_HL7_PORT="0",
-        TRIAGE_HTTP_PORT="0",
-        TRIAGE_API_TOKEN=API_TOKEN,
-        TRIAGE_RIS_HOST="127.0.0.1",
-        TRIAGE_RIS_PORT=str(ris.port),
-        TRIAGE_STUDY_STABLE_SECONDS="2",
-        TRIAGE_COMPLETION_POLL_SECONDS="0.5",
-        TRIAGE_LOG_LEVEL="INFO",
-    )
-    env.pop("TRIAGE_TRITON_URL", None)
-    env.pop("TRIAGE_CONFIG", None)
-    log = (tmp_path / "engine.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "triage.cli", "serve"],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def engine(tmp_path, ris) -> Iterator[Engine]:
+    """The engine with its bundled Triton, ready (/healthz 200: Triton up and warm)."""
+    e = Engine(
+        tmp_path,
+        triton=True,
+        ris_port=ris.port,
+        quick=False,
+        api_token=API_TOKEN,
+        study_stable_seconds=2,
+        completion_poll_seconds=0.5,
     )
     try:
-
-        def ready():
-            if proc.poll() is not None:
-                raise AssertionError(f"engine exited: {(tmp_path / 'engine.log').read_text()}")
-            try:
-                ep = json.loads((data / "endpoints.json").read_text())
-            except (OSError, ValueError):
-                return None
-            if "triton" not in ep:
-                return None
-            r = httpx.get(f"http://127.0.0.1:{ep['http'][1]}/healthz", timeout=5)
-            return ep if r.status_code == 200 else None
-
-        ep = wait_for(ready, 120, "engine /healthz 200")
-        yield proc, ep, tmp_path
+        e.start(timeout=120)
+        e.wait_healthy(timeout=120)
+        yield e
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        e.stop()
 
 
 def test_bleed_jumps_to_the_top(engine, ris, tmp_path):
-    proc, ep, work = engine
-    base = f"http://127.0.0.1:{ep['http'][1]}"
+    work, base = engine.work, engine.base
     pos = write_head_ct(
         work / "pos", hemorrhage=True, seed=11, patient_id="E2EPOS", accession="ACCPOS1"
     )
@@ -114,41 +68,17 @@ def test_bleed_jumps_to_the_top(engine, ris, tmp_path):
     )
     # Orders over MLLP: both routine emergency-department head CTs.
     for study, acc, pid in ((neg, "ACCNEG1", "E2ENEG"), (pos, "ACCPOS1", "E2EPOS")):
-        ack = send_message(
-            "127.0.0.1",
-            ep["hl7"][1],
-            order_message(
-                accession=acc,
-                patient_id=pid,
-                priority="R",
-                patient_class="E",
-                study_uid=study.study_uid,
-            ),
-            timeout=10,
-        )
-        assert "MSA|AA|ORM" + acc in ack
+        assert "MSA|AA|ORM" + acc in engine.order(acc, pid, study.study_uid, priority="R")
     # Images with dcmtk's storescu: the negative study first, so it arrived first.
     for study in (neg, pos):
-        subprocess.run(
-            [
-                dcmtk("storescu"),
-                "-aec",
-                "TRIAGE",
-                "127.0.0.1",
-                str(ep["dicom"][1]),
-                *map(str, study.files),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        storescu(engine.dicom_port, study.files, check=True)
 
     def scored():
         items = httpx.get(f"{base}/api/worklist", headers=AUTH, timeout=5).json()["studies"]
         ours = [s for s in items if s["accession_number"] in ("ACCPOS1", "ACCNEG1")]
         return ours if len(ours) == 2 and all(s["state"] == "scored" for s in ours) else None
 
-    studies = wait_for(scored, 120, "both studies scored")
+    studies = wait_for(scored, 120, "both studies scored", every=0.3)
     top, second = studies
     assert top["accession_number"] == "ACCPOS1"
     assert top["engine_priority"] == "S" and top["ordered_priority"] == "R"
@@ -161,7 +91,7 @@ def test_bleed_jumps_to_the_top(engine, ris, tmp_path):
     assert top["patient_class"] == "E" and top["order_link"] in ("study_uid", "accession")
 
     # The RIS got an order change (XO, new priority) and an AI result, for the positive only.
-    wait_for(lambda: len(ris.messages) >= 2, 30, "two messages at the RIS")
+    wait_for(lambda: len(ris.messages) >= 2, 30, "two messages at the RIS", every=0.3)
     time.sleep(1.0)
     assert len(ris.messages) == 2, ris.messages
     kinds = sorted(segments(m, "MSH")[0][8].split("^")[0] for m in ris.messages)
@@ -174,9 +104,7 @@ def test_bleed_jumps_to_the_top(engine, ris, tmp_path):
     assert "ACCPOS1" in oru and "synthetic phantoms" in oru
 
     # Ctrl-C stops everything, Triton included.
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 0
-    log = (work / "engine.log").read_text()
-    assert "stopped" in log
+    assert engine.kill(signal.SIGINT) == 0
+    assert "stopped" in engine.log()
     out = subprocess.run(["pgrep", "-f", str(work / "var" / "triton")], capture_output=True)
     assert out.stdout.strip() == b"", "tritonserver left running"

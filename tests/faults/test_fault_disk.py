@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import Engine, store
+from support.dcmtk import store
+from support.engine import Engine
 
 from triage.synth.ct import write_head_ct
 

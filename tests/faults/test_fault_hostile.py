@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from faultkit import Engine, store
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
+from support.dcmtk import store
+from support.engine import Engine
 
 from triage.synth.ct import write_head_ct
 

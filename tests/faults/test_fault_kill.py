@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from faultkit import Engine, StoreSCU, positive_head_ct, ris_summary, wait_for, with_derived_images
-from ris_peer import FakeRIS
+from faultkit import positive_head_ct, ris_summary, with_derived_images
+from support.dcmtk import StoreSCU
+from support.engine import Engine
+from support.net import wait_for
+from support.ris_peer import FakeRIS
 
 from triage.hl7.ack import read_ack
 from triage.hl7.mllp import MLLPDecoder, frame

@@ -13,8 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import Engine, pid_alive, positive_head_ct, ris_summary, store, wait_for
-from ris_peer import FakeRIS
+from faultkit import positive_head_ct, ris_summary
+from support.dcmtk import store
+from support.engine import Engine
+from support.net import wait_for
+from support.procs import pid_alive
+from support.ris_peer import FakeRIS
 
 from triage.inference.local_triton import LocalTriton
 

@@ -11,8 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import Engine, StoreSCU, pid_alive, positive_head_ct, ris_summary, wait_for
-from ris_peer import FakeRIS
+from faultkit import positive_head_ct, ris_summary
+from support.dcmtk import StoreSCU
+from support.engine import Engine
+from support.net import wait_for
+from support.procs import pid_alive
+from support.ris_peer import FakeRIS
 
 pytestmark = pytest.mark.integration
 

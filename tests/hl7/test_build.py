@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REPO_ROOT
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
+from support.paths import REPO_ROOT
 
 from triage.config import Settings
 from triage.hl7.build import (

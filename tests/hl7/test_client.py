@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import free_port
+from support.net import free_port
 
 from triage.errors import RISRejected, RISUnavailable
 from triage.hl7.ack import build_ack

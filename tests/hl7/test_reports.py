@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
 from sqlmodel import delete, select
+from support.paths import REPO_ROOT
 
 from triage.config import Settings
 from triage.errors import RulesError

@@ -7,13 +7,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.paths import MODELS_DIR
 
 from triage.errors import InferenceError, ModelNotReady, TritonUnavailable
 from triage.inference.breaker import CircuitBreaker, RetryPolicy, call_with_resilience
 from triage.inference.client import InferenceClient
 from triage.inference.contract import load_contract
-
-from .conftest import MODELS_DIR
 
 
 class Clock:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import SHARED_DATA
 from pydicom.dataset import Dataset
+from support.paths import MODELS_DIR, SHARED_DATA
 
 from triage.errors import TritonUnavailable
 from triage.inference.analyze import TritonAnalyzer
@@ -30,7 +30,6 @@ from triage.inference.volume import Volume, load_volume, resample
 from triage.store.models import Instance
 from triage.synth import ct
 
-from .conftest import MODELS_DIR
 from .test_volume import instance_rows
 
 SHARED = SHARED_DATA / "dicom"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.net import free_port
+from support.paths import MODELS_DIR, model_repo
 
 from triage.errors import InferenceError, ModelNotReady, TritonUnavailable
 from triage.inference.client import InferenceClient, ModelOutput
@@ -16,7 +18,6 @@ from triage.inference.contract import load_contract
 from triage.inference.local_triton import LocalTriton
 from triage.inference.volume import load_volume, resample, select_series
 
-from .conftest import MODELS_DIR, model_repo
 from .phantoms import chest_cta, head_ct
 from .test_volume import instance_rows
 
@@ -212,7 +213,7 @@ def test_analyzer_with_real_triton_stores_a_key_image(triton: LocalTriton, tmp_p
 def test_breaker_fails_fast_on_a_stopped_server(tmp_path: Path) -> None:
     from triage.inference.breaker import CircuitBreaker, RetryPolicy
 
-    url = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"127.0.0.1:{free_port()}"  # nothing listens there
     breaker = CircuitBreaker(failure_threshold=2, reset_seconds=60)
     with InferenceClient(
         url,
@@ -229,9 +230,3 @@ def test_breaker_fails_fast_on_a_stopped_server(tmp_path: Path) -> None:
         with pytest.raises(TritonUnavailable, match="circuit breaker open"):
             c.infer("ich", head_ct())
         assert time.monotonic() - t0 < 0.5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

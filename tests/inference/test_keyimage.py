@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from support.paths import MODELS_DIR
 
 from triage.inference.analyze import TritonAnalyzer
 from triage.inference.client import ModelOutput
@@ -23,7 +24,6 @@ from triage.inference.keyimage import (
 from triage.inference.volume import Volume, load_volume, resample
 from triage.synth import ct
 
-from .conftest import MODELS_DIR
 from .png_decode import read_png
 from .test_volume import instance_rows
 

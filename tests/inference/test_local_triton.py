@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import tritonclient.http as httpclient
+from support.paths import MODELS_DIR, model_repo
+from support.procs import group_pids, pid_alive
 
 from triage.errors import TritonUnavailable
 from triage.inference.local_triton import SHM_DIR, LocalTriton, pytriton_root
-
-from .conftest import MODELS_DIR, group_pids, model_repo, pid_alive
 
 pytestmark = pytest.mark.integration
 

@@ -9,135 +9,56 @@ dropped, and they complete when Triton is back. The engine runs as a subprocess.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import dcmtk
+from support import engine as support_engine
+from support.dcmtk import storescu
+from support.net import wait_for
+from support.paths import MODELS_DIR
+from support.procs import group_pids, pid_alive
 
-from triage.hl7.client import send_message
 from triage.inference.keyimage import DISCLAIMER
 from triage.inference.local_triton import LocalTriton, _free_ports
 from triage.synth.ct import SyntheticStudy, write_head_ct
-from triage.synth.orders import order_message
 
-from .conftest import MODELS_DIR, group_pids, pid_alive
 from .png_decode import read_png
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 API_TOKEN = "outage-tests-api-token"  # TRIAGE_API_TOKEN of the engines started here
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
-class Engine:
-    def __init__(self, work: Path, env: dict[str, str]) -> None:
-        self.work = work
-        self.data = work / "var"
-        self.log_path = work / "engine.log"
-        full = dict(os.environ)
-        full.pop("TRIAGE_CONFIG", None)
-        full.pop("TRIAGE_TRITON_URL", None)
-        full.update(
-            TRIAGE_DATA_DIR=str(self.data),
-            TRIAGE_DICOM_PORT="0",
-            TRIAGE_HL7_PORT="0",
-            TRIAGE_HTTP_PORT="0",
-            TRIAGE_API_TOKEN=API_TOKEN,
-            TRIAGE_STUDY_STABLE_SECONDS="1",
-            TRIAGE_COMPLETION_POLL_SECONDS="0.3",
-            TRIAGE_RETRY_SECONDS="1",
-            TRIAGE_TRITON_TIMEOUT_SECONDS="10",
-            TRIAGE_TRITON_RETRY_ATTEMPTS="2",
-            TRIAGE_TRITON_BREAKER_FAILURES="2",
-            TRIAGE_TRITON_BREAKER_RESET_SECONDS="1",
-            **env,
-        )
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "triage.cli", "serve"],
-            cwd=work,
-            env=full,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.ep: dict[str, Any] = wait_for(self._endpoints, 90, "engine endpoints")
-        self.base = f"http://127.0.0.1:{self.ep['http'][1]}"
+class Engine(support_engine.Engine):
+    """The engine (quick settings, this module's API token), started at once; ``triton``:
+    the URL of a Triton this test runs, or True for the engine's bundled one."""
 
-    def _endpoints(self) -> dict[str, Any] | None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"engine exited: {self.log_path.read_text()}")
-        try:
-            ep = json.loads((self.data / "endpoints.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return ep if "http" in ep and "dicom" in ep and "hl7" in ep else None
-
-    def health(self) -> tuple[int, dict[str, Any]]:
-        r = httpx.get(f"{self.base}/healthz", timeout=10)
-        return r.status_code, r.json()
+    def __init__(self, work: Path, triton: bool | str) -> None:
+        super().__init__(work, triton=triton, api_token=API_TOKEN)
+        self.start(timeout=90)
 
     def triton_health(self) -> dict[str, Any]:
         return dict(self.health()[1]["components"]["triton"])
 
     def wait_ready(self, timeout: float = 120) -> dict[str, Any]:
-        wait_for(lambda: self.health()[0] == 200, timeout, "/healthz 200")
+        wait_for(lambda: self.health()[0] == 200, timeout, "/healthz 200", every=0.25)
         return self.triton_health()
 
     def send(self, study: SyntheticStudy, priority: str = "R") -> None:
-        ack = send_message(
-            "127.0.0.1",
-            self.ep["hl7"][1],
-            order_message(
-                accession=study.accession,
-                patient_id=study.patient_id,
-                priority=priority,
-                patient_class="E",
-                study_uid=study.study_uid,
-            ),
-            timeout=10,
-        )
-        assert "MSA|AA|" in ack
-        subprocess.run(
-            [dcmtk("storescu"), "-aec", "TRIAGE", "127.0.0.1", str(self.ep["dicom"][1])]
-            + [str(f) for f in study.files],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        self.order(study.accession, study.patient_id, study.study_uid, priority=priority)
+        storescu(self.dicom_port, study.files, timeout=60, check=True)
 
     def study(self, accession: str) -> dict[str, Any] | None:
         items = httpx.get(f"{self.base}/api/worklist", headers=AUTH, timeout=10).json()["studies"]
         return next((s for s in items if s["accession_number"] == accession), None)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture
@@ -180,7 +101,7 @@ def test_external_triton_stopped_mid_run_studies_wait_then_complete(
     triton = LocalTriton(MODELS_DIR, tmp_path / "triton", 60, ports=ports)  # type: ignore[arg-type]
     triton.start()
     try:
-        engine = Engine(tmp_path, {"TRIAGE_TRITON_URL": triton.grpc_url})
+        engine = Engine(tmp_path, triton.grpc_url)
         engines.append(engine)
         th = engine.wait_ready()
         assert th["mode"] == "external" and th["breaker"]["state"] == "closed"
@@ -225,7 +146,7 @@ def test_external_triton_stopped_mid_run_studies_wait_then_complete(
 def test_bundled_triton_killed_is_restarted_and_studies_complete(
     tmp_path: Path, engines: list[Engine]
 ) -> None:
-    engine = Engine(tmp_path, {})
+    engine = Engine(tmp_path, True)
     engines.append(engine)
     th = engine.wait_ready()
     assert th["mode"] == "local" and th["restarts"] == 0 and th["breaker"]["state"] == "closed"
@@ -245,10 +166,9 @@ def test_bundled_triton_killed_is_restarted_and_studies_complete(
     assert th["pid"] != old_pid and not pid_alive(old_pid)
     assert th["models"]["ich"] == "READY"
     _assert_scored_positive(engine, "ACCOUT2")
-    log = engine.log_path.read_text()
+    log = engine.log()
     assert "exited with code" in log and "restarting the local Triton" in log
 
     new_pid = th["pid"]
-    engine.stop()
-    assert engine.proc.returncode == 0
+    assert engine.kill(signal.SIGINT) == 0  # Ctrl-C (the fixture's stop() would reap a Triton)
     assert not pid_alive(new_pid) and group_pids(new_pid) == [] and group_pids(old_pid) == []

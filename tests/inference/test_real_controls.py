@@ -13,14 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
+from support.paths import MODELS_DIR, SHARED_DATA
 
 from triage.inference.analyze import TritonAnalyzer
 from triage.inference.client import InferenceClient
 from triage.inference.controls import ControlResult, format_controls, real_controls
 from triage.inference.local_triton import LocalTriton
-
-from .conftest import MODELS_DIR
 
 MODEL_FLAGS_REAL = "model flags real anatomy; issue 13 retraining"
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.paths import MODELS_DIR
 
 from triage.inference import shm
 from triage.inference.client import InferenceClient
 from triage.inference.local_triton import LocalTriton
 
-from .conftest import MODELS_DIR
 from .phantoms import head_ct
 
 pytestmark = pytest.mark.integration

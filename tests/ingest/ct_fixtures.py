@@ -1,5 +1,5 @@
-"""Test data shared by the DICOM ingest test modules (a plain module: a conftest.py here would
-shadow tests/conftest.py for ``from conftest import ...``)."""
+"""Test data shared by the DICOM ingest test modules (a plain module: a conftest.py holds
+fixtures only)."""
 
 from __future__ import annotations
 

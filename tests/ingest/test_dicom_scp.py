@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from conftest import dcmtk, free_port
 from ct_fixtures import ct300_study, encoded_dataset
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
@@ -34,6 +33,9 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from raw_peer import RawPeer, command_set, established, status_of
 from sqlmodel import select
+from support.dcmtk import dcmtk, echoscu
+from support.dcmtk import storescu as dcmtk_storescu
+from support.net import free_port
 
 from triage.config import Settings
 from triage.errors import ConfigError, StoreError
@@ -84,10 +86,7 @@ def scp(tmp_path: Path) -> Iterator[Running]:
 
 
 def storescu(run: Running, files: list[Path]) -> subprocess.CompletedProcess[str]:
-    cmd = [dcmtk("storescu"), "-aet", "TESTSCU", "-aec", "TRIAGE", run.host, str(run.port)]
-    return subprocess.run(
-        [*cmd, *map(str, files)], capture_output=True, text=True, timeout=120, check=False
-    )
+    return dcmtk_storescu(run.port, files, host=run.host, aet="TESTSCU")
 
 
 def instances(run: Running) -> list[Instance]:
@@ -126,24 +125,12 @@ def client_store(run: Running, items: list[Dataset | Path]) -> list[int]:
 
 
 def test_echoscu_succeeds(scp: Running) -> None:
-    res = subprocess.run(
-        [dcmtk("echoscu"), "-aet", "TESTSCU", "-aec", "TRIAGE", scp.host, str(scp.port)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    res = echoscu(scp.port, host=scp.host, aet="TESTSCU")
     assert res.returncode == 0, res.stderr
 
 
 def test_wrong_called_ae_title_is_rejected(scp: Running) -> None:
-    res = subprocess.run(
-        [dcmtk("echoscu"), "-aec", "NOTUS", scp.host, str(scp.port)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    res = echoscu(scp.port, host=scp.host, aec="NOTUS")
     assert res.returncode != 0
 
 
@@ -572,14 +559,7 @@ def test_compressed_ct_is_stored_as_sent_and_decodes_when_read(
             ds.save_as(f, enforce_file_format=True)
             sent[ds.SOPInstanceUID] = ds
         syntax = str(next(iter(sent.values())).file_meta.TransferSyntaxUID)
-        cmd = [dcmtk("storescu"), option, "-aet", "TESTSCU", "-aec", "TRIAGE"]
-        res = subprocess.run(
-            [*cmd, scp.host, str(scp.port), *map(str, files)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        res = dcmtk_storescu(scp.port, files, host=scp.host, aet="TESTSCU", options=[option])
         assert res.returncode == 0 and "Warning" not in res.stderr, (name, res.stderr)
         study_uid = generate_uid(entropy_srcs=[original.study_uid, name])
         rows = [r for r in instances(scp) if r.study_uid == study_uid]

@@ -10,20 +10,16 @@ the HL7 path does not depend on Triton, and its start-up would cost seconds per 
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from support.engine import Engine
+from support.paths import REPO_ROOT
 
 from triage.hl7.ack import read_ack
 from triage.hl7.mllp import MLLPDecoder, frame
@@ -32,86 +28,22 @@ from triage.store import Database, Order, Study
 from triage.store.repo import studies_for_order
 from triage.synth.orders import order_message
 
-REPO = Path(__file__).resolve().parent.parent.parent
-MLLP_SEND = REPO / ".venv" / "bin" / "mllp_send"
+MLLP_SEND = REPO_ROOT / ".venv" / "bin" / "mllp_send"
 TIMEOUT = 10.0  # seconds a peer waits for an ACK before the test calls it lost
 
 
-@dataclass
-class EngineProcess:
-    proc: subprocess.Popen[bytes]
-    work: Path
-    host: str
-    port: int
-
-    def log(self) -> str:
-        return (self.work / "engine.log").read_text(errors="replace")
-
-    def order_count(self) -> int:
-        import sqlite3
-
-        con = sqlite3.connect(self.work / "var" / "triage.db", timeout=30)
-        try:
-            return int(con.execute('SELECT count(*) FROM "order"').fetchone()[0])
-        finally:
-            con.close()
-
-
-def start_engine(work: Path) -> EngineProcess:
-    data = work / "var"
-    env = dict(os.environ)
-    for name in [n for n in env if n.startswith("TRIAGE_")]:
-        del env[name]
-    env.update(
-        TRIAGE_DATA_DIR=str(data),
-        TRIAGE_DICOM_PORT="0",
-        TRIAGE_HL7_PORT="0",
-        TRIAGE_HTTP_PORT="0",
-        TRIAGE_TRITON_URL=f"http://127.0.0.1:{free_port()}",  # nothing there
-        TRIAGE_TRITON_WARMUP="false",
-        TRIAGE_LOG_LEVEL="INFO",
-    )
-    log = (work / "engine.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "triage.cli", "serve"],
-        cwd=work,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"engine exited: {(work / 'engine.log').read_text()}")
-        try:
-            ep = json.loads((data / "endpoints.json").read_text())
-            host, port = ep["hl7"]
-            return EngineProcess(proc, work, str(host), int(port))
-        except (OSError, ValueError, KeyError):
-            time.sleep(0.05)
-    stop_engine(proc)
-    raise AssertionError("engine did not write endpoints.json within 60 s")
-
-
-def stop_engine(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    e = start_engine(tmp_path_factory.mktemp("hl7-engine"))
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    e = Engine(tmp_path_factory.mktemp("hl7-engine"), quick=False)
     try:
-        yield e
+        yield e.start()
     finally:
-        stop_engine(e.proc)
-    assert e.proc.returncode == 0, e.log()[-4000:]
+        e.stop()
+    assert e.proc is not None and e.proc.returncode == 0, e.log()[-4000:]
+
+
+def order_count(engine: Engine) -> int:
+    return int(engine.query('SELECT count(*) FROM "order"')[0][0])
 
 
 _serial = iter(range(10**9))
@@ -133,8 +65,8 @@ def orders(tag: str, n: int) -> list[tuple[bytes, str]]:
 class Peer:
     """One MLLP connection, raw socket: what is written is exactly what goes on the wire."""
 
-    def __init__(self, e: EngineProcess) -> None:
-        self.sock = socket.create_connection((e.host, e.port), timeout=TIMEOUT)
+    def __init__(self, e: Engine) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", e.hl7_port), timeout=TIMEOUT)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.decoder = MLLPDecoder()
         self.acks: list[bytes] = []
@@ -210,7 +142,7 @@ def test_orders_near_studies_is_a_superset_of_what_the_pipeline_would_touch(
 
 
 @pytest.mark.integration
-def test_two_frames_in_one_write_on_sixty_fresh_connections(engine: EngineProcess) -> None:
+def test_two_frames_in_one_write_on_sixty_fresh_connections(engine: Engine) -> None:
     """A RIS that batches: both messages in one write, on a new connection; both ACKs."""
     for attempt in range(60):
         msgs = orders(f"TW{attempt}-", 2)
@@ -232,7 +164,7 @@ def cut_points(data: bytes) -> list[int]:
 
 
 @pytest.mark.integration
-def test_frames_cut_across_writes(engine: EngineProcess) -> None:
+def test_frames_cut_across_writes(engine: Engine) -> None:
     """Every frame cut inside its block bytes and its payload, pieces written separately with
     a pause (so that the engine reads them separately); three frames per stream, 20
     connections. Every ACK arrives, in order."""
@@ -248,7 +180,7 @@ def test_frames_cut_across_writes(engine: EngineProcess) -> None:
 
 
 @pytest.mark.integration
-def test_frames_sent_while_the_previous_commit_is_in_flight(engine: EngineProcess) -> None:
+def test_frames_sent_while_the_previous_commit_is_in_flight(engine: Engine) -> None:
     """A pipelining peer: the next frame leaves while the previous one is being committed (no
     wait for its ACK), a frame's end and the next frame's start in one write."""
     for attempt in range(20):
@@ -269,7 +201,7 @@ def test_frames_sent_while_the_previous_commit_is_in_flight(engine: EngineProces
 
 
 @pytest.mark.integration
-def test_mllp_send_real_client(engine: EngineProcess, tmp_path: Path) -> None:
+def test_mllp_send_real_client(engine: Engine, tmp_path: Path) -> None:
     """The hl7 package's `mllp_send` (one message, then its ACK, then the next) with a file of
     framed messages, three runs in a row on fresh connections."""
     for run in range(3):
@@ -277,7 +209,7 @@ def test_mllp_send_real_client(engine: EngineProcess, tmp_path: Path) -> None:
         path = tmp_path / f"batch{run}.hl7"
         path.write_bytes(b"".join(frame(p) for p, _ in msgs))
         out = subprocess.run(
-            [str(MLLP_SEND), "-p", str(engine.port), "-f", str(path), engine.host],
+            [str(MLLP_SEND), "-p", str(engine.hl7_port), "-f", str(path), "127.0.0.1"],
             capture_output=True,
             timeout=60,
         )
@@ -290,11 +222,11 @@ FAULT_COUNT = 10_000
 
 
 @pytest.mark.integration
-def test_ten_thousand_messages_two_per_write_on_one_connection(engine: EngineProcess) -> None:
+def test_ten_thousand_messages_two_per_write_on_one_connection(engine: Engine) -> None:
     """10,000 orders on one connection, two frames per TCP write, written as fast as the
     engine takes them (a sender thread; ACKs read meanwhile): 10,000 ACKs, in order, each
     MSA-2 echoing its MSH-10, and 10,000 more orders in the database."""
-    before = engine.order_count()
+    before = order_count(engine)
     msgs = orders("TK", FAULT_COUNT)
     writes = [frame(msgs[i][0]) + frame(msgs[i + 1][0]) for i in range(0, FAULT_COUNT, 2)]
     failed: list[BaseException] = []
@@ -317,4 +249,4 @@ def test_ten_thousand_messages_two_per_write_on_one_connection(engine: EnginePro
     assert not failed
     assert len(got) == FAULT_COUNT
     assert got == accepted([c for _, c in msgs])
-    assert engine.order_count() - before == FAULT_COUNT
+    assert order_count(engine) - before == FAULT_COUNT

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REPO_ROOT
+from support.paths import REPO_ROOT
 
 from triage.errors import RulesError
 from triage.hl7.mapping import load_mapping

@@ -6,7 +6,7 @@ import getpass
 
 import pytest
 from outbox_kit import RANK, Clock, actions, database, queue_oru, queue_xo, row, settings_for
-from ris_peer import FakeRIS
+from support.ris_peer import FakeRIS
 
 from triage.cli import main
 from triage.outbound.sender import OutboxSender

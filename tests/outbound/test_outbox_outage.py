@@ -14,9 +14,9 @@ import threading
 import time
 from collections import defaultdict
 
-from conftest import REPO_ROOT
 from outbox_kit import RANK, Clock, add, database, rows, settings_for
-from ris_peer import FakeRIS, control_id
+from support.paths import REPO_ROOT
+from support.ris_peer import FakeRIS, control_id
 
 from triage.config import Settings
 from triage.outbound.sender import OutboxSender

@@ -21,7 +21,7 @@ from outbox_kit import (
     rows,
     settings_for,
 )
-from ris_peer import FakeRIS, control_id
+from support.ris_peer import FakeRIS, control_id
 
 from triage.hl7.build import SenderIdentity, build_order_change
 from triage.outbound.outbox import backoff_seconds

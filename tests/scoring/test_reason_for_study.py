@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import REPO_ROOT
 from sqlmodel import select
+from support.paths import REPO_ROOT
 
 from triage.config import Settings
 from triage.hl7.mapping import load_mapping

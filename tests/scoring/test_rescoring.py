@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
-from ris_peer import FakeRIS
 from sqlmodel import col, select
+from support.paths import REPO_ROOT
+from support.ris_peer import FakeRIS
 from test_pipeline import ScriptedAnalyzer, add_order, add_study, positive, study
 
 from triage.api.worklist import worklist
