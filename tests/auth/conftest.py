@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 from argon2 import PasswordHasher
-from conftest import REPO_ROOT
 from fastapi.testclient import TestClient
+from support.paths import REPO_ROOT
 
 from auth.authkit import API_TOKEN, PASSWORD, Clock
 from triage.api.app import create_app

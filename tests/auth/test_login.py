@@ -36,8 +36,8 @@ def test_sign_in_sets_a_strict_httponly_session_cookie_and_redirects_to_next(cli
 
 
 def test_secure_cookie_when_configured(db, clock, users):
-    from conftest import REPO_ROOT
     from fastapi.testclient import TestClient
+    from support.paths import REPO_ROOT
 
     from triage.api.app import create_app
     from triage.config import Settings

@@ -76,8 +76,8 @@ def test_wrong_or_malformed_bearer_is_401(client):
 
 
 def test_without_the_setting_no_bearer_token_is_accepted(db, clock):
-    from conftest import REPO_ROOT
     from fastapi.testclient import TestClient
+    from support.paths import REPO_ROOT
 
     from triage.api.app import create_app
     from triage.config import Settings

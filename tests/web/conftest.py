@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import uvicorn
-from conftest import REPO_ROOT
+from support.paths import REPO_ROOT
 
 from triage.api.app import create_app
 from triage.auth.users import add_user

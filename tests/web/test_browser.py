@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlmodel import select
+from support.paths import REPO_ROOT
 
 from triage.store.models import Feedback
 

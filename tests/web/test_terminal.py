@@ -93,7 +93,7 @@ def test_status_falls_back_to_the_configured_port(live_server, tmp_path, capsys)
 
 
 def test_status_when_no_engine_answers(tmp_path, capsys):
-    from conftest import free_port
+    from support.net import free_port
 
     args = ["status", "--data-dir", str(tmp_path), "--http-port", str(free_port())]
     assert main(args) == 2
