@@ -26,12 +26,14 @@ from sqlalchemy import and_, bindparam, exists, or_
 from sqlmodel import select
 
 from triage.api.app import create_app
-from triage.completion import CompletionPolicy
+from triage.completion import CompletionPolicy, CompletionWaker
 from triage.config import Settings
 from triage.errors import TriageError
 from triage.inference.analyze import TritonAnalyzer
 from triage.inference.breaker import CircuitBreaker
+from triage.inference.slices import SliceCache
 from triage.inference.supervisor import TritonSupervisor
+from triage.inference.volume import CT_IMAGE_STORAGE
 from triage.ingest.dicom_scp import DicomListener
 from triage.ingest.hl7_listener import HL7Listener
 from triage.outbound.ris import RISNotifier
@@ -97,8 +99,11 @@ class Engine:
         self.breaker = CircuitBreaker(
             settings.triton_breaker_failures, settings.triton_breaker_reset_seconds
         )
+        # CT slices are read while a study arrives, so that at completion its volume is only
+        # stacked (docs/performance.md, "Latency")
+        self.slices = SliceCache()
         self.analyzer = TritonAnalyzer(
-            data_dir, settings.models_dir, key_images=settings.key_images
+            data_dir, settings.models_dir, key_images=settings.key_images, slices=self.slices
         )
         self.triton = TritonSupervisor(
             settings,
@@ -130,12 +135,31 @@ class Engine:
             rules_watcher=self.rules_watcher,
         )
         self.scheduler = new_scheduler()
-        self.dicom = DicomListener(settings, self.db, on_instance=None)
+        self.waker = CompletionWaker(self._wake_completion)
+        self.dicom = DicomListener(settings, self.db, on_stored=self._on_stored)
         self.hl7 = HL7Listener(settings, self.db, on_orders=self._on_orders)
         self.endpoints: dict[str, Any] = {}
         self._server: _Server | None = None
 
     # -- events from the listeners ------------------------------------------------------
+    def _on_stored(self, row: dict[str, Any]) -> None:
+        """A new instance is stored (the DICOM listener's thread): its study's completion is
+        due when its quiet period ends (woken then, not at the next tick), and a CT image that
+        may be part of a model's volume is queued to be read ahead
+        (:mod:`triage.inference.slices`)."""
+        quiet = self.settings.stable_seconds_for(
+            str(row.get("modality", "")), str(row.get("calling_ae", ""))
+        )
+        if any(r.expected_series for r in self.routing.rules):
+            quiet = min(quiet, self.settings.expected_series_quiet_seconds)
+        self.waker.stored(str(row["study_uid"]), quiet)
+        if (
+            row.get("modality") == "CT"
+            and row.get("sop_class_uid") == CT_IMAGE_STORAGE
+            and "LOCALIZER" not in str(row.get("image_type", "")).upper()
+        ):
+            self.slices.offer(self.settings.data_dir / str(row["path"]))
+
     def _on_orders(self, order_ids: list[int]) -> None:
         """Orders the HL7 listener acknowledged in the last few milliseconds (called in its
         on_order thread): one pipeline job for those that share an identifier with a stored
@@ -151,6 +175,11 @@ class Engine:
             near = list(order_ids)
         if near:
             self.scheduler.add_job(self._apply_orders, args=[near])
+
+    def _wake_completion(self) -> None:
+        """A study's quiet period ended: a tick (completion first) on the pipeline worker now."""
+        if self.scheduler.running:
+            self.scheduler.add_job(self.pipeline.tick)
 
     def _apply_orders(self, order_ids: list[int]) -> None:
         for order_id in order_ids:
@@ -233,6 +262,7 @@ class Engine:
             log.info("HTTP API listening on http://%s:%d", host, port)
             self.endpoints["hl7"] = list(await self.hl7.start())
             log.info("HL7 MLLP listener on %s:%d", *self.endpoints["hl7"])
+            self.slices.start()
             self.endpoints["dicom"] = list(self.dicom.start())
             log.info("DICOM Storage SCP %s on %s:%d", s.dicom_ae_title, *self.endpoints["dicom"])
             if s.ris_configured:
@@ -244,15 +274,18 @@ class Engine:
             )
             self.scheduler.add_job(self.pipeline.recover, id="recover")  # runs first
             self.scheduler.start()
+            self.waker.start()
             self._write_endpoints()
             self.triton.start()
             await server.serve(sockets=[sock])
         finally:
             log.info("stopping")
+            self.waker.stop()
             if self.scheduler.running:
                 self.scheduler.shutdown(wait=True)
             await self.hl7.stop()
             self.dicom.stop()
+            self.slices.stop()
             await asyncio.to_thread(self.triton.stop)
             sock.close()
             self.db.dispose()

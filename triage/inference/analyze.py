@@ -36,6 +36,7 @@ from triage.inference.keyimage import (
     store_key_image,
     window_for,
 )
+from triage.inference.slices import SliceCache
 from triage.inference.volume import (
     Volume,
     load_volume,
@@ -52,10 +53,19 @@ log = logging.getLogger(__name__)
 class TritonAnalyzer:
     """Analyses studies with the models of ``models_dir`` served by the attached client."""
 
-    def __init__(self, data_dir: Path, models_dir: Path, *, key_images: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        models_dir: Path,
+        *,
+        key_images: bool = True,
+        slices: SliceCache | None = None,
+    ) -> None:
+        """``slices``: the slices read while studies arrive (None: read at completion)."""
         self.data_dir = data_dir
         self.models_dir = models_dir
         self.key_images = key_images
+        self.slices = slices
         self._client: InferenceClient | None = None
         self._contracts: dict[str, ModelContract] = {}
         self._lock = threading.Lock()
@@ -79,10 +89,17 @@ class TritonAnalyzer:
         return self._contracts[model]
 
     def analyze(self, model: str, instances: list[Instance]) -> Analysis:
+        try:
+            return self._analyze(model, instances)
+        finally:
+            if self.slices is not None:  # the study's reads made ahead are not needed now
+                self.slices.discard([str(self.data_dir / inst.path) for inst in instances])
+
+    def _analyze(self, model: str, instances: list[Instance]) -> Analysis:
         contract = self.contract(model)
         try:
             series = select_series(instances)
-            volume = load_volume([self.data_dir / inst.path for inst in series])
+            volume = load_volume([self.data_dir / inst.path for inst in series], self.slices)
             tensor = resample(volume, contract.input_shape, contract.z_resampling)
             check_input(
                 InputLimits.from_parameters(model, contract.parameters), series, volume, tensor

@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pydicom
@@ -155,7 +156,7 @@ class _Header:
     """What :func:`load_volume` needs from one file's header, read and checked up front."""
 
     path: str
-    ds: Dataset
+    ds: Dataset | None
     size: tuple[int, int]
     orientation: list[float] | None
     position: list[float] | None
@@ -209,38 +210,98 @@ def _header(path: str, ds: Dataset) -> _Header:
     )
 
 
-def load_volume(paths: Sequence[Path | str]) -> Volume:
+@dataclass
+class SliceRead:
+    """One file read for :func:`load_volume`: its header and its pixels in HU, or why it is
+    skipped. A pure function of the file's bytes (:func:`read_slice`), so it may be made
+    ahead of time, while the study arrives (:class:`triage.inference.slices.SliceCache`)."""
+
+    path: str
+    modality: str = ""  # "" when the file is not readable DICOM
+    header: _Header | None = None  # None: not CT, or skipped (``skip`` says why)
+    hu: np.ndarray | None = None  # float32 [y, x]; None when the pixels cannot be decoded
+    skip: str = ""  # why the file is skipped ("" for a usable CT slice)
+    decode_error: str = ""  # why its pixel data could not be decoded
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.hu.nbytes) if self.hu is not None else 0
+
+
+def read_slice(path: Path | str) -> SliceRead:
+    """Read one file as :func:`load_volume` needs it: header, then pixels in HU (slope and
+    intercept applied; padding and values below -1024 become -1024; clipped to 4095)."""
+    p = str(path)
+    try:
+        ds: Dataset = pydicom.dcmread(p, force=False)
+    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+        return SliceRead(p, skip=f"not readable DICOM ({exc})")
+    try:
+        modality = str(ds.get("Modality", "")).upper()
+    except Exception as exc:  # a corrupt element raises on access, with many types
+        return SliceRead(p, skip=f"unreadable Modality ({exc})")
+    if modality != "CT":
+        return SliceRead(p, modality=modality)
+    if "PixelData" not in ds:
+        return SliceRead(p, modality=modality, skip="no pixel data")
+    try:
+        h = _header(p, ds)
+    except Exception as exc:  # pydicom raises many types for corrupt elements
+        return SliceRead(
+            p, modality=modality, skip=f"unusable header ({type(exc).__name__}: {exc})"
+        )
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for undecodable pixel data
+        h.ds = None
+        return SliceRead(p, modality=modality, header=h, decode_error=str(exc))
+    h.ds = None  # the data set (with its pixel bytes) is not kept
+    if stored.shape != h.size:
+        return SliceRead(
+            p, modality=modality, header=h, decode_error=f"pixel data of shape {stored.shape}"
+        )
+    hu = stored.astype(np.float32) * np.float32(h.slope) + np.float32(h.intercept)
+    if h.padding is not None:
+        hu[stored == h.padding] = HU_MIN
+    np.clip(hu, HU_MIN, HU_MAX, out=hu)
+    return SliceRead(p, modality=modality, header=h, hu=hu)
+
+
+class SliceSource(Protocol):
+    """Where :func:`load_volume` gets a file's :class:`SliceRead` (a cache of reads made
+    while the study arrived); None: it reads the file itself."""
+
+    def take(self, path: str) -> SliceRead | None: ...
+
+
+def load_volume(paths: Sequence[Path | str], source: SliceSource | None = None) -> Volume:
     """Read one CT series and return it in HU, slices ordered inferior -> superior.
 
     Files that are not DICOM, not CT, lack geometry, whose header has an unusable value (a
     corrupt element, a rescale that is not a number), or whose size differs from the majority
     are skipped (logged): one bad file does not cost the series. Raises NotAssessable when
     fewer than MIN_SLICES slices remain, when the series is not CT, or when the slices are not
-    (roughly) axial.
+    (roughly) axial. ``source``: reads made ahead of time (each file not found there is read
+    now); the result is the same either way.
     """
     headers: list[_Header] = []
+    pixels: dict[str, SliceRead] = {}
     modalities: Counter[str] = Counter()
     for p in paths:
-        try:
-            ds: Dataset = pydicom.dcmread(str(p), force=False)
-        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-            log.warning("skipping %s: not readable DICOM (%s)", p, exc)
+        read = source.take(str(p)) if source is not None else None
+        if read is None:
+            read = read_slice(p)
+        if read.skip and read.header is None and not read.modality:
+            log.warning("skipping %s: %s", p, read.skip)
             continue
-        try:
-            modality = str(ds.get("Modality", "")).upper()
-        except Exception as exc:  # a corrupt element raises on access, with many types
-            log.warning("skipping %s: unreadable Modality (%s)", p, exc)
+        modalities[read.modality] += 1
+        if read.modality != "CT":
             continue
-        modalities[modality] += 1
-        if modality != "CT":
+        if read.header is None:
+            log.warning("skipping %s: %s", p, read.skip)
             continue
-        if "PixelData" not in ds:
-            log.warning("skipping %s: no pixel data", p)
-            continue
-        try:
-            headers.append(_header(str(p), ds))
-        except Exception as exc:  # pydicom raises many types for corrupt elements
-            log.warning("skipping %s: unusable header (%s: %s)", p, type(exc).__name__, exc)
+        headers.append(read.header)
+        pixels[read.header.path] = read
     if not headers:
         if modalities:
             found = ", ".join(sorted(m or "?" for m in modalities))
@@ -271,19 +332,11 @@ def load_volume(paths: Sequence[Path | str]) -> Volume:
         if h.position is None:
             log.warning("skipping %s: no ImagePositionPatient", h.path)
             continue
-        try:
-            stored = h.ds.pixel_array
-        except Exception as exc:  # pydicom raises many types for undecodable pixel data
-            log.warning("skipping %s: cannot decode pixel data (%s)", h.path, exc)
+        read = pixels[h.path]
+        if read.hu is None:
+            log.warning("skipping %s: cannot decode pixel data (%s)", h.path, read.decode_error)
             continue
-        if stored.shape != size:
-            log.warning("skipping %s: pixel data of shape %s", h.path, stored.shape)
-            continue
-        hu = stored.astype(np.float32) * np.float32(h.slope) + np.float32(h.intercept)
-        if h.padding is not None:
-            hu[stored == h.padding] = HU_MIN
-        np.clip(hu, HU_MIN, HU_MAX, out=hu)
-        slices.append(_Slice(h.path, float(np.dot(h.position, normal)), hu))
+        slices.append(_Slice(h.path, float(np.dot(h.position, normal)), read.hu))
 
     slices.sort(key=lambda s: s.position)
     unique: list[_Slice] = []
@@ -369,16 +422,37 @@ def resample(
         raise NotAssessable("cannot resample fewer than 2 slices")
     if z_mode not in Z_RESAMPLING:
         raise ValueError(f"z resampling is one of {', '.join(Z_RESAMPLING)}, not {z_mode!r}")
-    hu = volume.hu
+    # Both steps are linear and act on different axes, so they commute: the slices the z
+    # sampling reads are averaged in plane first (at most 2 x nz of them, on the full grid),
+    # then sampled along z on the small grid - far less memory traffic than the other order.
     if z_mode == "linear":
         targets, lower, upper = _bracket(z, nz)
         w = ((targets - z[lower]) / (z[upper] - z[lower])).clip(0.0, 1.0).astype(np.float32)
-        stack = hu[lower] * (1.0 - w)[:, None, None] + hu[upper] * w[:, None, None]
+        needed, index = np.unique(np.concatenate([lower, upper]), return_inverse=True)
+        small = _in_plane(volume.hu, needed, ny, nx)
+        lo, up = small[index[:nz]], small[index[nz:]]
+        stack = lo * (1.0 - w)[:, None, None] + up * w[:, None, None]
     else:
-        stack = hu[_nearest(z, nz)]
-    if hu.shape[1:] == (ny, nx):  # already on the grid in plane: the averaging is the identity
-        return np.ascontiguousarray(stack, dtype=np.float32)
-    wy = _area_weights(hu.shape[1], ny)
-    wx = _area_weights(hu.shape[2], nx)
-    out = np.einsum("yi,zij,xj->zyx", wy, stack, wx, optimize=True)
-    return np.ascontiguousarray(out, dtype=np.float32)
+        needed, index = np.unique(_nearest(z, nz), return_inverse=True)
+        stack = _in_plane(volume.hu, needed, ny, nx)[index]
+    return np.ascontiguousarray(stack, dtype=np.float32)
+
+
+def _in_plane(hu: np.ndarray, slices: np.ndarray, ny: int, nx: int) -> np.ndarray:
+    """Slices ``slices`` of ``hu`` area-averaged in plane to ``ny`` x ``nx`` (float32)."""
+    h, w = hu.shape[1:]
+    if (h, w) == (ny, nx):  # already on the grid in plane: the averaging is the identity
+        return np.asarray(hu[slices], dtype=np.float32)
+    if h % ny == 0 and w % nx == 0:  # whole blocks (512 -> 128): the exact block mean
+        fy, fx = h // ny, w // nx
+        out = np.empty((len(slices), ny, nx), dtype=np.float32)
+        for i, k in enumerate(slices):  # one slice at a time: no big temporary
+            rows = hu[k].reshape(ny, fy, w).sum(axis=1, dtype=np.float32)
+            out[i] = rows.reshape(ny, nx, fx).sum(axis=2)
+        out *= np.float32(1.0 / (fy * fx))
+        return out
+    wy = _area_weights(h, ny)
+    wx = _area_weights(w, nx)
+    return np.asarray(
+        np.einsum("yi,zij,xj->zyx", wy, hu[slices], wx, optimize=True), dtype=np.float32
+    )

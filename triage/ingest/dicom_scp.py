@@ -142,7 +142,9 @@ ABSTRACT_SYNTAXES: list[str] = [VERIFICATION] + [
 class DicomListener:
     """The Storage SCP. ``start()`` listens in background threads; ``stop()`` ends it.
 
-    ``on_instance(study_uid)`` is called after each newly stored instance.
+    ``on_instance(study_uid)`` is called after each newly stored instance, and
+    ``on_stored(row)`` with its index row (``path`` relative to the data dir), on the
+    association's thread after the row's commit: it must only hand the work on.
     """
 
     def __init__(
@@ -150,10 +152,12 @@ class DicomListener:
         settings: Settings,
         db: Database,
         on_instance: Callable[[str], None] | None = None,
+        on_stored: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.on_instance = on_instance
+        self.on_stored = on_stored
         self.data_dir = Path(settings.data_dir)
         self.index = InstanceIndex(db)
         self._server: UpperLayerServer | None = None
@@ -463,6 +467,11 @@ class DicomListener:
             studies = self.index.record_acknowledged(row, study_attrs)
         finally:
             self._release(row["sop_instance_uid"])
+        if self.on_stored is not None:  # the file is durable, its row committed or owed
+            try:
+                self.on_stored(row)
+            except Exception:
+                log.exception("on_stored hook failed for %s", row.get("sop_instance_uid"))
         for study_uid in studies:
             self._notify(study_uid)
 
