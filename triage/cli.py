@@ -65,9 +65,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from triage.demo import run_demo
+    from triage.demo import run_demo_cli
 
-    return run_demo(_settings(args), studies=args.studies, wait_seconds=args.wait)
+    return run_demo_cli(
+        _settings(args),
+        studies=args.studies,
+        compression=args.compression,
+        positives=args.positives,
+        minutes=args.minutes,
+    )
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -107,10 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_args(p)
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("demo", help="send synthetic studies and orders to a running engine")
+    p = sub.add_parser(
+        "demo",
+        help="a busy emergency shift in about a minute: its own engine, test RIS and worklist",
+    )
     _add_settings_args(p)
-    p.add_argument("--studies", type=int, default=6, help="number of head CT studies (6)")
-    p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for scoring")
+    p.add_argument("--studies", type=int, default=40, help="studies in the shift (40)")
+    p.add_argument("--minutes", type=float, default=60.0, help="length of the shift (60)")
+    p.add_argument(
+        "--compression", type=float, default=60.0, help="simulated time per real time (60x)"
+    )
+    p.add_argument("--positives", type=int, default=3, help="studies with a synthetic finding")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("config", help="print every setting, its value and its default")

@@ -65,9 +65,13 @@ class Pipeline:
         match_window_hours: float,
         rules_watcher: UrgencyRulesWatcher | None = None,
         clock: Callable[[], datetime] = utcnow,
+        aging_time_scale: float = 1.0,
     ) -> None:
         """``rules_watcher``: picks up a changed urgency rules file at each tick (None: the
-        rules stay as given); ``clock``: the time aging is measured with (UTC)."""
+        rules stay as given); ``clock``: the time aging is measured with (UTC);
+        ``aging_time_scale``: minutes of waiting counted per minute that passes (1; the demo's
+        compressed shift uses 60)."""
+        self.aging_time_scale = aging_time_scale
         self.db = db
         self.routing = routing
         self.urgency = rules_watcher.current if rules_watcher is not None else urgency
@@ -415,7 +419,11 @@ class Pipeline:
         """The plain scoring function on a study's stored facts."""
         rules = self.urgency
         since = study.completed_at or study.last_received_at
-        waited = (now - _aware(since)).total_seconds() / 60.0 if since is not None else None
+        waited = (
+            (now - _aware(since)).total_seconds() / 60.0 * self.aging_time_scale
+            if since is not None
+            else None
+        )
         return score_study(
             rules,
             ordered_priority=study.ordered_priority,

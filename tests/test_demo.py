@@ -1,0 +1,61 @@
+"""`triage demo` in a reduced form: a few studies, time compressed 600x. Its own engine (with
+the bundled Triton) and test RIS; the positive study must be raised, announced to the RIS
+(XO and ORU) and listed first."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from triage.demo import AI_NOTE, Arrival, run_demo, shift
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_short_shift_raises_the_positive_and_tells_the_ris() -> None:
+    arrivals = [
+        Arrival(0.0, "DEMOT1", "SYNT1", "chest", "R", "E", exam_completed=True),
+        Arrival(1.0, "DEMOT2", "SYNT2", "head-pos", "R", "E", exam_completed=True),
+        Arrival(2.0, "DEMOT3", "SYNT3", "abdomen", "A", "O", exam_completed=False),
+    ]
+    out = io.StringIO()
+    result = run_demo(
+        arrivals=arrivals,
+        minutes=3,
+        extra_minutes=1,
+        compression=600,
+        console=Console(file=out, width=120),
+    )
+    assert result.sent == 3
+
+    # the test RIS got the order change (XO, STAT) and the AI result for the positive only
+    (xo,) = result.xo_for("DEMOT2")
+    assert xo.priority == "S"
+    orus = [m for m in result.ris if m.kind.startswith("ORU")]
+    assert all("DEMOT2" in m.text for m in orus) and orus
+    assert "synthetic phantoms" in orus[0].text
+    assert {m.accession for m in result.ris} == {"DEMOT2"}
+
+    # the worklist: the positive first (raised to S), then the ASAP study at its ordered
+    # priority, then the routine one; the two without a model are listed, not routed
+    order = [(r["accession_number"], r["engine_priority"], r["state"]) for r in result.worklist]
+    assert order == [
+        ("DEMOT2", "S", "scored"),
+        ("DEMOT3", "A", "not_routed"),
+        ("DEMOT1", "R", "not_routed"),
+    ]
+    screen = out.getvalue()
+    assert "time compressed 600x" in screen and AI_NOTE in screen
+    assert "DEMOT2 R -> S" in screen  # the raise is an event on screen
+
+
+def test_the_shift_has_its_positives_among_routine_and_unrouted_work() -> None:
+    studies = shift(40, positives=3)
+    assert len(studies) == 40 and studies == sorted(studies, key=lambda a: a.minute)
+    assert sum(a.positive for a in studies) == 3
+    assert all(a.priority == "R" for a in studies if a.positive)  # the AI raises them
+    assert sum(not a.routed for a in studies) >= 5  # work no model looks at
+    assert {a.kind for a in studies if a.positive} == {"head-pos", "ctpa-pos"}
+    assert max(a.minute for a in studies) <= 60
