@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -42,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,20 +169,35 @@ def renamed(datasets: list[pydicom.Dataset], n: int) -> tuple[str, str, list[pyd
 
 
 def send_images(port: int, datasets: list[pydicom.Dataset]) -> float:
-    """C-STORE every data set on one association; the time the last Success came back."""
-    ae = AE(ae_title="LATENCY")
-    ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
-    assert assoc.is_established, "association refused"
+    """C-STORE every data set on one association; the time the last Success came back.
+
+    pynetdicom's client now and then misses a response that comes back very fast ("Received
+    unexpected C-STORE service message"), then waits for it until its DIMSE timeout: the
+    rest is sent again on a new association (an instance already stored is acknowledged
+    without being written again)."""
+    todo = list(datasets)
     last = 0.0
-    try:
-        for ds in datasets:
-            status = assoc.send_c_store(ds)
-            last = time.monotonic()
-            assert status and status.Status == 0, f"C-STORE status {status}"
-    finally:
-        assoc.release()
-    return last
+    for _ in range(5):
+        ae = AE(ae_title="LATENCY")
+        ae.add_requested_context(CTImageStorage)
+        ae.dimse_timeout = 1
+        assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
+        assert assoc.is_established, "association refused"
+        try:
+            while todo:
+                status = assoc.send_c_store(todo[0])
+                if not status:
+                    break
+                last = time.monotonic()
+                assert status.Status == 0, f"C-STORE status {status}"
+                todo.pop(0)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if not todo:
+            return last
+        print(f"  (C-STORE response missed by the client; {len(todo)} sent again)")
+    raise SystemExit("C-STORE failed 5 times")
 
 
 def order(acc: str, pid: str, study_uid: str, status: str, cid: str) -> str:
@@ -300,6 +316,11 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--stable", type=float, default=2.0, help="study_stable_seconds")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument(
+        "--levers",
+        action="store_true",
+        help="also run each round with the read-ahead off and with the wake-up off",
+    )
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory(prefix="bench-latency-", dir=args.work)
     work = Path(tmp.name)
@@ -316,13 +337,18 @@ def main() -> None:
     datasets: list[pydicom.Dataset] = [pydicom.dcmread(f) for f in study.files]
     ris = TestRIS()
     engine, thread = start_engine(work, ris.port, args.stable)
-    results: dict[str, list[dict[str, float]]] = {"quiet": [], "cm": []}
+    configs = ["engine"] + (["no read-ahead", "no wake-up"] if args.levers else [])
+    results: dict[tuple[str, str], list[dict[str, float]]] = {
+        (c, m): [] for c in configs for m in ("quiet", "cm")
+    }
     try:
         n = 0
         for _ in range(args.rounds):
-            for mode in ("quiet", "cm"):
-                n += 1
-                results[mode].append(one_round(engine, ris, datasets, n, mode))
+            for config in configs:  # side by side, round by round
+                for mode in ("quiet", "cm"):
+                    n += 1
+                    with lever(engine, config):
+                        results[(config, mode)].append(one_round(engine, ris, datasets, n, mode))
         stored = sorted((work / "var" / "dicom").rglob("*.dcm"))[: args.slices]
         fl = floors(engine, ris, stored)
     finally:
@@ -335,25 +361,49 @@ def main() -> None:
 
     print(f"\n{args.slices}-slice head CT, {args.rounds} rounds; medians (s), [min-max]")
     for mode, title in (("quiet", "(a) completed by quiet period"), ("cm", "(b) ORC-5 = CM")):
-        rows = results[mode]
+        rows = results[("engine", mode)]
         print(f"\n{title}")
         for key in rows[0]:
             vals = [r[key] for r in rows]
             print(f"  {key:<28} {med(rows, key):7.3f}  [{min(vals):.3f}-{max(vals):.3f}]")
-    a = [r["last image -> XO ACK"] - args.stable - r["triton"] for r in results["quiet"]]
-    b = [r["last image -> XO ACK"] for r in results["cm"]]
     print("\nfloors (same run)")
     for k, v in fl.items():
         print(f"  {k:<40} {v:7.3f}")
-    print(
-        f"\n(a) engine share, quiet completion, stability wait and inference left out: "
-        f"{statistics.median(a):.3f} s [{min(a):.3f}-{max(a):.3f}] (target < 1 s)"
-    )
-    print(
-        f"(b) last image -> XO ACK with ORC-5 = CM, model time included: "
-        f"{statistics.median(b):.3f} s [{min(b):.3f}-{max(b):.3f}] (target < 1.5 s)"
-    )
+    print()
+    for config in configs:
+        a = [
+            r["last image -> XO ACK"] - args.stable - r["triton"]
+            for r in results[(config, "quiet")]
+        ]
+        b = [r["last image -> XO ACK"] for r in results[(config, "cm")]]
+        print(
+            f"{config:<14} (a) engine share, quiet completion, stability wait and inference "
+            f"left out: {statistics.median(a):.3f} s [{min(a):.3f}-{max(a):.3f}] (target < 1 s)"
+        )
+        print(
+            f"{config:<14} (b) last image -> XO ACK, ORC-5 = CM, model time included: "
+            f"{statistics.median(b):.3f} s [{min(b):.3f}-{max(b):.3f}] (target < 1.5 s)"
+        )
     print(f"load average after: {os.getloadavg()[0]:.2f} (1 min)")
+
+
+@contextlib.contextmanager
+def lever(engine: Engine, config: str) -> Iterator[None]:
+    """The engine as shipped, or with one lever off: the slices read ahead (the analyzer reads
+    every file at completion, nothing is read while the images arrive), or the completion
+    wake-up (the periodic tick, every completion_poll_seconds, notices the quiet study)."""
+    analyzer_slices, offer, wake = engine.analyzer.slices, engine.slices.offer, engine.waker._wake
+    if config == "no read-ahead":
+        engine.analyzer.slices = None
+        engine.slices.offer = lambda path: False  # type: ignore[method-assign]
+    elif config == "no wake-up":
+        engine.waker._wake = lambda: None
+    try:
+        yield
+    finally:
+        engine.analyzer.slices = analyzer_slices
+        engine.slices.offer = offer  # type: ignore[method-assign]
+        engine.waker._wake = wake
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import io
 import pytest
 from rich.console import Console
 
-from triage.demo import AI_NOTE, Arrival, run_demo, shift
+from triage.demo import AI_NOTE, Arrival, _relabelled, make_templates, run_demo, shift
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +59,14 @@ def test_the_shift_has_its_positives_among_routine_and_unrouted_work() -> None:
     assert sum(not a.routed for a in studies) >= 5  # work no model looks at
     assert {a.kind for a in studies if a.positive} == {"head-pos", "ctpa-pos"}
     assert max(a.minute for a in studies) <= 60
+
+
+def test_relabelling_a_study_without_a_model_leaves_the_ctpa_template_alone(tmp_path) -> None:
+    templates = make_templates(tmp_path, {"chest", "ctpa-neg"})
+    before = str(templates["ctpa-neg"][0].StudyDescription)
+    chest = _relabelled(templates["other"], Arrival(0, "A1", "P1", "chest", "R", "E", False))
+    assert chest[0].StudyDescription == "CT CHEST WO CONTRAST"
+    assert "ContrastBolusAgent" not in chest[0]
+    ctpa = _relabelled(templates["ctpa-neg"], Arrival(1, "A2", "P2", "ctpa-neg", "R", "E", False))
+    assert ctpa[0].StudyDescription == before and "ContrastBolusAgent" in ctpa[0]
+    assert ctpa[0].StudyInstanceUID != chest[0].StudyInstanceUID

@@ -197,9 +197,11 @@ def make_templates(folder: Path, kinds: set[str]) -> dict[str, list[Dataset]]:
             write_ctpa(folder / "cp", embolus=True, seed=11, patient_id="T", accession="T").files
         )
     if kinds & {"ctpa-neg", "chest", "abdomen"}:
-        out["ctpa-neg"] = load(
-            write_ctpa(folder / "cn", embolus=False, seed=11, patient_id="T", accession="T").files
-        )
+        files = write_ctpa(
+            folder / "cn", embolus=False, seed=11, patient_id="T", accession="T"
+        ).files
+        out["ctpa-neg"] = load(files)
+        out["other"] = load(files)  # its own data sets: relabelled for each such study
     return out
 
 
@@ -507,7 +509,7 @@ def _send_shift(
             time.sleep(wait)
         if engine.scheduler is None or not engine.scheduler.running:
             return
-        template = "ctpa-neg" if a.kind in ("chest", "abdomen") else a.kind
+        template = "other" if a.kind in ("chest", "abdomen") else a.kind
         datasets = _relabelled(templates[template], a)
         study_uid = str(datasets[0].StudyInstanceUID)
         try:
