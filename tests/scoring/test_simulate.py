@@ -230,7 +230,7 @@ def test_read_minute_keys_and_parsing():
 
 # -- the store --------------------------------------------------------------------------------
 
-NOW = datetime.now(UTC).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)  # the seeded store's "now" (--until NOW)
 
 
 def seed(path: Path) -> None:
@@ -334,6 +334,7 @@ def test_json_figures_from_the_store(store, capsys):
     before = digest(db_file)
     code, out, err = run(
         capsys, str(proposed_a_from_70(store)), "--current", str(SHIPPED), "--json",
+        "--until", NOW.isoformat(),
         "--readers", "1", "--read-minutes", "ct-head=6,pe=8,mr=3",
     )  # fmt: skip
     assert code == 0, err
@@ -380,7 +381,10 @@ def test_since_selects_the_window(store, capsys):
     new = str(proposed_a_from_70(store))
     accs = {}
     for since in ("7d", "14d", "4h", (NOW - timedelta(hours=2, minutes=30)).isoformat()):
-        code, out, err = run(capsys, new, "--current", str(SHIPPED), "--json", "--since", since)
+        code, out, err = run(
+            capsys, new, "--current", str(SHIPPED), "--json", "--since", since,
+            "--until", NOW.isoformat(),
+        )  # fmt: skip
         assert code == 0, err
         data = json.loads(out)
         accs[since] = (data["before"]["wait_minutes"]["all"]["count"], data["window"]["days"])
