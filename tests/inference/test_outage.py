@@ -86,7 +86,7 @@ def _assert_scored_positive(engine: Engine, accession: str) -> dict[str, Any]:
         st = engine.study(accession)
         return st if st and st["state"] == "scored" else None
 
-    st = wait_for(scored, 90, f"{accession} scored")
+    st = wait_for(scored, 90, f"{accession} scored", every=0.25)
     assert st["engine_priority"] == "S" and st["ordered_priority"] == "R"
     (finding,) = st["findings"]
     assert finding["model"] == "ich" and finding["status"] == "done" and finding["positive"]
@@ -108,7 +108,7 @@ def test_external_triton_stopped_mid_run_studies_wait_then_complete(
         assert th["models"]["ich"] == "READY" and set(th["warmup_seconds"]) == {"ich", "pe"}
 
         triton.stop()  # Triton goes away
-        wait_for(lambda: engine.health()[0] == 503, 30, "/healthz 503 with Triton down")
+        wait_for(lambda: engine.health()[0] == 503, 30, "/healthz 503 with Triton down", every=0.25)
         study = _positive(tmp_path, "ACCOUT1")
         engine.send(study, priority="R")
 
@@ -116,7 +116,7 @@ def test_external_triton_stopped_mid_run_studies_wait_then_complete(
             st = engine.study("ACCOUT1")
             return st if st and st["state"] == "ai_pending" else None
 
-        st = wait_for(pending, 60, "study AI pending")
+        st = wait_for(pending, 60, "study AI pending", every=0.25)
         assert st["ai_status"] == "pending" and st["engine_priority"] == "R"
         assert st["findings"] == [] and any("AI pending" in r for r in st["reasons"])
         time.sleep(3)  # several retries while down: still listed, still pending
@@ -127,7 +127,7 @@ def test_external_triton_stopped_mid_run_studies_wait_then_complete(
 
         triton.start()  # back, same ports: the client reconnects by itself
         st = _assert_scored_positive(engine, "ACCOUT1")
-        wait_for(lambda: engine.health()[0] == 200, 30, "/healthz 200 again")
+        wait_for(lambda: engine.health()[0] == 200, 30, "/healthz 200 again", every=0.25)
         assert engine.triton_health()["breaker"]["state"] == "closed"
 
         # the key image of the result, over HTTP
@@ -162,7 +162,7 @@ def test_bundled_triton_killed_is_restarted_and_studies_complete(
         t = body["components"]["triton"]
         return t if code == 200 and t["restarts"] >= 1 else None
 
-    th = wait_for(restarted, 90, "bundled Triton restarted and ready")
+    th = wait_for(restarted, 90, "bundled Triton restarted and ready", every=0.25)
     assert th["pid"] != old_pid and not pid_alive(old_pid)
     assert th["models"]["ich"] == "READY"
     _assert_scored_positive(engine, "ACCOUT2")
