@@ -111,3 +111,15 @@ def test_discard_forgets_reads_and_queued_paths(head: list[Path]) -> None:
     finally:
         cache.stop()
     assert not cache.offer(head[0])  # stopped: nothing is queued
+
+
+def test_reads_nobody_took_are_dropped_after_their_time(head: list[Path]) -> None:
+    """A study no model reads (not routed) does not keep its reads: they go after
+    ``max_age_seconds``, at the next arrival (or idle minute)."""
+    cache = filled(head[:-1], max_age_seconds=0.0)
+    try:
+        assert cache.offer(head[-1])  # the next arrival prunes what is too old
+        assert all(str(f) not in cache._done for f in head[:-1])
+        same(load_volume(head, cache), load_volume(head))
+    finally:
+        cache.stop()

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict, deque
 from pathlib import Path
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_BYTES = 1 << 30  # 1 GiB of HU pixels: about 1,000 slices of 512 x 512
 DEFAULT_MAX_QUEUED = 20_000
+DEFAULT_MAX_AGE_SECONDS = 900.0  # a read not taken by then (a study no model reads) is dropped
 
 _QUEUED, _READING = "queued", "reading"
 
@@ -50,15 +52,20 @@ class SliceCache:
         *,
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
         nice: int = 5,
     ) -> None:
         self.budget_bytes = budget_bytes
+        self.max_age_seconds = max_age_seconds
         self.max_queued = max_queued
         self.nice = nice
         self._cond = threading.Condition()
         self._queue: deque[str] = deque()
         self._state: dict[str, str] = {}  # path -> queued | reading
-        self._done: OrderedDict[str, tuple[tuple[int, int, int] | None, SliceRead]] = OrderedDict()
+        # path -> (file key, read, when read): oldest first
+        self._done: OrderedDict[str, tuple[tuple[int, int, int] | None, SliceRead, float]] = (
+            OrderedDict()
+        )
         self._bytes = 0
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -92,6 +99,7 @@ class SliceCache:
                 return False
             if p in self._state or p in self._done:
                 return True
+            self._prune()
             if len(self._queue) >= self.max_queued:
                 self.dropped += 1
                 return False
@@ -147,7 +155,8 @@ class SliceCache:
         while True:
             with self._cond:
                 while not self._queue and not self._stop:
-                    self._cond.wait()
+                    self._cond.wait(timeout=60)
+                    self._prune()
                 if self._stop:
                     return
                 path = self._queue.popleft()
@@ -163,9 +172,19 @@ class SliceCache:
             with self._cond:
                 self._state.pop(path, None)
                 if read is not None and not self._stop:
-                    self._done[path] = (key, read)
+                    self._done[path] = (key, read, time.monotonic())
                     self._bytes += read.nbytes
                     while self._bytes > self.budget_bytes and self._done:
-                        _, (_, old) = self._done.popitem(last=False)
+                        _, (_, old, _) = self._done.popitem(last=False)
                         self._bytes -= old.nbytes
                 self._cond.notify_all()
+
+    def _prune(self) -> None:
+        """Drop reads older than ``max_age_seconds`` (the caller holds the lock)."""
+        limit = time.monotonic() - self.max_age_seconds
+        while self._done:
+            path, (_, read, at) = next(iter(self._done.items()))
+            if at >= limit:
+                return
+            del self._done[path]
+            self._bytes -= read.nbytes
