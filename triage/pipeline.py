@@ -319,6 +319,7 @@ class Pipeline:
                     series_uid=analysis.series_uid,
                     detail=analysis.detail,
                     key_image=analysis.key_image,
+                    inputs=analysis.inputs,
                 )
                 s.add(finding)
                 study.ai_status = analysis.status

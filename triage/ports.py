@@ -35,6 +35,7 @@ class Analysis:
     series_uid: str = ""
     detail: str = ""
     key_image: str = ""  # PNG path relative to the data dir; "" when none
+    inputs: str = ""  # JSON: scanner, kernel, thickness, reference HU (Finding.inputs)
 
 
 class Analyzer(Protocol):

@@ -18,15 +18,18 @@ not know about scoring or the RIS. Steps, in order:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom.multival import MultiValue
 
 from triage.errors import ModelNotReady, NotAssessable, TritonUnavailable
-from triage.inference.checks import InputLimits, check_input
+from triage.inference.checks import InputFacts, InputLimits, check_input
 from triage.inference.client import InferenceClient, ModelOutput
 from triage.inference.contract import ModelContract, load_contract
 from triage.inference.keyimage import (
@@ -97,11 +100,13 @@ class TritonAnalyzer:
 
     def _analyze(self, model: str, instances: list[Instance]) -> Analysis:
         contract = self.contract(model)
+        series: list[Instance] = []
+        volume: Volume | None = None
         try:
             series = select_series(instances)
             volume = load_volume([self.data_dir / inst.path for inst in series], self.slices)
             tensor = resample(volume, contract.input_shape, contract.z_resampling)
-            check_input(
+            facts = check_input(
                 InputLimits.from_parameters(model, contract.parameters), series, volume, tensor
             )
         except NotAssessable as exc:
@@ -111,6 +116,7 @@ class TritonAnalyzer:
                 model_version=contract.version,
                 status="not_assessable",
                 detail=exc.reason,
+                inputs=input_mix(self.data_dir, series, volume, None),
             )
         client = self._client
         if client is None:
@@ -136,6 +142,7 @@ class TritonAnalyzer:
             key_slice=key_slice,
             series_uid=volume.series_uid,
             key_image=key_image,
+            inputs=input_mix(self.data_dir, series, volume, facts),
         )
 
     def _key_image(
@@ -190,4 +197,38 @@ class TritonAnalyzer:
             return ""
 
 
-__all__ = ["NotAssessable", "TritonAnalyzer"]
+#: DICOM keywords read for the input mix (one header of the selected series).
+_MIX_TAGS = ("Manufacturer", "ManufacturerModelName", "ConvolutionKernel")
+
+
+def input_mix(
+    data_dir: Path, series: list[Instance], volume: Volume | None, facts: InputFacts | None
+) -> str:
+    """What went into the model, as the JSON stored in ``Finding.inputs`` (drift monitoring,
+    :mod:`triage.monitoring`): manufacturer, scanner model and kernel from the first image's
+    header, slice thickness, and the reference tissue's median HU (when the checks measured
+    it). "" when nothing is known; never raises (an aid, not part of the result)."""
+    mix: dict[str, object] = {}
+    try:
+        if series:
+            ds = pydicom.dcmread(
+                data_dir / series[0].path, stop_before_pixels=True, specific_tags=list(_MIX_TAGS)
+            )
+            for key, name in zip(("manufacturer", "scanner", "kernel"), _MIX_TAGS, strict=True):
+                value = ds.get(name)
+                if value is not None:
+                    text = "\\".join(map(str, value)) if isinstance(value, MultiValue) else value
+                    mix[key] = str(text).strip()[:64]
+        thickness = facts.slice_thickness_mm if facts is not None else None
+        if thickness is None and volume is not None and volume.slice_thickness:
+            thickness = float(volume.slice_thickness)
+        if thickness is not None:
+            mix["thickness_mm"] = round(float(thickness), 2)
+        if facts is not None and facts.tissue_hu is not None:
+            mix["tissue_hu"] = round(float(facts.tissue_hu), 1)
+    except Exception as exc:  # an unreadable header: the finding stands without its mix
+        log.debug("input mix not read: %s", exc)
+    return json.dumps(mix, sort_keys=True) if mix else ""
+
+
+__all__ = ["NotAssessable", "TritonAnalyzer", "input_mix"]

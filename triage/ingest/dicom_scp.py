@@ -48,11 +48,13 @@ module is what happens to a C-STORE once it has arrived.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import shutil
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -104,7 +106,7 @@ from triage.ingest.dicom_ul import (
 from triage.ingest.dicom_walk import check_codestream, decoder_available, scan_dataset
 from triage.store.db import Database
 from triage.store.durable import make_dirs_durably, write_instance_file
-from triage.store.models import utcnow
+from triage.store.models import DicomAssociation, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +171,9 @@ class DicomListener:
         self._low_disk = False
         self.incoming = incoming_dir(self.data_dir)
         self._streaming = False  # decided at start (see _can_stream)
+        # per open association (its Peer): what it brought, written to DicomAssociation when
+        # it ends (each association's own thread counts its own; no lock, no I/O per instance)
+        self._tally: dict[Peer, _Tally] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -332,6 +337,14 @@ class DicomListener:
 
     def _handle_store(self, request: StoreRequest) -> Status:
         """One C-STORE: always a status; never raises into the upper layer."""
+        status = self._store_status(request)
+        tally = self._tally.get(request.peer)
+        if tally is None:
+            tally = self._tally[request.peer] = _Tally(utcnow())
+        tally.count(status.code, new=request.after is not None)
+        return status
+
+    def _store_status(self, request: StoreRequest) -> Status:
         try:
             self._store(request)
         except DicomIngestError as exc:
@@ -477,8 +490,32 @@ class DicomListener:
 
     def _closed(self, peer: Peer, how: str) -> None:
         _on_closed(peer, how)
+        self._record_association(peer, how, self._tally.pop(peer, _NO_STORES))
         if self.index.owed:
             self._retry_owed("retried with the next instance")
+
+    def _record_association(self, peer: Peer, how: str, tally: _Tally) -> None:
+        """One DicomAssociation row for an association that ended (a failure is logged:
+        the association's instances are stored whatever happens here)."""
+        try:
+            with self.db.session() as s:
+                s.add(
+                    DicomAssociation(
+                        ended_at=utcnow(),
+                        first_store_at=tally.first_at,
+                        calling_ae=peer.calling_ae[:16],
+                        called_ae=peer.called_ae[:16],
+                        address=peer.address,
+                        port=peer.port,
+                        outcome=how,
+                        stored=tally.stored,
+                        duplicates=tally.duplicates,
+                        refused=tally.refused,
+                        statuses=json.dumps(tally.statuses, sort_keys=True),
+                    )
+                )
+        except Exception as exc:
+            log.warning("association from %s not recorded: %s", peer.address, exc)
 
     def _retry_owed(self, then: str) -> None:
         try:
@@ -507,6 +544,31 @@ class DicomListener:
             self._in_flight.discard(sop_uid)
             self._in_flight_changed.notify_all()
 
+
+class _Tally:
+    """What one association brought: C-STOREs answered Success (new or duplicate) or
+    refused, with each failure status."""
+
+    __slots__ = ("duplicates", "first_at", "refused", "statuses", "stored")
+
+    def __init__(self, first_at: datetime | None) -> None:
+        self.first_at = first_at
+        self.stored = self.duplicates = self.refused = 0
+        self.statuses: dict[str, int] = {}
+
+    def count(self, code: int, *, new: bool) -> None:
+        if code == SUCCESS:
+            if new:
+                self.stored += 1
+            else:
+                self.duplicates += 1
+            return
+        self.refused += 1
+        key = f"{code:04X}"
+        self.statuses[key] = self.statuses.get(key, 0) + 1
+
+
+_NO_STORES = _Tally(None)  # an association that sent no C-STORE (read only)
 
 Allowlist = dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network | None]]
 

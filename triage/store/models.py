@@ -9,9 +9,11 @@
 - ``OutboxAction``: what was done to an outbox message (retry, discard, dead letter), by whom.
 - ``PriorityChange``: every change of a study's engine priority, with its cause (scoring).
 - ``RulesVersion``: every urgency rules text the engine has put in force, by its id (scoring).
+- ``RulesChange``: every rules text applied or restored on the Rules page: who, when, why.
 - ``UserAccount``, ``AuthSession``: local accounts and signed-in sessions (``triage.auth``).
 - ``AuditEvent``: the append-only audit log of views and changes (``triage.auth.audit``).
 - ``Feedback``: a radiologist's verdict on an AI result, or a final report's coded result.
+- ``DicomAssociation``: one row per DICOM association when it ends (peer, outcome, counts).
 """
 
 from __future__ import annotations
@@ -147,6 +149,10 @@ class Finding(SQLModel, table=True):
     detail: str = ""
     series_uid: str = ""
     key_image: str = ""  # key image PNG, path relative to the data dir ("" when none)
+    # JSON object: what went into the model (manufacturer, scanner model, kernel, slice
+    # thickness, the reference tissue's median HU); "" when not known. Drift monitoring
+    # (triage.monitoring) compares its mix over time.
+    inputs: str = ""
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -218,6 +224,22 @@ class RulesVersion(SQLModel, table=True):
     first_loaded_at: datetime = Field(default_factory=utcnow)
 
 
+class RulesChange(SQLModel, table=True):
+    """An urgency rules text a manager applied on the Rules page (``triage.web.rules``), or a
+    previous version restored: who, when, why, and the text written to the rules file. The
+    engine puts it in force at its next tick (then it is also a ``RulesVersion``)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    user: str = ""
+    comment: str = ""
+    version_id: str = Field(default="", index=True, max_length=64)  # of the text written
+    previous_version_id: str = ""  # the rules file's version it replaced
+    restored_from: str = ""  # the version id restored ("" for an edit)
+    path: str = ""
+    text: str = ""
+
+
 class Feedback(SQLModel, table=True):
     """Whether an AI result was right: a radiologist's verdict on the study page (source
     ``radiologist``) or a final report's coded result from the RIS (source ``report``, an
@@ -235,6 +257,26 @@ class Feedback(SQLModel, table=True):
     who: str = ""  # the signed-in user, or the report's sending application
     message_id: int | None = None  # the HL7Message of a report
     at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class DicomAssociation(SQLModel, table=True):
+    """A DICOM association that ended (``triage.ingest.dicom_scp``): who, how it ended and
+    what it brought. Written once, when it ends; associations rejected at negotiation are
+    logged, not stored here."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    ended_at: datetime = Field(default_factory=utcnow, index=True)
+    first_store_at: datetime | None = None  # the first C-STORE answered (None: none)
+    calling_ae: str = Field(default="", index=True, max_length=16)
+    called_ae: str = Field(default="", max_length=16)
+    address: str = ""
+    port: int = 0
+    # released, aborted (by the peer), timeout, protocol (we aborted), connection, shutdown
+    outcome: str = ""
+    stored: int = 0  # instances answered Success and stored
+    duplicates: int = 0  # answered Success, already stored (not rewritten)
+    refused: int = 0  # answered with a failure status
+    statuses: str = "{}"  # JSON: failure status (hex) -> count, e.g. {"A700": 2}
 
 
 class UserAccount(SQLModel, table=True):
