@@ -123,3 +123,27 @@ def test_reads_nobody_took_are_dropped_after_their_time(head: list[Path]) -> Non
         same(load_volume(head, cache), load_volume(head))
     finally:
         cache.stop()
+
+
+def test_slices_read_in_position_order_are_taken_without_a_copy(head: list[Path]) -> None:
+    """Read ahead in acquisition order (either way), a series' slices lie one after another in
+    one array: the volume is a view of it, equal to the one read from the files."""
+    for files in (head, head[::-1]):
+        cache = filled(files)
+        try:
+            vol = load_volume(files, cache)
+            assert vol.hu.base is not None and not vol.hu.flags.owndata
+            same(vol, load_volume(files))
+        finally:
+            cache.stop()
+
+
+def test_a_series_with_a_gap_is_stacked_as_before(head: list[Path]) -> None:
+    shuffled = [head[i] for i in (0, 2, 1, *range(3, len(head)))]  # arrival out of order
+    cache = filled(shuffled)
+    try:
+        vol = load_volume(head, cache)
+        assert vol.hu.flags.owndata  # stacked: a new array
+        same(vol, load_volume(head))
+    finally:
+        cache.stop()

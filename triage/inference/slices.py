@@ -23,7 +23,10 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from triage.inference.volume import SliceRead, read_slice
 
@@ -31,9 +34,29 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_BYTES = 1 << 30  # 1 GiB of HU pixels: about 1,000 slices of 512 x 512
 DEFAULT_MAX_QUEUED = 20_000
+MIN_SERIES_SLICES = 64
 DEFAULT_MAX_AGE_SECONDS = 900.0  # a read not taken by then (a study no model reads) is dropped
 
 _QUEUED, _READING = "queued", "reading"
+
+
+@dataclass
+class _Series:
+    """One series' slices, placed one after another in one array as they are read, so that
+    ``load_volume`` can take them as a view when they arrive in position order (no copy).
+    Its capacity costs address space only: pages are backed when a slice is written."""
+
+    array: np.ndarray  # float32 [capacity, y, x]
+    used: int = 0
+    live: int = 0  # reads in the cache that are views of it
+
+
+@dataclass
+class _Entry:
+    file_key: tuple[int, int, int] | None
+    read: SliceRead
+    at: float  # time.monotonic() when read
+    series: tuple[str, tuple[int, int]] | None = None
 
 
 def _file_key(path: str) -> tuple[int, int, int] | None:
@@ -62,10 +85,8 @@ class SliceCache:
         self._cond = threading.Condition()
         self._queue: deque[str] = deque()
         self._state: dict[str, str] = {}  # path -> queued | reading
-        # path -> (file key, read, when read): oldest first
-        self._done: OrderedDict[str, tuple[tuple[int, int, int] | None, SliceRead, float]] = (
-            OrderedDict()
-        )
+        self._done: OrderedDict[str, _Entry] = OrderedDict()  # oldest first
+        self._series: dict[tuple[str, tuple[int, int]], _Series] = {}
         self._bytes = 0
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -84,6 +105,7 @@ class SliceCache:
             self._queue.clear()
             self._state.clear()
             self._done.clear()
+            self._series.clear()
             self._bytes = 0
             self._cond.notify_all()
         if self._thread is not None:
@@ -120,14 +142,12 @@ class SliceCache:
             if self._state.pop(path, None) == _QUEUED:
                 with contextlib.suppress(ValueError):
                     self._queue.remove(path)
-            entry = self._done.pop(path, None)
-            if entry is not None:
-                self._bytes -= entry[1].nbytes
-        if entry is None or entry[0] is None or entry[0] != _file_key(path):
+            entry = self._remove(path)
+        if entry is None or entry.file_key is None or entry.file_key != _file_key(path):
             self.misses += 1
             return None
         self.hits += 1
-        return entry[1]
+        return entry.read
 
     def discard(self, paths: list[str]) -> None:
         """Forget these files (a study analysed or given up): their reads free their memory."""
@@ -136,9 +156,7 @@ class SliceCache:
                 if self._state.pop(p, None) == _QUEUED:
                     with contextlib.suppress(ValueError):
                         self._queue.remove(p)
-                entry = self._done.pop(p, None)
-                if entry is not None:
-                    self._bytes -= entry[1].nbytes
+                self._remove(p)
 
     @property
     def held_bytes(self) -> int:
@@ -172,19 +190,51 @@ class SliceCache:
             with self._cond:
                 self._state.pop(path, None)
                 if read is not None and not self._stop:
-                    self._done[path] = (key, read, time.monotonic())
+                    entry = _Entry(key, read, time.monotonic(), self._place(read))
+                    self._done[path] = entry
                     self._bytes += read.nbytes
                     while self._bytes > self.budget_bytes and self._done:
-                        _, (_, old, _) = self._done.popitem(last=False)
-                        self._bytes -= old.nbytes
+                        self._remove(next(iter(self._done)))
                 self._cond.notify_all()
+
+    def _place(self, read: SliceRead) -> tuple[str, tuple[int, int]] | None:
+        """Put the read's pixels in its series' array (after the slice read before it) and
+        make ``read.hu`` a view of them; the series' key (None: the slice stays on its own)."""
+        if read.hu is None or read.header is None or read.hu.dtype != np.float32:
+            return None
+        key = (read.header.series_uid, (int(read.hu.shape[0]), int(read.hu.shape[1])))
+        series = self._series.get(key)
+        if series is None or series.used == len(series.array):
+            capacity = max(MIN_SERIES_SLICES, self.budget_bytes // max(read.hu.nbytes, 1))
+            try:
+                series = _Series(np.empty((capacity, *key[1]), dtype=np.float32))
+            except MemoryError:  # no address space for it: the slice stays on its own
+                return None
+            self._series[key] = series
+        series.array[series.used] = read.hu
+        read.hu = series.array[series.used]
+        series.used += 1
+        series.live += 1
+        return key
+
+    def _remove(self, path: str) -> _Entry | None:
+        """Take ``path``'s entry out of the cache (the caller holds the lock)."""
+        entry = self._done.pop(path, None)
+        if entry is None:
+            return None
+        self._bytes -= entry.read.nbytes
+        series = self._series.get(entry.series) if entry.series is not None else None
+        if series is not None:
+            series.live -= 1
+            if series.live <= 0:  # nothing here uses it: forget it (volumes keep their views)
+                del self._series[entry.series]  # type: ignore[arg-type]
+        return entry
 
     def _prune(self) -> None:
         """Drop reads older than ``max_age_seconds`` (the caller holds the lock)."""
         limit = time.monotonic() - self.max_age_seconds
         while self._done:
-            path, (_, read, at) = next(iter(self._done.items()))
-            if at >= limit:
+            path, entry = next(iter(self._done.items()))
+            if entry.at >= limit:
                 return
-            del self._done[path]
-            self._bytes -= read.nbytes
+            self._remove(path)

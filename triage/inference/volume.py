@@ -352,7 +352,7 @@ def load_volume(paths: Sequence[Path | str], source: SliceSource | None = None) 
     spacing = next((h.spacing for h in kept if h.spacing is not None), None)
     thickness = [h.thickness for h in kept if h.thickness is not None]
     return Volume(
-        hu=np.stack([s.hu for s in unique]).astype(np.float32, copy=False),
+        hu=_stacked([s.hu for s in unique]),
         z_positions=np.array([s.position for s in unique], dtype=np.float64),
         pixel_spacing=spacing or (1.0, 1.0),
         slice_thickness=float(np.median(thickness)) if thickness else None,
@@ -360,6 +360,31 @@ def load_volume(paths: Sequence[Path | str], source: SliceSource | None = None) 
         paths=[s.path for s in unique],
         normal=(float(normal[0]), float(normal[1]), float(normal[2])),
     )
+
+
+def _stacked(planes: list[np.ndarray]) -> np.ndarray:
+    """The planes as one float32 [z, y, x] array: a view, without a copy, when they already
+    lie one after another (or in reverse) in one array (slices read ahead of time, in
+    position order: :mod:`triage.inference.slices`), else a new array."""
+    first = planes[0]
+    base = first.base
+    if (
+        isinstance(base, np.ndarray)
+        and base.ndim == 3
+        and base.dtype == np.float32
+        and base.flags.c_contiguous
+        and base.shape[1:] == first.shape
+        and all(p.base is base for p in planes)
+    ):
+        start = base.__array_interface__["data"][0]
+        step = base.strides[0]
+        index = [(p.__array_interface__["data"][0] - start) // step for p in planes]
+        n = len(index)
+        if index == list(range(index[0], index[0] + n)):
+            return base[index[0] : index[0] + n]
+        if index == list(range(index[0], index[0] - n, -1)):
+            return base[index[-1] : index[0] + 1][::-1]
+    return np.stack(planes).astype(np.float32, copy=False)
 
 
 # -- resampling ---------------------------------------------------------------------------------
