@@ -108,4 +108,7 @@ def create_app(
     from triage.web import install_pages  # the pages: worklist, study (triage/web/)
 
     install_pages(app, db, current_rules, data_dir)
+    from triage.web.rules_routes import install as install_rules_page  # managers' /rules
+
+    install_rules_page(app, db, current_rules)
     return app
