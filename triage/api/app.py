@@ -111,4 +111,9 @@ def create_app(
     from triage.web.rules_routes import install as install_rules_page  # managers' /rules
 
     install_rules_page(app, db, current_rules)
+    from triage.web.integration import install_integration
+    from triage.web.monitoring import install_monitoring  # /monitoring, /metrics
+
+    install_monitoring(app, db, health)
+    install_integration(app, db, health)
     return app
