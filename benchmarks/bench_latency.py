@@ -3,6 +3,7 @@ engine sends a test RIS, with the time of each stage. One run prints everything.
 
     .venv/bin/python benchmarks/bench_latency.py                 # 300 slices, 3 rounds each
     .venv/bin/python benchmarks/bench_latency.py --rounds 5 --slices 120
+    .venv/bin/python benchmarks/bench_latency.py --levers         # each lever off, side by side
 
 The engine runs in this process (``triage.service.Engine``: the real listeners, scheduler,
 pipeline and the bundled Triton; SQLite in a temporary data dir, ephemeral ports), so that its
@@ -23,6 +24,10 @@ Two figures, each over ``--rounds`` rounds (medians printed):
 - **(b) last image -> XO ACK, exam completed by the RIS**: right after the last image's
   Success, the RIS sends the order again with ORC-5 = CM (exam completed); (XO ACK received)
   - (last image's Success), model time included. Target: under 1.5 s.
+
+``--levers``: each round also runs with the slices read ahead off (``load_volume`` reads every
+file at completion) and with the completion wake-up off (the periodic tick notices the quiet
+study), so that what each gave is measured side by side.
 
 Floors measured in the same run: inference alone on the same tensor (the engine's client,
 Triton, shared memory), an MLLP round trip alone (the engine's client to the test RIS), the
