@@ -134,6 +134,10 @@
             document.getElementById("force-version").textContent = st.in_force.version_id;
           }
           force.dataset.onFile = st.file.version_id;
+          if (!st.file.ok) {
+            forceStatus.textContent = "The rules file has an error: the engine refused it and keeps version " + st.in_force.version_id + ".";
+            return;
+          }
           if (st.file.in_force) {
             forceStatus.textContent = "Version " + st.in_force.version_id + " is now in force; the open studies were re-scored.";
             document.querySelectorAll("#versions-table tr[data-version]").forEach(function (tr) {
