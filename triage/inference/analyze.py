@@ -33,6 +33,7 @@ from triage.inference.checks import InputFacts, InputLimits, check_input
 from triage.inference.client import InferenceClient, ModelOutput
 from triage.inference.contract import ModelContract, load_contract
 from triage.inference.keyimage import (
+    KeyImage,
     key_grid_slice,
     map_for_slice,
     render_key_image,
@@ -163,29 +164,24 @@ class TritonAnalyzer:
                     float(volume.z_positions[0]),
                     float(volume.z_positions[-1]),
                 )
-            image = render_key_image(
-                volume.hu[key_slice],
-                window=window_for(contract.name, contract.parameters),
-                localization=plane,
-                model=out.model_name,
-                model_version=out.model_version,
-                probability=out.probability,
-                slice_index=key_slice,
-                n_slices=volume.shape[0],
-                positive=out.positive,
-            )
-            plain = render_key_image(
-                volume.hu[key_slice],
-                window=window_for(contract.name, contract.parameters),
-                localization=None,
-                model=out.model_name,
-                model_version=out.model_version,
-                probability=out.probability,
-                slice_index=key_slice,
-                n_slices=volume.shape[0],
-                positive=out.positive,
-                plain=True,
-            )
+            window = window_for(contract.name, contract.parameters)
+
+            def render(localization: np.ndarray | None, plain: bool) -> KeyImage:
+                return render_key_image(
+                    volume.hu[key_slice],
+                    window=window,
+                    localization=localization,
+                    model=out.model_name,
+                    model_version=out.model_version,
+                    probability=out.probability,
+                    slice_index=key_slice,
+                    n_slices=volume.shape[0],
+                    positive=out.positive,
+                    plain=plain,
+                )
+
+            image = render(plane, plain=False)
+            plain = render(None, plain=True)
             study_uid = series[0].study_uid if series else volume.series_uid
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
             name = f"{out.model_name}-{stamp}"
