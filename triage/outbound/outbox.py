@@ -142,6 +142,17 @@ def get_message(db: Database, message_id: int) -> tuple[OutboundMessage, list[Ou
         return msg, list(actions)
 
 
+def _dead_letter_or_pending(session: Session, message_id: int, refusal: str) -> OutboundMessage:
+    """Message ``message_id`` when it is a dead letter (rejected, dead) or pending; otherwise
+    :class:`OutboxError`: no such message, or ``message <id> is <status>: <refusal>``."""
+    msg = session.get(OutboundMessage, message_id)
+    if msg is None:
+        raise OutboxError(f"no outbox message {message_id}")
+    if msg.status not in (*DEAD_LETTERS, PENDING):
+        raise OutboxError(f"message {message_id} is {msg.status}: {refusal}")
+    return msg
+
+
 def retry(db: Database, ids: Sequence[int], *, who: str, note: str = "") -> list[OutboundMessage]:
     """Put dead letters (rejected, dead) back in the queue, as they are (same MSH-10), to be
     sent at the next round; a pending message waiting for its backoff is made due now. Its
@@ -150,14 +161,11 @@ def retry(db: Database, ids: Sequence[int], *, who: str, note: str = "") -> list
     done: list[OutboundMessage] = []
     with db.session() as s:
         for message_id in ids:
-            msg = s.get(OutboundMessage, message_id)
-            if msg is None:
-                raise OutboxError(f"no outbox message {message_id}")
-            if msg.status not in (*DEAD_LETTERS, PENDING):
-                raise OutboxError(
-                    f"message {message_id} is {msg.status}: only a dead letter (rejected, dead) "
-                    "or a pending message can be retried"
-                )
+            msg = _dead_letter_or_pending(
+                s,
+                message_id,
+                "only a dead letter (rejected, dead) or a pending message can be retried",
+            )
             msg.failures = 0
             msg.next_attempt_at = None
             msg.dead_at = None
@@ -172,14 +180,9 @@ def discard(db: Database, ids: Sequence[int], *, who: str, note: str = "") -> li
     done: list[OutboundMessage] = []
     with db.session() as s:
         for message_id in ids:
-            msg = s.get(OutboundMessage, message_id)
-            if msg is None:
-                raise OutboxError(f"no outbox message {message_id}")
-            if msg.status not in (*DEAD_LETTERS, PENDING):
-                raise OutboxError(
-                    f"message {message_id} is {msg.status}: only a pending message or a dead "
-                    "letter can be discarded"
-                )
+            msg = _dead_letter_or_pending(
+                s, message_id, "only a pending message or a dead letter can be discarded"
+            )
             record_action(s, msg, "discard", DISCARDED, who=who, note=note)
             done.append(msg)
     return done
