@@ -258,20 +258,12 @@ def run_stress(
     """Run the suite and write ``stress.json``, ``stress_<task>.png`` and the report."""
     import tempfile
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from triage.training.validate import write_report
+    from triage.training.validate import progress_bar, write_report
 
     results: list[TaskStress] = []
     total = sum(2 * per_class * conditions_for(t, names) for t in tasks)
-    columns = (
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
     with (
-        Progress(*columns, disable=not progress, transient=False) as bar,
+        progress_bar(progress) as bar,
         tempfile.TemporaryDirectory(prefix="triage-triton-") as work,
     ):
         job = bar.add_task("stress suite (inferences)", total=total)

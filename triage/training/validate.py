@@ -36,15 +36,22 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from triage.errors import HeldOutRefused as HeldOutRefused
 from triage.errors import TriageError
 from triage.training import metrics
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from triage.inference.analyze import TritonAnalyzer
+    from triage.inference.client import InferenceClient
 
 log = logging.getLogger(__name__)
 
@@ -421,6 +428,45 @@ def model_versions(models_dir: Path, tasks: Sequence[str]) -> dict[str, str]:
     return {t: load_contract(models_dir / t / "config.pbtxt").version for t in tasks}
 
 
+def progress_bar(enabled: bool) -> Progress:
+    """The console progress display of the model commands (description, bar, done/total,
+    elapsed); shows nothing when not ``enabled``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    return Progress(*columns, disable=not enabled)
+
+
+@contextmanager
+def engine_analyzer(
+    models_dir: Path, work: Path, triton_url: str | None
+) -> Iterator[tuple[TritonAnalyzer, InferenceClient]]:
+    """The engine's analyzer (no key images, data under ``work/data``) attached to a gRPC
+    client of ``triton_url``, or of a Triton started on ``models_dir`` (under
+    ``work/triton``) when no URL is given and stopped on exit. Yields (analyzer, client)."""
+    from triage.inference.analyze import TritonAnalyzer
+    from triage.inference.client import InferenceClient
+    from triage.inference.local_triton import LocalTriton
+
+    server = None
+    if triton_url is None:
+        server = LocalTriton(models_dir, work / "triton", startup_seconds=120)
+        triton_url = server.start()
+    try:
+        with InferenceClient(triton_url, "grpc", timeout=60, models_dir=models_dir) as client:
+            analyzer = TritonAnalyzer(work / "data", models_dir, key_images=False)
+            analyzer.attach(client)
+            yield analyzer, client
+    finally:
+        if server is not None:
+            server.stop()
+
+
 def validate(
     models_dir: Path,
     out_dir: Path,
@@ -439,58 +485,36 @@ def validate(
     """Score ``n`` held-out studies per task through the production path; append the ledger,
     write ``heldout.json`` and the report. Refused (before anything runs) when a model version
     was already scored on this range and ``again`` gives no reason."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from triage.inference.analyze import TritonAnalyzer
-    from triage.inference.client import InferenceClient
-    from triage.inference.local_triton import LocalTriton
-
     versions = model_versions(models_dir, tasks)
     check_ledger(ledger, versions, seed0, again)
     seeds = list(range(seed0, seed0 + n))
     results: list[HeldOut] = []
     control_rows: list[dict[str, Any]] | None = None
-    columns = (
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
     with (
         tempfile.TemporaryDirectory(prefix="triage-heldout-") as tmp,
-        Progress(*columns, disable=not progress) as bar,
+        progress_bar(progress) as bar,
     ):
         work = Path(tmp)
-        server = None
-        if triton_url is None:
-            server = LocalTriton(models_dir, work / "triton", startup_seconds=120)
-            triton_url = server.start()
-        try:
-            with InferenceClient(triton_url, "grpc", timeout=60, models_dir=models_dir) as client:
-                analyzer = TritonAnalyzer(work / "data", models_dir, key_images=False)
-                analyzer.attach(client)
-                for task in tasks:
-                    job = bar.add_task(f"held-out {task} (DICOM -> engine)", total=n)
-                    results.append(
-                        production_task(
-                            task,
-                            analyzer,
-                            client,
-                            seeds,
-                            workers=workers,
-                            in_memory=in_memory,
-                            work_dir=work,
-                            advance=lambda job=job: bar.advance(job),
-                        )
+        with engine_analyzer(models_dir, work, triton_url) as (analyzer, client):
+            for task in tasks:
+                job = bar.add_task(f"held-out {task} (DICOM -> engine)", total=n)
+                results.append(
+                    production_task(
+                        task,
+                        analyzer,
+                        client,
+                        seeds,
+                        workers=workers,
+                        in_memory=in_memory,
+                        work_dir=work,
+                        advance=lambda job=job: bar.advance(job),
                     )
-                try:
-                    control_rows = run_real_controls(analyzer, work, controls_data)
-                except Exception as exc:  # the held-out figures stand without them
-                    log.warning("real controls not run: %s", exc)
-                    control_rows = None
-        finally:
-            if server is not None:
-                server.stop()
+                )
+            try:
+                control_rows = run_real_controls(analyzer, work, controls_data)
+            except Exception as exc:  # the held-out figures stand without them
+                log.warning("real controls not run: %s", exc)
+                control_rows = None
     commit = git_commit()
     append_ledger(ledger, [ledger_entry(h, again, commit) for h in results])
     write_heldout(out_dir, results)
@@ -596,24 +620,10 @@ def controls(
     data_dir: Path = DEFAULT_CONTROLS_DATA,
 ) -> list[dict[str, Any]] | None:
     """``triage models controls``: only the real controls, through Triton; report rewritten."""
-    from triage.inference.analyze import TritonAnalyzer
-    from triage.inference.client import InferenceClient
-    from triage.inference.local_triton import LocalTriton
-
     with tempfile.TemporaryDirectory(prefix="triage-controls-") as tmp:
         work = Path(tmp)
-        server = None
-        if triton_url is None:
-            server = LocalTriton(models_dir, work / "triton", startup_seconds=120)
-            triton_url = server.start()
-        try:
-            with InferenceClient(triton_url, "grpc", timeout=60, models_dir=models_dir) as client:
-                analyzer = TritonAnalyzer(work / "data", models_dir, key_images=False)
-                analyzer.attach(client)
-                rows = run_real_controls(analyzer, work, data_dir)
-        finally:
-            if server is not None:
-                server.stop()
+        with engine_analyzer(models_dir, work, triton_url) as (analyzer, _client):
+            rows = run_real_controls(analyzer, work, data_dir)
     write_controls(out_dir, rows)
     write_report(out_dir)
     return rows
