@@ -163,21 +163,13 @@ class Segment:
         d = self.delimiters
         if d.repetition in value:
             value = value.split(d.repetition, 1)[0]
-        if d.component in value:
-            parts = value.split(d.component)
-            if component > len(parts):
-                return ""
-            value = parts[component - 1]
-        elif component > 1:
+        part = _part(value, d.component, component)
+        if part is None:
             return ""
-        if d.subcomponent in value:
-            subs = value.split(d.subcomponent)
-            if subcomponent > len(subs):
-                return ""
-            value = subs[subcomponent - 1]
-        elif subcomponent > 1:
+        part = _part(part, d.subcomponent, subcomponent)
+        if part is None:
             return ""
-        return unescape(value, d).strip()
+        return unescape(part, d).strip()
 
     def components(self, n: int) -> str:
         """First repetition of field ``n``, components unescaped and joined with ``^``;
@@ -188,6 +180,15 @@ class Segment:
         while parts and not parts[-1]:
             parts.pop()
         return "^".join(parts)
+
+
+def _part(value: str, separator: str, k: int) -> str | None:
+    """Part ``k`` (1-based) of ``value`` split at ``separator`` (a value without the
+    separator is its own part 1); None when there is no such part."""
+    if separator in value:
+        parts = value.split(separator)
+        return None if k > len(parts) else parts[k - 1]
+    return None if k > 1 else value
 
 
 @dataclass
