@@ -120,20 +120,20 @@ def _password(args: argparse.Namespace) -> tuple[str, bool]:
     return first, False
 
 
+def _audit_user(db: Database, action: str, name: str, detail: str = "") -> None:
+    """Audit a change to account ``name`` made by this command: user = the OS user, address
+    ``cli:<OS user>``, object ``user:<name>``."""
+    address = cli_address()
+    audit(db, address.removeprefix("cli:"), action, f"user:{name}", address, detail)
+
+
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     users.check_name(args.name)
     password, generated = _password(args)
     db = _db(settings, create=True)
     try:
         user = users.add_user(db, args.name, args.role, password)
-        audit(
-            db,
-            cli_address().removeprefix("cli:"),
-            "user-add",
-            f"user:{user.name}",
-            cli_address(),
-            f"role {user.role}",
-        )
+        _audit_user(db, "user-add", user.name, f"role {user.role}")
     finally:
         db.dispose()
     print(f"user {user.name} added with role {user.role}")
@@ -147,14 +147,7 @@ def cmd_passwd(args: argparse.Namespace, settings: Settings) -> int:
     db = _db(settings, create=False)
     try:
         users.set_password(db, args.name, password)
-        audit(
-            db,
-            cli_address().removeprefix("cli:"),
-            "user-passwd",
-            f"user:{args.name}",
-            cli_address(),
-            "password set; lock-out cleared; sessions ended",
-        )
+        _audit_user(db, "user-passwd", args.name, "password set; lock-out cleared; sessions ended")
     finally:
         db.dispose()
     print(f"password of {args.name} changed (account unlocked, its sessions ended)")
@@ -168,14 +161,7 @@ def cmd_role(args: argparse.Namespace, settings: Settings) -> int:
     try:
         before = users.get_user(db, args.name)
         users.set_role(db, args.name, args.role)
-        audit(
-            db,
-            cli_address().removeprefix("cli:"),
-            "user-role",
-            f"user:{args.name}",
-            cli_address(),
-            f"{before.role if before else '?'} -> {args.role}",
-        )
+        _audit_user(db, "user-role", args.name, f"{before.role if before else '?'} -> {args.role}")
     finally:
         db.dispose()
     print(f"{args.name} now has role {args.role}")
@@ -184,15 +170,14 @@ def cmd_role(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     db = _db(settings, create=False)
-    who = cli_address().removeprefix("cli:")
     try:
         if args.revoke:
             had = users.revoke_token(db, args.name)
-            audit(db, who, "user-token-revoke", f"user:{args.name}", cli_address())
+            _audit_user(db, "user-token-revoke", args.name)
             print(f"token of {args.name} revoked" if had else f"{args.name} had no token")
             return 0
         token = users.new_token(db, args.name)
-        audit(db, who, "user-token", f"user:{args.name}", cli_address(), "new token")
+        _audit_user(db, "user-token", args.name, "new token")
     finally:
         db.dispose()
     print(f"API token of {args.name} (shown once; it replaces any earlier one):")

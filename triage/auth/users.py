@@ -107,6 +107,14 @@ def _account(s: Session, name: str) -> UserAccount | None:
     return s.exec(select(UserAccount).where(UserAccount.name == name)).first()
 
 
+def _existing_account(s: Session, name: str) -> UserAccount:
+    """The account ``name``; :class:`AuthError` when there is none."""
+    acc = _account(s, name)
+    if acc is None:
+        raise AuthError(f"no user {name!r}")
+    return acc
+
+
 def add_user(db: Database, name: str, role: str, password: str) -> User:
     """Create an account; :class:`AuthError` when the name is taken or a value is invalid."""
     check_name(name)
@@ -129,9 +137,7 @@ def set_password(db: Database, name: str, password: str, now: datetime | None = 
     """New password; also unlocks the account and ends its browser sessions."""
     check_password(password)
     with db.session() as s:
-        acc = _account(s, name)
-        if acc is None:
-            raise AuthError(f"no user {name!r}")
+        acc = _existing_account(s, name)
         acc.password_hash = hash_password(password)
         acc.password_changed_at = now or utcnow()
         acc.failed_logins = 0
@@ -144,9 +150,7 @@ def set_password(db: Database, name: str, password: str, now: datetime | None = 
 def set_role(db: Database, name: str, role: str) -> None:
     check_role(role)
     with db.session() as s:
-        acc = _account(s, name)
-        if acc is None:
-            raise AuthError(f"no user {name!r}")
+        acc = _existing_account(s, name)
         acc.role = role
         s.add(acc)
 
@@ -156,9 +160,7 @@ def new_token(db: Database, name: str, now: datetime | None = None) -> str:
     replaces the user's previous token."""
     token = secrets.token_urlsafe(32)
     with db.session() as s:
-        acc = _account(s, name)
-        if acc is None:
-            raise AuthError(f"no user {name!r}")
+        acc = _existing_account(s, name)
         acc.token_hash = token_hash(token)
         acc.token_created_at = now or utcnow()
         s.add(acc)
@@ -168,9 +170,7 @@ def new_token(db: Database, name: str, now: datetime | None = None) -> str:
 def revoke_token(db: Database, name: str) -> bool:
     """Remove ``name``'s API token; False when it had none."""
     with db.session() as s:
-        acc = _account(s, name)
-        if acc is None:
-            raise AuthError(f"no user {name!r}")
+        acc = _existing_account(s, name)
         had = bool(acc.token_hash)
         acc.token_hash = ""
         acc.token_created_at = None
