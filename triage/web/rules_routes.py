@@ -297,6 +297,37 @@ def install(app: FastAPI, db: Database, rules: Callable[[], UrgencyRules]) -> No
             errors=outcome.errors,
         )
 
+    async def apply_and_answer(
+        request: Request,
+        user: User,
+        is_json: bool,
+        text: str,
+        comment: str,
+        base: str,
+        *,
+        restored_from: str = "",
+        shown: str | None,
+    ) -> Response:
+        """Apply ``text`` (:func:`apply_text`, in a worker thread) and answer as
+        :func:`answer` does, ``shown`` being the text a refusal shows back in the editor;
+        503 when the rules file cannot be written."""
+        try:
+            outcome = await run_in_threadpool(
+                apply_text,
+                db,
+                rules_path(),
+                text,
+                user=user.name,
+                comment=comment,
+                base_version=base,
+                restored_from=restored_from,
+            )
+        except StoreError as exc:
+            return JSONResponse(
+                {"error": "cannot write the rules file", "detail": str(exc)}, status_code=503
+            )
+        return await run_in_threadpool(answer, request, user, outcome, is_json, shown)
+
     @router.get("/rules", response_class=HTMLResponse)
     def rules_editor(
         request: Request, applied: int | None = None, user: User = manager
@@ -379,21 +410,7 @@ def install(app: FastAPI, db: Database, rules: Callable[[], UrgencyRules]) -> No
             base = _text_field(fields, "base_version").strip()
         except _BadRequest as exc:
             return _bad(str(exc))
-        try:
-            outcome = await run_in_threadpool(
-                apply_text,
-                db,
-                rules_path(),
-                text,
-                user=user.name,
-                comment=comment,
-                base_version=base,
-            )
-        except StoreError as exc:
-            return JSONResponse(
-                {"error": "cannot write the rules file", "detail": str(exc)}, status_code=503
-            )
-        return await run_in_threadpool(answer, request, user, outcome, is_json, text)
+        return await apply_and_answer(request, user, is_json, text, comment, base, shown=text)
 
     @router.get("/api/rules/versions")
     def list_versions(user: User = manager) -> dict[str, Any]:
@@ -426,21 +443,8 @@ def install(app: FastAPI, db: Database, rules: Callable[[], UrgencyRules]) -> No
         text = await run_in_threadpool(text_of_version, db, version_id)
         if text is None:
             return JSONResponse({"error": f"no rules version {version_id!r}"}, status_code=404)
-        try:
-            outcome = await run_in_threadpool(
-                apply_text,
-                db,
-                rules_path(),
-                text,
-                user=user.name,
-                comment=comment,
-                base_version=base,
-                restored_from=version_id,
-            )
-        except StoreError as exc:
-            return JSONResponse(
-                {"error": "cannot write the rules file", "detail": str(exc)}, status_code=503
-            )
-        return await run_in_threadpool(answer, request, user, outcome, is_json, None)
+        return await apply_and_answer(
+            request, user, is_json, text, comment, base, restored_from=version_id, shown=None
+        )
 
     app.include_router(router)
