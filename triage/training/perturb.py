@@ -359,14 +359,19 @@ def sinus_mask(s: Scan) -> np.ndarray:
     return mask & (s.hu > -50) & (s.hu < 100)  # soft tissue only, never bone or air
 
 
-def superior_sagittal_sinus(s: Scan, rng: np.random.Generator) -> Scan:
-    m = sinus_mask(s)
+def _fill(s: Scan, m: np.ndarray, value_hu: float, rng: np.random.Generator) -> Scan:
+    """``s`` with the voxels of mask ``m`` set to ``value_hu`` plus the scan's own noise
+    (:func:`noise_sigma`); ``s`` itself when the mask is empty."""
     if not m.any():
         return s
     sigma = noise_sigma(s.hu)
     hu = s.hu.copy()
-    hu[m] = SINUS_HU + rng.standard_normal(int(m.sum()), np.float32) * np.float32(sigma)
+    hu[m] = value_hu + rng.standard_normal(int(m.sum()), np.float32) * np.float32(sigma)
     return replace(s, hu=hu)
+
+
+def superior_sagittal_sinus(s: Scan, rng: np.random.Generator) -> Scan:
+    return _fill(s, sinus_mask(s), SINUS_HU, rng)
 
 
 SPINE_HU = 60.0
@@ -402,13 +407,7 @@ def spine_mask(s: Scan) -> np.ndarray:
 
 
 def spine_soft(s: Scan, rng: np.random.Generator) -> Scan:
-    m = spine_mask(s)
-    if not m.any():
-        return s
-    sigma = noise_sigma(s.hu)
-    hu = s.hu.copy()
-    hu[m] = SPINE_HU + rng.standard_normal(int(m.sum()), np.float32) * np.float32(sigma)
-    return replace(s, hu=hu)
+    return _fill(s, spine_mask(s), SPINE_HU, rng)
 
 
 # -- the suite ------------------------------------------------------------------------------------
