@@ -168,6 +168,26 @@ def _to_text(msg: Message) -> str:
 ORDER_CHANGE_MESSAGES = ("ORM^O01", "OMI^O23")
 
 
+def _order_message(
+    sender: SenderIdentity,
+    structure: str,
+    msg_type: str,
+    order: OrderRef,
+    control_id: str | None,
+    now: str,
+) -> tuple[Message, Group]:
+    """An order message of ``structure`` (ORM_O01, OMI_O23): MSH, the patient group (PID, and
+    PV1 when the order has a patient class), and its order group, empty, to be filled."""
+    msg = _message(sender, structure, msg_type, control_id or new_control_id(), now)
+    patient = msg.add_group(f"{structure}_PATIENT")
+    patient.add(_pid(order))
+    if order.patient_class:
+        visit = patient.add_group(f"{structure}_PATIENT_VISIT")
+        visit.add(_segment("PV1", "1", escape(order.patient_class)))
+    grp: Group = msg.add_group(f"{structure}_ORDER")
+    return msg, grp
+
+
 def build_order_change(
     sender: SenderIdentity,
     order: OrderRef,
@@ -197,13 +217,7 @@ def build_order_change(
     now = hl7_timestamp(when)
     if message == "OMI^O23":
         return _build_omi_change(sender, order, priority, reason, control_id, now)
-    msg = _message(sender, "ORM_O01", "ORM^O01^ORM_O01", control_id or new_control_id(), now)
-    patient = msg.add_group("ORM_O01_PATIENT")
-    patient.add(_pid(order))
-    if order.patient_class:
-        visit = patient.add_group("ORM_O01_PATIENT_VISIT")
-        visit.add(_segment("PV1", "1", escape(order.patient_class)))
-    grp: Group = msg.add_group("ORM_O01_ORDER")
+    msg, grp = _order_message(sender, "ORM_O01", "ORM^O01^ORM_O01", order, control_id, now)
     placer = _components(order.placer_order_number)
     filler = _components(order.filler_order_number)
     timing = f"^^^^^{priority}"
@@ -239,13 +253,7 @@ def _build_omi_change(
     ORM; IPC-1 the accession number, IPC-2 and IPC-4 the accession number too (the engine does
     not keep the RIS's requested procedure and step ids), IPC-3 the Study Instance UID, IPC-5
     the modality."""
-    msg = _message(sender, "OMI_O23", "OMI^O23^OMI_O23", control_id or new_control_id(), now)
-    patient = msg.add_group("OMI_O23_PATIENT")
-    patient.add(_pid(order))
-    if order.patient_class:
-        visit = patient.add_group("OMI_O23_PATIENT_VISIT")
-        visit.add(_segment("PV1", "1", escape(order.patient_class)))
-    grp: Group = msg.add_group("OMI_O23_ORDER")
+    msg, grp = _order_message(sender, "OMI_O23", "OMI^O23^OMI_O23", order, control_id, now)
     placer = _components(order.placer_order_number)
     filler = _components(order.filler_order_number)
     grp.add(
