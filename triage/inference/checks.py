@@ -180,9 +180,12 @@ def _runs(passable: np.ndarray, seed: np.ndarray) -> np.ndarray:
     seeds = np.zeros_like(padded)
     seeds[:, :n] = seed.reshape(-1, n) & lines
     flat = padded.ravel()
-    starts = flat & ~np.concatenate(([False], flat[:-1]))
-    label = np.cumsum(starts) * flat
-    hit = np.bincount(label, weights=seeds.ravel(), minlength=int(label.max()) + 1) > 0
+    starts = flat.copy()
+    starts[1:] &= ~flat[:-1]
+    label = np.cumsum(starts, dtype=np.int32)  # run number (int32: less memory traffic)
+    label *= flat
+    hit = np.zeros(int(label.max()) + 1, dtype=bool)
+    hit[label[seeds.ravel()]] = True  # runs holding a seed
     hit[0] = False
     return hit[label].reshape(padded.shape)[:, :n].reshape(passable.shape)
 
