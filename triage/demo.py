@@ -466,7 +466,7 @@ def run_demo(
             engine, thread = _start_engine(demo_settings, compression, start_timeout)
             templates = make_templates(work / "phantoms", {a.kind for a in result.arrivals})
         console.print(
-            f"[dim]engine: data in {data_dir}, log {work / 'engine.log'}; "
+            f"[dim]engine: data in {data_dir}, log {work / 'engine.log'} (removed at the end); "
             f"DICOM {engine.endpoints['dicom'][1]}, HL7 {engine.endpoints['hl7'][1]}, "
             f"HTTP {engine.endpoints['http'][1]}; test RIS on {ris.port}[/dim]"
         )
