@@ -47,12 +47,15 @@ module is what happens to a C-STORE once it has arrived.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
 import os
+import queue
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
@@ -174,6 +177,8 @@ class DicomListener:
         # per open association (its Peer): what it brought, written to DicomAssociation when
         # it ends (each association's own thread counts its own; no lock, no I/O per instance)
         self._tally: dict[Peer, _Tally] = {}
+        # the rows are written by a thread of their own, never by an association's thread
+        self._recorder: _AssociationRecorder | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -230,9 +235,13 @@ class DicomListener:
         )
         server = UpperLayerServer(self._limits(), ABSTRACT_SYNTAXES, TRANSFER_SYNTAXES, handlers)
         address = (self.settings.bind_host, self.settings.dicom_port)
+        recorder = _AssociationRecorder(self.db)
+        self._recorder = recorder
         try:
             host, port = server.start(*address)
         except OSError as exc:
+            self._recorder = None
+            recorder.stop()
             raise ConfigError(
                 "dicom_port", f"cannot listen on {address[0]}:{address[1]}: {exc}"
             ) from exc
@@ -266,6 +275,9 @@ class DicomListener:
         server, self._server = self._server, None
         if server is not None:
             server.stop()
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            recorder.stop()  # writes the rows of the associations that have ended
         self._retry_owed("the start-up recovery indexes them")
         self.index.close()
 
@@ -495,27 +507,26 @@ class DicomListener:
             self._retry_owed("retried with the next instance")
 
     def _record_association(self, peer: Peer, how: str, tally: _Tally) -> None:
-        """One DicomAssociation row for an association that ended (a failure is logged:
-        the association's instances are stored whatever happens here)."""
-        try:
-            with self.db.session() as s:
-                s.add(
-                    DicomAssociation(
-                        ended_at=utcnow(),
-                        first_store_at=tally.first_at,
-                        calling_ae=peer.calling_ae[:16],
-                        called_ae=peer.called_ae[:16],
-                        address=peer.address,
-                        port=peer.port,
-                        outcome=how,
-                        stored=tally.stored,
-                        duplicates=tally.duplicates,
-                        refused=tally.refused,
-                        statuses=json.dumps(tally.statuses, sort_keys=True),
-                    )
-                )
-        except Exception as exc:
-            log.warning("association from %s not recorded: %s", peer.address, exc)
+        """One DicomAssociation row for an association that ended, handed to the recorder's
+        thread: the association's thread never waits on the database for it."""
+        row = DicomAssociation(
+            ended_at=utcnow(),
+            first_store_at=tally.first_at,
+            calling_ae=peer.calling_ae[:16],
+            called_ae=peer.called_ae[:16],
+            address=peer.address,
+            port=peer.port,
+            outcome=how,
+            stored=tally.stored,
+            duplicates=tally.duplicates,
+            refused=tally.refused,
+            statuses=json.dumps(tally.statuses, sort_keys=True),
+        )
+        recorder = self._recorder
+        if recorder is None:
+            log.warning("association from %s not recorded: the listener is stopped", peer.address)
+            return
+        recorder.put(row)
 
     def _retry_owed(self, then: str) -> None:
         try:
@@ -569,6 +580,78 @@ class _Tally:
 
 
 _NO_STORES = _Tally(None)  # an association that sent no C-STORE (read only)
+
+
+class _AssociationRecorder:
+    """Writes DicomAssociation rows on a thread of its own, in the order the associations
+    ended, as many as are waiting in one transaction. A row is monitoring data, not an input:
+    a failed write is logged and the row dropped, and when the queue is full (the database
+    stuck) a new row is dropped with a warning, so that a slow or failing database never
+    holds up the listener."""
+
+    #: rows waiting at most (a few minutes of a busy site's associations)
+    MAX_WAITING = 10_000
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._queue: queue.Queue[DicomAssociation | None] = queue.Queue(self.MAX_WAITING)
+        self._dropped = 0
+        self._thread = threading.Thread(
+            target=self._run, name="dicom-association-rows", daemon=True
+        )
+        self._thread.start()
+
+    def put(self, row: DicomAssociation) -> None:
+        """Queue ``row``; never blocks, never raises."""
+        try:
+            self._queue.put_nowait(row)
+        except queue.Full:
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                log.warning(
+                    "association from %s not recorded: %d rows waiting for the database "
+                    "(%d dropped so far)",
+                    row.address,
+                    self.MAX_WAITING,
+                    self._dropped,
+                )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write the rows queued so far (waiting at most ``timeout`` seconds), then end."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            log.warning("association rows still waiting for the database at stop: not written")
+
+    def _run(self) -> None:
+        while True:
+            rows = [self._queue.get()]
+            while True:  # what else is waiting goes into the same transaction
+                try:
+                    rows.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            done = any(row is None for row in rows)
+            batch = [row for row in rows if row is not None]
+            if batch:
+                self._write(batch)
+            if done:
+                return
+
+    def _write(self, rows: list[DicomAssociation]) -> None:
+        try:
+            with self.db.session() as s:
+                s.add_all(rows)
+        except Exception as exc:  # monitoring only: the instances are stored regardless
+            log.warning(
+                "%d association(s) not recorded (from %s): %s",
+                len(rows),
+                ", ".join(sorted({row.address for row in rows})),
+                exc,
+            )
+
 
 Allowlist = dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network | None]]
 

@@ -18,7 +18,9 @@ Protocol code triggers events, business logic handles them (the listener in
 - ``store(request) -> Status``: one complete C-STORE; what it returns is sent as the response,
   then ``request.after`` (if the handler set it) runs before the next PDU is read;
 - ``closed(peer, how)``: the association ended (``released``, ``aborted`` by the peer,
-  ``timeout``, ``protocol`` error, ``connection`` lost or ``shutdown``).
+  ``timeout``, ``protocol`` error, ``connection`` lost or ``shutdown``); called after the
+  association's slot is released (it no longer counts against the limit), on the association's
+  own thread, so it must be quick: slow work belongs on a thread of its own.
 
 Every peer gets an answer in the protocol: A-ASSOCIATE-RJ for a refused association, a DIMSE
 status for a refused operation (with an Error Comment saying why), A-ABORT for a PDU that
@@ -606,6 +608,10 @@ class Association:
                 self._message = None
             if self.server.stopping:
                 how = "shutdown"
+            # The association is over: its slot is free now, before the linger on the socket
+            # and before the closed handler (whatever it does), so that a peer's next
+            # association is never turned away by one that has ended.
+            self.server.release(self)
             close_gently(self.sock)
             if self.established:
                 try:
@@ -1079,6 +1085,12 @@ class UpperLayerServer:
             with self._lock:
                 self._active.discard(assoc)
                 self._connections.pop(assoc, None)
+
+    def release(self, assoc: Association) -> None:
+        """``assoc`` has ended: it no longer counts against the association limit (its
+        connection still counts against :attr:`max_connections` until its thread ends)."""
+        with self._lock:
+            self._active.discard(assoc)
 
     def admit(self, assoc: Association) -> bool:
         """Count ``assoc`` as active unless the limit is reached."""
