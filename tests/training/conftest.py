@@ -43,7 +43,10 @@ CASES: dict[str, list[tuple[ct.PhantomSpec, int]]] = {
 CASE_IDS = [(task, i) for task, cases in CASES.items() for i in range(len(cases))]
 # Cases the committed models get wrong, documented in the model cards (models/*/README.md);
 # they are reported as expected failures, not hidden.
-KNOWN_MISSES: dict[tuple[str, int], str] = {}
+KNOWN_MISSES: dict[tuple[str, int], str] = {
+    ("ich", 5): "ich-synthcnn-3.0 flags this beam-hardening negative (p 0.44 over 0.1749): "
+    "the Hounsfield bar and streaks at the skull base; models/ich/README.md",
+}
 _CACHE: dict[str, list[tuple[np.ndarray, bool, str]]] = {}
 
 
