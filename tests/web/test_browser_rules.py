@@ -187,3 +187,26 @@ def test_a_radiologist_cannot_open_the_rules_editor(page: Page, served: Served) 
     assert response is not None and response.status == 403
     expect(page.locator("body")).to_contain_text("needs manager, admin")
     expect(page.locator("#rules-text")).to_have_count(0)
+
+
+def test_text_typed_before_the_script_ran_is_still_checked(page: Page, served: Served) -> None:  # noqa: F811
+    """rules.js is deferred: a manager (or a test) can type into the editor before it has run
+    and attached its listener. The page must still check what is in the editor then, not
+    keep showing the server's verdict on the text it was served with."""
+    held: list[Any] = []
+    sign_in(page, served, "mona")  # type: ignore[arg-type]
+    # the script waits (unanswered) until the text has changed
+    page.route("**/static/rules.js", lambda route: held.append(route))
+    page.goto(served.url + "/rules", wait_until="commit")
+    editor = page.get_by_label(re.compile("^Proposed rules"))
+    original = served.engine.rules_file.read_text()
+    editor.fill(original.replace("points: 20", "points: -5", 1))
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the page never asked for rules.js"
+    expect(page.locator("#validation")).to_contain_text("Valid.")  # the server's verdict
+    held[0].continue_()
+    expect(page.locator("#validation")).to_contain_text("Not valid", timeout=15000)
+    expect(editor).to_have_attribute("aria-invalid", "true")

@@ -90,6 +90,8 @@
     clearTimeout(timer);
     timer = setTimeout(check, 350);
   });
+  // the script is deferred: text typed (or pasted) before it ran raised no event it heard
+  if (editor.value !== editor.defaultValue) { check(); }
   function showCaret() {
     var line = editor.value.slice(0, editor.selectionStart).split("\n").length;
     caret.textContent = "Line " + line;
