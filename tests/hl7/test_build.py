@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.paths import REPO_ROOT
 
 from triage.config import Settings
@@ -245,3 +247,54 @@ def test_what_we_build_passes_validation_and_broken_messages_do_not() -> None:
     assert "not a message the engine sends" in validation_error(
         "MSH|^~\\&|A|B|C|D|20240101||ADT^A08^ADT_A01|X1|P|2.5.1\rEVN||20240101\rPID|1||P1||N"
     )
+
+
+_TEXT = st.text(alphabet="AZaz09 -'^&\\|~é.", max_size=12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    accession=st.text(alphabet="AZ09-", min_size=1, max_size=10),
+    placer=_TEXT,
+    filler=_TEXT,
+    patient_name=_TEXT,
+    patient_class=st.sampled_from(["", "E", "I", "O"]),
+    procedure=_TEXT,
+    reason=_TEXT,
+    reasons=st.lists(_TEXT, max_size=4),
+)
+def test_messages_built_as_text_pass_hl7apy_and_read_back(
+    accession: str,
+    placer: str,
+    filler: str,
+    patient_name: str,
+    patient_class: str,
+    procedure: str,
+    reason: str,
+    reasons: list[str],
+) -> None:
+    """The builders write ER7 text themselves: whatever the order holds (delimiters included),
+    the result fits hl7apy's strict v2.5.1 structures and its values read back as stored."""
+    order = OrderRef(
+        accession_number=accession,
+        placer_order_number=placer,
+        filler_order_number=filler,
+        patient_id="MRN1",
+        patient_name=patient_name,
+        patient_class=patient_class,
+        procedure_code="CT1",
+        procedure_text=procedure,
+        modality="CT",
+        study_uid="1.2.3",
+    )
+    for message in ("ORM^O01", "OMI^O23"):
+        msg = build_order_change(SENDER, order, "S", reason=reason, message=message)
+        assert validation_error(msg) == ""
+        o = parse_order(msg)
+        assert (o.accession_number, o.ordered_priority) == (accession, "S")
+        assert o.patient_class == patient_class
+    result = AIResult(model_name="ich", finding="positive", probability=0.9, reasons=reasons)
+    oru = build_ai_result(SENDER, order, result)
+    assert validation_error(oru) == ""
+    obx = [s for s in split_message(oru).segments if s.name == "OBX" and "AI-REASON" in s.raw(3)]
+    assert [s.get(5) for s in obx] == [r.strip() for r in reasons if r]
