@@ -308,7 +308,7 @@ def test_bolus_in_the_aorta_only_is_not_assessable_for_pe() -> None:
 
 def test_contract_thickness_is_not_wider_than_trained() -> None:
     """The thickness range of each contract lies inside the thicknesses the training phantoms
-    are drawn with (triage/synth/ct.py draw_spec)."""
+    are drawn with (triage/synth/ct/spec.py draw_spec)."""
     for model in ("ich", "pe"):
         rng = np.random.default_rng(0)
         drawn = {ct.draw_spec(model, rng, positive=bool(i % 2)).slice_thickness for i in range(400)}  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from triage.synth import SyntheticStudy, write_ctpa, write_head_ct
 from triage.synth import ct as synth_ct
+from triage.synth.ct.grid import slices_with
 
 
 def load(study: SyntheticStudy) -> tuple[list[pydicom.Dataset], np.ndarray]:
@@ -166,7 +167,7 @@ def test_truth_is_beside_the_series_not_in_it(head_pair: dict[bool, SyntheticStu
     assert "not for clinical use" in truth["note"]
     mask = synth_ct.read_truth_mask(study.truth_mask)
     assert mask.shape == (24, 512, 512)
-    assert tuple(truth["lesion_instances"]) == study.lesion_instances == synth_ct._slices_with(mask)
+    assert tuple(truth["lesion_instances"]) == study.lesion_instances == slices_with(mask)
     for f in study.files:  # nothing of the ground truth inside the DICOM
         ds = pydicom.dcmread(f)
         text = str(ds).lower()

@@ -10,28 +10,32 @@ import pytest
 
 from triage.inference.volume import load_volume, resample
 from triage.synth import ct
+from triage.synth.ct.ctpa import draw_chest, render_chest
+from triage.synth.ct.grid import Grid
+from triage.synth.ct.head import HeadCanvas, draw_head, render_head, within_inner
+from triage.synth.ct.spec import z_positions
 
 SMALL = 160  # in-plane matrix for fast noise-free renders
 
 
-def head_grid(n: int = 40, thickness: float = 3.0, size: int = SMALL) -> ct._Grid:
-    return ct._Grid.at(
+def head_grid(n: int = 40, thickness: float = 3.0, size: int = SMALL) -> Grid:
+    return Grid.at(
         size,
         230.0,
-        ct._z_positions(ct.PhantomSpec("ich", False, n_slices=n, slice_thickness=thickness)),
+        z_positions(ct.PhantomSpec("ich", False, n_slices=n, slice_thickness=thickness)),
         thickness,
     )
 
 
-def chest_grid(n: int = 60, thickness: float = 3.5, size: int = SMALL) -> ct._Grid:
+def chest_grid(n: int = 60, thickness: float = 3.5, size: int = SMALL) -> Grid:
     spec = ct.PhantomSpec("pe", False, n_slices=n, slice_thickness=thickness, fov_mm=380.0)
-    return ct._Grid.at(size, 380.0, ct._z_positions(spec), thickness)
+    return Grid.at(size, 380.0, z_positions(spec), thickness)
 
 
 def test_head_tissues_noise_free() -> None:
     g = head_grid()
-    head = ct._draw_head(np.random.default_rng([4, 0]))
-    c = ct._HeadCanvas(g, head)
+    head = draw_head(np.random.default_rng([4, 0]))
+    c = HeadCanvas(g, head)
     vol = c.vol
     assert np.allclose(vol[c.white & ~c.ventricles & (vol < 50)].mean(), head.white_hu, atol=3)
     assert 21 <= head.white_hu < head.grey_hu <= 46  # grey brighter than white
@@ -47,8 +51,8 @@ def test_head_masks_are_their_full_grid_definitions() -> None:
     """The canvas paints slice by slice for speed; its masks must be exactly the plain
     whole-grid expressions (same float32 arithmetic, so bit-equal)."""
     g = head_grid(thickness=2.5, n=48)
-    head = ct._draw_head(np.random.default_rng([11, 0]))
-    c = ct._HeadCanvas(g, head)
+    head = draw_head(np.random.default_rng([11, 0]))
+    c = HeadCanvas(g, head)
     ax, ay, az = head.inner_axes
 
     def radius(shrink: float) -> np.ndarray:
@@ -60,7 +64,7 @@ def test_head_masks_are_their_full_grid_definitions() -> None:
     assert np.array_equal(c.inside, radius(0.0) <= 1.0)
     assert np.array_equal(c.white, radius(7.0) <= 1.0)
     for margin in (1.5, 3.0):
-        assert np.array_equal(ct._within_inner(g, head, margin), radius(margin) <= 1.0)
+        assert np.array_equal(within_inner(g, head, margin), radius(margin) <= 1.0)
     freq, zf, phase, width = head.sulci
     wave = np.abs(np.sin(freq * np.arctan2(g.y, g.x) + zf * g.z + phase + 1.7 * np.sin(0.05 * g.z)))
     band = (radius(1.5) <= 1.0) & (radius(7.0) > 1.0)
@@ -91,12 +95,12 @@ def test_every_hemorrhage_kind(kind: str) -> None:
         "ich", True, subtypes=(kind,), size_mm=10.0, n_slices=40, slice_thickness=3.0
     )
     for seed in (1, 2, 3):
-        vol, mask, lesions = ct._render_head(spec, seed, g)
+        vol, mask, lesions = render_head(spec, seed, g)
         assert mask.any(), (kind, seed)
         assert lesions[0].kind == kind and lesions[0].volume_ml > 0
         blood = vol[mask]
         assert blood.min() >= 45 and blood.max() <= 90, (kind, blood.min(), blood.max())
-        c = ct._HeadCanvas(g, ct._draw_head(np.random.default_rng([seed, 0])))
+        c = HeadCanvas(g, draw_head(np.random.default_rng([seed, 0])))
         assert c.inside[mask].all()  # always intracranial
         r = c.r_inner[mask]
         if kind in ("subdural", "epidural"):  # against the inner table
@@ -110,9 +114,9 @@ def test_every_hemorrhage_kind(kind: str) -> None:
 
 
 def test_small_bleeds_down_to_a_few_mm() -> None:
-    g = ct._Grid.at(256, 230.0, np.arange(-20.0, 40.0, 1.25, dtype=np.float32), 1.25)
+    g = Grid.at(256, 230.0, np.arange(-20.0, 40.0, 1.25, dtype=np.float32), 1.25)
     spec = ct.PhantomSpec("ich", True, subtypes=("intraparenchymal",), size_mm=3.0)
-    _, mask, lesions = ct._render_head(spec, 8, g)
+    _, mask, lesions = render_head(spec, 8, g)
     assert mask.any()
     assert ct.equivalent_diameter(lesions[0].volume_ml) < 6.0
 
@@ -120,8 +124,8 @@ def test_small_bleeds_down_to_a_few_mm() -> None:
 @pytest.mark.parametrize("mimic", ct.HEAD_MIMICS)
 def test_head_mimics_change_the_image_not_the_label(mimic: str) -> None:
     g = head_grid()
-    plain, _, _ = ct._render_head(ct.PhantomSpec("ich", False), 5, g)
-    vol, mask, lesions = ct._render_head(ct.PhantomSpec("ich", False, mimics=(mimic,)), 5, g)
+    plain, _, _ = render_head(ct.PhantomSpec("ich", False), 5, g)
+    vol, mask, lesions = render_head(ct.PhantomSpec("ich", False, mimics=(mimic,)), 5, g)
     assert not mask.any() and lesions == []
     changed = vol != plain
     assert changed.any()
@@ -133,8 +137,8 @@ def test_head_mimics_change_the_image_not_the_label(mimic: str) -> None:
 
 def test_chest_anatomy_and_contrast() -> None:
     g = chest_grid()
-    vol, _, _ = ct._render_chest(ct.PhantomSpec("pe", False), 3, g)
-    chest = ct._draw_chest(np.random.default_rng([3, 0]))
+    vol, _, _ = render_chest(ct.PhantomSpec("pe", False), 3, g)
+    chest = draw_chest(np.random.default_rng([3, 0]))
     assert 250 <= chest.artery_hu <= 450
     levels = {v.level for v in chest.tree}
     assert set(ct.EMBOLUS_LEVELS) <= levels
@@ -147,8 +151,8 @@ def test_chest_anatomy_and_contrast() -> None:
 def test_emboli_at_every_level_are_filling_defects(level: str) -> None:
     g = chest_grid(thickness=2.0, n=100, size=256)
     spec = ct.PhantomSpec("pe", True, subtypes=(level,), n_slices=100, slice_thickness=2.0)
-    neg, _, _ = ct._render_chest(ct.PhantomSpec("pe", False), 6, g)
-    vol, mask, lesions = ct._render_chest(spec, 6, g)
+    neg, _, _ = render_chest(ct.PhantomSpec("pe", False), 6, g)
+    vol, mask, lesions = render_chest(spec, 6, g)
     assert mask.any() and lesions[0].kind == level
     assert (vol[mask] >= 20).all() and (vol[mask] <= 70).all()
     assert neg[mask].min() >= 250  # inside a contrast-filled artery
@@ -157,17 +161,17 @@ def test_emboli_at_every_level_are_filling_defects(level: str) -> None:
 
 def test_ctpa_mimics() -> None:
     g = chest_grid()
-    plain, _, _ = ct._render_chest(ct.PhantomSpec("pe", False), 2, g)
-    chest = ct._draw_chest(np.random.default_rng([2, 0]))
-    poor, m, _ = ct._render_chest(ct.PhantomSpec("pe", False, mimics=("poor_contrast",)), 2, g)
+    plain, _, _ = render_chest(ct.PhantomSpec("pe", False), 2, g)
+    chest = draw_chest(np.random.default_rng([2, 0]))
+    poor, m, _ = render_chest(ct.PhantomSpec("pe", False, mimics=("poor_contrast",)), 2, g)
     assert not m.any() and poor.max() < plain.max() + 1
     assert not (np.abs(poor - chest.artery_hu) < 1e-3).any()
-    mix, _, _ = ct._render_chest(ct.PhantomSpec("pe", False, mimics=("mixing_artefact",)), 2, g)
+    mix, _, _ = render_chest(ct.PhantomSpec("pe", False, mimics=("mixing_artefact",)), 2, g)
     changed = mix != plain
     assert changed.any() and mix[changed].min() > 100  # dimmer than the artery, not clot-dark
-    nodes, _, _ = ct._render_chest(ct.PhantomSpec("pe", False, mimics=("hilar_nodes",)), 2, g)
+    nodes, _, _ = render_chest(ct.PhantomSpec("pe", False, mimics=("hilar_nodes",)), 2, g)
     assert ((nodes != plain) & (nodes > 40) & (nodes < 60)).any()
-    svc, _, _ = ct._render_chest(ct.PhantomSpec("pe", False, mimics=("dense_svc",)), 2, g)
+    svc, _, _ = render_chest(ct.PhantomSpec("pe", False, mimics=("dense_svc",)), 2, g)
     assert svc.max() > 650
 
 
@@ -275,8 +279,8 @@ def test_in_memory_lesion_volume_counts_the_slices_it_did_not_paint(task: str) -
         noise_hu=8.0,
     )
     mem = ct.model_sample(spec, 31, shape=(64, 64, 64), supersample=2)
-    z_all = ct._z_positions(spec)
-    _, _, full = ct.render(spec, 31, ct._Grid.at(128, spec.fov_mm, z_all, spec.slice_thickness))
+    z_all = z_positions(spec)
+    _, _, full = ct.render(spec, 31, Grid.at(128, spec.fov_mm, z_all, spec.slice_thickness))
     mem_ml, full_ml = (sum(les.volume_ml for les in x) for x in (mem.lesions, full))
     assert full_ml > 0.1
     assert abs(mem_ml - full_ml) / full_ml < 0.1, (mem_ml, full_ml)
@@ -290,8 +294,8 @@ def test_every_head_has_its_dural_venous_sinuses() -> None:
     transverse/sigmoid sinuses low and lateral: blood at 42-70 HU that is not a bleed."""
     g = head_grid(n=48, thickness=2.5)
     for seed in (3, 8):
-        head = ct._draw_head(np.random.default_rng([seed, 0]))
-        c = ct._HeadCanvas(g, head)
+        head = draw_head(np.random.default_rng([seed, 0]))
+        c = HeadCanvas(g, head)
         assert 42 <= head.sinus_hu <= 70
         assert c.sinus.any() and (c.sinus <= c.inside).all()
         values = c.vol[c.sinus]
@@ -310,11 +314,11 @@ def test_slice_profile_integrates_the_thickness() -> None:
     values between brain and bone that no single plane has."""
     assert [ct.profile_samples(t) for t in (0.625, 1.25, 2.5, 3.0, 5.0, 8.0)] == [1, 1, 2, 2, 4, 4]
     spec = ct.PhantomSpec("ich", False, n_slices=8, slice_thickness=5.0)
-    z = np.float32(ct._z_positions(replace_n(spec, 28))[-8:])
-    g = ct._Grid.at(SMALL, 230.0, z, 5.0)
+    z = np.float32(z_positions(replace_n(spec, 28))[-8:])
+    g = Grid.at(SMALL, 230.0, z, 5.0)
     vol, _, _ = ct.render(spec, 4, g)
     planes = [
-        ct._render_head(spec, 4, ct._Grid.at(SMALL, 230.0, z + np.float32(d), 5.0))[0]
+        render_head(spec, 4, Grid.at(SMALL, 230.0, z + np.float32(d), 5.0))[0]
         for d in (-1.875, -0.625, 0.625, 1.875)
     ]
     assert np.allclose(vol, np.mean(planes, axis=0) + ct.SCANNERS[spec.scanner][3], atol=1e-3)
@@ -348,22 +352,22 @@ def test_acquisition_offset_pose_and_kernel() -> None:
     blur, _, _ = ct.render(replace(base, kernel=-1.5), 7, g)
     sharp, _, _ = ct.render(replace(base, kernel=0.8), 7, g)
     assert blur.max() < plain.max() and sharp.max() > plain.max() + 50
-    inner = ct._HeadCanvas(g, ct._draw_head(np.random.default_rng([7, 0]))).white
+    inner = HeadCanvas(g, draw_head(np.random.default_rng([7, 0]))).white
     assert abs(float(sharp[inner].mean()) - float(plain[inner].mean())) < 2.0  # flat: unchanged
 
 
 def test_chest_detail_spine_table_veins_bronchi() -> None:
     g = chest_grid(thickness=2.5, n=60, size=256)
-    plain, _, _ = ct._render_chest(ct.PhantomSpec("pe", False), 5, g)
-    chest = ct._draw_chest(np.random.default_rng([5, 0]))
+    plain, _, _ = render_chest(ct.PhantomSpec("pe", False), 5, g)
+    chest = draw_chest(np.random.default_rng([5, 0]))
     assert 60 <= chest.marrow_hu <= 450
     spine = (g.x**2 + (g.y - 72.0) ** 2 <= 12.0**2) & np.ones(g.shape, bool)
     assert np.allclose(np.median(plain[spine]), chest.marrow_hu, atol=1.0)
     below = g.y[0, :, 0] > chest.body_axes[1] + 1.0  # the table, under the patient
     assert (plain[:, below, :] > 50).any()
-    mucus, _, _ = ct._render_chest(ct.PhantomSpec("pe", False, mimics=("mucus_bronchi",)), 5, g)
+    mucus, _, _ = render_chest(ct.PhantomSpec("pe", False, mimics=("mucus_bronchi",)), 5, g)
     changed = mucus != plain
     assert changed.any() and ((mucus[changed] > 0) & (mucus[changed] < 50)).all()
-    atel, _, _ = ct._render_chest(ct.PhantomSpec("pe", False, mimics=("atelectasis",)), 5, g)
+    atel, _, _ = render_chest(ct.PhantomSpec("pe", False, mimics=("atelectasis",)), 5, g)
     changed = atel != plain
     assert changed.any() and (plain[changed] < -300).all() and (atel[changed] > 20).all()

@@ -65,7 +65,7 @@ DEFAULT_LEDGER = REPO / "docs" / "models" / "ledger.jsonl"
 DEFAULT_CONTROLS_DATA = REPO.parent / "shared" / "data" / "dicom"  # real series (controls)
 DISCLAIMER = (
     "**Trained on synthetic phantoms; not for clinical use.** These numbers measure how well "
-    "the models separate the generator's phantoms (triage/synth/ct.py), not patients."
+    "the models separate the generator's phantoms (triage/synth/ct/), not patients."
 )
 TARGETS = {
     "auc": 0.95,

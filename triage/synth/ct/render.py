@@ -1,0 +1,169 @@
+"""From painted anatomy to what the scanner reconstructs: slice profile, patient pose, kernel
+and calibration offset (:func:`render`), and the noise model shared by the DICOM and
+in-memory paths."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from triage.synth.ct.ctpa import render_chest
+from triage.synth.ct.grid import AIR_HU, Grid, Lesion
+from triage.synth.ct.head import render_head
+from triage.synth.ct.spec import SCANNERS, PhantomSpec
+
+
+def profile_samples(thickness: float) -> int:
+    """How many planes across its thickness one slice integrates (:func:`render`): one per
+    ~1.25 mm, at most 4."""
+    return int(min(4, max(1, round(thickness / 1.25))))
+
+
+def render(spec: PhantomSpec, seed: int, g: Grid) -> tuple[np.ndarray, np.ndarray, list[Lesion]]:
+    """Noise-free HU volume, lesion mask and lesions of ``spec`` on grid ``g``, as the scanner
+    reconstructs them:
+
+    - **slice profile**: each slice is the mean of :func:`profile_samples` planes spread evenly
+      over its thickness (a box profile), so bone cut obliquely by a 5 mm slice (the vertex,
+      the skull base) gives the partial-volume values a real scan has; a voxel is lesion when
+      at least half of its planes are;
+    - **pose**: the patient rotated and moved in plane (``rotation_deg``, ``shift_mm``);
+    - **kernel**: blur or sharpening (``kernel``), edge overshoot included;
+    - **calibration**: the scanner's offset plus ``hu_offset`` on every voxel.
+    """
+    paint = render_head if spec.task == "ich" else render_chest
+    n_sub = profile_samples(spec.slice_thickness)
+    if n_sub == 1:
+        vol, mask, lesions = paint(spec, seed, g)
+    else:
+        vol = np.zeros(g.shape, np.float32)
+        count = np.zeros(g.shape, np.uint8)
+        planes: list[list[Lesion]] = []
+        for k in range(n_sub):
+            dz = np.float32(((k + 0.5) / n_sub - 0.5) * g.thickness)
+            v, m, les = paint(spec, seed, replace(g, z=g.z + dz))
+            vol += v
+            count += m
+            planes.append(les)
+        vol /= np.float32(n_sub)
+        mask = 2 * count >= n_sub
+        # each lesion's volume and centre: the mean over the planes (the slab's integral)
+        lesions = [
+            replace(
+                per[0],
+                volume_ml=float(np.mean([les.volume_ml for les in per])),
+                centre_mm=tuple(float(c) for c in np.mean([les.centre_mm for les in per], 0)),
+            )
+            for per in zip(*planes, strict=True)
+        ]
+    vol, mask = _pose(vol, mask, g, spec.rotation_deg, spec.shift_mm)
+    _apply_kernel(vol, spec.kernel)
+    vol += np.float32(SCANNERS[spec.scanner][3] + spec.hu_offset)
+    return vol, mask, lesions
+
+
+def _pose(
+    vol: np.ndarray,
+    mask: np.ndarray,
+    g: Grid,
+    rotation_deg: float,
+    shift_mm: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``vol`` (bilinear) and ``mask`` (nearest) rotated by ``rotation_deg`` about the image
+    centre and moved by ``shift_mm`` (x, y), slice by slice; air comes in at the edges."""
+    if not rotation_deg and not any(shift_mm):
+        return vol, mask
+    n, h, w = vol.shape
+    a = math.radians(rotation_deg)
+    c, s = math.cos(a), math.sin(a)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xx -= (w - 1) / 2 + shift_mm[0] / g.spacing
+    yy -= (h - 1) / 2 + shift_mm[1] / g.spacing
+    xs = c * xx + s * yy + (w - 1) / 2  # the source of each output pixel
+    ys = -s * xx + c * yy + (h - 1) / 2
+    x0, y0 = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
+    fx, fy = (xs - x0).astype(np.float32), (ys - y0).astype(np.float32)
+    inside = (x0 >= 0) & (x0 < w - 1) & (y0 >= 0) & (y0 < h - 1)
+    x0, y0 = np.clip(x0, 0, w - 2), np.clip(y0, 0, h - 2)
+    i00 = (y0 * w + x0).ravel()
+    weights = [((1 - fy) * (1 - fx)).ravel(), ((1 - fy) * fx).ravel()]
+    weights += [(fy * (1 - fx)).ravel(), (fy * fx).ravel()]
+    offsets = (0, 1, w, w + 1)
+    near = (np.rint(ys).clip(0, h - 1) * w + np.rint(xs).clip(0, w - 1)).astype(np.int64).ravel()
+    out = np.full((n, h * w), AIR_HU, dtype=vol.dtype)
+    out_mask = np.zeros((n, h * w), dtype=mask.dtype)
+    keep = np.flatnonzero(inside.ravel())
+    sources = [i00[keep] + off for off in offsets]
+    kept_weights = [wt[keep] for wt in weights]
+    nearest = near[keep]
+    for k in range(n):  # slice by slice: the gathers stay in cache
+        flat = vol[k].ravel()
+        acc = np.zeros(len(keep), np.float32)
+        for src, wt in zip(sources, kept_weights, strict=True):
+            acc += np.take(flat, src) * wt
+        out[k, keep] = acc
+        out_mask[k, keep] = np.take(mask[k].ravel(), nearest)
+    return out.reshape(n, h, w), out_mask.reshape(n, h, w)
+
+
+def _gauss_taps(sigma: float) -> np.ndarray:
+    r = max(1, math.ceil(3.0 * sigma))
+    t = np.exp(-0.5 * (np.arange(-r, r + 1, dtype=np.float32) / np.float32(sigma)) ** 2)
+    return (t / t.sum()).astype(np.float32)
+
+
+def _blur_slice(a: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """Separable convolution of one slice [H, W] with ``taps`` (edges: nearest value)."""
+    r = len(taps) // 2
+    out = a
+    for axis in (0, 1):
+        pad = np.pad(out, [(r, r) if ax == axis else (0, 0) for ax in (0, 1)], mode="edge")
+        acc = np.zeros_like(a)
+        n = a.shape[axis]
+        for i, t in enumerate(taps):
+            acc += t * (pad[i : i + n] if axis == 0 else pad[:, i : i + n])
+        out = acc
+    return out
+
+
+def _apply_kernel(vol: np.ndarray, kernel: float) -> None:
+    """The reconstruction kernel, in place: ``kernel`` < 0 blurs (Gaussian, sigma = -kernel
+    pixels), > 0 sharpens (unsharp mask of that amount around a 1-pixel Gaussian)."""
+    if kernel == 0.0:
+        return
+    taps = _gauss_taps(-kernel if kernel < 0 else 1.0)
+    for k in range(vol.shape[0]):
+        smooth = _blur_slice(vol[k], taps)
+        if kernel < 0:
+            vol[k] = smooth
+        else:
+            vol[k] += np.float32(kernel) * (vol[k] - smooth)
+
+
+def noise_sigma(spec: PhantomSpec) -> float:
+    return spec.noise_hu * SCANNERS[spec.scanner][2]
+
+
+def coarse_noise(spec: PhantomSpec, seed: int, n: int, cells: int) -> np.ndarray:
+    """Correlated noise component: white on a ``cells`` x ``cells`` in-plane grid (the model
+    grid), ``spec.coarse_noise`` x the per-pixel sigma; shared by the DICOM and in-memory
+    paths."""
+    rng = np.random.default_rng([seed, 1, 1])
+    return rng.standard_normal((n, cells, cells), dtype=np.float32) * np.float32(
+        spec.coarse_noise * noise_sigma(spec)
+    )
+
+
+def coarse_side(size: int) -> int:
+    """Cells per side of the coarse noise for a ``size`` x ``size`` image: the 128 grid when
+    ``size`` is a multiple of it (every model grid and the DICOM matrix share one field), else
+    one cell per pixel."""
+    return 128 if size % 128 == 0 else size
+
+
+def coarse_cells(coarse: np.ndarray, size: int) -> np.ndarray:
+    """``coarse`` [z, c, c] repeated over ``size`` x ``size`` pixels (size a multiple of c)."""
+    rep = size // coarse.shape[1]
+    return np.repeat(np.repeat(coarse, rep, axis=1), rep, axis=2) if rep > 1 else coarse
