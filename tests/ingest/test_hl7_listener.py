@@ -546,13 +546,13 @@ def test_group_commit_waits_for_peers_coming_back_but_not_for_silent_ones(
 
     r = listener()
     seen: list[int] = []
-    real = r.listener.store.process_batch
+    real = r.listener.store.store_batch  # every transaction, alone or through the queue
 
-    def counted(items: Any) -> Any:
-        seen.append(len(items))
-        return real(items)
+    def counted(evaluations: Any, peers: Any) -> Any:
+        seen.append(len(evaluations))
+        return real(evaluations, peers)
 
-    r.listener.store.process_batch = counted  # type: ignore[method-assign]
+    r.listener.store.store_batch = counted  # type: ignore[method-assign]
     silent = socket.create_connection((r.host, r.port), timeout=10)
     leaving = socket.create_connection((r.host, r.port), timeout=10)
     try:
@@ -592,24 +592,24 @@ def test_one_transaction_at_a_time_alone_or_with_others(listener: Callable[..., 
     from triage.synth.orders import order_message
 
     r = listener()
-    real = r.listener.store.process_batch
+    real = r.listener.store.store_batch  # every transaction, alone or through the queue
     lock = threading.Lock()
     state = {"inside": 0, "most": 0}
     threads: set[str] = set()
 
-    def watched(items: Any) -> Any:
+    def watched(evaluations: Any, peers: Any) -> Any:
         with lock:
             state["inside"] += 1
             state["most"] = max(state["most"], state["inside"])
             threads.add(threading.current_thread().name.split("_")[0])
         try:
             time.sleep(0.002)  # widen the window two transactions would overlap in
-            return real(items)
+            return real(evaluations, peers)
         finally:
             with lock:
                 state["inside"] -= 1
 
-    r.listener.store.process_batch = watched  # type: ignore[method-assign]
+    r.listener.store.store_batch = watched  # type: ignore[method-assign]
 
     def burst(k: int) -> list[str]:
         """Five orders in one write, then five more one by one."""
@@ -695,3 +695,41 @@ def test_replay_applies_after_a_mapping_fix(
     assert main(args) == 0  # idempotent
     assert len(r.orders()) == 2 and len(r.messages()) == 2
     assert main(["hl7", "replay", "--data-dir", str(tmp_path)]) == 2  # says which messages
+
+
+@pytest.mark.parametrize("connections", [1, 2])
+def test_a_frame_that_fails_to_be_read_is_answered_ae_and_kept(
+    listener: Callable[..., Running], monkeypatch: pytest.MonkeyPatch, connections: int
+) -> None:
+    """Frames are read as they arrive (outside the transaction). A defect in reading one
+    (here: the parser raising) must still give its peer an AE 207 echoing MSH-10, keep the
+    message, and leave the connection and the messages after it working; alone or with other
+    connections open (the two paths to the transaction)."""
+    import triage.ingest.hl7_store as hl7_store
+    from triage.synth.orders import order_message
+
+    real = hl7_store.evaluate
+
+    def flaky(text: str, *args: Any, **kwargs: Any) -> Any:
+        if "BOOM" in text:
+            raise RuntimeError("parser defect")
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(hl7_store, "evaluate", flaky)
+    r = listener()
+    others = [
+        socket.create_connection((r.host, r.port), timeout=10) for _ in range(connections - 1)
+    ]
+    try:
+        with MLLPConnection(r.host, r.port, timeout=10) as conn:
+            bad = read_ack(conn.exchange(order_message(accession="BOOM1", patient_id="P")))
+            good = read_ack(conn.exchange(order_message(accession="OK1", patient_id="P")))
+    finally:
+        for sock in others:
+            sock.close()
+    assert bad[0] == "AE" and bad[1] == "ORMBOOM1" and "parser defect" in bad[2]
+    assert good[:2] == ("AA", "ORMOK1")
+    rows = r.messages()
+    assert [m.ack_code for m in rows] == ["AE", "AA"]
+    assert "BOOM1" in rows[0].raw and "parser defect" in rows[0].error
+    assert [o.accession_number for o in r.orders()] == ["OK1"]

@@ -11,7 +11,7 @@ hl7apy or python-hl7: docs/performance.md ("ER7 codec").
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from triage.errors import HL7ParseError
 
@@ -197,12 +197,18 @@ class Message:
 
     segments: list[Segment]
     delimiters: Delimiters
+    _first: dict[str, Segment] | None = field(default=None, init=False, repr=False, compare=False)
 
     def first(self, name: str) -> Segment | None:
-        for seg in self.segments:
-            if seg.name == name:
-                return seg
-        return None
+        """The first segment called ``name`` (an index built on the first call: the mapped
+        fields of one order ask about a dozen times)."""
+        index = self._first
+        if index is None:
+            index = {}
+            for seg in self.segments:
+                index.setdefault(seg.name, seg)
+            self._first = index
+        return index.get(name)
 
     @property
     def msh(self) -> Segment:

@@ -20,6 +20,7 @@ replace them: :mod:`triage.hl7.mapping`):
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -41,6 +42,11 @@ class FieldRef:
     segment: str
     field: int
     component: int = 0  # 0: the whole field
+    label: str = dataclasses.field(init=False, repr=False, compare=False)  # "OBR-27.6"
+
+    def __post_init__(self) -> None:
+        text = f"{self.segment}-{self.field}" + (f".{self.component}" if self.component else "")
+        object.__setattr__(self, "label", text)
 
     @classmethod
     def parse(cls, text: str) -> FieldRef:
@@ -51,7 +57,7 @@ class FieldRef:
         return cls(m.group(1), int(m.group(2)), int(m.group(3) or 0))
 
     def __str__(self) -> str:
-        return f"{self.segment}-{self.field}" + (f".{self.component}" if self.component else "")
+        return self.label
 
     def read(self, seg: Segment) -> str:
         if self.component:
@@ -131,5 +137,5 @@ def read_value(
             continue
         value = ref.read(seg)
         if value:
-            return value, str(ref)
+            return value, ref.label
     return "", ""

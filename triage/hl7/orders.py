@@ -78,7 +78,7 @@ def _priority(fmap: FieldMap, msg: Message, group: list[Segment]) -> tuple[str, 
             continue
         code = normalise_priority(value, fmap.priority_codes)
         if code:
-            return code, str(ref), skipped
+            return code, ref.label, skipped
         skipped.append(f"{ref} priority {value!r} is not a table-0027 code; ignored")
     return "", "", skipped
 
@@ -89,7 +89,7 @@ def _modality(fmap: FieldMap, msg: Message, group: list[Segment], *texts: str) -
         if seg is not None:
             code = normalise_modality(ref.read(seg))
             if code:
-                return code, str(ref)
+                return code, ref.label
     if fmap.infer_modality:
         code = infer_modality(*texts)
         if code:

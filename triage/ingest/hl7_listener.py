@@ -3,9 +3,10 @@
 For every frame on a connection (a connection may carry any number of messages, answered in
 order; the frames of one read are handed on together):
 
-1. the frame joins the batch of every message waiting from all connections (group commit, up
-   to ``hl7_commit_batch_max``); the only connection open, with nothing waiting, has its
-   frames stored right away (there is nothing to gather);
+1. the frame is read (decoded, parsed, mapped) as it arrives, then joins the batch of every
+   message waiting from all connections (group commit, up to ``hl7_commit_batch_max``); the
+   only connection open, with nothing waiting, has its frames stored right away (there is
+   nothing to gather);
 2. the batch is stored and applied in one transaction by the message store
    (:mod:`triage.ingest.hl7_store`, which says what AA means);
 3. only after the commit, each connection writes its ACK; then ``on_order(order_id)`` is called
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from triage.config import Settings
 from triage.errors import HL7ParseError
 from triage.hl7.header import MessageHeader, peek_header
-from triage.hl7.inbound import decode_message
+from triage.hl7.inbound import Evaluation, decode_message
 from triage.hl7.mapping import HL7Mapping
 from triage.hl7.mllp import MLLPDecoder, MLLPFrameTooLarge, frame
 from triage.ingest.hl7_store import MessageStore, Outcome, mapping_for
@@ -59,7 +60,7 @@ GATHER_MAX = 0.002
 
 @dataclass
 class _Pending:
-    payload: bytes
+    evaluation: Evaluation  # the frame, already read (decoded, parsed, mapped)
     peer: str
     future: asyncio.Future[Outcome]
 
@@ -210,9 +211,12 @@ class HL7Listener:
     # -- group commit ---------------------------------------------------------------------
 
     def _submit(self, payload: bytes, peer: str) -> asyncio.Future[Outcome]:
+        """Queue one frame for the next transaction. It is read (decoded and parsed) here,
+        as it arrives: while the writer thread waits on the disk for the batch before it
+        (the interpreter lock is free then), not inside the next transaction."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Outcome] = loop.create_future()
-        self._queue.append(_Pending(payload, peer, fut))
+        self._queue.append(_Pending(self.store.read_frame(payload), peer, fut))
         if self._gather is not None:
             self._came_back(peer)
         elif not self._batch_scheduled and not self._writing:
@@ -234,18 +238,19 @@ class HL7Listener:
         limit = self.settings.hl7_commit_batch_max
         while self._queue and not self._writing:
             batch, self._queue = self._queue[:limit], self._queue[limit:]
-            items = [(p.payload, p.peer) for p in batch]
+            evaluations = [p.evaluation for p in batch]
+            peers = [p.peer for p in batch]
             if len(self._connections) > 1 and self._writer is not None:
                 self._writing = True
                 self._commit_started = time.monotonic()
                 future = asyncio.get_running_loop().run_in_executor(
-                    self._writer, self.store.process_batch, items
+                    self._writer, self.store.store_batch, evaluations, peers
                 )
                 future.add_done_callback(functools.partial(self._stored, batch))
                 return
             try:
-                outcomes = self.store.process_batch(items)
-            except Exception as exc:  # pragma: no cover - process_batch does not raise
+                outcomes = self.store.store_batch(evaluations, peers)
+            except Exception as exc:  # pragma: no cover - store_batch does not raise
                 self._resolve(batch, None, exc)
             else:
                 self._resolve(batch, outcomes, None)
@@ -254,7 +259,7 @@ class HL7Listener:
         self._writing = False
         if future.cancelled():  # pragma: no cover - the writer's futures are not cancelled
             self._resolve(batch, None, asyncio.CancelledError())
-        elif future.exception() is not None:  # pragma: no cover - process_batch does not raise
+        elif future.exception() is not None:  # pragma: no cover - store_batch does not raise
             self._resolve(batch, None, future.exception())
         else:
             self._resolve(batch, future.result(), None)

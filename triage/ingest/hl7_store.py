@@ -129,14 +129,25 @@ class MessageStore:
     def process_batch(self, items: Sequence[tuple[bytes, str]]) -> list[Outcome]:
         """Decode, evaluate, store and apply ``(payload, peer)`` items in one transaction.
         Never raises: a failure becomes AE 207 for the message(s) concerned."""
-        evaluations = []
-        for payload, _ in items:
+        evaluations = [self.read_frame(payload) for payload, _ in items]
+        return self.store_batch(evaluations, [peer for _, peer in items])
+
+    def read_frame(self, payload: bytes) -> Evaluation:
+        """One frame's payload decoded (MSH-18) and read with the sender's mapping; nothing
+        stored. Never raises: a failure to read becomes an AE 207 evaluation, stored and
+        answered like any rejected message."""
+        try:
             text, codec, note = decode_payload(payload)
             ev = evaluate(text, self.mapping, codec)
-            if note:
-                ev.notes.insert(0, note)
-            evaluations.append(ev)
-        return self.store_batch(evaluations, [peer for _, peer in items])
+        except Exception as exc:  # a defect in reading: the peer still gets its answer
+            log.exception("HL7 frame of %d bytes: reading failed", len(payload))
+            raw = payload.decode("latin-1")
+            ev = Evaluation(raw=raw, codec="latin-1", header=peek_header(raw), kind="rejected")
+            ev.error = HL7Error(f"could not read the message: {exc}", ack_code="AE", hl7_code=207)
+            return ev
+        if note:
+            ev.notes.insert(0, note)
+        return ev
 
     def store_batch(self, evaluations: Sequence[Evaluation], peers: Sequence[str]) -> list[Outcome]:
         """Store and apply evaluated messages in one transaction (one by one if it fails)."""
