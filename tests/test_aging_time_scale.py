@@ -36,7 +36,8 @@ def pipeline(tmp_path: Path, scale: float) -> Pipeline:
 
 
 @pytest.mark.parametrize(
-    ("scale", "reason", "aging"), [(1.0, None, 0), (60.0, "waiting 60 of 30 min: +30", 30)]
+    ("scale", "reason", "aging"),
+    [(1.0, None, 0), (60.0, "waiting >= 60 of 30 min: +30 (aging's most)", 30)],
 )
 def test_one_real_minute_counts_scale_minutes_of_waiting(tmp_path, scale, reason, aging) -> None:
     p = pipeline(tmp_path, scale)

@@ -196,11 +196,24 @@ def test_aging_counts_whole_minutes_past_the_target_up_to_the_cap(rules):
             rules, ordered_priority="R", patient_class="E", waiting_minutes=minutes
         ).score
 
+    def aged_reasons(minutes: float) -> list[str]:
+        return score_study(
+            rules, ordered_priority="R", patient_class="E", waiting_minutes=minutes
+        ).reasons
+
     assert aged(None) == aged(10) == aged(30) == aged(30.9) == 40
     assert aged(31) == 41 and aged(42) == 52
     assert aged(60) == aged(600) == 70  # max_points 30
     r = score_study(rules, ordered_priority="R", patient_class="E", waiting_minutes=65)
-    assert r.priority == "A" and "waiting 65 of 30 min: +30" in r.reasons
+    assert r.priority == "A" and "waiting >= 60 of 30 min: +30 (aging's most)" in r.reasons
+    # a reason changes only with its points: the same text at every wait past the cap, and
+    # one bound before the target
+    assert [x for x in aged_reasons(61) if x.startswith("waiting")] == [
+        "waiting >= 60 of 30 min: +30 (aging's most)"
+    ]
+    assert aged_reasons(600) == aged_reasons(61)
+    assert "waiting > 15 of 30 min: +0" in aged_reasons(16) and aged_reasons(16) == aged_reasons(29)
+    assert not any(x.startswith("waiting") for x in aged_reasons(15))
 
 
 def test_icu_location_adds_points_and_shortens_the_target(rules):

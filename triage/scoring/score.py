@@ -2,7 +2,9 @@
 
 Every number that goes into a score is written as a reason a radiologist reads at a glance
 ("ICH 0.97 >= 0.80: +58", "emergency patient: +20", "waiting 42 of 30 min: +12"), and the last
-reason is the outcome ("Score 97 -> priority S (raised from R)").
+reason is the outcome ("Score 97 -> priority S (raised from R)"). A reason's text changes only
+when its points do: a wait past aging's cap reads "waiting >= 60 of 30 min: +30 (aging's most)",
+one before its target "waiting > 15 of 30 min: +0" (the worklist shows the wait itself).
 
 Invariants (tested as properties in tests/scoring/test_properties.py):
 
@@ -162,8 +164,17 @@ def score_study(
         waited = max(0.0, waiting_minutes)
         late = math.floor(waited - target) if waited > target else 0
         add = min(aging.max_points, late * aging.points_per_minute)
-        if add > 0 or waited > target / 2:  # say nothing of a wait far from its target
+        # The reason changes only when its points do (the re-score pass writes a study only
+        # when something it shows changed): the minutes while they earn points, else a bound.
+        if add > 0 and add >= aging.max_points:
+            capped_at = target + math.ceil(aging.max_points / aging.points_per_minute)
+            reasons.append(
+                f"waiting >= {_fmt(capped_at)} of {_fmt(target)} min: +{_fmt(add)} (aging's most)"
+            )
+        elif add > 0:
             reasons.append(f"waiting {math.floor(waited)} of {_fmt(target)} min: +{_fmt(add)}")
+        elif waited > target / 2:  # say nothing of a wait far from its target
+            reasons.append(f"waiting > {_fmt(target / 2)} of {_fmt(target)} min: +0")
         if add > 0:
             terms.append(ScoreTerm("aging", f"{math.floor(waited)}/{_fmt(target)} min", add))
             score += add
