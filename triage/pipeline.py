@@ -19,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlmodel import Session, and_, col, or_, select
 
@@ -41,13 +43,21 @@ from triage.store.repo import (
     study_instances,
     study_reasons,
 )
+from triage.store.scoring_rows import (
+    latest_finding_rows,
+    open_condition,
+    open_study_rows,
+    order_rows,
+    write_scores,
+)
 
 log = logging.getLogger("triage.pipeline")
 
 MAX_FAILURES = 3  # processing errors in a row after which a study is no longer retried
 #: Studies the scheduled re-score (aging, a rules change) looks at: scored and not changing.
 OPEN_STATES = (StudyState.SCORED, StudyState.NOT_ROUTED, StudyState.AI_PENDING)
-_CHUNK = 500  # ids per IN (...) query
+#: ... and a study whose processing failed: unread, it ages like the others (its state stays).
+RESCORED_STATES = (*OPEN_STATES, StudyState.FAILED)
 FAILED_REASON = "Processing failed"
 
 
@@ -415,11 +425,29 @@ class Pipeline:
             self.notifier.send_pending()
 
     def _score_one(
-        self, study: Study, order: Order | None, findings: list[Finding], now: datetime
+        self, study: Study, order: Order | None, findings: Sequence[Any], now: datetime
     ) -> ScoreResult:
-        """The plain scoring function on a study's stored facts."""
+        """The plain scoring function on a study's stored facts (``findings``: Finding
+        objects, or rows with the same attributes)."""
+        return self._score_facts(
+            study.completed_at or study.last_received_at,
+            study,
+            order,
+            findings,
+            now,
+        )
+
+    def _score_facts(
+        self,
+        since: datetime | None,
+        study: Any,
+        order: Any | None,
+        findings: Sequence[Any],
+        now: datetime,
+    ) -> ScoreResult:
+        """:meth:`_score_one` on anything with the same attributes (ORM objects, or the plain
+        rows of :mod:`triage.store.scoring_rows`), waiting counted from ``since``."""
         rules = self.urgency
-        since = study.completed_at or study.last_received_at
         waited = (
             (now - _aware(since)).total_seconds() / 60.0 * self.aging_time_scale
             if since is not None
@@ -442,9 +470,9 @@ class Pipeline:
                 for f in findings
             ],
             ai_pending=study.state == StudyState.AI_PENDING,
-            location=order.ordering_location if order is not None else "",
+            location=(order.ordering_location or "") if order is not None else "",
             waiting_minutes=waited,
-            fields=_rule_fields(rules.fields_used, study, order),
+            fields=_rule_fields(rules.fields_used, study, order) if rules.fields_used else None,
         )
 
     def _apply(
@@ -518,47 +546,83 @@ class Pipeline:
         return raised_further, corrected
 
     def rescore_open(self, cause: Cause, ref: str = "") -> int:
-        """Score again every open study (scored, not routed or AI pending, completed within
-        the rules' ``aging.stop_after_hours``) in one transaction: the scheduled aging pass,
-        and after a rules change. Only studies whose score, priority or reasons change are
-        written; a rise is queued for the RIS as in :meth:`_score`. Returns how many
-        changed. An error is logged, and the pass is tried again at its next turn."""
+        """Score again every open study (scored, not routed, AI pending, or failed for good
+        and still unread; completed within the rules' ``aging.stop_after_hours``) in one
+        transaction: the scheduled aging pass, and after a rules change. Returns how many
+        changed. An error is logged, and the pass is tried again at its next turn.
+
+        It reads only the columns scoring needs (:mod:`triage.store.scoring_rows`), and
+        writes only the studies whose score, priority, rules version or reasons changed: those
+        whose priority stays and that the RIS need not be told of in one executemany
+        ``UPDATE``; the few others (a priority change is recorded, a rise queued for the RIS)
+        as in :meth:`_score`. A FAILED study keeps its state and its failure reason."""
         now = self.clock()
-        cutoff = now - timedelta(hours=self.urgency.aging.stop_after_hours)
+        rules = self.urgency
+        cutoff = now - timedelta(hours=rules.aging.stop_after_hours)
+        where = open_condition(RESCORED_STATES, cutoff)
+        study_fields = [f.partition(".")[2] for f in rules.fields_used if f.startswith("study.")]
+        order_fields = [f.partition(".")[2] for f in rules.fields_used if f.startswith("order.")]
+        rank = rules.level
         changed = notify = 0
         try:
             with self.db.session() as s:
-                studies = s.exec(
-                    select(Study).where(
-                        col(Study.state).in_(OPEN_STATES),
-                        or_(
-                            col(Study.completed_at) >= cutoff,
-                            and_(
-                                col(Study.completed_at).is_(None),
-                                col(Study.last_received_at) >= cutoff,
-                            ),
-                        ),
-                    )
-                ).all()
-                orders = _orders_by_id(s, {st.order_id for st in studies if st.order_id})
-                findings = _latest_findings_of(s, [st.study_uid for st in studies])
-                for st in studies:
-                    order = orders.get(st.order_id) if st.order_id is not None else None
-                    mine = findings.get(st.study_uid, [])
+                rows = open_study_rows(s, where, study_fields)
+                orders = order_rows(s, where, order_fields)
+                findings = latest_finding_rows(s, where)
+                quick: list[dict[str, object]] = []
+                slow: list[tuple[int, ScoreResult]] = []
+                for row in rows:
+                    order = orders.get(row.order_id) if row.order_id is not None else None
+                    mine = findings.get(row.study_uid, ())
                     try:
-                        result = self._score_one(st, order, mine, now)
+                        result = self._score_facts(row.since, row, order, mine, now)
+                        if row.state == StudyState.FAILED:
+                            result = _keep_failure(result, row.reasons)
                     except Exception:  # a bug: this study keeps its score
-                        log.exception("study %s: re-score failed", st.study_uid)
+                        log.exception("study %s: re-score failed", row.study_uid)
                         continue
+                    reasons = json.dumps(result.reasons)
                     if (
-                        result.score == st.score
-                        and result.priority == st.engine_priority
-                        and result.rules_version == st.rules_version
-                        and json.dumps(result.reasons) == st.reasons
+                        result.score == row.score
+                        and result.priority == row.engine_priority
+                        and result.rules_version == row.rules_version
+                        and reasons == row.reasons
+                        and row.scored
                     ):
                         continue
                     changed += 1
-                    raised, corrected = self._apply(s, st, order, mine, result, now, cause, ref)
+                    sent = row.sent_priority
+                    raised_further = result.raised and (
+                        not sent or rank(result.priority).rank < rank(sent).rank
+                    )
+                    corrected = (
+                        bool(sent)
+                        and not raised_further
+                        and _finding_signature(mine) != row.sent_finding
+                    )
+                    if raised_further or corrected or result.priority != row.engine_priority:
+                        slow.append((row.id, result))
+                    else:
+                        quick.append(
+                            {
+                                "_id": row.id,
+                                "_score": result.score,
+                                "_priority": result.priority,
+                                "_reasons": reasons,
+                                "_scored_at": now,
+                                "_rules_version": result.rules_version,
+                            }
+                        )
+                write_scores(s, quick)
+                for study_id, result in slow:
+                    st = s.get(Study, study_id)
+                    if st is None:
+                        continue
+                    order = s.get(Order, st.order_id) if st.order_id is not None else None
+                    mine_full = latest_findings(s, st.study_uid)
+                    raised, corrected = self._apply(
+                        s, st, order, mine_full, result, now, cause, ref
+                    )
                     notify += raised or corrected
         except Exception:
             log.exception("re-score of the open studies (%s) failed; tried again later", cause)
@@ -599,7 +663,7 @@ def _fingerprint(instances: list[Instance]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _finding_signature(findings: list[Finding]) -> str:
+def _finding_signature(findings: Sequence[Any]) -> str:
     """What the RIS was told about a study's AI results (model and outcome)."""
     parts = []
     for f in sorted(findings, key=lambda f: f.model_name):
@@ -617,7 +681,7 @@ def _aware(when: datetime) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
-def _rule_fields(used: frozenset[str], study: Study, order: Order | None) -> dict[str, str] | None:
+def _rule_fields(used: frozenset[str], study: Any, order: Any | None) -> dict[str, str] | None:
     """The order/study fields the urgency rules test, as text ("" when absent)."""
     if not used:
         return None
@@ -630,27 +694,12 @@ def _rule_fields(used: frozenset[str], study: Study, order: Order | None) -> dic
     return values
 
 
-def _orders_by_id(session: Session, ids: Iterable[int]) -> dict[int, Order]:
-    wanted = sorted(ids)
-    found: dict[int, Order] = {}
-    for i in range(0, len(wanted), _CHUNK):
-        chunk = wanted[i : i + _CHUNK]
-        for o in session.exec(select(Order).where(col(Order.id).in_(chunk))).all():
-            if o.id is not None:
-                found[o.id] = o
-    return found
-
-
-def _latest_findings_of(session: Session, uids: list[str]) -> dict[str, list[Finding]]:
-    """The newest finding per model of each study (as :func:`latest_findings`), in bulk."""
-    newest: dict[str, dict[str, Finding]] = {}
-    for i in range(0, len(uids), _CHUNK):
-        chunk = uids[i : i + _CHUNK]
-        rows = session.exec(
-            select(Finding)
-            .where(col(Finding.study_uid).in_(chunk))
-            .order_by(col(Finding.created_at).desc(), col(Finding.id).desc())
-        ).all()
-        for f in rows:
-            newest.setdefault(f.study_uid, {}).setdefault(f.model_name, f)
-    return {uid: list(by_model.values()) for uid, by_model in newest.items()}
+def _keep_failure(result: ScoreResult, stored: str) -> ScoreResult:
+    """A FAILED study's new score keeps the failure reason :meth:`Pipeline._failed` wrote (the
+    worklist shows why it is stuck), after the score's own reasons."""
+    try:
+        old = json.loads(stored or "[]")
+    except ValueError:
+        old = []
+    kept = [r for r in old if isinstance(r, str) and r.startswith(FAILED_REASON)]
+    return replace(result, reasons=[*result.reasons, *kept]) if kept else result

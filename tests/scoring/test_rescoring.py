@@ -21,7 +21,7 @@ from triage.completion import CompletionPolicy
 from triage.config import load_settings
 from triage.errors import RulesError
 from triage.outbound import RISNotifier
-from triage.pipeline import Pipeline
+from triage.pipeline import MAX_FAILURES, Pipeline
 from triage.routing import load_routing_rules
 from triage.scoring import UrgencyRulesWatcher, load_urgency_rules
 from triage.store import Database, OutboundMessage, Study, StudyState
@@ -266,3 +266,31 @@ def test_watcher_refuses_unreadable_files_and_remembers_versions(tmp_path, caplo
     new = w.poll()
     assert new is not None and new.aging.max_points == 25 and w.current is new
     assert len(w.versions) == 2 and w.refused is None
+
+
+def test_a_study_that_failed_for_good_still_ages(tmp_path, ris):
+    """A study whose processing failed MAX_FAILURES times (no more retries) is still unread: the
+    scheduled re-score ages it like any other open study, keeps it FAILED with its failure
+    reason, and the RIS is told when it rises."""
+    db, p, clock = make(tmp_path, ScriptedAnalyzer([positive(0.1)]), ris)
+    add_order(db, "ACC9", "R", "E")
+    add_study(db, "9.1", accession="ACC9")
+    p.tick()
+    clock.set_to_completion_of(study(db, "9.1"))
+    for _ in range(MAX_FAILURES):  # what the pipeline records when processing raises
+        p._failed("9.1", OSError("disk unreadable"))
+    st = study(db, "9.1")
+    assert st.state == StudyState.FAILED and st.ai_next_attempt_at is None
+    assert (st.engine_priority, st.score) == ("R", 40)
+
+    clock.advance(45)  # 15 minutes past the emergency target: 55 -> A
+    p.tick()
+    st = study(db, "9.1")
+    assert st.state == StudyState.FAILED  # still failed: nothing retried it
+    assert (st.engine_priority, st.score, st.sent_priority) == ("A", 55, "A")
+    reasons = json.loads(st.reasons)
+    assert "waiting 45 of 30 min: +15" in reasons
+    assert any(r.startswith("Processing failed (OSError: disk unreadable)") for r in reasons)
+    last = changes(db, "9.1")[-1]
+    assert (last.from_priority, last.to_priority, last.cause) == ("R", "A", "aging")
+    assert len(orms(db)) == 1 and "|A" in orms(db)[0]
