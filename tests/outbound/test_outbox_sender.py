@@ -196,3 +196,43 @@ def test_omi_when_the_site_mapping_says_so(tmp_path, ris) -> None:
     assert segments == ["MSH", "PID", "ORC", "TQ1", "OBR", "IPC"]
     assert "|OMI^O23^OMI_O23|" in ris.messages[0]
     assert f"IPC|ACC-O|ACC-O|{study.study_uid}|ACC-O" in ris.messages[0]
+
+
+def test_the_ris_backoff_survives_a_restart_and_the_order_holds(tmp_path, ris) -> None:
+    """The RIS refuses twice; the engine restarts (a new sender on the same store): it waits out
+    the stored backoff instead of trying at once, the next refusal doubles it again, and when
+    the RIS returns the order's messages go in the order they were queued."""
+    settings = settings_for(tmp_path, ris.port)  # retry 1 s, doubled, at most 60 s
+    db, clock = database(settings), Clock()
+    first = queue_xo(db, settings, "ACC-R", "A")
+    second = queue_oru(db, settings, "ACC-R")
+    ris.down()
+    sender = OutboxSender(settings, db, rank=RANK, clock=clock)
+    sender.send_pending()
+    clock.advance(1)
+    sender.send_pending()  # second refusal: 2 s
+    assert sender.ris_down_until == clock.now + timedelta(seconds=2)
+    assert sender.stats.connects == 2
+    sender.close()
+
+    restarted = OutboxSender(settings, db, rank=RANK, clock=clock)
+    clock.advance(1)
+    assert restarted.send_pending() == 0
+    assert restarted.stats.connects == 0  # still within the stored wait: the RIS is not tried
+    clock.advance(1)
+    restarted.send_pending()  # third refusal: the wait doubles on, 4 s
+    assert restarted.stats.connects == 1
+    assert restarted.ris_down_until == clock.now + timedelta(seconds=4)
+
+    ris.up()
+    again = OutboxSender(settings, db, rank=RANK, clock=clock)  # another restart
+    clock.advance(3)
+    assert again.send_pending() == 0 and again.stats.connects == 0
+    clock.advance(1)
+    assert again.send_pending() == 2
+    assert [control_id(m) for m in ris.messages] == [
+        row(db, first).control_id,
+        row(db, second).control_id,
+    ]
+    assert again.ris_down_until is None or again.ris_down_until <= clock.now
+    assert OutboxSender(settings, db, rank=RANK, clock=clock).send_pending() == 0  # nothing left

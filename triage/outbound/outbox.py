@@ -30,7 +30,7 @@ from sqlmodel import Session, col, select
 
 from triage.errors import OutboxError as OutboxError
 from triage.store import Database, OutboundMessage
-from triage.store.models import OutboxAction, utcnow
+from triage.store.models import OutboxAction, OutboxBackoff, utcnow
 
 PENDING = "pending"
 SENT = "sent"
@@ -55,6 +55,25 @@ def aware(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+def load_backoff(db: Database) -> tuple[int, datetime | None]:
+    """The stored RIS-wide backoff: failures in a row and the next try (UTC), or (0, None)."""
+    with db.session() as s:
+        row = s.get(OutboxBackoff, 1)
+        if row is None:
+            return 0, None
+        return row.failures, aware(row.next_attempt_at)
+
+
+def save_backoff(db: Database, failures: int, until: datetime | None, now: datetime) -> None:
+    """Store the RIS-wide backoff (one row, replaced)."""
+    with db.session() as s:
+        row = s.get(OutboxBackoff, 1) or OutboxBackoff(id=1)
+        row.failures = failures
+        row.next_attempt_at = until
+        row.updated_at = now
+        s.add(row)
 
 
 def who_am_i() -> str:

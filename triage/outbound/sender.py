@@ -13,7 +13,9 @@ backoff is over. Outcomes:
   at most ``ris_backoff_max_seconds``; after ``ris_max_failures`` it is a dead letter. The round
   stops there (the RIS may be unwell) and the RIS gets the same backoff.
 - The RIS refuses the connection: no message is charged; the round stops and the next one waits
-  for the same capped exponential backoff (in memory: a restarted engine tries at once).
+  for the same capped exponential backoff. The RIS-wide wait (failures in a row, next try) is
+  stored (:class:`~triage.store.models.OutboxBackoff`), like each message's own failures and
+  next attempt: a restarted engine goes on waiting, and doubling, where it stopped.
 - Fails hl7apy validation: a dead letter with the reason, never sent.
 - An order change below a priority the RIS has already acknowledged for the order: a dead
   letter (superseded), never sent.
@@ -47,7 +49,9 @@ from triage.outbound.outbox import (
     announced_rank,
     aware,
     backoff_seconds,
+    load_backoff,
     record_action,
+    save_backoff,
 )
 from triage.store import Database, OutboundMessage
 from triage.store.models import utcnow
@@ -99,6 +103,8 @@ class OutboxSender:
         self._conn_used = 0.0
         self._down_failures = 0  # RIS-level failures in a row (refused, or no ACK)
         self._down_until: datetime | None = None
+        self._backoff_loaded = False  # read from the store at the first round
+        self._stored: tuple[int, datetime | None] = (0, None)  # as last read or written
         self._stop = threading.Event()
 
     # -- control ------------------------------------------------------------------------
@@ -121,6 +127,10 @@ class OutboxSender:
         s = self.settings
         if not s.ris_configured or self._stop.is_set():
             return 0
+        if not self._backoff_loaded:
+            self._down_failures, self._down_until = load_backoff(self.db)
+            self._stored = (self._down_failures, self._down_until)
+            self._backoff_loaded = True
         now = self.clock()
         if self._down_until is not None and now < self._down_until:
             return 0
@@ -156,6 +166,8 @@ class OutboxSender:
             now = self.clock()
         if sent:
             self._down_failures = 0
+        if (self._down_failures, self._down_until) != self._stored:
+            self._save_backoff()
         return sent
 
     def _ris_failed(self) -> None:
@@ -164,6 +176,15 @@ class OutboxSender:
             self.settings.retry_seconds, self.settings.ris_backoff_max_seconds, self._down_failures
         )
         self._down_until = self.clock() + timedelta(seconds=wait)
+        self._save_backoff()
+
+    def _save_backoff(self) -> None:
+        state = (self._down_failures, self._down_until)
+        try:
+            save_backoff(self.db, *state, self.clock())
+            self._stored = state
+        except Exception:  # the wait still holds in memory; a restart would forget it
+            log.exception("cannot store the RIS backoff (%d failures)", self._down_failures)
 
     def _connection(self) -> tuple[MLLPConnection, bool]:
         """The kept connection (reused: True), or a new one. Raises RISUnavailable."""

@@ -183,6 +183,18 @@ class OutboundMessage(SQLModel, table=True):
     dead_at: datetime | None = None
 
 
+class OutboxBackoff(SQLModel, table=True):
+    """The outbox sender's wait for the RIS itself (one row): RIS-level failures in a row (a
+    refused connection, or no ACK) and when it may be tried again. Kept here, not in memory, so
+    that a restarted engine keeps waiting (and doubling) instead of trying at once; each
+    message's own failures and next attempt are on its :class:`OutboundMessage` row."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    failures: int = 0
+    next_attempt_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 class OutboxAction(SQLModel, table=True):
     """Who did what to an outbox message, and when: `triage outbox retry|discard` (the OS
     user) and the engine's own dead-lettering (``engine``)."""
