@@ -16,6 +16,7 @@ from faultkit import positive_head_ct, ris_summary, with_derived_images
 from support.dcmtk import StoreSCU
 from support.engine import Engine
 from support.net import wait_for
+from support.procs import pid_alive
 from support.ris_peer import FakeRIS
 
 from triage.hl7.ack import read_ack
@@ -57,6 +58,9 @@ def test_sigkill_mid_study_on_two_associations(tmp_path: Path) -> None:
         scus = [StoreSCU(engine.dicom_port, half, on_response=on_response) for half in halves]
         assert killed.wait(120), f"only {successes[0]} Success responses"
         engine.proc.wait(30)  # type: ignore[union-attr]
+        # its Triton goes with it (parent-death signal), not left to the next start's reaper
+        triton_pid = int((engine.data / "triton" / "tritonserver.pid").read_text().split()[0])
+        wait_for(lambda: not pid_alive(triton_pid), 30, f"tritonserver {triton_pid} to exit")
         for scu in scus:
             assert scu.wait(60) != 0  # the association was cut
         acknowledged = [f for scu in scus for f in scu.succeeded]

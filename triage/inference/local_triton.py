@@ -282,6 +282,7 @@ class LocalTriton:
     def _command(self, root: Path, backends: Path) -> list[str]:
         assert self.http_port and self.grpc_port and self.metrics_port
         return [
+            *_DIE_WITH_PARENT,
             str(root / "tritonserver" / "bin" / "tritonserver"),
             f"--model-repository={self.models_dir}",
             f"--backend-directory={backends}",
@@ -373,6 +374,14 @@ def _http_ok(url: str) -> bool:
             return int(resp.status) == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+# The server is told to stop (SIGTERM) when the thread that started it goes: an engine killed
+# with SIGKILL leaves no server behind holding its ports and memory (a restart would also reap
+# it through the pid file, but only a restart with the same data directory). util-linux's
+# setpriv sets the parent-death signal and execs the server (same pid); without it, nothing.
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+_DIE_WITH_PARENT: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "TERM") if _SETPRIV else ()
 
 
 def _kill_group(proc: subprocess.Popen[bytes], grace_seconds: float) -> None:
