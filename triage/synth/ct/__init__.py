@@ -5,7 +5,7 @@ subsegmental, or none, with mimics).
 **Synthetic phantoms; not for clinical use.** They exist so that the engine, its tests, its demo
 and its models can be built and checked without patient data.
 
-A study is described by a :class:`PhantomSpec` (:mod:`.spec`). :func:`render` (:mod:`.render`)
+A study is described by a :class:`PhantomSpec` (:mod:`.spec`). :func:`render` (:mod:`.scanner`)
 paints it on a patient-space grid (:mod:`.grid`) with the head (:mod:`.head`) or chest
 (:mod:`.ctpa`) anatomy, then applies slice profile, pose, kernel and calibration. Two paths use
 the same anatomy code:
@@ -50,8 +50,8 @@ from triage.synth.ct.grid import (
     model_shape,
     z_resampling,
 )
-from triage.synth.ct.render import profile_samples, render
 from triage.synth.ct.sample import ModelSample, block_fraction, block_mean, model_sample
+from triage.synth.ct.scanner import profile_samples, render
 from triage.synth.ct.spec import (
     CTPA_MIMICS,
     EMBOLUS_LEVELS,

@@ -30,7 +30,7 @@ from triage.synth.ct.grid import (
     equivalent_diameter,
     slices_with,
 )
-from triage.synth.ct.render import coarse_cells, coarse_noise, coarse_side, noise_sigma, render
+from triage.synth.ct.scanner import coarse_cells, coarse_noise, coarse_side, noise_sigma, render
 from triage.synth.ct.spec import SCANNERS, PhantomSpec, z_positions
 
 HEAD_DESCRIPTION = "CT HEAD WO CONTRAST"

@@ -18,7 +18,7 @@ from triage.synth.ct.grid import (
     model_shape,
     z_resampling,
 )
-from triage.synth.ct.render import coarse_cells, coarse_noise, coarse_side, noise_sigma, render
+from triage.synth.ct.scanner import coarse_cells, coarse_noise, coarse_side, noise_sigma, render
 from triage.synth.ct.spec import PhantomSpec, z_positions
 
 
@@ -50,7 +50,7 @@ def block_mean(a: np.ndarray, s: int) -> np.ndarray:
     """Means of the s x s in-plane blocks of float32 ``a`` [k, H, W] -> [k, H/s, W/s]: each row
     of a block summed left to right, the row sums added top to bottom, divided by s*s. The
     same values as ``a.reshape(k, H/s, s, W/s, s).mean(axis=(2, 4))`` with today's NumPy, in a
-    fixed order of our own and ~6x faster (no generic reduction over two short axes)."""
+    fixed order of our own, without a generic reduction over two short axes."""
     k, h, w = a.shape
     r = a.reshape(k, h // s, s, w // s, s)
     total: np.ndarray | None = None
