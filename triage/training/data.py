@@ -8,6 +8,7 @@ no validation study is ever seen in training. Synthetic phantoms; not for clinic
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -74,6 +75,19 @@ def targets(lesion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return slices, cells.astype(np.float32)
 
 
+def _worker_init() -> None:
+    """Phantom workers keep the memory they free for the next phantom instead of handing it
+    back to the system: each phantom allocates and frees the same few hundred MB of arrays, and
+    fresh pages from the kernel cost 15-20 % of the generation time (glibc's malloc, which
+    gives large blocks their own mappings by default; elsewhere this does nothing)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-4, 0)  # M_MMAP_MAX: large blocks from the heap too
+    mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap
+
+
 def _one(args: tuple[PhantomSpec, int]) -> ModelSample:
     spec, seed = args
     return model_sample(spec, seed, model_shape(spec.task))
@@ -110,7 +124,7 @@ def generate(
     jobs = list(zip(specs, seeds, strict=True))
     workers = max(1, min(workers, os.cpu_count() or 1))
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
             samples = pool.map(_one, jobs, chunksize=4)
             _fill(samples, volumes, labels, slice_t, loc_t, sizes, subtypes, mimics, n)
     else:
