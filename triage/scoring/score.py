@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from triage.scoring.rules import UrgencyRules
+from triage.scoring.rules import Aging, PriorityLevel, UrgencyRules
 
 SYNTHETIC_NOTE = "AI models trained on synthetic phantoms; not for clinical use"
 
@@ -82,6 +82,35 @@ def score_study(
     the study completed (None: not known, no aging); ``fields``: the order and study fields the
     rules test (``order.procedure_text`` -> value; a missing one is empty).
     """
+    fixed = fixed_part(
+        rules, ordered_priority, patient_class, findings, ai_pending, location, fields
+    )
+    return complete(rules, fixed, waiting_minutes)
+
+
+class FixedPart(NamedTuple):
+    """What a score owes to everything but the wait: :func:`score_study` is
+    :func:`complete` of it (:mod:`triage.scoring.memo` keeps it between re-scores)."""
+
+    level: PriorityLevel
+    score: float  # before aging and the matched rules
+    target: float | None  # the reading target, minutes (None: no aging)
+    reasons: tuple[str, ...]  # before aging's
+    terms: tuple[ScoreTerm, ...]
+    rule_reasons: tuple[str, ...]  # the matched rules', after aging's
+    rule_terms: tuple[ScoreTerm, ...]
+
+
+def fixed_part(
+    rules: UrgencyRules,
+    ordered_priority: str,
+    patient_class: str,
+    findings: Sequence[FindingInput] = (),
+    ai_pending: bool = False,
+    location: str = "",
+    fields: Mapping[str, str] | None = None,
+) -> FixedPart:
+    """The terms of a score that do not depend on the wait (see :func:`score_study`)."""
     reasons: list[str] = []
     terms: list[ScoreTerm] = []
     level = rules.level(ordered_priority)
@@ -139,7 +168,8 @@ def score_study(
             reasons.append(f"{name} no result ({f.status}{detail}): +0")
             continue
         p = max(0.0, min(1.0, f.probability))
-        thr = f.threshold
+        # + 0.0: a threshold of -0.0 reads as 0.00, like 0.0 (equal inputs, equal reasons)
+        thr = f.threshold + 0.0 if f.threshold is not None else None
         if not f.positive:
             cmp = f" < {thr:.2f}" if thr is not None else " negative"
             reasons.append(f"{name} {p:.2f}{cmp}: +0")
@@ -159,26 +189,8 @@ def score_study(
     if ai_pending:
         reasons.append("AI pending: listed at ordered priority until the result arrives")
 
-    aging = rules.aging
-    if waiting_minutes is not None and target is not None:
-        waited = max(0.0, waiting_minutes)
-        late = math.floor(waited - target) if waited > target else 0
-        add = min(aging.max_points, late * aging.points_per_minute)
-        # The reason changes only when its points do (the re-score pass writes a study only
-        # when something it shows changed): the minutes while they earn points, else a bound.
-        if add > 0 and add >= aging.max_points:
-            capped_at = target + math.ceil(aging.max_points / aging.points_per_minute)
-            reasons.append(
-                f"waiting >= {_fmt(capped_at)} of {_fmt(target)} min: +{_fmt(add)} (aging's most)"
-            )
-        elif add > 0:
-            reasons.append(f"waiting {math.floor(waited)} of {_fmt(target)} min: +{_fmt(add)}")
-        elif waited > target / 2:  # say nothing of a wait far from its target
-            reasons.append(f"waiting > {_fmt(target / 2)} of {_fmt(target)} min: +0")
-        if add > 0:
-            terms.append(ScoreTerm("aging", f"{math.floor(waited)}/{_fmt(target)} min", add))
-            score += add
-
+    rule_reasons: list[str] = []
+    rule_terms: list[ScoreTerm] = []
     if rules.rules:
         values = fields or {}
         for rule in rules.rules:
@@ -186,10 +198,67 @@ def score_study(
                 if not c.holds(values.get(c.field) or ""):
                     break
             else:
-                reasons.append(f"{rule.name}: +{_fmt(rule.points)}")
-                terms.append(ScoreTerm("rule", rule.name, rule.points))
-                score += rule.points
+                rule_reasons.append(f"{rule.name}: +{_fmt(rule.points)}")
+                rule_terms.append(ScoreTerm("rule", rule.name, rule.points))
+    return FixedPart(
+        level,
+        score,
+        target,
+        tuple(reasons),
+        tuple(terms),
+        tuple(rule_reasons),
+        tuple(rule_terms),
+    )
 
+
+def aging_term(aging: Aging, target: float, waiting_minutes: float) -> tuple[float, str | None]:
+    """Aging's points for a wait against its reading target, and its reason (None: none).
+    A score depends on the wait through these two only (and the term's label)."""
+    waited = max(0.0, waiting_minutes)
+    late = math.floor(waited - target) if waited > target else 0
+    add = min(aging.max_points, late * aging.points_per_minute)
+    # The reason changes only when its points do (the re-score pass writes a study only
+    # when something it shows changed): the minutes while they earn points, else a bound.
+    if add > 0 and add >= aging.max_points:
+        capped_at = target + math.ceil(aging.max_points / aging.points_per_minute)
+        return add, (
+            f"waiting >= {_fmt(capped_at)} of {_fmt(target)} min: +{_fmt(add)} (aging's most)"
+        )
+    if add > 0:
+        return add, f"waiting {math.floor(waited)} of {_fmt(target)} min: +{_fmt(add)}"
+    if waited > target / 2:  # say nothing of a wait far from its target
+        return add, f"waiting > {_fmt(target / 2)} of {_fmt(target)} min: +0"
+    return add, None
+
+
+def complete(
+    rules: UrgencyRules,
+    fixed: FixedPart,
+    waiting_minutes: float | None,
+    aging: tuple[float, str | None] | None = None,
+) -> ScoreResult:
+    """The score of ``fixed`` after a wait of ``waiting_minutes``: aging, the matched rules,
+    the priority. ``aging``: :func:`aging_term` of this wait when already known."""
+    reasons = list(fixed.reasons)
+    terms = list(fixed.terms)
+    score = fixed.score
+    target = fixed.target
+    if waiting_minutes is not None and target is not None:
+        add, reason = (
+            aging if aging is not None else aging_term(rules.aging, target, waiting_minutes)
+        )
+        if reason is not None:
+            reasons.append(reason)
+        if add > 0:
+            waited = math.floor(max(0.0, waiting_minutes))
+            terms.append(ScoreTerm("aging", f"{waited}/{_fmt(target)} min", add))
+            score += add
+    for term in fixed.rule_terms:
+        score += term.points
+    reasons.extend(fixed.rule_reasons)
+    terms.extend(fixed.rule_terms)
+
+    level = fixed.level
     score = min(100.0, round(score, 1))
     priority = level.code
     for min_score, code in rules.priority_from_score:
