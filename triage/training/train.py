@@ -43,6 +43,11 @@ class TrainConfig:
     threads: int = 2
     seed: int = 0
     target_specificity: float = 0.90  # on the tuning set (operating point, see choose_threshold)
+    # domain randomisation (triage.training.augment): the share of training phantoms whose
+    # features are computed on an augmented copy; and whether calibration and the operating
+    # point also see one augmented copy of each tuning phantom beside the phantom itself
+    augment_fraction: float = 0.0
+    tune_augmented: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 250):  # type: ignore
     torch.set_num_threads(cfg.threads)
     net = Detector(cfg.task, cfg.width)
     t0 = time.monotonic()
-    feats = features_of(net, train.volumes)  # [N, Z, C, G, G]
+    feats = features_of(net, train.volumes, cfg.augment_fraction, cfg.seed)  # [N, Z, C, G, G]
     log.info("%s: features of %d phantoms in %.0f s", cfg.task, len(train), time.monotonic() - t0)
     n, depth, grid = feats.shape[0], feats.shape[1], feats.shape[-1]
     cz, cs = min(cfg.crop_slices, depth), min(cfg.crop_size, grid)
@@ -169,13 +174,23 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 250):  # type: ignore
     return net, running
 
 
-def features_of(net, volumes: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """The fixed feature channels of ``volumes`` [N, Z, Y, X], float16 [N, Z, C, Y/2, X/2]."""
+def features_of(  # type: ignore[no-untyped-def]
+    net, volumes: np.ndarray, augment_fraction: float = 0.0, seed: int = 0
+) -> np.ndarray:
+    """The fixed feature channels of ``volumes`` [N, Z, Y, X], float16 [N, Z, C, Y/2, X/2];
+    of an augmented copy (:func:`triage.training.augment.augment`) for a share
+    ``augment_fraction`` of them (drawn per phantom from ``seed`` and its index)."""
+    from triage.training.augment import augment
+
     torch = _require_torch()
     out: np.ndarray | None = None
     with torch.no_grad():
         for i in range(len(volumes)):
-            v = torch.from_numpy(np.asarray(volumes[i : i + 1], dtype=np.float32))
+            a = np.asarray(volumes[i], dtype=np.float32)
+            rng = np.random.default_rng([seed, i, 17])
+            if augment_fraction > 0.0 and rng.random() < augment_fraction:
+                a = augment(a, rng)[0]
+            v = torch.from_numpy(a[None])
             f = net.features(v)
             if out is None:
                 out = np.zeros((len(volumes), v.shape[1], *f.shape[1:]), np.float16)
@@ -243,6 +258,33 @@ def calibrate(net, tune: Dataset) -> tuple[float, float]:  # type: ignore[no-unt
     return a, b
 
 
+def with_augmented_copies(data: Dataset, seed: int) -> Dataset:
+    """``data`` followed by one augmented copy of each of its phantoms (same labels)."""
+    from dataclasses import replace
+
+    from triage.training.augment import augment
+
+    copies = np.zeros(data.volumes.shape, np.float16)
+    for i in range(len(data)):
+        rng = np.random.default_rng([seed, i, 29])
+        copies[i] = augment(np.asarray(data.volumes[i], np.float32), rng)[0].astype(np.float16)
+
+    def twice(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, a])
+
+    return replace(
+        data,
+        seeds=twice(data.seeds),
+        volumes=np.concatenate([np.asarray(data.volumes), copies]),
+        labels=twice(data.labels),
+        slice_targets=twice(data.slice_targets),
+        loc_targets=twice(data.loc_targets),
+        subtypes=data.subtypes * 2,
+        mimics=data.mimics * 2,
+        lesion_size_mm=twice(data.lesion_size_mm),
+    )
+
+
 def choose_threshold(prob: np.ndarray, labels: np.ndarray, specificity: float) -> float:
     """The lowest threshold whose specificity on (prob, labels) is >= ``specificity`` (halfway
     between the negative score it must exceed and the next higher score).
@@ -281,6 +323,9 @@ def finish_task(  # type: ignore[no-untyped-def]
     ``seconds`` is the whole wall time, data, tuning and export included."""
     from triage.training.export import export_onnx, write_config
 
+    if cfg.tune_augmented:
+        tune = with_augmented_copies(tune, cfg.seed)
+        log.info("%s: tuning set and an augmented copy of each: %d", cfg.task, len(tune))
     a, b = calibrate(net, tune)
     log.info("%s: calibration on the tuning set: logit x %.3f %+.3f", cfg.task, a, b)
     prob = predict(net, tune.volumes)
