@@ -175,6 +175,31 @@ def full_mask(g: Grid, box: Box, local: np.ndarray) -> np.ndarray:
     return out
 
 
+def union_box(boxes: Sequence[Box]) -> Box | None:
+    """The smallest box holding every box of ``boxes`` (None when there is none)."""
+    if not boxes:
+        return None
+    return (
+        slice(min(b[0].start for b in boxes), max(b[0].stop for b in boxes)),
+        slice(min(b[1].start for b in boxes), max(b[1].stop for b in boxes)),
+        slice(min(b[2].start for b in boxes), max(b[2].stop for b in boxes)),
+    )
+
+
+def mask_on(target: Box, box: Box, local: np.ndarray) -> np.ndarray:
+    """``local`` (a mask over ``box``) as seen on ``target``: False where ``box`` is not."""
+    out = np.zeros(tuple(s.stop - s.start for s in target), dtype=bool)
+    into, src = [], []
+    for t, b in zip(target, box, strict=True):
+        lo, hi = max(t.start, b.start), min(t.stop, b.stop)
+        if hi <= lo:
+            return out
+        into.append(slice(lo - t.start, hi - t.start))
+        src.append(slice(lo - b.start, hi - b.start))
+    out[tuple(into)] = local[tuple(src)]
+    return out
+
+
 def slices_with(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) + 1 for i in np.flatnonzero(mask.any(axis=(1, 2))))
 

@@ -22,8 +22,10 @@ from triage.synth.ct.grid import (
     grid_box,
     grid_coords,
     log_uniform,
+    mask_on,
     measure_lesion,
     uniform,
+    union_box,
 )
 from triage.synth.ct.spec import HEAD_MIMICS, PhantomSpec
 
@@ -185,20 +187,24 @@ class HeadCanvas:
             ring = hit[1].copy()
             core = ellipsoid_in(g, (0.0, 10.0, head.cistern_z), (11.0, 10.0, 6.0))
             if core:
-                sub = full_mask(g, *core)[hit[0]]
-                ring &= ~sub
-            self.cistern = full_mask(g, hit[0], ring) & self.inside
-            self.vol[self.cistern] = head.csf_hu
+                ring &= ~mask_on(hit[0], *core)
+            np.logical_and(ring, self.inside[hit[0]], out=self.cistern[hit[0]])
+            self.vol[hit[0]][self.cistern[hit[0]]] = head.csf_hu
         # Lateral ventricles and the third ventricle.
         self.ventricles = np.zeros(g.shape, dtype=bool)
+        boxes = []
         for c in head.ventricle_centres():
             hit = ellipsoid_in(g, c, head.ventricle_axes)
             if hit:
                 self.ventricles[hit[0]] |= hit[1]
+                boxes.append(hit[0])
         hit = ellipsoid_in(g, (0.0, 2.0, head.ventricle_z - 10.0), (1.8, 12.0, 7.0))
         if hit:
             self.ventricles[hit[0]] |= hit[1]
-        self.vol[self.ventricles] = head.csf_hu
+            boxes.append(hit[0])
+        around = union_box(boxes)  # nothing is set outside it
+        if around is not None:
+            self.vol[around][self.ventricles[around]] = head.csf_hu
         # Skull base: dense petrous ridges and clivus low in the head.
         zb = head.cistern_z - 16.0
         for c, axes, ang in (
@@ -353,12 +359,17 @@ class HeadCanvas:
         galen = np.array([0.0, head.ventricle_axes[1] * 0.6, head.ventricle_z - 6.0])
         segments.append((torcula, galen, 0.5 * big))
         self.sinus = np.zeros(g.shape, dtype=bool)
+        boxes = []
         for p0, p1, r in segments:
             hit = capsule_in(g, list(p0), list(p1), r)
             if hit:
                 self.sinus[hit[0]] |= hit[1]
-        self.sinus &= self.inside & ~self.ventricles
-        self.vol[self.sinus] = head.sinus_hu
+                boxes.append(hit[0])
+        around = union_box(boxes)  # nothing is set outside it
+        if around is not None:
+            sinus = self.sinus[around]
+            sinus &= self.inside[around] & ~self.ventricles[around]
+            self.vol[around][sinus] = head.sinus_hu
 
     @functools.cached_property
     def r_inner(self) -> np.ndarray:
