@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,7 @@ from triage.routing import RoutingRule, RoutingRules, route
 from triage.routing.gather import facts_for_study
 from triage.scoring import FindingInput, UrgencyRules, UrgencyRulesWatcher, score_study
 from triage.scoring.history import Cause, record_change, remember_version
+from triage.scoring.memo import Inputs, ScoreMemo, rule_fields
 from triage.scoring.score import ScoreResult
 from triage.store import Database, Finding, Instance, Order, Study, StudyState
 from triage.store.models import utcnow
@@ -44,10 +46,11 @@ from triage.store.repo import (
     study_reasons,
 )
 from triage.store.scoring_rows import (
-    latest_finding_rows,
-    open_condition,
-    open_study_rows,
-    order_rows,
+    OPEN_ROW,
+    FindingRow,
+    open_findings,
+    open_rows,
+    stored_time,
     write_scores,
 )
 
@@ -96,6 +99,9 @@ class Pipeline:
         # Rules found by expected_series_present in this tick's completion, kept for the
         # processing that follows (a study is routed once): uid -> (images, order, rule).
         self._routed: dict[str, tuple[tuple[datetime, int], int | None, RoutingRule | None]] = {}
+        # The re-score pass's memo of scores (same results as score_study), one pass at a time.
+        self._memo = ScoreMemo()
+        self._rescoring = threading.Lock()
         try:
             with self.db.session() as s:
                 remember_version(s, self.urgency, self.clock())
@@ -551,69 +557,102 @@ class Pipeline:
         transaction: the scheduled aging pass, and after a rules change. Returns how many
         changed. An error is logged, and the pass is tried again at its next turn.
 
-        It reads only the columns scoring needs (:mod:`triage.store.scoring_rows`), and
-        writes only the studies whose score, priority, rules version or reasons changed: those
-        whose priority stays and that the RIS need not be told of in one executemany
+        It reads only the columns scoring needs, as plain rows
+        (:mod:`triage.store.scoring_rows`), and scores through a :class:`ScoreMemo`: a study
+        whose inputs (priority, class, location, findings, the rules' fields) are those of
+        the last pass costs only its aging term; the result is always :func:`score_study`'s.
+        It writes only the studies whose score, priority, rules version or reasons changed:
+        those whose priority stays and that the RIS need not be told of in one executemany
         ``UPDATE``; the few others (a priority change is recorded, a rise queued for the RIS)
         as in :meth:`_score`. A FAILED study keeps its state and its failure reason."""
+        with self._rescoring:
+            return self._rescore_open(cause, ref)
+
+    def _rescore_open(self, cause: Cause, ref: str) -> int:
         now = self.clock()
         rules = self.urgency
         cutoff = now - timedelta(hours=rules.aging.stop_after_hours)
-        where = open_condition(RESCORED_STATES, cutoff)
-        study_fields = [f.partition(".")[2] for f in rules.fields_used if f.startswith("study.")]
-        order_fields = [f.partition(".")[2] for f in rules.fields_used if f.startswith("order.")]
+        fields = rule_fields(rules)
+        memo = self._memo
+        outcome = memo.outcome
+        scale = self.aging_time_scale
+        pending, failed = StudyState.AI_PENDING, StudyState.FAILED
         rank = rules.level
+        n = len(OPEN_ROW)
         changed = notify = 0
         try:
             with self.db.session() as s:
-                rows = open_study_rows(s, where, study_fields)
-                orders = order_rows(s, where, order_fields)
-                findings = latest_finding_rows(s, where)
+                rows = open_rows(s, RESCORED_STATES, cutoff, fields)
+                findings = open_findings(s, RESCORED_STATES, cutoff)
                 quick: list[dict[str, object]] = []
                 slow: list[tuple[int, ScoreResult]] = []
                 for row in rows:
-                    order = orders.get(row.order_id) if row.order_id is not None else None
-                    mine = findings.get(row.study_uid, ())
+                    (sid, uid, state, ordered, pclass, score, priority, version, reasons) = row[:9]
+                    mine = findings.get(uid, ())
                     try:
-                        result = self._score_facts(row.since, row, order, mine, now)
-                        if row.state == StudyState.FAILED:
-                            result = _keep_failure(result, row.reasons)
+                        since = stored_time(row[11])
+                        waited = (
+                            (now - _aware(since)).total_seconds() / 60.0 * scale
+                            if since is not None
+                            else None
+                        )
+                        inputs: Inputs = (
+                            ordered,
+                            pclass,
+                            mine,
+                            state == pending,
+                            row[13],
+                            row[n:],
+                        )
+                        if state == failed:
+                            result = _keep_failure(memo.result(rules, inputs, waited), reasons)
+                            new = (
+                                result.score,
+                                result.priority,
+                                result.raised,
+                                json.dumps(result.reasons),
+                                result.rules_version,
+                            )
+                        else:
+                            new = outcome(rules, inputs, waited)
                     except Exception:  # a bug: this study keeps its score
-                        log.exception("study %s: re-score failed", row.study_uid)
+                        log.exception("study %s: re-score failed", uid)
                         continue
-                    reasons = json.dumps(result.reasons)
                     if (
-                        result.score == row.score
-                        and result.priority == row.engine_priority
-                        and result.rules_version == row.rules_version
-                        and reasons == row.reasons
-                        and row.scored
+                        new[0] == score
+                        and new[1] == priority
+                        and new[4] == version
+                        and new[3] == reasons
+                        and row[12]
                     ):
                         continue
                     changed += 1
-                    sent = row.sent_priority
-                    raised_further = result.raised and (
-                        not sent or rank(result.priority).rank < rank(sent).rank
-                    )
+                    sent = row[9]
+                    raised_further = new[2] and (not sent or rank(new[1]).rank < rank(sent).rank)
                     corrected = (
                         bool(sent)
                         and not raised_further
-                        and _finding_signature(mine) != row.sent_finding
+                        and _finding_signature([FindingRow._make(f) for f in mine]) != row[10]
                     )
-                    if raised_further or corrected or result.priority != row.engine_priority:
-                        slow.append((row.id, result))
+                    if raised_further or corrected or new[1] != priority:
+                        result = memo.result(rules, inputs, waited)
+                        if state == failed:
+                            result = _keep_failure(result, reasons)
+                        slow.append((sid, result))
                     else:
                         quick.append(
                             {
-                                "_id": row.id,
-                                "_score": result.score,
-                                "_priority": result.priority,
-                                "_reasons": reasons,
+                                "_id": sid,
+                                "_score": new[0],
+                                "_priority": new[1],
+                                "_reasons": new[3],
                                 "_scored_at": now,
-                                "_rules_version": result.rules_version,
+                                "_rules_version": new[4],
                             }
                         )
+                memo.end_pass()
                 write_scores(s, quick)
+                slow.sort(key=lambda item: item[0])  # by id: the RIS hears in a fixed order
                 for study_id, result in slow:
                     st = s.get(Study, study_id)
                     if st is None:

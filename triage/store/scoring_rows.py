@@ -3,20 +3,23 @@
 The pass (:meth:`triage.pipeline.Pipeline.rescore_open`) looks at every open study each minute.
 Loading them as ORM objects, with every column of their findings (key image paths, model
 inputs), and writing each changed one through the unit of work cost most of the pass; here it
-reads only the columns scoring needs, in three queries on the session's connection (the
-studies, their orders, their findings: each filtered by the same condition, no long
-``IN (...)`` lists), and writes the changed scores with one ``UPDATE`` run over all of them
-(executemany).
+reads only the columns scoring needs, in two queries on the session's connection (the
+studies with their orders' fields, their findings: each filtered by the same condition, no long
+``IN (...)`` lists), as plain tuples (on SQLite straight from the sqlite3 cursor: the ORM's
+row processing cost more than the queries), and writes the changed scores with one ``UPDATE``
+run over all of them (executemany).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     String,
     and_,
     bindparam,
@@ -30,74 +33,40 @@ from sqlmodel import Session, col
 
 from triage.store.models import Finding, Order, Study
 
-#: The study columns every score needs (the rules may ask for more: ``extra`` below).
-STUDY_COLUMNS = (
+#: The columns of a row of :func:`open_rows`, in order; the values of the rules' fields follow.
+OPEN_ROW = (
     "id",
     "study_uid",
     "state",
     "ordered_priority",
     "patient_class",
-    "order_id",
     "score",
     "engine_priority",
     "rules_version",
     "reasons",
     "sent_priority",
     "sent_finding",
-)
-#: The finding columns a score and the RIS's "told" signature need (no key image, no inputs).
-FINDING_COLUMNS = (
-    "study_uid",
-    "model_name",
-    "model_version",
-    "status",
-    "probability",
-    "positive",
-    "threshold",
-    "detail",
+    "since",  # completed, else last received (as stored: see stored_time)
+    "scored",  # scored before (1/0 or True/False)
+    "location",  # the linked order's ordering_location, "" without one
 )
 
 
-class OpenStudy(NamedTuple):
-    """A row of :func:`open_study_rows`: the :data:`STUDY_COLUMNS`, ``since`` (completed,
-    else last received), ``scored`` (scored before), and the ``extra`` columns by name."""
+class FindingRow(NamedTuple):
+    """A finding as scoring reads it: the fields of
+    :class:`~triage.scoring.score.FindingInput`, in its order (:func:`open_findings` gives
+    plain tuples laid out so)."""
 
-    id: int
-    study_uid: str
-    state: str
-    ordered_priority: str
-    patient_class: str
-    order_id: int | None
-    score: float
-    engine_priority: str
-    rules_version: str
-    reasons: str
-    sent_priority: str
-    sent_finding: str
-    since: datetime | None
-    scored: bool
-    extra: dict[str, Any]
-
-    def __getattr__(self, name: str) -> Any:  # the rules' study.* fields
-        try:
-            return self.extra[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    model_name: str
+    status: str
+    probability: float | None
+    positive: bool
+    threshold: float | None
+    model_version: str
+    detail: str
 
 
-def _columns(model: Any, names: Iterable[str]) -> list[Any]:
-    """The model's columns of these names, each once, unknown names skipped."""
-    table = model.__table__
-    out: list[Any] = []
-    seen: set[str] = set()
-    for name in names:
-        if name in table.c and name not in seen:
-            seen.add(name)
-            out.append(table.c[name])
-    return out
-
-
-def _when(value: Any) -> datetime | None:
+def stored_time(value: Any) -> datetime | None:
     """A stored time read as text (SQLite keeps ISO text; ``fromisoformat`` reads it several
     times faster than the ORM's DateTime type does), or as the driver gave it."""
     if value is None or isinstance(value, datetime):
@@ -117,55 +86,97 @@ def open_condition(states: Sequence[str], cutoff: datetime) -> ColumnElement[boo
     )
 
 
-def open_study_rows(
-    session: Session, where: ColumnElement[bool], extra: Iterable[str] = ()
-) -> list[OpenStudy]:
-    """The studies matching ``where`` (by id) as :class:`OpenStudy` rows, with the ``extra``
-    study columns (those the urgency rules test)."""
-    more = _columns(Study, extra)
-    names = [c.name for c in more]
-    since = func.coalesce(col(Study.completed_at), col(Study.last_received_at))
-    query = select(
-        *_columns(Study, STUDY_COLUMNS),
-        type_coerce(since, String),
-        col(Study.scored_at).is_not(None),
-        *more,
-    ).where(where)
-    n = len(STUDY_COLUMNS)
-    out: list[OpenStudy] = []
-    for r in session.connection().execute(query.order_by(col(Study.id))):
-        extras = dict(zip(names, r[n + 2 :], strict=True))
-        out.append(OpenStudy._make((*r[:n], _when(r[n]), bool(r[n + 1]), extras)))
-    return out
+#: Read SQLite's rows straight from its cursor (False: through the engine, as on other
+#: databases; the tests compare both).
+RAW_SQLITE = True
+_CHUNK = 500  # rows fetched at a time: each chunk is dropped before the next is read
 
 
-def order_rows(
-    session: Session, where: ColumnElement[bool], columns: Iterable[str]
-) -> dict[int, Any]:
-    """The orders linked to the studies matching ``where``: id -> row of ``columns`` (``id``
-    and ``ordering_location`` always included)."""
-    cols = _columns(Order, ("id", "ordering_location", *columns))
-    linked = select(col(Study.order_id)).where(where, col(Study.order_id).is_not(None))
-    rows = session.connection().execute(
-        select(*cols).where(col(Order.id).in_(linked.scalar_subquery()))
+def _rows(session: Session, query: Select[*tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``query`` as plain tuples of the driver's values, a chunk at a time (few
+    rows alive at once: the pass's garbage stays young and cheap to collect). SQLite: on the
+    session's own sqlite3 connection (same transaction), skipping the result processing that
+    costs more than the query here (times stay ISO text, booleans 0/1); other databases:
+    through the engine as usual."""
+    conn = session.connection()
+    raw = conn.connection.dbapi_connection
+    if not RAW_SQLITE or conn.dialect.name != "sqlite" or not isinstance(raw, sqlite3.Connection):
+        result = conn.execute(query)
+        try:
+            while chunk := result.fetchmany(_CHUNK):
+                yield from (tuple(r) for r in chunk)
+        finally:
+            result.close()
+        return
+    # the values are the engine's own (states, a cutoff time): written into the SQL text by
+    # the dialect's literal rendering, the same text its bound parameters would compare
+    sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    cursor = raw.cursor()
+    try:
+        cursor.execute(sql)
+        while chunk := cursor.fetchmany(_CHUNK):
+            yield from chunk
+    finally:
+        cursor.close()
+
+
+def open_rows(
+    session: Session, states: Sequence[str], cutoff: datetime, fields: Sequence[str] = ()
+) -> Iterator[tuple[Any, ...]]:
+    """The open studies (:func:`open_condition`) as tuples of :data:`OPEN_ROW`, then the value
+    of each of ``fields`` ("order.procedure_text", "study.modality": "" when empty or without
+    an order), in no particular order. Read as they are iterated: the session's connection is
+    busy until the iteration ends."""
+    study: Any = Study.__table__  # type: ignore[attr-defined]
+    order: Any = Order.__table__  # type: ignore[attr-defined]
+    extra = []
+    for name in fields:
+        table, _, column = name.partition(".")
+        extra.append(func.coalesce((study if table == "study" else order).c[column], ""))
+    since = func.coalesce(study.c.completed_at, study.c.last_received_at)
+    query = (
+        select(
+            *(study.c[n] for n in OPEN_ROW[:11]),
+            type_coerce(since, String),
+            study.c.scored_at.is_not(None),
+            func.coalesce(order.c.ordering_location, ""),
+            *extra,
+        )
+        .select_from(study.outerjoin(order, order.c.id == study.c.order_id))
+        .where(open_condition(states, cutoff))
     )
-    return {r.id: r for r in rows}
+    return _rows(session, query)
 
 
-def latest_finding_rows(session: Session, where: ColumnElement[bool]) -> dict[str, list[Any]]:
-    """The newest finding per model of each study matching ``where`` (as
-    :func:`triage.store.repo.latest_findings`), rows of :data:`FINDING_COLUMNS`."""
-    cols = _columns(Finding, FINDING_COLUMNS)
-    studies = select(col(Study.study_uid)).where(where)
-    rows = session.connection().execute(
-        select(*cols)
+def open_findings(
+    session: Session, states: Sequence[str], cutoff: datetime
+) -> dict[str, tuple[tuple[Any, ...], ...]]:
+    """The newest finding per model of each open study (as
+    :func:`triage.store.repo.latest_findings`: newest model first), by Study UID; each as a
+    plain tuple laid out as :class:`FindingRow` (plain tuples: the collector stops tracking
+    them, and the pass's memo keeps them as keys)."""
+    studies = select(col(Study.study_uid)).where(open_condition(states, cutoff))
+    query = (
+        select(
+            col(Finding.study_uid),
+            *(Finding.__table__.c[n] for n in FindingRow._fields),  # type: ignore[attr-defined]
+        )
         .where(col(Finding.study_uid).in_(studies.scalar_subquery()))
-        .order_by(col(Finding.created_at).desc(), col(Finding.id).desc())
+        .order_by(col(Finding.study_uid), col(Finding.created_at).desc(), col(Finding.id).desc())
     )
-    newest: dict[str, dict[str, Any]] = {}
-    for f in rows:
-        newest.setdefault(f.study_uid, {}).setdefault(f.model_name, f)
-    return {uid: list(by_model.values()) for uid, by_model in newest.items()}
+    out: dict[str, tuple[tuple[Any, ...], ...]] = {}
+    uid: str | None = None
+    group: list[tuple[Any, ...]] = []
+    for r in _rows(session, query):
+        if r[0] != uid:
+            if uid is not None:
+                out[uid] = tuple(group)
+            uid, group = r[0], []
+        if all(f[0] != r[1] for f in group):  # the newest of its model
+            group.append(r[1:])
+    if uid is not None:
+        out[uid] = tuple(group)
+    return out
 
 
 _TABLE: Any = Study.__table__  # type: ignore[attr-defined]
