@@ -95,10 +95,14 @@ class FixedPart(NamedTuple):
     level: PriorityLevel
     score: float  # before aging and the matched rules
     target: float | None  # the reading target, minutes (None: no aging)
-    reasons: tuple[str, ...]  # before aging's
-    terms: tuple[ScoreTerm, ...]
-    rule_reasons: tuple[str, ...]  # the matched rules', after aging's
-    rule_terms: tuple[ScoreTerm, ...]
+    # lists, shared by every result completed from this part: never changed once made
+    reasons: list[str]  # before aging's
+    terms: list[ScoreTerm]
+    rule_reasons: list[str]  # the matched rules', after aging's
+    rule_terms: list[ScoreTerm]
+
+
+_new_part = tuple.__new__
 
 
 def fixed_part(
@@ -200,15 +204,8 @@ def fixed_part(
             else:
                 rule_reasons.append(f"{rule.name}: +{_fmt(rule.points)}")
                 rule_terms.append(ScoreTerm("rule", rule.name, rule.points))
-    return FixedPart(
-        level,
-        score,
-        target,
-        tuple(reasons),
-        tuple(terms),
-        tuple(rule_reasons),
-        tuple(rule_terms),
-    )
+    # tuple.__new__ directly: a NamedTuple's own __new__ is a Python call (~0.4 us here)
+    return _new_part(FixedPart, (level, score, target, reasons, terms, rule_reasons, rule_terms))
 
 
 def aging_term(aging: Aging, target: float, waiting_minutes: float) -> tuple[float, str | None]:
@@ -239,10 +236,9 @@ def complete(
 ) -> ScoreResult:
     """The score of ``fixed`` after a wait of ``waiting_minutes``: aging, the matched rules,
     the priority. ``aging``: :func:`aging_term` of this wait when already known."""
-    reasons = list(fixed.reasons)
-    terms = list(fixed.terms)
-    score = fixed.score
-    target = fixed.target
+    level, score, target, reasons, terms, rule_reasons, rule_terms = fixed
+    reasons = reasons.copy()
+    terms = terms.copy()
     if waiting_minutes is not None and target is not None:
         add, reason = (
             aging if aging is not None else aging_term(rules.aging, target, waiting_minutes)
@@ -253,12 +249,12 @@ def complete(
             waited = math.floor(max(0.0, waiting_minutes))
             terms.append(ScoreTerm("aging", f"{waited}/{_fmt(target)} min", add))
             score += add
-    for term in fixed.rule_terms:
-        score += term.points
-    reasons.extend(fixed.rule_reasons)
-    terms.extend(fixed.rule_terms)
+    if rule_terms:
+        for term in rule_terms:
+            score += term.points
+        reasons.extend(rule_reasons)
+        terms.extend(rule_terms)
 
-    level = fixed.level
     score = min(100.0, round(score, 1))
     priority = level.code
     for min_score, code in rules.priority_from_score:
