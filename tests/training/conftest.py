@@ -44,8 +44,6 @@ CASE_IDS = [(task, i) for task, cases in CASES.items() for i in range(len(cases)
 # Cases the committed models get wrong, documented in the model cards (models/*/README.md);
 # they are reported as expected failures, not hidden.
 KNOWN_MISSES: dict[tuple[str, int], str] = {
-    ("ich", 5): "ich-synthcnn-3.0 flags this beam-hardening negative (p 0.44 over 0.1749): "
-    "the Hounsfield bar and streaks at the skull base; models/ich/README.md",
     ("pe", 3): "pe-synthcnn-2.2 was trained on generator 2 and flags this generator-3 negative "
     "(p 0.74 over 0.3238: hilar nodes and mixing among the new veins and bronchi); the pe model "
     "retrained on generator 3 was not adopted (models/pe/README.md)",

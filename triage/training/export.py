@@ -21,8 +21,10 @@ FINDINGS = {"ich": "intracranial hemorrhage", "pe": "pulmonary embolism"}
 # Network version per task: pe 2.1 takes the 256 x 256 in-plane grid (same network otherwise),
 # pe 2.2 the nearest acquired slice along z (config.pbtxt z_resampling "nearest"); 3.0 (both):
 # trained on the generator with real anatomy and randomised acquisition, HU measured against
-# the study's own soft tissue (nets.REFERENCE), probability recalibrated on the tuning set.
-VERSIONS = {"ich": "synthcnn-3.0", "pe": "synthcnn-3.0"}
+# the study's own soft tissue (nets.REFERENCE), probability recalibrated on the tuning set;
+# ich 3.1: trained with domain randomisation (triage.training.augment) and its operating point
+# chosen on the tuning phantoms and an augmented copy of each.
+VERSIONS = {"ich": "synthcnn-3.1", "pe": "synthcnn-3.0"}
 
 
 def export_onnx(net, path: Path) -> Path:  # type: ignore[no-untyped-def]

@@ -46,8 +46,9 @@ class TrainConfig:
     # domain randomisation (triage.training.augment): the share of training phantoms whose
     # features are computed on an augmented copy; and whether calibration and the operating
     # point also see one augmented copy of each tuning phantom beside the phantom itself
-    augment_fraction: float = 0.0
-    tune_augmented: bool = False
+    # (ich-synthcnn-3.1 was trained so; pe-synthcnn-2.2 predates both)
+    augment_fraction: float = 0.6
+    tune_augmented: bool = True
 
 
 @dataclass(frozen=True)
