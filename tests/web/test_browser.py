@@ -171,6 +171,8 @@ def test_keyboard_alone_moves_through_the_worklist_and_opens_a_study(
     sign_in(page, server, "mona")
     links = page.locator("#rows a.row-link")
     expect(links).to_have_count(3)
+    # the rows are drawn by the server; the arrow keys need the (deferred) script
+    expect(page.locator("#worklist")).to_have_attribute("data-keys", "on")
     # Tab from the top of the page: skip link, navigation, sign-out, the three filters, then
     # the first study (each stop visibly focused)
     page.locator("body").focus()
@@ -194,6 +196,7 @@ def test_keyboard_alone_moves_through_the_worklist_and_opens_a_study(
     expect(page.get_by_role("heading", name=re.compile(order[1]))).to_be_visible()
     # the filters have labels and work from the keyboard
     page.go_back()
+    expect(page.locator("#worklist")).to_have_attribute("data-keys", "on")
     page.get_by_label("State").focus()
     page.get_by_label("State").select_option("scored")
     expect(page.locator("#rows tr[data-uid]:visible")).to_have_count(3)

@@ -78,7 +78,8 @@
     var tr = ev.target.closest("tr"); if (tr) { tr.classList.remove("focused"); }
   });
   selects.forEach(function (sel) { sel.addEventListener("change", applyFilters); });
-  applyFilters();
+  applyFilters();  // filters chosen before this deferred script ran apply now
+  table.dataset.keys = "on";  // the arrow keys work from here (the script is deferred)
 
   if (!window.EventSource) { live.textContent = "live updates need a newer browser; reload to refresh"; return; }
   var source = new EventSource("/worklist/events");
