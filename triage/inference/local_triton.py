@@ -282,7 +282,7 @@ class LocalTriton:
     def _command(self, root: Path, backends: Path) -> list[str]:
         assert self.http_port and self.grpc_port and self.metrics_port
         return [
-            *_DIE_WITH_PARENT,
+            *DIE_WITH_PARENT,
             str(root / "tritonserver" / "bin" / "tritonserver"),
             f"--model-repository={self.models_dir}",
             f"--backend-directory={backends}",
@@ -381,7 +381,7 @@ def _http_ok(url: str) -> bool:
 # it through the pid file, but only a restart with the same data directory). util-linux's
 # setpriv sets the parent-death signal and execs the server (same pid); without it, nothing.
 _SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-_DIE_WITH_PARENT: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "TERM") if _SETPRIV else ()
+DIE_WITH_PARENT: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "TERM") if _SETPRIV else ()
 
 
 def _kill_group(proc: subprocess.Popen[bytes], grace_seconds: float) -> None:
