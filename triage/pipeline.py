@@ -435,30 +435,8 @@ class Pipeline:
     ) -> ScoreResult:
         """The plain scoring function on a study's stored facts (``findings``: Finding
         objects, or rows with the same attributes)."""
-        return self._score_facts(
-            study.completed_at or study.last_received_at,
-            study,
-            order,
-            findings,
-            now,
-        )
-
-    def _score_facts(
-        self,
-        since: datetime | None,
-        study: Any,
-        order: Any | None,
-        findings: Sequence[Any],
-        now: datetime,
-    ) -> ScoreResult:
-        """:meth:`_score_one` on anything with the same attributes (ORM objects, or the plain
-        rows of :mod:`triage.store.scoring_rows`), waiting counted from ``since``."""
         rules = self.urgency
-        waited = (
-            (now - _aware(since)).total_seconds() / 60.0 * self.aging_time_scale
-            if since is not None
-            else None
-        )
+        waited = self._waited(study.completed_at or study.last_received_at, now)
         return score_study(
             rules,
             ordered_priority=study.ordered_priority,
@@ -478,8 +456,15 @@ class Pipeline:
             ai_pending=study.state == StudyState.AI_PENDING,
             location=(order.ordering_location or "") if order is not None else "",
             waiting_minutes=waited,
-            fields=_rule_fields(rules.fields_used, study, order) if rules.fields_used else None,
+            fields=_rule_fields(rules.fields_used, study, order),
         )
+
+    def _waited(self, since: datetime | None, now: datetime) -> float | None:
+        """Minutes waited since ``since`` for aging (``aging_time_scale`` applied); None when
+        the time is not known."""
+        if since is None:
+            return None
+        return (now - _aware(since)).total_seconds() / 60.0 * self.aging_time_scale
 
     def _apply(
         self,
@@ -575,7 +560,6 @@ class Pipeline:
         fields = rule_fields(rules)
         memo = self._memo
         outcome = memo.outcome
-        scale = self.aging_time_scale
         pending, failed = StudyState.AI_PENDING, StudyState.FAILED
         rank = rules.level
         n = len(OPEN_ROW)
@@ -590,12 +574,7 @@ class Pipeline:
                     (sid, uid, state, ordered, pclass, score, priority, version, reasons) = row[:9]
                     mine = findings.get(uid, ())
                     try:
-                        since = stored_time(row[11])
-                        waited = (
-                            (now - _aware(since)).total_seconds() / 60.0 * scale
-                            if since is not None
-                            else None
-                        )
+                        waited = self._waited(stored_time(row[11]), now)
                         inputs: Inputs = (
                             ordered,
                             pclass,
