@@ -36,6 +36,7 @@ from triage.scoring import UrgencyRulesWatcher
 from triage.scoring.rules import version_id_of
 from triage.store import Database
 from triage.store.models import AuditEvent, Feedback, RulesChange
+from triage.web.rules_routes import MAX_BODY_BYTES
 
 from .conftest import PASSWORD, seed_study
 
@@ -187,6 +188,15 @@ def test_validate_answers_the_loaders_line_and_reason(engine):
     broken = post_json(c, csrf, "/api/rules/validate", {"text": "version: 1\npriorities: [\n"})
     assert broken.json()["ok"] is False and broken.json()["errors"][0]["line"] is not None
     assert post_json(c, csrf, "/api/rules/validate", {"text": 5}).status_code == 400
+    # a body that cannot be used: its own 4xx and what is wrong, on every endpoint that reads one
+    json_headers = {"X-CSRF-Token": csrf, "Content-Type": "application/json"}
+    for url in ("/api/rules/validate", "/api/rules/simulate", "/api/rules/apply"):
+        r = c.post(url, content=b"{not json", headers=json_headers)
+        assert r.status_code == 400 and "not JSON" in r.json()["detail"], url
+        r = c.post(url, content=b"[1, 2]", headers=json_headers)
+        assert r.status_code == 400 and r.json()["detail"] == "expected a JSON object", url
+        r = c.post(url, content=b"x" * (MAX_BODY_BYTES + 1), headers=json_headers)
+        assert r.status_code == 413 and "larger than" in r.json()["detail"], url
     # a browser form's line ends give the same version as the file's
     crlf = post_json(c, csrf, "/api/rules/validate", {"text": good.replace("\n", "\r\n")})
     assert crlf.json()["version_id"] == version_id_of(good)

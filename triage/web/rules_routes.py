@@ -70,25 +70,31 @@ MAX_BODY_BYTES = MAX_TEXT_BYTES + 16 * 1024
 
 
 class _BadRequest(ValueError):
-    """A request field that cannot be used (answered 400 with its message)."""
+    """A request body or field that cannot be used: answered ``status`` (400 unless said)
+    with its message, by the handler :func:`install` registers."""
+
+    def __init__(self, detail: str, status: int = 400) -> None:
+        super().__init__(detail)
+        self.status = status
 
 
 def _bad(detail: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": "invalid request", "detail": detail}, status_code=status)
 
 
-async def _fields(request: Request) -> tuple[dict[str, Any], bool] | Response:
-    """The body as fields, and whether it was JSON; a 413/400 answer when unusable."""
+async def _fields(request: Request) -> tuple[dict[str, Any], bool]:
+    """The body as fields, and whether it was JSON; :class:`_BadRequest` (413/400) when
+    unusable."""
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
-        return _bad(f"the request is larger than {MAX_BODY_BYTES} bytes", 413)
+        raise _BadRequest(f"the request is larger than {MAX_BODY_BYTES} bytes", 413)
     if "application/json" in request.headers.get("content-type", ""):
         try:
             data = json.loads(raw or b"{}")
         except ValueError as exc:
-            return _bad(f"not JSON: {exc}")
+            raise _BadRequest(f"not JSON: {exc}") from None
         if not isinstance(data, dict):
-            return _bad("expected a JSON object")
+            raise _BadRequest("expected a JSON object")
         return data, True
     form = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
     return {k: v[0] for k, v in form.items()}, False
@@ -344,14 +350,8 @@ def install(app: FastAPI, db: Database, rules: Callable[[], UrgencyRules]) -> No
 
     @router.post("/api/rules/validate", response_model=None)
     async def validate(request: Request, user: User = manager) -> Response:
-        got = await _fields(request)
-        if isinstance(got, Response):
-            return got
-        fields, _ = got
-        try:
-            text = _text_field(fields, "text")
-        except _BadRequest as exc:
-            return _bad(str(exc))
+        fields, _ = await _fields(request)
+        text = _text_field(fields, "text")
         checked = await run_in_threadpool(check_text, rules_path(), text)
         in_force = rules().version_id
         return JSONResponse(
@@ -360,15 +360,9 @@ def install(app: FastAPI, db: Database, rules: Callable[[], UrgencyRules]) -> No
 
     @router.post("/api/rules/simulate", response_model=None)
     async def simulate_rules(request: Request, user: User = manager) -> Response:
-        got = await _fields(request)
-        if isinstance(got, Response):
-            return got
-        fields, _ = got
-        try:
-            text = _text_field(fields, "text")
-            since, until, readers, minutes = _simulation_params(fields, datetime.now(UTC))
-        except _BadRequest as exc:
-            return _bad(str(exc))
+        fields, _ = await _fields(request)
+        text = _text_field(fields, "text")
+        since, until, readers, minutes = _simulation_params(fields, datetime.now(UTC))
         checked = await run_in_threadpool(check_text, rules_path(), text)
         if checked.rules is None:
             return JSONResponse(
@@ -400,16 +394,10 @@ def install(app: FastAPI, db: Database, rules: Callable[[], UrgencyRules]) -> No
 
     @router.post("/api/rules/apply", response_model=None)
     async def apply(request: Request, user: User = manager) -> Response:
-        got = await _fields(request)
-        if isinstance(got, Response):
-            return got
-        fields, is_json = got
-        try:
-            text = _text_field(fields, "text")
-            comment = _text_field(fields, "comment")
-            base = _text_field(fields, "base_version").strip()
-        except _BadRequest as exc:
-            return _bad(str(exc))
+        fields, is_json = await _fields(request)
+        text = _text_field(fields, "text")
+        comment = _text_field(fields, "comment")
+        base = _text_field(fields, "base_version").strip()
         return await apply_and_answer(request, user, is_json, text, comment, base, shown=text)
 
     @router.get("/api/rules/versions")
@@ -431,15 +419,9 @@ def install(app: FastAPI, db: Database, rules: Callable[[], UrgencyRules]) -> No
 
     @router.post("/api/rules/versions/{version_id}/restore", response_model=None)
     async def restore(request: Request, version_id: str, user: User = manager) -> Response:
-        got = await _fields(request)
-        if isinstance(got, Response):
-            return got
-        fields, is_json = got
-        try:
-            comment = _text_field(fields, "comment")
-            base = _text_field(fields, "base_version").strip()
-        except _BadRequest as exc:
-            return _bad(str(exc))
+        fields, is_json = await _fields(request)
+        comment = _text_field(fields, "comment")
+        base = _text_field(fields, "base_version").strip()
         text = await run_in_threadpool(text_of_version, db, version_id)
         if text is None:
             return JSONResponse({"error": f"no rules version {version_id!r}"}, status_code=404)
@@ -447,4 +429,9 @@ def install(app: FastAPI, db: Database, rules: Callable[[], UrgencyRules]) -> No
             request, user, is_json, text, comment, base, restored_from=version_id, shown=None
         )
 
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, _BadRequest)
+        return _bad(str(exc), exc.status)
+
+    app.add_exception_handler(_BadRequest, bad_request)
     app.include_router(router)
