@@ -13,6 +13,7 @@ from typing import Any
 import pydicom
 import pytest
 from sqlmodel import select
+from support.rows import fresh_db, instance_row
 
 from triage.errors import StoreError
 from triage.ingest import dicom_index
@@ -20,39 +21,9 @@ from triage.ingest.dicom_header import index_instance
 from triage.ingest.dicom_index import InstanceIndex
 from triage.ingest.dicom_meta import encode_file_meta
 from triage.ingest.dicom_paths import safe_instance_path
-from triage.store.db import Database
 from triage.store.durable import write_instance_file
 from triage.store.models import Instance, Study, utcnow
 from triage.synth import write_head_ct
-
-
-def _db(path: Path) -> Database:
-    db = Database(f"sqlite:///{path}")
-    db.create_all()
-    return db
-
-
-def _row(n: int, study: str, modality: str, when: Any, **extra: Any) -> dict[str, Any]:
-    return {
-        "sop_instance_uid": f"1.2.3.{n}",
-        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
-        "study_uid": study,
-        "series_uid": f"{study}.{modality}",
-        "modality": modality,
-        "series_number": 1,
-        "instance_number": n,
-        "series_description": "AX",
-        "image_type": "ORIGINAL\\PRIMARY\\AXIAL",
-        "slice_thickness": 1.0,
-        "image_position_z": float(n),
-        "transfer_syntax": "1.2.840.10008.1.2.1",
-        "path": f"dicom/{study}/{n}.dcm",
-        "size_bytes": 100 + n,
-        "calling_ae": "CT1",
-        "received_at": when,
-        **extra,
-    }
-
 
 # --------------------------------------------------------------------------- recovery
 
@@ -85,7 +56,7 @@ def test_recovery_indexes_unindexed_files_removes_broken_ones(tmp_path: Path) ->
         size=64,
     )
     data_dir.mkdir()
-    db = _db(data_dir / "triage.db")
+    db = fresh_db(data_dir / "triage.db")
     index = InstanceIndex(db)
     paths = [_write_instance(data_dir, f) for f in study.files]
     # instances 1-2 indexed as after a normal store; 3-5 written but their rows lost
@@ -140,16 +111,16 @@ def test_recovery_skips_folders_older_than_the_newest_row(
     old_path = _write_instance(data_dir, old)
     long_ago = time.time() - 86400
     os.utime(old_path.parent, (long_ago, long_ago))
-    db = _db(data_dir / "triage.db")
+    db = fresh_db(data_dir / "triage.db")
     index = InstanceIndex(db)
     # The newest indexed row is from now: folders last changed a day ago are not read.
-    other = _row(7, "7.7", "CT", utcnow())
+    other = instance_row(7, "7.7", "CT", utcnow())
     assert index.record(other, {})
     monkeypatch.setattr(dicom_index, "RECOVERY_MARGIN", timedelta(minutes=10))
     report = index.recover(data_dir)
     assert report.checked_dirs == 0 and report.indexed == 0
     # Without any row (a fresh or lost database) every folder is read.
-    fresh = _db(tmp_path / "fresh.db")
+    fresh = fresh_db(tmp_path / "fresh.db")
     fresh_index = InstanceIndex(fresh)
     assert fresh_index.recover(data_dir).indexed == 1
     fresh_index.close()
@@ -161,7 +132,7 @@ def test_recovery_skips_folders_older_than_the_newest_row(
 def test_rows_of_acknowledged_instances_are_owed_until_they_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    index = InstanceIndex(_db(tmp_path / "t.db"))
+    index = InstanceIndex(fresh_db(tmp_path / "t.db"))
     record = index.record
     failing: set[str] = {"1.2.3.1", "1.2.3.2"}
 
@@ -172,11 +143,11 @@ def test_rows_of_acknowledged_instances_are_owed_until_they_commit(
 
     monkeypatch.setattr(index, "record", flaky)
     t0 = utcnow()
-    assert index.record_acknowledged(_row(1, "9.1", "CT", t0), {}) == []  # never raises
-    assert index.record_acknowledged(_row(2, "9.2", "CT", t0), {}) == []
+    assert index.record_acknowledged(instance_row(1, "9.1", "CT", t0), {}) == []  # never raises
+    assert index.record_acknowledged(instance_row(2, "9.2", "CT", t0), {}) == []
     assert index.owed == 2
     # the next row is committed even though the owed ones fail again
-    assert index.record_acknowledged(_row(3, "9.3", "CT", t0), {}) == ["9.3"]
+    assert index.record_acknowledged(instance_row(3, "9.3", "CT", t0), {}) == ["9.3"]
     failing.discard("1.2.3.2")  # row 2 heals; row 1 still fails: it goes to the back
     with pytest.raises(StoreError):
         index.retry_owed()

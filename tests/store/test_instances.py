@@ -9,41 +9,13 @@ from typing import Any
 
 import pytest
 from sqlmodel import select
+from support.rows import fresh_db, instance_row
 
 from triage.errors import StoreError
 from triage.store import instances
 from triage.store.db import Database
 from triage.store.instances import InstanceWriter, record_instance
 from triage.store.models import Instance, Study, StudyState, utcnow
-
-
-def _db(path: Path) -> Database:
-    db = Database(f"sqlite:///{path}")
-    db.create_all()
-    return db
-
-
-def _row(n: int, study: str, modality: str, when: Any, **extra: Any) -> dict[str, Any]:
-    return {
-        "sop_instance_uid": f"1.2.3.{n}",
-        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
-        "study_uid": study,
-        "series_uid": f"{study}.{modality}",
-        "modality": modality,
-        "series_number": 1,
-        "instance_number": n,
-        "series_description": "AX",
-        "image_type": "ORIGINAL\\PRIMARY\\AXIAL",
-        "slice_thickness": 1.0,
-        "image_position_z": float(n),
-        "transfer_syntax": "1.2.840.10008.1.2.1",
-        "path": f"dicom/{study}/{n}.dcm",
-        "size_bytes": 100 + n,
-        "calling_ae": "CT1",
-        "received_at": when,
-        **extra,
-    }
-
 
 _SEQUENCE = [  # (instance, study, modality, seconds after t0, study attributes)
     (1, "9.1", "SR", 0, {"patient_id": "", "accession_number": "ACC1"}),
@@ -95,10 +67,10 @@ def _snapshot(db: Database) -> tuple[list[dict], list[dict]]:
 def test_fast_path_matches_record_instance(tmp_path: Path) -> None:
     t0 = utcnow()
     rows = [
-        (_row(n, study, mod, t0 + timedelta(seconds=dt)), attrs)
+        (instance_row(n, study, mod, t0 + timedelta(seconds=dt)), attrs)
         for n, study, mod, dt, attrs in _SEQUENCE
     ]
-    a, b = _db(tmp_path / "a.db"), _db(tmp_path / "b.db")
+    a, b = fresh_db(tmp_path / "a.db"), fresh_db(tmp_path / "b.db")
     _apply_with_record_instance(a, rows)
     results = _apply_with_index(b, rows)
     assert results == [True, True, True, True, True, False, True]
@@ -115,15 +87,15 @@ def test_fast_path_matches_record_instance(tmp_path: Path) -> None:
 def test_fast_path_is_used_for_known_studies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = _db(tmp_path / "t.db")
+    db = fresh_db(tmp_path / "t.db")
     index = InstanceWriter(db)
     t0 = utcnow()
-    assert index.record(_row(1, "9.9", "CT", t0), {})  # new study: record_instance
+    assert index.record(instance_row(1, "9.9", "CT", t0), {})  # new study: record_instance
     calls: list[int] = []
     monkeypatch.setattr(instances, "record_instance", lambda *a: calls.append(1) or True)
-    assert index.record(_row(2, "9.9", "CT", t0), {})
+    assert index.record(instance_row(2, "9.9", "CT", t0), {})
     assert calls == []
-    assert index.record(_row(3, "9.8", "CT", t0), {})  # a new study goes through it
+    assert index.record(instance_row(3, "9.8", "CT", t0), {})  # a new study goes through it
     assert calls == [1]
     ((sync,),) = index.raw_connection().execute("PRAGMA synchronous").fetchall()
     assert sync == 1  # NORMAL on the index connection only
@@ -134,15 +106,15 @@ def test_fast_path_is_used_for_known_studies(
 def test_database_errors_become_store_errors_and_the_connection_is_replaced(
     tmp_path: Path,
 ) -> None:
-    db = _db(tmp_path / "t.db")
+    db = fresh_db(tmp_path / "t.db")
     index = InstanceWriter(db)
     t0 = utcnow()
-    assert index.record(_row(1, "9.9", "CT", t0), {})
+    assert index.record(instance_row(1, "9.9", "CT", t0), {})
     first = index.raw_connection()
     with db.engine.begin() as conn:  # another connection takes the table away
         conn.exec_driver_sql("ALTER TABLE instance RENAME TO instance_away")
     for call in (
-        lambda: index.record(_row(2, "9.9", "CT", t0), {}),
+        lambda: index.record(instance_row(2, "9.9", "CT", t0), {}),
         lambda: index.is_stored("1.2.3.1"),
         index.newest_received,
         lambda: index.paths_of_study("9.9"),
@@ -153,7 +125,7 @@ def test_database_errors_become_store_errors_and_the_connection_is_replaced(
         conn.exec_driver_sql("ALTER TABLE instance_away RENAME TO instance")
     assert index.raw_connection() is not first  # a new connection after the error
     assert not index.is_stored("1.2.3.2")  # nothing of the failed call was written
-    assert index.record(_row(2, "9.9", "CT", t0), {})
+    assert index.record(instance_row(2, "9.9", "CT", t0), {})
     assert index.paths_of_study("9.9") == {"dicom/9.9/1.dcm", "dicom/9.9/2.dcm"}
     assert index.paths_under("dicom/9.9/") == {"dicom/9.9/1.dcm", "dicom/9.9/2.dcm"}
     assert index.newest_received() == t0

@@ -8,17 +8,12 @@ from typing import Any
 
 import pytest
 from sqlmodel import select
+from support.rows import fresh_db
 
 from triage.errors import StoreError
 from triage.store.db import Database
 from triage.store.messages import MessageOps, MessageRows, SQLiteOps
 from triage.store.models import HL7Message, Order
-
-
-def _db(path: Path) -> Database:
-    db = Database(f"sqlite:///{path}")
-    db.create_all()
-    return db
 
 
 def _message(control_id: str) -> dict[str, Any]:
@@ -66,7 +61,7 @@ def _rows(db: Database) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def test_sqlite_cursor_writes_what_core_writes(tmp_path: Path) -> None:
-    fast, core = _db(tmp_path / "fast.db"), _db(tmp_path / "core.db")
+    fast, core = fresh_db(tmp_path / "fast.db"), fresh_db(tmp_path / "core.db")
     fast_rows, core_rows = MessageRows(fast), MessageRows(core)
     assert fast_rows.sqlite
     with fast_rows.batch() as ops:
@@ -87,7 +82,7 @@ def test_sqlite_cursor_writes_what_core_writes(tmp_path: Path) -> None:
 
 
 def test_a_failed_batch_writes_nothing_and_raises_store_error(tmp_path: Path) -> None:
-    db = _db(tmp_path / "t.db")
+    db = fresh_db(tmp_path / "t.db")
     rows = MessageRows(db)
     with pytest.raises(StoreError, match="unknown order columns"), rows.batch() as ops:
         ops.insert_message(_message("M1"))
