@@ -553,6 +553,13 @@ class Association:
         with self._send_lock:
             self.sock.sendall(data)
 
+    def abort_established(self, pdu: bytes) -> None:
+        """Send ``pdu`` (an A-ABORT) if the A-ASSOCIATE-AC has gone out; checked under the send
+        lock, so that an association accepted at this very moment is aborted, not missed."""
+        with self._send_lock:
+            if self.established:
+                self.sock.sendall(pdu)
+
     def _reply(self, data: bytes) -> None:
         """:meth:`send` inside the protocol: a peer that stops reading ends the association."""
         try:
@@ -725,8 +732,14 @@ class Association:
         self.contexts = negotiated.accepted
         # The AC's AE title fields echo the request's (PS3.8 9.3.3); the rest is negotiated.
         body = b"\x00\x01\x00\x00" + bytes(raw[10:42]) + bytes(32) + negotiated.ac_items
-        self._reply(_HEADER.pack(ASSOCIATE_AC, 0, len(body)) + body)
-        self.established = True
+        try:
+            # established as the AC goes out, under the send lock: stop() aborting at this
+            # moment sees either no association yet or one it must abort (abort_established)
+            with self._send_lock:
+                self.sock.sendall(_HEADER.pack(ASSOCIATE_AC, 0, len(body)) + body)
+                self.established = True
+        except OSError as exc:
+            raise _Closed("connection", f"cannot send to the peer: {exc}") from exc
         if not self.contexts:
             log.warning(
                 "association from %s (%s): none of its presentation contexts is supported",
@@ -1119,8 +1132,7 @@ class UpperLayerServer:
             connections = dict(self._connections)
         for assoc in connections:
             with contextlib.suppress(OSError):
-                if assoc.established:
-                    assoc.send(abort_pdu(0, 0))
+                assoc.abort_established(abort_pdu(0, 0))
                 assoc.sock.shutdown(socket.SHUT_RDWR)
         for thread in connections.values():
             thread.join(timeout)
