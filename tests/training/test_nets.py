@@ -35,21 +35,25 @@ def test_inside_is_the_area_within_a_closed_outline() -> None:
     assert got[0, 0] == 0.0 and got[8, 15] == 0.0 and got[8, 0] == 0.0
 
 
-@pytest.mark.parametrize("task", ["ich", "pe"])
-def test_features_are_left_right_symmetric_and_forward_is_head_of_features(task: str) -> None:
+@pytest.mark.parametrize(
+    ("task", "front"), [("ich", "fixed"), ("pe", "fixed"), ("ich", "contrast")]
+)
+def test_features_are_left_right_symmetric_and_forward_is_head_of_features(
+    task: str, front: str
+) -> None:
     """Training flips precomputed feature crops instead of volumes: that is only right when
     the features of a flipped volume are the flipped features."""
-    from triage.training.nets import N_FEATURES, Detector
+    from triage.training.nets import FRONT_ENDS, Detector
 
     torch.manual_seed(0)
-    net = Detector(task, 4).eval()
+    net = Detector(task, 4, front=front).eval()
     k = net.scale  # pe takes a 2x finer in-plane grid; the feature grid is the same
     volume = torch.randn(1, 8, 32 * k, 32 * k) * 300.0
     volume[:, :, 10 * k : 20 * k, 10 * k : 20 * k] = 400.0
     volume[:, :, 14 * k : 15 * k, 14 * k : 15 * k] = 45.0
     with torch.no_grad():
         f = net.features(volume)
-        assert f.shape == (8, N_FEATURES, 16, 16)
+        assert f.shape == (8, FRONT_ENDS[front], 16, 16)
         assert torch.allclose(net.features(volume.flip(-1)), f.flip(-1), atol=1e-6)
         study, slices, loc = net(volume)
         again = net.head(f, 1, 8)
@@ -103,3 +107,60 @@ def test_reach_and_square_max_are_the_plain_definitions() -> None:
     v = torch.randn(2, 1, 19, 21) * 100.0
     for k in (3, 5, 9, 13):
         assert torch.equal(_max_square(v, k), F.max_pool2d(v, k, stride=1, padding=k // 2))
+
+
+def _head_slice(blood_hu: float | None) -> torch.Tensor:
+    """One 128 x 128 slice: a skull ring (1200 HU) around brain at 36 HU with sulci of CSF
+    (5 HU, 2 voxels wide) near the cortex; ``blood_hu``: the sulci of one region hold blood
+    mixed with CSF at that HU instead."""
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    r = torch.hypot(yy - 64.0, xx - 64.0)
+    v = torch.full((128, 128), -1000.0)
+    v[r < 56] = 1200.0
+    v[r < 50] = 36.0
+    sulci = (r > 38) & (r < 46) & (torch.remainder(torch.atan2(yy - 64, xx - 64) * 40, 6.3) < 1.0)
+    v[sulci] = 5.0
+    if blood_hu is not None:
+        v[sulci & (xx > 90)] = blood_hu
+    return v[None, None].repeat(1, 4, 1, 1)
+
+
+def test_the_contrast_front_end_marks_thin_blood_in_sulci_more_than_the_fixed_one() -> None:
+    """Subarachnoid blood mixed with CSF (55 HU) in sulci a voxel or two wide: the fixed
+    lesion range (70 +- 25 HU, after the soft-tissue reference) gives it a weak response;
+    the contrast front end's lower range and its excess over the neighbourhood give it a
+    clearly stronger one than the same head with CSF in those sulci."""
+    from triage.training.nets import N_FEATURES, Detector
+
+    net = Detector("ich", 4, front="contrast").eval()
+    with torch.no_grad():
+        bleed = net.features(_head_slice(55.0))[1]  # [C, 64, 64] of one slice
+        clean = net.features(_head_slice(None))[1]
+    right = (slice(16, 48), slice(44, 56))  # cells of the blood-filled sulci
+    brain = (slice(8, 56), slice(8, 56))
+
+    def peak(f: torch.Tensor, channel: int, where: tuple[slice, slice]) -> float:
+        return float(f[channel][where].max())
+
+    core_max = 14  # the fixed front end's lesion opening, maximum per cell
+    low, excess_max, excess_avg = N_FEATURES, N_FEATURES + 1, N_FEATURES + 2
+    assert peak(bleed, core_max, right) < 0.4
+    assert peak(clean, low, brain) == 0.0 and peak(bleed, low, right) > 0.6
+    for ch in (excess_max, excess_avg):
+        assert peak(bleed, ch, right) > 2.0 * peak(clean, ch, brain)
+
+
+def test_the_fixed_front_end_is_the_default_and_unchanged_by_the_option() -> None:
+    """The shipped models' 18 channels are the first 18 of the contrast front end (the new
+    ones are appended), and an unknown front end is refused."""
+    from triage.training.nets import N_FEATURES, Detector
+
+    torch.manual_seed(2)
+    volume = torch.randn(1, 4, 128, 128) * 200.0
+    with torch.no_grad():
+        fixed = Detector("ich", 4).features(volume)
+        wider = Detector("ich", 4, front="contrast").features(volume)
+    assert fixed.shape[1] == N_FEATURES and wider.shape[1] == N_FEATURES + 4
+    assert torch.equal(fixed, wider[:, :N_FEATURES])
+    with pytest.raises(ValueError, match="front end"):
+        Detector("ich", 4, front="learned")

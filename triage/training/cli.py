@@ -37,12 +37,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         n_train=args.n_train,
         steps=args.steps,
         workers=args.workers,
+        front=args.front,
     )
     for r in results:
         print(
             f"{r.task}: {r.seconds:.0f} s, {r.steps} steps, threshold {r.threshold:.4f} "
             f"(tuning sensitivity {r.tune_sensitivity:.2f}, specificity "
-            f"{r.tune_specificity:.2f}) -> {r.onnx_path}"
+            f"{r.tune_specificity:.2f}, AUC {r.tune_auc:.3f}) -> {r.onnx_path}"
         )
     return 0
 
@@ -169,6 +170,12 @@ def add_models_commands(subparsers: Any) -> None:
     )
     p.add_argument("--workers", type=int, default=2, help="phantom generator processes (2)")
     p.add_argument("--cache-dir", default="var/training-cache", help="phantom cache ('' for none)")
+    p.add_argument(
+        "--front",
+        choices=("fixed", "contrast"),
+        default=None,
+        help="fixed feature channels of the network (default: each task's shipped one)",
+    )
     p.set_defaults(func=_cmd_train)
     p = models.add_parser(
         "validate",

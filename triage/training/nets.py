@@ -32,7 +32,16 @@ from torch import nn
 
 from triage.synth.ct import model_shape
 
-N_FEATURES = 18
+N_FEATURES = 18  # the "fixed" front end (every shipped model so far)
+# Front ends: "fixed" (the 18 channels below); "contrast" adds 4 channels for blood that the
+# fixed lesion range and its opening miss - thin subarachnoid blood mixed with CSF, small or
+# partial-volume bleeds: a lower, wider lesion range without opening, and the voxel's
+# excess over its own neighbourhood (a 3 x 3 mean minus the mean of the soft tissue and CSF
+# within 13 x 13 voxels), as its maximum, mean and 2 x 2 opening per cell.
+FRONT_ENDS = {"fixed": N_FEATURES, "contrast": N_FEATURES + 4}
+LOW_LESION = (58.0, 18.0)  # centre, half-width (HU): 40-76, mixed / partial-volume blood
+CONTRAST = (13, -5.0, 90.0, 20.0, 100.0, 20.0)  # window (128-grid px); neighbourhood HU range;
+# the 3 x 3 mean's HU range that counts; HU per unit of excess
 WINDOWS = {  # task: (centre, half-width) of the task window, HU
     "ich": (45.0, 45.0),
     "pe": (150.0, 200.0),
@@ -84,6 +93,14 @@ def _opening2(m: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(F.pad(eroded, (1, 0, 1, 0), value=0.0), 2, stride=1)
 
 
+def _box_mean(m: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of ``m`` [..., H, W] over a k x k square (odd ``k``; zeros past the edge), as
+    two 1-D passes."""
+    p = k // 2
+    rows = F.avg_pool2d(m, (1, k), stride=1, padding=(0, p), count_include_pad=True)
+    return F.avg_pool2d(rows, (k, 1), stride=1, padding=(p, 0), count_include_pad=True)
+
+
 def enclosed(m: torch.Tensor, r: int) -> torch.Tensor:
     """Per pixel of ``m`` [..., H, W]: dense on both sides (left and right, or above and below)
     within ``r`` pixels."""
@@ -115,8 +132,13 @@ class Detector(nn.Module):
     dense_hu: torch.Tensor
     reference: torch.Tensor
 
-    def __init__(self, task: str, width: int = 12, size: int | None = None) -> None:
+    def __init__(
+        self, task: str, width: int = 12, size: int | None = None, front: str = "fixed"
+    ) -> None:
         super().__init__()
+        if front not in FRONT_ENDS:
+            raise ValueError(f"front end {front!r}: one of {sorted(FRONT_ENDS)}")
+        self.front = front
         size = size or model_shape(task)[2]
         if size % 128:
             raise ValueError(f"input size {size} is not a multiple of 128")
@@ -131,7 +153,7 @@ class Detector(nn.Module):
         self.register_buffer("reference", torch.tensor(REFERENCE[task]))
         self.task = task
         self.enc = enc
-        n_feat = N_FEATURES
+        n_feat = FRONT_ENDS[front]
         w = width
         self.c0 = nn.Conv2d(n_feat, w, 1)
         self.b0 = nn.BatchNorm2d(w)
@@ -175,8 +197,8 @@ class Detector(nn.Module):
         return volume - shift[:, None, None, None]
 
     def features(self, volume: torch.Tensor) -> torch.Tensor:
-        """Fixed (not learned) channels on the 64 x 64 cell grid [B*Z, N_FEATURES, 64, 64], of
-        the volume after :meth:`normalise`."""
+        """Fixed (not learned) channels on the 64 x 64 cell grid [B*Z, C, 64, 64] (C:
+        :data:`FRONT_ENDS` of the front end), of the volume after :meth:`normalise`."""
         b, z, h, w = volume.shape
         s = self.scale
         cell = 2 * s  # input voxels per feature cell, in plane
@@ -212,6 +234,7 @@ class Detector(nn.Module):
         near = _max_square(dense2, 3)
         within = inside(dense2)
         core = -_max_square(-self._lesion(havg), 3)
+        extra = self._contrast(v, cell) if self.front == "contrast" else []
         return torch.cat(
             [
                 self._task(havg),
@@ -232,9 +255,29 @@ class Detector(nn.Module):
                 core_air,
                 core_dense,
                 self._lesion(hmax),
+                *extra,
             ],
             dim=1,
         )
+
+    def _contrast(self, v: torch.Tensor, cell: int) -> list[torch.Tensor]:
+        """The "contrast" front end's channels of normalised ``v`` [N, 1, H, W] (see
+        :data:`FRONT_ENDS`): the lower lesion range's maximum per cell, and the excess over
+        the neighbourhood's maximum, mean and opening per cell."""
+        s = self.scale
+        lc, lh = LOW_LESION
+        low = (1.0 - (v - lc).abs() / lh).clamp(0.0, 1.0)
+        k, lo, hi, s_lo, s_hi, unit = CONTRAST
+        m = ((v > lo) & (v < hi)).to(v.dtype)
+        near = _box_mean(v * m, k * s) / _box_mean(m, k * s).clamp(min=1e-3)
+        s3 = _box_mean(v, 2 * s + 1)
+        excess = ((s3 - near) / unit).clamp(0.0, 3.0) * ((s3 > s_lo) & (s3 < s_hi)).to(v.dtype)
+        return [
+            F.max_pool2d(low, cell),
+            F.max_pool2d(excess, cell),
+            F.avg_pool2d(excess, cell),
+            F.max_pool2d(_opening2(excess / 3.0), cell),
+        ]
 
     def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, z = volume.shape[:2]
