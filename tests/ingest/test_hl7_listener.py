@@ -490,6 +490,85 @@ def test_two_frames_in_one_write_and_a_10mb_obx(listener: Callable[..., Running]
     assert len(r.messages()[-1].raw) > 10 * 1024 * 1024
 
 
+def _read_acks(sock: socket.socket, n: int, timeout: float = 20) -> list[bytes]:
+    dec = MLLPDecoder()
+    acks: list[bytes] = []
+    sock.settimeout(timeout)
+    while len(acks) < n:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {len(acks)} of {n} ACKs"
+        acks += dec.feed(chunk)
+    return acks
+
+
+@pytest.mark.parametrize("others", [0, 1])
+def test_a_peer_that_half_closes_after_sending_still_gets_every_ack(
+    listener: Callable[..., Running], others: int
+) -> None:
+    """A sender that writes its frames and shuts down its side at once (``shutdown(SHUT_WR)``)
+    gets all its ACKs, in order, then the connection closes - alone (stored in the listener's
+    loop) and with another connection open (through the queue and the writer thread)."""
+    from triage.synth.orders import order_message
+
+    r = listener()
+    idle = [socket.create_connection((r.host, r.port), timeout=10) for _ in range(others)]
+    try:
+        time.sleep(0.1)  # the other connection is registered
+        msgs = [order_message(accession=f"H{others}-{i}", patient_id="PH") for i in range(40)]
+        with socket.create_connection((r.host, r.port), timeout=10) as sock:
+            sock.sendall(b"".join(frame(m.encode()) for m in msgs))
+            sock.shutdown(socket.SHUT_WR)
+            acks = _read_acks(sock, len(msgs))
+            sock.settimeout(5)
+            assert sock.recv(65536) == b""  # then closed by the listener
+        sent_ids = [m.split("\r", 1)[0].split("|")[9] for m in msgs]
+        assert [read_ack(a.decode())[:2] for a in acks] == [("AA", c) for c in sent_ids]
+    finally:
+        for s in idle:
+            s.close()
+    assert len(r.orders()) == 40
+
+
+def test_a_peer_that_does_not_read_its_acks_is_paused_not_buffered(
+    listener: Callable[..., Running],
+) -> None:
+    """A peer that sends thousands of frames and reads none of the ACKs: the listener stops
+    reading it once the ACKs it cannot send pile up (its frames wait in the peer's socket,
+    not in our memory), serves other connections meanwhile, and answers every frame, in
+    order, once the peer reads."""
+    from triage.synth.orders import order_message
+
+    r = listener()
+    n = 3000
+    # long control ids make long ACKs (2 KB; 6 MB in all): more than the kernel's socket
+    # buffers (tcp_wmem 4 MB at most) and the transport's own can hold
+    msgs = [
+        order_message(accession=f"Q{i}", patient_id="PQ", control_id=f"Q{i:05d}" + "X" * 2000)
+        for i in range(n)
+    ]
+    data = b"".join(frame(m.encode()) for m in msgs)
+    with socket.create_connection((r.host, r.port), timeout=10) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(data,), daemon=True)
+        sender.start()
+        stored, deadline = -1, time.monotonic() + 20
+        while time.monotonic() < deadline:  # until the count stops growing
+            time.sleep(0.5)
+            now = len(r.messages())
+            if now == stored:
+                break
+            stored = now
+        assert 0 < stored < n  # reading stopped: the rest waits on the peer's side
+        with MLLPConnection(r.host, r.port, timeout=10) as other:  # still served
+            other_order = order_message(accession="OTHER1", patient_id="PO")
+            assert read_ack(other.exchange(other_order))[0] == "AA"
+        acks = _read_acks(sock, n, timeout=60)
+        sender.join(30)
+    assert [read_ack(a.decode())[1] for a in acks] == [
+        m.split("\r", 1)[0].split("|")[9] for m in msgs
+    ]
+    assert len(r.orders()) == n + 1
+
+
 def test_eight_connections_group_commit(listener: Callable[..., Running]) -> None:
     from triage.synth.orders import order_message
 

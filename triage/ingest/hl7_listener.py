@@ -18,7 +18,9 @@ with several connections the transaction runs in a writer thread, frames that ar
 commit form the next batch, and that batch waits, briefly, for the connections just
 acknowledged to send their next frame (``GATHER_FRACTION``, ``GATHER_MAX``). A frame over
 ``hl7_max_message_bytes`` is answered AR and the connection closed; a peer idle for
-``hl7_idle_timeout_seconds`` is disconnected.
+``hl7_idle_timeout_seconds`` (nothing received, nothing of its own waiting) is disconnected.
+A peer that shuts down its sending side still gets the ACKs of what it sent; a peer that does
+not read its ACKs is not read either until it does (:class:`_Connection`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ __all__ = ["HL7Listener"]
 log = logging.getLogger(__name__)
 
 DEFAULT_IDLE_TIMEOUT = 300.0
-READ_CHUNK = 64 * 1024
 ON_ORDER_DELAY = 0.005  # seconds: on_order calls due are handed to their thread in batches
 # Group commit, several connections: after a commit, the next one waits for the connections
 # just acknowledged to send their next frame, at most this fraction of the last commit's
@@ -61,8 +62,7 @@ GATHER_MAX = 0.002
 @dataclass
 class _Pending:
     evaluation: Evaluation  # the frame, already read (decoded, parsed, mapped)
-    peer: str
-    future: asyncio.Future[Outcome]
+    conn: _Connection  # answers it
 
 
 class HL7Listener:
@@ -98,7 +98,7 @@ class HL7Listener:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: set[_Connection] = set()
         self._queue: list[_Pending] = []
         self._batch_scheduled = False
         self._writing = False  # a batch is in the writer thread
@@ -168,8 +168,8 @@ class HL7Listener:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="hl7-writer")
         self._notifier = ThreadPoolExecutor(1, thread_name_prefix="hl7-on-order")
         try:
-            server = await asyncio.start_server(
-                self._on_connection, host=self.settings.bind_host, port=self.settings.hl7_port
+            server = await self._loop.create_server(
+                self._connection, host=self.settings.bind_host, port=self.settings.hl7_port
             )
         except BaseException as exc:
             started.set_exception(exc)
@@ -190,11 +190,14 @@ class HL7Listener:
         self._server = None
         server.close()
         await asyncio.sleep(0)  # let handlers of just-accepted connections start (and quit)
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        connections = list(self._connections)
+        for conn in connections:  # the ACKs already written still go out
+            conn.close()
+        if connections:
+            await asyncio.wait([c.closed for c in connections], timeout=2)
+            for conn in connections:
+                if conn.transport is not None and not conn.closed.done():
+                    conn.transport.abort()  # a peer that does not read what it is sent
         if self._gather is not None:
             self._gather.cancel()
             self._gather = None
@@ -210,20 +213,18 @@ class HL7Listener:
 
     # -- group commit ---------------------------------------------------------------------
 
-    def _submit(self, payload: bytes, peer: str) -> asyncio.Future[Outcome]:
-        """Queue one frame for the next transaction. It is read (decoded and parsed) here,
-        as it arrives: while the writer thread waits on the disk for the batch before it
-        (the interpreter lock is free then), not inside the next transaction."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Outcome] = loop.create_future()
-        self._queue.append(_Pending(self.store.read_frame(payload), peer, fut))
+    def _submit(self, payload: bytes, conn: _Connection) -> None:
+        """Queue one frame for the next transaction; ``conn`` answers it once stored. It is
+        read (decoded and parsed) here, as it arrives: while the writer thread waits on the
+        disk for the batch before it (the interpreter lock is free then), not inside the next
+        transaction."""
+        self._queue.append(_Pending(self.store.read_frame(payload), conn))
         if self._gather is not None:
-            self._came_back(peer)
+            self._came_back(conn.peer)
         elif not self._batch_scheduled and not self._writing:
             # After the handlers that got data in this loop iteration: they all join the batch.
             self._batch_scheduled = True
-            loop.call_soon(self._commit_queue)
-        return fut
+            asyncio.get_running_loop().call_soon(self._commit_queue)
 
     def _commit_queue(self) -> None:
         """Store the messages waiting, up to ``hl7_commit_batch_max`` per transaction, one
@@ -239,7 +240,7 @@ class HL7Listener:
         while self._queue and not self._writing:
             batch, self._queue = self._queue[:limit], self._queue[limit:]
             evaluations = [p.evaluation for p in batch]
-            peers = [p.peer for p in batch]
+            peers = [p.conn.peer for p in batch]
             if len(self._connections) > 1 and self._writer is not None:
                 self._writing = True
                 self._commit_started = time.monotonic()
@@ -267,8 +268,8 @@ class HL7Listener:
         # commit started at once would hold only the frames that came during this one, and
         # theirs would wait a whole commit (with 8 request/response peers the batches went
         # 1, 7, 1, 7, ...). So wait for them, a bounded time (the peer may have no more).
-        queued = {p.peer for p in self._queue}
-        self._returning = {p.peer for p in batch} - queued
+        queued = {p.conn.peer for p in self._queue}
+        self._returning = {p.conn.peer for p in batch} - queued
         if self._returning and len(self._queue) < self.settings.hl7_commit_batch_max:
             wait = min(GATHER_MAX, GATHER_FRACTION * (time.monotonic() - self._commit_started))
             self._batch_scheduled = True
@@ -300,13 +301,11 @@ class HL7Listener:
     ) -> None:
         if outcomes is None:
             log.error("HL7 store failed: %s", exc)
-        for i, p in enumerate(batch):
-            if p.future.done():
-                continue
-            if outcomes is None:
-                p.future.set_exception(exc or RuntimeError("HL7 store failed"))
-            else:
-                p.future.set_result(outcomes[i])
+            for p in batch:
+                p.conn.failed()
+            return
+        for p, outcome in zip(batch, outcomes, strict=True):
+            p.conn.answer(outcome)
 
     def _after_ack(self, order_ids: list[int]) -> None:
         """Queue on_order for orders whose ACK is written. They go to the on_order thread
@@ -343,74 +342,27 @@ class HL7Listener:
 
     # -- connections ------------------------------------------------------------------------
 
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        if self._server is None:  # accepted while stopping
-            writer.close()
-            return
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
-        peer_info = writer.get_extra_info("peername")
-        peer = f"{peer_info[0]}:{peer_info[1]}" if peer_info else "?"
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        decoder = MLLPDecoder(self.settings.hl7_max_message_bytes)
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.idle_timeout):
-                        data = await reader.read(READ_CHUNK)
-                except TimeoutError:
-                    log.info("HL7 peer %s idle for %.0fs: disconnecting", peer, self.idle_timeout)
-                    break
-                if not data:
-                    break
-                try:
-                    frames = decoder.feed(data)
-                except MLLPFrameTooLarge as exc:
-                    await self._answer(exc.complete_frames, peer, writer)
-                    await self._answer_oversize(exc, peer, writer)
-                    break
-                await self._answer(frames, peer, writer)
-        except (ConnectionError, OSError) as exc:
-            log.info("HL7 peer %s: connection lost: %s", peer, exc)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            if decoder.pending:
-                log.warning(
-                    "HL7 peer %s left %d bytes of an unfinished frame", peer, decoder.pending
-                )
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), timeout=2)
-            if task is not None:
-                self._connections.discard(task)
-            if self._gather is not None:
-                self._came_back(peer)
+    def _connection(self) -> asyncio.Protocol:
+        return _Connection(self)
 
-    async def _answer(self, payloads: list[bytes], peer: str, writer: asyncio.StreamWriter) -> None:
-        """Hand every frame of one read to the store together; answer them in order.
+    def _answer(self, conn: _Connection, payloads: list[bytes]) -> None:
+        """Hand every frame of one read to the store together; ``conn`` answers them in order.
 
         The only connection, with nothing else waiting, stores them right away: there is no
-        batch to gather, and going through the queue would cost a future and a turn of the
-        event loop per message."""
+        batch to gather, and going through the queue would cost a turn of the event loop per
+        message."""
         limit = self.settings.hl7_commit_batch_max
         pending = payloads
+        conn.unanswered += len(payloads)
         # Checked before every transaction: a connection opened while an ACK was being sent
         # sends the rest through the queue, so two transactions never run at once.
         while pending and self._alone():
-            items = [(p, peer) for p in pending[:limit]]
+            items = [(p, conn.peer) for p in pending[:limit]]
             pending = pending[limit:]
             for outcome in self.store.process_batch(items):
-                await self._acknowledge(outcome, writer)
-        futures = [self._submit(p, peer) for p in pending]
-        for fut in futures:
-            await self._acknowledge(await fut, writer)
+                conn.answer(outcome)
+        for payload in pending:
+            self._submit(payload, conn)
 
     def _alone(self) -> bool:
         """One connection open, nothing queued or being stored."""
@@ -418,25 +370,147 @@ class HL7Listener:
             self._queue or self._writing or self._batch_scheduled
         )
 
-    async def _acknowledge(self, outcome: Outcome, writer: asyncio.StreamWriter) -> None:
-        if outcome.ack:
-            writer.write(frame(outcome.ack.encode(outcome.codec, errors="replace")))
-            await writer.drain()
-        self._after_ack(outcome.order_ids)
-
-    async def _answer_oversize(
-        self, exc: MLLPFrameTooLarge, peer: str, writer: asyncio.StreamWriter
-    ) -> None:
+    def _answer_oversize(self, exc: MLLPFrameTooLarge, conn: _Connection) -> None:
         head, _ = decode_message(exc.head)
         header = peek_header(head)
         err = HL7ParseError(str(exc), hl7_code=207)
         ack, code = self.store.ack(header, "AR", err)
         if not ack:  # the sender asked for no ACK; it still must learn why we hang up
             ack, code = self.store.ack(None if header is None else _original(header), "AR", err)
-        log.warning("HL7 peer %s: %s; closing the connection", peer, exc)
-        self.store.record_failure(head, peer, ack, code, str(exc), header)
-        writer.write(frame(ack.encode("utf-8")))
-        await writer.drain()
+        log.warning("HL7 peer %s: %s; closing the connection", conn.peer, exc)
+        self.store.record_failure(head, conn.peer, ack, code, str(exc), header)
+        conn.write(frame(ack.encode("utf-8")))
+
+
+class _Connection(asyncio.Protocol):
+    """One peer's connection: frames in as they arrive, ACKs out in the same order.
+
+    A protocol rather than a stream reader and writer: a frame costs one callback, not a task
+    wake-up to read it and another to write its ACK (docs/performance.md, "HL7 MLLP"). The
+    listener answers each frame through :meth:`answer`, in the order they came. While the
+    ACKs written are not going out (the peer does not read them), reading stops."""
+
+    def __init__(self, listener: HL7Listener) -> None:
+        self.listener = listener
+        self.peer = "?"
+        self.transport: asyncio.Transport | None = None
+        self.decoder = MLLPDecoder(listener.settings.hl7_max_message_bytes)
+        self.unanswered = 0  # frames received whose ACK is not written yet
+        self.then_close = False  # close once every frame received is answered
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last_read = 0.0
+        self._idle: asyncio.TimerHandle | None = None
+
+    # asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        listener = self.listener
+        if listener._server is None:  # accepted while stopping
+            transport.close()
+            return
+        listener._connections.add(self)
+        peer_info = transport.get_extra_info("peername")
+        self.peer = f"{peer_info[0]}:{peer_info[1]}" if peer_info else "?"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        loop = asyncio.get_running_loop()
+        self._last_read = loop.time()
+        self._idle = loop.call_later(listener.idle_timeout, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self.then_close:  # answering what came before an oversized frame: nothing more
+            return
+        self._last_read = time.monotonic()
+        listener = self.listener
+        try:
+            frames = self.decoder.feed(data)
+        except MLLPFrameTooLarge as exc:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            listener._answer(self, exc.complete_frames)
+            listener._answer_oversize(exc, self)
+            self._close_when_answered()
+            return
+        if frames:
+            listener._answer(self, frames)
+
+    def eof_received(self) -> bool:
+        if self.unanswered:  # the peer is done sending; it still gets its ACKs
+            self._close_when_answered()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.info("HL7 peer %s: connection lost: %s", self.peer, exc)
+        if self.decoder.pending:
+            log.warning(
+                "HL7 peer %s left %d bytes of an unfinished frame", self.peer, self.decoder.pending
+            )
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        listener = self.listener
+        listener._connections.discard(self)
+        if listener._gather is not None:
+            listener._came_back(self.peer)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        # The peer is not reading its ACKs: stop reading its frames until it does.
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing() and not self.then_close:
+            self.transport.resume_reading()
+
+    # the listener's side ------------------------------------------------------------------
+
+    def answer(self, outcome: Outcome) -> None:
+        """The next frame's outcome: write its ACK (if any), hand its orders on."""
+        self.unanswered -= 1
+        if outcome.ack:
+            self.write(frame(outcome.ack.encode(outcome.codec, errors="replace")))
+        self.listener._after_ack(outcome.order_ids)
+        if self.then_close and not self.unanswered:
+            self.close()
+
+    def failed(self) -> None:
+        """The store could not answer a frame of ours (it does not raise; a defect): close."""
+        self.unanswered -= 1
+        self.close()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _close_when_answered(self) -> None:
+        self.then_close = True
+        if not self.unanswered:
+            self.close()
+
+    def _check_idle(self) -> None:
+        self._idle = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        timeout = self.listener.idle_timeout
+        idle = time.monotonic() - self._last_read
+        if idle >= timeout and not self.unanswered:
+            log.info("HL7 peer %s idle for %.0fs: disconnecting", self.peer, timeout)
+            self.close()
+            return
+        wait = timeout - idle if idle < timeout else timeout
+        self._idle = asyncio.get_running_loop().call_later(wait, self._check_idle)
 
 
 def _original(header: MessageHeader) -> MessageHeader:
