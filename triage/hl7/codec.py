@@ -37,6 +37,9 @@ class Delimiters:
         fs = line[3]
         end = line.find(fs, 4)
         enc = line[4:end] if end >= 0 else line[4:]
+        known = _KNOWN_DELIMITERS.get(fs + enc)  # valid ones seen before (nearly every message)
+        if known is not None:
+            return known
         if strict:
             chars = fs + enc
             if (
@@ -50,13 +53,16 @@ class Delimiters:
                     location="MSH^1^2",
                 )
         padded = (enc + "\0\0\0\0")[:4]
-        return cls(
+        found = cls(
             field=fs,
             component=padded[0] if padded[0] != "\0" else "^",
             repetition=padded[1] if padded[1] != "\0" else "~",
             escape=padded[2] if padded[2] != "\0" else "",
             subcomponent=padded[3] if padded[3] != "\0" else "&",
         )
+        if strict and len(_KNOWN_DELIMITERS) < 64:
+            _KNOWN_DELIMITERS[fs + enc] = found
+        return found
 
     @property
     def encoding_characters(self) -> str:
@@ -64,6 +70,8 @@ class Delimiters:
 
 
 DEFAULT_DELIMITERS = Delimiters()
+# MSH-1 + MSH-2 -> their Delimiters, for encoding characters already checked (strict).
+_KNOWN_DELIMITERS: dict[str, Delimiters] = {}
 
 
 def unescape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
@@ -140,7 +148,7 @@ def escape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
     return "".join(out)
 
 
-@dataclass
+@dataclass(slots=True)
 class Segment:
     """One segment; ``fields[n]`` is field n (for MSH too: ``fields[1]`` is MSH-1)."""
 
@@ -163,13 +171,24 @@ class Segment:
         d = self.delimiters
         if d.repetition in value:
             value = value.split(d.repetition, 1)[0]
-        part = _part(value, d.component, component)
-        if part is None:
+        # _part() twice, written out: this runs some 25 times for every order message
+        if d.component in value:
+            parts = value.split(d.component)
+            if component > len(parts):
+                return ""
+            value = parts[component - 1]
+        elif component > 1:
             return ""
-        part = _part(part, d.subcomponent, subcomponent)
-        if part is None:
+        if d.subcomponent in value:
+            parts = value.split(d.subcomponent)
+            if subcomponent > len(parts):
+                return ""
+            value = parts[subcomponent - 1]
+        elif subcomponent > 1:
             return ""
-        return unescape(part, d).strip()
+        if d.escape and d.escape in value:
+            value = unescape(value, d)
+        return value.strip()
 
     def components(self, n: int) -> str:
         """First repetition of field ``n``, components unescaped and joined with ``^``;
@@ -180,15 +199,6 @@ class Segment:
         while parts and not parts[-1]:
             parts.pop()
         return "^".join(parts)
-
-
-def _part(value: str, separator: str, k: int) -> str | None:
-    """Part ``k`` (1-based) of ``value`` split at ``separator`` (a value without the
-    separator is its own part 1); None when there is no such part."""
-    if separator in value:
-        parts = value.split(separator)
-        return None if k > len(parts) else parts[k - 1]
-    return None if k > 1 else value
 
 
 @dataclass
@@ -221,18 +231,28 @@ def normalise_segments(text: str) -> list[str]:
     followed by the field separator) continues the previous segment (a line break inside a
     field, as some interface engines write them)."""
     text = text.lstrip("\ufeff\x0b \t\r\n").rstrip("\x1c")
-    lines = [ln for ln in LINE_BREAKS.split(text) if ln.strip()]
+    lines = text.split("\r") if "\n" not in text else LINE_BREAKS.split(text)
+    lines = [ln for ln in lines if ln and not ln.isspace()]
     if not lines:
         return []
     fs = lines[0][3] if lines[0].startswith("MSH") and len(lines[0]) > 3 else "|"
     out: list[str] = []
+    ids = _SEGMENT_IDS
     for ln in lines:
-        is_segment = bool(_SEGMENT_ID.match(ln)) and (len(ln) == 3 or ln[3] == fs)
-        if is_segment or not out:
+        head = ln[:3]
+        is_id = ids.get(head)
+        if is_id is None:
+            is_id = bool(_SEGMENT_ID.fullmatch(head))
+            if len(ids) < 4096:
+                ids[head] = is_id
+        if (is_id and (len(ln) == 3 or ln[3] == fs)) or not out:
             out.append(ln)
         else:
             out[-1] += ln
     return out
+
+
+_SEGMENT_IDS: dict[str, bool] = {}  # three characters -> whether they are a segment id
 
 
 def split_message(raw: str, *, strict: bool = True) -> Message:
