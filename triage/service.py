@@ -15,14 +15,13 @@ import json
 import logging
 import signal
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import and_, bindparam, exists, or_
 from sqlmodel import select
 
 from triage.api.app import create_app
@@ -40,12 +39,11 @@ from triage.outbound.ris import RISNotifier
 from triage.pipeline import Pipeline
 from triage.routing import load_routing_rules
 from triage.scoring import UrgencyRulesWatcher, load_urgency_rules
-from triage.store import Database, Order, Study, StudyState
+from triage.store import Database, Study, StudyState
 from triage.store.models import utcnow
+from triage.store.order_links import OrderLinks
 
 log = logging.getLogger("triage")
-
-_IN_CHUNK = 500  # order ids per query (SQLite allows 32,766 parameters)
 
 
 class _SkippedTickFilter(logging.Filter):
@@ -137,6 +135,7 @@ class Engine:
         self.scheduler = new_scheduler()
         self.waker = CompletionWaker(self._wake_completion)
         self.dicom = DicomListener(settings, self.db, on_stored=self._on_stored)
+        self.order_links = OrderLinks(self.db)  # used in the listener's on-order thread
         self.hl7 = HL7Listener(settings, self.db, on_orders=self._on_orders)
         self.endpoints: dict[str, Any] = {}
         self._server: _Server | None = None
@@ -169,7 +168,7 @@ class Engine:
         if not self.scheduler.running:
             return
         try:
-            near = orders_near_studies(self.db, order_ids)
+            near = self.order_links.near_studies(order_ids)
         except Exception as exc:  # the pipeline decides, as before the filter
             log.warning("orders %s: study look-up failed (%s); all handed on", order_ids, exc)
             near = list(order_ids)
@@ -284,6 +283,7 @@ class Engine:
             if self.scheduler.running:
                 self.scheduler.shutdown(wait=True)
             await self.hl7.stop()
+            self.order_links.close()
             self.dicom.stop()
             self.slices.stop()
             await asyncio.to_thread(self.triton.stop)
@@ -297,42 +297,6 @@ class Engine:
         if self._server is not None:
             self._close_pages()  # else uvicorn waits for the pages' event streams to end
             self._server.should_exit = True
-
-
-def _orders_near_studies_query() -> Any:
-    o, st = Order.__table__, Study.__table__  # type: ignore[attr-defined]
-
-    def near(column: str) -> Any:
-        return and_(o.c[column] != "", exists().where(st.c[column] == o.c[column]))
-
-    return select(o.c.id).where(
-        o.c.id.in_(bindparam("ids", expanding=True)),
-        or_(
-            exists().where(st.c.order_id == o.c.id),
-            near("study_uid"),
-            near("accession_number"),
-            near("patient_id"),
-        ),
-    )
-
-
-# Built once: SQLAlchemy caches its compiled form (one indexed look-up per order and key).
-_ORDERS_NEAR_STUDIES = _orders_near_studies_query()
-
-
-def orders_near_studies(db: Database, order_ids: Sequence[int]) -> list[int]:
-    """The orders among ``order_ids`` (in that order) that share an order id, Study UID,
-    accession number or patient id with a stored study: a superset of those for which
-    :func:`triage.store.repo.studies_for_order` finds any study (it only looks at studies
-    linked to the order, with its Study UID or accession number, or of its patient). For the
-    others :meth:`Pipeline.on_order` has nothing to do. One query per call."""
-    ids = list(dict.fromkeys(order_ids))
-    keep: set[int] = set()
-    with db.engine.connect() as conn:
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
-            keep.update(conn.execute(_ORDERS_NEAR_STUDIES, {"ids": chunk}).scalars())
-    return [i for i in ids if i in keep]
 
 
 def serve(settings: Settings) -> None:

@@ -23,8 +23,8 @@ from support.paths import REPO_ROOT
 
 from triage.hl7.ack import read_ack
 from triage.hl7.mllp import MLLPDecoder, frame
-from triage.service import orders_near_studies
 from triage.store import Database, Order, Study
+from triage.store.order_links import OrderLinks
 from triage.store.repo import studies_for_order
 from triage.synth.orders import order_message
 
@@ -103,8 +103,9 @@ def accepted(controls: list[str]) -> list[tuple[str, str]]:
 # -- which orders the engine hands to the pipeline --------------------------------------------
 
 
+@pytest.mark.parametrize("raw_sqlite", [True, False])
 def test_orders_near_studies_is_a_superset_of_what_the_pipeline_would_touch(
-    tmp_path: Path,
+    tmp_path: Path, raw_sqlite: bool
 ) -> None:
     """The engine hands the pipeline only the orders that share a key with a stored study;
     every order for which studies_for_order finds a study is among them."""
@@ -129,12 +130,15 @@ def test_orders_near_studies_is_a_superset_of_what_the_pipeline_would_touch(
         ids = [int(o.id) for o in orders if o.id is not None]
         s.add(Order(id=9, accession_number="OLD", patient_id="PQ"))  # linked by order_id
     ids.append(9)
-    near = orders_near_studies(db, list(reversed(ids)) + ids[:2])
+    links = OrderLinks(db)
+    links.sqlite = raw_sqlite  # False: the SQLAlchemy Core query other databases run
+    near = links.near_studies(list(reversed(ids)) + ids[:2])
     assert near == [9, ids[2], ids[1], ids[0]]  # in the order given, once each
     with db.session() as s:
         touched = [i for i in ids if studies_for_order(s, s.get(Order, i), 24.0)]
     assert set(touched) <= set(near)
-    assert orders_near_studies(db, []) == []
+    assert links.near_studies([]) == []
+    links.close()
     db.dispose()
 
 

@@ -1,0 +1,113 @@
+"""Which newly acknowledged orders could concern a stored study (the HL7 listener's hand-off).
+
+Orders usually arrive before their images, so most orders the listener acknowledges have no
+study yet and nothing for the pipeline to do. :class:`OrderLinks` answers, for a batch of
+order ids, those that share an order id, Study UID, accession number or patient id with a
+stored study: a superset of those for which :func:`triage.store.repo.studies_for_order` finds
+any study (it looks at studies linked to the order, with its Study UID or accession number,
+or of its patient). One query per batch. On SQLite it runs on a connection of its own, through
+the sqlite3 cursor: the pool check-out and SQLAlchemy's result processing cost more than the
+indexed look-ups, and they took the interpreter lock from the listener at every batch
+(docs/performance.md, "HL7 MLLP"). Used from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, bindparam, exists, or_, select
+
+from triage.store.db import Database, database_errors
+from triage.store.models import Order, Study
+
+__all__ = ["OrderLinks"]
+
+IN_CHUNK = 500  # order ids per query (SQLite allows 32,766 parameters)
+
+_O = Order.__table__.name  # type: ignore[attr-defined]
+_S = Study.__table__.name  # type: ignore[attr-defined]
+
+
+def _near(column: str) -> str:
+    return f"(o.{column} != '' AND EXISTS (SELECT 1 FROM \"{_S}\" s WHERE s.{column} = o.{column}))"
+
+
+_SQL_NEAR = (
+    f'SELECT o.id FROM "{_O}" o WHERE o.id IN ({{marks}}) AND ('
+    f'EXISTS (SELECT 1 FROM "{_S}" s WHERE s.order_id = o.id) OR '
+    + " OR ".join(_near(c) for c in ("study_uid", "accession_number", "patient_id"))
+    + ")"
+)
+
+
+def _core_query() -> Any:
+    o, st = Order.__table__, Study.__table__  # type: ignore[attr-defined]
+
+    def near(column: str) -> Any:
+        return and_(o.c[column] != "", exists().where(st.c[column] == o.c[column]))
+
+    return select(o.c.id).where(
+        o.c.id.in_(bindparam("ids", expanding=True)),
+        or_(
+            exists().where(st.c.order_id == o.c.id),
+            near("study_uid"),
+            near("accession_number"),
+            near("patient_id"),
+        ),
+    )
+
+
+# Built once: SQLAlchemy caches its compiled form.
+_CORE_NEAR = _core_query()
+
+
+class OrderLinks:
+    """:meth:`near_studies` for the listener's on-order thread; :meth:`close` releases the
+    SQLite connection it keeps."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.sqlite = db.engine.dialect.name == "sqlite" and db.engine.driver == "pysqlite"
+        self._raw: Any = None  # the pool connection detached for these look-ups (SQLite)
+
+    def near_studies(self, order_ids: Sequence[int]) -> list[int]:
+        """The orders among ``order_ids`` (in that order, once each) that share an order id,
+        Study UID, accession number or patient id with a stored study."""
+        ids = list(dict.fromkeys(order_ids))
+        keep: set[int] = set()
+        with database_errors("cannot look up the studies of new orders"):
+            if self.sqlite:
+                con = self._connection()
+                try:
+                    for start in range(0, len(ids), IN_CHUNK):
+                        chunk = ids[start : start + IN_CHUNK]
+                        sql = _SQL_NEAR.format(marks=", ".join("?" * len(chunk)))
+                        keep.update(r[0] for r in con.execute(sql, chunk).fetchall())
+                except sqlite3.Error:
+                    self.close()  # a new connection next time
+                    raise
+            else:
+                with self.db.engine.connect() as conn:
+                    for start in range(0, len(ids), IN_CHUNK):
+                        chunk = ids[start : start + IN_CHUNK]
+                        keep.update(conn.execute(_CORE_NEAR, {"ids": chunk}).scalars())
+        return [i for i in ids if i in keep]
+
+    def close(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            with contextlib.suppress(Exception):
+                raw.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._raw is None:
+            raw = self.db.engine.raw_connection()
+            raw.detach()  # ours until close(); the pool opens another for everyone else
+            self._raw = raw
+        con: sqlite3.Connection = self._raw.dbapi_connection
+        if con.in_transaction:  # a read left open would pin the WAL: never keep one
+            con.rollback()
+        return con
