@@ -100,3 +100,24 @@ def test_missing_msh10_gives_empty_msa2() -> None:
     raw = ORM.replace("RIS00000101", "", 1)
     ack = build_ack(raw, "AE", hl7_code=101)
     assert seg(ack, "MSA")[1:3] == ["AE", ""]
+
+
+def test_new_control_ids_are_unique_20_characters_and_differ_in_a_forked_child() -> None:
+    import os
+
+    from triage.hl7.ack import new_control_id
+
+    ids = [new_control_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 20 and i.isalnum() and i.upper() == i for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids must not repeat the parent's
+        os.write(write, new_control_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    mine = new_control_id()
+    assert child[:10] != mine[:10] and child not in ids

@@ -11,6 +11,8 @@ from whatever MSH fields can be read by splitting its first line.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
 import uuid
@@ -46,8 +48,24 @@ _LOCATION = re.compile(r"^[A-Z][A-Z0-9]{2}(\^\d*){0,5}$")
 
 
 def new_control_id() -> str:
-    """A fresh message control id (20 characters, fits MSH-10 in every v2 version)."""
-    return uuid.uuid4().hex[:20].upper()
+    """A fresh message control id (20 characters, fits MSH-10 in every v2 version): 40 random
+    bits drawn when the process starts (and in a forked child), then a counter. Unique within
+    the process, and across restarts but for a 1 in 10^12 chance; a fifth of the cost of a
+    uuid4 per message (an ACK for every message received)."""
+    return f"{_ids.prefix}{next(_ids.counter):010X}"
+
+
+class _ControlIds:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = uuid.uuid4().hex[:10].upper()
+        self.counter = itertools.count()
+
+
+_ids = _ControlIds()
+os.register_at_fork(after_in_child=_ids.reset)
 
 
 _now_text: tuple[int, str] = (-1, "")  # (second, its timestamp): one strftime a second
