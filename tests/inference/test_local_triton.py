@@ -150,6 +150,49 @@ def test_start_reaps_a_server_left_by_a_killed_engine(tmp_path: Path) -> None:
             os.killpg(orphan, signal.SIGKILL)
 
 
+def test_start_reaps_stubs_whose_server_is_gone(tmp_path: Path) -> None:
+    """A server that exited on its parent-death signal may leave Python-backend stubs of its
+    process group behind (orphans, their path under the work dir): the next start kills them,
+    and nothing of another group or outside the work dir."""
+    import subprocess
+    import sys
+
+    work = tmp_path / "work"
+    stub = work / "backends" / "python" / "triton_python_backend_stub"
+    sleeper = "import sys, time; time.sleep(300)"
+    # a leader in its own session that starts a 'stub' and exits, as the server did
+    leader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', "
+            f"{sleeper!r}, {str(stub)!r}]); print(p.pid, flush=True)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert leader.stdout is not None
+    orphan = int(leader.stdout.readline())
+    leader.wait(10)
+    bystander = subprocess.Popen([sys.executable, "-c", sleeper, str(stub)])  # not its group
+    try:
+        assert pid_alive(orphan) and not pid_alive(leader.pid)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "tritonserver.pid").write_text(f"{leader.pid} triage_triton_0_gone_\n")
+        LocalTriton(tmp_path / "models", work)._reap_stale()
+        deadline = time.monotonic() + 10
+        while pid_alive(orphan) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(orphan)
+        assert bystander.poll() is None  # same path, another group: left alone
+    finally:
+        bystander.kill()
+        bystander.wait()
+        if pid_alive(orphan):
+            os.kill(orphan, signal.SIGKILL)
+
+
 def test_a_server_killed_under_us_leaves_no_shared_memory_after_restart(tmp_path: Path) -> None:
     """SIGKILL skips the Python backend's clean-up: its regions stay in /dev/shm until the
     next start (the engine's supervisor restarts the server) or stop removes them."""

@@ -19,6 +19,7 @@ import httpx
 from support.net import free_port, wait_for
 from support.procs import pid_alive
 from triage.hl7.client import send_message
+from triage.inference.local_triton import leftovers
 from triage.synth.orders import order_message
 
 #: Short quiet period, fast polls and retries, small Triton timeouts and a quick circuit
@@ -146,18 +147,19 @@ class Engine:
         self.reap_triton()
 
     def reap_triton(self) -> None:
-        """A SIGKILLed engine leaves its tritonserver (own process group) running: kill it by
-        the pid file the engine keeps for that purpose."""
+        """A SIGKILLed engine may leave its tritonserver (own process group) or that server's
+        Python-backend stubs running: kill what is left of the group named by the pid file the
+        engine keeps for that purpose."""
         pid_file = self.data / "triton" / "tritonserver.pid"
         try:
             pid = int(pid_file.read_text().split()[0])
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             return
-        if b"tritonserver" in cmdline and str(self.data).encode() in cmdline:
+        left = leftovers(pid, self.data / "triton")
+        for each in left:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            wait_for(lambda: not pid_alive(pid), 10, f"tritonserver {pid} to die")
+                os.kill(each, signal.SIGKILL)
+        wait_for(lambda: not any(pid_alive(p) for p in left), 10, f"{left} to die")
 
     # -- looking at it ------------------------------------------------------------------------
     def log(self) -> str:

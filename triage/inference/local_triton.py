@@ -219,6 +219,15 @@ class LocalTriton:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             time.sleep(0.2)  # let the group die before its regions go
+        # A server that went (its parent-death signal) may leave Python-backend stubs of its
+        # group behind, orphans still mapping the old regions.
+        orphans = leftovers(pid, self.work_dir)
+        if orphans:
+            log.warning("killing %d process(es) left by a previous tritonserver", len(orphans))
+            for orphan in orphans:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(orphan, signal.SIGKILL)
+            time.sleep(0.2)
         if stale_prefix:
             self._remove_shm(stale_prefix)
         with contextlib.suppress(FileNotFoundError):
@@ -382,6 +391,27 @@ def _http_ok(url: str) -> bool:
 # setpriv sets the parent-death signal and execs the server (same pid); without it, nothing.
 _SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 DIE_WITH_PARENT: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "TERM") if _SETPRIV else ()
+
+
+def leftovers(pgid: int, work_dir: Path) -> list[int]:
+    """Live processes of process group ``pgid`` whose command line names ``work_dir`` (a
+    tritonserver of ours and its Python-backend stubs, whose path is under it): what a server
+    started from ``work_dir`` may have left, and nothing else that reuses the number."""
+    marker = str(Path(work_dir).resolve()).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid or fields[0] == "Z":
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if marker in cmdline:
+            found.append(int(entry.name))
+    return found
 
 
 def _kill_group(proc: subprocess.Popen[bytes], grace_seconds: float) -> None:
