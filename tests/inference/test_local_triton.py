@@ -95,6 +95,26 @@ def test_stop_leaves_no_process(tmp_path: Path) -> None:
     server.stop()  # twice is harmless
 
 
+def test_stubs_exit_when_the_server_is_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL to the server alone (no chance to stop its stubs): the model's stub notices
+    its parent is gone and exits within seconds instead of living on as an orphan."""
+    repo = model_repo(tmp_path, "ich")
+    server = LocalTriton(repo, tmp_path / "work", 60)
+    server.start()
+    pid = server.pid
+    try:
+        assert pid is not None
+        stubs = [p for p in group_pids(pid) if p != pid]
+        assert stubs
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while any(pid_alive(s) for s in stubs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(pid_alive(s) for s in stubs)
+    finally:
+        server.stop()
+
+
 def test_broken_model_fails_fast_with_log_tail(tmp_path: Path) -> None:
     repo = model_repo(tmp_path, "ich")
     (repo / "broken" / "1").mkdir(parents=True)

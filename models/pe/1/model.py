@@ -14,6 +14,8 @@ The same model.onnx is servable by a stock Triton onnxruntime backend
 
 import json
 import os
+import threading
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -33,6 +35,21 @@ def _finite(batch):
     return np.nan_to_num(batch, nan=-1024.0)
 
 
+def _exit_with_the_server():
+    """Exit when the tritonserver that started this stub is gone: a server killed outright
+    (SIGKILL) cannot stop its stubs, and they would live on as orphans holding memory and the
+    server's shared memory regions. Polled every 2 s (os.getppid changes when the parent
+    dies)."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -49,6 +66,7 @@ class TritonPythonModel:
             "session.intra_op.allow_spinning", os.environ.get("TRIAGE_ORT_SPINNING", "0")
         )
         self.session = ort.InferenceSession(here, opts, providers=["CPUExecutionProvider"])
+        _exit_with_the_server()
 
     def execute(self, requests):
         responses = []
