@@ -342,13 +342,13 @@ class MessageStore:
         the fields it lacks (a replay never undoes what a later message did)."""
         ops = ops_for(conn)
         current = ops.find_order(parsed.accession_number, parsed.sending_facility)
+        carried = {name: v for name in _ORDER_FIELDS if (v := getattr(parsed, name))}
         values: dict[str, Any] = {}
         control = parsed.order_control
         newer = replay and (current.get("message_id") or 0) > message_id
         if newer:
-            for name in _ORDER_FIELDS:
-                value = getattr(parsed, name)
-                if value and not current.get(name):
+            for name, value in carried.items():
+                if not current.get(name):
                     values[name] = value
         else:
             values["order_control"] = control
@@ -357,15 +357,10 @@ class MessageStore:
             else:
                 if control == "NW" or parsed.order_status:
                     values["order_status"] = parsed.order_status
-                for name in _ORDER_FIELDS:
-                    value = getattr(parsed, name)
-                    if value:
-                        values[name] = value
+                values.update(carried)
             if not current:  # a first message that is not NW still records what it carries
-                for name in _ORDER_FIELDS:
-                    value = getattr(parsed, name)
-                    if value:
-                        values.setdefault(name, value)
+                for name, value in carried.items():
+                    values.setdefault(name, value)
             values["message_id"] = message_id
         if current:
             ops.update_order(int(current["id"]), values)
