@@ -163,4 +163,27 @@ def test_the_fixed_front_end_is_the_default_and_unchanged_by_the_option() -> Non
     assert fixed.shape[1] == N_FEATURES and wider.shape[1] == N_FEATURES + 4
     assert torch.equal(fixed, wider[:, :N_FEATURES])
     with pytest.raises(ValueError, match="front end"):
-        Detector("ich", 4, front="learned")
+        Detector("ich", 4, front="windows")
+
+
+def test_the_learned_front_end_reads_the_normalised_voxels_beside_the_fixed_channels() -> None:
+    """The "learned" front end: training feeds the head the precomputed channels and the
+    normalised HU of the same crop; forward computes both itself and gives the same outputs;
+    the head refuses to run without the voxels; gradients reach the voxel convolutions."""
+    from triage.training.nets import FRONT_ENDS, LEARNED_CHANNELS, Detector
+
+    torch.manual_seed(3)
+    net = Detector("ich", 4, front="learned").eval()
+    volume = torch.randn(1, 8, 32, 32) * 30.0 + 35.0
+    with torch.no_grad():
+        f = net.features(volume)
+        assert f.shape == (8, FRONT_ENDS["learned"], 16, 16)
+        assert net.c0.in_channels == FRONT_ENDS["learned"] + LEARNED_CHANNELS
+        study, _, loc = net(volume)
+        again = net.head(f, 1, 8, net.normalise(volume))
+    assert torch.allclose(study, again[0]) and torch.allclose(loc, again[2])
+    with pytest.raises(ValueError, match="voxels"):
+        net.head(f, 1, 8)
+    net.train()
+    net.head(f, 1, 8, net.normalise(volume))[0].sum().backward()
+    assert net.r0.weight.grad is not None and float(net.r0.weight.grad.abs().sum()) > 0.0

@@ -38,7 +38,11 @@ N_FEATURES = 18  # the "fixed" front end (every shipped model so far)
 # partial-volume bleeds: a lower, wider lesion range without opening, and the voxel's
 # excess over its own neighbourhood (a 3 x 3 mean minus the mean of the soft tissue and CSF
 # within 13 x 13 voxels), as its maximum, mean and 2 x 2 opening per cell.
-FRONT_ENDS = {"fixed": N_FEATURES, "contrast": N_FEATURES + 4}
+# "learned" is "contrast" plus a learned branch on the HU voxels themselves (two 3 x 3
+# convolutions at full resolution, their maximum and mean per cell: LEARNED_CHANNELS more).
+FRONT_ENDS = {"fixed": N_FEATURES, "contrast": N_FEATURES + 4, "learned": N_FEATURES + 4}
+LEARNED_WIDTH = 8
+LEARNED_CHANNELS = 2 * LEARNED_WIDTH
 LOW_LESION = (58.0, 18.0)  # centre, half-width (HU): 40-76, mixed / partial-volume blood
 CONTRAST = (13, -5.0, 90.0, 20.0, 100.0, 20.0)  # window (128-grid px); neighbourhood HU range;
 # the 3 x 3 mean's HU range that counts; HU per unit of excess
@@ -154,6 +158,14 @@ class Detector(nn.Module):
         self.task = task
         self.enc = enc
         n_feat = FRONT_ENDS[front]
+        self.learned = front == "learned"
+        if self.learned:
+            n_feat += LEARNED_CHANNELS
+            lw = LEARNED_WIDTH
+            self.r0 = nn.Conv2d(2, lw, 3, padding=1)
+            self.rb0 = nn.BatchNorm2d(lw)
+            self.r1 = nn.Conv2d(lw, lw, 3, padding=1)
+            self.rb1 = nn.BatchNorm2d(lw)
         w = width
         self.c0 = nn.Conv2d(n_feat, w, 1)
         self.b0 = nn.BatchNorm2d(w)
@@ -234,7 +246,7 @@ class Detector(nn.Module):
         near = _max_square(dense2, 3)
         within = inside(dense2)
         core = -_max_square(-self._lesion(havg), 3)
-        extra = self._contrast(v, cell) if self.front == "contrast" else []
+        extra = self._contrast(v, cell) if self.front != "fixed" else []
         return torch.cat(
             [
                 self._task(havg),
@@ -283,14 +295,25 @@ class Detector(nn.Module):
         b, z = volume.shape[:2]
         with torch.no_grad():
             x = self.features(volume)
-        return self.head(x, b, z)
+            raw = self.normalise(volume) if self.learned else None
+        return self.head(x, b, z, raw)
 
     def head(
-        self, x: torch.Tensor, b: int, z: int
+        self, x: torch.Tensor, b: int, z: int, raw: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The learned part, on :meth:`features` [B*Z, C, G, G] (G = 64)."""
+        """The learned part, on :meth:`features` [B*Z, C, G, G] (G = 64) and, for the
+        "learned" front end, the normalised HU ``raw`` [B, Z, H, W] of the same voxels."""
         h, w = x.shape[-2] * 2, x.shape[-1] * 2  # in 128-grid voxels
         act = F.leaky_relu
+        if self.learned:
+            if raw is None:
+                raise ValueError("the learned front end needs the normalised HU voxels")
+            cell = raw.shape[-1] // x.shape[-1]
+            r = raw.reshape(-1, 1, *raw.shape[-2:])
+            r = torch.cat([((r - 40.0) / 40.0).clamp(-1.5, 2.0), (r / 500.0).clamp(-2.0, 3.0)], 1)
+            r = act(self.rb0(self.r0(r)), 0.1)
+            r = act(self.rb1(self.r1(r)), 0.1)
+            x = torch.cat([x, F.max_pool2d(r, cell), F.avg_pool2d(r, cell)], dim=1)
         x = act(self.b0(self.c0(x)), 0.1)
         x = act(self.b1(self.c1(x)), 0.1)
         x = act(self.b2(self.c2(x)), 0.1)

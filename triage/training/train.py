@@ -93,7 +93,9 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 250):  # type: ignore
     torch.set_num_threads(cfg.threads)
     net = Detector(cfg.task, cfg.width, front=cfg.front)
     t0 = time.monotonic()
-    feats = features_of(net, train.volumes, cfg.augment_fraction, cfg.seed)  # [N, Z, C, G, G]
+    feats, raws = features_of(
+        net, train.volumes, cfg.augment_fraction, cfg.seed, keep_raw=net.learned
+    )  # [N, Z, C, G, G]; the learned front end: normalised HU [N, Z, Y, X] too
     log.info("%s: features of %d phantoms in %.0f s", cfg.task, len(train), time.monotonic() - t0)
     n, depth, grid = feats.shape[0], feats.shape[1], feats.shape[-1]
     cz, cs = min(cfg.crop_slices, depth), min(cfg.crop_size, grid)
@@ -113,11 +115,12 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 250):  # type: ignore
         with torch.no_grad():
             for i in negatives:
                 x = torch.from_numpy(feats[i].astype(np.float32))
-                loc = net.head(x, 1, depth)[2][0].numpy()
+                r = None if raws is None else torch.from_numpy(raws[i : i + 1].astype(np.float32))
+                loc = net.head(x, 1, depth, r)[2][0].numpy()
                 hardest[int(i)] = np.array(np.unravel_index(int(loc.argmax()), loc.shape))
         net.train()
 
-    def crop(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    def crop(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray | None]:
         cells = train.loc_targets[i]  # [Z/4, G/2, G/2]; a cell is 4 slices x 2 x 2 here
         c: np.ndarray | None = None
         if train.labels[i] > 0.5 and cells.any() and rng.random() < cfg.lesion_crop_fraction:
@@ -136,7 +139,11 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 250):  # type: ignore
         f = feats[i, z0 : z0 + cz, :, y0 : y0 + cs, x0 : x0 + cs]
         loc = cells[z0 // 4 : (z0 + cz) // 4, y0 // 2 : (y0 + cs) // 2, x0 // 2 : (x0 + cs) // 2]
         slices = np.repeat(loc.any(axis=(1, 2)), 4).astype(np.float32)
-        return f, loc, slices, float(loc.any())
+        r = None
+        if raws is not None:
+            k = raws.shape[-1] // grid
+            r = raws[i, z0 : z0 + cz, k * y0 : k * (y0 + cs), k * x0 : k * (x0 + cs)]
+        return f, loc, slices, float(loc.any()), r
 
     net.train()
     t0 = time.monotonic()
@@ -149,10 +156,15 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 250):  # type: ignore
         yl = torch.from_numpy(np.stack([b[1] for b in batch]))
         ys = torch.from_numpy(np.stack([b[2] for b in batch]))
         y = torch.tensor([b[3] for b in batch], dtype=torch.float32)
+        raw = None
+        if raws is not None:
+            raw = torch.from_numpy(np.stack([b[4] for b in batch if b[4] is not None]))
+            raw = raw.float()
         if rng.random() < 0.5:  # left-right flip (the features are symmetric)
             x, yl = x.flip(-1), yl.flip(-1)
+            raw = None if raw is None else raw.flip(-1)
         b = x.shape[0]
-        study, slices, loc = net.head(x.reshape(b * cz, *x.shape[2:]), b, cz)
+        study, slices, loc = net.head(x.reshape(b * cz, *x.shape[2:]), b, cz, raw)
         loss = (
             F.binary_cross_entropy_with_logits(study, y)
             + 0.5 * balanced_bce(slices, ys)
@@ -178,15 +190,21 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 250):  # type: ignore
 
 
 def features_of(  # type: ignore[no-untyped-def]
-    net, volumes: np.ndarray, augment_fraction: float = 0.0, seed: int = 0
-) -> np.ndarray:
+    net,
+    volumes: np.ndarray,
+    augment_fraction: float = 0.0,
+    seed: int = 0,
+    keep_raw: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The fixed feature channels of ``volumes`` [N, Z, Y, X], float16 [N, Z, C, Y/2, X/2];
     of an augmented copy (:func:`triage.training.augment.augment`) for a share
-    ``augment_fraction`` of them (drawn per phantom from ``seed`` and its index)."""
+    ``augment_fraction`` of them (drawn per phantom from ``seed`` and its index); and with
+    ``keep_raw``, the normalised HU of the same (augmented) volumes, float16 [N, Z, Y, X]."""
     from triage.training.augment import augment
 
     torch = _require_torch()
     out: np.ndarray | None = None
+    raw = np.zeros((0,), np.float16)
     with torch.no_grad():
         for i in range(len(volumes)):
             a = np.asarray(volumes[i], dtype=np.float32)
@@ -197,8 +215,14 @@ def features_of(  # type: ignore[no-untyped-def]
             f = net.features(v)
             if out is None:
                 out = np.zeros((len(volumes), v.shape[1], *f.shape[1:]), np.float16)
+                if keep_raw:
+                    raw = np.zeros((len(volumes), *v.shape[1:]), np.float16)
             out[i] = f.numpy().astype(np.float16)
-    return out if out is not None else np.zeros((0,), np.float16)
+            if keep_raw:
+                raw[i] = net.normalise(v)[0].numpy().astype(np.float16)
+    if out is None:
+        return np.zeros((0,), np.float16), None
+    return out, (raw if keep_raw else None)
 
 
 def balanced_bce(logits: Any, target: Any) -> Any:
