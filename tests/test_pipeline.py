@@ -708,3 +708,89 @@ def test_a_study_left_complete_by_a_stopped_engine_is_processed(tmp_path, ris):
         s.add(st)
     p.tick()
     assert study(db, "29.1").state == StudyState.SCORED
+
+
+class CommitWatch:
+    """Every committed state of one study, as another reader sees it, after each of the
+    pipeline's transactions: (state, reasons, findings stored)."""
+
+    def __init__(self, db: Database, uid: str) -> None:
+        import contextlib
+        import sqlite3
+
+        self.seen: list[tuple[str, str, int]] = []
+        path = db.engine.url.database
+        session = db.session
+
+        @contextlib.contextmanager
+        def watched():
+            with session() as s:
+                yield s
+            con = sqlite3.connect(path)
+            try:
+                row = con.execute(
+                    "SELECT state, reasons, (SELECT count(*) FROM finding WHERE study_uid = ?) "
+                    "FROM study WHERE study_uid = ?",
+                    (uid, uid),
+                ).fetchone()
+            finally:
+                con.close()
+            if row is not None:
+                self.seen.append((str(row[0]), str(row[1] or ""), int(row[2])))
+
+        db.session = watched  # type: ignore[method-assign]
+
+
+def test_ai_pending_is_committed_with_its_reason_never_without(tmp_path, ris):
+    """Before, the state (AI pending) and the reasons and score that go with it were written
+    in two transactions: the worklist could show a study AI pending with no reason why."""
+    analyzer = ScriptedAnalyzer([TritonUnavailable("connection refused")])
+    db, p = make(tmp_path, analyzer, ris, retry=3600)
+    add_order(db, "ACC41", "R", "E")
+    add_study(db, "41.1", accession="ACC41")
+    watch = CommitWatch(db, "41.1")
+    p.tick()
+    pending = [reasons for state, reasons, _ in watch.seen if state == StudyState.AI_PENDING]
+    assert pending, watch.seen
+    assert all("AI pending" in r for r in pending), watch.seen
+
+
+def test_a_finding_is_committed_with_the_score_it_gives(tmp_path, ris):
+    """The finding and the study's new score, priority and reasons: one transaction (before,
+    the finding was committed first, the study COMPLETE and still at its old score)."""
+    analyzer = ScriptedAnalyzer([positive()])
+    db, p = make(tmp_path, analyzer, ris)
+    add_order(db, "ACC42", "R", "E")
+    add_study(db, "42.1", accession="ACC42")
+    watch = CommitWatch(db, "42.1")
+    p.tick()
+    with_finding = [state for state, _, findings in watch.seen if findings]
+    assert with_finding and set(with_finding) == {StudyState.SCORED}, watch.seen
+    assert study(db, "42.1").engine_priority == "S"
+
+
+def test_images_arriving_while_the_model_runs_are_analysed_too(tmp_path, ris):
+    """New instances stored while inference runs put the study back to RECEIVING; storing
+    the analysis must not overwrite that (before: SCORED with the old images' result, and the
+    new images never analysed)."""
+    db_holder: list[Database] = []
+
+    @dataclass
+    class ArrivingAnalyzer(ScriptedAnalyzer):
+        def analyze(self, model: str, instances: list[Instance]) -> Analysis:
+            if not self.calls:  # a late series lands during the first inference
+                add_study(db_holder[0], "43.1", accession="ACC43", first=10, n=3, series="9")
+            return super().analyze(model, instances)
+
+    analyzer = ArrivingAnalyzer([positive(0.97), positive(0.98)])
+    db, p = make(tmp_path, analyzer, ris)
+    db_holder.append(db)
+    add_order(db, "ACC43", "R", "E")
+    add_study(db, "43.1", accession="ACC43")
+    p.tick()
+    assert analyzer.calls == ["ich"]
+    assert study(db, "43.1").state == StudyState.RECEIVING
+    p.tick()  # the late images are already quiet long enough: complete, analysed again
+    assert analyzer.calls == ["ich", "ich"]
+    st = study(db, "43.1")
+    assert st.state == StudyState.SCORED and st.engine_priority == "S"

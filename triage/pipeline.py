@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -62,6 +62,16 @@ OPEN_STATES = (StudyState.SCORED, StudyState.NOT_ROUTED, StudyState.AI_PENDING)
 #: ... and a study whose processing failed: unread, it ages like the others (its state stays).
 RESCORED_STATES = (*OPEN_STATES, StudyState.FAILED)
 FAILED_REASON = "Processing failed"
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What running a model gave: an analysis, or None and the error (AI pending)."""
+
+    model: str
+    analysis: Analysis | None
+    error: str
+    fingerprint: str  # of the instances analysed
 
 
 class Pipeline:
@@ -276,22 +286,37 @@ class Pipeline:
                 study.state = StudyState.NOT_ROUTED
                 study.ai_status = ""
             s.add(study)
-        cause, ref = Cause.COMPLETED, ""
+        outcome: _Outcome | None = None
         if rule is None:
             log.info("study %s: no routing rule matched; listed at ordered priority", study_uid)
         elif again:
             log.info("study %s: same images as already analysed; re-scored only", study_uid)
         else:
             log.info("study %s routed to %s by rule %s", study_uid, rule.model, rule.name)
-            finding_id = self._analyze(study_uid, rule.model, instances, fingerprint)
-            if finding_id is not None:
-                cause, ref = Cause.FINDING, str(finding_id)
-        self._score(study_uid, processed=True, cause=cause, ref=ref)
+            outcome = self._analyze(study_uid, rule.model, instances, fingerprint)
+        try:
+            self._score(study_uid, processed=True, cause=Cause.COMPLETED, outcome=outcome)
+        except Exception:
+            if outcome is not None:  # keep what the model said: a retry only scores again
+                self._keep(study_uid, outcome)
+            raise
+
+    def _keep(self, study_uid: str, outcome: _Outcome) -> None:
+        """Store an analysis on its own, when the transaction that was to store and score it
+        failed (best effort: the store may be what failed)."""
+        try:
+            with self.db.session() as s:
+                study = _study(s, study_uid)
+                if study is not None:
+                    self._record(s, study, outcome)
+        except Exception as exc:
+            log.error("study %s: cannot keep its analysis either: %s", study_uid, exc)
 
     def _analyze(
         self, study_uid: str, model: str, instances: list[Instance], fingerprint: str
-    ) -> int | None:
-        """Run the model and store its Finding; the finding's id (None: AI pending)."""
+    ) -> _Outcome:
+        """Run the model (nothing stored: :meth:`_record` does it, in the scoring's
+        transaction)."""
         analysis: Analysis | None = None
         error = ""
         if self.analyzer is None:
@@ -306,48 +331,59 @@ class Pipeline:
             except Exception as exc:  # a bug or an unreadable file: not retried forever
                 log.exception("study %s: analysis failed", study_uid)
                 analysis = Analysis(model, "", "error", detail=f"analysis failed: {exc}")
-        finding: Finding | None = None
-        with self.db.session() as s:
-            study = _study(s, study_uid)
-            if study is None:
-                return None
-            study.ai_attempts += 1
-            if analysis is None:
+        return _Outcome(model, analysis, error, fingerprint)
+
+    def _record(self, s: Session, study: Study, outcome: _Outcome) -> int | None:
+        """Store an analysis (its Finding; the finding's id) or that AI is pending (None), in
+        the transaction that scores the study: the worklist never shows the new state
+        without the score and reasons that go with it. A study that took new images while
+        the model ran keeps RECEIVING: it completes, and is analysed, again."""
+        study.ai_attempts += 1
+        receiving = study.state == StudyState.RECEIVING
+        analysis = outcome.analysis
+        if analysis is None:
+            if not receiving:
                 study.state = StudyState.AI_PENDING
-                study.ai_status = "pending"
-                study.ai_next_attempt_at = utcnow() + timedelta(seconds=self.retry_seconds)
-                log.warning(
-                    "study %s: AI pending (%s); retry in %.0fs",
-                    study_uid,
-                    error,
-                    self.retry_seconds,
-                )
-            else:
-                finding = Finding(
-                    study_uid=study_uid,
-                    model_name=analysis.model_name,
-                    model_version=analysis.model_version,
-                    status=analysis.status,
-                    probability=analysis.probability,
-                    positive=analysis.positive,
-                    threshold=analysis.threshold,
-                    key_slice=analysis.key_slice,
-                    series_uid=analysis.series_uid,
-                    detail=analysis.detail,
-                    key_image=analysis.key_image,
-                    inputs=analysis.inputs,
-                )
-                s.add(finding)
-                study.ai_status = analysis.status
-                study.ai_next_attempt_at = None
-                study.analyzed_fingerprint = fingerprint
-                study.state = StudyState.COMPLETE  # analysed; scoring comes next
-                log.info(
-                    "study %s: %s %s p=%s", study_uid, model, analysis.status, analysis.probability
-                )
+            study.ai_status = "pending"
+            study.ai_next_attempt_at = utcnow() + timedelta(seconds=self.retry_seconds)
+            log.warning(
+                "study %s: AI pending (%s); retry in %.0fs",
+                study.study_uid,
+                outcome.error,
+                self.retry_seconds,
+            )
             s.add(study)
-            s.flush()
-            return finding.id if finding is not None else None
+            return None
+        finding = Finding(
+            study_uid=study.study_uid,
+            model_name=analysis.model_name,
+            model_version=analysis.model_version,
+            status=analysis.status,
+            probability=analysis.probability,
+            positive=analysis.positive,
+            threshold=analysis.threshold,
+            key_slice=analysis.key_slice,
+            series_uid=analysis.series_uid,
+            detail=analysis.detail,
+            key_image=analysis.key_image,
+            inputs=analysis.inputs,
+        )
+        s.add(finding)
+        study.ai_status = analysis.status
+        study.ai_next_attempt_at = None
+        study.analyzed_fingerprint = outcome.fingerprint
+        if not receiving:
+            study.state = StudyState.COMPLETE  # analysed; scored below
+        log.info(
+            "study %s: %s %s p=%s",
+            study.study_uid,
+            outcome.model,
+            analysis.status,
+            analysis.probability,
+        )
+        s.add(study)
+        s.flush()
+        return finding.id
 
     def rescore(self, study_uid: str, cause: Cause = Cause.ORDER, ref: str = "") -> None:
         """Score again a study already processed (its order changed); others wait their turn.
@@ -391,8 +427,17 @@ class Pipeline:
                 "study %s: cannot record the failure; retried at the next tick", study_uid
             )
 
-    def _score(self, study_uid: str, *, processed: bool, cause: Cause, ref: str = "") -> None:
-        """Score a study from its order and latest findings; notify the RIS when it rose."""
+    def _score(
+        self,
+        study_uid: str,
+        *,
+        processed: bool,
+        cause: Cause,
+        ref: str = "",
+        outcome: _Outcome | None = None,
+    ) -> None:
+        """Score a study from its order and latest findings (first storing ``outcome``, the
+        analysis just made, in the same transaction); notify the RIS when it rose."""
         waiting = (
             {StudyState.RECEIVING}
             if processed
@@ -400,7 +445,13 @@ class Pipeline:
         )
         with self.db.session() as s:
             study = _study(s, study_uid)
-            if study is None or study.state in waiting:
+            if study is None:
+                return
+            if outcome is not None:
+                finding_id = self._record(s, study, outcome)
+                if finding_id is not None:
+                    cause, ref = Cause.FINDING, str(finding_id)
+            if study.state in waiting:
                 return
             order = link_order(s, study, self.window)
             displaced: list[str] = []
