@@ -318,6 +318,38 @@ def test_oversize_frame_gets_ar_and_connection_closed(listener: Callable[..., Ru
     assert read_ack(send_message_ack(r, sample("orm_nw_v251.hl7")))[0] == "AA"
 
 
+@pytest.mark.parametrize("others", [0, 1])
+def test_frames_before_an_oversize_one_are_answered_first_in_order(
+    listener: Callable[..., Running], others: int
+) -> None:
+    """Two orders and an oversized frame in one write: AA, AA, then AR, then the connection
+    closes - alone and with another connection open (the two orders then go through the
+    queue and the writer thread, and their ACKs come after their commit)."""
+    from triage.synth.orders import order_message
+
+    r = listener(max_bytes=4096)
+    idle = [socket.create_connection((r.host, r.port), timeout=10) for _ in range(others)]
+    try:
+        time.sleep(0.1)
+        small = [order_message(accession=f"OV{others}{i}", patient_id="PV") for i in range(2)]
+        big = sample("orm_nw_v251.hl7") + "\rNTE|1||" + "x" * 8000
+        with socket.create_connection((r.host, r.port), timeout=10) as sock:
+            sock.sendall(b"".join(frame(m.encode()) for m in [*small, big]))
+            acks = _read_acks(sock, 3)
+            sock.settimeout(5)
+            assert sock.recv(100) == b""  # then closed
+        ids = [m.split("\r", 1)[0].split("|")[9] for m in small]
+        assert [read_ack(a.decode())[:2] for a in acks] == [
+            ("AA", ids[0]),
+            ("AA", ids[1]),
+            ("AR", "RIS00000101"),
+        ]
+    finally:
+        for s in idle:
+            s.close()
+    assert len(r.orders()) == 2
+
+
 def test_idle_peer_is_dropped(listener: Callable[..., Running]) -> None:
     r = listener(idle_timeout=0.3)
     with socket.create_connection((r.host, r.port), timeout=5) as sock:

@@ -397,6 +397,7 @@ class _Connection(asyncio.Protocol):
         self.decoder = MLLPDecoder(listener.settings.hl7_max_message_bytes)
         self.unanswered = 0  # frames received whose ACK is not written yet
         self.then_close = False  # close once every frame received is answered
+        self._last_words: Callable[[], None] | None = None  # written just before that close
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._last_read = 0.0
         self._idle: asyncio.TimerHandle | None = None
@@ -431,8 +432,9 @@ class _Connection(asyncio.Protocol):
         except MLLPFrameTooLarge as exc:
             assert self.transport is not None
             self.transport.pause_reading()
+            # its AR goes after the ACKs of the frames before it, then the connection closes
+            self._last_words = functools.partial(listener._answer_oversize, exc, self)
             listener._answer(self, exc.complete_frames)
-            listener._answer_oversize(exc, self)
             self._close_when_answered()
             return
         if frames:
@@ -479,11 +481,12 @@ class _Connection(asyncio.Protocol):
             self.write(frame(outcome.ack.encode(outcome.codec, errors="replace")))
         self.listener._after_ack(outcome.order_ids)
         if self.then_close and not self.unanswered:
-            self.close()
+            self._close_answered()
 
     def failed(self) -> None:
         """The store could not answer a frame of ours (it does not raise; a defect): close."""
         self.unanswered -= 1
+        self._last_words = None
         self.close()
 
     def write(self, data: bytes) -> None:
@@ -497,7 +500,13 @@ class _Connection(asyncio.Protocol):
     def _close_when_answered(self) -> None:
         self.then_close = True
         if not self.unanswered:
-            self.close()
+            self._close_answered()
+
+    def _close_answered(self) -> None:
+        last, self._last_words = self._last_words, None
+        if last is not None:
+            last()
+        self.close()
 
     def _check_idle(self) -> None:
         self._idle = None
