@@ -601,6 +601,51 @@ def test_a_peer_that_does_not_read_its_acks_is_paused_not_buffered(
     assert len(r.orders()) == n + 1
 
 
+def test_a_peer_sending_far_ahead_of_its_acks_waits_in_its_own_socket(
+    listener: Callable[..., Running],
+) -> None:
+    """3,000 frames in one go (ACKs read as they come), another connection open so that they
+    go through the queue, commits slower than the peer sends: the listener holds at most
+    MAX_UNANSWERED frames of the connection read and not answered (plus what a read brings)
+    instead of reading them all into memory; every frame is answered, in order."""
+    from triage.ingest import hl7_listener
+    from triage.synth.orders import order_message
+
+    r = listener()
+    most = [0]
+    submit = r.listener._submit
+
+    def counting(payload: bytes, conn: Any) -> None:
+        submit(payload, conn)
+        most[0] = max(most[0], len(r.listener._queue))
+
+    r.listener._submit = counting  # type: ignore[method-assign]
+    store_batch = r.listener.store.store_batch
+
+    def slow_disk(*args: Any) -> Any:  # commits slower than the peer sends
+        time.sleep(0.05)
+        return store_batch(*args)
+
+    r.listener.store.store_batch = slow_disk  # type: ignore[method-assign]
+    n = 3000
+    msgs = [order_message(accession=f"F{i}", patient_id="PF") for i in range(n)]
+    with socket.create_connection((r.host, r.port), timeout=10) as other:
+        time.sleep(0.1)
+        with socket.create_connection((r.host, r.port), timeout=10) as sock:
+            sender = threading.Thread(
+                target=sock.sendall, args=(b"".join(frame(m.encode()) for m in msgs),)
+            )
+            sender.start()
+            acks = _read_acks(sock, n, timeout=60)
+            sender.join(30)
+        other.close()
+    assert [read_ack(a.decode())[1] for a in acks] == [
+        m.split("\r", 1)[0].split("|")[9] for m in msgs
+    ]
+    reads = 2 * (65536 // min(len(m) for m in msgs) + 1)  # what a read or two can bring
+    assert most[0] <= hl7_listener.MAX_UNANSWERED + reads, most[0]
+
+
 def test_eight_connections_group_commit(listener: Callable[..., Running]) -> None:
     from triage.synth.orders import order_message
 

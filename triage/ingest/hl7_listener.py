@@ -57,6 +57,9 @@ ON_ORDER_DELAY = 0.005  # seconds: on_order calls due are handed to their thread
 # duration and at most GATHER_MAX seconds (docs/performance.md, "HL7 MLLP").
 GATHER_FRACTION = 0.5
 GATHER_MAX = 0.002
+# A connection with this many frames read but not answered yet is not read further until half
+# of them are: a peer sending far ahead of its ACKs waits in its own socket, not in our memory.
+MAX_UNANSWERED = 512
 
 
 @dataclass
@@ -398,6 +401,7 @@ class _Connection(asyncio.Protocol):
         self.unanswered = 0  # frames received whose ACK is not written yet
         self.then_close = False  # close once every frame received is answered
         self._last_words: Callable[[], None] | None = None  # written just before that close
+        self._held: set[str] = set()  # why reading is paused: "acks" not read, "backlog"
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._last_read = 0.0
         self._idle: asyncio.TimerHandle | None = None
@@ -439,6 +443,9 @@ class _Connection(asyncio.Protocol):
             return
         if frames:
             listener._answer(self, frames)
+            if self.unanswered >= MAX_UNANSWERED:  # a peer sending ahead of its ACKs
+                self._held.add("backlog")
+                self._hold()
 
     def eof_received(self) -> bool:
         if self.unanswered:  # the peer is done sending; it still gets its ACKs
@@ -465,18 +472,31 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The peer is not reading its ACKs: stop reading its frames until it does.
+        self._held.add("acks")
+        self._hold()
+
+    def resume_writing(self) -> None:
+        self._held.discard("acks")
+        self._release()
+
+    def _hold(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
 
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing() and not self.then_close:
-            self.transport.resume_reading()
+    def _release(self) -> None:
+        transport = self.transport
+        if self._held or self.then_close or transport is None or transport.is_closing():
+            return
+        transport.resume_reading()
 
     # the listener's side ------------------------------------------------------------------
 
     def answer(self, outcome: Outcome) -> None:
         """The next frame's outcome: write its ACK (if any), hand its orders on."""
         self.unanswered -= 1
+        if "backlog" in self._held and self.unanswered <= MAX_UNANSWERED // 2:
+            self._held.discard("backlog")
+            self._release()
         if outcome.ack:
             self.write(frame(outcome.ack.encode(outcome.codec, errors="replace")))
         self.listener._after_ack(outcome.order_ids)
