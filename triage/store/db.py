@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from sqlalchemy import event, inspect
@@ -30,6 +30,35 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, sqlite3.Error)
 def is_database_error(exc: BaseException) -> bool:
     """True for an error of the database layer, translated or not."""
     return isinstance(exc, StoreError | SQLAlchemyError | sqlite3.Error)
+
+
+class OwnSQLite:
+    """A sqlite3 connection of one component's own, opened through the engine (so with its
+    pragmas: WAL, ``synchronous=FULL``, the busy timeout) and detached from the pool: the
+    pool opens another for everyone else. Reopened after :meth:`close`. For the hot paths
+    that use the sqlite3 cursor directly (the HL7 store's transactions, the on-order
+    look-ups); one thread at a time."""
+
+    def __init__(self, db: Database, what: str) -> None:
+        self.db = db
+        self.what = what  # for the error: "cannot open <what>"
+        self.usable = db.engine.dialect.name == "sqlite" and db.engine.driver == "pysqlite"
+        self._raw: Any = None
+
+    def connection(self) -> sqlite3.Connection:
+        if self._raw is None:
+            with database_errors(f"cannot open {self.what}"):
+                raw = self.db.engine.raw_connection()
+            raw.detach()
+            self._raw = raw
+        con: sqlite3.Connection = self._raw.dbapi_connection
+        return con
+
+    def close(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            with suppress(Exception):
+                raw.close()
 
 
 @contextmanager

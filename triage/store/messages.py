@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, insert, select, update
 
 from triage.errors import StoreError
-from triage.store.db import Database, database_errors
+from triage.store.db import Database, OwnSQLite, database_errors
 from triage.store.models import Feedback, Finding, HL7Message, Order, Study, utcnow
 
 _MSG = HL7Message.__table__  # type: ignore[attr-defined]
@@ -309,25 +309,16 @@ class MessageRows:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.sqlite = db.engine.dialect.name == "sqlite" and db.engine.driver == "pysqlite"
-        self._raw: Any = None  # the pool connection detached for the store (SQLite)
+        self._own = OwnSQLite(db, "the HL7 store's connection")
+        self.sqlite = self._own.usable
 
     def close(self) -> None:
         """Close the store's own SQLite connection (reopened when needed again)."""
-        raw, self._raw = self._raw, None
-        if raw is not None:
-            with contextlib.suppress(Exception):
-                raw.close()
+        self._own.close()
 
     def connection(self) -> sqlite3.Connection:
         """The store's own sqlite3 connection (SQLite only)."""
-        if self._raw is None:
-            with database_errors("cannot open the HL7 store's connection"):
-                raw = self.db.engine.raw_connection()
-            raw.detach()  # ours until close(); the pool opens another for everyone else
-            self._raw = raw
-        con: sqlite3.Connection = self._raw.dbapi_connection
-        return con
+        return self._own.connection()
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[MessageOps]:

@@ -13,14 +13,13 @@ indexed look-ups, and they took the interpreter lock from the listener at every 
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, bindparam, exists, or_, select
 
-from triage.store.db import Database, database_errors
+from triage.store.db import Database, OwnSQLite, database_errors
 from triage.store.models import Order, Study
 
 __all__ = ["OrderLinks"]
@@ -70,8 +69,8 @@ class OrderLinks:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.sqlite = db.engine.dialect.name == "sqlite" and db.engine.driver == "pysqlite"
-        self._raw: Any = None  # the pool connection detached for these look-ups (SQLite)
+        self._own = OwnSQLite(db, "the order look-up connection")
+        self.sqlite = self._own.usable
 
     def near_studies(self, order_ids: Sequence[int]) -> list[int]:
         """The orders among ``order_ids`` (in that order, once each) that share an order id,
@@ -97,17 +96,10 @@ class OrderLinks:
         return [i for i in ids if i in keep]
 
     def close(self) -> None:
-        raw, self._raw = self._raw, None
-        if raw is not None:
-            with contextlib.suppress(Exception):
-                raw.close()
+        self._own.close()
 
     def _connection(self) -> sqlite3.Connection:
-        if self._raw is None:
-            raw = self.db.engine.raw_connection()
-            raw.detach()  # ours until close(); the pool opens another for everyone else
-            self._raw = raw
-        con: sqlite3.Connection = self._raw.dbapi_connection
+        con = self._own.connection()
         if con.in_transaction:  # a read left open would pin the WAL: never keep one
             con.rollback()
         return con
