@@ -18,7 +18,8 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from triage.ingest.dicom_ul import Status, encode_response, parse_command
+from triage.ingest.dicom_dimse import encode_response, parse_command
+from triage.ingest.dicom_pdu import Status
 
 
 def associate_rq(

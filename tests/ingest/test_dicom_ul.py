@@ -31,18 +31,15 @@ from raw_peer import (
     status_of,
 )
 
+from triage.ingest.dicom_dimse import encode_response, p_data_pdus, parse_command
+from triage.ingest.dicom_pdu import Rejection, Status
 from triage.ingest.dicom_ul import (
     Handlers,
     Limits,
     Peer,
-    Rejection,
-    Status,
     StoreRequest,
     StoreStart,
     UpperLayerServer,
-    encode_response,
-    p_data_pdus,
-    parse_command,
 )
 
 pytestmark = pytest.mark.integration

@@ -29,11 +29,11 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from raw_peer import RawPeer, associate_rq, command_set, established, status_of
 
+from triage.ingest.dicom_pdu import Status
 from triage.ingest.dicom_ul import (
     Handlers,
     Limits,
     Peer,
-    Status,
     StoreRequest,
     UpperLayerServer,
 )

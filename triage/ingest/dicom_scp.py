@@ -92,16 +92,13 @@ from triage.ingest.dicom_meta import (
     encode_file_meta,
 )
 from triage.ingest.dicom_paths import DICOM_SUBDIR, safe_instance_path
+from triage.ingest.dicom_pdu import CALLING_AE_NOT_RECOGNIZED, VERIFICATION, Rejection, Status
 from triage.ingest.dicom_stream import IncomingFile, clear_incoming, incoming_dir
 from triage.ingest.dicom_ul import (
-    CALLING_AE_NOT_RECOGNIZED,
-    VERIFICATION,
     Counters,
     Handlers,
     Limits,
     Peer,
-    Rejection,
-    Status,
     StoreRequest,
     StoreStart,
     UpperLayerServer,

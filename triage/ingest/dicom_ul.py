@@ -1,4 +1,6 @@
-"""The DICOM upper layer of the Storage SCP: associations, PDUs and DIMSE commands (PS3.8, PS3.7).
+"""The DICOM upper layer of the Storage SCP: associations and their PDUs (PS3.8, PS3.7).
+Its vocabulary is :mod:`triage.ingest.dicom_pdu`, the negotiation
+:mod:`triage.ingest.dicom_negotiation`, the DIMSE command sets :mod:`triage.ingest.dicom_dimse`.
 
 Why our own: pynetdicom runs every PDU through two threads, an event queue, its state machine
 and a DIMSE decoder, and that CPU before our handler runs kept the SCP far behind dcmtk's
@@ -41,82 +43,77 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
-from pydicom.uid import UID
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-    SCP_SCU_RoleSelectionNegotiation,
-)
-from pynetdicom.presentation import PresentationContext, build_context, negotiate_as_acceptor
+from pynetdicom.presentation import build_context
 
 from triage.errors import StoreError
+from triage.ingest.dicom_dimse import (
+    command_name,
+    encode_response,
+    p_data_pdus,
+    parse_command,
+    refuse_operation,
+    text_value,
+    us_value,
+)
+from triage.ingest.dicom_negotiation import (
+    NO_CONTEXTS,
+    RQ_FIXED,
+    AcceptedContext,
+    Negotiated,
+    ae_title,
+    negotiate,
+)
+from triage.ingest.dicom_pdu import (
+    ABORT,
+    APPLICATION_CONTEXT,
+    ASSOCIATE_AC,
+    ASSOCIATE_RJ,
+    ASSOCIATE_RQ,
+    C_CANCEL_RQ,
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    CALLED_AE_NOT_RECOGNIZED,
+    CONTEXT_NOT_SUPPORTED,
+    HEADER,
+    INVALID_PARAMETER,
+    LOCAL_LIMIT_EXCEEDED,
+    MAX_ASSOCIATE_RQ_BYTES,
+    MAX_COMMAND_BYTES,
+    NO_DATA_SET,
+    P_DATA,
+    PDU_TYPES,
+    PDV,
+    PROTOCOL_VERSION_NOT_SUPPORTED,
+    RELEASE_RP,
+    RELEASE_RP_PDU,
+    RELEASE_RQ,
+    UNEXPECTED_PARAMETER,
+    UNEXPECTED_PDU,
+    UNRECOGNIZED_OPERATION,
+    UNRECOGNIZED_PDU,
+    VERIFICATION,
+    ProtocolAbort,
+    Rejection,
+    Status,
+    abort_pdu,
+    check_fixed_length,
+    reject_pdu,
+)
 from triage.ingest.dicom_spool import DataSetBuffer, Spool
 
 log = logging.getLogger(__name__)
-
-APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-VERIFICATION = "1.2.840.10008.1.1"
-
-# PDU types (PS3.8 9.3)
-ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ = 0x01, 0x02, 0x03
-P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = 0x04, 0x05, 0x06, 0x07
-
-# A-ABORT reasons, source 2 (service provider) (PS3.8 9.3.8)
-UNRECOGNIZED_PDU, UNEXPECTED_PDU = 0x01, 0x02
-UNEXPECTED_PARAMETER, INVALID_PARAMETER = 0x05, 0x06
-
-# DIMSE command fields (PS3.7 E.1)
-C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
-NO_DATA_SET = 0x0101
-UNRECOGNIZED_OPERATION = 0x0211
-SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 #: Distinct A-ASSOCIATE-RQ item sets whose negotiation is remembered (oldest dropped first),
 #: and the largest item set remembered (storescu's ~120 contexts take ~10 KiB).
 _NEGOTIATION_CACHE = 64
 _NEGOTIATION_CACHE_ITEM_BYTES = 1 << 16
-#: The largest A-ASSOCIATE-RQ read (hundreds of presentation contexts fit in 64 KiB).
-MAX_ASSOCIATE_RQ_BYTES = 1 << 20
-#: The largest command set we read (a C-STORE-RQ is ~200 bytes).
-MAX_COMMAND_BYTES = 1 << 16
-_HEADER = struct.Struct(">BBI")
-_PDV = struct.Struct(">IBB")
-_ELEMENT = struct.Struct("<HHI")
-_US = struct.Struct("<H")
-
-
-class Rejection(NamedTuple):
-    """A-ASSOCIATE-RJ parameters (PS3.8 9.3.4)."""
-
-    result: int  # 1 permanent, 2 transient
-    source: int  # 1 service user, 2 provider (ACSE), 3 provider (presentation)
-    reason: int
-
-
-CALLING_AE_NOT_RECOGNIZED = Rejection(1, 1, 3)
-CALLED_AE_NOT_RECOGNIZED = Rejection(1, 1, 7)
-CONTEXT_NOT_SUPPORTED = Rejection(1, 1, 2)
-PROTOCOL_VERSION_NOT_SUPPORTED = Rejection(1, 2, 2)
-LOCAL_LIMIT_EXCEEDED = Rejection(2, 3, 2)
-
-
-class Status(NamedTuple):
-    """A DIMSE status to answer, with an optional Error Comment (0000,0902; 64 characters)."""
-
-    code: int
-    comment: str = ""
 
 
 @dataclass(frozen=True)
@@ -219,45 +216,12 @@ class Counters:
             return dict(self._counts)
 
 
-class _Abort(Exception):
-    """The association must end with an A-ABORT (source 2, ``reason``)."""
-
-    def __init__(self, reason: int, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 class _Closed(Exception):
     """The peer closed the connection, reset it, or a read timed out."""
 
     def __init__(self, how: str, message: str) -> None:
         super().__init__(message)
         self.how = how
-
-
-def abort_pdu(source: int, reason: int) -> bytes:
-    return bytes([ABORT, 0, 0, 0, 0, 4, 0, 0, source, reason])
-
-
-def reject_pdu(rejection: Rejection) -> bytes:
-    return bytes([ASSOCIATE_RJ, 0, 0, 0, 0, 4, 0]) + bytes(rejection)
-
-
-RELEASE_RP_PDU = bytes([RELEASE_RP, 0, 0, 0, 0, 4, 0, 0, 0, 0])
-_PDU_TYPES = frozenset(
-    (ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA, RELEASE_RQ, RELEASE_RP, ABORT)
-)
-
-
-def _check_fixed_length(pdu_type: int, length: int) -> None:
-    """A-RELEASE-RQ/RP and A-ABORT are 4 bytes after their header (PS3.8 9.3.6-9.3.8); any
-    other length is an invalid PDU (Evt19: A-ABORT, reason 6)."""
-    if length != 4:
-        raise _Abort(INVALID_PARAMETER, f"PDU type 0x{pdu_type:02X} of length {length}, not 4")
-
-
-def _command_name(field_: int | None) -> str:
-    return {C_STORE_RQ: "C-STORE", C_ECHO_RQ: "C-ECHO"}.get(field_ or 0, "DIMSE message")
 
 
 #: Closing: how long, and how many bytes, to read what the peer still sends after our last PDU.
@@ -282,104 +246,6 @@ def close_gently(sock: socket.socket) -> None:
     sock.close()
 
 
-# --------------------------------------------------------------------------- DIMSE commands
-
-
-def parse_command(data: bytes | bytearray) -> dict[int, bytes]:
-    """Group-0000 elements of an implicit VR little endian command set: {element: value}."""
-    out: dict[int, bytes] = {}
-    i, end = 0, len(data)
-    while i < end:
-        if i + 8 > end:
-            raise _Abort(INVALID_PARAMETER, "command set ends inside an element header")
-        group, elem, length = _ELEMENT.unpack_from(data, i)
-        i += 8
-        if group != 0x0000 or i + length > end:
-            raise _Abort(INVALID_PARAMETER, f"bad command element ({group:04X},{elem:04X})")
-        out[elem] = bytes(data[i : i + length])
-        i += length
-    return out
-
-
-def _us(command: dict[int, bytes], elem: int) -> int | None:
-    value = command.get(elem)
-    return _US.unpack(value)[0] if value is not None and len(value) == 2 else None
-
-
-def _text(command: dict[int, bytes], elem: int) -> str:
-    return command.get(elem, b"").decode("ascii", "replace").strip("\x00 ")
-
-
-def _element(elem: int, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\x00"
-    return _ELEMENT.pack(0, elem, len(value)) + value
-
-
-def encode_response(
-    command_field: int, message_id: int, status: Status, sop_class: str = "", sop_instance: str = ""
-) -> bytes:
-    """A DIMSE response command set with no data set (implicit VR little endian)."""
-    body = b""
-    if sop_class:
-        body += _element(0x0002, sop_class.encode("ascii", "replace"))
-    body += _element(0x0100, _US.pack(command_field))
-    body += _element(0x0120, _US.pack(message_id))
-    body += _element(0x0800, _US.pack(NO_DATA_SET))
-    body += _element(0x0900, _US.pack(status.code))
-    if status.comment and status.code != 0:
-        comment = status.comment.encode("ascii", "replace")[:64]
-        body += _element(0x0902, comment if len(comment) % 2 == 0 else comment + b" ")
-    if sop_instance:
-        body += _element(0x1000, sop_instance.encode("ascii", "replace"))
-    return _element(0x0000, struct.pack("<I", len(body))) + body
-
-
-def p_data_pdus(context_id: int, command: bytes, peer_max_pdu: int) -> bytes:
-    """``command`` as P-DATA-TF PDUs of at most ``peer_max_pdu`` bytes (0: no limit)."""
-    room = len(command) if peer_max_pdu == 0 else max(1, peer_max_pdu - 6)
-    out = []
-    for start in range(0, len(command), room):
-        chunk = command[start : start + room]
-        control = 0x01 | (0x02 if start + room >= len(command) else 0)
-        pdv = _PDV.pack(len(chunk) + 2, context_id, control) + chunk
-        out.append(_HEADER.pack(P_DATA, 0, len(pdv)) + pdv)
-    return b"".join(out)
-
-
-def refuse_operation(field_: int, context: AcceptedContext, sop_class: str) -> Status | None:
-    """Whether a C-STORE-RQ or C-ECHO-RQ may be served on the presentation context it came on
-    (PS3.7 9.1.1, 9.1.5; PS3.8 7.1.1.13): a C-STORE's Affected SOP Class UID must be the
-    context's abstract syntax, with us as the SCP of that SOP class (role negotiation); a
-    C-ECHO must come on a Verification context (an empty Affected SOP Class UID is read as
-    Verification). None: it may; else the status (0x0122 *SOP Class not supported*) to answer.
-    Two string comparisons: it runs for every C-STORE."""
-    if field_ == C_STORE_RQ:
-        if sop_class != context.abstract_syntax:
-            if not sop_class:
-                return Status(SOP_CLASS_NOT_SUPPORTED, "C-STORE without an Affected SOP Class UID")
-            return Status(
-                SOP_CLASS_NOT_SUPPORTED,
-                f"SOP Class is not context {context.context_id}'s abstract syntax",
-            )
-    elif field_ == C_ECHO_RQ:
-        if context.abstract_syntax != VERIFICATION:
-            return Status(
-                SOP_CLASS_NOT_SUPPORTED, f"C-ECHO on context {context.context_id}: not Verification"
-            )
-        if sop_class and sop_class != VERIFICATION:
-            return Status(
-                SOP_CLASS_NOT_SUPPORTED, "C-ECHO's Affected SOP Class is not Verification"
-            )
-    else:
-        return None
-    if not context.as_scp:
-        return Status(
-            SOP_CLASS_NOT_SUPPORTED, f"we are not SCP on context {context.context_id} (roles)"
-        )
-    return None
-
-
 # --------------------------------------------------------------------------- one association
 
 
@@ -398,107 +264,6 @@ class _Message:
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.discard()
-
-
-#: Bytes of an A-ASSOCIATE-RQ/AC before its variable items (header, version, AE titles).
-_RQ_FIXED = 74
-
-
-def _ae_title(raw: bytes | bytearray) -> str:
-    return bytes(raw).decode("ascii", "replace").strip(" \x00")
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptedContext:
-    """One accepted presentation context, as negotiated: an immutable value, so that the
-    negotiation remembered for one association (:meth:`UpperLayerServer.negotiate`) can be
-    shared by every association that sends the same request, and none can change what the
-    others see."""
-
-    context_id: int
-    abstract_syntax: str
-    transfer_syntax: str
-    #: We act as SCP for this SOP class (the peer may send us its requests), and as SCU.
-    as_scp: bool = True
-    as_scu: bool = False
-
-
-#: An association's accepted contexts before negotiation: none.
-NO_CONTEXTS: Mapping[int, AcceptedContext] = MappingProxyType({})
-
-
-@dataclass(frozen=True)
-class Negotiated:
-    """What an A-ASSOCIATE-RQ's variable items (application context, presentation contexts,
-    user information) negotiate to, and the AC's variable items that answer them. Read-only
-    all through: ``accepted`` is a read-only mapping of frozen contexts."""
-
-    application_context: str
-    peer_max_pdu: int
-    accepted: Mapping[int, AcceptedContext]
-    ac_items: bytes
-
-
-def negotiate(
-    items: bytes,
-    supported: list[PresentationContext] | tuple[PresentationContext, ...],
-    limits: Limits,
-) -> Negotiated:
-    """Decode the variable items of an A-ASSOCIATE-RQ with pynetdicom, negotiate presentation
-    contexts and SCP/SCU roles (:func:`pynetdicom.presentation.negotiate_as_acceptor`), and
-    encode the AC's items. Raises :class:`_Abort` when the items cannot be decoded."""
-    rq = A_ASSOCIATE_RQ()
-    try:
-        placeholder = _HEADER.pack(ASSOCIATE_RQ, 0, _RQ_FIXED - 6 + len(items))
-        rq.decode(placeholder + b"\x00\x01\x00\x00" + b"A" * 32 + bytes(32) + items)
-        primitive = rq.to_primitive()
-    except Exception as exc:
-        raise _Abort(INVALID_PARAMETER, f"undecodable A-ASSOCIATE-RQ: {exc}") from exc
-    roles = {
-        UID(str(item.sop_class_uid)): (item.scu_role, item.scp_role)
-        for item in primitive.user_information
-        if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
-    }
-    results, role_items = negotiate_as_acceptor(
-        primitive.presentation_context_definition_list, list(supported), roles or None
-    )
-    ac = A_ASSOCIATE()
-    ac.application_context_name = UID(APPLICATION_CONTEXT)
-    ac.calling_ae_title = "A" * 16
-    ac.called_ae_title = "A" * 16
-    ac.result, ac.result_source = 0x00, 0x01
-    ac.presentation_context_definition_results_list = results
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = limits.max_pdu
-    user: list[object] = [max_length]
-    if limits.implementation_class_uid:
-        uid = ImplementationClassUIDNotification()
-        uid.implementation_class_uid = UID(limits.implementation_class_uid)
-        user.append(uid)
-    if limits.implementation_version_name:
-        name = ImplementationVersionNameNotification()
-        name.implementation_version_name = limits.implementation_version_name
-        user.append(name)
-    ac.user_information = [*user, *role_items]  # type: ignore[list-item]
-    pdu = A_ASSOCIATE_AC()
-    pdu.from_primitive(ac)
-    accepted = {
-        int(cx.context_id): AcceptedContext(  # type: ignore[arg-type]
-            context_id=int(cx.context_id),  # type: ignore[arg-type]
-            abstract_syntax=str(cx.abstract_syntax),
-            transfer_syntax=str(cx.transfer_syntax[0]),
-            as_scp=bool(cx.as_scp),
-            as_scu=bool(cx.as_scu),
-        )
-        for cx in results
-        if cx.result == 0x00
-    }
-    return Negotiated(
-        application_context=str(primitive.application_context_name or ""),
-        peer_max_pdu=int(primitive.maximum_length_received or 0),
-        accepted=MappingProxyType(accepted),
-        ac_items=bytes(pdu.encode())[_RQ_FIXED:],
-    )
 
 
 class Association:
@@ -568,7 +333,7 @@ class Association:
             raise _Closed("connection", f"cannot send to the peer: {exc}") from exc
 
     def _read_header(self, timeout: float, deadline: float | None = None) -> tuple[int, int]:
-        pdu_type, _, length = _HEADER.unpack(self._recv(6, timeout, deadline))
+        pdu_type, _, length = HEADER.unpack(self._recv(6, timeout, deadline))
         claim = self.server.limits.max_pdu_claim
         if claim and length > claim:
             log.warning(
@@ -577,7 +342,7 @@ class Association:
                 length,
                 claim,
             )
-            raise _Abort(INVALID_PARAMETER, f"PDU length {length} over the limit {claim}")
+            raise ProtocolAbort(INVALID_PARAMETER, f"PDU length {length} over the limit {claim}")
         return pdu_type, length
 
     # ------------------------------------------------------------------ the association
@@ -586,7 +351,7 @@ class Association:
         how = "connection"
         try:
             how = self._serve()
-        except _Abort as exc:
+        except ProtocolAbort as exc:
             log.warning("association from %s aborted: %s", self.peer.address, exc)
             self.server.counters.add("protocol_aborts")
             with contextlib.suppress(OSError):
@@ -634,12 +399,12 @@ class Association:
         if pdu_type == ABORT:  # PS3.8 Sta2 + Evt16: AA-2, close without a word
             raise _Closed("aborted", "A-ABORT before A-ASSOCIATE-RQ")
         if pdu_type != ASSOCIATE_RQ:
-            reason = UNEXPECTED_PDU if pdu_type in _PDU_TYPES else UNRECOGNIZED_PDU
-            raise _Abort(reason, f"PDU type 0x{pdu_type:02X} before A-ASSOCIATE-RQ")
+            reason = UNEXPECTED_PDU if pdu_type in PDU_TYPES else UNRECOGNIZED_PDU
+            raise ProtocolAbort(reason, f"PDU type 0x{pdu_type:02X} before A-ASSOCIATE-RQ")
         if length > MAX_ASSOCIATE_RQ_BYTES:
-            raise _Abort(INVALID_PARAMETER, f"A-ASSOCIATE-RQ of {length} bytes")
+            raise ProtocolAbort(INVALID_PARAMETER, f"A-ASSOCIATE-RQ of {length} bytes")
         body = self._recv(length, limits.acse_timeout, deadline)
-        rejection = self._negotiate(_HEADER.pack(pdu_type, 0, length) + body)
+        rejection = self._negotiate(HEADER.pack(pdu_type, 0, length) + body)
         if rejection is not None:
             self._reply(reject_pdu(rejection))
             return "rejected"
@@ -650,22 +415,22 @@ class Association:
             pdu_type, length = self._read_header(timeout)
             if pdu_type == P_DATA:
                 if length == 0:
-                    raise _Abort(INVALID_PARAMETER, "P-DATA-TF without a PDV")
+                    raise ProtocolAbort(INVALID_PARAMETER, "P-DATA-TF without a PDV")
                 self._p_data(length, timeout)
             elif pdu_type == RELEASE_RQ:
-                _check_fixed_length(pdu_type, length)
+                check_fixed_length(pdu_type, length)
                 self._recv(length, timeout)
                 self._drop_partial_message()
                 self._reply(RELEASE_RP_PDU)
                 return "released"
             elif pdu_type == ABORT:  # the closed handler reports it
-                _check_fixed_length(pdu_type, length)
+                check_fixed_length(pdu_type, length)
                 self._recv(length, timeout)
                 return "aborted"
             elif pdu_type in (ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, RELEASE_RP):
-                raise _Abort(UNEXPECTED_PDU, f"unexpected PDU type 0x{pdu_type:02X}")
+                raise ProtocolAbort(UNEXPECTED_PDU, f"unexpected PDU type 0x{pdu_type:02X}")
             else:
-                raise _Abort(UNRECOGNIZED_PDU, f"unknown PDU type 0x{pdu_type:02X}")
+                raise ProtocolAbort(UNRECOGNIZED_PDU, f"unknown PDU type 0x{pdu_type:02X}")
 
     def _drop_partial_message(self) -> None:
         """An A-RELEASE-RQ arrived: a DIMSE message whose command or data set is only partly
@@ -679,9 +444,9 @@ class Association:
         self.server.counters.add("released_mid_message")
         if message is not None:
             what = (
-                f"{_command_name(_us(message.command, 0x0100))} data set after "
+                f"{command_name(us_value(message.command, 0x0100))} data set after "
                 f"{message.size} bytes, SOP Instance "
-                f"{_text(message.command, 0x1000) or '(none given)'}"
+                f"{text_value(message.command, 0x1000) or '(none given)'}"
             )
             message.spool.close()
             message.drop_sink()
@@ -698,10 +463,10 @@ class Association:
     def _negotiate(self, raw: bytes) -> Rejection | None:
         """Check the A-ASSOCIATE-RQ; send the AC, or return why it is rejected."""
         server, limits = self.server, self.server.limits
-        if len(raw) < _RQ_FIXED:
-            raise _Abort(INVALID_PARAMETER, f"A-ASSOCIATE-RQ of {len(raw)} bytes")
-        negotiated = server.negotiate(bytes(raw[_RQ_FIXED:]))
-        called, calling = _ae_title(raw[10:26]), _ae_title(raw[26:42])
+        if len(raw) < RQ_FIXED:
+            raise ProtocolAbort(INVALID_PARAMETER, f"A-ASSOCIATE-RQ of {len(raw)} bytes")
+        negotiated = server.negotiate(bytes(raw[RQ_FIXED:]))
+        called, calling = ae_title(raw[10:26]), ae_title(raw[26:42])
         self.peer = Peer(self.peer.address, self.peer.port, calling, called)
         if not int.from_bytes(raw[6:8], "big") & 0x01:
             return PROTOCOL_VERSION_NOT_SUPPORTED
@@ -736,7 +501,7 @@ class Association:
             # established as the AC goes out, under the send lock: stop() aborting at this
             # moment sees either no association yet or one it must abort (abort_established)
             with self._send_lock:
-                self.sock.sendall(_HEADER.pack(ASSOCIATE_AC, 0, len(body)) + body)
+                self.sock.sendall(HEADER.pack(ASSOCIATE_AC, 0, len(body)) + body)
                 self.established = True
         except OSError as exc:
             raise _Closed("connection", f"cannot send to the peer: {exc}") from exc
@@ -757,22 +522,22 @@ class Association:
         left = length
         while left > 0:
             if left < 6:
-                raise _Abort(INVALID_PARAMETER, "P-DATA-TF ends inside a PDV header")
+                raise ProtocolAbort(INVALID_PARAMETER, "P-DATA-TF ends inside a PDV header")
             self._recv_into(header, timeout)
-            item_length, context_id, control = _PDV.unpack(header)
+            item_length, context_id, control = PDV.unpack(header)
             size = item_length - 2
             left -= 6
             if item_length < 2 or size > left:
-                raise _Abort(INVALID_PARAMETER, f"PDV length {item_length} outside its PDU")
+                raise ProtocolAbort(INVALID_PARAMETER, f"PDV length {item_length} outside its PDU")
             left -= size
             if context_id not in self.contexts:
-                raise _Abort(INVALID_PARAMETER, f"PDV on presentation context {context_id}")
+                raise ProtocolAbort(INVALID_PARAMETER, f"PDV on presentation context {context_id}")
             message = self._message
             if control & 0x01:  # a command fragment
                 if message is not None:
-                    raise _Abort(UNEXPECTED_PARAMETER, "a command arrived inside a data set")
+                    raise ProtocolAbort(UNEXPECTED_PARAMETER, "a command arrived inside a data set")
                 if len(self._command) + size > MAX_COMMAND_BYTES:
-                    raise _Abort(INVALID_PARAMETER, "command set over 64 KiB")
+                    raise ProtocolAbort(INVALID_PARAMETER, "command set over 64 KiB")
                 self._command += self._recv(size, timeout)
                 if control & 0x02:
                     parsed = parse_command(self._command)
@@ -780,10 +545,10 @@ class Association:
                     message = _Message(
                         context_id, parsed, Spool(limits.spill_bytes, limits.spool_dir)
                     )
-                    field_ = _us(parsed, 0x0100)
+                    field_ = us_value(parsed, 0x0100)
                     if field_ in (C_STORE_RQ, C_ECHO_RQ):
                         message.refusal = self._check_operation(field_, message)
-                    if _us(parsed, 0x0800) == NO_DATA_SET:
+                    if us_value(parsed, 0x0800) == NO_DATA_SET:
                         self._answer(message)
                     else:
                         if field_ == C_STORE_RQ and message.refusal is None:
@@ -793,7 +558,7 @@ class Association:
                 continue
             # a data set fragment
             if message is None or context_id != message.context_id:
-                raise _Abort(UNEXPECTED_PARAMETER, "a data set fragment with no command")
+                raise ProtocolAbort(UNEXPECTED_PARAMETER, "a data set fragment with no command")
             message.size += size
             if message.refusal is None and message.size > limits.max_dataset_bytes:
                 log.warning(
@@ -829,7 +594,7 @@ class Association:
         """:func:`refuse_operation` for a command that just arrived, logged and counted when it
         refuses (its data set, if any, is then read and dropped: nothing is stored)."""
         context = self.contexts[message.context_id]
-        sop_class = _text(message.command, 0x0002)
+        sop_class = text_value(message.command, 0x0002)
         refusal = refuse_operation(field_, context, sop_class)
         if refusal is not None:
             self.server.counters.add("sop_class_refused")
@@ -838,9 +603,9 @@ class Association:
                 "context %d (%s) refused: 0x%04X %s",
                 self.peer.address,
                 self.peer.calling_ae,
-                _command_name(field_),
+                command_name(field_),
                 sop_class,
-                _text(message.command, 0x1000),
+                text_value(message.command, 0x1000),
                 context.context_id,
                 context.abstract_syntax,
                 refusal.code,
@@ -861,8 +626,8 @@ class Association:
             peer=self.peer,
             abstract_syntax=context.abstract_syntax,
             transfer_syntax=context.transfer_syntax,
-            sop_class_uid=_text(message.command, 0x0002),
-            sop_instance_uid=_text(message.command, 0x1000),
+            sop_class_uid=text_value(message.command, 0x0002),
+            sop_instance_uid=text_value(message.command, 0x1000),
         )
         try:
             return self.server.handlers.begin(start)
@@ -879,14 +644,14 @@ class Association:
 
     def _respond(self, message: _Message) -> None:
         command = message.command
-        field_ = _us(command, 0x0100)
-        message_id = _us(command, 0x0110)
+        field_ = us_value(command, 0x0100)
+        message_id = us_value(command, 0x0110)
         if field_ is None or message_id is None:
-            raise _Abort(INVALID_PARAMETER, "command without Command Field or Message ID")
+            raise ProtocolAbort(INVALID_PARAMETER, "command without Command Field or Message ID")
         context = self.contexts[message.context_id]
-        sop_class = _text(command, 0x0002)
+        sop_class = text_value(command, 0x0002)
         if field_ == C_STORE_RQ:
-            sop_instance = _text(command, 0x1000)
+            sop_instance = text_value(command, 0x1000)
             request, status = self._store(message, context, sop_class, sop_instance, message_id)
             rsp = encode_response(0x8001, message_id, status, sop_class, sop_instance)
             try:
@@ -904,7 +669,9 @@ class Association:
         elif field_ == C_CANCEL_RQ:
             return
         elif field_ & 0x8000:
-            raise _Abort(UNEXPECTED_PARAMETER, f"a DIMSE response (0x{field_:04X}) from the SCU")
+            raise ProtocolAbort(
+                UNEXPECTED_PARAMETER, f"a DIMSE response (0x{field_:04X}) from the SCU"
+            )
         else:
             log.warning(
                 "association from %s: DIMSE command 0x%04X not supported: 0x%04X",
@@ -940,7 +707,7 @@ class Association:
             sop_class_uid=sop_class,
             sop_instance_uid=sop_instance,
             message_id=message_id,
-            priority=_us(message.command, 0x0700) or 0,
+            priority=us_value(message.command, 0x0700) or 0,
             dataset=dataset,
             sink=message.sink,
         )
@@ -1055,7 +822,13 @@ class UpperLayerServer:
         short association (docs/performance.md)."""
         found = self._negotiated.get(items)
         if found is None:
-            found = negotiate(items, self._supported, self.limits)
+            found = negotiate(
+                items,
+                self._supported,
+                max_pdu=self.limits.max_pdu,
+                implementation_class_uid=self.limits.implementation_class_uid,
+                implementation_version_name=self.limits.implementation_version_name,
+            )
             if len(items) > _NEGOTIATION_CACHE_ITEM_BYTES:
                 return found
             with self._lock:
