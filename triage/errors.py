@@ -11,6 +11,8 @@ where they enter the engine, so callers catch our classes, never a library's::
     │                          translated in one place: triage.store.db.database_errors)
     ├── IngestError            something received from a peer that we cannot accept
     │   ├── DicomIngestError   carries the DICOM status to answer with
+    │   ├── DicomProtocolError a PDU or command that breaks the upper-layer protocol: the
+    │   │                      association ends with an A-ABORT (carries its reason)
     │   └── HL7Error           carries the HL7 ACK code (AE/AR) and error location
     │       └── HL7ParseError  the message cannot be parsed at all
     │           └── MLLPError  not a valid MLLP frame
@@ -36,8 +38,8 @@ where they enter the engine, so callers catch our classes, never a library's::
 
 Every exception class of the engine is defined here; the modules that raise them re-export
 them under their old names (``triage.hl7.client.RISNegativeAck``...). Private control-flow
-exceptions that never leave their module (the DICOM upper layer's ``_Abort``/``_Closed``,
-the local Triton launcher's ``_PortInUse``) are not part of the tree.
+exceptions that never leave their module (the DICOM upper layer's ``_Closed``, the local
+Triton launcher's ``_PortInUse``) are not part of the tree.
 
 Protocol code turns these into the peer's own language: a DICOM status, an HL7 ACK, an HTTP
 4xx/5xx with a message.
@@ -74,6 +76,17 @@ class StoreError(TriageError):
 
 class IngestError(TriageError):
     """Input from a peer that the engine cannot accept."""
+
+
+class DicomProtocolError(IngestError):
+    """A PDU or DIMSE command that breaks the upper-layer protocol (PS3.8 9.3): the association
+    ends with an A-ABORT, source 2 (service provider), ``reason`` (e.g. 0x06 invalid parameter
+    value). Raised and handled inside the DICOM upper layer; the peer learns of it only as
+    that A-ABORT."""
+
+    def __init__(self, reason: int, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class DicomIngestError(IngestError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 
+from triage.errors import DicomProtocolError
 from triage.ingest.dicom_negotiation import AcceptedContext
 from triage.ingest.dicom_pdu import (
     C_ECHO_RQ,
@@ -19,7 +20,6 @@ from triage.ingest.dicom_pdu import (
     SOP_CLASS_NOT_SUPPORTED,
     US,
     VERIFICATION,
-    ProtocolAbort,
     Status,
 )
 
@@ -30,11 +30,13 @@ def parse_command(data: bytes | bytearray) -> dict[int, bytes]:
     i, end = 0, len(data)
     while i < end:
         if i + 8 > end:
-            raise ProtocolAbort(INVALID_PARAMETER, "command set ends inside an element header")
+            raise DicomProtocolError(INVALID_PARAMETER, "command set ends inside an element header")
         group, elem, length = ELEMENT.unpack_from(data, i)
         i += 8
         if group != 0x0000 or i + length > end:
-            raise ProtocolAbort(INVALID_PARAMETER, f"bad command element ({group:04X},{elem:04X})")
+            raise DicomProtocolError(
+                INVALID_PARAMETER, f"bad command element ({group:04X},{elem:04X})"
+            )
         out[elem] = bytes(data[i : i + length])
         i += length
     return out

@@ -20,12 +20,12 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+from triage.errors import DicomProtocolError
 from triage.ingest.dicom_pdu import (
     APPLICATION_CONTEXT,
     ASSOCIATE_RQ,
     HEADER,
     INVALID_PARAMETER,
-    ProtocolAbort,
 )
 
 #: Bytes of an A-ASSOCIATE-RQ/AC before its variable items (header, version, AE titles).
@@ -78,14 +78,14 @@ def negotiate(
 ) -> Negotiated:
     """Decode the variable items of an A-ASSOCIATE-RQ with pynetdicom, negotiate presentation
     contexts and SCP/SCU roles (:func:`pynetdicom.presentation.negotiate_as_acceptor`), and
-    encode the AC's items. Raises :class:`ProtocolAbort` when the items cannot be decoded."""
+    encode the AC's items. Raises :class:`DicomProtocolError` when the items cannot be decoded."""
     rq = A_ASSOCIATE_RQ()
     try:
         placeholder = HEADER.pack(ASSOCIATE_RQ, 0, RQ_FIXED - 6 + len(items))
         rq.decode(placeholder + b"\x00\x01\x00\x00" + b"A" * 32 + bytes(32) + items)
         primitive = rq.to_primitive()
     except Exception as exc:
-        raise ProtocolAbort(INVALID_PARAMETER, f"undecodable A-ASSOCIATE-RQ: {exc}") from exc
+        raise DicomProtocolError(INVALID_PARAMETER, f"undecodable A-ASSOCIATE-RQ: {exc}") from exc
     roles = {
         UID(str(item.sop_class_uid)): (item.scu_role, item.scp_role)
         for item in primitive.user_information

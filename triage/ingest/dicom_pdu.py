@@ -1,6 +1,6 @@
 """The DICOM upper layer's vocabulary (PS3.8 9.3, PS3.7 E.1): PDU types, A-ABORT reasons,
 A-ASSOCIATE-RJ parameters, DIMSE command fields and statuses, the fixed-size PDUs we send,
-and :class:`ProtocolAbort`, the error that ends an association with an A-ABORT.
+and :func:`check_fixed_length`.
 
 Used by :mod:`triage.ingest.dicom_ul` (associations), :mod:`triage.ingest.dicom_dimse`
 (command sets) and :mod:`triage.ingest.dicom_negotiation` (A-ASSOCIATE-RQ/AC).
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import struct
 from typing import NamedTuple
+
+from triage.errors import DicomProtocolError
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -60,14 +62,6 @@ class Status(NamedTuple):
     comment: str = ""
 
 
-class ProtocolAbort(Exception):
-    """The association must end with an A-ABORT (source 2, ``reason``)."""
-
-    def __init__(self, reason: int, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 def abort_pdu(source: int, reason: int) -> bytes:
     return bytes([ABORT, 0, 0, 0, 0, 4, 0, 0, source, reason])
 
@@ -86,6 +80,6 @@ def check_fixed_length(pdu_type: int, length: int) -> None:
     """A-RELEASE-RQ/RP and A-ABORT are 4 bytes after their header (PS3.8 9.3.6-9.3.8); any
     other length is an invalid PDU (Evt19: A-ABORT, reason 6)."""
     if length != 4:
-        raise ProtocolAbort(
+        raise DicomProtocolError(
             INVALID_PARAMETER, f"PDU type 0x{pdu_type:02X} of length {length}, not 4"
         )

@@ -52,7 +52,7 @@ from typing import Protocol
 
 from pynetdicom.presentation import build_context
 
-from triage.errors import StoreError
+from triage.errors import DicomProtocolError, StoreError
 from triage.ingest.dicom_dimse import (
     command_name,
     encode_response,
@@ -99,7 +99,6 @@ from triage.ingest.dicom_pdu import (
     UNRECOGNIZED_OPERATION,
     UNRECOGNIZED_PDU,
     VERIFICATION,
-    ProtocolAbort,
     Rejection,
     Status,
     abort_pdu,
@@ -342,7 +341,9 @@ class Association:
                 length,
                 claim,
             )
-            raise ProtocolAbort(INVALID_PARAMETER, f"PDU length {length} over the limit {claim}")
+            raise DicomProtocolError(
+                INVALID_PARAMETER, f"PDU length {length} over the limit {claim}"
+            )
         return pdu_type, length
 
     # ------------------------------------------------------------------ the association
@@ -351,7 +352,7 @@ class Association:
         how = "connection"
         try:
             how = self._serve()
-        except ProtocolAbort as exc:
+        except DicomProtocolError as exc:
             log.warning("association from %s aborted: %s", self.peer.address, exc)
             self.server.counters.add("protocol_aborts")
             with contextlib.suppress(OSError):
@@ -400,9 +401,9 @@ class Association:
             raise _Closed("aborted", "A-ABORT before A-ASSOCIATE-RQ")
         if pdu_type != ASSOCIATE_RQ:
             reason = UNEXPECTED_PDU if pdu_type in PDU_TYPES else UNRECOGNIZED_PDU
-            raise ProtocolAbort(reason, f"PDU type 0x{pdu_type:02X} before A-ASSOCIATE-RQ")
+            raise DicomProtocolError(reason, f"PDU type 0x{pdu_type:02X} before A-ASSOCIATE-RQ")
         if length > MAX_ASSOCIATE_RQ_BYTES:
-            raise ProtocolAbort(INVALID_PARAMETER, f"A-ASSOCIATE-RQ of {length} bytes")
+            raise DicomProtocolError(INVALID_PARAMETER, f"A-ASSOCIATE-RQ of {length} bytes")
         body = self._recv(length, limits.acse_timeout, deadline)
         rejection = self._negotiate(HEADER.pack(pdu_type, 0, length) + body)
         if rejection is not None:
@@ -415,7 +416,7 @@ class Association:
             pdu_type, length = self._read_header(timeout)
             if pdu_type == P_DATA:
                 if length == 0:
-                    raise ProtocolAbort(INVALID_PARAMETER, "P-DATA-TF without a PDV")
+                    raise DicomProtocolError(INVALID_PARAMETER, "P-DATA-TF without a PDV")
                 self._p_data(length, timeout)
             elif pdu_type == RELEASE_RQ:
                 check_fixed_length(pdu_type, length)
@@ -428,9 +429,9 @@ class Association:
                 self._recv(length, timeout)
                 return "aborted"
             elif pdu_type in (ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, RELEASE_RP):
-                raise ProtocolAbort(UNEXPECTED_PDU, f"unexpected PDU type 0x{pdu_type:02X}")
+                raise DicomProtocolError(UNEXPECTED_PDU, f"unexpected PDU type 0x{pdu_type:02X}")
             else:
-                raise ProtocolAbort(UNRECOGNIZED_PDU, f"unknown PDU type 0x{pdu_type:02X}")
+                raise DicomProtocolError(UNRECOGNIZED_PDU, f"unknown PDU type 0x{pdu_type:02X}")
 
     def _drop_partial_message(self) -> None:
         """An A-RELEASE-RQ arrived: a DIMSE message whose command or data set is only partly
@@ -464,7 +465,7 @@ class Association:
         """Check the A-ASSOCIATE-RQ; send the AC, or return why it is rejected."""
         server, limits = self.server, self.server.limits
         if len(raw) < RQ_FIXED:
-            raise ProtocolAbort(INVALID_PARAMETER, f"A-ASSOCIATE-RQ of {len(raw)} bytes")
+            raise DicomProtocolError(INVALID_PARAMETER, f"A-ASSOCIATE-RQ of {len(raw)} bytes")
         negotiated = server.negotiate(bytes(raw[RQ_FIXED:]))
         called, calling = ae_title(raw[10:26]), ae_title(raw[26:42])
         self.peer = Peer(self.peer.address, self.peer.port, calling, called)
@@ -522,22 +523,28 @@ class Association:
         left = length
         while left > 0:
             if left < 6:
-                raise ProtocolAbort(INVALID_PARAMETER, "P-DATA-TF ends inside a PDV header")
+                raise DicomProtocolError(INVALID_PARAMETER, "P-DATA-TF ends inside a PDV header")
             self._recv_into(header, timeout)
             item_length, context_id, control = PDV.unpack(header)
             size = item_length - 2
             left -= 6
             if item_length < 2 or size > left:
-                raise ProtocolAbort(INVALID_PARAMETER, f"PDV length {item_length} outside its PDU")
+                raise DicomProtocolError(
+                    INVALID_PARAMETER, f"PDV length {item_length} outside its PDU"
+                )
             left -= size
             if context_id not in self.contexts:
-                raise ProtocolAbort(INVALID_PARAMETER, f"PDV on presentation context {context_id}")
+                raise DicomProtocolError(
+                    INVALID_PARAMETER, f"PDV on presentation context {context_id}"
+                )
             message = self._message
             if control & 0x01:  # a command fragment
                 if message is not None:
-                    raise ProtocolAbort(UNEXPECTED_PARAMETER, "a command arrived inside a data set")
+                    raise DicomProtocolError(
+                        UNEXPECTED_PARAMETER, "a command arrived inside a data set"
+                    )
                 if len(self._command) + size > MAX_COMMAND_BYTES:
-                    raise ProtocolAbort(INVALID_PARAMETER, "command set over 64 KiB")
+                    raise DicomProtocolError(INVALID_PARAMETER, "command set over 64 KiB")
                 self._command += self._recv(size, timeout)
                 if control & 0x02:
                     parsed = parse_command(self._command)
@@ -558,7 +565,9 @@ class Association:
                 continue
             # a data set fragment
             if message is None or context_id != message.context_id:
-                raise ProtocolAbort(UNEXPECTED_PARAMETER, "a data set fragment with no command")
+                raise DicomProtocolError(
+                    UNEXPECTED_PARAMETER, "a data set fragment with no command"
+                )
             message.size += size
             if message.refusal is None and message.size > limits.max_dataset_bytes:
                 log.warning(
@@ -647,7 +656,9 @@ class Association:
         field_ = us_value(command, 0x0100)
         message_id = us_value(command, 0x0110)
         if field_ is None or message_id is None:
-            raise ProtocolAbort(INVALID_PARAMETER, "command without Command Field or Message ID")
+            raise DicomProtocolError(
+                INVALID_PARAMETER, "command without Command Field or Message ID"
+            )
         context = self.contexts[message.context_id]
         sop_class = text_value(command, 0x0002)
         if field_ == C_STORE_RQ:
@@ -669,7 +680,7 @@ class Association:
         elif field_ == C_CANCEL_RQ:
             return
         elif field_ & 0x8000:
-            raise ProtocolAbort(
+            raise DicomProtocolError(
                 UNEXPECTED_PARAMETER, f"a DIMSE response (0x{field_:04X}) from the SCU"
             )
         else:
