@@ -422,9 +422,8 @@ class _Connection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        loop = asyncio.get_running_loop()
-        self._last_read = loop.time()
-        self._idle = loop.call_later(listener.idle_timeout, self._check_idle)
+        self._last_read = time.monotonic()
+        self._idle = asyncio.get_running_loop().call_later(listener.idle_timeout, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         if self.then_close:  # answering what came before an oversized frame: nothing more
