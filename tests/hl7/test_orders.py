@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hl7_samples import hapi_messages, own, shared
+from hl7_samples import DATA, hapi_messages, own, shared
 
 from triage.errors import HL7Error
 from triage.hl7.codec import split_message
@@ -184,3 +184,56 @@ def test_missing_control_id_and_order_control_are_101() -> None:
     with pytest.raises(HL7Error) as info:
         parse_order(no_orc)
     assert info.value.hl7_code == 101
+
+
+def test_the_one_pass_reader_gives_what_each_field_read_alone_gives(shared_data: Path) -> None:
+    """read_plain_fields (the listener's path, one pass per order group) against read_value
+    field by field (the reference), on every message we have - ours and the real third-party
+    ones, any type - each of their ORC/OBR groups and the whole message, with the default
+    mapping and with a site mapping that moves sources around (group and non-group segments,
+    components and whole fields)."""
+    from triage.hl7.codec import split_message
+    from triage.hl7.fieldmap import (
+        DEFAULT_FIELD_MAP,
+        MAPPED_FIELDS,
+        NORMALISED_FIELDS,
+        FieldMap,
+        read_plain_fields,
+        read_value,
+        refs,
+    )
+
+    site = FieldMap(
+        sources={
+            **DEFAULT_FIELD_MAP.sources,
+            "accession_number": refs("OBR-20.1", "ZDS-1", "ORC-2.2"),
+            "patient_id": refs("PID-4.1", "PID-3"),
+            "ordering_location": refs("ORC-13", "PV1-3.1", "MSH-4"),
+            "reason_for_study": refs("NTE-3", "OBR-13", "MSH-2"),
+        },
+        name="site",
+    )
+    texts = [p.read_bytes().decode("latin-1") for p in sorted(DATA.glob("*.hl7"))]
+    real = sorted((shared_data / "hl7").rglob("*.hl7"))
+    texts += [p.read_bytes().decode("latin-1") for p in real]
+    texts += hapi_messages(shared_data)
+    checked = 0
+    for text in texts:
+        try:
+            msg = split_message(text, strict=False)
+        except HL7Error:
+            continue
+        groups = [msg.segments]
+        groups += [[s] for s in msg.segments if s.name in ("ORC", "OBR")]
+        for fmap in (DEFAULT_FIELD_MAP, site):
+            for group in groups:
+                want = {}
+                for name in MAPPED_FIELDS:
+                    if name in NORMALISED_FIELDS:
+                        continue
+                    value, source = read_value(fmap, name, msg, group)
+                    if value:
+                        want[name] = (value, source)
+                assert read_plain_fields(fmap, msg, group) == want, text[:80]
+                checked += 1
+    assert checked > 200

@@ -21,8 +21,10 @@ replace them: :mod:`triage.hl7.mapping`):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from triage.hl7.codec import Message, Segment
 
@@ -89,6 +91,9 @@ DEFAULT_SOURCES: dict[str, tuple[FieldRef, ...]] = {
     "reason_for_study": refs("OBR-31.2", "OBR-31.1"),
 }
 MAPPED_FIELDS = tuple(DEFAULT_SOURCES)
+#: Fields whose values are normalised to a code as they are read (a value that does not
+#: normalise is skipped): not read by :func:`read_plain_fields`.
+NORMALISED_FIELDS = frozenset({"ordered_priority", "modality"})
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,22 @@ class FieldMap:
 
     def sources_of(self, name: str) -> tuple[FieldRef, ...]:
         return self.sources.get(name, DEFAULT_SOURCES[name])
+
+    @functools.cached_property
+    def plain_plan(self) -> tuple[tuple[str, tuple[_Source, ...]], ...]:
+        """The fields read as they are (not the priority and the modality, which are
+        normalised), with their sources laid out for :func:`read_plain_fields`."""
+        return tuple(
+            (
+                name,
+                tuple(
+                    _Source(r.segment, r.field, r.component, r.label, r.segment in GROUP_SEGMENTS)
+                    for r in self.sources_of(name)
+                ),
+            )
+            for name in MAPPED_FIELDS
+            if name not in NORMALISED_FIELDS
+        )
 
 
 DEFAULT_FIELD_MAP = FieldMap()
@@ -124,6 +145,46 @@ def segment_for(ref: FieldRef, msg: Message, group: list[Segment] | None) -> Seg
         if seg is not None or ref.segment in GROUP_SEGMENTS:
             return seg
     return msg.first(ref.segment)
+
+
+class _Source(NamedTuple):
+    segment: str
+    field: int
+    component: int
+    label: str
+    grouped: bool  # read from the order's group only
+
+
+def read_plain_fields(
+    fmap: FieldMap, msg: Message, group: list[Segment]
+) -> dict[str, tuple[str, str]]:
+    """{name: (value, source)} of every mapped field but the priority and the modality, for
+    one order group: the same values as :func:`read_value` for each, in one pass (this runs
+    for every order message the listener takes: one look-up of the group's segments, not one
+    per source)."""
+    local: dict[str, Segment] = {}
+    for seg in group:
+        local.setdefault(seg.name, seg)
+    first = msg.first
+    out: dict[str, tuple[str, str]] = {}
+    for name, sources in fmap.plain_plan:
+        for src in sources:
+            found = local.get(src.segment)
+            if found is None and not src.grouped:
+                found = first(src.segment)
+            if found is None:
+                continue
+            seg = found
+            if src.component:
+                value = seg.get(src.field, src.component)
+            elif seg.name == "MSH" and src.field in (1, 2):
+                value = seg.raw(src.field)
+            else:
+                value = seg.components(src.field)
+            if value:
+                out[name] = (value, src.label)
+                break
+    return out
 
 
 def read_value(

@@ -13,8 +13,8 @@ from triage.errors import HL7Error
 from triage.hl7.codec import Message, Segment
 from triage.hl7.fieldmap import (
     DEFAULT_FIELD_MAP,
-    MAPPED_FIELDS,
     FieldMap,
+    read_plain_fields,
     read_value,
     segment_for,
 )
@@ -114,15 +114,9 @@ def _order_from_group(
         order_control=control,
     )
     order.sources["order_control"] = "ORC-1"
-    for name in MAPPED_FIELDS:
-        if name in ("ordered_priority", "modality"):
-            continue
-        value, source = read_value(fmap, name, msg, group)
-        if name == "patient_class":
-            value = value.upper()
-        setattr(order, name, value)
-        if source:
-            order.sources[name] = source
+    for name, (value, source) in read_plain_fields(fmap, msg, group).items():
+        setattr(order, name, value.upper() if name == "patient_class" else value)
+        order.sources[name] = source
     priority, source, warnings = _priority(fmap, msg, group)
     order.ordered_priority, order.priority_source = priority, source
     order.warnings.extend(warnings)
