@@ -24,7 +24,6 @@ import dataclasses
 import functools
 import re
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from triage.hl7.codec import Message, Segment
 
@@ -111,16 +110,14 @@ class FieldMap:
         return self.sources.get(name, DEFAULT_SOURCES[name])
 
     @functools.cached_property
-    def plain_plan(self) -> tuple[tuple[str, tuple[_Source, ...]], ...]:
+    def plain_plan(self) -> tuple[tuple[str, tuple[tuple[FieldRef, bool], ...]], ...]:
         """The fields read as they are (not the priority and the modality, which are
-        normalised), with their sources laid out for :func:`read_plain_fields`."""
+        normalised), each with its sources and whether a source is read from the order's own
+        group only (:data:`GROUP_SEGMENTS`), for :func:`read_plain_fields`."""
         return tuple(
             (
                 name,
-                tuple(
-                    _Source(r.segment, r.field, r.component, r.label, r.segment in GROUP_SEGMENTS)
-                    for r in self.sources_of(name)
-                ),
+                tuple((r, r.segment in GROUP_SEGMENTS) for r in self.sources_of(name)),
             )
             for name in MAPPED_FIELDS
             if name not in NORMALISED_FIELDS
@@ -147,14 +144,6 @@ def segment_for(ref: FieldRef, msg: Message, group: list[Segment] | None) -> Seg
     return msg.first(ref.segment)
 
 
-class _Source(NamedTuple):
-    segment: str
-    field: int
-    component: int
-    label: str
-    grouped: bool  # read from the order's group only
-
-
 def read_plain_fields(
     fmap: FieldMap, msg: Message, group: list[Segment]
 ) -> dict[str, tuple[str, str]]:
@@ -163,26 +152,20 @@ def read_plain_fields(
     for every order message the listener takes: one look-up of the group's segments, not one
     per source)."""
     local: dict[str, Segment] = {}
-    for seg in group:
-        local.setdefault(seg.name, seg)
+    for member in group:
+        local.setdefault(member.name, member)
     first = msg.first
     out: dict[str, tuple[str, str]] = {}
     for name, sources in fmap.plain_plan:
-        for src in sources:
-            found = local.get(src.segment)
-            if found is None and not src.grouped:
-                found = first(src.segment)
-            if found is None:
+        for ref, grouped in sources:
+            seg = local.get(ref.segment)
+            if seg is None and not grouped:
+                seg = first(ref.segment)
+            if seg is None:
                 continue
-            seg = found
-            if src.component:
-                value = seg.get(src.field, src.component)
-            elif seg.name == "MSH" and src.field in (1, 2):
-                value = seg.raw(src.field)
-            else:
-                value = seg.components(src.field)
+            value = ref.read(seg)
             if value:
-                out[name] = (value, src.label)
+                out[name] = (value, ref.label)
                 break
     return out
 
