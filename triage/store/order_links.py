@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, or_, select
+from sqlalchemy import bindparam, text
 
 from triage.store.db import Database, OwnSQLite, database_errors
 from triage.store.models import Order, Study
@@ -34,33 +33,15 @@ def _near(column: str) -> str:
     return f"(o.{column} != '' AND EXISTS (SELECT 1 FROM \"{_S}\" s WHERE s.{column} = o.{column}))"
 
 
+#: The one query, with ``{ids}`` where the list of order ids goes: "(?, ?, ...)" for the
+#: sqlite3 cursor, an expanding bind parameter for SQLAlchemy (other databases).
 _SQL_NEAR = (
-    f'SELECT o.id FROM "{_O}" o WHERE o.id IN ({{marks}}) AND ('
+    f'SELECT o.id FROM "{_O}" o WHERE o.id IN {{ids}} AND ('
     f'EXISTS (SELECT 1 FROM "{_S}" s WHERE s.order_id = o.id) OR '
     + " OR ".join(_near(c) for c in ("study_uid", "accession_number", "patient_id"))
     + ")"
 )
-
-
-def _core_query() -> Any:
-    o, st = Order.__table__, Study.__table__  # type: ignore[attr-defined]
-
-    def near(column: str) -> Any:
-        return and_(o.c[column] != "", exists().where(st.c[column] == o.c[column]))
-
-    return select(o.c.id).where(
-        o.c.id.in_(bindparam("ids", expanding=True)),
-        or_(
-            exists().where(st.c.order_id == o.c.id),
-            near("study_uid"),
-            near("accession_number"),
-            near("patient_id"),
-        ),
-    )
-
-
-# Built once: SQLAlchemy caches its compiled form.
-_CORE_NEAR = _core_query()
+_CORE_NEAR = text(_SQL_NEAR.format(ids=":ids")).bindparams(bindparam("ids", expanding=True))
 
 
 class OrderLinks:
@@ -76,22 +57,21 @@ class OrderLinks:
         """The orders among ``order_ids`` (in that order, once each) that share an order id,
         Study UID, accession number or patient id with a stored study."""
         ids = list(dict.fromkeys(order_ids))
+        chunks = [ids[start : start + IN_CHUNK] for start in range(0, len(ids), IN_CHUNK)]
         keep: set[int] = set()
         with database_errors("cannot look up the studies of new orders"):
             if self.sqlite:
                 con = self._connection()
                 try:
-                    for start in range(0, len(ids), IN_CHUNK):
-                        chunk = ids[start : start + IN_CHUNK]
-                        sql = _SQL_NEAR.format(marks=", ".join("?" * len(chunk)))
+                    for chunk in chunks:
+                        sql = _SQL_NEAR.format(ids="(" + ", ".join("?" * len(chunk)) + ")")
                         keep.update(r[0] for r in con.execute(sql, chunk).fetchall())
                 except sqlite3.Error:
                     self.close()  # a new connection next time
                     raise
             else:
                 with self.db.engine.connect() as conn:
-                    for start in range(0, len(ids), IN_CHUNK):
-                        chunk = ids[start : start + IN_CHUNK]
+                    for chunk in chunks:
                         keep.update(conn.execute(_CORE_NEAR, {"ids": chunk}).scalars())
         return [i for i in ids if i in keep]
 
