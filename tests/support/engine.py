@@ -19,7 +19,7 @@ import httpx
 from support.net import free_port, wait_for
 from support.procs import pid_alive
 from triage.hl7.client import send_message
-from triage.inference.local_triton import leftovers
+from triage.inference.local_triton import kill_leftovers
 from triage.synth.orders import order_message
 
 #: Short quiet period, fast polls and retries, small Triton timeouts and a quick circuit
@@ -155,10 +155,7 @@ class Engine:
             pid = int(pid_file.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return
-        left = leftovers(pid, self.data / "triton")
-        for each in left:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(each, signal.SIGKILL)
+        left = kill_leftovers(pid, self.data / "triton")
         wait_for(lambda: not any(pid_alive(p) for p in left), 10, f"{left} to die")
 
     # -- looking at it ------------------------------------------------------------------------

@@ -197,7 +197,9 @@ class LocalTriton:
 
     def _reap_stale(self) -> None:
         """Kill a tritonserver left by an engine that was killed (SIGKILL, power loss of the
-        parent only) with this work dir: its pid file survives, and so may the server."""
+        parent only) with this work dir: its pid file survives, and so may the server, or
+        the Python-backend stubs of a server that went on its parent-death signal (orphans
+        still mapping the old regions): whatever is left of its process group."""
         try:
             fields = self._pid_file.read_text().split()
             pid = int(fields[0])
@@ -206,28 +208,14 @@ class LocalTriton:
         stale_prefix = (
             fields[1] if len(fields) > 1 and fields[1].startswith("triage_triton_") else None
         )
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            cmdline = []
-        if (
-            cmdline
-            and cmdline[0].endswith(b"tritonserver")
-            and any(str(self.work_dir).encode() in arg for arg in cmdline)
-        ):
-            log.warning("killing tritonserver pid %d left by a previous run", pid)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+        killed = kill_leftovers(pid, self.work_dir)
+        if killed:
+            log.warning(
+                "killed %d process(es) left by the tritonserver of a previous run (pid %d)",
+                len(killed),
+                pid,
+            )
             time.sleep(0.2)  # let the group die before its regions go
-        # A server that went (its parent-death signal) may leave Python-backend stubs of its
-        # group behind, orphans still mapping the old regions.
-        orphans = leftovers(pid, self.work_dir)
-        if orphans:
-            log.warning("killing %d process(es) left by a previous tritonserver", len(orphans))
-            for orphan in orphans:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(orphan, signal.SIGKILL)
-            time.sleep(0.2)
         if stale_prefix:
             self._remove_shm(stale_prefix)
         with contextlib.suppress(FileNotFoundError):
@@ -412,6 +400,15 @@ def leftovers(pgid: int, work_dir: Path) -> list[int]:
         if marker in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def kill_leftovers(pgid: int, work_dir: Path) -> list[int]:
+    """SIGKILL the :func:`leftovers` of ``pgid``; the pids signalled."""
+    left = leftovers(pgid, work_dir)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return left
 
 
 def _kill_group(proc: subprocess.Popen[bytes], grace_seconds: float) -> None:
