@@ -21,7 +21,14 @@ def test_fit_export_and_agree(task: str, tmp_path: Path) -> None:
     from triage.synth.ct import model_shape
     from triage.training.data import generate, targets
     from triage.training.export import export_onnx
-    from triage.training.train import TrainConfig, choose_threshold, fit, predict
+    from triage.training.train import (
+        TrainConfig,
+        calibrate,
+        choose_threshold,
+        fit,
+        predict,
+        study_logits,
+    )
 
     grid = model_shape(task)  # ich 64 x 128 x 128, pe 64 x 256 x 256
     ds = generate(task, 800, 4, 0.5, workers=1)
@@ -31,8 +38,12 @@ def test_fit_export_and_agree(task: str, tmp_path: Path) -> None:
     cfg = TrainConfig(task=task, steps=3, batch_size=2, threads=1)
     net, loss = fit(cfg, ds, log_every=1)
     assert np.isfinite(loss)
+    logits = study_logits(net, ds.volumes)
+    a, b = calibrate(net, ds, logits)  # folded into the net's study scale and bias
     probs = predict(net, ds.volumes)
     assert probs.shape == (4,) and ((probs >= 0) & (probs <= 1)).all()
+    # what the operating point is chosen on, without a second pass, is what the net now gives
+    assert np.allclose(probs, 1.0 / (1.0 + np.exp(-(a * logits + b))), atol=1e-5)
     path = export_onnx(net, tmp_path / "m.onnx")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     vol = np.asarray(ds.volumes[:2], dtype=np.float32)

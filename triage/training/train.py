@@ -269,16 +269,26 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, ridge: float = 0.05) -> tu
     return a, b
 
 
-def calibrate(net, tune: Dataset) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Fold a Platt recalibration, fitted on the tuning set, into the net's study scale and
-    bias: the exported ``probability`` is then calibrated (what the scorer receives)."""
+def study_logits(net, volumes: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The study logit (before the sigmoid) of each of ``volumes`` [N, z, y, x]."""
     torch = _require_torch()
     logits = []
     with torch.no_grad():
-        for i in range(len(tune)):
-            v = torch.from_numpy(np.asarray(tune.volumes[i : i + 1], dtype=np.float32))
+        for i in range(len(volumes)):
+            v = torch.from_numpy(np.asarray(volumes[i : i + 1], dtype=np.float32))
             logits.append(float(net(v)[0][0]))
-    a, b = fit_platt(np.array(logits), tune.labels)
+    return np.array(logits, np.float64)
+
+
+def calibrate(net, tune: Dataset, logits: np.ndarray | None = None) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Fold a Platt recalibration, fitted on the tuning set, into the net's study scale and
+    bias: the exported ``probability`` is then calibrated (what the scorer receives).
+    ``logits``: the net's study logits of ``tune`` when already computed; the calibrated
+    probabilities are then ``sigmoid(a * logits + b)``, without running the net again."""
+    torch = _require_torch()
+    if logits is None:
+        logits = study_logits(net, tune.volumes)
+    a, b = fit_platt(logits, tune.labels)
     with torch.no_grad():
         net.study_scale.mul_(a)
         net.study_bias.mul_(a).add_(b)
@@ -354,9 +364,10 @@ def finish_task(  # type: ignore[no-untyped-def]
     if cfg.tune_augmented:
         tune = with_augmented_copies(tune, cfg.seed)
         log.info("%s: tuning set and an augmented copy of each: %d", cfg.task, len(tune))
-    a, b = calibrate(net, tune)
+    logits = study_logits(net, tune.volumes)  # one pass: calibration and operating point
+    a, b = calibrate(net, tune, logits)
     log.info("%s: calibration on the tuning set: logit x %.3f %+.3f", cfg.task, a, b)
-    prob = predict(net, tune.volumes)
+    prob = 1.0 / (1.0 + np.exp(-(a * logits + b)))
     thr = choose_threshold(prob, tune.labels, cfg.target_specificity)
     pos = tune.labels > 0.5
     sens = float((prob[pos] >= thr).mean()) if pos.any() else float("nan")
