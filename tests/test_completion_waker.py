@@ -83,8 +83,8 @@ def _state(db_path: Path, study_uid: str) -> str | None:
 @pytest.mark.integration
 def test_the_engine_completes_a_quiet_study_without_its_periodic_tick(tmp_path: Path) -> None:
     """The periodic tick is an hour away: only the wake-up can complete the study. Its CT
-    slices were read while they arrived: the analysis (Triton absent: AI pending) takes every
-    one from the slice cache, which then holds nothing."""
+    slices were read while they arrived: the analysis (Triton absent: AI pending) takes them
+    from the slice cache, which then holds nothing."""
     study = write_head_ct(
         tmp_path / "head", hemorrhage=False, seed=3, patient_id="W1", accession="W1"
     )
@@ -114,7 +114,10 @@ def test_the_engine_completes_a_quiet_study_without_its_periodic_tick(tmp_path: 
         )
         assert _state(db, study.study_uid) == "ai_pending"
         assert engine.waker.wakes >= 1
-        assert engine.slices.hits == len(study.files) and engine.slices.misses == 0
+        # every slice taken once, from the cache where the reader (a niced thread) got to it
+        # first: all of them on a quiet machine, fewer when the CPUs are busy elsewhere
+        slices = engine.slices
+        assert slices.hits + slices.misses == len(study.files) and slices.hits > 0
         assert engine.slices.held_bytes == 0
         with engine.db.session() as s:
             assert s.exec(select(Study)).one().ai_status == "pending"

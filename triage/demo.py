@@ -54,6 +54,8 @@ from triage.config import Settings
 from triage.demo_ris import Received, TestRIS
 from triage.errors import TriageError
 from triage.hl7.client import send_message
+from triage.outbound.outbox import PENDING as OUTBOX_PENDING
+from triage.outbound.outbox import counts as outbox_counts
 from triage.synth.ct import write_ctpa, write_head_ct
 from triage.synth.orders import order_message
 
@@ -584,8 +586,13 @@ def _show(
         while True:
             time.sleep(0.25)
             live.update(frame())
-            done = not sender.is_alive() and all(
-                r["state"] not in PENDING_STATES for r in result.worklist
+            # done: every study in and processed, and what that sends to the RIS has gone
+            # (the outbox sends after the commit that scores a study; on a busy machine the
+            # worklist can show a raise a moment before the test RIS has its order change)
+            done = (
+                not sender.is_alive()
+                and all(r["state"] not in PENDING_STATES for r in result.worklist)
+                and not outbox_counts(engine.db).get(OUTBOX_PENDING, 0)
             )
             late = clock.real_seconds_until(until_minute)
             if late <= 0 and (done or late < -grace):

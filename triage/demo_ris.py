@@ -1,6 +1,7 @@
 """A built-in test RIS for the demo and the latency benchmark: an MLLP server on 127.0.0.1 that
 records each message the engine sends (with the time it arrived) and acknowledges it (AA,
-MSA-2 = the message's MSH-10).
+MSA-2 = the message's MSH-10). Its server part, :class:`LoopbackMLLPServer`, is also what the
+test suite's misbehaving RIS is built on.
 
 It is a stand-in for a real RIS on this machine only; it accepts anything framed as MLLP.
 """
@@ -63,70 +64,41 @@ class Received:
         return obr[18] if len(obr) > 18 else ""
 
 
-class TestRIS:
-    """MLLP server on ``127.0.0.1:port`` (0: a free port) answering AA to every message.
+class LoopbackMLLPServer:
+    """An MLLP server on ``127.0.0.1:port`` (0: a free port), one thread per connection, that
+    answers each message with what :meth:`answer` returns (``None``: close the connection
+    without answering). :meth:`down` stops listening and drops the connections, :meth:`up`
+    listens again on the same port, :meth:`close` stops it for good. ``connections`` counts
+    the connections accepted."""
 
-    ``received`` holds every message in arrival order; ``on_message(received)`` is called for
-    each, on the connection's thread, before the ACK is written. :meth:`close` stops it and
-    its connections."""
-
-    __test__ = False  # not a pytest test class
-
-    def __init__(self, port: int = 0, on_message: Callable[[Received], None] | None = None) -> None:
-        self.received: list[Received] = []
-        self.on_message = on_message
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
+        self.connections = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._conns: set[socket.socket] = set()
+        self.up()
+
+    def answer(self, text: str) -> str | None:
+        """The reply to one message (without its MLLP frame), or None to hang up."""
+        raise NotImplementedError
+
+    def answered(self, text: str, reply: str) -> None:
+        """Called once ``reply`` to ``text`` is written to the socket (nothing by default)."""
+
+    def up(self) -> None:
+        """Listen (again, on the same port)."""
+        self._stop = threading.Event()
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", port))
+        self._sock.bind(("127.0.0.1", self.port))
         self._sock.listen(8)
         self._sock.settimeout(0.2)
-        self.port: int = self._sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, name="test-ris", daemon=True)
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, args=(self._stop,), daemon=True)
         self._thread.start()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._conns.add(conn)
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        decoder = MLLPDecoder()
-        try:
-            with conn:
-                while not self._stop.is_set():
-                    try:
-                        data = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    for payload in decoder.feed(data):
-                        msg = Received(time.monotonic(), payload.decode("utf-8", "replace"))
-                        with self._lock:
-                            self.received.append(msg)
-                        if self.on_message is not None:
-                            self.on_message(msg)
-                        conn.sendall(frame(ack_for(msg.text).encode()))
-        except OSError:
-            return
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-
-    def messages(self) -> list[Received]:
-        with self._lock:
-            return list(self.received)
-
-    def close(self) -> None:
+    def down(self) -> None:
+        """Stop listening and drop every connection: connections are refused until :meth:`up`."""
         self._stop.set()
         self._sock.close()
         self._thread.join(timeout=2)
@@ -135,6 +107,70 @@ class TestRIS:
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.down()
+
+    def _serve(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self.connections += 1
+                self._conns.add(conn)
+            threading.Thread(target=self._handle, args=(conn, stop), daemon=True).start()
+
+    def _handle(self, conn: socket.socket, stop: threading.Event) -> None:
+        decoder = MLLPDecoder()
+        try:
+            with conn:
+                while not stop.is_set():
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    for payload in decoder.feed(data):
+                        text = payload.decode("utf-8", "replace")
+                        reply = self.answer(text)
+                        if reply is None:
+                            return
+                        conn.sendall(frame(reply.encode()))
+                        self.answered(text, reply)
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+
+
+class TestRIS(LoopbackMLLPServer):
+    """Answers AA to every message. ``received`` holds every message in arrival order;
+    ``on_message(received)`` is called for each, on the connection's thread, before the ACK
+    is written."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, port: int = 0, on_message: Callable[[Received], None] | None = None) -> None:
+        self.received: list[Received] = []
+        self.on_message = on_message
+        super().__init__(port)
+
+    def answer(self, text: str) -> str | None:
+        msg = Received(time.monotonic(), text)
+        with self._lock:
+            self.received.append(msg)
+        if self.on_message is not None:
+            self.on_message(msg)
+        return ack_for(msg.text)
+
+    def messages(self) -> list[Received]:
+        with self._lock:
+            return list(self.received)
 
 
 def ack_for(message: str) -> str:

@@ -9,20 +9,16 @@ its ACK (``lose_ack``), answer AE/AR with an ERR segment (``reject``), or never 
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Callable
 
-START = b"\x0b"
-END = b"\x1c\x0d"
+from triage.demo_ris import LoopbackMLLPServer
 
 
 def control_id(msg: str) -> str:
     return msg.split("\r")[0].split("|")[9]
 
 
-class FakeRIS:
+class FakeRIS(LoopbackMLLPServer):
     """Answers ``ack_code`` (AA by default) with MSA-2 echoing MSH-10; ``messages`` holds what
     arrived, in order (resends included). ``ack_code = None`` closes the connection without
     answering.
@@ -34,7 +30,6 @@ class FakeRIS:
     """
 
     def __init__(self, port: int = 0) -> None:
-        self.port = port
         self.messages: list[str] = []
         self.acked: list[str] = []  # control ids answered AA, in order
         self.applied: list[str] = []  # control ids, each once (a RIS deduping on MSH-10)
@@ -42,106 +37,33 @@ class FakeRIS:
         self.lose_ack: set[str] = set()
         self.reject: dict[str, tuple[str, str]] = {}
         self.on_message: Callable[[str], None] | None = None
-        self.connections = 0
-        self._lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
-        self._stop = False
-        self.up()
+        self._applied_ids: set[str] = set()
+        super().__init__(port)
 
-    def up(self) -> None:
-        """Listen (again, on the same port)."""
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self._stop = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def down(self) -> None:
-        """Stop listening and drop every connection: connections are refused until :meth:`up`."""
-        self._stop = True
-        self.sock.close()
-        self.thread.join(timeout=2)
+    def answer(self, text: str) -> str | None:
+        cid = control_id(text)
         with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with self._lock:
-                self.connections += 1
-                self._conns.add(conn)
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        buf = b""
-        conn.settimeout(10)
-        try:
-            with conn:
-                while True:
-                    try:
-                        data = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    buf += data
-                    while START in buf and END in buf:
-                        start = buf.index(START)
-                        end = buf.index(END, start)
-                        msg = buf[start + 1 : end].decode("utf-8", "replace")
-                        buf = buf[end + 2 :]
-                        if not self._answer(conn, msg):
-                            return
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-
-    def _answer(self, conn: socket.socket, msg: str) -> bool:
-        """Record ``msg`` and answer it; False: close the connection."""
-        cid = control_id(msg)
-        with self._lock:
-            self.messages.append(msg)
-            if cid not in self._applied_set:
-                self._applied_set.add(cid)
+            self.messages.append(text)
+            if cid not in self._applied_ids:
+                self._applied_ids.add(cid)
                 self.applied.append(cid)
             lost = cid in self.lose_ack
             self.lose_ack.discard(cid)
         if self.on_message is not None:
-            self.on_message(msg)
+            self.on_message(text)
         if self.ack_code is None or lost:
-            return False
-        code, text = self.reject.get(cid, (self.ack_code, ""))
-        msh = msg.split("\r")[0].split("|")
+            return None
+        code, error = self.reject.get(cid, (self.ack_code, ""))
+        msh = text.split("\r")[0].split("|")
         ack = (
             f"MSH|^~\\&|RIS|HOSP|{msh[2]}|{msh[3]}|20260101000000||ACK|A{msh[9]}|P|"
             f"{msh[11]}\rMSA|{code}|{msh[9]}"
         )
-        if text:
-            ack += f"|{text}\rERR|||207^Application internal error^HL70357|E||||{text}"
-        try:
-            conn.sendall(START + (ack + "\r").encode() + END)
-        except OSError:
-            return False
-        if code == "AA":
+        if error:
+            ack += f"|{error}\rERR|||207^Application internal error^HL70357|E||||{error}"
+        return ack + "\r"
+
+    def answered(self, text: str, reply: str) -> None:
+        if "\rMSA|AA|" in reply:
             with self._lock:
-                self.acked.append(cid)
-        return True
-
-    @property
-    def _applied_set(self) -> set[str]:
-        if not hasattr(self, "_applied_ids"):
-            self._applied_ids: set[str] = set()
-        return self._applied_ids
-
-    def close(self) -> None:
-        self.down()
+                self.acked.append(control_id(text))
