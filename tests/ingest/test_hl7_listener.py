@@ -743,8 +743,8 @@ def test_group_commit_waits_for_peers_coming_back_but_not_for_silent_ones(
 
 def test_one_transaction_at_a_time_alone_or_with_others(listener: Callable[..., Running]) -> None:
     """Alone, a connection's messages are stored in the listener's loop; with others open,
-    through the queue and the writer thread. Never two transactions at once, whatever opens
-    or closes in between."""
+    through the queue, in the loop or the writer thread. Never two transactions at once,
+    whatever opens or closes in between."""
     from triage.synth.orders import order_message
 
     r = listener()
@@ -782,10 +782,52 @@ def test_one_transaction_at_a_time_alone_or_with_others(listener: Callable[..., 
         return [read_ack(a.decode())[0] for a in acks]
 
     assert burst(0) == ["AA"] * 10  # alone
+    # others open: batches from every connection in the loop, the rest in the writer thread
     assert sorted(ack_codes_from_threads(burst, range(1, 7))) == ["AA"] * 60
-    assert len(r.orders()) == 70 and len(r.messages()) == 70
+    with socket.create_connection((r.host, r.port), timeout=10):  # silent: no batch has all
+        time.sleep(0.1)
+        assert sorted(ack_codes_from_threads(burst, range(7, 13))) == ["AA"] * 60
+    assert len(r.orders()) == 130 and len(r.messages()) == 130
     assert state["most"] == 1
     assert threads == {"hl7-listener", "hl7-writer"}
+
+
+def test_a_batch_from_every_open_connection_is_stored_in_the_loop(
+    listener: Callable[..., Running],
+) -> None:
+    """Peers that wait for each ACK: a batch holding a frame of every open connection is
+    stored in the listener's own loop (nothing can arrive meanwhile; no hand-over to the
+    writer thread and back), any other batch in the writer thread. With one more connection
+    open and silent, no batch holds everyone: all go to the writer thread."""
+    from triage.synth.orders import order_message
+
+    r = listener()
+    seen: list[tuple[str, int, int]] = []  # thread, peers in the batch, connections open
+    real = r.listener.store.store_batch
+
+    def watched(evaluations: Any, peers: Any) -> Any:
+        thread = threading.current_thread().name.split("_")[0]
+        seen.append((thread, len(set(peers)), len(r.listener._connections)))
+        return real(evaluations, peers)
+
+    r.listener.store.store_batch = watched  # type: ignore[method-assign]
+
+    def busy(k: int, tag: str) -> list[str]:
+        with MLLPConnection(r.host, r.port, timeout=10) as conn:
+            return [
+                read_ack(conn.exchange(order_message(accession=f"{tag}{k}-{i}", patient_id="P")))[0]
+                for i in range(40)
+            ]
+
+    assert ack_codes_from_threads(lambda k: busy(k, "E"), range(2)) == ["AA"] * 80
+    in_loop = [s for s in seen if s[0] == "hl7-listener" and s[2] > 1]
+    assert in_loop and all(peers == open_ for _, peers, open_ in in_loop)
+    seen.clear()
+    with socket.create_connection((r.host, r.port), timeout=10):  # open, never sends
+        time.sleep(0.1)
+        assert ack_codes_from_threads(lambda k: busy(k, "F"), range(2)) == ["AA"] * 80
+    assert seen and {s[0] for s in seen} == {"hl7-writer"}
+    assert len(r.orders()) == 160
 
 
 @pytest.mark.parametrize(

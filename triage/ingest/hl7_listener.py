@@ -14,9 +14,11 @@ order; the frames of one read are handed on together):
    for the orders of a few milliseconds).
 
 All of this runs in the listener's own thread and event loop (see :class:`HL7Listener`);
-with several connections the transaction runs in a writer thread, frames that arrive during a
-commit form the next batch, and that batch waits, briefly, for the connections just
-acknowledged to send their next frame (``GATHER_FRACTION``, ``GATHER_MAX``). A frame over
+with several connections the transaction runs in a writer thread (unless its batch holds a
+frame from every open connection: then nothing can arrive while it runs, and it runs in the
+loop), frames that arrive during a commit form the next batch, and that batch waits, briefly,
+for the connections just acknowledged to send their next frame (``GATHER_FRACTION``,
+``GATHER_MAX``). A frame over
 ``hl7_max_message_bytes`` is answered AR and the connection closed; a peer idle for
 ``hl7_idle_timeout_seconds`` (nothing received, nothing of its own waiting) is disconnected.
 A peer that shuts down its sending side still gets the ACKs of what it sent; a peer that does
@@ -233,40 +235,61 @@ class HL7Listener:
         """Store the messages waiting, up to ``hl7_commit_batch_max`` per transaction, one
         transaction at a time.
 
-        With one connection open, the transaction runs right here, in the listener's loop: the
-        peer waits for its ACK anyway, and a hand-over to another thread and back would cost
-        more than the parsing. With several, it runs in the writer thread, so that this loop
-        keeps reading the other connections meanwhile: everything that arrives during a
-        commit is stored by the next one (group commit)."""
+        The transaction runs right here, in the listener's loop, when nothing can arrive
+        while it runs: one connection open, or a batch holding a frame from every open
+        connection (peers that wait for each ACK before they send again, as RIS interfaces
+        do). The peer(s) wait for their ACKs anyway, and a hand-over to another thread and
+        back would only add to that wait. Otherwise it runs in the writer thread, so that
+        this loop keeps reading the other connections meanwhile: everything that arrives
+        during a commit is stored by the next one (group commit)."""
         self._batch_scheduled = False
         limit = self.settings.hl7_commit_batch_max
         while self._queue and not self._writing:
             batch, self._queue = self._queue[:limit], self._queue[limit:]
             evaluations = [p.evaluation for p in batch]
             peers = [p.conn.peer for p in batch]
-            if len(self._connections) > 1 and self._writer is not None:
+            self._commit_started = time.monotonic()
+            if self._writer is not None and not self._holds_everyone(batch):
                 self._writing = True
-                self._commit_started = time.monotonic()
                 future = asyncio.get_running_loop().run_in_executor(
                     self._writer, self.store.store_batch, evaluations, peers
                 )
                 future.add_done_callback(functools.partial(self._stored, batch))
                 return
             try:
-                outcomes = self.store.store_batch(evaluations, peers)
+                outcomes: list[Outcome] | None = self.store.store_batch(evaluations, peers)
             except Exception as exc:  # pragma: no cover - store_batch does not raise
                 self._resolve(batch, None, exc)
-            else:
-                self._resolve(batch, outcomes, None)
+                continue
+            if self._committed(batch, outcomes, None):
+                return
+
+    def _holds_everyone(self, batch: list[_Pending]) -> bool:
+        """Every open connection has a frame in ``batch`` and nothing else waits: nothing can
+        come in while it is stored (but from a peer sending ahead of its ACKs, read after)."""
+        if self._queue:
+            return False
+        conns = self._connections
+        return len(conns) <= 1 or len({p.conn for p in batch}) >= len(conns)
 
     def _stored(self, batch: list[_Pending], future: asyncio.Future[list[Outcome]]) -> None:
         self._writing = False
         if future.cancelled():  # pragma: no cover - the writer's futures are not cancelled
-            self._resolve(batch, None, asyncio.CancelledError())
+            gathering = self._committed(batch, None, asyncio.CancelledError())
         elif future.exception() is not None:  # pragma: no cover - store_batch does not raise
-            self._resolve(batch, None, future.exception())
+            gathering = self._committed(batch, None, future.exception())
         else:
-            self._resolve(batch, future.result(), None)
+            gathering = self._committed(batch, future.result(), None)
+        if not gathering:
+            self._commit_queue()
+
+    def _committed(
+        self, batch: list[_Pending], outcomes: list[Outcome] | None, exc: BaseException | None
+    ) -> bool:
+        """Answer a stored batch; True when the next commit now waits for returning peers."""
+        self._resolve(batch, outcomes, exc)
+        if len(self._connections) <= 1:
+            return False
         # The connections just acknowledged send their next frame within a round trip; a
         # commit started at once would hold only the frames that came during this one, and
         # theirs would wait a whole commit (with 8 request/response peers the batches went
@@ -277,8 +300,8 @@ class HL7Listener:
             wait = min(GATHER_MAX, GATHER_FRACTION * (time.monotonic() - self._commit_started))
             self._batch_scheduled = True
             self._gather = asyncio.get_running_loop().call_later(wait, self._gathered)
-            return
-        self._commit_queue()
+            return True
+        return False
 
     def _came_back(self, peer: str) -> None:
         """``peer`` sent a frame or closed: commit now if it was the last one awaited."""
