@@ -79,3 +79,34 @@ def test_slice_profile_mixes_neighbouring_slices_only() -> None:
     k = 6
     expected = 0.25 * HEAD[k - 1] + 0.5 * HEAD[k] + 0.25 * HEAD[k + 1]
     assert np.allclose(out[k], expected, atol=1e-3)
+
+
+def test_skull_field_is_inside_the_skull_brightest_along_the_inner_table() -> None:
+    from triage.training.augment import inside_skull, skull_field
+
+    inside = inside_skull(HEAD)
+    n = HEAD.shape[1]
+    yy, xx = np.mgrid[0:n, 0:n] - (n - 1) / 2.0
+    r = np.hypot(yy, xx)
+    assert inside[:, r < 38].all() and not inside[:, r > 41].any()  # brain only, not bone/air
+    aug = replace(NONE, p_skull_field=1.0, base_hu=(0.0, 0.0))
+    out, done = augment(HEAD, np.random.default_rng(3), aug)
+    field = out - HEAD
+    assert len(done) == 1 and done[0].startswith("skull field")
+    assert np.all(field[:, r >= 40] == 0)  # nothing on the bone or outside the head
+    rim = field[:, (r > 38.5) & (r < 39.5)].mean()  # the voxels next to the inner table
+    centre = field[:, r < 20].mean()
+    assert rim > 5.0 and centre < 0.01 * rim
+    # the floor: the lowest slices denser, fading upward, whatever the rim
+    f, _ = skull_field(HEAD, np.random.default_rng(4), replace(aug, base_hu=(10.0, 10.0)))
+    mid = f[:, r < 20].mean(axis=1)
+    assert mid[0] > 9.0 and mid[-1] == 0.0 and np.all(np.diff(mid) <= 1e-6)
+
+
+def test_an_open_ring_has_no_inside() -> None:
+    from triage.training.augment import inside_skull
+
+    broken = HEAD.copy()
+    c = HEAD.shape[1] // 2
+    broken[:, c - 1 : c + 2, :10] = 30.0  # a gap through the skull to the border
+    assert not inside_skull(broken).any()

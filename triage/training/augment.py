@@ -12,7 +12,13 @@ strength, to a whole model-grid volume [z, y, x] in HU:
 - an in-plane Gaussian blur (sigma 0.3-1.3 model pixels: a soft kernel) or an unsharp mask
   (a sharp kernel);
 - a slice profile along z ([w, 1 - 2w, w], w 0.1-0.33: thicker, overlapping slices);
-- more noise, white or correlated (a lower dose, another kernel's texture).
+- more noise, white or correlated (a lower dose, another kernel's texture);
+- off by default (``p_skull_field``; the training turns it on, ``TrainConfig.skull_field``):
+  what beam hardening and bone partial volume leave inside a real skull - a bright rim along
+  the inner table, fading over a few voxels, and denser tissue in the lowest slices (the
+  posterior fossa between the petrous bones). Real normal heads show both; without them a
+  network learns that tissue a few HU denser along the skull is blood (a real head CT was
+  flagged so, docs/models.md).
 
 Intensity and sharpness only: nothing moves, so the lesion targets stay where they are.
 Independent of the stress suite (:mod:`triage.training.perturb`), which applies fixed
@@ -48,6 +54,11 @@ class Augmentation:
     p_noise: float = 0.3
     noise_factor: tuple[float, float] = (1.3, 2.2)  # total noise / measured noise
     p_texture: float = 0.4  # share of the added noise draws that are correlated
+    p_skull_field: float = 0.0  # see skull_field()
+    rim_hu: tuple[float, float] = (6.0, 24.0)  # added just inside the inner table
+    rim_px: tuple[float, float] = (0.8, 2.5)  # its fall-off (model voxels)
+    base_hu: tuple[float, float] = (3.0, 15.0)  # added in the lowest slices inside the skull
+    base_share: tuple[float, float] = (0.15, 0.35)  # of the slices, from the bottom, it fades over
 
 
 def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
@@ -97,4 +108,70 @@ def augment(
                 n /= np.float32(max(float(n.std()), 1e-6))
             hu = hu + np.float32(add) * n
             done.append(f"noise x{f:.2f}")
+    if aug.p_skull_field > 0.0 and rng.random() < aug.p_skull_field:
+        field, what = skull_field(hu, rng, aug)
+        hu = hu + field
+        done.append(what)
     return hu, done
+
+
+BONE_HU = 300.0
+RIM_REACH = 6  # model voxels from the inner table that the rim can reach
+
+
+def inside_skull(hu: np.ndarray) -> np.ndarray:
+    """Voxels [z, y, x] enclosed by bone (> 300 HU) in their own slice: what cannot be
+    reached from the slice's border without crossing bone. A slice whose skull is open (the
+    skull base, a craniectomy) has little or nothing inside."""
+    free = hu <= BONE_HU
+    out = np.zeros_like(free)
+    out[:, 0, :] = free[:, 0, :]
+    out[:, -1, :] = free[:, -1, :]
+    out[:, :, 0] |= free[:, :, 0]
+    out[:, :, -1] |= free[:, :, -1]
+    count = int(out.sum())
+    while True:
+        grown = out.copy()
+        grown[:, 1:, :] |= out[:, :-1, :]
+        grown[:, :-1, :] |= out[:, 1:, :]
+        grown[:, :, 1:] |= out[:, :, :-1]
+        grown[:, :, :-1] |= out[:, :, 1:]
+        grown &= free
+        n = int(grown.sum())
+        if n == count:
+            return free & ~grown
+        out, count = grown, n
+
+
+def skull_field(
+    hu: np.ndarray, rng: np.random.Generator, aug: Augmentation = Augmentation()
+) -> tuple[np.ndarray, str]:
+    """(float32 field to add to ``hu`` [z, y, x], what it is): inside the skull only, a rim
+    along the inner table (``rim_hu`` at the bone, falling off over ``rim_px`` voxels,
+    varying smoothly from slice to slice) plus a denser floor in the lowest slices
+    (``base_hu`` at the bottom slice, fading to 0 over ``base_share`` of them)."""
+    inside = inside_skull(hu)
+    bone = hu > BONE_HU
+    z = hu.shape[0]
+    dist = np.zeros(hu.shape, np.float32)
+    reached = bone.copy()
+    for d in range(1, RIM_REACH + 1):
+        grown = reached.copy()
+        grown[:, 1:, :] |= reached[:, :-1, :]
+        grown[:, :-1, :] |= reached[:, 1:, :]
+        grown[:, :, 1:] |= reached[:, :, :-1]
+        grown[:, :, :-1] |= reached[:, :, 1:]
+        ring = grown & ~reached & inside
+        dist[ring] = d
+        reached = grown
+    rim_hu, rim_px = _u(rng, aug.rim_hu), _u(rng, aug.rim_px)
+    rim = np.where(dist > 0, np.exp(-(dist - 1.0) / rim_px), 0.0).astype(np.float32)
+    # the rim's strength along z: a smooth random curve between 0.4 and 1 of rim_hu
+    knots = rng.uniform(0.4, 1.0, 5)
+    along = np.interp(np.linspace(0.0, 4.0, z), np.arange(5), knots).astype(np.float32)
+    field = rim * (np.float32(rim_hu) * along)[:, None, None]
+    base_hu, share = _u(rng, aug.base_hu), _u(rng, aug.base_share)
+    ramp = np.clip(1.0 - np.arange(z) / max(share * z, 1.0), 0.0, 1.0).astype(np.float32)
+    field = field + (np.float32(base_hu) * ramp)[:, None, None]
+    field = np.where(inside, field, np.float32(0.0)).astype(np.float32)
+    return field, f"skull field rim {rim_hu:.0f} HU/{rim_px:.1f}px base {base_hu:.0f} HU"

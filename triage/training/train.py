@@ -49,6 +49,9 @@ class TrainConfig:
     # (ich-synthcnn-3.1 was trained so; pe-synthcnn-2.2 predates both)
     augment_fraction: float = 0.6
     tune_augmented: bool = True
+    # share of the augmented training phantoms that also get the field a real skull leaves
+    # inside it (triage.training.augment.skull_field); the tuning copies never do
+    skull_field: float = 0.0
     front: str = "fixed"  # the network's fixed feature channels (triage.training.nets.FRONT_ENDS)
 
 
@@ -93,8 +96,15 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 250):  # type: ignore
     torch.set_num_threads(cfg.threads)
     net = Detector(cfg.task, cfg.width, front=cfg.front)
     t0 = time.monotonic()
+    from triage.training.augment import Augmentation
+
     feats, raws = features_of(
-        net, train.volumes, cfg.augment_fraction, cfg.seed, keep_raw=net.learned
+        net,
+        train.volumes,
+        cfg.augment_fraction,
+        cfg.seed,
+        keep_raw=net.learned,
+        aug=Augmentation(p_skull_field=cfg.skull_field),
     )  # [N, Z, C, G, G]; the learned front end: normalised HU [N, Z, Y, X] too
     log.info("%s: features of %d phantoms in %.0f s", cfg.task, len(train), time.monotonic() - t0)
     n, depth, grid = feats.shape[0], feats.shape[1], feats.shape[-1]
@@ -195,13 +205,15 @@ def features_of(  # type: ignore[no-untyped-def]
     augment_fraction: float = 0.0,
     seed: int = 0,
     keep_raw: bool = False,
+    aug: Any = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The fixed feature channels of ``volumes`` [N, Z, Y, X], float16 [N, Z, C, Y/2, X/2];
     of an augmented copy (:func:`triage.training.augment.augment`) for a share
     ``augment_fraction`` of them (drawn per phantom from ``seed`` and its index); and with
     ``keep_raw``, the normalised HU of the same (augmented) volumes, float16 [N, Z, Y, X]."""
-    from triage.training.augment import augment
+    from triage.training.augment import Augmentation, augment
 
+    aug = aug if aug is not None else Augmentation()
     torch = _require_torch()
     out: np.ndarray | None = None
     raw = np.zeros((0,), np.float16)
@@ -210,7 +222,7 @@ def features_of(  # type: ignore[no-untyped-def]
             a = np.asarray(volumes[i], dtype=np.float32)
             rng = np.random.default_rng([seed, i, 17])
             if augment_fraction > 0.0 and rng.random() < augment_fraction:
-                a = augment(a, rng)[0]
+                a = augment(a, rng, aug)[0]
             v = torch.from_numpy(a[None])
             f = net.features(v)
             if out is None:
