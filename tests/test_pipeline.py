@@ -23,7 +23,7 @@ from triage.outbound import RISNotifier
 from triage.pipeline import MAX_FAILURES, Analysis, Pipeline
 from triage.routing import load_routing_rules
 from triage.scoring import load_urgency_rules
-from triage.store import Database, Instance, Order, OutboundMessage, Study, StudyState
+from triage.store import Database, Finding, Instance, Order, OutboundMessage, Study, StudyState
 from triage.store.instances import record_instance
 from triage.store.models import utcnow
 
@@ -794,3 +794,29 @@ def test_images_arriving_while_the_model_runs_are_analysed_too(tmp_path, ris):
     assert analyzer.calls == ["ich", "ich"]
     st = study(db, "43.1")
     assert st.state == StudyState.SCORED and st.engine_priority == "S"
+
+
+def test_an_analysis_is_kept_when_its_scoring_fails(tmp_path, ris, caplog):
+    """The model answered, then the transaction that stores and scores failed: the analysis
+    is stored on its own (the retry only scores; the model is not asked again), and the log
+    says so once, as kept - not a second "study ...: ich done" line."""
+    import logging
+
+    analyzer = ScriptedAnalyzer([positive(0.93)])
+    db, p = make(tmp_path, analyzer, ris)
+    add_order(db, "ACC44", "R", "E")
+    add_study(db, "44.1", accession="ACC44")
+    real = p._score_one
+    p._score_one = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("rules broke"))  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="triage.pipeline"):
+        p.tick()
+    with db.session() as s:
+        findings = s.exec(select(Finding).where(Finding.study_uid == "44.1")).all()
+    assert [f.probability for f in findings] == [pytest.approx(0.93)]
+    kept = [r for r in caplog.records if "analysis kept" in r.getMessage()]
+    assert len(kept) == 1 and "p=0.93" in kept[0].getMessage()
+    done = [r for r in caplog.records if "44.1: ich done" in r.getMessage()]
+    assert len(done) <= 1  # the line of the rolled-back transaction, if any; not a second one
+    p._score_one = real  # type: ignore[method-assign]
+    p.tick()
+    assert analyzer.calls == ["ich"]  # scored again from the kept analysis, not re-inferred

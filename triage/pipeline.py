@@ -308,9 +308,18 @@ class Pipeline:
             with self.db.session() as s:
                 study = _study(s, study_uid)
                 if study is not None:
-                    self._record(s, study, outcome)
+                    self._record(s, study, outcome, quiet=True)
         except Exception as exc:
             log.error("study %s: cannot keep its analysis either: %s", study_uid, exc)
+            return
+        a = outcome.analysis
+        log.warning(
+            "study %s: scoring failed; its analysis kept (%s %s p=%s), scored on the retry",
+            study_uid,
+            outcome.model,
+            a.status if a is not None else "pending",
+            a.probability if a is not None else "-",
+        )
 
     def _analyze(
         self, study_uid: str, model: str, instances: list[Instance], fingerprint: str
@@ -333,7 +342,9 @@ class Pipeline:
                 analysis = Analysis(model, "", "error", detail=f"analysis failed: {exc}")
         return _Outcome(model, analysis, error, fingerprint)
 
-    def _record(self, s: Session, study: Study, outcome: _Outcome) -> int | None:
+    def _record(
+        self, s: Session, study: Study, outcome: _Outcome, *, quiet: bool = False
+    ) -> int | None:
         """Store an analysis (its Finding; the finding's id) or that AI is pending (None), in
         the transaction that scores the study: the worklist never shows the new state
         without the score and reasons that go with it. A study that took new images while
@@ -346,12 +357,13 @@ class Pipeline:
                 study.state = StudyState.AI_PENDING
             study.ai_status = "pending"
             study.ai_next_attempt_at = utcnow() + timedelta(seconds=self.retry_seconds)
-            log.warning(
-                "study %s: AI pending (%s); retry in %.0fs",
-                study.study_uid,
-                outcome.error,
-                self.retry_seconds,
-            )
+            if not quiet:
+                log.warning(
+                    "study %s: AI pending (%s); retry in %.0fs",
+                    study.study_uid,
+                    outcome.error,
+                    self.retry_seconds,
+                )
             s.add(study)
             return None
         finding = Finding(
@@ -374,13 +386,14 @@ class Pipeline:
         study.analyzed_fingerprint = outcome.fingerprint
         if not receiving:
             study.state = StudyState.COMPLETE  # analysed; scored below
-        log.info(
-            "study %s: %s %s p=%s",
-            study.study_uid,
-            outcome.model,
-            analysis.status,
-            analysis.probability,
-        )
+        if not quiet:
+            log.info(
+                "study %s: %s %s p=%s",
+                study.study_uid,
+                outcome.model,
+                analysis.status,
+                analysis.probability,
+            )
         s.add(study)
         s.flush()
         return finding.id
