@@ -55,8 +55,12 @@ class Augmentation:
     noise_factor: tuple[float, float] = (1.3, 2.2)  # total noise / measured noise
     p_texture: float = 0.4  # share of the added noise draws that are correlated
     p_skull_field: float = 0.0  # see skull_field()
-    rim_hu: tuple[float, float] = (6.0, 24.0)  # added just inside the inner table
-    rim_px: tuple[float, float] = (0.8, 2.5)  # its fall-off (model voxels)
+    # added just inside the inner table, and its e-folding length (model voxels): a real head
+    # (the GE head CT of the shared data, on the 128 grid) is 28 HU above its core 2 voxels
+    # from the bone, 14 HU at 4, 8 HU at 8; our phantoms 5-13 HU at 2, flat by 6
+    rim_hu: tuple[float, float] = (15.0, 40.0)
+    rim_px: tuple[float, float] = (3.0, 8.0)
+    rim_reach: int = 12  # model voxels from the bone that the rim reaches
     base_hu: tuple[float, float] = (3.0, 15.0)  # added in the lowest slices inside the skull
     base_share: tuple[float, float] = (0.15, 0.35)  # of the slices, from the bottom, it fades over
 
@@ -116,7 +120,6 @@ def augment(
 
 
 BONE_HU = 300.0
-RIM_REACH = 6  # model voxels from the inner table that the rim can reach
 
 
 def inside_skull(hu: np.ndarray) -> np.ndarray:
@@ -155,7 +158,7 @@ def skull_field(
     z = hu.shape[0]
     dist = np.zeros(hu.shape, np.float32)
     reached = bone.copy()
-    for d in range(1, RIM_REACH + 1):
+    for d in range(1, aug.rim_reach + 1):
         grown = reached.copy()
         grown[:, 1:, :] |= reached[:, :-1, :]
         grown[:, :-1, :] |= reached[:, 1:, :]
@@ -166,8 +169,8 @@ def skull_field(
         reached = grown
     rim_hu, rim_px = _u(rng, aug.rim_hu), _u(rng, aug.rim_px)
     rim = np.where(dist > 0, np.exp(-(dist - 1.0) / rim_px), 0.0).astype(np.float32)
-    # the rim's strength along z: a smooth random curve between 0.4 and 1 of rim_hu
-    knots = rng.uniform(0.4, 1.0, 5)
+    # the rim's strength along z: a smooth random curve between 0.6 and 1 of rim_hu
+    knots = rng.uniform(0.6, 1.0, 5)
     along = np.interp(np.linspace(0.0, 4.0, z), np.arange(5), knots).astype(np.float32)
     field = rim * (np.float32(rim_hu) * along)[:, None, None]
     base_hu, share = _u(rng, aug.base_hu), _u(rng, aug.base_share)
