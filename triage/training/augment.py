@@ -122,6 +122,17 @@ def augment(
 BONE_HU = 300.0
 
 
+def grow(mask: np.ndarray) -> np.ndarray:
+    """``mask`` [z, y, x] and each voxel's four in-plane neighbours (one step of an in-plane
+    dilation; nothing crosses slices)."""
+    out = mask.copy()
+    out[:, 1:, :] |= mask[:, :-1, :]
+    out[:, :-1, :] |= mask[:, 1:, :]
+    out[:, :, 1:] |= mask[:, :, :-1]
+    out[:, :, :-1] |= mask[:, :, 1:]
+    return out
+
+
 def inside_skull(hu: np.ndarray) -> np.ndarray:
     """Voxels [z, y, x] enclosed by bone (> 300 HU) in their own slice: what cannot be
     reached from the slice's border without crossing bone. A slice whose skull is open (the
@@ -134,12 +145,7 @@ def inside_skull(hu: np.ndarray) -> np.ndarray:
     out[:, :, -1] |= free[:, :, -1]
     count = int(out.sum())
     while True:
-        grown = out.copy()
-        grown[:, 1:, :] |= out[:, :-1, :]
-        grown[:, :-1, :] |= out[:, 1:, :]
-        grown[:, :, 1:] |= out[:, :, :-1]
-        grown[:, :, :-1] |= out[:, :, 1:]
-        grown &= free
+        grown = grow(out) & free
         n = int(grown.sum())
         if n == count:
             return free & ~grown
@@ -159,11 +165,7 @@ def skull_field(
     dist = np.zeros(hu.shape, np.float32)
     reached = bone.copy()
     for d in range(1, aug.rim_reach + 1):
-        grown = reached.copy()
-        grown[:, 1:, :] |= reached[:, :-1, :]
-        grown[:, :-1, :] |= reached[:, 1:, :]
-        grown[:, :, 1:] |= reached[:, :, :-1]
-        grown[:, :, :-1] |= reached[:, :, 1:]
+        grown = grow(reached)
         ring = grown & ~reached & inside
         dist[ring] = d
         reached = grown

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from triage.training.augment import BONE_HU, inside_skull
+from triage.training.augment import BONE_HU, grow, inside_skull
 
 BRAIN_HU = (-50.0, 150.0)
 
@@ -29,11 +29,7 @@ def edge_profile(hu: np.ndarray, reach: int = 12) -> np.ndarray:
     reached = hu > BONE_HU
     medians = np.full(reach, np.nan, np.float64)
     for d in range(reach):
-        grown = reached.copy()
-        grown[:, 1:, :] |= reached[:, :-1, :]
-        grown[:, :-1, :] |= reached[:, 1:, :]
-        grown[:, :, 1:] |= reached[:, :, :-1]
-        grown[:, :, :-1] |= reached[:, :, 1:]
+        grown = grow(reached)
         ring = grown & ~reached & brainish
         if ring.any():
             medians[d] = float(np.median(hu[ring]))
