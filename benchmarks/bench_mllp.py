@@ -445,9 +445,9 @@ def main() -> int:
     return 0
 
 
-# The issue-14 targets, per connection count: the running engine's ratio to the durable echo
-# (eight connections) - judged on the median of alternated rounds, since the durable echo
-# itself moves by a factor of ~1.5-2 between rounds on these machines.
+# The target for the running engine's ratio to the durable echo on eight connections (issue
+# 14), judged on the median of alternated rounds: the durable echo itself moves by a factor of
+# ~1.5-2 between rounds on these machines.
 RATIO_TARGET = 0.5
 
 

@@ -18,11 +18,11 @@ with several connections the transaction runs in a writer thread (unless its bat
 frame from every open connection: then nothing can arrive while it runs, and it runs in the
 loop), frames that arrive during a commit form the next batch, and that batch waits, briefly,
 for the connections just acknowledged to send their next frame (``GATHER_FRACTION``,
-``GATHER_MAX``). A frame over
-``hl7_max_message_bytes`` is answered AR and the connection closed; a peer idle for
-``hl7_idle_timeout_seconds`` (nothing received, nothing of its own waiting) is disconnected.
-A peer that shuts down its sending side still gets the ACKs of what it sent; a peer that does
-not read its ACKs is not read either until it does (:class:`_Connection`).
+``GATHER_MAX``). A frame over ``hl7_max_message_bytes`` is answered AR and the connection
+closed; a peer idle for ``hl7_idle_timeout_seconds`` (nothing received, nothing of its own
+waiting) is disconnected. A peer that shuts down its sending side still gets the ACKs of what
+it sent; a peer that does not read its ACKs is not read either until it does
+(:class:`_Connection`).
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ class HL7Listener:
                 future.add_done_callback(functools.partial(self._stored, batch))
                 return
             try:
-                outcomes: list[Outcome] | None = self.store.store_batch(evaluations, peers)
+                outcomes = self.store.store_batch(evaluations, peers)
             except Exception as exc:  # pragma: no cover - store_batch does not raise
                 self._resolve(batch, None, exc)
                 continue

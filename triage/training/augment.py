@@ -133,6 +133,18 @@ def grow(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def bone_distance(hu: np.ndarray, reach: int) -> np.ndarray:
+    """float32 [z, y, x]: in-plane steps (to the four neighbours) from the nearest bone
+    (> 300 HU) of the voxel's own slice, 1..``reach``; 0 for bone and beyond ``reach``."""
+    reached = hu > BONE_HU
+    dist = np.zeros(hu.shape, np.float32)
+    for d in range(1, reach + 1):
+        grown = grow(reached)
+        dist[grown & ~reached] = d
+        reached = grown
+    return dist
+
+
 def inside_skull(hu: np.ndarray) -> np.ndarray:
     """Voxels [z, y, x] enclosed by bone (> 300 HU) in their own slice: what cannot be
     reached from the slice's border without crossing bone. A slice whose skull is open (the
@@ -160,15 +172,8 @@ def skull_field(
     varying smoothly from slice to slice) plus a denser floor in the lowest slices
     (``base_hu`` at the bottom slice, fading to 0 over ``base_share`` of them)."""
     inside = inside_skull(hu)
-    bone = hu > BONE_HU
     z = hu.shape[0]
-    dist = np.zeros(hu.shape, np.float32)
-    reached = bone.copy()
-    for d in range(1, aug.rim_reach + 1):
-        grown = grow(reached)
-        ring = grown & ~reached & inside
-        dist[ring] = d
-        reached = grown
+    dist = bone_distance(hu, aug.rim_reach)  # outside the skull too: masked off below
     rim_hu, rim_px = _u(rng, aug.rim_hu), _u(rng, aug.rim_px)
     rim = np.where(dist > 0, np.exp(-(dist - 1.0) / rim_px), 0.0).astype(np.float32)
     # the rim's strength along z: a smooth random curve between 0.6 and 1 of rim_hu

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from triage.training.augment import BONE_HU, grow, inside_skull
+from triage.training.augment import bone_distance, inside_skull
 
 BRAIN_HU = (-50.0, 150.0)
 
@@ -24,17 +24,14 @@ def edge_profile(hu: np.ndarray, reach: int = 12) -> np.ndarray:
     """[reach] HU: median brain-density HU at in-plane distance d = 1..``reach`` voxels from
     bone inside the skull, minus the core's median (NaN where a distance has no voxel)."""
     hu = np.asarray(hu, dtype=np.float32)
-    inside = inside_skull(hu)
-    brainish = inside & (hu > BRAIN_HU[0]) & (hu < BRAIN_HU[1])
-    reached = hu > BONE_HU
+    brainish = inside_skull(hu) & (hu > BRAIN_HU[0]) & (hu < BRAIN_HU[1])
+    dist = bone_distance(hu, reach)
     medians = np.full(reach, np.nan, np.float64)
-    for d in range(reach):
-        grown = grow(reached)
-        ring = grown & ~reached & brainish
+    for d in range(1, reach + 1):
+        ring = brainish & (dist == d)
         if ring.any():
-            medians[d] = float(np.median(hu[ring]))
-        reached = grown
-    core = hu[brainish & ~reached]
+            medians[d - 1] = float(np.median(hu[ring]))
+    core = hu[brainish & (dist == 0)]  # beyond reach (bone is not brain-density)
     if core.size == 0:
         return np.full(reach, np.nan, np.float64)
     return medians - float(np.median(core))

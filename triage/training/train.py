@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from triage.synth.ct import Task
+from triage.training.augment import Augmentation
 from triage.training.data import TRAIN_SEED0, TUNE_SEED0, Dataset, generate
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,6 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 250):  # type: ignore
     torch.set_num_threads(cfg.threads)
     net = Detector(cfg.task, cfg.width, front=cfg.front)
     t0 = time.monotonic()
-    from triage.training.augment import Augmentation
-
     feats, raws = features_of(
         net,
         train.volumes,
@@ -205,13 +204,13 @@ def features_of(  # type: ignore[no-untyped-def]
     augment_fraction: float = 0.0,
     seed: int = 0,
     keep_raw: bool = False,
-    aug: Any = None,
+    aug: Augmentation | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The fixed feature channels of ``volumes`` [N, Z, Y, X], float16 [N, Z, C, Y/2, X/2];
     of an augmented copy (:func:`triage.training.augment.augment`) for a share
     ``augment_fraction`` of them (drawn per phantom from ``seed`` and its index); and with
     ``keep_raw``, the normalised HU of the same (augmented) volumes, float16 [N, Z, Y, X]."""
-    from triage.training.augment import Augmentation, augment
+    from triage.training.augment import augment
 
     aug = aug if aug is not None else Augmentation()
     torch = _require_torch()
@@ -250,15 +249,13 @@ def balanced_bce(logits: Any, target: Any) -> Any:
     return loss
 
 
-def predict(net, volumes: np.ndarray, batch: int = 1) -> np.ndarray:  # type: ignore[no-untyped-def]
+def predict(net, volumes: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Study probabilities of ``volumes`` [N, z, y, x] with a trained (PyTorch) net."""
-    torch = _require_torch()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(volumes), batch):
-            v = torch.from_numpy(np.asarray(volumes[i : i + batch], dtype=np.float32))
-            out.append(torch.sigmoid(net(v)[0]).numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+    return _sigmoid(study_logits(net, volumes)).astype(np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, ridge: float = 0.05) -> tuple[float, float]:
@@ -292,14 +289,12 @@ def study_logits(net, volumes: np.ndarray) -> np.ndarray:  # type: ignore[no-unt
     return np.array(logits, np.float64)
 
 
-def calibrate(net, tune: Dataset, logits: np.ndarray | None = None) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Fold a Platt recalibration, fitted on the tuning set, into the net's study scale and
-    bias: the exported ``probability`` is then calibrated (what the scorer receives).
-    ``logits``: the net's study logits of ``tune`` when already computed; the calibrated
-    probabilities are then ``sigmoid(a * logits + b)``, without running the net again."""
+def calibrate(net, tune: Dataset, logits: np.ndarray) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Fold a Platt recalibration, fitted on the tuning set (``logits``: the net's study
+    logits of ``tune``, :func:`study_logits`), into the net's study scale and bias: the
+    exported ``probability`` is then calibrated (what the scorer receives), and equals
+    ``sigmoid(a * logits + b)`` without running the net again."""
     torch = _require_torch()
-    if logits is None:
-        logits = study_logits(net, tune.volumes)
     a, b = fit_platt(logits, tune.labels)
     with torch.no_grad():
         net.study_scale.mul_(a)
@@ -379,7 +374,7 @@ def finish_task(  # type: ignore[no-untyped-def]
     logits = study_logits(net, tune.volumes)  # one pass: calibration and operating point
     a, b = calibrate(net, tune, logits)
     log.info("%s: calibration on the tuning set: logit x %.3f %+.3f", cfg.task, a, b)
-    prob = 1.0 / (1.0 + np.exp(-(a * logits + b)))
+    prob = _sigmoid(a * logits + b)
     thr = choose_threshold(prob, tune.labels, cfg.target_specificity)
     pos = tune.labels > 0.5
     sens = float((prob[pos] >= thr).mean()) if pos.any() else float("nan")
