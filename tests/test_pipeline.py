@@ -807,7 +807,11 @@ def test_an_analysis_is_kept_when_its_scoring_fails(tmp_path, ris, caplog):
     add_order(db, "ACC44", "R", "E")
     add_study(db, "44.1", accession="ACC44")
     real = p._score_one
-    p._score_one = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("rules broke"))  # type: ignore[method-assign]
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("rules broke")
+
+    p._score_one = broken  # type: ignore[method-assign]
     with caplog.at_level(logging.INFO, logger="triage.pipeline"):
         p.tick()
     with db.session() as s:
