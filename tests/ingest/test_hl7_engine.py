@@ -205,6 +205,77 @@ def test_frames_sent_while_the_previous_commit_is_in_flight(engine: Engine) -> N
 
 
 @pytest.mark.integration
+def test_many_peers_at_once_lock_step_pipelining_and_split(engine: Engine) -> None:
+    """Several RIS interfaces at once, as the listener's two commit paths meet them: eight
+    peers each waiting for every ACK (their batches hold every open connection: stored in
+    the listener's loop), joined half-way by a peer sending two frames per write without
+    waiting and one writing each frame in two pieces (then the batches go to the writer
+    thread). Every peer gets every ACK, in order; every order is stored once."""
+    before = order_count(engine)
+    results: dict[str, list[tuple[str, str]]] = {}
+    expected: dict[str, list[tuple[str, str]]] = {}
+    failures: list[BaseException] = []
+    halfway = threading.Barrier(9)
+
+    def lock_step(k: int) -> None:
+        msgs = orders(f"LS{k}-", 40)
+        expected[f"lock{k}"] = accepted([c for _, c in msgs])
+        got: list[tuple[str, str]] = []
+        with Peer(engine) as peer:
+            for i, (payload, _) in enumerate(msgs):
+                if i == 20:
+                    halfway.wait(timeout=30)
+                peer.send(frame(payload))
+                got += peer.receive(1)
+        results[f"lock{k}"] = got
+
+    def pipelining() -> None:
+        msgs = orders("PL-", 40)
+        expected["pipelining"] = accepted([c for _, c in msgs])
+        with Peer(engine) as peer:
+            for i in range(0, 40, 2):
+                peer.send(frame(msgs[i][0]) + frame(msgs[i + 1][0]))
+            results["pipelining"] = peer.receive(40)
+
+    def split() -> None:
+        msgs = orders("SP-", 20)
+        expected["split"] = accepted([c for _, c in msgs])
+        got: list[tuple[str, str]] = []
+        with Peer(engine) as peer:
+            for payload, _ in msgs:
+                wire = frame(payload)
+                peer.send(wire[: len(wire) // 2])
+                time.sleep(0.001)
+                peer.send(wire[len(wire) // 2 :])
+                got += peer.receive(1)
+        results["split"] = got
+
+    def guarded(fn, *args):  # type: ignore[no-untyped-def]
+        try:
+            fn(*args)
+        except BaseException as exc:  # reported below, with the peer's name
+            failures.append(exc)
+
+    def late_joiners() -> None:
+        halfway.wait(timeout=30)
+        joiners = [threading.Thread(target=guarded, args=(f,)) for f in (pipelining, split)]
+        for t in joiners:
+            t.start()
+        for t in joiners:
+            t.join(60)
+
+    threads = [threading.Thread(target=guarded, args=(lock_step, k)) for k in range(8)]
+    threads.append(threading.Thread(target=guarded, args=(late_joiners,)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not failures, failures
+    assert results == expected
+    assert order_count(engine) == before + 8 * 40 + 40 + 20
+
+
+@pytest.mark.integration
 def test_mllp_send_real_client(engine: Engine, tmp_path: Path) -> None:
     """The hl7 package's `mllp_send` (one message, then its ACK, then the next) with a file of
     framed messages, three runs in a row on fresh connections."""
