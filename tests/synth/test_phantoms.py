@@ -226,6 +226,16 @@ def test_model_sample_shape_and_truth() -> None:
             slice_thickness=5.0,
             noise_hu=6.0,
         ),
+        ct.PhantomSpec(  # skull base, face and glare (generator 4)
+            "ich",
+            True,
+            subtypes=("subdural",),
+            size_mm=12.0,
+            n_slices=24,
+            slice_thickness=5.0,
+            noise_hu=6.0,
+            generator=4,
+        ),
         ct.PhantomSpec(
             "pe",
             True,
@@ -236,7 +246,7 @@ def test_model_sample_shape_and_truth() -> None:
             noise_hu=10.0,
         ),
     ],
-    ids=["head", "ctpa"],
+    ids=["head", "head-generator-4", "ctpa"],
 )
 def test_in_memory_path_matches_dicom_path(spec: ct.PhantomSpec, tmp_path: Path) -> None:
     """Same spec and seed: the model-grid volume of the in-memory path agrees statistically

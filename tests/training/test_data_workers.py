@@ -3,9 +3,12 @@ single process makes."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
-from triage.training.data import generate
+from triage.training.data import generate, trained_generator
 
 
 def test_worker_pool_gives_the_same_phantoms_as_one_process() -> None:
@@ -14,3 +17,27 @@ def test_worker_pool_gives_the_same_phantoms_as_one_process() -> None:
     assert np.array_equal(one.volumes, pool.volumes)
     assert np.array_equal(one.loc_targets, pool.loc_targets)
     assert one.subtypes == pool.subtypes and one.labels.tolist() == pool.labels.tolist()
+
+
+def test_the_generator_a_model_was_trained_on(tmp_path: Path) -> None:
+    """Validation and the stress suite paint what the model learned from (training.json);
+    a model from before the setting existed, or an unreadable record, means generator 3."""
+    (tmp_path / "ich").mkdir()
+    record = tmp_path / "ich" / "training.json"
+    assert trained_generator(tmp_path, "ich") == 3  # no record
+    record.write_text(json.dumps({"config": {"task": "ich", "generator": 4}}))
+    assert trained_generator(tmp_path, "ich") == 4
+    record.write_text(json.dumps({"config": {"task": "ich"}}))
+    assert trained_generator(tmp_path, "ich") == 3
+    for bad in ("{", '{"config": {"generator": 9}}', '{"config": []}', "[]"):
+        record.write_text(bad)
+        assert trained_generator(tmp_path, "ich") == 3, bad
+
+
+def test_the_cache_keeps_generators_apart(tmp_path: Path) -> None:
+    three = generate("ich", 910, 1, 0.0, workers=1, cache_dir=tmp_path)
+    four = generate("ich", 910, 1, 0.0, workers=1, cache_dir=tmp_path, generator=4)
+    assert len(list(tmp_path.iterdir())) == 2
+    assert not np.array_equal(three.volumes, four.volumes)
+    again = generate("ich", 910, 1, 0.0, workers=1, cache_dir=tmp_path, generator=4)
+    assert np.array_equal(again.volumes, four.volumes)

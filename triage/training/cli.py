@@ -38,6 +38,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         steps=args.steps,
         workers=args.workers,
         front=args.front,
+        generator=args.generator,
     )
     for r in results:
         print(
@@ -175,6 +176,13 @@ def add_models_commands(subparsers: Any) -> None:
         choices=("fixed", "contrast", "learned"),
         default=None,
         help="fixed feature channels of the network (default: each task's shipped one)",
+    )
+    p.add_argument(
+        "--generator",
+        type=int,
+        choices=(3, 4),
+        default=None,
+        help="phantom generator (triage/synth/ct; default: each task's shipped model's)",
     )
     p.set_defaults(func=_cmd_train)
     p = models.add_parser(

@@ -27,6 +27,7 @@ from triage.synth.ct import (
     spec_set,
     z_resampling,
 )
+from triage.synth.ct.spec import GENERATORS
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +101,24 @@ def generate(
     positive_fraction: float,
     workers: int = 2,
     cache_dir: Path | None = None,
+    generator: int = 3,
 ) -> Dataset:
-    """``n`` phantoms with seeds ``seed0 .. seed0 + n - 1`` (cached as .npy/.npz when
-    ``cache_dir`` is given: the same arguments load the same data)."""
+    """``n`` phantoms with seeds ``seed0 .. seed0 + n - 1`` painted by ``generator``
+    (:attr:`~triage.synth.ct.PhantomSpec.generator`), cached as .npy/.npz when ``cache_dir``
+    is given: the same arguments load the same data."""
     cache = None
     if cache_dir is not None:
         shape = "x".join(str(d) for d in model_shape(task))
         z = "" if z_resampling(task) == "linear" else f"-z{z_resampling(task)}"
-        name = f"{task}-{seed0}-{n}-{positive_fraction:g}-{shape}-p{PAINT_SIZE}{z}-{CACHE_FORMAT}"
+        gen = "" if generator == 3 else f"-g{generator}"
+        name = (
+            f"{task}-{seed0}-{n}-{positive_fraction:g}-{shape}-p{PAINT_SIZE}{z}{gen}-{CACHE_FORMAT}"
+        )
         cache = Path(cache_dir) / name
         if (cache / "meta.npz").is_file() and (cache / "volumes.npy").is_file():
             return _load(task, cache)
     seeds = list(range(seed0, seed0 + n))
-    specs = spec_set(task, seeds, positive_fraction)
+    specs = spec_set(task, seeds, positive_fraction, generator)
     grid = model_shape(task)
     volumes = np.zeros((n, *grid), dtype=np.float16)
     labels = np.zeros(n, np.float32)
@@ -147,6 +153,20 @@ def _fill(samples, volumes, labels, slice_t, loc_t, sizes, subtypes, mimics, n) 
         mimics.append(s.spec.mimics)
         if (i + 1) % 100 == 0:
             log.info("generated %d/%d phantoms", i + 1, n)
+
+
+def trained_generator(models_dir: Path, task: str) -> int:
+    """The phantom generator ``task``'s model in ``models_dir`` was trained on (its
+    training.json; 3, the generator before the setting existed, when it does not say), so
+    that validation and the stress suite paint what it learned from."""
+    import json
+
+    try:
+        config = json.loads((Path(models_dir) / task / "training.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 3
+    value = config.get("generator", 3) if isinstance(config, dict) else 3
+    return int(value) if value in GENERATORS else 3
 
 
 def _save(ds: Dataset, folder: Path) -> None:

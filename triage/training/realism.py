@@ -6,9 +6,10 @@ in-plane distance 1..``reach`` voxels from bone (> 300 HU) inside the skull, the
 the brain-density voxels (-50..150 HU) at that distance minus the median of those farther
 in (the core). A real head (the GE head CT of the shared data, resliced to 5 mm, on the 128
 grid) is +28 HU two voxels from the bone, +14 at four, +8 at eight; generator-3 phantoms are
-+5..13 at two and flat by six. A network trained on the phantoms reads the real edge as
-blood; the generator that draws the real interface should bring its profile to the real
-one. Synthetic phantoms; not for clinical use.
++5..13 at two and flat by six, and a network trained on them reads the real edge as blood.
+Generator 4 draws the skull's glare (:func:`triage.synth.ct.scanner.skull_glare`), fitted so
+that its phantoms' median profile lies within 6 HU of the real one at 2..8 voxels
+(tests/training/test_realism.py). Synthetic phantoms; not for clinical use.
 """
 
 from __future__ import annotations

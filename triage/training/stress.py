@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from triage.training import metrics
+from triage.training.data import trained_generator
 from triage.training.perturb import COMBINATIONS, Perturbation, Scan, suite
 
 # Seeds 7,000,000+: never used for training (1,000,000+), tuning (3,000,000+) or either
@@ -183,11 +184,12 @@ def _scans(
     in_plane: int,
     workers: int,
     specs: Sequence[Any] | None = None,
+    generator: int = 3,
 ) -> Iterator[tuple[int, bool, Scan]]:
     from triage.synth.ct import spec_set
 
     if specs is None:
-        specs = spec_set(task, list(seeds), 0.5)  # type: ignore[arg-type]
+        specs = spec_set(task, list(seeds), 0.5, generator)  # type: ignore[arg-type]
     jobs = [(task, s, spec, in_plane) for s, spec in zip(seeds, specs, strict=True)]
     workers = max(1, min(workers, os.cpu_count() or 1))
     if workers == 1:
@@ -224,7 +226,10 @@ def stress_task(
     seeds = list(range(STRESS_SEED0, STRESS_SEED0 + 2 * per_class))
     res = TaskStress(task, contract.version, contract.threshold, [], [], conditions)
     if scans is None:
-        scans = _scans(task, seeds, shape[2], workers)
+        # painted by the generator the model learned from (its training.json)
+        scans = _scans(
+            task, seeds, shape[2], workers, generator=trained_generator(models_dir, task)
+        )
     for seed, label, scan in scans:
         res.seeds.append(seed)
         res.labels.append(label)

@@ -54,6 +54,8 @@ class TrainConfig:
     # inside it (triage.training.augment.skull_field); the tuning copies never do
     skull_field: float = 0.0
     front: str = "fixed"  # the network's fixed feature channels (triage.training.nets.FRONT_ENDS)
+    # what paints the training and tuning phantoms (triage.synth.ct.PhantomSpec.generator)
+    generator: int = 3
 
 
 @dataclass(frozen=True)
@@ -351,9 +353,15 @@ def train_task(
     t0 = time.monotonic()
     log.info("%s: generating %d training phantoms (seeds %d..)", cfg.task, cfg.n_train, TRAIN_SEED0)
     train = generate(
-        cfg.task, TRAIN_SEED0, cfg.n_train, cfg.train_positive_fraction, workers, cache_dir
+        cfg.task,
+        TRAIN_SEED0,
+        cfg.n_train,
+        cfg.train_positive_fraction,
+        workers,
+        cache_dir,
+        cfg.generator,
     )
-    tune = generate(cfg.task, TUNE_SEED0, cfg.n_tune, 0.3, workers, cache_dir)
+    tune = generate(cfg.task, TUNE_SEED0, cfg.n_tune, 0.3, workers, cache_dir, cfg.generator)
     log.info("%s: data ready in %.0f s; training", cfg.task, time.monotonic() - t0)
     net, loss = fit(cfg, train)
     return finish_task(cfg, net, loss, tune, models_dir, t0)
@@ -413,6 +421,8 @@ def finish_task(  # type: ignore[no-untyped-def]
 DEFAULT_STEPS: dict[str, int] = {"ich": 3000, "pe": 5000}
 # Front end per task (triage.training.nets.FRONT_ENDS)
 DEFAULT_FRONT: dict[str, str] = {"ich": "fixed", "pe": "fixed"}
+# the generator each task's shipped model was trained on (triage.synth.ct.PhantomSpec)
+DEFAULT_GENERATOR: dict[str, int] = {"ich": 3, "pe": 3}
 
 
 def train_all(
@@ -424,9 +434,10 @@ def train_all(
     steps: int | None = None,
     workers: int = 2,
     front: str | None = None,
+    generator: int | None = None,
 ) -> list[TrainResult]:
     """Train ``tasks`` one after the other (``steps`` None: :data:`DEFAULT_STEPS`; ``front``
-    None: :data:`DEFAULT_FRONT`)."""
+    None: :data:`DEFAULT_FRONT`; ``generator`` None: :data:`DEFAULT_GENERATOR`)."""
     results = []
     for t in tasks:
         cfg = TrainConfig(
@@ -434,6 +445,7 @@ def train_all(
             n_train=n_train,
             steps=steps or DEFAULT_STEPS[t],
             front=front or DEFAULT_FRONT[t],
+            generator=generator or DEFAULT_GENERATOR[t],
         )
         results.append(train_task(cfg, models_dir, cache_dir, workers))
     return results

@@ -46,6 +46,7 @@ import numpy as np
 from triage.errors import HeldOutRefused as HeldOutRefused
 from triage.errors import TriageError
 from triage.training import metrics
+from triage.training.data import trained_generator
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -379,16 +380,17 @@ def production_task(
     work_dir: Path,
     advance: Any = None,
     specs: Sequence[Any] | None = None,
+    generator: int = 3,
 ) -> HeldOut:
     """Write each study of ``seeds`` as DICOM and analyse it as the engine does (``specs``:
     the studies to write, one per seed; by default the held-out draw of
-    :func:`~triage.synth.ct.spec_set`)."""
+    :func:`~triage.synth.ct.spec_set`, painted by ``generator``)."""
     from triage.synth.ct import model_sample, spec_set
 
     t0 = time.monotonic()
     contract = analyzer.contract(task)
     if specs is None:
-        specs = spec_set(task, list(seeds), POSITIVE_FRACTION)  # type: ignore[arg-type]
+        specs = spec_set(task, list(seeds), POSITIVE_FRACTION, generator)  # type: ignore[arg-type]
     jobs = [(work_dir / f"{task}-{s}", spec, s) for s, spec in zip(seeds, specs, strict=True)]
     out = HeldOut(task, contract.version, contract.threshold, int(seeds[0]) if seeds else 0, [])
     busy = 0.0
@@ -508,6 +510,7 @@ def validate(
                         in_memory=in_memory,
                         work_dir=work,
                         advance=lambda job=job: bar.advance(job),
+                        generator=trained_generator(models_dir, task),
                     )
                 )
             try:

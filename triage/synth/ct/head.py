@@ -1,6 +1,8 @@
 """Head CT phantom: scalp, skull with diploe and skull base, brain (grey and white matter,
 sulci, deep nuclei, texture), CSF spaces, falx, tentorium and dural sinuses; the five
-hemorrhage kinds and the look-alikes (calcifications, beam hardening, motion)."""
+hemorrhage kinds and the look-alikes (calcifications, beam hardening, motion). Generator 4
+(:attr:`PhantomSpec.generator`) adds what lies below the brain (:class:`SkullBase`: the
+floors of the cranial fossae, orbits, paranasal sinuses, nasal cavity and nasopharynx)."""
 
 from __future__ import annotations
 
@@ -94,6 +96,38 @@ def draw_head(rng: np.random.Generator) -> Head:
     )
 
 
+@dataclass(frozen=True)
+class SkullBase:
+    """The floor of the skull and the face under it (generator 4; mm above or below the
+    skull-base level ``zb`` of :class:`HeadCanvas`, HU). Real head CTs begin below the brain:
+    their lowest slices hold the orbits, the sinuses and the nasopharynx, and no bone ring
+    encloses them."""
+
+    anterior: float  # anterior fossa floor (orbital roofs) above zb
+    middle: float  # middle fossae floor relative to zb
+    posterior: float  # depth of the posterior fossa below zb
+    plate: float  # thickness of the floor's bone
+    plate_hu: float  # its density, x the skull's
+    soft_hu: float  # muscle and mucosa of the face
+    fat_hu: float  # orbital and facial fat
+    orbit_x: float  # orbit centres, x the inner half-width
+    detail_seed: int  # air cells of the ethmoid, turbinates
+
+
+def draw_skull_base(rng: np.random.Generator) -> SkullBase:
+    return SkullBase(
+        anterior=uniform(rng, 20.0, 30.0),
+        middle=uniform(rng, -4.0, 4.0),
+        posterior=uniform(rng, 25.0, 35.0),
+        plate=uniform(rng, 2.5, 6.0),
+        plate_hu=uniform(rng, 0.5, 0.9),
+        soft_hu=uniform(rng, 35.0, 55.0),
+        fat_hu=uniform(rng, -110.0, -70.0),
+        orbit_x=uniform(rng, 0.38, 0.46),
+        detail_seed=int(rng.integers(2**31)),
+    )
+
+
 def radius_terms(
     g: Grid, centre: Sequence[float], axes: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +162,7 @@ def within_inner(g: Grid, head: Head, shrink: float = 0.0) -> np.ndarray:
 class HeadCanvas:
     """The head being painted: HU volume, named masks other structures need."""
 
-    def __init__(self, g: Grid, head: Head) -> None:
+    def __init__(self, g: Grid, head: Head, base: SkullBase | None = None) -> None:
         self.g, self.head = g, head
         self.vol = np.full(g.shape, AIR_HU, dtype=np.float32)
         ax, ay, az = head.skull_axes
@@ -205,8 +239,12 @@ class HeadCanvas:
         around = union_box(boxes)  # nothing is set outside it
         if around is not None:
             self.vol[around][self.ventricles[around]] = head.csf_hu
-        # Skull base: dense petrous ridges and clivus low in the head.
         zb = head.cistern_z - 16.0
+        self.skull_base_z = zb
+        self.face = np.zeros(g.shape, dtype=bool)  # below the skull's floor (generator 4)
+        if base is not None:
+            self._paint_floor(base)
+        # Skull base: dense petrous ridges and clivus low in the head.
         for c, axes, ang in (
             ((-34.0, 12.0, zb), (30.0, 7.0, 9.0), 0.6),
             ((34.0, 12.0, zb), (30.0, 7.0, 9.0), -0.6),
@@ -215,7 +253,6 @@ class HeadCanvas:
             hit = ellipsoid_in(g, c, axes, ang)
             if hit:
                 self.vol[hit[0]][hit[1]] = head.bone_hu * 0.9
-        self.skull_base_z = zb
         self._paint_sinuses()
         self._paint_detail(np.random.default_rng(head.detail_seed))
         # Cupping / pseudo-enhancement: the brain next to the inner table a few HU off.
@@ -228,6 +265,90 @@ class HeadCanvas:
                 r = np.sqrt(xy_flat[tissue] + zz[k, 0])
                 ramp = np.clip((r - 0.75) / 0.25, 0.0, 1.0) ** 2
                 sl[tissue] += np.float32(head.cupping) * ramp
+
+    def floor_z(self, base: SkullBase) -> np.ndarray:
+        """[H, W] height (mm) of the skull's inner floor: the anterior fossa over the orbits,
+        the middle fossae (the sella between them higher), the posterior fossa sloping down
+        behind the petrous ridges."""
+        g, zb = self.g, self.skull_base_z
+        ax, ay, _az = self.head.inner_axes
+        yn = g.y[0] / ay  # [H, 1]
+        xn = np.abs(g.x[0]) / ax  # [1, W]
+        ant, mid, post = zb + base.anterior, zb + base.middle, zb - base.posterior
+        # front of the middle fossae, then the petrous ridge: medially forward (the apex by
+        # the clivus), laterally back (the mastoid)
+        f = ant + (mid - ant) * np.clip((yn + 0.35) / 0.2, 0.0, 1.0)
+        ridge = 0.35 * xn
+        f = f + (post - mid) * np.clip((yn - ridge) / 0.3, 0.0, 1.0)
+        f = f + 4.0 * np.clip(xn - 0.3, 0.0, None)  # the fossae deepest mid-way out
+        sella = (xn < 14.0 / ax) & (yn > -0.3) & (yn < 0.0)
+        return np.where(sella, np.maximum(f, zb + 0.5 * base.anterior), f).astype(np.float32)
+
+    def _paint_floor(self, base: SkullBase) -> None:
+        """Generator 4: the intracranial space ends at :meth:`floor_z`; a bone plate forms
+        the floor and below it lie the face's tissues, orbits, ethmoid and maxillary sinuses,
+        the nasal cavity and the nasopharynx. In front, under the anterior fossa, the skull's
+        ring gives way to the face (thin walls of bone, not a closed ring)."""
+        g, head = self.g, self.head
+        ax, ay, _az = head.inner_axes
+        floor = self.floor_z(base)
+        outer = radius_terms(g, (0.0, 0.0, 0.0), head.skull_axes)
+        front = (g.y[0] < -0.15 * ay) & np.ones(g.shape[1:], bool)
+        plate_hu = np.float32(base.plate_hu * head.bone_hu)
+        for k in range(g.shape[0]):
+            z = float(g.z[k, 0, 0])
+            below = z < floor
+            cut = below & self.inside[k]
+            if not below.any():
+                continue
+            sl = self.vol[k]
+            sl[cut & (z >= floor - base.plate)] = plate_hu
+            in_head = outer[0][0] + outer[1][k, 0, 0] <= 1.0
+            face = (below & (z < floor - base.plate)) & (self.inside[k] | (front & in_head))
+            # the face from the orbital roofs down: soft tissue where the skull ring was
+            face &= self.inside[k] | (z < floor - base.plate - 4.0)
+            sl[face] = np.float32(base.soft_hu)
+            self.face[k] = face
+            for m in (self.inside, self.white, self.sulci, self.ventricles, self.cistern):
+                m[k] &= ~cut
+        zo = self.skull_base_z + base.anterior - 16.0  # orbit centres
+        rng = np.random.default_rng(base.detail_seed)
+        fat, air = np.float32(base.fat_hu), np.float32(-950.0)
+        wall = np.float32(0.5 * head.bone_hu)
+
+        def paint(
+            centre: Sequence[float],
+            axes: Sequence[float],
+            hu: np.float32,
+            shell: float = 0.0,
+            angle: float = 0.0,
+        ) -> None:
+            """An ellipsoid of ``hu`` in the face only, inside a bony shell if ``shell``."""
+            if shell:
+                paint(centre, tuple(a + shell for a in axes), wall, angle=angle)
+            hit = ellipsoid_in(g, centre, axes, angle)
+            if hit:
+                self.vol[hit[0]][hit[1] & self.face[hit[0]]] = hu
+
+        for side in (-1.0, 1.0):
+            ox = side * base.orbit_x * ax
+            paint((ox, -0.70 * ay, zo), (15.0, 24.0, 15.0), fat, shell=1.5)
+            paint((ox, -0.88 * ay, zo), (11.5, 11.5, 11.5), np.float32(10.0))  # globe
+            paint((ox, -0.88 * ay - 9.0, zo), (4.0, 1.8, 4.0), np.float32(85.0))  # lens
+            paint((0.6 * ox, -0.45 * ay, zo + 2.0), (2.2, 16.0, 2.2), np.float32(35.0))  # nerve
+            paint((side * 0.36 * ax, -0.62 * ay, zo - 34.0), (15.0, 17.0, 16.0), air, shell=1.5)
+        # Ethmoid: a bony honeycomb between the orbits, then the nasal cavity under it.
+        paint((0.0, -0.62 * ay, zo + 1.0), (11.0, 0.23 * ay, 12.0), wall)
+        for _ in range(int(rng.integers(18, 30))):
+            c = (uniform(rng, -8.0, 8.0), uniform(rng, -0.8, -0.42) * ay, zo + uniform(rng, -9, 10))
+            paint(c, (uniform(rng, 1.5, 3.5),) * 3, air)
+        paint((0.0, -0.62 * ay, zo - 32.0), (10.0, 0.25 * ay, 20.0), air)
+        paint((0.0, -0.62 * ay, zo - 32.0), (1.0, 0.25 * ay, 20.0), wall)  # septum
+        for side in (-1.0, 1.0):
+            for dz in (-8.0, 4.0):
+                turbinate = (side * 7.0, -0.62 * ay, zo - 32.0 + dz)
+                paint(turbinate, (3.0, 0.22 * ay, 3.5), np.float32(base.soft_hu - 10.0))
+        paint((0.0, -0.18 * ay, zo - 40.0), (11.0, 8.0, 12.0), air)  # nasopharynx
 
     def _paint_detail(self, rng: np.random.Generator) -> None:
         """What every real head CT has besides the large compartments: slow density
@@ -390,6 +511,7 @@ class HeadCanvas:
             & (self.vol < 60.0)
             & (self.vol > 20.0)
             & (self.g.z > self.skull_base_z + 12.0)
+            & self.inside
         )
 
 
@@ -579,7 +701,8 @@ def render_head(
     spec: PhantomSpec, seed: int, g: Grid
 ) -> tuple[np.ndarray, np.ndarray, list[Lesion]]:
     head = draw_head(np.random.default_rng([seed, 0]))
-    c = HeadCanvas(g, head)
+    base = draw_skull_base(np.random.default_rng([seed, 4])) if spec.generator >= 4 else None
+    c = HeadCanvas(g, head, base)
     lesion = np.zeros(g.shape, dtype=bool)
     lesions: list[Lesion] = []
     lrng = np.random.default_rng([seed, 2])

@@ -35,6 +35,7 @@ CTPA_MIMICS = (
     "mucus_bronchi",
     "atelectasis",
 )
+GENERATORS = (3, 4)  # PhantomSpec.generator
 SCANNERS = (
     # model name, kernel, noise factor, HU calibration offset
     ("PhantomScan 16", "STANDARD", 1.25, 2.0),
@@ -75,6 +76,13 @@ class PhantomSpec:
     rotation_deg: float = 0.0
     shift_mm: tuple[float, float] = (0.0, 0.0)
     coarse_noise: float = 0.3
+    # Which head anatomy is painted (the chest ignores it): 3, a closed skull around the brain
+    # from the first slice to the last, its inner table a sharp edge; 4, the skull base and
+    # face below the brain (cranial fossae, orbits, paranasal sinuses, nasal cavity: no bone
+    # ring encloses the lowest slices) and the glare of the skull on what it encloses
+    # (:func:`triage.synth.ct.scanner.render`), as a real head shows them. Default 3: the
+    # generator the shipped ich model was trained on.
+    generator: int = 3
 
     def __post_init__(self) -> None:
         known = HEMORRHAGE_SUBTYPES if self.task == "ich" else EMBOLUS_LEVELS
@@ -89,6 +97,8 @@ class PhantomSpec:
                 raise ValueError(f"unknown {self.task} mimic {m!r} (known: {mimics})")
         if self.n_slices < 2 or self.slice_thickness <= 0 or self.fov_mm <= 0:
             raise ValueError("need >= 2 slices, a positive thickness and field of view")
+        if self.generator not in GENERATORS:
+            raise ValueError(f"unknown generator {self.generator} (known: {GENERATORS})")
 
 
 def z_positions(spec: PhantomSpec) -> np.ndarray:
@@ -98,8 +108,11 @@ def z_positions(spec: PhantomSpec) -> np.ndarray:
     return (z0 + np.arange(n) * t).astype(np.float32)
 
 
-def draw_spec(task: Task, rng: np.random.Generator, *, positive: bool) -> PhantomSpec:
-    """A random, varied study: thickness, FOV, noise, scanner, lesion kinds, mimics."""
+def draw_spec(
+    task: Task, rng: np.random.Generator, *, positive: bool, generator: int = 3
+) -> PhantomSpec:
+    """A random, varied study: thickness, FOV, noise, scanner, lesion kinds, mimics, painted
+    by ``generator`` (the same draws whatever the generator)."""
     scanner = int(rng.integers(len(SCANNERS)))
     if task == "ich":
         thickness = float(rng.choice([1.25, 2.5, 3.0, 5.0]))
@@ -155,13 +168,17 @@ def draw_spec(task: Task, rng: np.random.Generator, *, positive: bool) -> Phanto
         rotation_deg=round(uniform(arng, -15.0, 15.0), 2),
         shift_mm=(round(uniform(arng, -15.0, 15.0), 1), round(uniform(arng, -15.0, 15.0), 1)),
         coarse_noise=round(uniform(arng, 0.3, 1.0), 3),
+        generator=generator,
     )
 
 
-def spec_set(task: Task, seeds: Sequence[int], positive_fraction: float = 0.3) -> list[PhantomSpec]:
+def spec_set(
+    task: Task, seeds: Sequence[int], positive_fraction: float = 0.3, generator: int = 3
+) -> list[PhantomSpec]:
     """Specs for ``seeds`` (one each, drawn from the seed): positives evenly spread at
     ``positive_fraction``; the j-th positive's (first) lesion kind and the j-th negative's
-    added mimic go round robin, so every kind and mimic is represented."""
+    added mimic go round robin, so every kind and mimic is represented. ``generator``: what
+    paints them (:attr:`PhantomSpec.generator`; the same specs otherwise)."""
     specs = []
     kinds = HEMORRHAGE_SUBTYPES if task == "ich" else EMBOLUS_LEVELS
     mimics = HEAD_MIMICS if task == "ich" else CTPA_MIMICS
@@ -169,7 +186,7 @@ def spec_set(task: Task, seeds: Sequence[int], positive_fraction: float = 0.3) -
     for i, seed in enumerate(seeds):
         rng = np.random.default_rng([seed, 9])
         positive = math.floor((i + 1) * positive_fraction) > math.floor(i * positive_fraction)
-        spec = draw_spec(task, rng, positive=positive)
+        spec = draw_spec(task, rng, positive=positive, generator=generator)
         if positive:
             spec = replace(spec, subtypes=(kinds[n_pos % len(kinds)], *spec.subtypes[1:]))
             n_pos += 1
