@@ -111,6 +111,8 @@ class SkullBase:
     soft_hu: float  # muscle and mucosa of the face
     fat_hu: float  # orbital and facial fat
     orbit_x: float  # orbit centres, x the inner half-width
+    dome: float  # how high the orbital roofs rise into the anterior fossa, mm
+    ripple: float  # the floor's waviness, mm
     detail_seed: int  # air cells of the ethmoid, turbinates
 
 
@@ -124,6 +126,8 @@ def draw_skull_base(rng: np.random.Generator) -> SkullBase:
         soft_hu=uniform(rng, 35.0, 55.0),
         fat_hu=uniform(rng, -110.0, -70.0),
         orbit_x=uniform(rng, 0.38, 0.46),
+        dome=uniform(rng, 5.0, 12.0),
+        ripple=uniform(rng, 1.5, 4.0),
         detail_seed=int(rng.integers(2**31)),
     )
 
@@ -281,6 +285,12 @@ class HeadCanvas:
         ridge = 0.35 * xn
         f = f + (post - mid) * np.clip((yn - ridge) / 0.3, 0.0, 1.0)
         f = f + 4.0 * np.clip(xn - 0.3, 0.0, None)  # the fossae deepest mid-way out
+        # the orbital roofs dome up into the anterior fossa, the cribriform plate between them
+        # lies low; no part of the floor is flat over a whole slice (a real one never is)
+        front = np.clip(-(yn + 0.15) / 0.2, 0.0, 1.0)
+        dome = np.exp(-0.5 * ((xn - base.orbit_x) / 0.2) ** 2 - 0.5 * ((yn + 0.65) / 0.22) ** 2)
+        f = f + front * (base.dome * dome - 6.0 * (xn < 7.0 / ax))
+        f = f + base.ripple * np.sin(0.21 * g.x[0] + 0.5 * base.dome) * np.sin(0.17 * g.y[0])
         sella = (xn < 14.0 / ax) & (yn > -0.3) & (yn < 0.0)
         return np.where(sella, np.maximum(f, zb + 0.5 * base.anterior), f).astype(np.float32)
 
