@@ -230,8 +230,17 @@ def test_synthetic_studies(analyzer: TritonAnalyzer, tmp_path: Path) -> None:
     assert "too few slices: 10" in _not_assessable(analyzer, "ich", short.files)
 
 
-def _head_sample(seed: int, mimics: tuple[str, ...] = ()) -> tuple[ct.PhantomSpec, np.ndarray]:
-    spec = ct.PhantomSpec(task="ich", label=False, mimics=mimics, n_slices=48, slice_thickness=2.5)
+def _head_sample(
+    seed: int, mimics: tuple[str, ...] = (), generator: int = 3
+) -> tuple[ct.PhantomSpec, np.ndarray]:
+    spec = ct.PhantomSpec(
+        task="ich",
+        label=False,
+        mimics=mimics,
+        n_slices=48,
+        slice_thickness=2.5,
+        generator=generator,
+    )
     return spec, ct.model_sample(spec, seed).volume
 
 
@@ -260,9 +269,14 @@ def enhance_head(volume: np.ndarray, fov_mm: float, hu: float = 180.0) -> np.nda
     return out
 
 
-def test_contrast_enhanced_head_is_not_assessable_for_ich() -> None:
+@pytest.mark.parametrize("generator", [3, 4])
+def test_contrast_enhanced_head_is_not_assessable_for_ich(generator: int) -> None:
+    """Generator 4 adds the skull base, the face and the skull's glare: a non-contrast head
+    still passes, an enhanced one is still refused."""
     spec, plain = _head_sample(
-        11, mimics=("choroid_calcification", "pineal_calcification", "falx_calcification")
+        11,
+        mimics=("choroid_calcification", "pineal_calcification", "falx_calcification"),
+        generator=generator,
     )
     coverage = spec.n_slices * spec.slice_thickness
     facts = _grid_facts("ich", plain, spec.fov_mm, coverage)
@@ -271,6 +285,18 @@ def test_contrast_enhanced_head_is_not_assessable_for_ich() -> None:
     facts = _grid_facts("ich", enhanced, spec.fov_mm, coverage)
     found = problems(_limits("ich"), facts)
     assert len(found) == 1 and found[0].startswith("contrast-enhanced head CT:"), found
+
+
+def test_generator_4_heads_pass_the_content_checks() -> None:
+    """Varied non-contrast heads with a skull base, a face and the skull's glare (generator
+    4; the two that a flat skull floor once made look enhanced among them) are heads, are
+    calibrated and are not contrast-enhanced."""
+    specs = ct.spec_set("ich", list(range(3_000_000, 3_000_008)), 0.3, generator=4)
+    for i in (1, 6, 7):
+        spec = specs[i]
+        vol = ct.model_sample(spec, 3_000_000 + i).volume
+        facts = _grid_facts("ich", vol, spec.fov_mm, spec.n_slices * spec.slice_thickness)
+        assert problems(_limits("ich"), facts) == [], (i, facts)
 
 
 def aorta_timed_ctpa(seed: int) -> tuple[ct.PhantomSpec, np.ndarray, np.ndarray]:
