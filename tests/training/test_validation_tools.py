@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 import zlib
@@ -182,9 +183,12 @@ def test_stress_report_lists_every_perturbation(tmp_path: Path) -> None:
 
 def test_stress_phantoms_come_from_the_stress_range_and_match_the_in_memory_path() -> None:
     from triage.synth import ct
+    from triage.training.data import TRAIN_SEED0, TUNE_SEED0, VALID_SEED0
     from triage.training.stress import _scans, to_model_grid
 
-    assert STRESS_SEED0 >= HELDOUT_SEED0 + 1_000_000  # disjoint from every other range
+    # every range holds seeds seed0 .. seed0 + 999,999: none overlaps another
+    starts = sorted([TRAIN_SEED0, TUNE_SEED0, VALID_SEED0, HELDOUT_SEED0, STRESS_SEED0])
+    assert all(b - a >= 1_000_000 for a, b in itertools.pairwise(starts))
     seed = STRESS_SEED0 + 1
     spec = ct.PhantomSpec("ich", False, n_slices=24, slice_thickness=5.0)
     scan = next(iter(_scans("ich", [seed], 128, 1, specs=[spec])))[2]
