@@ -7,25 +7,28 @@ from pathlib import Path
 import numpy as np
 
 from triage.synth import ct
+from triage.training.train import DEFAULT_GENERATOR
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 # (spec, seed) -> expected label. Seeds 700..799 are outside every training / tuning /
 # validation range (triage.training.data).
+# The head cases are painted by the generator the shipped ich model was trained on.
+HEAD = DEFAULT_GENERATOR["ich"]
 CASES: dict[str, list[tuple[ct.PhantomSpec, int]]] = {
     "ich": [
         (ct.PhantomSpec("ich", True, subtypes=("intraparenchymal",), size_mm=20.0, n_slices=28,
-                        slice_thickness=5.0), 701),
+                        slice_thickness=5.0, generator=HEAD), 701),
         (ct.PhantomSpec("ich", True, subtypes=("epidural",), size_mm=12.0, n_slices=48,
-                        slice_thickness=2.5), 702),
+                        slice_thickness=2.5, generator=HEAD), 702),
         (ct.PhantomSpec("ich", True, subtypes=("intraventricular",), size_mm=15.0, n_slices=48,
-                        slice_thickness=2.5), 703),
-        (ct.PhantomSpec("ich", False, n_slices=28, slice_thickness=5.0), 704),
+                        slice_thickness=2.5, generator=HEAD), 703),
+        (ct.PhantomSpec("ich", False, n_slices=28, slice_thickness=5.0, generator=HEAD), 704),
         (ct.PhantomSpec("ich", False, mimics=("falx_calcification", "choroid_calcification",
                                               "pineal_calcification"), n_slices=48,
-                        slice_thickness=2.5), 705),
+                        slice_thickness=2.5, generator=HEAD), 705),
         (ct.PhantomSpec("ich", False, mimics=("beam_hardening",), n_slices=28,
-                        slice_thickness=5.0), 706),
+                        slice_thickness=5.0, generator=HEAD), 706),
     ],
     "pe": [
         (ct.PhantomSpec("pe", True, subtypes=("central",), n_slices=80, slice_thickness=2.5,

@@ -75,8 +75,8 @@ def test_generator_4_phantoms_have_the_brain_edge_of_a_real_head() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="generator 3 (ich-synthcnn-3.1's) lacks the real brain edge (docs/models.md, issue "
-    "13): phantoms +5..13 HU two voxels from the bone, the real head +28",
+    reason="generator 3 (ich-synthcnn-3.1 learned from it) lacks the real brain edge "
+    "(docs/models.md): phantoms +5..13 HU two voxels from the bone, the real head +28",
 )
 def test_generator_3_phantoms_have_the_brain_edge_of_a_real_head() -> None:
     real_edge, ours = _real_and_phantom_edges(3)

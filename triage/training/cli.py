@@ -167,7 +167,7 @@ def add_models_commands(subparsers: Any) -> None:
         "--steps",
         type=int,
         default=None,
-        help="optimiser steps per task (default: ich 3000, pe 5000)",
+        help="optimiser steps per task (default: 5000 each)",
     )
     p.add_argument("--workers", type=int, default=2, help="phantom generator processes (2)")
     p.add_argument("--cache-dir", default="var/training-cache", help="phantom cache ('' for none)")
