@@ -285,6 +285,7 @@ def test_contrast_enhanced_head_is_not_assessable_for_ich(generator: int) -> Non
     facts = _grid_facts("ich", enhanced, spec.fov_mm, coverage)
     found = problems(_limits("ich"), facts)
     assert len(found) == 1 and found[0].startswith("contrast-enhanced head CT:"), found
+    assert "; " not in found[0]  # the separator check_input joins reasons with
 
 
 def test_generator_4_heads_pass_the_content_checks() -> None:

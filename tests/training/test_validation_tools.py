@@ -226,3 +226,21 @@ def test_a_run_for_one_task_keeps_the_other_tasks_results(tmp_path: Path) -> Non
     assert merged[0]["date"] != "2026-01-01"  # the new result carries today's date
     nested = merged_results(tmp_path / "none.json", [{"summary": {"task": "pe"}}], "summary")
     assert [r["summary"]["task"] for r in nested] == ["pe"]
+
+
+def test_not_assessable_reasons_are_counted_by_kind() -> None:
+    """Reasons are split where the checks join them, never inside a parenthesis (a held-out
+    report once counted "the ich model reads non-contrast CT, limit 6 ml)" as a reason)."""
+    from triage.training.validate import reason_kinds
+
+    detail = (
+        "not assessable by ich: slice thickness 5.5 mm outside the trained range 1.25-5 mm; "
+        "contrast-enhanced head CT: 6.1 ml inside the skull (arteries; sinuses: limit 6 ml); "
+        "wrong body part: the ich model reads head CT"
+    )
+    assert reason_kinds(detail) == [
+        "slice thickness 5.5 mm outside the trained range 1.25-5 mm",
+        "contrast-enhanced head CT",
+        "wrong body part",
+    ]
+    assert reason_kinds("not assessable by pe: too few slices: 10") == ["too few slices"]

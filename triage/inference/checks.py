@@ -548,9 +548,9 @@ def problems(limits: InputLimits, facts: InputFacts) -> list[str]:
     if limit is not None and ml is not None and ml > limit:
         out.append(
             f"contrast-enhanced head CT: {ml:.1f} ml inside the skull at "
-            f"{ENHANCING_HU[0]:g}-{ENHANCING_HU[1]:g} HU (arteries, venous sinuses; the "
-            f"{limits.model} model reads non-contrast CT, limit "
-            f"{limits.max_intracranial_enhancing_ml:g} ml)"
+            f"{ENHANCING_HU[0]:g}-{ENHANCING_HU[1]:g} HU (arteries and venous sinuses with "
+            f"contrast, limit {limits.max_intracranial_enhancing_ml:g} ml: the "
+            f"{limits.model} model reads non-contrast CT)"
         )
     return out
 

@@ -142,8 +142,7 @@ class HeldOut:
         na_reasons: dict[str, int] = {}
         for s in self.studies:
             if s.status != "done":
-                for part in s.detail.split(": ", 1)[-1].split("; "):
-                    key = part.split(" (")[0].split(":")[0].strip()
+                for key in reason_kinds(s.detail):
                     na_reasons[key] = na_reasons.get(key, 0) + 1
         return {
             "task": self.task,
@@ -202,6 +201,21 @@ class HeldOut:
 
 
 # -- the ledger ---------------------------------------------------------------------------------
+
+
+def reason_kinds(detail: str) -> list[str]:
+    """The kind of each reason in a "not assessable by <model>: a; b (x; y)" detail: the
+    reasons are split at the "; " between them, not at one inside parentheses, and each is
+    named by its words before the first ":" or " (" ("contrast-enhanced head CT")."""
+    body = detail.split(": ", 1)[-1]
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(body):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0 and body.startswith("; ", i):
+            parts.append(body[start:i])
+            start = i + 2
+    parts.append(body[start:])
+    return [p.split(" (")[0].split(":")[0].strip() for p in parts if p.strip()]
 
 
 def git_commit() -> str:
