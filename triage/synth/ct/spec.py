@@ -80,8 +80,9 @@ class PhantomSpec:
     # from the first slice to the last, its inner table a sharp edge; 4, the skull base and
     # face below the brain (cranial fossae, orbits, paranasal sinuses, nasal cavity: no bone
     # ring encloses the lowest slices) and the glare of the skull on what it encloses
-    # (:func:`triage.synth.ct.scanner.render`), as a real head shows them. Default 3: the
-    # generator the shipped ich model was trained on.
+    # (:func:`triage.synth.ct.scanner.render`), as a real head shows them. Default 3, the
+    # earlier generator, which the demo and most tests paint; ich-synthcnn-4.0 was trained on
+    # 4 (triage.training.train.DEFAULT_GENERATOR), and validation paints what a model learned.
     generator: int = 3
 
     def __post_init__(self) -> None:
