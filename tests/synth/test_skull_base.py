@@ -120,3 +120,21 @@ def test_glare_brightens_the_brain_toward_the_skull() -> None:
     plain, _, _ = render(spec, 2, g)
     glared, _, _ = render(replace(spec, generator=4), 2, g)
     assert (glared - plain)[brain].mean() > 3.0
+
+
+@pytest.mark.parametrize("f", [2, 4])
+def test_glare_cells_come_back_linearly_interpolated(f: int) -> None:
+    from triage.synth.ct.scanner import _upsample
+
+    cells = np.add.outer(np.arange(6.0), 10.0 * np.arange(5.0)).astype(np.float32)  # ramps
+    up = _upsample(cells, f)
+    assert up.shape == (6 * f, 5 * f)
+    # the straight line between cell values, fine pixel k at k / f - 1/2 cells (half a fine
+    # pixel before its centre: the moving mean's window), the edges held
+    pos = np.arange(6 * f) / f - 0.5
+    rows = (pos >= 0) & (pos <= 5)
+    column = f * 2 + f // 2  # at 2.0 cells
+    assert np.allclose(up[rows, column], pos[rows] + 20.0)
+    assert np.allclose(up[pos < 0, column], 20.0)  # beyond the outer cells' values: held
+    assert np.allclose(up[pos > 5, column], 25.0)
+    assert np.allclose(_upsample(np.full((3, 3), 7.0, np.float32), f), 7.0)  # flat stays flat
