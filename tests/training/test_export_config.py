@@ -49,3 +49,25 @@ def test_config_from_scratch(tmp_path: Path) -> None:
     write_config(tmp_path / "pe", 0.42)
     c = load_contract(tmp_path / "pe" / "config.pbtxt")
     assert c.name == "pe" and c.threshold == 0.42 and c.version.startswith("pe-")
+
+
+def test_a_model_on_a_new_grid_gets_that_grid_in_its_contract(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retraining on another input grid over an existing config: the input dims follow the
+    network (they were kept from the old file, and Triton was then fed the old grid)."""
+    import triage.synth.ct.grid as grid
+
+    model_dir = tmp_path / "ich"
+    model_dir.mkdir()
+    shutil.copy(MODELS / "ich" / "config.pbtxt", model_dir / "config.pbtxt")
+    monkeypatch.setitem(grid.MODEL_SHAPES, "ich", (64, 256, 256))
+    write_config(model_dir, 0.25)
+    after = load_contract(model_dir / "config.pbtxt")
+    assert after.input_shape == (64, 256, 256)
+    assert load_contract(model_dir / "config.onnxruntime.pbtxt.example").input_shape == (
+        64,
+        256,
+        256,
+    )
+    assert after.parameters["body_part"] == "head"  # the rest of the file kept

@@ -91,11 +91,11 @@ def _set_param(text: str, key: str, value: str) -> str:
     return text[:i] + "\n" + entry + ("" if empty else ",") + text[i:]
 
 
-def _replace_block(text: str, key: str, block: str) -> str:
-    """Replace the top-level ``key [ ... ]`` list (bracket-matched) with ``block``."""
+def _block_span(text: str, key: str) -> tuple[int, int] | None:
+    """Where the top-level ``key [ ... ]`` list (bracket-matched) starts and ends."""
     start = re.search(r"^" + key + r"\s*\[", text, re.M)
     if start is None:
-        return text.rstrip() + "\n" + block + "\n"
+        return None
     depth, i = 0, start.end() - 1
     while i < len(text):
         if text[i] == "[":
@@ -105,7 +105,27 @@ def _replace_block(text: str, key: str, block: str) -> str:
             if depth == 0:
                 break
         i += 1
-    return text[: start.start()] + block + text[i + 1 :]
+    return start.start(), i + 1
+
+
+def _replace_block(text: str, key: str, block: str) -> str:
+    """Replace the top-level ``key [ ... ]`` list with ``block`` (appended if absent)."""
+    span = _block_span(text, key)
+    if span is None:
+        return text.rstrip() + "\n" + block + "\n"
+    return text[: span[0]] + block + text[span[1] :]
+
+
+def _set_input_dims(text: str, dims: tuple[int, int, int]) -> str:
+    """The input's ``dims`` set to the grid the network was trained on: a config kept from an
+    earlier model must not promise the old grid (Triton would be fed the wrong shape)."""
+    span = _block_span(text, "input")
+    if span is None:
+        return text
+    block = text[span[0] : span[1]]
+    z, y, x = dims
+    block = re.sub(r"dims:\s*\[[^\]]*\]", f"dims: [ {z}, {y}, {x} ]", block, count=1)
+    return text[: span[0]] + block + text[span[1] :]
 
 
 def config_text(
@@ -120,6 +140,7 @@ def config_text(
     text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("# ")) + "\n"
     text = _HEADER.format(name=name) + text.lstrip("\n")
     text = _replace_block(text, "output", _outputs_block())
+    text = _set_input_dims(text, model_shape(name))
     text = re.sub(r'^backend:\s*"[^"]*"\n(default_model_filename:[^\n]*\n)?', "", text, flags=re.M)
     filename = 'default_model_filename: "model.onnx"\n' if backend == "onnxruntime" else ""
     text = re.sub(
