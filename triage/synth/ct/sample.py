@@ -14,6 +14,7 @@ from triage.synth.ct.grid import (
     PAINT_SIZE,
     Grid,
     Lesion,
+    block_mean,
     equivalent_diameter,
     model_shape,
     z_resampling,
@@ -44,27 +45,6 @@ class ModelSample:
     @property
     def lesion_size_mm(self) -> float:
         return equivalent_diameter(sum(les.volume_ml for les in self.lesions))
-
-
-def block_mean(a: np.ndarray, s: int) -> np.ndarray:
-    """Means of the s x s in-plane blocks of float32 ``a`` [k, H, W] -> [k, H/s, W/s]: each row
-    of a block summed left to right, the row sums added top to bottom, divided by s*s. The
-    same values as ``a.reshape(k, H/s, s, W/s, s).mean(axis=(2, 4))`` with today's NumPy, in a
-    fixed order of our own, without a generic reduction over two short axes."""
-    k, h, w = a.shape
-    r = a.reshape(k, h // s, s, w // s, s)
-    total: np.ndarray | None = None
-    for i in range(s):
-        row = r[:, :, i, :, 0].copy() if s == 1 else np.add(r[:, :, i, :, 0], r[:, :, i, :, 1])
-        for j in range(2, s):
-            row += r[:, :, i, :, j]
-        if total is None:
-            total = row
-        else:
-            total += row
-    assert total is not None
-    total /= np.float32(s * s)
-    return total
 
 
 def block_fraction(mask: np.ndarray, s: int) -> np.ndarray:

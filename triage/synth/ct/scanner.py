@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 
 from triage.synth.ct.ctpa import render_chest
-from triage.synth.ct.grid import AIR_HU, Grid, Lesion
+from triage.synth.ct.grid import AIR_HU, Grid, Lesion, block_mean
 from triage.synth.ct.head import render_head
 from triage.synth.ct.spec import SCANNERS, PhantomSpec
 
@@ -154,7 +154,7 @@ def skull_glare(vol: np.ndarray, g: Grid, rng: np.random.Generator) -> None:
     far_taps = _gauss_taps(far_mm / cell)
     for k in range(vol.shape[0]):
         excess = np.clip((vol[k] - np.float32(100.0)) / np.float32(1000.0), 0.0, 3.0)
-        coarse = excess.reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float32)
+        coarse = block_mean(excess[None], f)[0]
         field = np.float32(near_hu) * _blur_slice(coarse, near_taps)
         field += np.float32(far_hu) * _blur_slice(coarse, far_taps)
         vol[k] += _upsample(field, f)
