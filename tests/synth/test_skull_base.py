@@ -13,14 +13,8 @@ from triage.synth import ct
 from triage.synth.ct.grid import Grid
 from triage.synth.ct.head import HeadCanvas, draw_head, draw_skull_base, render_head
 from triage.synth.ct.scanner import render, skull_glare
-from triage.synth.ct.spec import z_positions
 
-SMALL = 160
-
-
-def head_grid(n: int = 40, thickness: float = 3.0, size: int = SMALL) -> Grid:
-    z = z_positions(ct.PhantomSpec("ich", False, n_slices=n, slice_thickness=thickness))
-    return Grid.at(size, 230.0, z, thickness)
+from .test_phantoms import SMALL, head_grid
 
 
 def canvas(seed: int, g: Grid) -> tuple[HeadCanvas, np.ndarray]:
