@@ -73,6 +73,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from triage.errors import NotAssessable
+from triage.inference.masks import dilate_inplane, erode_inplane
 from triage.inference.volume import HU_MIN, Volume
 from triage.store.models import Instance
 
@@ -207,24 +208,6 @@ def reachable(passable: np.ndarray) -> np.ndarray:
         seed = grown
 
 
-def _erode(mask: np.ndarray) -> np.ndarray:
-    out = mask.copy()
-    out[..., 1:, :] &= mask[..., :-1, :]
-    out[..., :-1, :] &= mask[..., 1:, :]
-    out[..., :, 1:] &= mask[..., :, :-1]
-    out[..., :, :-1] &= mask[..., :, 1:]
-    return out
-
-
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    out = mask.copy()
-    out[..., 1:, :] |= mask[..., :-1, :]
-    out[..., :-1, :] |= mask[..., 1:, :]
-    out[..., :, 1:] |= mask[..., :, :-1]
-    out[..., :, :-1] |= mask[..., :, 1:]
-    return out
-
-
 # -- measurements -------------------------------------------------------------------------------
 
 
@@ -249,7 +232,7 @@ def anatomy(grid: np.ndarray, pixel_mm: float) -> Anatomy:
     enclosed = ~reachable(~bone) & ~bone  # inside a closed ring of bone, bone left out
     # ... with what lies wholly inside that tissue (calcifications, contrast-filled vessels)
     intracranial = ~reachable(~enclosed)
-    interior = _erode(enclosed)
+    interior = erode_inplane(enclosed)
     inner = interior & (grid >= BRAIN_HU[0]) & (grid <= BRAIN_HU[1])
     n_enclosed = intracranial.sum(axis=(1, 2))
     n_interior = np.maximum(interior.sum(axis=(1, 2)), 1)
@@ -313,7 +296,7 @@ def calibration(
     tissue_hu: float | None = None
     if body_part == "head":
         rings = anat.head if anat.head.any() else anat.skull
-        inside = grid[rings][_erode(anat.intracranial[rings])]
+        inside = grid[rings][erode_inplane(anat.intracranial[rings])]
         inside = inside[(inside > -200.0) & (inside < 300.0)]
         tissue_hu = float(np.median(inside)) if inside.size >= 100 else None
     elif body_part == "chest":
@@ -344,7 +327,7 @@ def pulmonary_artery_enhancement(grid: np.ndarray, anat: Anatomy, pixel_mm: floa
             left = np.flatnonzero(lung[k, r, cx + 1 :])
             if left.size and lung[k, r, :cx].any():  # between the lungs, left of the midline
                 region[r, cx + 2 : cx + 1 + left[0]] = True
-        blood = s[region & (s >= VESSEL_MIN_HU) & (s <= BONE_HU) & ~_dilate(s > BONE_HU)]
+        blood = s[region & (s >= VESSEL_MIN_HU) & (s <= BONE_HU) & ~dilate_inplane(s > BONE_HU)]
         if blood.size >= per_slice:
             values.append(np.partition(blood, blood.size - per_slice)[-per_slice:])
     if not values:
@@ -368,8 +351,8 @@ def intracranial_enhancement_ml(
         return 0.0
     head = grid[anat.head]
     soft = ~reachable(head <= SKULL_HU) & (head <= SKULL_HU)
-    inside = _erode(_erode(soft))
-    bone = _dilate(grid > SKULL_HU)
+    inside = erode_inplane(erode_inplane(soft))
+    bone = dilate_inplane(grid > SKULL_HU)
     beside = np.zeros_like(bone)
     beside[1:] |= bone[:-1]
     beside[:-1] |= bone[1:]

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from triage.inference.masks import dilate_inplane
 from triage.training.perturb import convolve_axis, gaussian_kernel, noise_sigma
 
 
@@ -122,24 +123,13 @@ def augment(
 BONE_HU = 300.0
 
 
-def grow(mask: np.ndarray) -> np.ndarray:
-    """``mask`` [z, y, x] and each voxel's four in-plane neighbours (one step of an in-plane
-    dilation; nothing crosses slices)."""
-    out = mask.copy()
-    out[:, 1:, :] |= mask[:, :-1, :]
-    out[:, :-1, :] |= mask[:, 1:, :]
-    out[:, :, 1:] |= mask[:, :, :-1]
-    out[:, :, :-1] |= mask[:, :, 1:]
-    return out
-
-
 def bone_distance(hu: np.ndarray, reach: int) -> np.ndarray:
     """float32 [z, y, x]: in-plane steps (to the four neighbours) from the nearest bone
     (> 300 HU) of the voxel's own slice, 1..``reach``; 0 for bone and beyond ``reach``."""
     reached = hu > BONE_HU
     dist = np.zeros(hu.shape, np.float32)
     for d in range(1, reach + 1):
-        grown = grow(reached)
+        grown = dilate_inplane(reached)
         dist[grown & ~reached] = d
         reached = grown
     return dist
@@ -157,7 +147,7 @@ def inside_skull(hu: np.ndarray) -> np.ndarray:
     out[:, :, -1] |= free[:, :, -1]
     count = int(out.sum())
     while True:
-        grown = grow(out) & free
+        grown = dilate_inplane(out) & free
         n = int(grown.sum())
         if n == count:
             return free & ~grown
