@@ -22,6 +22,7 @@ from triage.synth.ct.grid import (
     measure_lesion,
     uniform,
 )
+from triage.synth.ct.skeleton import draw_skeleton, paint_skeleton, paint_soft_tissue, paint_table
 from triage.synth.ct.spec import CTPA_MIMICS, PhantomSpec
 
 
@@ -134,9 +135,13 @@ def _paint_capsule(vol: np.ndarray, g: Grid, v: Vessel, hu: float) -> None:
         vol[hit[0]][hit[1]] = hu
 
 
-def _chest_wall_and_table(vol: np.ndarray, g: Grid, chest: Chest, rng: np.random.Generator) -> None:
+def _chest_wall_and_table(
+    vol: np.ndarray, g: Grid, chest: Chest, rng: np.random.Generator, *, paint: bool = True
+) -> None:
     """Scapulae (thin bone plates behind the upper ribs) and the scanner table (a dense
-    curved band under the patient): bone and plastic that a real CTPA always shows."""
+    curved band under the patient): bone and plastic that a real CTPA always shows. With
+    ``paint`` False (generator 4, :mod:`.skeleton`) only the draws are made, so that the
+    lung detail that follows draws what it drew under generator 3."""
     a, b = chest.body_axes
     hu = uniform(rng, 350.0, 900.0)
     for side in (-1.0, 1.0):
@@ -147,7 +152,7 @@ def _chest_wall_and_table(vol: np.ndarray, g: Grid, chest: Chest, rng: np.random
         )
         axes = (uniform(rng, 22.0, 32.0), uniform(rng, 2.5, 4.5), uniform(rng, 45.0, 65.0))
         hit = ellipsoid_in(g, centre, axes, side * uniform(rng, 0.4, 0.8))
-        if hit:
+        if hit and paint:
             sub = vol[hit[0]]
             sub[hit[1] & (sub > -200.0)] = hu
     top = b + uniform(rng, 2.0, 25.0)
@@ -156,7 +161,7 @@ def _chest_wall_and_table(vol: np.ndarray, g: Grid, chest: Chest, rng: np.random
     table_y = top - curve * g.x**2
     band = (g.y >= table_y) & (g.y <= table_y + thick) & (np.abs(g.x) < 0.95 * a + 40.0)
     table_hu = np.float32(uniform(rng, 100.0, 500.0))
-    for k in range(g.shape[0]):
+    for k in range(g.shape[0] if paint else 0):
         vol[k][band[0] & (vol[k] < -500.0)] = table_hu
 
 
@@ -258,8 +263,19 @@ def render_chest(
         sl[(g.x / (a * zk)) ** 2 + y_body <= 1.0] = -100.0
         sl[(g.x / (a * zk - t)) ** 2 + y_muscle <= 1.0] = 55.0
         sl[(g.x / (a * zk - t - 12.0)) ** 2 + y_inner <= 1.0] = chest.soft_hu
-    # Ribs in the chest wall, sternum, vertebra and canal.
-    for k in range(18):
+    skeleton = (
+        draw_skeleton(
+            np.random.default_rng([seed, 4]),
+            chest.body_axes,
+            chest.fat_thickness,
+            chest.cortex_hu,
+            chest.marrow_hu,
+        )
+        if spec.generator >= 4
+        else None
+    )
+    # Ribs in the chest wall, sternum, vertebra and canal (generator 4: skeleton.py).
+    for k in range(18 if skeleton is None else 0):
         ang = 2 * math.pi * (k + 0.5) / 18
         if abs(math.sin(ang)) > 0.97:
             continue
@@ -268,10 +284,11 @@ def render_chest(
             hit = ellipsoid_in(g, (rx, ry, zc + 8.0 * math.cos(ang)), (6.0, 6.0, 7.0), ang)
             if hit:
                 vol[hit[0]][hit[1]] = 700.0
-    _paint_column(vol, (g.x / 12.0) ** 2 + ((g.y + b - t - 4.0) / 5.0) ** 2 <= 1.0, 600.0)
-    _paint_column(vol, g.x**2 + (g.y - 72.0) ** 2 <= 19.0**2, chest.cortex_hu)
-    _paint_column(vol, g.x**2 + (g.y - 72.0) ** 2 <= 16.0**2, chest.marrow_hu)
-    _paint_column(vol, g.x**2 + (g.y - 100.0) ** 2 <= 8.0**2, 15.0)
+    if skeleton is None:
+        _paint_column(vol, (g.x / 12.0) ** 2 + ((g.y + b - t - 4.0) / 5.0) ** 2 <= 1.0, 600.0)
+        _paint_column(vol, g.x**2 + (g.y - 72.0) ** 2 <= 19.0**2, chest.cortex_hu)
+        _paint_column(vol, g.x**2 + (g.y - 72.0) ** 2 <= 16.0**2, chest.marrow_hu)
+        _paint_column(vol, g.x**2 + (g.y - 100.0) ** 2 <= 8.0**2, 15.0)
     # Lungs, tapering to the apices and the bases.
     la, lb = chest.lung_axes
     lz = np.sqrt(np.clip(1.0 - ((g.z + 5.0) / 120.0) ** 2, 0.0, None))
@@ -288,9 +305,14 @@ def render_chest(
     lungs &= ~heart
     vol[lungs] = chest.lung_hu
     vol[heart] = 40.0  # myocardium
+    if skeleton is not None:
+        paint_soft_tissue(vol, g, skeleton, chest.soft_hu)
     drng = np.random.default_rng(chest.detail_seed)
-    _chest_wall_and_table(vol, g, chest, drng)
+    _chest_wall_and_table(vol, g, chest, drng, paint=skeleton is None)
     _lung_detail(vol, g, chest, lungs, artery_hu, spec.mimics, drng)
+    if skeleton is not None:
+        paint_skeleton(vol, g, skeleton)
+        paint_table(vol, g, skeleton, 0.95 * a + 40.0)
     for c, axes, hu in (
         ((-5.0, -35.0, -60.0), (28.0, 22.0, 30.0), artery_hu * 0.95),  # RV/RA
         ((30.0, -15.0, -62.0), (24.0, 22.0, 30.0), aorta_hu),
