@@ -368,9 +368,9 @@ def paint_skeleton(vol: np.ndarray, g: Grid, sk: Skeleton) -> None:
         _paint(vol, ellipsoid_in(g, c, (r, r, r * 1.5)), sk.cortex_hu * 0.6, False)
     ccx, ccy, cr = sk.canal
     _paint(vol, _cylinder_in(g, (ccx, ccy), (cr, cr), zlo, zhi), 20.0, False)
-    for z0, z1, y, hx, hy in sk.sternum:
-        _paint(vol, _cylinder_in(g, (0.0, y), (hx, hy), z0, z1), sk.cortex_hu, False)
-        hit = _cylinder_in(g, (0.0, y), (hx - 1.0, hy - 1.0), z0 + 1.0, z1 - 1.0)
+    for z0, z1, sy, hx, hy in sk.sternum:
+        _paint(vol, _cylinder_in(g, (0.0, sy), (hx, hy), z0, z1), sk.cortex_hu, False)
+        hit = _cylinder_in(g, (0.0, sy), (hx - 1.0, hy - 1.0), z0 + 1.0, z1 - 1.0)
         if hit:
             x, yy, z = grid_coords(g, hit[0])
             _paint(vol, hit, _marrow(sk, x, yy, z), False)
