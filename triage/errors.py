@@ -47,6 +47,8 @@ Protocol code turns these into the peer's own language: a DICOM status, an HL7 A
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class TriageError(Exception):
     """Base class of every error the engine raises on purpose."""
@@ -165,8 +167,11 @@ class NotAssessable(TriageError):
     records a not-assessable finding and scores the study without AI; it does not wait and
     retry as it does when the inference server is down."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, reasons: Sequence[str] = ()) -> None:
+        """``reason``: the whole message; ``reasons``: each reason on its own when the message
+        joins several (the input checks), else just ``reason``."""
         self.reason = reason
+        self.reasons: tuple[str, ...] = tuple(reasons) or (reason,)
         super().__init__(reason)
 
 

@@ -34,6 +34,8 @@ class Analysis:
     key_slice: int | None = None
     series_uid: str = ""
     detail: str = ""
+    # not_assessable: each reason on its own (``detail`` is the message that joins them)
+    reasons: tuple[str, ...] = ()
     key_image: str = ""  # PNG path relative to the data dir; "" when none
     inputs: str = ""  # JSON: scanner, kernel, thickness, reference HU (Finding.inputs)
 

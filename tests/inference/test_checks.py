@@ -121,6 +121,15 @@ def test_chest_ct_is_the_wrong_body_part_for_ich(analyzer: TritonAnalyzer) -> No
     assert "wrong body part" in detail and "no closed skull ring" in detail
 
 
+def test_each_reason_is_kept_apart_beside_the_message(analyzer: TritonAnalyzer) -> None:
+    """The worklist shows the joined message; validation counts the reasons one by one
+    (triage.training.validate), without parsing the message back."""
+    a = analyzer.analyze("pe", instance_rows(_files("ge-head-ct", "*.dcm")))
+    assert a.status == "not_assessable" and len(a.reasons) >= 2, a
+    assert a.detail == "not assessable by pe: " + "; ".join(a.reasons)
+    assert any(r.startswith("wrong body part") for r in a.reasons)
+
+
 def test_head_ct_is_the_wrong_body_part_for_pe(analyzer: TritonAnalyzer) -> None:
     detail = _not_assessable(analyzer, "pe", _files("ge-head-ct", "*.dcm"))
     assert "wrong body part" in detail and "two lungs" in detail

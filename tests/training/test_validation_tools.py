@@ -7,6 +7,7 @@ import itertools
 import json
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,25 @@ def test_not_assessable_reasons_are_counted_by_kind() -> None:
         "wrong body part",
     ]
     assert reason_kinds("not assessable by pe: too few slices: 10") == ["too few slices"]
+
+
+def test_not_assessable_reasons_kept_apart_are_counted_as_they_are() -> None:
+    """A study that carries its reasons (StudyResult.reasons) is counted from them; one
+    stored with only its message falls back to splitting it."""
+    apart = StudyResult(
+        5,
+        False,
+        [],
+        [],
+        "not_assessable",
+        None,
+        False,
+        "not assessable by ich: contrast-enhanced head CT: 7 ml (a; b); too few slices: 3",
+        reasons=["contrast-enhanced head CT: 7 ml (a; b)", "too few slices: 3"],
+    )
+    joined = replace(apart, seed=6, reasons=[])
+    held = HeldOut("ich", "ich-x", 0.5, HELDOUT_SEED0, [apart, joined])
+    assert held.summary()["not_assessable_reasons"] == {
+        "contrast-enhanced head CT": 2,
+        "too few slices": 2,
+    }

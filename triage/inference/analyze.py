@@ -117,6 +117,7 @@ class TritonAnalyzer:
                 model_version=contract.version,
                 status="not_assessable",
                 detail=exc.reason,
+                reasons=exc.reasons,
                 inputs=input_mix(self.data_dir, series, volume, None),
             )
         client = self._client

@@ -560,5 +560,5 @@ def check_input(
     facts = measure(limits, instances, volume, grid)
     found = problems(limits, facts)
     if found:
-        raise NotAssessable("not assessable by " + limits.model + ": " + "; ".join(found))
+        raise NotAssessable("not assessable by " + limits.model + ": " + "; ".join(found), found)
     return facts

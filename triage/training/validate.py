@@ -93,6 +93,7 @@ class StudyResult:
     probability: float | None
     positive: bool
     detail: str = ""
+    reasons: list[str] = field(default_factory=list)  # not assessable: each on its own
     probability_in_memory: float | None = None
     key_slice: int | None = None
     lesion_instances: list[int] = field(default_factory=list)
@@ -142,7 +143,8 @@ class HeldOut:
         na_reasons: dict[str, int] = {}
         for s in self.studies:
             if s.status != "done":
-                for key in reason_kinds(s.detail):
+                kinds = [reason_kind(r) for r in s.reasons] or reason_kinds(s.detail)
+                for key in kinds:
                     na_reasons[key] = na_reasons.get(key, 0) + 1
         return {
             "task": self.task,
@@ -203,10 +205,16 @@ class HeldOut:
 # -- the ledger ---------------------------------------------------------------------------------
 
 
+def reason_kind(reason: str) -> str:
+    """A not-assessable reason named by its words before the first ":" or " ("
+    ("contrast-enhanced head CT")."""
+    return reason.split(" (")[0].split(":")[0].strip()
+
+
 def reason_kinds(detail: str) -> list[str]:
-    """The kind of each reason in a "not assessable by <model>: a; b (x; y)" detail: the
-    reasons are split at the "; " between them, not at one inside parentheses, and each is
-    named by its words before the first ":" or " (" ("contrast-enhanced head CT")."""
+    """The kind of each reason in a "not assessable by <model>: a; b (x; y)" detail, for
+    results stored before the reasons were kept apart (:attr:`StudyResult.reasons`): the
+    reasons are split at the "; " between them, not at one inside parentheses."""
     body = detail.split(": ", 1)[-1]
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(body):
@@ -215,7 +223,7 @@ def reason_kinds(detail: str) -> list[str]:
             parts.append(body[start:i])
             start = i + 2
     parts.append(body[start:])
-    return [p.split(" (")[0].split(":")[0].strip() for p in parts if p.strip()]
+    return [reason_kind(p) for p in parts if p.strip()]
 
 
 def git_commit() -> str:
@@ -428,6 +436,7 @@ def production_task(
                 probability=a.probability,
                 positive=bool(a.status == "done" and a.positive),
                 detail=a.detail,
+                reasons=list(a.reasons),
                 probability_in_memory=p_mem,
                 key_slice=a.key_slice,
                 lesion_instances=list(study.lesion_instances),
