@@ -423,7 +423,7 @@ DEFAULT_STEPS: dict[str, int] = {"ich": 5000, "pe": 5000}
 # Front end per task (triage.training.nets.FRONT_ENDS)
 DEFAULT_FRONT: dict[str, str] = {"ich": "fixed", "pe": "fixed"}
 # the generator each task's shipped model was trained on (triage.synth.ct.PhantomSpec)
-DEFAULT_GENERATOR: dict[str, int] = {"ich": 4, "pe": 3}
+DEFAULT_GENERATOR: dict[str, int] = {"ich": 4, "pe": 4}
 
 
 def train_all(
