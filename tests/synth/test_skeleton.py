@@ -150,3 +150,19 @@ def test_the_pulmonary_tree_and_emboli_are_generator_3s() -> None:
     # the same studies otherwise: only the painter changes
     specs = ct.spec_set("pe", list(range(70, 80)), 0.3, generator=4)
     assert [replace(s, generator=3) for s in specs] == ct.spec_set("pe", list(range(70, 80)))
+
+
+def test_mediastinal_fat_never_replaces_the_heart() -> None:
+    """The fat is painted where the mediastinum is plain soft tissue; a chest whose soft
+    tissue is drawn at the myocardium's 40 HU keeps its heart muscle."""
+    seed = next(
+        s for s in range(200) if abs(draw_chest(np.random.default_rng([s, 0])).soft_hu - 40.0) < 0.5
+    )
+    sk = skeleton(seed)
+    g = Grid.at(256, 380.0, np.arange(-40.0, -14.0, 4.0, dtype=np.float32), 4.0)
+    vol, _, _ = render_chest(spec(), seed, g)
+    # the top of the heart, inside the mediastinal-fat ellipsoid: myocardium or a chamber
+    j = int(np.argmin(np.abs(g.x[0, 0, :] - 15.0)))
+    i = int(np.argmin(np.abs(g.y[0, :, 0] + 25.0)))
+    assert (vol[:, i, j] > 0.0).all(), vol[:, i, j]
+    assert sk.mediastinal_fat_hu < -50.0

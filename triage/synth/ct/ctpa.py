@@ -306,7 +306,7 @@ def render_chest(
     vol[lungs] = chest.lung_hu
     vol[heart] = 40.0  # myocardium
     if skeleton is not None:
-        paint_soft_tissue(vol, g, skeleton, chest.soft_hu)
+        paint_soft_tissue(vol, g, skeleton, chest.soft_hu, heart)
     drng = np.random.default_rng(chest.detail_seed)
     _chest_wall_and_table(vol, g, chest, drng, paint=skeleton is None)
     _lung_detail(vol, g, chest, lungs, artery_hu, spec.mimics, drng)

@@ -322,9 +322,12 @@ def _paint_tube(vol: np.ndarray, g: Grid, sk: Skeleton, tube: Tube, hu: float) -
             _paint(vol, hit, _marrow(sk, x, y, z), False)
 
 
-def paint_soft_tissue(vol: np.ndarray, g: Grid, sk: Skeleton, soft_hu: float) -> None:
+def paint_soft_tissue(
+    vol: np.ndarray, g: Grid, sk: Skeleton, soft_hu: float, heart: np.ndarray
+) -> None:
     """The back's muscles under their fat, mediastinal fat, trachea, main bronchi and
-    oesophagus: painted after the lungs and heart, before the vessels and the bones."""
+    oesophagus: painted after the lungs and heart (``heart``, its mask, is never made fat),
+    before the vessels and the bones."""
     y_back, ax, ay, fat = sk.back
     for k in range(g.shape[0]):
         sl = vol[k]
@@ -335,7 +338,7 @@ def paint_soft_tissue(vol: np.ndarray, g: Grid, sk: Skeleton, soft_hu: float) ->
     hit = ellipsoid_in(g, (0.0, -5.0, 30.0), (40.0, 55.0, 75.0))
     if hit:
         sub = vol[hit[0]]
-        sub[hit[1] & (np.abs(sub - soft_hu) < 0.5)] = sk.mediastinal_fat_hu
+        sub[hit[1] & (np.abs(sub - soft_hu) < 0.5) & ~heart[hit[0]]] = sk.mediastinal_fat_hu
     top, carina, r = sk.trachea
     for p0, p1, rad in ((top, carina, r), *sk.bronchi):
         _paint(vol, capsule_in(g, p0, p1, rad + 1.5), 35.0, False)
