@@ -41,3 +41,26 @@ def test_the_cache_keeps_generators_apart(tmp_path: Path) -> None:
     assert not np.array_equal(three.volumes, four.volumes)
     again = generate("ich", 910, 1, 0.0, workers=1, cache_dir=tmp_path, generator=4)
     assert np.array_equal(again.volumes, four.volumes)
+
+
+def test_the_cache_is_keyed_by_the_painting_code(tmp_path: Path) -> None:
+    """A change to the generator's sources gives a new cache folder: phantoms painted by the
+    code before a fix are never reused."""
+    from triage.training import data
+
+    sources = data.painter_sources()
+    names = {p.name for p in sources}
+    assert {"ctpa.py", "head.py", "skeleton.py", "scanner.py", "volume.py"} <= names
+    copies = []
+    for p in sources:
+        c = tmp_path / "src" / p.name
+        c.parent.mkdir(exist_ok=True)
+        c.write_bytes(p.read_bytes())
+        copies.append(c)
+    assert data.source_key(copies) == data.source_key(sources)
+    copies[0].write_bytes(copies[0].read_bytes() + b"\n# changed\n")
+    assert data.source_key(copies) != data.source_key(sources)
+    cache = tmp_path / "cache"
+    generate("ich", 911, 1, 0.0, workers=1, cache_dir=cache)
+    (folder,) = cache.iterdir()
+    assert folder.name.endswith("-" + data.source_key(sources))

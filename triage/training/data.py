@@ -9,6 +9,7 @@ no validation study is ever seen in training. Synthetic phantoms; not for clinic
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 # Part of every cache folder's name: bump it when what is cached changes for the same seeds
 # (2: lesion sizes count the slices the in-memory path does not paint).
 CACHE_FORMAT = "c2"
+# What paints a cached phantom: its folder's name also carries a hash of these sources, so a
+# change to the generator or the resampling (a fix, a new anatomy) never reuses phantoms
+# painted by the code before it.
+PAINTER_SOURCES = ("triage/synth/ct/*.py", "triage/inference/volume.py")
 
 TRAIN_SEED0 = 1_000_000
 TUNE_SEED0 = 3_000_000
@@ -94,6 +99,20 @@ def _one(args: tuple[PhantomSpec, int]) -> ModelSample:
     return model_sample(spec, seed, model_shape(spec.task))
 
 
+def painter_sources() -> list[Path]:
+    """The source files of :data:`PAINTER_SOURCES` (in the installed package)."""
+    root = Path(__file__).resolve().parents[2]
+    return sorted(p for pattern in PAINTER_SOURCES for p in root.glob(pattern))
+
+
+def source_key(paths: list[Path]) -> str:
+    """Eight hex digits that change when any of ``paths`` (names or bytes) changes."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:8]
+
+
 def generate(
     task: Task,
     seed0: int,
@@ -113,6 +132,7 @@ def generate(
         gen = "" if generator == 3 else f"-g{generator}"
         name = (
             f"{task}-{seed0}-{n}-{positive_fraction:g}-{shape}-p{PAINT_SIZE}{z}{gen}-{CACHE_FORMAT}"
+            f"-{source_key(painter_sources())}"
         )
         cache = Path(cache_dir) / name
         if (cache / "meta.npz").is_file() and (cache / "volumes.npy").is_file():
