@@ -76,13 +76,17 @@ class PhantomSpec:
     rotation_deg: float = 0.0
     shift_mm: tuple[float, float] = (0.0, 0.0)
     coarse_noise: float = 0.3
-    # Which head anatomy is painted (the chest ignores it): 3, a closed skull around the brain
-    # from the first slice to the last, its inner table a sharp edge; 4, the skull base and
-    # face below the brain (cranial fossae, orbits, paranasal sinuses, nasal cavity: no bone
-    # ring encloses the lowest slices) and the glare of the skull on what it encloses
-    # (:func:`triage.synth.ct.scanner.render`), as a real head shows them. Default 3, the
-    # earlier generator, which the demo and most tests paint; ich-synthcnn-4.0 was trained on
-    # 4 (triage.training.train.DEFAULT_GENERATOR), and validation paints what a model learned.
+    # Which anatomy is painted. Head: 3, a closed skull around the brain from the first slice
+    # to the last, its inner table a sharp edge; 4, the skull base and face below the brain
+    # (cranial fossae, orbits, paranasal sinuses, nasal cavity: no bone ring encloses the
+    # lowest slices) and the glare of the skull on what it encloses
+    # (:func:`triage.synth.ct.scanner.render`), as a real head shows them. Chest: 3, bone as
+    # solid beads and columns; 4, the skeleton as real CT shows it - cortex over marrow,
+    # posterior elements, ribs round the wall with costal cartilage, scapulae - the back's
+    # muscles, mediastinal fat and a real table (:mod:`triage.synth.ct.skeleton`). Default 3,
+    # the earlier generator, which the demo and most tests paint; ich-synthcnn-4.0 and
+    # pe-synthcnn-3.0 were trained on 4 (triage.training.train.DEFAULT_GENERATOR), and
+    # validation paints what a model learned from.
     generator: int = 3
 
     def __post_init__(self) -> None:
