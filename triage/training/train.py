@@ -47,7 +47,7 @@ class TrainConfig:
     # domain randomisation (triage.training.augment): the share of training phantoms whose
     # features are computed on an augmented copy; and whether calibration and the operating
     # point also see one augmented copy of each tuning phantom beside the phantom itself
-    # (ich-synthcnn-3.1 was trained so; pe-synthcnn-2.2 predates both)
+    # (ich-synthcnn-3.1 and later, pe-synthcnn-3.0 were trained so)
     augment_fraction: float = 0.6
     tune_augmented: bool = True
     # share of the augmented training phantoms that also get the field a real skull leaves
