@@ -7,8 +7,8 @@ and its models can be built and checked without patient data.
 
 A study is described by a :class:`PhantomSpec` (:mod:`.spec`). :func:`render` (:mod:`.scanner`)
 paints it on a patient-space grid (:mod:`.grid`) with the head (:mod:`.head`) or chest
-(:mod:`.ctpa`, its skeleton and table in :mod:`.skeleton`) anatomy, then applies slice profile, pose, kernel and calibration. Two paths use
-the same anatomy code:
+(:mod:`.ctpa`, its skeleton and table in :mod:`.skeleton`) anatomy, then applies slice
+profile, pose, kernel and calibration. Two paths use the same anatomy code:
 
 - the **DICOM path** (:mod:`.dicom`: :func:`write_study`, :func:`write_head_ct`,
   :func:`write_ctpa`): a CT Image Storage series with the ground truth beside it;
