@@ -310,6 +310,7 @@ def write_head_ct(
     mimics: Sequence[str] = (),
     fov_mm: float = 230.0,
     noise_hu: float = 5.0,
+    generator: int = 3,
 ) -> SyntheticStudy:
     """Write a non-contrast axial head CT series into ``out_dir``; ``label`` = ``hemorrhage``.
 
@@ -319,6 +320,7 @@ def write_head_ct(
     ``hemorrhage=True`` adds an acute bleed of ``subtype`` (default: intraparenchymal,
     12-28 mm, clearly visible); ``mimics`` adds look-alikes (:data:`HEAD_MIMICS`). The
     ground truth is written beside the series (``truth.json``, ``truth_mask.npz``).
+    ``generator``: what paints the head (:attr:`PhantomSpec.generator`).
     """
     size_mm = lesion_size_mm
     if hemorrhage and size_mm is None and subtype == "intraparenchymal":
@@ -332,6 +334,7 @@ def write_head_ct(
         slice_thickness=slice_thickness,
         fov_mm=fov_mm,
         noise_hu=noise_hu,
+        generator=generator,
         size_mm=size_mm,
     )
     return write_study(
@@ -360,6 +363,7 @@ def write_ctpa(
     mimics: Sequence[str] = (),
     fov_mm: float = 380.0,
     noise_hu: float = 8.0,
+    generator: int = 3,
 ) -> SyntheticStudy:
     """Write a CT pulmonary angiogram series into ``out_dir``; ``label`` = ``embolus``.
 
@@ -369,6 +373,7 @@ def write_ctpa(
     (250-450 HU, central to subsegmental). ``embolus=True`` adds a filling defect (20-70 HU)
     at ``level`` (default: central, clearly visible); ``mimics`` adds look-alikes
     (:data:`CTPA_MIMICS`). ContrastBolusAgent is set. Ground truth beside the series.
+    ``generator``: what paints the chest (:attr:`PhantomSpec.generator`).
     """
     spec = PhantomSpec(
         task="pe",
@@ -379,6 +384,7 @@ def write_ctpa(
         slice_thickness=slice_thickness,
         fov_mm=fov_mm,
         noise_hu=noise_hu,
+        generator=generator,
     )
     return write_study(
         out_dir,
