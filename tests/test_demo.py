@@ -9,7 +9,7 @@ import io
 import pytest
 from rich.console import Console
 
-from triage.demo import AI_NOTE, Arrival, _relabelled, make_templates, run_demo, shift
+from triage.demo import AI_NOTE, Arrival, _relabelled, make_templates, moves, run_demo, shift
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +70,21 @@ def test_relabelling_a_study_without_a_model_leaves_the_ctpa_template_alone(tmp_
     ctpa = _relabelled(templates["ctpa-neg"], Arrival(1, "A2", "P2", "ctpa-neg", "R", "E", False))
     assert ctpa[0].StudyDescription == before and "ContrastBolusAgent" in ctpa[0]
     assert ctpa[0].StudyInstanceUID != chest[0].StudyInstanceUID
+
+
+def test_only_changes_that_move_a_study_count_as_raises() -> None:
+    """The first scoring is recorded as a change from nothing: at the ordered priority it
+    moves nothing (the shift's summary once counted every scored study as raised)."""
+
+    def change(at: str, was: str, to: str, cause: str = "finding") -> dict[str, str]:
+        return {"at": at, "from": was, "to": to, "cause": cause}
+
+    kept = {"ordered_priority": "R", "priority_changes": [change("t1", "", "R")]}
+    assert moves(kept) == []
+    raised = {"ordered_priority": "R", "priority_changes": [change("t1", "", "S")]}
+    assert [(was, ch["to"]) for was, ch in moves(raised)] == [("R", "S")]
+    later = {
+        "ordered_priority": "R",
+        "priority_changes": [change("t2", "R", "A", "aging"), change("t1", "", "R")],
+    }  # newest first, as the worklist lists them
+    assert [(was, ch["to"], ch["cause"]) for was, ch in moves(later)] == [("R", "A", "aging")]

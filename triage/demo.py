@@ -61,6 +61,10 @@ from triage.synth.orders import order_message
 
 AI_NOTE = "AI: models trained on synthetic phantoms only; not for clinical use"
 PENDING_STATES = {"receiving", "complete", "ai_pending"}
+# What paints the demo's studies (triage.synth.ct.PhantomSpec.generator): the generator the
+# shipped ich and pe models were trained on (the head with its skull base and the skull's
+# glare, the chest with its real skeleton), so the demo shows them on what they learned from.
+DEMO_GENERATOR = 4
 CLASS_WORDS = {"E": "Emergency", "I": "Inpatient", "O": "Outpatient"}
 
 
@@ -185,22 +189,44 @@ def make_templates(folder: Path, kinds: set[str]) -> dict[str, list[Dataset]]:
     if "head-pos" in kinds:
         out["head-pos"] = load(
             write_head_ct(
-                folder / "hp", hemorrhage=True, seed=11, patient_id="T", accession="T"
+                folder / "hp",
+                hemorrhage=True,
+                seed=11,
+                patient_id="T",
+                accession="T",
+                generator=DEMO_GENERATOR,
             ).files
         )
     if "head-neg" in kinds:
         out["head-neg"] = load(
             write_head_ct(
-                folder / "hn", hemorrhage=False, seed=17, patient_id="T", accession="T"
+                folder / "hn",
+                hemorrhage=False,
+                seed=17,
+                patient_id="T",
+                accession="T",
+                generator=DEMO_GENERATOR,
             ).files
         )
     if "ctpa-pos" in kinds:
         out["ctpa-pos"] = load(
-            write_ctpa(folder / "cp", embolus=True, seed=11, patient_id="T", accession="T").files
+            write_ctpa(
+                folder / "cp",
+                embolus=True,
+                seed=11,
+                patient_id="T",
+                accession="T",
+                generator=DEMO_GENERATOR,
+            ).files
         )
     if kinds & {"ctpa-neg", "chest", "abdomen"}:
         files = write_ctpa(
-            folder / "cn", embolus=False, seed=11, patient_id="T", accession="T"
+            folder / "cn",
+            embolus=False,
+            seed=11,
+            patient_id="T",
+            accession="T",
+            generator=DEMO_GENERATOR,
         ).files
         out["ctpa-neg"] = load(files)
         out["other"] = load(files)  # its own data sets: relabelled for each such study
@@ -554,10 +580,9 @@ def _show(
             ]
         result.worklist = rows
         for st in rows:
-            for ch in reversed(st["priority_changes"]):  # oldest first
+            for was, ch in moves(st):
                 key = (st["accession_number"], ch["at"])
-                was = ch["from"] or st["ordered_priority"]
-                if key in seen_changes or not was or was == ch["to"]:
+                if key in seen_changes:
                     continue
                 seen_changes.add(key)
                 cause = {"finding": "an AI* finding", "aging": "aging (waiting past its target)"}
@@ -603,10 +628,22 @@ def compression_note(compression: float) -> str:
     return f"time compressed {compression:g}x: 1 s = {compression / 60:g} min"
 
 
+def moves(study: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(priority before, change) for each change of a worklist row that moved its priority,
+    oldest first. The first scoring of a study is recorded as a change from nothing; it moves
+    the study only when it leaves the ordered priority."""
+    out = []
+    for ch in reversed(study["priority_changes"]):  # the row lists the newest first
+        was = ch["from"] or study["ordered_priority"]
+        if was and was != ch["to"]:
+            out.append((was, ch))
+    return out
+
+
 def _summary(result: DemoResult, console: Console) -> None:
     rows = result.worklist
-    raised_ai = [r for r in rows if any(c["cause"] == "finding" for c in r["priority_changes"])]
-    raised_aging = [r for r in rows if any(c["cause"] == "aging" for c in r["priority_changes"])]
+    raised_ai = [r for r in rows if any(ch["cause"] == "finding" for _, ch in moves(r))]
+    raised_aging = [r for r in rows if any(ch["cause"] == "aging" for _, ch in moves(r))]
     xo = [m for m in result.ris if m.order_control == "XO"]
     oru = [m for m in result.ris if m.kind.startswith("ORU")]
     console.print(
