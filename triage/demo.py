@@ -25,6 +25,7 @@ AI models are trained on synthetic phantoms only and are not for clinical use.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import re
@@ -186,48 +187,16 @@ def make_templates(folder: Path, kinds: set[str]) -> dict[str, list[Dataset]]:
     def load(files: Sequence[Path]) -> list[Dataset]:
         return [dcmread(f) for f in files]
 
+    head = functools.partial(write_head_ct, patient_id="T", accession="T", generator=DEMO_GENERATOR)
+    ctpa = functools.partial(write_ctpa, patient_id="T", accession="T", generator=DEMO_GENERATOR)
     if "head-pos" in kinds:
-        out["head-pos"] = load(
-            write_head_ct(
-                folder / "hp",
-                hemorrhage=True,
-                seed=11,
-                patient_id="T",
-                accession="T",
-                generator=DEMO_GENERATOR,
-            ).files
-        )
+        out["head-pos"] = load(head(folder / "hp", hemorrhage=True, seed=11).files)
     if "head-neg" in kinds:
-        out["head-neg"] = load(
-            write_head_ct(
-                folder / "hn",
-                hemorrhage=False,
-                seed=17,
-                patient_id="T",
-                accession="T",
-                generator=DEMO_GENERATOR,
-            ).files
-        )
+        out["head-neg"] = load(head(folder / "hn", hemorrhage=False, seed=17).files)
     if "ctpa-pos" in kinds:
-        out["ctpa-pos"] = load(
-            write_ctpa(
-                folder / "cp",
-                embolus=True,
-                seed=11,
-                patient_id="T",
-                accession="T",
-                generator=DEMO_GENERATOR,
-            ).files
-        )
+        out["ctpa-pos"] = load(ctpa(folder / "cp", embolus=True, seed=11).files)
     if kinds & {"ctpa-neg", "chest", "abdomen"}:
-        files = write_ctpa(
-            folder / "cn",
-            embolus=False,
-            seed=11,
-            patient_id="T",
-            accession="T",
-            generator=DEMO_GENERATOR,
-        ).files
+        files = ctpa(folder / "cn", embolus=False, seed=11).files
         out["ctpa-neg"] = load(files)
         out["other"] = load(files)  # its own data sets: relabelled for each such study
     return out
