@@ -22,7 +22,14 @@ from triage.synth.ct.grid import (
     measure_lesion,
     uniform,
 )
-from triage.synth.ct.skeleton import draw_skeleton, paint_skeleton, paint_soft_tissue, paint_table
+from triage.synth.ct.skeleton import (
+    draw_skeleton,
+    narrowing,
+    paint_skeleton,
+    paint_soft_tissue,
+    paint_table,
+    table_half_width,
+)
 from triage.synth.ct.spec import CTPA_MIMICS, PhantomSpec
 
 
@@ -159,7 +166,7 @@ def _chest_wall_and_table(
     thick = uniform(rng, 3.0, 8.0)
     curve = uniform(rng, 0.0, 0.002)
     table_y = top - curve * g.x**2
-    band = (g.y >= table_y) & (g.y <= table_y + thick) & (np.abs(g.x) < 0.95 * a + 40.0)
+    band = (g.y >= table_y) & (g.y <= table_y + thick) & (np.abs(g.x) < table_half_width(a))
     table_hu = np.float32(uniform(rng, 100.0, 500.0))
     for k in range(g.shape[0] if paint else 0):
         vol[k][band[0] & (vol[k] < -500.0)] = table_hu
@@ -254,7 +261,7 @@ def render_chest(
     vol = np.full(g.shape, AIR_HU, dtype=np.float32)
     a, b = chest.body_axes
     t = chest.fat_thickness
-    zf = np.clip(1.0 - ((g.z - 20.0) / 260.0) ** 2, 0.6, 1.0)  # body narrows toward the top
+    zf = narrowing(g.z)
     # Slice by slice (the same element-wise arithmetic as on the whole grid, so the same
     # values, without full-grid temporaries that fit in no cache).
     y_body, y_muscle, y_inner = (g.y / b) ** 2, (g.y / (b - t)) ** 2, (g.y / (b - t - 12.0)) ** 2
@@ -312,7 +319,7 @@ def render_chest(
     _lung_detail(vol, g, chest, lungs, artery_hu, spec.mimics, drng)
     if skeleton is not None:
         paint_skeleton(vol, g, skeleton)
-        paint_table(vol, g, skeleton, 0.95 * a + 40.0)
+        paint_table(vol, g, skeleton, table_half_width(a))
     for c, axes, hu in (
         ((-5.0, -35.0, -60.0), (28.0, 22.0, 30.0), artery_hu * 0.95),  # RV/RA
         ((30.0, -15.0, -62.0), (24.0, 22.0, 30.0), aorta_hu),

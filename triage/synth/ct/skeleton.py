@@ -87,9 +87,16 @@ class Skeleton:
     struts: tuple[float, ...]  # x of the struts between the shells
 
 
-def _narrowing(z: float) -> float:
-    """The chest's width at ``z`` relative to its widest (as generator 3's body outline)."""
-    return float(np.clip(1.0 - ((z - 20.0) / 260.0) ** 2, 0.6, 1.0))
+def narrowing(z: np.ndarray | float) -> np.ndarray:
+    """The chest's width at ``z`` (mm) relative to its widest: the body outline narrows toward
+    the top (every generator's chest; :func:`~triage.synth.ct.ctpa.render_chest`)."""
+    return np.clip(1.0 - ((z - 20.0) / 260.0) ** 2, 0.6, 1.0)
+
+
+def table_half_width(body_a: float) -> float:
+    """How far the table reaches either side of the midline under a chest of half-width
+    ``body_a`` (mm)."""
+    return 0.95 * body_a + 40.0
 
 
 def draw_skeleton(
@@ -162,7 +169,7 @@ def draw_skeleton(
             for theta in np.linspace(theta0, theta1, 9):
                 f = (theta - theta0) / (theta1 - theta0)
                 z = zh - 4.0 - drop * f**1.2
-                wall_a = a * _narrowing(z) - t - 8.0 - radius
+                wall_a = a * float(narrowing(z)) - t - 8.0 - radius
                 wall_b = b - t - 8.0 - radius
                 pts.append((s * wall_a * math.sin(theta), wall_b * math.cos(theta), z))
             tubes.append(Tube(tuple(pts), radius, cortex_mm))
@@ -183,7 +190,7 @@ def draw_skeleton(
     # Clavicles (at the top; outside the coverage of most CTPAs' lower half).
     zc = t1 + uniform(rng, 0.0, 15.0)
     for s in (-1.0, 1.0):
-        w = a * _narrowing(zc)
+        w = a * float(narrowing(zc))
         tubes.append(
             Tube(
                 (
@@ -202,7 +209,7 @@ def draw_skeleton(
     zs = uniform(rng, 30.0, 60.0)
     for s in (-1.0, 1.0):
         theta = uniform(rng, 0.6, 0.85)
-        wa, wb = a * _narrowing(zs) - t + 2.0, b - t + 2.0
+        wa, wb = a * float(narrowing(zs)) - t + 2.0, b - t + 2.0
         cx, cy = s * wa * math.sin(theta), wb * math.cos(theta)
         angle = math.atan2(-wb * math.sin(theta), s * wa * math.cos(theta))
         half_u, half_z = uniform(rng, 25.0, 35.0), uniform(rng, 50.0, 70.0)
