@@ -1,0 +1,42 @@
+"""What an independent painter returns: the painted study (:class:`Painted`) and, once written
+as DICOM, its truth (:class:`CrossStudy`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from triage.crosscheck.dicomio import Acquisition, StudyHeader
+
+
+@dataclass(frozen=True)
+class Painted:
+    """One painted study, before it is written."""
+
+    hu: np.ndarray  # float32 [z, 512, 512], HU as the scanner reports them
+    lesion: np.ndarray  # bool [z, 512, 512]: voxels of the finding (all False if none)
+    acq: Acquisition
+    header: StudyHeader
+    kinds: tuple[str, ...]  # ich: epidural, subdural, ...; pe: central, lobar, ...
+    notes: tuple[str, ...]  # mimics, artefacts, acquisition quirks it carries
+
+
+@dataclass(frozen=True)
+class CrossStudy:
+    """A study written as DICOM, with what is true about it (never written into the files)."""
+
+    task: str  # "ich" or "pe"
+    seed: int
+    label: bool
+    kinds: tuple[str, ...]
+    notes: tuple[str, ...]
+    files: tuple[Path, ...]
+    lesion_instances: tuple[int, ...]  # InstanceNumbers with lesion voxels
+
+
+def lesion_instances(lesion: np.ndarray) -> tuple[int, ...]:
+    """InstanceNumbers (1-based slice indices) of the slices of ``lesion`` [z, y, x] holding a
+    lesion voxel."""
+    return tuple(int(k) + 1 for k in np.flatnonzero(lesion.reshape(lesion.shape[0], -1).any(1)))
