@@ -154,8 +154,49 @@ def _cmd_controls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_crosscheck(args: argparse.Namespace) -> int:
+    _logging()
+    from rich.console import Console
+    from rich.table import Table
+
+    from triage.training.crosscheck import crosscheck
+
+    results = crosscheck(
+        Path(args.models_dir),
+        Path(args.out),
+        n=args.n,
+        tasks=args.tasks,
+        triton_url=args.triton_url,
+        workers=args.workers,
+        seed0=args.seed0,
+    )
+    t = Table(title="Independent look: another generator's studies, production path")
+    for col in ("task", "version", "n (pos.)", "routed", "not assessable", "AUC", "sens",
+                "spec", "FA/study", "time"):  # fmt: skip
+        t.add_column(col)
+    for h, routes in results:
+        s = h.summary()
+        t.add_row(
+            h.task,
+            h.model_version,
+            f"{s['n']} ({s['positives']})",
+            f"{sum(r == h.task for r in routes)}/{len(routes)}",
+            f"{s['not_assessable']} ({s['not_assessable_positives']} pos.)",
+            f"{s['auc']:.3f}",
+            f"{s['sensitivity']:.3f}",
+            f"{s['specificity']:.3f}",
+            f"{s['false_alerts_per_study']:.3f}",
+            f"{s['seconds']:.0f} s",
+        )
+    console = Console()
+    console.print(t)
+    console.print("Synthetic phantoms from an independent generator; not for clinical use.")
+    console.print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def add_models_commands(subparsers: Any) -> None:
-    """Register ``models train``, ``validate``, ``stress`` and ``controls``."""
+    """Register ``models train``, ``validate``, ``stress``, ``controls`` and ``crosscheck``."""
     models = subparsers.add_parser(
         "models", help="train / validate the ich and pe models (synthetic phantoms)"
     ).add_subparsers(dest="models_cmd")
@@ -234,3 +275,16 @@ def add_models_commands(subparsers: Any) -> None:
         "--data", default=str(REPO.parent / "shared" / "data" / "dicom"), help="real DICOM"
     )
     p.set_defaults(func=_cmd_controls)
+    p = models.add_parser(
+        "crosscheck",
+        help="independent generator's studies as DICOM through the engine (routing, checks, "
+        "Triton); report",
+    )
+    p.add_argument("--tasks", type=_tasks, default=("ich", "pe"), help="ich,pe (both)")
+    p.add_argument("--models-dir", default=str(DEFAULT_MODELS), help="model repository")
+    p.add_argument("--n", type=int, default=40, help="studies per task, half positive (40)")
+    p.add_argument("--seed0", type=int, default=9_000_000, help="first seed (9000000)")
+    p.add_argument("--out", default="var/validation", help="report folder (docs/models)")
+    p.add_argument("--triton-url", default=None, help="host:port of a running Triton (gRPC)")
+    p.add_argument("--workers", type=int, default=2, help="painter processes (2)")
+    p.set_defaults(func=_cmd_crosscheck)

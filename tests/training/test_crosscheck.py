@@ -1,0 +1,54 @@
+"""The independent look's harness (triage.training.crosscheck): routing from the written
+headers, and the report section built from its results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_series
+from triage.training.crosscheck import crosscheck_markdown, is_positive, result_json, routed_model
+from triage.training.validate import HeldOut, StudyResult
+
+
+def _series(folder: Path, header: StudyHeader) -> list[Path]:
+    hu = np.zeros((2, 16, 16), np.float32)
+    return write_series(folder, hu, Acquisition(), header)
+
+
+def test_routing_reads_the_written_headers(tmp_path: Path) -> None:
+    head = StudyHeader(study_description="CT BRAIN WITHOUT CONTRAST", body_part="HEAD")
+    ctpa = StudyHeader(
+        study_description="CTA CHEST PE PROTOCOL", body_part="CHEST", contrast_agent="IOHEXOL"
+    )
+    enhanced_head = StudyHeader(study_description="CT HEAD", contrast_agent="IOPAMIDOL")
+    assert routed_model(_series(tmp_path / "a", head)) == "ich"
+    assert routed_model(_series(tmp_path / "b", ctpa)) == "pe"
+    assert routed_model(_series(tmp_path / "c", enhanced_head)) is None
+
+
+def test_half_the_seeds_are_positive() -> None:
+    labels = [is_positive(s) for s in range(9_000_000, 9_000_040)]
+    assert sum(labels) == 20
+
+
+def test_report_section_lists_false_alerts_and_routing() -> None:
+    studies = [
+        StudyResult(1, True, ["subdural"], [], "done", 0.9, True),
+        StudyResult(2, False, [], ["calcified_pineal"], "done", 0.7, True),
+        StudyResult(3, False, [], [], "done", 0.1, False),
+        StudyResult(4, True, ["subarachnoid"], [], "not_assessable", None, False,
+                    reasons=["slice thickness out of range: 7 mm"]),
+    ]  # fmt: skip
+    h = HeldOut("ich", "ich-x", 0.3, 1, studies)
+    payload = {
+        "date": "2026-12-07",
+        "commit": "abc",
+        "results": [result_json(h, ["ich"] * 3 + [None])],
+    }
+    text = "\n".join(crosscheck_markdown(payload))
+    assert "| routed to the model by rules/routing.yaml | 0.75 (3/4" in text
+    assert "seed 2: p 0.700 (calcified_pineal)" in text
+    assert "| sensitivity | 0.50 (1/2" in text
+    assert "slice thickness out of range: 1" in text
