@@ -44,7 +44,8 @@ test: $(STAMP) check
 # Models (synthetic phantoms; not for clinical use): retrain from fixed seeds, then validate
 # on held-out seeds through the engine's own path and the real Triton, once per shipped model
 # version (docs/models/ledger.md; a second run needs ARGS='--again "reason"'), then the frozen
-# stress suite; both rewrite docs/models/report.md.
+# stress suite, then the independent look (another generator's studies through the engine);
+# each rewrites docs/models/report.md.
 train: $(STAMP)
 	$(BIN)/pip install -q -e '.[train]'
 	$(BIN)/triage models train $(ARGS)
@@ -52,6 +53,7 @@ train: $(STAMP)
 validate: $(STAMP)
 	$(BIN)/triage models validate --out docs/models $(ARGS)
 	$(BIN)/triage models stress --out docs/models
+	$(BIN)/triage models crosscheck --out docs/models
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
