@@ -375,6 +375,7 @@ class Pipeline:
             positive=analysis.positive,
             threshold=analysis.threshold,
             key_slice=analysis.key_slice,
+            key_instance=analysis.key_instance,
             series_uid=analysis.series_uid,
             detail=analysis.detail,
             key_image=analysis.key_image,

@@ -31,7 +31,10 @@ class Analysis:
     probability: float | None = None
     positive: bool = False
     threshold: float | None = None
-    key_slice: int | None = None
+    key_slice: int | None = None  # index of the key slice in the series, 0 = most inferior
+    # the key slice's InstanceNumber: the image number a viewer shows (None when the header
+    # has none or there is no key slice)
+    key_instance: int | None = None
     series_uid: str = ""
     detail: str = ""
     # not_assessable: each reason on its own (``detail`` is the message that joins them)

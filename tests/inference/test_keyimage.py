@@ -164,7 +164,10 @@ def test_analyzer_key_image_overlay_is_on_the_lesion(tmp_path: Path) -> None:
         for f, r in zip(study.files, rows, strict=True)
     )
     assert numbers[a.key_slice][1].instance_number in study.lesion_instances
+    # the number a viewer shows for that slice, named on the page and in the caption
+    assert a.key_instance == numbers[a.key_slice][1].instance_number
     rgb, text = read_png((tmp_path / "data" / a.key_image).read_bytes())
+    assert f"key image {a.key_instance} " in text["Description"]
     assert rgb.shape[1] == 256 and rgb.shape[0] > 256 and DISCLAIMER in text["Description"]
     red = _red(rgb[:256])
     assert red.sum() > 10
@@ -323,3 +326,20 @@ def test_negative_gets_no_overlay_even_with_a_map() -> None:
     rgb, text = read_png(img.png)
     assert not img.overlay and not _red(rgb).any()
     assert "below the operating point" in text["Description"] and DISCLAIMER in text["Description"]
+
+
+def test_key_instance_is_the_viewers_image_number_for_a_head_first_series(tmp_path: Path) -> None:
+    """A series numbered from the top down (instance 1 = the most superior slice, as many
+    scanners write a head CT): the key slice's index counts from the bottom, its
+    InstanceNumber is what the radiologist's viewer shows - they differ, and the engine
+    reports the InstanceNumber."""
+    from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_series
+    from triage.inference.analyze import instance_number_of
+
+    hu = np.zeros((12, 32, 32), np.float32)
+    files = write_series(tmp_path / "s", hu, Acquisition(), StudyHeader())  # 1 = top
+    rows = instance_rows(files)
+    volume = load_volume([Path(r.path) for r in rows])
+    assert instance_number_of(rows, tmp_path / "data", volume, 0) == 12  # the bottom slice
+    assert instance_number_of(rows, tmp_path / "data", volume, 11) == 1
+    assert instance_number_of(rows, tmp_path / "data", volume, 12) is None

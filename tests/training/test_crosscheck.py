@@ -52,3 +52,16 @@ def test_report_section_lists_false_alerts_and_routing() -> None:
     assert "seed 2: p 0.700 (calcified_pineal)" in text
     assert "| sensitivity | 0.50 (1/2" in text
     assert "slice thickness out of range: 1" in text
+
+
+def test_key_slice_hit_is_counted_by_instance_number() -> None:
+    """A head-first series (instance 1 at the top): the key slice's index counts from the
+    bottom, its InstanceNumber is what the truth lists - the hit is judged on the latter."""
+    s = StudyResult(1, True, ["subdural"], [], "done", 0.9, True, key_slice=2,
+                    lesion_instances=[25, 26, 27], key_instance=26)  # fmt: skip
+    old = StudyResult(2, True, ["subdural"], [], "done", 0.9, True, key_slice=2,
+                      lesion_instances=[3, 4])  # fmt: skip
+    h = HeldOut("ich", "ich-x", 0.3, 1, [s, old])
+    assert h.summary()["key_slice_hits"] == [2, 2]
+    s.key_instance = 9
+    assert h.summary()["key_slice_hits"] == [1, 2]

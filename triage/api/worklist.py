@@ -90,6 +90,7 @@ def worklist(
                         "positive": f.positive,
                         "threshold": f.threshold,
                         "key_slice": f.key_slice,
+                        "key_instance": f.key_instance,
                         "key_image_url": (
                             f"/api/studies/{quote(st.study_uid, safe='')}/key-image"
                             f"?model={quote(f.model_name, safe='')}"

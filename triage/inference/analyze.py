@@ -3,8 +3,10 @@
 This is the pipeline's :class:`~triage.ports.Analyzer`. It knows files and tensors; it does
 not know about scoring or the RIS. Steps, in order:
 
-1. select the series (:func:`~triage.inference.volume.select_series`), load it in HU, resample
-   it to the contract's input grid;
+1. select the series (:func:`~triage.inference.volume.select_series`), load it in HU; slices
+   thinner than the contract's ``min_slice_thickness_mm`` are read as slabs just thick enough
+   (:mod:`triage.inference.slabs`), as a thicker reconstruction would be; resample to the
+   contract's input grid;
 2. input checks (:mod:`triage.inference.checks`) with the limits of the model contract: a study
    the model may not judge is returned as ``not_assessable`` with the reasons - before Triton
    is asked anything, so such a study never waits for the server;
@@ -12,7 +14,8 @@ not know about scoring or the RIS. Steps, in order:
    ready raise ``TritonUnavailable`` / ``ModelNotReady`` and the pipeline lists the study as
    "AI pending";
 4. the key image (:mod:`triage.inference.keyimage`): the key slice (the localisation map's peak,
-   where the study probability comes from), windowed, with the model's localisation map for a
+   where the study probability comes from; named by its InstanceNumber, the image number a
+   viewer shows), windowed, with the model's localisation map for a
    positive study only, stored under ``<data_dir>/keyimages/``.
 """
 
@@ -22,6 +25,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +44,7 @@ from triage.inference.keyimage import (
     store_key_image,
     window_for,
 )
+from triage.inference.slabs import thicken
 from triage.inference.slices import SliceCache
 from triage.inference.volume import (
     Volume,
@@ -106,10 +111,17 @@ class TritonAnalyzer:
         try:
             series = select_series(instances)
             volume = load_volume([self.data_dir / inst.path for inst in series], self.slices)
+            limits = InputLimits.from_parameters(model, contract.parameters)
+            volume, per_slab = thicken(volume, limits.min_slice_thickness_mm)
+            if per_slab > 1:
+                log.info(
+                    "%s: slices thinner than the trained range, read as slabs of %d (%.2g mm)",
+                    model,
+                    per_slab,
+                    volume.slice_thickness or 0.0,
+                )
             tensor = resample(volume, contract.input_shape, contract.z_resampling)
-            facts = check_input(
-                InputLimits.from_parameters(model, contract.parameters), series, volume, tensor
-            )
+            facts = check_input(limits, series, volume, tensor)
         except NotAssessable as exc:
             log.info("%s: not assessable: %s", model, exc.reason)
             return Analysis(
@@ -131,9 +143,10 @@ class TritonAnalyzer:
             grid_slice = key_grid_slice(out.localization, out.slice_probabilities)
             z = z_sample_positions(volume, contract.input_shape[0])[grid_slice]
             key_slice = int(np.argmin(np.abs(volume.z_positions - z)))
+        key_instance = instance_number_of(series, self.data_dir, volume, key_slice)
         key_image = ""
         if self.key_images and key_slice is not None:
-            key_image = self._key_image(contract, out, volume, key_slice, series)
+            key_image = self._key_image(contract, out, volume, key_slice, series, key_instance)
         return Analysis(
             model_name=model,
             model_version=out.model_version or contract.version,
@@ -142,6 +155,7 @@ class TritonAnalyzer:
             positive=out.positive,
             threshold=out.threshold,
             key_slice=key_slice,
+            key_instance=key_instance,
             series_uid=volume.series_uid,
             key_image=key_image,
             inputs=input_mix(self.data_dir, series, volume, facts),
@@ -154,6 +168,7 @@ class TritonAnalyzer:
         volume: Volume,
         key_slice: int,
         series: list[Instance],
+        key_instance: int | None = None,
     ) -> str:
         """Render and store the key image; "" (logged) when that fails - never the result."""
         try:
@@ -177,6 +192,7 @@ class TritonAnalyzer:
                     probability=out.probability,
                     slice_index=key_slice,
                     n_slices=volume.shape[0],
+                    instance_number=key_instance,
                     positive=out.positive,
                     plain=plain,
                 )
@@ -192,6 +208,20 @@ class TritonAnalyzer:
         except Exception as exc:  # a key image is an aid; the finding stands without it
             log.warning("%s: key image not made: %s", out.model_name, exc)
             return ""
+
+
+def instance_number_of(
+    series: Sequence[Instance], data_dir: Path, volume: Volume, index: int
+) -> int | None:
+    """The InstanceNumber of ``volume``'s slice ``index`` (its source file among ``series``,
+    stored under ``data_dir``): the image number a radiologist's viewer shows, whichever way
+    the scanner numbered the slices (head first or feet first). None when the slice's file or
+    its number is unknown."""
+    if not 0 <= index < len(volume.paths):
+        return None
+    numbers = {str(data_dir / inst.path): inst.instance_number for inst in series}
+    number = numbers.get(str(volume.paths[index]))
+    return int(number) if number is not None else None
 
 
 #: DICOM keywords read for the input mix (one header of the selected series).

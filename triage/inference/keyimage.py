@@ -288,12 +288,14 @@ def render_key_image(
     n_slices: int,
     positive: bool = True,
     plain: bool = False,
+    instance_number: int | None = None,
 ) -> KeyImage:
     """Windowed slice + overlay + caption band, as PNG. ``localization`` is a 2-D map in [0, 1]
     covering the slice's field of view (any resolution), or None. ``positive`` False (the
     probability is below the operating point): no overlay is drawn, whatever the map.
     ``plain``: the same slice and window without any overlay (what the reader compares the
-    overlay with); its caption says so."""
+    overlay with); its caption says so. ``instance_number``: the slice's InstanceNumber, named
+    in the caption (the image number the reader's viewer shows)."""
     hu = np.asarray(slice_hu, dtype=np.float32)
     rows, cols = hu.shape
     grey = apply_window(hu, *window)
@@ -308,7 +310,14 @@ def render_key_image(
             edge = _outline(m >= OUTLINE_LEVEL)
             rgb[edge] = (255.0, 255.0, 0.0)
     p = "n/a" if probability is None else f"{probability:.2f}"
-    info = f"{model} {model_version} p={p} key slice {slice_index + 1}/{n_slices}"
+    # the image number the viewer shows (InstanceNumber) when the header has one; else the
+    # slice's place counted from the bottom of the series
+    where = (
+        f"key image {instance_number} ({n_slices} slices)"
+        if instance_number is not None
+        else f"key slice {slice_index + 1}/{n_slices} from the bottom"
+    )
+    info = f"{model} {model_version} p={p} {where}"
     if plain:
         info += " - the slice without the overlay"
     elif not positive:

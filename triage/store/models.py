@@ -145,7 +145,8 @@ class Finding(SQLModel, table=True):
     probability: float | None = None
     positive: bool = False
     threshold: float | None = None
-    key_slice: int | None = None
+    key_slice: int | None = None  # index in the series, 0 = most inferior
+    key_instance: int | None = None  # the key slice's InstanceNumber (what a viewer shows)
     detail: str = ""
     series_uid: str = ""
     key_image: str = ""  # key image PNG, path relative to the data dir ("" when none)

@@ -118,6 +118,7 @@ def crosscheck_task(
                 reasons=list(a.reasons),
                 key_slice=a.key_slice,
                 lesion_instances=list(study.lesion_instances),
+                key_instance=a.key_instance,
             )
         )
         if advance is not None:

@@ -96,8 +96,18 @@ class StudyResult:
     detail: str = ""
     reasons: list[str] = field(default_factory=list)  # not assessable: each on its own
     probability_in_memory: float | None = None
-    key_slice: int | None = None
+    key_slice: int | None = None  # index in the series, 0 = most inferior
     lesion_instances: list[int] = field(default_factory=list)
+    key_instance: int | None = None  # the key slice's InstanceNumber
+
+    @property
+    def key_number(self) -> int | None:
+        """The key slice as an InstanceNumber (what ``lesion_instances`` hold): the stored
+        one, or for results from before it was kept, the index + 1 (our own generator
+        numbers its slices from the bottom up, so the two agreed)."""
+        if self.key_instance is not None:
+            return self.key_instance
+        return self.key_slice + 1 if self.key_slice is not None else None
 
     @property
     def score(self) -> float:
@@ -137,8 +147,8 @@ class HeldOut:
             1
             for s in self.studies
             if s.label
-            and s.key_slice is not None
-            and any(abs(s.key_slice + 1 - i) <= 2 for i in s.lesion_instances)
+            and s.key_number is not None
+            and any(abs(s.key_number - i) <= 2 for i in s.lesion_instances)
         )
         key_n = sum(1 for s in self.studies if s.label and s.status == "done")
         na_reasons: dict[str, int] = {}
@@ -440,6 +450,7 @@ def production_task(
                 probability_in_memory=p_mem,
                 key_slice=a.key_slice,
                 lesion_instances=list(study.lesion_instances),
+                key_instance=a.key_instance,
             )
         )
         if advance is not None:
