@@ -77,3 +77,17 @@ def test_lesion_instances_are_one_based() -> None:
     m = np.zeros((5, 4, 4), bool)
     m[1, 2, 2] = m[3, 0, 0] = True
     assert lesion_instances(m) == (2, 4)
+
+
+def test_feet_first_numbering_keeps_positions_and_truth(tmp_path: Path) -> None:
+    hu = _volume()
+    acq = Acquisition(feet_first=True)
+    files = write_series(tmp_path / "s", hu, acq, StudyHeader())
+    n = hu.shape[0]
+    assert instance_numbers(files) == list(range(n, 0, -1))
+    top = pydicom.dcmread(files[0])
+    assert float(top.ImagePositionPatient[2]) == pytest.approx(acq.z_top)  # still slice 0
+    m = np.zeros(hu.shape, bool)
+    m[0, 1, 1] = True  # the most superior slice
+    assert lesion_instances(m, acq) == (n,)
+    assert lesion_instances(m) == (1,)

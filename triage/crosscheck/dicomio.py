@@ -2,8 +2,9 @@
 with the header variety a site sends: scanner and kernel names, rescale intercept and slope,
 signed or unsigned pixels, 12 or 16 stored bits, implicit or explicit VR, an optional localizer.
 
-Geometry: slice ``k`` of ``hu[z, row, col]`` is InstanceNumber ``k + 1`` at patient z
-``acq.z_top - k * acq.spacing_z`` (head first); rows run anterior to posterior (patient y
+Geometry: slice ``k`` of ``hu[z, row, col]`` is at patient z ``acq.z_top - k * acq.spacing_z``
+(slice 0 the most superior) with InstanceNumber ``k + 1`` (head first) or ``z - k``
+(``acq.feet_first``); rows run anterior to posterior (patient y
 grows), columns from the patient's right to left (patient x grows); the slice is centred on
 the isocentre.
 """
@@ -46,6 +47,9 @@ class Acquisition:
     bits_stored: int = 12  # 12 or 16
     implicit_vr: bool = False  # Implicit VR Little Endian instead of Explicit
     series_number: int = 2
+    # numbering from the feet: slice k (still at z_top - k * spacing_z) gets InstanceNumber
+    # z - k, so instance 1 is the most inferior slice (as many CTPAs are written)
+    feet_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,11 @@ def make_uid(*parts: object) -> str:
     """A deterministic UID from ``parts`` (2.25 + a decimal 128-bit hash, at most 64 chars)."""
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:16]
     return UID_ROOT + str(int.from_bytes(digest, "big"))
+
+
+def instance_number(k: int, n: int, acq: Acquisition) -> int:
+    """The InstanceNumber of slice ``k`` of ``n`` (slice 0 the most superior)."""
+    return n - k if acq.feet_first else k + 1
 
 
 def stored_values(hu: np.ndarray, acq: Acquisition) -> np.ndarray:
@@ -169,7 +178,7 @@ def write_series(
         ds.SeriesDescription = header.series_description
         ds.SeriesNumber = acq.series_number
         ds.AcquisitionNumber = 1
-        ds.InstanceNumber = k + 1
+        ds.InstanceNumber = instance_number(k, z, acq)
         zpos = acq.z_top - k * acq.spacing_z
         ds.ImagePositionPatient = [f"{x0:.4f}", f"{y0:.4f}", f"{zpos:.4f}"]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]

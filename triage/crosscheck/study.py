@@ -36,7 +36,11 @@ class CrossStudy:
     lesion_instances: tuple[int, ...]  # InstanceNumbers with lesion voxels
 
 
-def lesion_instances(lesion: np.ndarray) -> tuple[int, ...]:
-    """InstanceNumbers (1-based slice indices) of the slices of ``lesion`` [z, y, x] holding a
-    lesion voxel."""
-    return tuple(int(k) + 1 for k in np.flatnonzero(lesion.reshape(lesion.shape[0], -1).any(1)))
+def lesion_instances(lesion: np.ndarray, acq: Acquisition | None = None) -> tuple[int, ...]:
+    """InstanceNumbers of the slices of ``lesion`` [z, y, x] holding a lesion voxel, as
+    :func:`~triage.crosscheck.dicomio.write_series` numbers them for ``acq`` (head first when
+    None)."""
+    n = lesion.shape[0]
+    ks = np.flatnonzero(lesion.reshape(n, -1).any(1))
+    feet = acq is not None and acq.feet_first
+    return tuple(sorted(int(n - k) if feet else int(k) + 1 for k in ks))
