@@ -39,6 +39,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         workers=args.workers,
         front=args.front,
         generator=args.generator,
+        n_second=args.second,
     )
     for r in results:
         print(
@@ -224,6 +225,13 @@ def add_models_commands(subparsers: Any) -> None:
         choices=(3, 4),
         default=None,
         help="phantom generator (triage/synth/ct; default: each task's shipped model's)",
+    )
+    p.add_argument(
+        "--second",
+        type=int,
+        default=None,
+        help="training phantoms from the second, independently written painter, on top of "
+        "--n-train (triage/crosscheck head.py/chest.py; default: each task's shipped model's)",
     )
     p.set_defaults(func=_cmd_train)
     p = models.add_parser(

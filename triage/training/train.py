@@ -56,6 +56,10 @@ class TrainConfig:
     front: str = "fixed"  # the network's fixed feature channels (triage.training.nets.FRONT_ENDS)
     # what paints the training and tuning phantoms (triage.synth.ct.PhantomSpec.generator)
     generator: int = 3
+    # training phantoms painted by the second, independently written painter
+    # (triage.training.second_source), on top of the n_train of triage.synth.ct; the tuning
+    # set gets as many more in proportion (n_tune * n_second / n_train)
+    n_second: int = 0
 
 
 @dataclass(frozen=True)
@@ -362,6 +366,22 @@ def train_task(
         cfg.generator,
     )
     tune = generate(cfg.task, TUNE_SEED0, cfg.n_tune, 0.3, workers, cache_dir, cfg.generator)
+    if cfg.n_second:
+        from triage.training.second_source import generate_second, joined
+
+        n_tune_second = round(cfg.n_tune * cfg.n_second / cfg.n_train)
+        log.info(
+            "%s: %d + %d phantoms of the second painter", cfg.task, cfg.n_second, n_tune_second
+        )
+        train = joined(
+            train,
+            generate_second(
+                cfg.task, TRAIN_SEED0, cfg.n_second, cfg.train_positive_fraction, workers, cache_dir
+            ),
+        )
+        tune = joined(
+            tune, generate_second(cfg.task, TUNE_SEED0, n_tune_second, 0.3, workers, cache_dir)
+        )
     log.info("%s: data ready in %.0f s; training", cfg.task, time.monotonic() - t0)
     net, loss = fit(cfg, train)
     return finish_task(cfg, net, loss, tune, models_dir, t0)
@@ -424,6 +444,8 @@ DEFAULT_STEPS: dict[str, int] = {"ich": 5000, "pe": 5000}
 DEFAULT_FRONT: dict[str, str] = {"ich": "fixed", "pe": "fixed"}
 # the generator each task's shipped model was trained on (triage.synth.ct.PhantomSpec)
 DEFAULT_GENERATOR: dict[str, int] = {"ich": 4, "pe": 4}
+# training phantoms painted by the second painter (triage.training.second_source), per task
+DEFAULT_SECOND: dict[str, int] = {"ich": 0, "pe": 0}
 
 
 def train_all(
@@ -436,6 +458,7 @@ def train_all(
     workers: int = 2,
     front: str | None = None,
     generator: int | None = None,
+    n_second: int | None = None,
 ) -> list[TrainResult]:
     """Train ``tasks`` one after the other (``steps`` None: :data:`DEFAULT_STEPS`; ``front``
     None: :data:`DEFAULT_FRONT`; ``generator`` None: :data:`DEFAULT_GENERATOR`)."""
@@ -447,6 +470,7 @@ def train_all(
             steps=steps or DEFAULT_STEPS[t],
             front=front or DEFAULT_FRONT[t],
             generator=generator or DEFAULT_GENERATOR[t],
+            n_second=DEFAULT_SECOND[t] if n_second is None else n_second,
         )
         results.append(train_task(cfg, models_dir, cache_dir, workers))
     return results
