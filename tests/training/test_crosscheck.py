@@ -8,8 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_series
-from triage.training.crosscheck import crosscheck_markdown, is_positive, result_json, routed_model
-from triage.training.validate import HeldOut, StudyResult
+from triage.training.crosscheck import (
+    PAINTERS,
+    crosscheck_markdown,
+    is_positive,
+    report_name,
+    result_json,
+    routed_model,
+)
+from triage.training.validate import HeldOut, StudyResult, write_report
 
 
 def _series(folder: Path, header: StudyHeader) -> list[Path]:
@@ -45,9 +52,12 @@ def test_report_section_lists_false_alerts_and_routing() -> None:
     payload = {
         "date": "2026-12-07",
         "commit": "abc",
+        "painter": "b",
+        "modules": PAINTERS["b"],
         "results": [result_json(h, ["ich"] * 3 + [None])],
     }
     text = "\n".join(crosscheck_markdown(payload))
+    assert "## Independent look, painter b" in text and "`triage.crosscheck.head_b`" in text
     assert "| routed to the model by rules/routing.yaml | 0.75 (3/4" in text
     assert "seed 2: p 0.700 (calcified_pineal)" in text
     assert "| sensitivity | 0.50 (1/2" in text
@@ -65,3 +75,19 @@ def test_key_slice_hit_is_counted_by_instance_number() -> None:
     assert h.summary()["key_slice_hits"] == [2, 2]
     s.key_instance = 9
     assert h.summary()["key_slice_hits"] == [1, 2]
+
+
+def test_report_shows_each_painters_look(tmp_path: Path) -> None:
+    import json
+
+    for painter in ("a", "b"):
+        h = HeldOut("pe", "pe-x", 0.3, 9_000_000, [StudyResult(1, True, ["lobar"], [], "done",
+                    0.9, True), StudyResult(2, False, [], [], "done", 0.1, False)])  # fmt: skip
+        payload = {
+            "painter": painter,
+            "modules": PAINTERS[painter],
+            "results": [result_json(h, ["pe", "pe"])],
+        }
+        (tmp_path / report_name(painter)).write_text(json.dumps(payload))
+    text = write_report(tmp_path).read_text()
+    assert "Independent look, painter a" in text and "Independent look, painter b" in text

@@ -170,8 +170,9 @@ def _cmd_crosscheck(args: argparse.Namespace) -> int:
         triton_url=args.triton_url,
         workers=args.workers,
         seed0=args.seed0,
+        painter=args.painter,
     )
-    t = Table(title="Independent look: another generator's studies, production path")
+    t = Table(title=f"Independent look, painter {args.painter}: production path")
     for col in ("task", "version", "n (pos.)", "routed", "not assessable", "AUC", "sens",
                 "spec", "FA/study", "time"):  # fmt: skip
         t.add_column(col)
@@ -295,4 +296,10 @@ def add_models_commands(subparsers: Any) -> None:
     p.add_argument("--out", default="var/validation", help="report folder (docs/models)")
     p.add_argument("--triton-url", default=None, help="host:port of a running Triton (gRPC)")
     p.add_argument("--workers", type=int, default=2, help="painter processes (2)")
+    p.add_argument(
+        "--painter",
+        choices=("a", "b"),
+        default="b",
+        help="which independent painter (b: never trained on; a: may train a model)",
+    )
     p.set_defaults(func=_cmd_crosscheck)

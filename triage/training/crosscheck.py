@@ -1,17 +1,18 @@
 """The independent look: ``triage models crosscheck``.
 
-Studies painted by :mod:`triage.crosscheck` - a second generator, written from the radiology
-without reading the training generator, its feature windows or the input checks, and never
-used to train or tune - are written as DICOM and taken by the engine's own code, as the
+Studies painted by :mod:`triage.crosscheck` - generators written from the radiology without
+reading the training generator, its feature windows or the input checks - are written as DICOM and taken by the engine's own code, as the
 held-out validation takes its own (:func:`triage.training.validate.production_task`): the
 routing rules read the headers, then series selection, ``load_volume``, the input checks and
 the real Triton give what the worklist would show. Half the studies are positive (seed parity),
 so sensitivity and, above all, the false alerts on normal studies the models never saw the
 like of are measured side by side.
 
-The figures go to ``crosscheck.json`` and the report (``report.md``); they are not a held-out
-set (no model is chosen on them, but they are not frozen either: the painters may grow) and
-they are synthetic - evidence about robustness, not a clinical claim.
+Painter "a" (``head.py``, ``chest.py``) may also train a model
+(:mod:`triage.training.second_source`); a model trained on it is judged by painter "b"
+(``head_b.py``, ``chest_b.py``), written apart from both. The figures go to
+``crosscheck-<painter>.json`` and the report (``report.md``); they are synthetic - evidence
+about robustness, not a clinical claim.
 """
 
 from __future__ import annotations
@@ -38,10 +39,17 @@ from triage.training.validate import (
 )
 
 CROSSCHECK_SEED0 = 9_000_000  # never drawn by triage.synth.ct (training 1e6+, held-out 8e6+)
-PAINTERS = {"ich": "triage.crosscheck.head", "pe": "triage.crosscheck.chest"}
+# Independent painters, each written apart from triage.synth.ct and from the others. Painter
+# "a" may be used to train (triage.training.second_source): a model trained on it is judged
+# by painter "b" only.
+PAINTERS = {
+    "a": {"ich": "triage.crosscheck.head", "pe": "triage.crosscheck.chest"},
+    "b": {"ich": "triage.crosscheck.head_b", "pe": "triage.crosscheck.chest_b"},
+}
+DEFAULT_PAINTER = "b"
 ROUTING_RULES = Path(__file__).resolve().parents[2] / "rules" / "routing.yaml"
 
-Job = tuple[Path, str, int, bool]  # folder, task, seed, label
+Job = tuple[Path, str, int, bool, str]  # folder, task, seed, label, painter
 
 
 def is_positive(seed: int) -> bool:
@@ -51,8 +59,8 @@ def is_positive(seed: int) -> bool:
 
 def write_job(job: Job) -> Any:
     """Paint and write one study (in a worker process); returns its ``CrossStudy``."""
-    folder, task, seed, label = job
-    painter = importlib.import_module(PAINTERS[task])
+    folder, task, seed, label, which = job
+    painter = importlib.import_module(PAINTERS[which][task])
     return painter.write_study(folder, seed, label)
 
 
@@ -90,16 +98,17 @@ def crosscheck_task(
     work_dir: Path,
     workers: int = 2,
     advance: Any = None,
+    painter: str = DEFAULT_PAINTER,
 ) -> tuple[HeldOut, list[str | None]]:
-    """Paint, write and analyse each study of ``seeds`` as the engine does; returns the
-    results and, per study, the model the routing rules chose."""
+    """Paint (``painter``), write and analyse each study of ``seeds`` as the engine does;
+    returns the results and, per study, the model the routing rules chose."""
     t0 = time.monotonic()
     contract = analyzer.contract(task)
-    jobs: list[Job] = [(work_dir / f"x{task}-{s}", task, s, is_positive(s)) for s in seeds]
+    jobs: list[Job] = [(work_dir / f"x{task}-{s}", task, s, is_positive(s), painter) for s in seeds]
     out = HeldOut(task, contract.version, contract.threshold, int(seeds[0]) if seeds else 0, [])
     routes: list[str | None] = []
     busy = 0.0
-    for (folder, _task, seed, label), study in written(jobs, workers, write_job):
+    for (folder, _task, seed, label, _painter), study in written(jobs, workers, write_job):
         t1 = time.monotonic()
         routes.append(routed_model(study.files))
         a = analyzer.analyze(task, instance_rows(study.files))
@@ -137,11 +146,22 @@ def result_json(h: HeldOut, routes: Sequence[str | None]) -> dict[str, Any]:
     return payload
 
 
-def write_crosscheck(out_dir: Path, results: Sequence[tuple[HeldOut, list[str | None]]]) -> Path:
+def report_name(painter: str) -> str:
+    """The JSON file of painter ``painter``'s results in the report folder."""
+    return f"crosscheck-{painter}.json"
+
+
+def write_crosscheck(
+    out_dir: Path,
+    results: Sequence[tuple[HeldOut, list[str | None]]],
+    painter: str = DEFAULT_PAINTER,
+) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "crosscheck.json"
+    path = out_dir / report_name(painter)
     payload = {
         "note": "independent synthetic phantoms (triage/crosscheck/); not for clinical use",
+        "painter": painter,
+        "modules": PAINTERS[painter],
         "date": time.strftime("%Y-%m-%d"),
         "commit": git_commit(),
         "results": merged_results(path, [result_json(h, r) for h, r in results], "summary"),
@@ -160,9 +180,12 @@ def crosscheck(
     workers: int = 2,
     seed0: int = CROSSCHECK_SEED0,
     progress: bool = True,
+    painter: str = DEFAULT_PAINTER,
 ) -> list[tuple[HeldOut, list[str | None]]]:
     """``n`` independent studies per task through the production path; writes
-    ``crosscheck.json`` and regenerates the report."""
+    ``crosscheck-<painter>.json`` and regenerates the report."""
+    if painter not in PAINTERS:
+        raise ValueError(f"painter {painter!r}: one of {', '.join(sorted(PAINTERS))}")
     seeds = list(range(seed0, seed0 + n))
     results = []
     with (
@@ -172,7 +195,7 @@ def crosscheck(
         work = Path(tmp)
         with engine_analyzer(models_dir, work, triton_url) as (analyzer, _client):
             for task in tasks:
-                job = bar.add_task(f"independent {task} (DICOM -> engine)", total=n)
+                job = bar.add_task(f"painter {painter}: {task} (DICOM -> engine)", total=n)
                 results.append(
                     crosscheck_task(
                         task,
@@ -181,9 +204,10 @@ def crosscheck(
                         work_dir=work,
                         workers=workers,
                         advance=lambda job=job: bar.advance(job),
+                        painter=painter,
                     )
                 )
-    write_crosscheck(out_dir, results)
+    write_crosscheck(out_dir, results, painter)
     write_report(out_dir)
     return results
 
@@ -193,12 +217,15 @@ def crosscheck_markdown(payload: dict[str, Any]) -> list[str]:
     from triage.training.validate import _ok, _pct
 
     sums = [r["summary"] for r in payload["results"]]
+    painter = payload.get("painter", "a")
+    modules = ", ".join(f"`{m}`" for m in payload.get("modules", PAINTERS["a"]).values())
     lines = [
-        f"## Independent look: another generator's studies ({payload.get('date', '?')})",
+        f"## Independent look, painter {painter}: another generator's studies "
+        f"({payload.get('date', '?')})",
         "",
-        "Studies painted by `triage/crosscheck/` - a second generator written from the "
-        "radiology without reading the training generator, the models' features or the input "
-        f"checks, never used to train or tune (seeds {sums[0]['seed0']:,}+, half positive) - "
+        f"Studies painted by {modules} - written from the radiology without reading the "
+        "training generator, the models' features or the input checks "
+        f"(seeds {sums[0]['seed0']:,}+, half positive) - "
         "written as DICOM and taken by the engine's own code (routing rules on the headers, "
         "series selection, input checks, Triton). Commit "
         f"`{str(payload.get('commit', '?'))[:10]}`. Synthetic: evidence about robustness, not "
@@ -242,7 +269,7 @@ def crosscheck_markdown(payload: dict[str, Any]) -> list[str]:
     lines.append("")
     for r in payload["results"]:
         s = r["summary"]
-        lines += [f"### {s['task']} (independent)", "", "| lesion kind | sensitivity |"]
+        lines += [f"### {s['task']} (painter {painter})", "", "| lesion kind | sensitivity |"]
         lines += ["|---|---|"] + [f"| {k} | {_pct(*v)} |" for k, v in s["by_kind"].items()]
         lines += ["", "| negatives carrying | specificity |", "|---|---|"]
         lines += [f"| {k} | {_pct(*v)} |" for k, v in s["by_mimic"].items()]
