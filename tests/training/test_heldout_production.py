@@ -63,3 +63,29 @@ def test_production_path_matches_in_memory(
     assert summary["not_assessable_positives"] == 1 and summary["fn"] >= 1  # counted as a miss
     assert summary["key_slice_hits"][1] == 1
     assert not any(tmp_path.glob("ich-*"))  # each series removed once analysed
+
+
+def test_independent_painter_through_the_production_path(
+    triton: tuple[LocalTriton, Path], tmp_path: Path
+) -> None:
+    """``triage models crosscheck``'s path: two head CTs of painter a (a normal one at 5 mm,
+    a bleed at 2.5 mm), routed by the rules from their headers and analysed by the engine
+    on the real Triton; the truth travels beside them."""
+    from triage.training.crosscheck import crosscheck_task
+
+    server, repo = triton
+    with InferenceClient(server.grpc_url, "grpc", timeout=60, models_dir=repo) as client:
+        analyzer = TritonAnalyzer(tmp_path / "data", repo, key_images=False)
+        analyzer.attach(client)
+        h, routes = crosscheck_task(
+            "ich", analyzer, [9_000_000, 9_000_001], work_dir=tmp_path, workers=1, painter="a"
+        )
+    assert routes == ["ich", "ich"]
+    assert [s.label for s in h.studies] == [False, True]
+    assert [s.status for s in h.studies] == ["done", "done"]
+    neg, pos = h.studies
+    assert not neg.lesion_instances and pos.lesion_instances and pos.kinds
+    for s in h.studies:
+        assert s.probability is not None and 0.0 <= s.probability <= 1.0
+        assert s.key_instance is not None  # an InstanceNumber of the written series
+    assert not list(tmp_path.glob("xich-*"))  # the written series are removed
