@@ -115,7 +115,7 @@ class TritonAnalyzer:
             volume, per_slab = thicken(volume, limits.min_slice_thickness_mm)
             if per_slab > 1:
                 log.info(
-                    "%s: slices thinner than the trained range, read as slabs of %d (%.2g mm)",
+                    "%s: slices thinner than the trained range, read as slabs of %d (%.3g mm)",
                     model,
                     per_slab,
                     volume.slice_thickness or 0.0,

@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 PAINTERS = {"ich": "triage.crosscheck.head", "pe": "triage.crosscheck.chest"}
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = (
-    "triage/crosscheck/*.py",
+    "triage/crosscheck/head.py",
+    "triage/crosscheck/chest.py",
+    "triage/crosscheck/dicomio.py",
+    "triage/crosscheck/study.py",
     "triage/inference/volume.py",
     "triage/inference/slabs.py",
     "triage/training/second_source.py",
