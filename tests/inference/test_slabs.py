@@ -62,6 +62,15 @@ def test_thicken_averages_consecutive_slices() -> None:
     assert vol.paths == ["s1.dcm", "s3.dcm", "s5.dcm", "s7.dcm", "s8.dcm"]
 
 
+def test_gapped_thin_slices_are_not_averaged() -> None:
+    """1 mm slices every 5 mm: two neighbours are not one thicker slice; left as they are
+    (the thickness check then refuses them, as before). 0.75 mm every 1.05 mm is averaged."""
+    v = _volume(20, 5.0, 1.0)
+    assert thicken(v, 1.25) == (v, 1)
+    out, k = thicken(_volume(20, 1.05, 0.75), 1.0)
+    assert k == 2 and out.slice_thickness == pytest.approx(1.8)
+
+
 def test_thick_enough_volume_is_returned_as_it_is() -> None:
     v = _volume(9, 2.5, 2.5)
     out, k = thicken(v, 1.25)

@@ -39,13 +39,18 @@ def slab_starts(n: int, k: int) -> list[int]:
 
 def thicken(volume: Volume, minimum: float | None) -> tuple[Volume, int]:
     """``volume`` as slabs at least ``minimum`` mm thick, and the slices per slab (1: the
-    volume itself, unchanged, when its slices are thick enough, ``minimum`` is None or too
+    volume itself, unchanged, when its slices are thick enough, ``minimum`` is None, the
+    slices lie far apart - spacing over 1.5 x their thickness and over ``minimum`` - or too
     few slices would remain)."""
     z = volume.z_positions
     if minimum is None or len(z) < 2:
         return volume, 1
     spacing = float(np.median(np.diff(z)))
     thickness = volume.slice_thickness if volume.slice_thickness else spacing
+    if spacing > max(1.5 * float(thickness), float(minimum)):
+        # thin slices far apart (a gapped series): no slab of neighbours stands for one
+        # thicker slice; the input checks judge the series as it is
+        return volume, 1
     k = slab_size(float(thickness), spacing, float(minimum))
     if k <= 1 or len(z) < 2 * k:
         return volume, 1
