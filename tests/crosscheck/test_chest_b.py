@@ -51,7 +51,7 @@ def test_every_level_paints_clot_inside_an_opacified_artery(level: str) -> None:
     assert float(np.median(clot)) < _patch(p.hu, probes["rv"], 2) - 60
 
 
-@pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.parametrize("seed", [0, 3, 9])
 def test_negatives_have_no_lesion_and_structures_hold_their_hu(seed: int) -> None:
     p, probes = chest_b._paint(seed, False, size=SIZE, max_slices=SLICES)
     assert not p.lesion.any() and p.kinds == ()
@@ -60,10 +60,11 @@ def test_negatives_have_no_lesion_and_structures_hold_their_hu(seed: int) -> Non
     trunk = _patch(hu, probes["trunk"])
     assert abs(_patch(hu, probes["rv"], 2) - trunk) < 120  # right heart opacified alike
     assert (120 if poor else 200) < trunk < 560, trunk
-    assert -950 < _patch(hu, probes["lung"]) < -700
+    assert -950 < _patch(hu, probes["lung"], 8) < -700  # median: a vessel may cross
     assert 70 < _patch(hu, probes["aorta"]) < 420
     marrow = _patch(hu, probes["marrow"])
-    assert 10 < marrow < 360, marrow
+    # cancellous marrow 100-300 HU, 40-100 when osteoporotic (plus noise and blur)
+    assert (10 < marrow < 140) if "osteoporotic" in p.notes else (70 < marrow < 360), marrow
     assert 60 < _patch(hu, probes["vein"]) < trunk + 40
     assert hu.dtype == np.float32 and float(hu.min()) >= -1024.0
 

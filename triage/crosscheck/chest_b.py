@@ -173,14 +173,17 @@ def _seg_field(
     r1: float,
     flat: np.ndarray | None = None,
     aspect: float = 1.0,
+    end_inset: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Signed distance (mm) to a tapered capsule p0-p1 and the ramp width, in box ``b``.
-    ``flat``/``aspect``: an elliptical section, radius times ``aspect`` along ``flat``."""
+    ``flat``/``aspect``: an elliptical section, radius times ``aspect`` along ``flat``.
+    ``end_inset``: flat ends instead of round caps (a cylinder), moved in by that much."""
     X, Y, Z = cv.grids(b)
     a = p1 - p0
     L2 = max(float(a @ a), 1e-9)
     dx, dy, dz = X - p0[0], Y - p0[1], Z - p0[2]
-    t = np.clip((dx * a[0] + dy * a[1] + dz * a[2]) / L2, 0.0, 1.0)
+    tu = (dx * a[0] + dy * a[1] + dz * a[2]) / L2
+    t = np.clip(tu, 0.0, 1.0)
     ex, ey, ez = dx - t * a[0], dy - t * a[1], dz - t * a[2]
     rho2 = ex * ex + ey * ey + ez * ez + 1e-6
     r = r0 + (r1 - r0) * t
@@ -191,7 +194,12 @@ def _seg_field(
         d = d / scale
     else:
         d = np.sqrt(rho2) - r
-    return d, cv.width(ez * ez / rho2)
+    w = cv.width(ez * ez / rho2)
+    if end_inset is not None:
+        da = np.maximum(-tu, tu - 1.0) * math.sqrt(L2) + end_inset
+        w = np.where(da > d, cv.width(np.array(a[2] ** 2 / L2, np.float32)), w)
+        d = np.maximum(d, da)
+    return d, w
 
 
 def _seg_box(
@@ -208,10 +216,11 @@ def paint_tube(
     layers: list[tuple[float, float]],
     flat: list[np.ndarray] | None = None,
     aspect: float = 1.0,
+    round_ends: bool = True,
 ) -> None:
     """A polyline tube, painted layer by layer (outermost first): each layer (inset mm, HU) is
     the tube shrunk by the inset, so inner layers never lose to a neighbouring segment's outer
-    layer."""
+    layer. ``round_ends`` False: flat-ended cylinders (vertebral bodies, discs, sternum)."""
     for inset, value in layers:
         for s in range(len(pts) - 1):
             r0, r1 = radii[s] - inset, radii[s + 1] - inset
@@ -221,7 +230,17 @@ def paint_tube(
             if b is None:
                 continue
             fl = flat[s] if flat is not None else None
-            d, w = _seg_field(cv, b, pts[s], pts[s + 1], max(r0, 0.05), max(r1, 0.05), fl, aspect)
+            d, w = _seg_field(
+                cv,
+                b,
+                pts[s],
+                pts[s + 1],
+                max(r0, 0.05),
+                max(r1, 0.05),
+                fl,
+                aspect,
+                None if round_ends else inset,
+            )
             cv.blend(b, _cover(d, w), value)
 
 
@@ -411,10 +430,20 @@ def _grow(
         r1 = r * rng.uniform(0.75, 0.9)
         r2 = max(r**3 - r1**3, (0.45 * r) ** 3) ** (1 / 3)
         e = _unit(np.cross(d, rng.normal(size=3)))
+        f = np.cross(d, e)
         a1, a2 = np.radians(rng.uniform(10, 30)), np.radians(rng.uniform(30, 60))
-        for rc, a, sgn in ((r1, a1, 1.0), (r2, a2, -1.0)):
+        kids = [(r1, a1, e), (r2, a2, -e)]
+        if g <= 1:  # lobar and segmental trunks give off a third, side branch
+            kids.append(
+                (
+                    r * rng.uniform(0.5, 0.65),
+                    np.radians(rng.uniform(45, 75)),
+                    f if rng.random() < 0.5 else -f,
+                )
+            )
+        for rc, a, ev in kids:
             if rc >= r_min:
-                nd = _unit(d * math.cos(a) + sgn * e * math.sin(a))
+                nd = _unit(d * math.cos(a) + ev * math.sin(a))
                 stack.append((best, nd, rc, g + 1, me))
 
 
@@ -569,7 +598,14 @@ def _paint(
             if cl.get("saddle"):
                 notes.append("saddle")
     if label and not kinds:  # every clot fell below half a voxel: paint a sure central one
-        cl = {"seg": 0, "level": "central", "occlusive": False, "hu": 45.0, "frac": (0.3, 0.9)}
+        cl = {
+            "seg": 0,
+            "level": "central",
+            "occlusive": False,
+            "hu": 45.0,
+            "frac": (0.3, 0.9),
+            "mural": False,
+        }
         _paint_clot(cv, lesion_rng, arteries, cl)
         kinds.append("central")
     if label and any(c["occlusive"] for c in plan):
@@ -825,6 +861,21 @@ def _paint_trunk_regions(
         lung += np.minimum(fiss, 1.0) * fis_amp * 1.5
         h += fl * (lung - h)
         cv.hu[k0:k1, bi, bj] = h
+    # emphysema: centrilobular holes (< -950 HU) in the upper lungs of some older patients
+    if age > 50 and rng.random() < 0.3:
+        notes.append("emphysema")
+        cands = np.stack(
+            [
+                rng.uniform(-body.Ac, body.Ac, 400),
+                rng.uniform(body.cyc - body.Bc, body.cyc + body.Bc, 400),
+                rng.uniform(body.dome_r + 40, body.apex - 10, 400),
+            ],
+            axis=1,
+        )
+        radii = rng.uniform(2.0, 7.0, 400)
+        ok = body.lung_margin(cands) > radii + 3
+        for c, r in list(zip(cands[ok], radii[ok], strict=True))[: int(rng.integers(20, 70))]:
+            paint_ellipsoid(cv, c, np.full(3, r), np.eye(3), [(0, rng.uniform(-1000, -960))])
     # arms down: an arm beside each side, humerus with fatty marrow
     if arms_down:
         for sgn in (-1.0, 1.0):
@@ -892,9 +943,12 @@ def _paint_skeleton(
             [(0, cortex), (cort_t, marrow)],
             flat=[np.array([0.0, 1.0, 0.0])],
             aspect=0.85,
+            round_ends=False,
         )
         pd = np.array([0, yv, z + vh]), np.array([0, yv, z + vh + disc])
-        paint_tube(cv, np.stack(pd), np.array([rr * 0.95, rr * 0.95]), [(0, disc_hu)])
+        paint_tube(
+            cv, np.stack(pd), np.array([rr * 0.95, rr * 0.95]), [(0, disc_hu)], round_ends=False
+        )
         # canal, pedicles, lamina, spinous and transverse processes
         yc = yv + rr * 0.85 + 9
         for sgn in (-1.0, 1.0):
@@ -985,6 +1039,7 @@ def _paint_skeleton(
             [(0, cortex * 0.8), (1.2, marrow)],
             flat=[np.array([0.0, 1.0, 0.0])],
             aspect=0.27,
+            round_ends=False,
         )
     # clavicles: from the manubrium to the shoulder, an S curve
     for sgn in (-1.0, 1.0):
