@@ -379,10 +379,10 @@ def _plan_mass_effect(spec: _Spec) -> None:
     spec.warp = {
         "push": push,
         "shift": 0.0 if infra else shift,
-        "eff": float(np.clip(vol / 35.0, 0.2, 1.0)),
+        "eff": float(np.clip(vol / 60.0, 0.1, 0.8)),
         "c": centre,
         "side": side,
-        "L": 25.0 + vol ** (1 / 3) * 6.0,
+        "L": 18.0 + vol ** (1 / 3) * 4.0,
     }
 
 
@@ -1384,7 +1384,12 @@ def _paint(
     # ---- physics in the image: beam hardening, holder, noise, motion, offset, FOV
     yv = pix[:, None]
     xv = pix[None, :]
-    bone_frac = (thin > 1300).mean((1, 2)) / np.maximum((thin > 900).mean((1, 2)), 1e-3)
+    # photon starvation: noise grows with the water-equivalent path through the slice (bone
+    # counts more), e^(mu L / 2) with mu 0.019/mm; vertex slices are quieter, the skull base
+    # and posterior fossa noisier
+    a_w = np.clip(thin, 0, None).sum((1, 2)) / 1000.0 * fine * fine
+    path = 2.0 * np.sqrt(a_w / np.pi)
+    noise_gain = np.clip(np.exp(0.0095 * (path - 175.0)), 0.6, 1.9)
     axis_x = geo.rot[:, 0]
     side = np.sign(
         (gx[None, :] - geo.shift[0]) * axis_x[0] + (gy[:, None] - geo.shift[1]) * axis_x[1]
@@ -1447,17 +1452,17 @@ def _paint(
             blk[:] = np.where(pad & airy, foam_v, blk)
             blk += (shell * (hold_v - blk) * (blk < -500)).astype(F32)
 
-    sd5 = rng.uniform(3.0, 5.5) * KERNEL_NOISE[kclass]
+    sd5 = rng.uniform(2.6, 5.0) * KERNEL_NOISE[kclass]
     sd = sd5 * math.sqrt(5.0 / thick)
     tex = _noise_textures(rng, MATRIX, geo.ps, KERNEL_FC[kclass], 6)
     rc = np.hypot(xv - geo.shift[0], yv - geo.shift[1])
-    centre_gain = (1.0 + 0.25 * np.exp(-((rc / 70.0) ** 2))).astype(F32)
+    centre_gain = (1.0 + 0.15 * np.exp(-((rc / 70.0) ** 2))).astype(F32)
     for k in range(n_sl):
         i, j = rng.integers(6, size=2)
         c = rng.uniform(0, 1)
         n1 = np.roll(tex[i], tuple(rng.integers(MATRIX, size=2)), (0, 1))
         n2 = np.roll(tex[j], tuple(rng.integers(MATRIX, size=2)), (0, 1))[::-1]
-        f = (1 + 2.5 * bone_frac[k]) / 1.3
+        f = noise_gain[k]
         out[k] += (sd * f) * centre_gain * (math.sqrt(c) * n1 + math.sqrt(1 - c) * n2)
     if rng.uniform() < 0.08 and n_sl > 6:
         notes.append("motion")
