@@ -24,8 +24,10 @@ FINDINGS = {"ich": "intracranial hemorrhage", "pe": "pulmonary embolism"}
 # the study's own soft tissue (nets.REFERENCE), probability recalibrated on the tuning set;
 # ich 3.1: trained with domain randomisation (triage.training.augment) and its operating point
 # chosen on the tuning phantoms and an augmented copy of each; ich 4.0: the same recipe,
-# 5,000 steps, on head generator 4 (skull base, face and the skull's glare).
-VERSIONS = {"ich": "synthcnn-4.0", "pe": "synthcnn-3.0"}
+# 5,000 steps, on head generator 4 (skull base, face and the skull's glare); ich 4.1: the same
+# with 210 more training phantoms from an independently written painter
+# (triage.training.second_source).
+VERSIONS = {"ich": "synthcnn-4.1", "pe": "synthcnn-3.0"}
 
 
 def export_onnx(net, path: Path) -> Path:  # type: ignore[no-untyped-def]

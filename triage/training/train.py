@@ -445,7 +445,8 @@ DEFAULT_FRONT: dict[str, str] = {"ich": "fixed", "pe": "fixed"}
 # the generator each task's shipped model was trained on (triage.synth.ct.PhantomSpec)
 DEFAULT_GENERATOR: dict[str, int] = {"ich": 4, "pe": 4}
 # training phantoms painted by the second painter (triage.training.second_source), per task
-DEFAULT_SECOND: dict[str, int] = {"ich": 0, "pe": 0}
+# (ich-synthcnn-4.1: 210, with 48 more tuning phantoms; docs/models.md)
+DEFAULT_SECOND: dict[str, int] = {"ich": 210, "pe": 0}
 
 
 def train_all(
