@@ -3,10 +3,11 @@
 Studies painted by :mod:`triage.crosscheck` - generators written from the radiology without
 reading the training generator, its feature windows or the input checks - are written as
 DICOM and taken by the engine's own code, as the held-out validation takes its own
-(:func:`triage.training.validate.production_task`): the routing rules read the headers, then series selection, ``load_volume``, the input checks and
-the real Triton give what the worklist would show. Half the studies are positive (seed parity),
-so sensitivity and, above all, the false alerts on normal studies the models never saw the
-like of are measured side by side.
+(:func:`triage.training.validate.production_task`): the routing rules read the headers, then
+series selection, ``load_volume``, the input checks and the real Triton give what the
+worklist would show. Half the studies are positive (seed parity), so sensitivity and, above
+all, the false alerts on normal studies the models never saw the like of are measured side
+by side.
 
 Painter "a" (``head.py``, ``chest.py``) may also train a model
 (:mod:`triage.training.second_source`); a model trained on it is judged by painter "b"
