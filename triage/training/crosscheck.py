@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,11 +29,10 @@ from typing import Any
 from triage.training.validate import (
     HeldOut,
     StudyResult,
-    engine_analyzer,
+    engine_session,
     git_commit,
     instance_rows,
     merged_results,
-    progress_bar,
     write_report,
     written,
 )
@@ -189,25 +187,21 @@ def crosscheck(
         raise ValueError(f"painter {painter!r}: one of {', '.join(sorted(PAINTERS))}")
     seeds = list(range(seed0, seed0 + n))
     results = []
-    with (
-        tempfile.TemporaryDirectory(prefix="triage-crosscheck-") as tmp,
-        progress_bar(progress) as bar,
-    ):
-        work = Path(tmp)
-        with engine_analyzer(models_dir, work, triton_url) as (analyzer, _client):
-            for task in tasks:
-                job = bar.add_task(f"painter {painter}: {task} (DICOM -> engine)", total=n)
-                results.append(
-                    crosscheck_task(
-                        task,
-                        analyzer,
-                        seeds,
-                        work_dir=work,
-                        workers=workers,
-                        advance=lambda job=job: bar.advance(job),
-                        painter=painter,
-                    )
+    with engine_session(models_dir, triton_url, "triage-crosscheck-", progress) as session:
+        work, analyzer, _client, bar = session
+        for task in tasks:
+            job = bar.add_task(f"painter {painter}: {task} (DICOM -> engine)", total=n)
+            results.append(
+                crosscheck_task(
+                    task,
+                    analyzer,
+                    seeds,
+                    work_dir=work,
+                    workers=workers,
+                    advance=lambda job=job: bar.advance(job),
+                    painter=painter,
                 )
+            )
     write_crosscheck(out_dir, results, painter)
     write_report(out_dir)
     return results

@@ -505,6 +505,22 @@ def engine_analyzer(
             server.stop()
 
 
+@contextmanager
+def engine_session(
+    models_dir: Path, triton_url: str | None, prefix: str, progress: bool
+) -> Iterator[tuple[Path, TritonAnalyzer, InferenceClient, Progress]]:
+    """A temporary work folder, the engine's analyzer on a Triton serving ``models_dir``
+    (:func:`engine_analyzer`) and a progress display: what every production-path command
+    (held-out, independent look) runs in. Yields (work folder, analyzer, client, progress)."""
+    with (
+        tempfile.TemporaryDirectory(prefix=prefix) as tmp,
+        progress_bar(progress) as bar,
+    ):
+        work = Path(tmp)
+        with engine_analyzer(models_dir, work, triton_url) as (analyzer, client):
+            yield work, analyzer, client, bar
+
+
 def validate(
     models_dir: Path,
     out_dir: Path,
@@ -528,32 +544,28 @@ def validate(
     seeds = list(range(seed0, seed0 + n))
     results: list[HeldOut] = []
     control_rows: list[dict[str, Any]] | None = None
-    with (
-        tempfile.TemporaryDirectory(prefix="triage-heldout-") as tmp,
-        progress_bar(progress) as bar,
-    ):
-        work = Path(tmp)
-        with engine_analyzer(models_dir, work, triton_url) as (analyzer, client):
-            for task in tasks:
-                job = bar.add_task(f"held-out {task} (DICOM -> engine)", total=n)
-                results.append(
-                    production_task(
-                        task,
-                        analyzer,
-                        client,
-                        seeds,
-                        workers=workers,
-                        in_memory=in_memory,
-                        work_dir=work,
-                        advance=lambda job=job: bar.advance(job),
-                        generator=trained_generator(models_dir, task),
-                    )
+    with engine_session(models_dir, triton_url, "triage-heldout-", progress) as session:
+        work, analyzer, client, bar = session
+        for task in tasks:
+            job = bar.add_task(f"held-out {task} (DICOM -> engine)", total=n)
+            results.append(
+                production_task(
+                    task,
+                    analyzer,
+                    client,
+                    seeds,
+                    workers=workers,
+                    in_memory=in_memory,
+                    work_dir=work,
+                    advance=lambda job=job: bar.advance(job),
+                    generator=trained_generator(models_dir, task),
                 )
-            try:
-                control_rows = run_real_controls(analyzer, work, controls_data)
-            except Exception as exc:  # the held-out figures stand without them
-                log.warning("real controls not run: %s", exc)
-                control_rows = None
+            )
+        try:
+            control_rows = run_real_controls(analyzer, work, controls_data)
+        except Exception as exc:  # the held-out figures stand without them
+            log.warning("real controls not run: %s", exc)
+            control_rows = None
     commit = git_commit()
     append_ledger(ledger, [ledger_entry(h, again, commit) for h in results])
     write_heldout(out_dir, results)
