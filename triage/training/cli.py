@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary_table(title: str, results: Sequence[Any], routed: Sequence[str] | None = None) -> Any:
+    """The closing table of a production-path command: one row per task's results
+    (:class:`~triage.training.validate.HeldOut`), with a routing column when ``routed``."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    columns = ["task", "version", "n (pos.)", *(["routed"] if routed else [])]
+    for col in (*columns, "not assessable", "AUC", "sens", "spec", "FA/study", "ECE", "time"):
+        t.add_column(col)
+    for i, r in enumerate(results):
+        s = r.summary()
+        t.add_row(
+            r.task,
+            r.model_version,
+            f"{s['n']} ({s['positives']})",
+            *([routed[i]] if routed else []),
+            f"{s['not_assessable']} ({s['not_assessable_positives']} pos.)",
+            f"{s['auc']:.3f}",
+            f"{s['sensitivity']:.3f}",
+            f"{s['specificity']:.3f}",
+            f"{s['false_alerts_per_study']:.3f}",
+            f"{s['ece']:.3f}",
+            f"{s['seconds']:.0f} s",
+        )
+    return t
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     _logging()
     from rich.console import Console
@@ -72,26 +100,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     except HeldOutRefused as exc:
         console.print(f"[bold red]refused:[/] {exc}")
         return 2
-    from rich.table import Table
-
-    t = Table(title="Held-out set through the production path (synthetic phantoms)")
-    for col in ("task", "version", "n (pos.)", "not assessable", "AUC", "sens", "spec",
-                "FA/study", "ECE", "time"):  # fmt: skip
-        t.add_column(col)
-    for r in results:
-        s = r.summary()
-        t.add_row(
-            r.task,
-            r.model_version,
-            f"{s['n']} ({s['positives']})",
-            f"{s['not_assessable']} ({s['not_assessable_positives']} pos.)",
-            f"{s['auc']:.3f}",
-            f"{s['sensitivity']:.3f}",
-            f"{s['specificity']:.3f}",
-            f"{s['false_alerts_per_study']:.3f}",
-            f"{s['ece']:.3f}",
-            f"{s['seconds']:.0f} s",
-        )
+    t = _summary_table("Held-out set through the production path (synthetic phantoms)", results)
     console.print(t)
     console.print("Synthetic phantoms; not for clinical use.")
     console.print(f"report: {Path(args.out) / 'report.md'}; ledger: {args.ledger}")
@@ -158,7 +167,6 @@ def _cmd_controls(args: argparse.Namespace) -> int:
 def _cmd_crosscheck(args: argparse.Namespace) -> int:
     _logging()
     from rich.console import Console
-    from rich.table import Table
 
     from triage.training.crosscheck import crosscheck
 
@@ -172,24 +180,11 @@ def _cmd_crosscheck(args: argparse.Namespace) -> int:
         seed0=args.seed0,
         painter=args.painter,
     )
-    t = Table(title=f"Independent look, painter {args.painter}: production path")
-    for col in ("task", "version", "n (pos.)", "routed", "not assessable", "AUC", "sens",
-                "spec", "FA/study", "time"):  # fmt: skip
-        t.add_column(col)
-    for h, routes in results:
-        s = h.summary()
-        t.add_row(
-            h.task,
-            h.model_version,
-            f"{s['n']} ({s['positives']})",
-            f"{sum(r == h.task for r in routes)}/{len(routes)}",
-            f"{s['not_assessable']} ({s['not_assessable_positives']} pos.)",
-            f"{s['auc']:.3f}",
-            f"{s['sensitivity']:.3f}",
-            f"{s['specificity']:.3f}",
-            f"{s['false_alerts_per_study']:.3f}",
-            f"{s['seconds']:.0f} s",
-        )
+    t = _summary_table(
+        f"Independent look, painter {args.painter}: production path",
+        [h for h, _ in results],
+        [f"{sum(r == h.task for r in routes)}/{len(routes)}" for h, routes in results],
+    )
     console = Console()
     console.print(t)
     console.print("Synthetic phantoms from an independent generator; not for clinical use.")
