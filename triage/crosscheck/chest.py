@@ -64,8 +64,8 @@ from typing import Any
 
 import numpy as np
 
-from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_series
-from triage.crosscheck.study import CrossStudy, Painted, lesion_instances
+from triage.crosscheck.dicomio import Acquisition, StudyHeader
+from triage.crosscheck.study import CrossStudy, Painted, write_painted
 
 N = 512
 LEVELS = ("central", "lobar", "segmental", "subsegmental")
@@ -1969,14 +1969,4 @@ def paint(task_seed: int, label: bool) -> Painted:
 
 def write_study(folder: Path, seed: int, label: bool) -> CrossStudy:
     """Paint the study and write it as one axial DICOM series under ``folder``."""
-    p = paint(seed, label)
-    files = write_series(folder, p.hu, p.acq, p.header, window=(100.0, 700.0))
-    return CrossStudy(
-        task="pe",
-        seed=seed,
-        label=label,
-        kinds=p.kinds,
-        notes=p.notes,
-        files=tuple(files),
-        lesion_instances=lesion_instances(p.lesion),
-    )
+    return write_painted(folder, "pe", seed, label, paint(seed, label), window=(100.0, 700.0))

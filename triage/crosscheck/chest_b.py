@@ -57,10 +57,8 @@ import numpy as np
 from triage.crosscheck.dicomio import (
     Acquisition,
     StudyHeader,
-    write_localizer,
-    write_series,
 )
-from triage.crosscheck.study import CrossStudy, Painted, lesion_instances
+from triage.crosscheck.study import CrossStudy, Painted, write_painted
 
 SIZE = 512
 MAX_SLICES = 300
@@ -691,19 +689,8 @@ def write_study(
     """Paint and write one CTPA under ``folder`` (a localizer first in some); returns its
     truth. ``size``/``max_slices`` as for :func:`paint`."""
     p = paint(seed, label, size=size, max_slices=max_slices)
-    files: list[Path] = []
-    if np.random.default_rng([seed, 2, 0x7C7A]).random() < 0.35:
-        files.append(write_localizer(folder, p.hu, p.acq, p.header))
-    files += write_series(folder, p.hu, p.acq, p.header, window=(100.0, 700.0))
-    return CrossStudy(
-        task="pe",
-        seed=seed,
-        label=label,
-        kinds=p.kinds,
-        notes=p.notes,
-        files=tuple(files),
-        lesion_instances=lesion_instances(p.lesion, p.acq),
-    )
+    scout = bool(np.random.default_rng([seed, 2, 0x7C7A]).random() < 0.35)
+    return write_painted(folder, "pe", seed, label, p, window=(100.0, 700.0), localizer=scout)
 
 
 # -- large regions: body wall, lungs, abdomen ---------------------------------------------------

@@ -62,8 +62,8 @@ from pathlib import Path
 
 import numpy as np
 
-from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_series
-from triage.crosscheck.study import CrossStudy, Painted, lesion_instances
+from triage.crosscheck.dicomio import Acquisition, StudyHeader
+from triage.crosscheck.study import CrossStudy, Painted, write_painted
 
 __all__ = ["CLASS_NAMES", "KINDS", "Detail", "paint", "paint_detail", "write_study"]
 
@@ -1042,14 +1042,4 @@ def paint_detail(task_seed: int, label: bool, matrix: int = 512) -> tuple[Painte
 
 def write_study(folder: Path, seed: int, label: bool) -> CrossStudy:
     """Paint a study and write it as one axial series under ``folder``; returns its truth."""
-    painted = paint(seed, label)
-    files = write_series(folder, painted.hu, painted.acq, painted.header)
-    return CrossStudy(
-        task="ich",
-        seed=seed,
-        label=label,
-        kinds=painted.kinds,
-        notes=painted.notes,
-        files=tuple(files),
-        lesion_instances=lesion_instances(painted.lesion),
-    )
+    return write_painted(folder, "ich", seed, label, paint(seed, label), window=(40.0, 80.0))

@@ -62,8 +62,8 @@ from typing import Any
 
 import numpy as np
 
-from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_localizer, write_series
-from triage.crosscheck.study import CrossStudy, Painted, lesion_instances
+from triage.crosscheck.dicomio import Acquisition, StudyHeader
+from triage.crosscheck.study import CrossStudy, Painted, write_painted
 
 MATRIX = 512
 GRID = 1.0  # mm, in-plane step of the fine anatomy grid
@@ -1575,16 +1575,5 @@ def _header(
 def write_study(folder: Path, seed: int, label: bool) -> CrossStudy:
     """Paint a study and write it as DICOM under ``folder`` (a localizer first in some)."""
     p = paint(seed, label)
-    files: list[Path] = []
-    if np.random.default_rng([seed, 0x10C, int(label)]).uniform() < 0.35:
-        files.append(write_localizer(folder, p.hu, p.acq, p.header))
-    files += write_series(folder, p.hu, p.acq, p.header, window=(40.0, 80.0))
-    return CrossStudy(
-        task="ich",
-        seed=seed,
-        label=label,
-        kinds=p.kinds,
-        notes=p.notes,
-        files=tuple(files),
-        lesion_instances=lesion_instances(p.lesion, p.acq),
-    )
+    scout = bool(np.random.default_rng([seed, 0x10C, int(label)]).uniform() < 0.35)
+    return write_painted(folder, "ich", seed, label, p, window=(40.0, 80.0), localizer=scout)

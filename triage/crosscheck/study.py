@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from triage.crosscheck.dicomio import Acquisition, StudyHeader
+from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_localizer, write_series
 
 
 @dataclass(frozen=True)
@@ -44,3 +44,30 @@ def lesion_instances(lesion: np.ndarray, acq: Acquisition | None = None) -> tupl
     ks = np.flatnonzero(lesion.reshape(n, -1).any(1))
     feet = acq is not None and acq.feet_first
     return tuple(sorted(int(n - k) if feet else int(k) + 1 for k in ks))
+
+
+def write_painted(
+    folder: Path,
+    task: str,
+    seed: int,
+    label: bool,
+    painted: Painted,
+    *,
+    window: tuple[float, float],
+    localizer: bool = False,
+) -> CrossStudy:
+    """Write ``painted`` as one axial series under ``folder`` (a localizer first when
+    ``localizer``), and return its truth: what every painter's ``write_study`` does."""
+    files: list[Path] = []
+    if localizer:
+        files.append(write_localizer(folder, painted.hu, painted.acq, painted.header))
+    files += write_series(folder, painted.hu, painted.acq, painted.header, window=window)
+    return CrossStudy(
+        task=task,
+        seed=seed,
+        label=label,
+        kinds=painted.kinds,
+        notes=painted.notes,
+        files=tuple(files),
+        lesion_instances=lesion_instances(painted.lesion, painted.acq),
+    )
