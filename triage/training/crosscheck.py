@@ -114,20 +114,7 @@ def crosscheck_task(
         busy += time.monotonic() - t1
         shutil.rmtree(folder, ignore_errors=True)
         out.studies.append(
-            StudyResult(
-                seed=seed,
-                label=label,
-                kinds=list(study.kinds),
-                mimics=list(study.notes),
-                status=a.status,
-                probability=a.probability,
-                positive=bool(a.status == "done" and a.positive),
-                detail=a.detail,
-                reasons=list(a.reasons),
-                key_slice=a.key_slice,
-                lesion_instances=list(study.lesion_instances),
-                key_instance=a.key_instance,
-            )
+            StudyResult.of(seed, label, study.kinds, study.notes, a, study.lesion_instances)
         )
         if advance is not None:
             advance()

@@ -100,6 +100,36 @@ class StudyResult:
     lesion_instances: list[int] = field(default_factory=list)
     key_instance: int | None = None  # the key slice's InstanceNumber
 
+    @classmethod
+    def of(
+        cls,
+        seed: int,
+        label: bool,
+        kinds: Sequence[str],
+        mimics: Sequence[str],
+        analysis: Any,
+        lesion_instances: Sequence[int],
+        probability_in_memory: float | None = None,
+    ) -> StudyResult:
+        """The record of one study from the engine's :class:`~triage.ports.Analysis` of it
+        and what is true about it."""
+        a = analysis
+        return cls(
+            seed=seed,
+            label=label,
+            kinds=list(kinds),
+            mimics=list(mimics),
+            status=a.status,
+            probability=a.probability,
+            positive=bool(a.status == "done" and a.positive),
+            detail=a.detail,
+            reasons=list(a.reasons),
+            probability_in_memory=probability_in_memory,
+            key_slice=a.key_slice,
+            lesion_instances=list(lesion_instances),
+            key_instance=a.key_instance,
+        )
+
     @property
     def key_number(self) -> int | None:
         """The key slice as an InstanceNumber (what ``lesion_instances`` hold): the stored
@@ -437,20 +467,14 @@ def production_task(
         if in_memory:
             p_mem = float(client.infer(task, model_sample(spec, seed).volume).probability)
         out.studies.append(
-            StudyResult(
-                seed=seed,
-                label=bool(spec.label),
-                kinds=list(spec.subtypes),
-                mimics=list(spec.mimics),
-                status=a.status,
-                probability=a.probability,
-                positive=bool(a.status == "done" and a.positive),
-                detail=a.detail,
-                reasons=list(a.reasons),
+            StudyResult.of(
+                seed,
+                bool(spec.label),
+                spec.subtypes,
+                spec.mimics,
+                a,
+                study.lesion_instances,
                 probability_in_memory=p_mem,
-                key_slice=a.key_slice,
-                lesion_instances=list(study.lesion_instances),
-                key_instance=a.key_instance,
             )
         )
         if advance is not None:
