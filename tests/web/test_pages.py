@@ -192,3 +192,24 @@ def test_event_stream_pushes_a_new_study_and_ends_when_closed(live_server, rules
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_study_page_names_the_key_image_by_its_instance_number(db, rules, data_dir):
+    """The viewer's image number (InstanceNumber) when the finding has it; a finding stored
+    before it was kept says its slice counts from the bottom of the series."""
+    from triage.store.models import Finding
+
+    seeded = seed_study(db, rules, data_dir, study_uid="1.2.840.10", accession="KEY")
+    c = _client(db, rules, data_dir)
+    _sign_in(c, "rita")
+    html = c.get("/studies/1.2.840.10").text
+    assert "key slice 18 counted from the bottom of the series" in html
+    with db.session() as s:
+        f = s.get(Finding, seeded.finding_id)
+        assert f is not None
+        f.key_instance = 26
+        s.add(f)
+        s.commit()
+    html = c.get("/studies/1.2.840.10").text
+    assert "key image 26 (image number in the series)" in html
+    assert "counted from the bottom" not in html
