@@ -120,6 +120,10 @@ def test_input_mix_reads_scanner_kernel_thickness_and_reference_hu(
     assert mix["manufacturer"] == "TRIAGE SYNTHETIC"
     assert mix["scanner"] and mix["kernel"]
     assert (mix["thickness_mm"], mix["tissue_hu"]) == (5.0, 31.4)
+    assert "slab_slices" not in mix
+    # thin slices read as slabs of two: the slabs' thickness went in, and it says so
+    slabs = json.loads(input_mix(scp.data_dir, series, volume, facts, per_slab=2))
+    assert slabs["slab_slices"] == 2
     # not assessable (no facts): the header and the thickness of the volume only
     assert "tissue_hu" not in json.loads(input_mix(scp.data_dir, series, volume, None))
     # nothing readable: "" (the finding is stored without it)

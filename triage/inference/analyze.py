@@ -108,6 +108,7 @@ class TritonAnalyzer:
         contract = self.contract(model)
         series: list[Instance] = []
         volume: Volume | None = None
+        per_slab = 1
         try:
             series = select_series(instances)
             volume = load_volume([self.data_dir / inst.path for inst in series], self.slices)
@@ -130,7 +131,7 @@ class TritonAnalyzer:
                 status="not_assessable",
                 detail=exc.reason,
                 reasons=exc.reasons,
-                inputs=input_mix(self.data_dir, series, volume, None),
+                inputs=input_mix(self.data_dir, series, volume, None, per_slab=per_slab),
             )
         client = self._client
         if client is None:
@@ -158,7 +159,7 @@ class TritonAnalyzer:
             key_instance=key_instance,
             series_uid=volume.series_uid,
             key_image=key_image,
-            inputs=input_mix(self.data_dir, series, volume, facts),
+            inputs=input_mix(self.data_dir, series, volume, facts, per_slab=per_slab),
         )
 
     def _key_image(
@@ -229,12 +230,19 @@ _MIX_TAGS = ("Manufacturer", "ManufacturerModelName", "ConvolutionKernel")
 
 
 def input_mix(
-    data_dir: Path, series: list[Instance], volume: Volume | None, facts: InputFacts | None
+    data_dir: Path,
+    series: list[Instance],
+    volume: Volume | None,
+    facts: InputFacts | None,
+    *,
+    per_slab: int = 1,
 ) -> str:
     """What went into the model, as the JSON stored in ``Finding.inputs`` (drift monitoring,
     :mod:`triage.monitoring`): manufacturer, scanner model and kernel from the first image's
-    header, slice thickness, and the reference tissue's median HU (when the checks measured
-    it). "" when nothing is known; never raises (an aid, not part of the result)."""
+    header, slice thickness (of the slabs, when thin slices were read as slabs of
+    ``per_slab``, recorded as ``slab_slices``), and the reference tissue's median HU (when
+    the checks measured it). "" when nothing is known; never raises (an aid, not part of the
+    result)."""
     mix: dict[str, object] = {}
     try:
         if series:
@@ -251,6 +259,8 @@ def input_mix(
             thickness = float(volume.slice_thickness)
         if thickness is not None:
             mix["thickness_mm"] = round(float(thickness), 2)
+        if per_slab > 1:
+            mix["slab_slices"] = per_slab
         if facts is not None and facts.tissue_hu is not None:
             mix["tissue_hu"] = round(float(facts.tissue_hu), 1)
     except Exception as exc:  # an unreadable header: the finding stands without its mix
