@@ -43,6 +43,10 @@ def test_disk_below_the_watermark(tmp_path: Path) -> None:
     try:
         engine.start()
         first = store(engine.dicom_port, study.files[:2])
+        if shutil.disk_usage(tmp_path).free < free - BALLAST // 2:  # pragma: no cover
+            # another process on this shared machine wrote over a GiB since the start: the
+            # watermark is already crossed, and the engine was right to refuse
+            pytest.skip("the disk's free space fell under the watermark from outside the test")
         assert [s for _, s in first.responses] == ["Success"] * 2
 
         with ballast.open("wb") as f:
