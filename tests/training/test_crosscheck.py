@@ -11,6 +11,7 @@ from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_series
 from triage.training.crosscheck import (
     PAINTERS,
     crosscheck_markdown,
+    indexed,
     is_positive,
     report_name,
     result_json,
@@ -30,9 +31,9 @@ def test_routing_reads_the_written_headers(tmp_path: Path) -> None:
         study_description="CTA CHEST PE PROTOCOL", body_part="CHEST", contrast_agent="IOHEXOL"
     )
     enhanced_head = StudyHeader(study_description="CT HEAD", contrast_agent="IOPAMIDOL")
-    assert routed_model(_series(tmp_path / "a", head)) == "ich"
-    assert routed_model(_series(tmp_path / "b", ctpa)) == "pe"
-    assert routed_model(_series(tmp_path / "c", enhanced_head)) is None
+    assert routed_model(*indexed(_series(tmp_path / "a", head))) == "ich"
+    assert routed_model(*indexed(_series(tmp_path / "b", ctpa))) == "pe"
+    assert routed_model(*indexed(_series(tmp_path / "c", enhanced_head))) is None
 
 
 def test_half_the_seeds_are_positive() -> None:

@@ -31,7 +31,6 @@ from triage.training.validate import (
     StudyResult,
     engine_session,
     git_commit,
-    instance_rows,
     merged_results,
     write_report,
     written,
@@ -63,27 +62,40 @@ def write_job(job: Job) -> Any:
     return painter.write_study(folder, seed, label)
 
 
-def routed_model(files: Sequence[Path], rules_path: Path = ROUTING_RULES) -> str | None:
-    """The model the routing rules send the study of ``files`` to (headers only, no order),
-    or None when no rule matches."""
+def indexed(files: Sequence[Path]) -> tuple[list[Any], dict[str, str]]:
+    """The Instance rows of ``files`` as DICOM ingest indexes them, and the study's
+    attributes as the store keeps them (per field, the first non-empty value); one header
+    read per file."""
     import pydicom
 
     from triage.ingest.dicom_header import index_instance
+    from triage.store.instances import STUDY_FIELDS
+    from triage.store.models import Instance
+
+    rows: list[Any] = []
+    study: dict[str, str] = {}
+    for p in files:
+        fields, attrs = index_instance(pydicom.dcmread(p, stop_before_pixels=True))
+        rows.append(Instance(**fields, path=str(p)))
+        for key in STUDY_FIELDS:
+            if not study.get(key) and attrs.get(key):
+                study[key] = attrs[key]
+    return rows, study
+
+
+def routed_model(
+    rows: Sequence[Any], study: dict[str, str], rules_path: Path = ROUTING_RULES
+) -> str | None:
+    """The model the routing rules send a study to (its ``rows`` and ``study`` attributes
+    from :func:`indexed`; no order), gathered as the engine gathers them
+    (:func:`triage.routing.gather.facts_for_study`), or None when no rule matches."""
     from triage.routing import RoutingFacts, load_routing_rules, route
 
-    modalities, body_parts, descriptions = set(), set(), []
-    contrast = False
-    for p in files:
-        fields, study = index_instance(pydicom.dcmread(p, stop_before_pixels=True))
-        modalities |= {fields["modality"], study.get("modality", "")}
-        body_parts.add(study.get("body_part", ""))
-        descriptions += [study.get("study_description", ""), fields["series_description"]]
-        contrast = contrast or bool(study.get("contrast_agent", "").strip())
     facts = RoutingFacts.build(
-        modalities=modalities,
-        body_parts=body_parts,
-        descriptions=descriptions,
-        contrast=contrast,
+        modalities={r.modality for r in rows},
+        body_parts=[study.get("body_part", "")],
+        descriptions=[study.get("study_description", ""), *(r.series_description for r in rows)],
+        contrast=bool(study.get("contrast_agent", "").strip()),
     )
     rule = route(load_routing_rules(rules_path), facts)
     return rule.model if rule is not None else None
@@ -109,8 +121,9 @@ def crosscheck_task(
     busy = 0.0
     for (folder, _task, seed, label, _painter), study in written(jobs, workers, write_job):
         t1 = time.monotonic()
-        routes.append(routed_model(study.files))
-        a = analyzer.analyze(task, instance_rows(study.files))
+        rows, attrs = indexed(study.files)
+        routes.append(routed_model(rows, attrs))
+        a = analyzer.analyze(task, rows)
         busy += time.monotonic() - t1
         shutil.rmtree(folder, ignore_errors=True)
         out.studies.append(
