@@ -137,14 +137,14 @@ class TritonAnalyzer:
         if client is None:
             raise TritonUnavailable("inference server not started or not reachable yet")
         out = client.infer(model, tensor)
-        key_slice = None
+        key_slice = key_instance = None
         if out.key_slice is not None:
             # where the evidence for the probability is (the localisation map's peak, when
             # there is one), from the model grid back to the nearest acquired slice
             grid_slice = key_grid_slice(out.localization, out.slice_probabilities)
             z = z_sample_positions(volume, contract.input_shape[0])[grid_slice]
             key_slice = int(np.argmin(np.abs(volume.z_positions - z)))
-        key_instance = instance_number_of(series, self.data_dir, volume, key_slice)
+            key_instance = instance_number_of(series, self.data_dir, volume, key_slice)
         key_image = ""
         if self.key_images and key_slice is not None:
             key_image = self._key_image(contract, out, volume, key_slice, series, key_instance)
