@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from triage.crosscheck import PAINTERS
 from triage.training.validate import (
     HeldOut,
     StudyResult,
@@ -37,13 +38,7 @@ from triage.training.validate import (
 )
 
 CROSSCHECK_SEED0 = 9_000_000  # never drawn by triage.synth.ct (training 1e6+, held-out 8e6+)
-# Independent painters, each written apart from triage.synth.ct and from the others. Painter
-# "a" may be used to train (triage.training.second_source): a model trained on it is judged
-# by painter "b" only.
-PAINTERS = {
-    "a": {"ich": "triage.crosscheck.head", "pe": "triage.crosscheck.chest"},
-    "b": {"ich": "triage.crosscheck.head_b", "pe": "triage.crosscheck.chest_b"},
-}
+# A model trained on painter "a" (triage.training.second_source) is judged by painter "b".
 DEFAULT_PAINTER = "b"
 ROUTING_RULES = Path(__file__).resolve().parents[2] / "rules" / "routing.yaml"
 

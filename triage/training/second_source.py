@@ -16,6 +16,7 @@ written apart from both. Synthetic phantoms; not for clinical use.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from triage.crosscheck import PAINTERS
 from triage.synth.ct import Task, model_shape, z_resampling
 from triage.training.data import (
     CACHE_FORMAT,
@@ -39,20 +41,28 @@ from triage.training.data import (
 
 log = logging.getLogger(__name__)
 
-PAINTERS = {"ich": "triage.crosscheck.head", "pe": "triage.crosscheck.chest"}
+PAINTER = "a"  # triage.crosscheck.PAINTERS: the painter that trains; "b" stays independent
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = (
-    "triage/crosscheck/head.py",
-    "triage/crosscheck/chest.py",
+    *(m.replace(".", "/") + ".py" for m in PAINTERS[PAINTER].values()),
     "triage/crosscheck/dicomio.py",
     "triage/crosscheck/study.py",
     "triage/inference/volume.py",
     "triage/inference/slabs.py",
     "triage/training/second_source.py",
 )
-# The thinnest slice each task's contract takes (models/*/config.pbtxt); thinner painted
-# series are read as slabs, as the engine reads them.
-MIN_THICKNESS_MM = {"ich": 1.25, "pe": 1.0}
+
+
+@functools.cache
+def min_thickness(task: Task) -> float | None:
+    """The thinnest slice the shipped contract of ``task`` takes (``min_slice_thickness_mm``
+    in models/<task>/config.pbtxt): a thinner painted series is read as slabs, as the engine
+    reads it."""
+    from triage.inference.checks import InputLimits
+    from triage.inference.contract import load_contract
+
+    contract = load_contract(REPO / "models" / task / "config.pbtxt")
+    return InputLimits.from_parameters(task, contract.parameters).min_slice_thickness_mm
 
 
 def labels_for(seed0: int, n: int, positive_fraction: float) -> np.ndarray:
@@ -84,8 +94,8 @@ def on_model_grid(painted: Any, task: Task) -> tuple[np.ndarray, np.ndarray]:
         )
 
     shape, mode = model_shape(task), z_resampling(task)
-    hu, _ = thicken(volume(painted.hu), MIN_THICKNESS_MM[task])
-    les, _ = thicken(volume(painted.lesion), MIN_THICKNESS_MM[task])
+    hu, _ = thicken(volume(painted.hu), min_thickness(task))
+    les, _ = thicken(volume(painted.lesion), min_thickness(task))
     return resample(hu, shape, mode), resample(les, shape, mode)
 
 
@@ -93,7 +103,7 @@ def _one(
     job: tuple[Task, int, bool],
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[str, ...]]:
     task, seed, label = job
-    painter = importlib.import_module(PAINTERS[task])
+    painter = importlib.import_module(PAINTERS[PAINTER][task])
     p = painter.paint(seed, label)
     hu, lesion = on_model_grid(p, task)
     return hu.astype(np.float16), lesion, tuple(p.kinds), tuple(p.notes)
