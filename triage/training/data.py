@@ -12,9 +12,12 @@ import ctypes
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,6 +34,8 @@ from triage.synth.ct import (
 from triage.synth.ct.spec import GENERATORS
 
 log = logging.getLogger(__name__)
+J = TypeVar("J")
+R = TypeVar("R")
 
 # Part of every cache folder's name: bump it when what is cached changes for the same seeds
 # (2: lesion sizes count the slices the in-memory path does not paint).
@@ -94,6 +99,32 @@ def _worker_init() -> None:
     mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap
 
 
+@contextmanager
+def worker_map(
+    fn: Callable[[J], R], jobs: Sequence[J], workers: int, chunksize: int = 4
+) -> Iterator[Iterator[R]]:
+    """``fn`` of each job in order: in a pool of ``workers`` phantom processes
+    (:func:`_worker_init`; at most the CPUs there are), or in this process for one worker.
+    The pool lives as long as the ``with`` block."""
+    workers = max(1, min(workers, os.cpu_count() or 1))
+    if workers <= 1:
+        yield map(fn, jobs)
+        return
+    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+        yield pool.map(fn, jobs, chunksize=chunksize)
+
+
+def cached(task: Task, folder: Path | None) -> Dataset | None:
+    """The data set cached in ``folder`` (mapped, not read), or None when there is none."""
+    if (
+        folder is not None
+        and (folder / "meta.npz").is_file()
+        and (folder / "volumes.npy").is_file()
+    ):
+        return _load(task, folder)
+    return None
+
+
 def _one(args: tuple[PhantomSpec, int]) -> ModelSample:
     spec, seed = args
     return model_sample(spec, seed, model_shape(spec.task))
@@ -135,8 +166,8 @@ def generate(
             f"-{source_key(painter_sources())}"
         )
         cache = Path(cache_dir) / name
-        if (cache / "meta.npz").is_file() and (cache / "volumes.npy").is_file():
-            return _load(task, cache)
+        if (hit := cached(task, cache)) is not None:
+            return hit
     seeds = list(range(seed0, seed0 + n))
     specs = spec_set(task, seeds, positive_fraction, generator)
     grid = model_shape(task)
@@ -148,13 +179,8 @@ def generate(
     subtypes: list[tuple[str, ...]] = []
     mimics: list[tuple[str, ...]] = []
     jobs = list(zip(specs, seeds, strict=True))
-    workers = max(1, min(workers, os.cpu_count() or 1))
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
-            samples = pool.map(_one, jobs, chunksize=4)
-            _fill(samples, volumes, labels, slice_t, loc_t, sizes, subtypes, mimics, n)
-    else:
-        _fill(map(_one, jobs), volumes, labels, slice_t, loc_t, sizes, subtypes, mimics, n)
+    with worker_map(_one, jobs, workers) as samples:
+        _fill(samples, volumes, labels, slice_t, loc_t, sizes, subtypes, mimics, n)
     ds = Dataset(
         task, np.array(seeds, np.int64), volumes, labels, slice_t, loc_t, subtypes, mimics, sizes
     )

@@ -19,8 +19,6 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +30,11 @@ from triage.training.data import (
     CACHE_FORMAT,
     LOC_SHAPE,
     Dataset,
-    _load,
     _save,
-    _worker_init,
+    cached,
     source_key,
     targets,
+    worker_map,
 )
 
 log = logging.getLogger(__name__)
@@ -129,8 +127,8 @@ def generate_second(
         key = source_key(sources())
         name = f"{task}-a-{seed0}-{n}-{positive_fraction:g}-{shape}-{CACHE_FORMAT}-{key}"
         cache = Path(cache_dir) / name
-        if (cache / "meta.npz").is_file() and (cache / "volumes.npy").is_file():
-            return _load(task, cache)
+        if (hit := cached(task, cache)) is not None:
+            return hit
     labels = labels_for(seed0, n, positive_fraction)
     jobs = [(task, seed0 + i, bool(labels[i])) for i in range(n)]
     grid = model_shape(task)
@@ -139,12 +137,7 @@ def generate_second(
     loc_t = np.zeros((n, *LOC_SHAPE), np.float32)
     kinds: list[tuple[str, ...]] = []
     notes: list[tuple[str, ...]] = []
-    workers = max(1, min(workers, os.cpu_count() or 1))
-    pool = (
-        ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) if workers > 1 else None
-    )
-    try:
-        results = pool.map(_one, jobs, chunksize=2) if pool is not None else map(_one, jobs)
+    with worker_map(_one, jobs, workers, chunksize=2) as results:
         for i, (hu, lesion, k, m) in enumerate(results):
             volumes[i] = hu
             slice_t[i], loc_t[i] = targets(lesion)
@@ -152,9 +145,6 @@ def generate_second(
             notes.append(m)
             if (i + 1) % 50 == 0:
                 log.info("%s: second painter %d/%d phantoms", task, i + 1, n)
-    finally:
-        if pool is not None:
-            pool.shutdown()
     ds = Dataset(
         task,
         np.arange(seed0, seed0 + n, dtype=np.int64),
