@@ -86,6 +86,13 @@ def test_bleed_jumps_to_the_top(engine, ris, tmp_path):
     assert top["score"] > second["score"]
     (finding,) = top["findings"]
     assert finding["model"] == "ich" and finding["positive"] and finding["probability"] > 0.5
+    # the key image is named by the image number the radiologist's viewer shows, and it lies
+    # on the bleed
+    key = finding["key_instance"]
+    assert key is not None and any(abs(key - i) <= 2 for i in pos.lesion_instances), (
+        key,
+        pos.lesion_instances,
+    )
     assert not second["findings"][0]["positive"]
     assert any("raised from R" in r for r in top["reasons"])
     assert top["patient_class"] == "E" and top["order_link"] in ("study_uid", "accession")
