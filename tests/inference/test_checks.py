@@ -17,13 +17,18 @@ from support.paths import MODELS_DIR, SHARED_DATA
 from triage.errors import TritonUnavailable
 from triage.inference.analyze import TritonAnalyzer
 from triage.inference.checks import (
+    AIR_MAX_HU,
+    BODY_HU,
+    LUNG_MAX_HU,
     InputFacts,
     InputLimits,
     anatomy,
     content_grid,
+    convex_fill,
     measure,
     problems,
     pulmonary_artery_enhancement,
+    reachable,
 )
 from triage.inference.contract import load_contract
 from triage.inference.volume import Volume, load_volume, resample
@@ -400,3 +405,46 @@ def test_content_checks_judge_a_256_grid_as_its_128_average() -> None:
     assert value is not None and value == pulmonary_artery_enhancement(
         coarse, anatomy(coarse, px), px
     )
+
+
+def test_convex_fill_is_the_hull_of_the_set_pixels() -> None:
+    """Every pixel whose centre lies in the convex hull of the set pixels' centres, and no
+    other: checked against the half-planes of a triangle and on random blobs."""
+    mask = np.zeros((1, 40, 50), dtype=bool)
+    a, b, c = (5, 3), (45, 10), (20, 35)  # (x, y)
+    for x, y in (a, b, c):
+        mask[0, y, x] = True
+    filled = convex_fill(mask)[0]
+    ys, xs = np.mgrid[0:40, 0:50]
+
+    def side(p: tuple[int, int], q: tuple[int, int]) -> np.ndarray:
+        return (q[0] - p[0]) * (ys - p[1]) - (q[1] - p[1]) * (xs - p[0])
+
+    s1, s2, s3 = side(a, b), side(b, c), side(c, a)
+    inside = ((s1 >= 0) & (s2 >= 0) & (s3 >= 0)) | ((s1 <= 0) & (s2 <= 0) & (s3 <= 0))
+    assert np.array_equal(filled, inside)
+    rng = np.random.default_rng(7)
+    blobs = rng.random((6, 30, 30)) > 0.985
+    hull = convex_fill(blobs)
+    assert (hull >= blobs).all()
+    for k in range(6):  # convex: every row and every column of the hull is one run
+        for line in list(hull[k]) + list(hull[k].T):
+            on = np.flatnonzero(line)
+            assert on.size == 0 or on[-1] - on[0] + 1 == on.size
+
+
+def test_lungs_cut_by_a_narrow_field_of_view_are_inside_the_body() -> None:
+    """A large patient reconstructed on a field of view narrower than the chest: the lungs
+    touch the image border. That air is not "air around the body" (it would read ~-870 HU and
+    fail the calibration) and the lungs still count as lungs."""
+    fov = 250.0
+    spec = ct.PhantomSpec(task="pe", label=False, n_slices=40, slice_thickness=2.5, fov_mm=fov)
+    grid = ct.model_sample(spec, 2, shape=(64, 128, 128)).volume
+    edge = np.concatenate([grid[:, :, 0], grid[:, :, -1]])
+    assert ((edge > -960.0) & (edge < LUNG_MAX_HU)).sum() > 1000  # lung on the border
+    naive = grid[reachable(grid <= BODY_HU)]
+    assert np.median(naive[naive > -1023.0]) > AIR_MAX_HU  # what border-connected air reads
+    facts = _grid_facts("pe", grid, fov, 300.0)
+    assert facts.air_hu is not None and facts.air_hu <= AIR_MAX_HU
+    assert facts.chest_slices == 64
+    assert problems(_limits("pe"), facts) == []

@@ -9,7 +9,9 @@ reason that applies - never a silent "negative". Each check is a plain function 
 
 - **modality**: CT only (an MR or any other modality never reaches a CT model).
 - **HU calibration** (:func:`calibration`; whenever the model names a ``body_part``): air
-  around the body (pixels below -500 HU connected to the image border, the values clipped at
+  around the body (pixels below -500 HU connected to the image border outside the convex
+  outline of everything above -500 HU, and outside that outline themselves, so a lung cut by
+  a field of view narrower than the patient is not taken for air; the values clipped at
   -1024 left out) must have a median at or below :data:`AIR_MAX_HU` (-950; air is -1000), and
   a reference tissue must sit where it belongs: for a head the median of the tissue inside the
   skull (CSF, grey and white matter, -200..300 HU) within :data:`HEAD_TISSUE_HU` (0..65; ~30 on
@@ -191,13 +193,16 @@ def _runs(passable: np.ndarray, seed: np.ndarray) -> np.ndarray:
     return hit[label].reshape(padded.shape)[:, :n].reshape(passable.shape)
 
 
-def reachable(passable: np.ndarray) -> np.ndarray:
+def reachable(passable: np.ndarray, entry: np.ndarray | None = None) -> np.ndarray:
     """The pixels of ``passable`` [..., y, x] connected in plane (4-neighbours) to the image
-    border: runs along rows and columns, alternated until nothing changes (a few passes)."""
+    border (to those border pixels of ``entry`` when given): runs along rows and columns,
+    alternated until nothing changes (a few passes)."""
     seed = np.zeros_like(passable)
     seed[..., 0, :] = seed[..., -1, :] = True
     seed[..., :, 0] = seed[..., :, -1] = True
     seed &= passable
+    if entry is not None:
+        seed &= entry
     while True:
         grown = _runs(passable, seed)
         grown = np.swapaxes(
@@ -208,6 +213,62 @@ def reachable(passable: np.ndarray) -> np.ndarray:
         seed = grown
 
 
+def convex_fill(mask: np.ndarray) -> np.ndarray:
+    """Per slice of ``mask`` [z, y, x], the pixels inside the convex hull of its set pixels
+    (their centres; the set pixels themselves always included)."""
+    out = mask.copy()
+    nz, ny, nx = mask.shape
+    for k in range(nz):
+        rows = np.flatnonzero(mask[k].any(axis=1))
+        if rows.size < 2:
+            continue
+        first = np.argmax(mask[k, rows], axis=1)
+        last = nx - 1 - np.argmax(mask[k, rows, ::-1], axis=1)
+        # the hull of the rows' extreme pixels is the hull of them all (monotone chain)
+        ends = zip(rows, first, last, strict=True)
+        pts = sorted({(int(x), int(y)) for y, a, b in ends for x in (a, b)})
+        hull = _hull(pts)
+        if len(hull) < 3:
+            continue
+        lo = np.full(ny, np.inf)
+        hi = np.full(ny, -np.inf)
+        for (x0, y0), (x1, y1) in zip(hull, hull[1:] + hull[:1], strict=True):
+            if y0 == y1:
+                ys = np.array([y0])
+                xs_lo, xs_hi = np.array([min(x0, x1)]), np.array([max(x0, x1)])
+            else:
+                ys = np.arange(min(y0, y1), max(y0, y1) + 1)
+                xs = x0 + (ys - y0) * (x1 - x0) / (y1 - y0)
+                xs_lo = xs_hi = xs
+            np.minimum.at(lo, ys, xs_lo)
+            np.maximum.at(hi, ys, xs_hi)
+        cols = np.arange(nx)
+        span = (cols[None, :] >= np.ceil(lo[:, None] - 1e-6)) & (
+            cols[None, :] <= np.floor(hi[:, None] + 1e-6)
+        )
+        out[k] |= span
+    return out
+
+
+def _hull(pts: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Convex hull of sorted, distinct integer points, counter-clockwise (Andrew's chain)."""
+
+    def cross(o: tuple[int, int], a: tuple[int, int], b: tuple[int, int]) -> int:
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower: list[tuple[int, int]] = []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    upper: list[tuple[int, int]] = []
+    for p in reversed(pts):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return lower[:-1] + upper[:-1]
+
+
 # -- measurements -------------------------------------------------------------------------------
 
 
@@ -216,7 +277,7 @@ class Anatomy:
     """Per slice of a [z, y, x] HU grid: what :func:`anatomy` found."""
 
     body: np.ndarray  # [z, y, x] inside the body outline (holes filled)
-    outside_air: np.ndarray  # [z, y, x] air connected to the image border
+    outside_air: np.ndarray  # [z, y, x] air outside the body's convex outline, off the border
     intracranial: np.ndarray  # [z, y, x] inside a closed ring of bone (the ring left out)
     skull: np.ndarray  # [z] a closed ring encloses >= HEAD_MIN_CM2
     head: np.ndarray  # [z] ... and it is mostly brain-density tissue
@@ -227,7 +288,10 @@ class Anatomy:
 def anatomy(grid: np.ndarray, pixel_mm: float) -> Anatomy:
     """Head and chest slices of ``grid`` ([z, y, x] HU, square pixels of ``pixel_mm``)."""
     cm2 = pixel_mm * pixel_mm / 100.0
-    outside = reachable(grid <= BODY_HU)
+    # Air enters from the image border only where the border lies outside the body's convex
+    # outline: a lung cut by a field of view narrower than the patient touches the border too.
+    outline = convex_fill(grid > BODY_HU)
+    outside = reachable(grid <= BODY_HU, entry=~outline)
     bone = grid > SKULL_HU
     enclosed = ~reachable(~bone) & ~bone  # inside a closed ring of bone, bone left out
     # ... with what lies wholly inside that tissue (calcifications, contrast-filled vessels)
@@ -257,7 +321,7 @@ def anatomy(grid: np.ndarray, pixel_mm: float) -> Anatomy:
         rows = np.flatnonzero(lung[k].any(axis=1))
         centre = lung[k, rows[0] : rows[-1] + 1, max(cx - 1, 0) : cx + 2]
         chest[k] = centre.mean() < 0.5  # tissue (the mediastinum) between the lungs
-    return Anatomy(body, outside, intracranial, skull, head, chest, midline)
+    return Anatomy(body, outside & ~outline, intracranial, skull, head, chest, midline)
 
 
 def body_width_mm(grid: np.ndarray, body: np.ndarray, pixel_mm: float) -> float:
