@@ -19,7 +19,7 @@ from triage.crosscheck.dicomio import (
 )
 from triage.crosscheck.study import lesion_instances
 from triage.inference.volume import load_volume, select_series
-from triage.training.validate import instance_rows
+from triage.ingest.dicom_files import instance_rows
 
 
 def _volume(z: int = 10, n: int = 64) -> np.ndarray:

@@ -20,7 +20,7 @@ from triage.inference.volume import (
     z_sample_positions,
     z_support,
 )
-from triage.ingest.dicom_header import index_instance
+from triage.ingest.dicom_files import instance_rows
 from triage.store.models import Instance
 
 
@@ -34,14 +34,6 @@ def _is_dicom(p: Path) -> bool:
     except (InvalidDicomError, OSError):
         return False
     return "SOPInstanceUID" in ds
-
-
-def instance_rows(files: list[Path]) -> list[Instance]:
-    """Instance rows as DICOM ingest indexes them (header fields only)."""
-    return [
-        Instance(**index_instance(pydicom.dcmread(p, stop_before_pixels=True))[0], path=str(p))
-        for p in files
-    ]
 
 
 @pytest.fixture(scope="module")

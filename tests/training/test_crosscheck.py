@@ -8,16 +8,21 @@ from pathlib import Path
 import numpy as np
 
 from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_series
+from triage.ingest.dicom_files import index_files
 from triage.training.crosscheck import (
     PAINTERS,
     crosscheck_markdown,
-    indexed,
     is_positive,
     report_name,
     result_json,
     routed_model,
 )
 from triage.training.validate import HeldOut, StudyResult, write_report
+
+
+def _routed(files: list[Path]) -> str | None:
+    index = index_files(files)
+    return routed_model(index.rows, index.study)
 
 
 def _series(folder: Path, header: StudyHeader) -> list[Path]:
@@ -31,9 +36,9 @@ def test_routing_reads_the_written_headers(tmp_path: Path) -> None:
         study_description="CTA CHEST PE PROTOCOL", body_part="CHEST", contrast_agent="IOHEXOL"
     )
     enhanced_head = StudyHeader(study_description="CT HEAD", contrast_agent="IOPAMIDOL")
-    assert routed_model(*indexed(_series(tmp_path / "a", head))) == "ich"
-    assert routed_model(*indexed(_series(tmp_path / "b", ctpa))) == "pe"
-    assert routed_model(*indexed(_series(tmp_path / "c", enhanced_head))) is None
+    assert _routed(_series(tmp_path / "a", head)) == "ich"
+    assert _routed(_series(tmp_path / "b", ctpa)) == "pe"
+    assert _routed(_series(tmp_path / "c", enhanced_head)) is None
 
 
 def test_half_the_seeds_are_positive() -> None:

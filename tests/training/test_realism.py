@@ -50,8 +50,9 @@ def test_a_head_without_a_closed_skull_has_no_profile() -> None:
 
 
 def _real_and_phantom_edges(generator: int) -> tuple[np.ndarray, np.ndarray]:
-    from triage.inference.controls import instance_rows, reslice
+    from triage.inference.controls import reslice
     from triage.inference.volume import load_volume, resample, select_series
+    from triage.ingest.dicom_files import instance_rows
     from triage.training.data import generate
 
     ge = sorted(p for p in (SHARED_DATA / "dicom" / "ge-head-ct").rglob("*.dcm"))

@@ -35,7 +35,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from triage.inference.analyze import TritonAnalyzer
 from triage.inference.volume import load_volume, resample, select_series
-from triage.ingest.dicom_header import index_instance
+from triage.ingest.dicom_files import instance_rows
 from triage.store.models import Instance
 
 RESLICE_MM = 5.0
@@ -135,18 +135,10 @@ class ControlResult:
         return f"{verdict} {self.name} -> {self.model}: {what}"
 
 
-def instance_rows(files: Sequence[Path]) -> list[Instance]:
-    """Instance rows as the DICOM listener indexes them (headers only); files that are not
-    DICOM (e.g. DIRFILE directory files) are left out."""
-    rows = []
-    for p in files:
-        try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
-            fields = index_instance(ds)[0]
-        except Exception:  # not DICOM, or not an instance the listener would accept
-            continue
-        rows.append(Instance(**fields, path=str(p)))
-    return rows
+def _rows(files: Sequence[Path]) -> list[Instance]:
+    """Instance rows as the DICOM listener indexes them; files that are not DICOM (a
+    DICOMDIR's DIRFILE) are left out."""
+    return instance_rows(files, skip_unreadable=True)
 
 
 def _files(folder: Path) -> list[Path]:
@@ -217,12 +209,10 @@ def real_controls(data_dir: Path, analyzer: TritonAnalyzer, work_dir: Path) -> l
     """Run every real control of ``data_dir`` (``shared/data/dicom``) with ``analyzer`` (a
     client attached); the resliced series is written under ``work_dir``."""
     ge = [p for p in _files(data_dir / "ge-head-ct") if p.suffix == ".dcm"]
-    ge_rows = instance_rows(ge)
-    philips = instance_rows(_files(data_dir / "philips-head-phantom"))
-    lidc = instance_rows(_files(data_dir / "lidc-chest-ct"))
-    resliced = instance_rows(
-        reslice([Path(r.path) for r in select_series(ge_rows)], work_dir / "ge-5mm")
-    )
+    ge_rows = _rows(ge)
+    philips = _rows(_files(data_dir / "philips-head-phantom"))
+    lidc = _rows(_files(data_dir / "lidc-chest-ct"))
+    resliced = _rows(reslice([Path(r.path) for r in select_series(ge_rows)], work_dir / "ge-5mm"))
     return [
         _analyze("ge-head-ct", analyzer, "ich", ge_rows, r"slice thickness [\d.]+ mm outside"),
         _analyze("ge-head-ct resliced to 5 mm", analyzer, "ich", resliced, ""),

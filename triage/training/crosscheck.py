@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from triage.crosscheck import PAINTERS
+from triage.ingest.dicom_files import index_files
 from triage.training.validate import (
     HeldOut,
     StudyResult,
@@ -57,33 +58,13 @@ def write_job(job: Job) -> Any:
     return painter.write_study(folder, seed, label)
 
 
-def indexed(files: Sequence[Path]) -> tuple[list[Any], dict[str, str]]:
-    """The Instance rows of ``files`` as DICOM ingest indexes them, and the study's
-    attributes as the store keeps them (per field, the first non-empty value); one header
-    read per file."""
-    import pydicom
-
-    from triage.ingest.dicom_header import index_instance
-    from triage.store.instances import STUDY_FIELDS
-    from triage.store.models import Instance
-
-    rows: list[Any] = []
-    study: dict[str, str] = {}
-    for p in files:
-        fields, attrs = index_instance(pydicom.dcmread(p, stop_before_pixels=True))
-        rows.append(Instance(**fields, path=str(p)))
-        for key in STUDY_FIELDS:
-            if not study.get(key) and attrs.get(key):
-                study[key] = attrs[key]
-    return rows, study
-
-
 def routed_model(
     rows: Sequence[Any], study: dict[str, str], rules_path: Path = ROUTING_RULES
 ) -> str | None:
     """The model the routing rules send a study to (its ``rows`` and ``study`` attributes
-    from :func:`indexed`; no order), gathered as the engine gathers them
-    (:func:`triage.routing.gather.facts_for_study`), or None when no rule matches."""
+    from :func:`triage.ingest.dicom_files.index_files`; no order), gathered as the engine
+    gathers them (:func:`triage.routing.gather.facts_for_study`), or None when no rule
+    matches."""
     from triage.routing import RoutingFacts, load_routing_rules, route
 
     facts = RoutingFacts.build(
@@ -116,9 +97,9 @@ def crosscheck_task(
     busy = 0.0
     for (folder, _task, seed, label, _painter), study in written(jobs, workers, write_job):
         t1 = time.monotonic()
-        rows, attrs = indexed(study.files)
-        routes.append(routed_model(rows, attrs))
-        a = analyzer.analyze(task, rows)
+        index = index_files(study.files)
+        routes.append(routed_model(index.rows, index.study))
+        a = analyzer.analyze(task, index.rows)
         busy += time.monotonic() - t1
         shutil.rmtree(folder, ignore_errors=True)
         out.studies.append(

@@ -420,19 +420,6 @@ def written(jobs: Sequence[J], workers: int, write: Callable[[J], Any]) -> Itera
             yield j, fut.result()
 
 
-def instance_rows(files: Sequence[Path]) -> list[Any]:
-    """Instance rows as DICOM ingest indexes them (header fields only)."""
-    import pydicom
-
-    from triage.ingest.dicom_header import index_instance
-    from triage.store.models import Instance
-
-    return [
-        Instance(**index_instance(pydicom.dcmread(p, stop_before_pixels=True))[0], path=str(p))
-        for p in files
-    ]
-
-
 def production_task(
     task: str,
     analyzer: Any,
@@ -449,6 +436,7 @@ def production_task(
     """Write each study of ``seeds`` as DICOM and analyse it as the engine does (``specs``:
     the studies to write, one per seed; by default the held-out draw of
     :func:`~triage.synth.ct.spec_set`, painted by ``generator``)."""
+    from triage.ingest.dicom_files import instance_rows
     from triage.synth.ct import model_sample, spec_set
 
     t0 = time.monotonic()
