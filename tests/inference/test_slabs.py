@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from triage.inference.checks import InputFacts, InputLimits, problems
 from triage.inference.slabs import slab_size, slab_starts, thicken
 from triage.inference.volume import Volume
 
@@ -69,6 +70,18 @@ def test_gapped_thin_slices_are_not_averaged() -> None:
     assert thicken(v, 1.25) == (v, 1)
     out, k = thicken(_volume(20, 1.05, 0.75), 1.0)
     assert k == 2 and out.slice_thickness == pytest.approx(1.8)
+
+
+def test_gapped_thin_slices_are_refused_with_the_reason() -> None:
+    """The thickness check says why a thin series was not read as slabs."""
+    limits = InputLimits("pe", min_slice_thickness_mm=1.0, max_slice_thickness_mm=2.5)
+    gapped = problems(limits, InputFacts("CT", 200, 199 * 1.25, 0.625))
+    assert gapped == [
+        "slice thickness 0.625 mm outside the trained range 1-2.5 mm; slices every 1.25 mm "
+        "with gaps between them, so they cannot be averaged into thicker slabs"
+    ]
+    thick = problems(limits, InputFacts("CT", 40, 39 * 3.0, 3.0))
+    assert thick == ["slice thickness 3 mm outside the trained range 1-2.5 mm"]
 
 
 def test_thick_enough_volume_is_returned_as_it_is() -> None:

@@ -75,6 +75,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from triage.errors import NotAssessable
+from triage.inference import slabs
 from triage.inference.masks import dilate_inplane, erode_inplane
 from triage.inference.volume import HU_MIN, Volume
 from triage.store.models import Instance
@@ -559,9 +560,16 @@ def problems(limits: InputLimits, facts: InputFacts) -> list[str]:
     t = facts.slice_thickness_mm
     lo, hi = limits.min_slice_thickness_mm, limits.max_slice_thickness_mm
     if t is not None and ((lo is not None and t < lo - 1e-6) or (hi is not None and t > hi + 1e-6)):
+        spacing = facts.coverage_mm / (facts.slices - 1) if facts.slices > 1 else 0.0
+        gapped = ""
+        if lo is not None and t < lo and slabs.gapped(t, spacing, lo):
+            gapped = (
+                f"; slices every {spacing:.3g} mm with gaps between them, so they cannot be "
+                f"averaged into thicker slabs"
+            )
         out.append(
             f"slice thickness {t:g} mm outside the trained range "
-            f"{lo if lo is not None else 0:g}-{hi if hi is not None else math.inf:g} mm"
+            f"{lo if lo is not None else 0:g}-{hi if hi is not None else math.inf:g} mm{gapped}"
         )
     if limits.min_slices is not None and facts.slices < limits.min_slices:
         out.append(f"too few slices: {facts.slices} (need >= {limits.min_slices})")

@@ -27,6 +27,12 @@ def slab_size(thickness: float, spacing: float, minimum: float) -> int:
     return max(1, math.ceil((minimum - thickness) / spacing - 1e-6) + 1)
 
 
+def gapped(thickness: float, spacing: float, minimum: float) -> bool:
+    """Thin slices too far apart to be averaged into slabs: spacing over 1.5 x their
+    thickness and over ``minimum`` (1 mm slices every 5 mm are not one thicker slice)."""
+    return spacing > max(1.5 * thickness, minimum)
+
+
 def slab_starts(n: int, k: int) -> list[int]:
     """First slice of each slab of ``k`` out of ``n``: back to back from the bottom; when
     ``k`` does not divide ``n``, a last slab ends on the top slice (overlapping the one below
@@ -47,9 +53,8 @@ def thicken(volume: Volume, minimum: float | None) -> tuple[Volume, int]:
         return volume, 1
     spacing = float(np.median(np.diff(z)))
     thickness = volume.slice_thickness if volume.slice_thickness else spacing
-    if spacing > max(1.5 * float(thickness), float(minimum)):
-        # thin slices far apart (a gapped series): no slab of neighbours stands for one
-        # thicker slice; the input checks judge the series as it is
+    if gapped(float(thickness), spacing, float(minimum)):
+        # no slab of neighbours stands for one thicker slice; the checks judge it as it is
         return volume, 1
     k = slab_size(float(thickness), spacing, float(minimum))
     if k <= 1 or len(z) < 2 * k:
