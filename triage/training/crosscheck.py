@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,11 +30,11 @@ from triage.ingest.dicom_files import index_files
 from triage.training.validate import (
     HeldOut,
     StudyResult,
+    analysed,
     engine_session,
     git_commit,
     merged_results,
     write_report,
-    written,
 )
 
 CROSSCHECK_SEED0 = 9_000_000  # never drawn by triage.synth.ct (training 1e6+, held-out 8e6+)
@@ -94,21 +93,18 @@ def crosscheck_task(
     jobs: list[Job] = [(work_dir / f"x{task}-{s}", task, s, is_positive(s), painter) for s in seeds]
     out = HeldOut(task, contract.version, contract.threshold, int(seeds[0]) if seeds else 0, [])
     routes: list[str | None] = []
-    busy = 0.0
-    for (folder, _task, seed, label, _painter), study in written(jobs, workers, write_job):
-        t1 = time.monotonic()
+
+    def analyse(study: Any) -> Any:
         index = index_files(study.files)
         routes.append(routed_model(index.rows, index.study))
-        a = analyzer.analyze(task, index.rows)
-        busy += time.monotonic() - t1
-        shutil.rmtree(folder, ignore_errors=True)
+        return analyzer.analyze(task, index.rows)
+
+    for (_folder, _task, seed, label, _painter), study, a in analysed(
+        out, jobs, workers, write_job, analyse, started=t0, advance=advance
+    ):
         out.studies.append(
             StudyResult.of(seed, label, study.kinds, study.notes, a, study.lesion_instances)
         )
-        if advance is not None:
-            advance()
-    out.seconds = time.monotonic() - t0
-    out.write_seconds = max(0.0, out.seconds - busy)
     return out, routes
 
 

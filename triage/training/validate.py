@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 J = TypeVar("J")
+W = TypeVar("W", bound=tuple[Any, ...])  # a job whose first item is its study's folder
+A = TypeVar("A")
 
 REPO = Path(__file__).resolve().parents[2]
 # Fresh held-out range. The old one (triage.training.data.VALID_SEED0, 5,000,000+) was scored
@@ -420,6 +422,33 @@ def written(jobs: Sequence[J], workers: int, write: Callable[[J], Any]) -> Itera
             yield j, fut.result()
 
 
+def analysed(
+    out: HeldOut,
+    jobs: Sequence[W],
+    workers: int,
+    write: Callable[[W], Any],
+    analyse: Callable[[Any], A],
+    *,
+    started: float,
+    advance: Callable[[], object] | None = None,
+) -> Iterator[tuple[W, Any, A]]:
+    """Each job's study written ahead (:func:`written`), ``analyse(study)`` timed, the study's
+    folder (the job's first item) removed; yields (job, study, analysis) for the caller to
+    record, then ``advance``. At the end ``out`` gets its wall time since ``started`` and the
+    part of it not spent analysing (writing)."""
+    busy = 0.0
+    for job, study in written(jobs, workers, write):
+        t1 = time.monotonic()
+        result = analyse(study)
+        busy += time.monotonic() - t1
+        shutil.rmtree(job[0], ignore_errors=True)
+        yield job, study, result
+        if advance is not None:
+            advance()
+    out.seconds = time.monotonic() - started
+    out.write_seconds = max(0.0, out.seconds - busy)
+
+
 def production_task(
     task: str,
     analyzer: Any,
@@ -445,12 +474,15 @@ def production_task(
         specs = spec_set(task, list(seeds), POSITIVE_FRACTION, generator)  # type: ignore[arg-type]
     jobs = [(work_dir / f"{task}-{s}", spec, s) for s, spec in zip(seeds, specs, strict=True)]
     out = HeldOut(task, contract.version, contract.threshold, int(seeds[0]) if seeds else 0, [])
-    busy = 0.0
-    for (folder, spec, seed), study in written(jobs, workers, _write):
-        t1 = time.monotonic()
-        a = analyzer.analyze(task, instance_rows(study.files))
-        busy += time.monotonic() - t1
-        shutil.rmtree(folder, ignore_errors=True)
+    for (_folder, spec, seed), study, a in analysed(
+        out,
+        jobs,
+        workers,
+        _write,
+        lambda study: analyzer.analyze(task, instance_rows(study.files)),
+        started=t0,
+        advance=advance,
+    ):
         p_mem = None
         if in_memory:
             p_mem = float(client.infer(task, model_sample(spec, seed).volume).probability)
@@ -465,10 +497,6 @@ def production_task(
                 probability_in_memory=p_mem,
             )
         )
-        if advance is not None:
-            advance()
-    out.seconds = time.monotonic() - t0
-    out.write_seconds = max(0.0, out.seconds - busy)
     return out
 
 
