@@ -38,8 +38,11 @@ format: $(STAMP)
 	$(BIN)/ruff format $(LINTED)
 	$(BIN)/ruff check --fix $(LINTED)
 
+# Two pytest workers by default (pytest-xdist): the suite waits on servers and peers about half
+# of the time. TEST_WORKERS=0 runs it in one process (e.g. to read -s output in order).
+TEST_WORKERS ?= 2
 test: $(STAMP) check
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Models (synthetic phantoms; not for clinical use): retrain from fixed seeds, then validate
 # on held-out seeds through the engine's own path and the real Triton, once per shipped model
