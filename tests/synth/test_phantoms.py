@@ -381,3 +381,24 @@ def test_chest_detail_spine_table_veins_bronchi() -> None:
     atel, _, _ = render_chest(ct.PhantomSpec("pe", False, mimics=("atelectasis",)), 5, g)
     changed = atel != plain
     assert changed.any() and (plain[changed] < -300).all() and (atel[changed] > 20).all()
+
+
+def test_generator_5_puts_soft_tissue_inside_the_heart_chambers_and_nothing_else() -> None:
+    """Papillary muscles, trabeculae, the moderator band and IVC inflow (generator 5): soft
+    tissue against contrast inside the chambers; outside the heart the study is generator 4's,
+    an embolus included."""
+    g = chest_grid(thickness=2.5, n=60, size=256)
+    for seed in (3, 8, 11):
+        spec4 = ct.PhantomSpec("pe", True, subtypes=("lobar",), generator=4)
+        spec5 = ct.PhantomSpec("pe", True, subtypes=("lobar",), generator=5)
+        v4, m4, _ = render_chest(spec4, seed, g)
+        v5, m5, _ = render_chest(spec5, seed, g)
+        assert np.array_equal(m4, m5) and np.array_equal(v4[m4], v5[m5])
+        changed = v4 != v5
+        assert changed.sum() > 200, seed
+        # only where generator 4 had contrast-filled chamber blood, now soft tissue or mixed
+        assert (v4[changed] >= 200).all(), seed
+        assert (v5[changed] < v4[changed]).all() and (v5[changed] >= 20).all(), seed
+        heart = (g.z < -5.0) & (g.z > -115.0) & (g.y < 20.0) & np.ones(g.shape, bool)
+        assert heart[changed].all(), seed
+        assert ((v5[changed] > 20) & (v5[changed] < 70)).sum() > 50, seed  # muscle-dense

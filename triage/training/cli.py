@@ -218,7 +218,7 @@ def add_models_commands(subparsers: Any) -> None:
     p.add_argument(
         "--generator",
         type=int,
-        choices=(3, 4),
+        choices=(3, 4, 5),
         default=None,
         help="phantom generator (triage/synth/ct; default: each task's shipped model's)",
     )

@@ -246,6 +246,60 @@ def _lung_detail(
             vol[k][lungs[k] & back & (vol[k] < -300.0)] = collapsed_hu
 
 
+HeartCavity = tuple[tuple[float, float, float], tuple[float, float, float], float, np.ndarray]
+
+
+def _heart_interior(
+    vol: np.ndarray,
+    g: Grid,
+    cavities: Sequence[HeartCavity],
+    soft_hu: float,
+    rng: np.random.Generator,
+) -> None:
+    """What lies inside the contrast-filled chambers of a real heart (generator 5): papillary
+    muscles and trabeculae (myocardium at soft-tissue HU reaching in from the wall), the right
+    ventricle's moderator band, and in some studies unopacified blood from the inferior vena
+    cava swirling into the right atrium (the inflow pseudo-defect). Each is a soft-tissue
+    shape with contrast around it - the look of a filling defect, in a chamber, not an artery.
+    ``cavities``: (centre, axes, HU, mask) of the right heart, then the left."""
+    for index, (centre, axes, blood_hu, mask) in enumerate(cavities):
+        c = np.asarray(centre, dtype=np.float64)
+        ax = np.asarray(axes, dtype=np.float64)
+        muscle_hu = np.float32(uniform(rng, 30.0, 60.0))
+        n = int(rng.integers(4, 10))
+        for _ in range(n):
+            d = _unit(rng.normal(size=3) * np.array([1.0, 1.0, 0.6]))
+            p0 = c + d * ax * uniform(rng, 0.8, 1.0)  # at the wall
+            p1 = c + d * ax * uniform(rng, 0.35, 0.7)  # reaching into the chamber
+            hit = capsule_in(g, _xyz(p0), _xyz(p1), uniform(rng, 1.5, 4.5))
+            if hit:
+                sub = vol[hit[0]]
+                sub[hit[1] & mask[hit[0]]] = muscle_hu
+        if index == 0 and rng.random() < 0.7:  # moderator band across the right ventricle
+            d = _unit(np.array([1.0, uniform(rng, -0.5, 0.5), uniform(rng, -0.4, 0.4)]))
+            p0, p1 = c - d * ax[0] * 0.95, c + d * ax[0] * 0.95
+            p0[2] -= 0.3 * ax[2]
+            p1[2] -= 0.3 * ax[2]
+            hit = capsule_in(g, _xyz(p0), _xyz(p1), uniform(rng, 1.5, 3.0))
+            if hit:
+                sub = vol[hit[0]]
+                sub[hit[1] & mask[hit[0]]] = muscle_hu
+        if index == 0 and rng.random() < 0.6:  # inflow of unopacified blood from the IVC
+            lo = c + np.array([uniform(rng, -0.5, 0.0), uniform(rng, 0.0, 0.5), -0.5]) * ax
+            size = (uniform(rng, 10.0, 18.0), uniform(rng, 8.0, 15.0), uniform(rng, 12.0, 22.0))
+            inflow = ellipsoid_in(g, _xyz(lo), size, uniform(rng, 0.0, math.pi))
+            if inflow:
+                x, y, z = grid_coords(g, inflow[0])
+                ph = rng.random(3) * 6.0
+                swirl = 0.5 + 0.5 * np.sin(0.3 * x + ph[0]) * np.sin(0.25 * y + ph[1]) * np.cos(
+                    0.2 * z + ph[2]
+                )
+                f = uniform(rng, 0.15, 0.45) + uniform(rng, 0.3, 0.55) * swirl  # share of contrast
+                sub = vol[inflow[0]]
+                m = inflow[1] & mask[inflow[0]]
+                sub[m] = (soft_hu + (blood_hu - soft_hu) * f)[m]
+
+
 def render_chest(
     spec: PhantomSpec, seed: int, g: Grid
 ) -> tuple[np.ndarray, np.ndarray, list[Lesion]]:
@@ -320,6 +374,7 @@ def render_chest(
     if skeleton is not None:
         paint_skeleton(vol, g, skeleton)
         paint_table(vol, g, skeleton, table_half_width(a))
+    cavities = []
     for c, axes, hu in (
         ((-5.0, -35.0, -60.0), (28.0, 22.0, 30.0), artery_hu * 0.95),  # RV/RA
         ((30.0, -15.0, -62.0), (24.0, 22.0, 30.0), aorta_hu),
@@ -327,6 +382,9 @@ def render_chest(
         hit = ellipsoid_in(g, c, axes, 0.4)
         if hit:
             vol[hit[0]][hit[1] & heart[hit[0]]] = hu
+            cavities.append((c, axes, hu, full_mask(g, hit[0], hit[1]) & heart))
+    if spec.generator >= 5 and len(cavities) == 2:
+        _heart_interior(vol, g, cavities, chest.soft_hu, np.random.default_rng([seed, 6]))
     # Systemic vessels: aorta (ascending, arch, descending) and SVC.
     for p0, p1, r in (
         ((-15.0, -20.0, -45.0), (-15.0, -20.0, 42.0), 15.0),

@@ -35,7 +35,7 @@ CTPA_MIMICS = (
     "mucus_bronchi",
     "atelectasis",
 )
-GENERATORS = (3, 4)  # PhantomSpec.generator
+GENERATORS = (3, 4, 5)  # PhantomSpec.generator
 SCANNERS = (
     # model name, kernel, noise factor, HU calibration offset
     ("PhantomScan 16", "STANDARD", 1.25, 2.0),
@@ -83,7 +83,9 @@ class PhantomSpec:
     # (:func:`triage.synth.ct.scanner.render`), as a real head shows them. Chest: 3, bone as
     # solid beads and columns; 4, the skeleton as real CT shows it - cortex over marrow,
     # posterior elements, ribs round the wall with costal cartilage, scapulae - the back's
-    # muscles, mediastinal fat and a real table (:mod:`triage.synth.ct.skeleton`). Default 3,
+    # muscles, mediastinal fat and a real table (:mod:`triage.synth.ct.skeleton`); 5, generator
+    # 4 with what lies inside real heart chambers - papillary muscles, trabeculae, the
+    # moderator band, unopacified inflow from the IVC (a head is painted as by 4). Default 3,
     # the earlier generator, which the demo and most tests paint; ich-synthcnn-4.0 and
     # pe-synthcnn-3.0 were trained on 4 (triage.training.train.DEFAULT_GENERATOR), and
     # validation paints what a model learned from.
