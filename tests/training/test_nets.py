@@ -24,6 +24,19 @@ def test_enclosed_marks_a_defect_inside_a_vessel_not_a_node_beside_it() -> None:
     assert enclosed(m, 1)[0, 0, 3, 7] == 0.0  # reach 1: the vessel's edge is not "inside"
 
 
+def test_enclosed_both_is_a_defect_in_a_ring_not_tissue_between_two_lumens() -> None:
+    from triage.training.nets import enclosed, enclosed_both
+
+    m = torch.zeros(1, 1, 24, 24)
+    m[0, 0, 3:10, 3:10] = 1.0  # a vessel cross-section ...
+    m[0, 0, 6, 6] = 0.0  # ... with a filling defect in its middle
+    m[0, 0, 14:20, 2:6] = m[0, 0, 14:20, 9:13] = 1.0  # two lumens side by side
+    both, either = enclosed_both(m, 3)[0, 0], enclosed(m, 3)[0, 0]
+    assert both[6, 6] == 1.0 and either[6, 6] == 1.0
+    assert either[16, 7] == 1.0 and both[16, 7] == 0.0  # between the two: one axis only
+    assert (both <= either).all()
+
+
 def test_inside_is_the_area_within_a_closed_outline() -> None:
     from triage.training.nets import inside
 
@@ -36,7 +49,8 @@ def test_inside_is_the_area_within_a_closed_outline() -> None:
 
 
 @pytest.mark.parametrize(
-    ("task", "front"), [("ich", "fixed"), ("pe", "fixed"), ("ich", "contrast")]
+    ("task", "front"),
+    [("ich", "fixed"), ("pe", "fixed"), ("ich", "contrast"), ("pe", "enclosure")],
 )
 def test_features_are_left_right_symmetric_and_forward_is_head_of_features(
     task: str, front: str

@@ -40,7 +40,15 @@ N_FEATURES = 18  # the "fixed" front end (every shipped model so far)
 # within 13 x 13 voxels), as its maximum, mean and 2 x 2 opening per cell.
 # "learned" is "contrast" plus a learned branch on the HU voxels themselves (two 3 x 3
 # convolutions at full resolution, their maximum and mean per cell: LEARNED_CHANNELS more).
-FRONT_ENDS = {"fixed": N_FEATURES, "contrast": N_FEATURES + 4, "learned": N_FEATURES + 4}
+# "enclosure" is "fixed" plus 2 channels for a defect inside a lumen rather than tissue
+# between two lumens (or against a heart chamber): lesion-range voxels enclosed by dense on
+# both in-plane axes (left-right and above-below), not on either, and their 2 x 2 opening.
+FRONT_ENDS = {
+    "fixed": N_FEATURES,
+    "contrast": N_FEATURES + 4,
+    "learned": N_FEATURES + 4,
+    "enclosure": N_FEATURES + 2,
+}
 LEARNED_WIDTH = 8
 LEARNED_CHANNELS = 2 * LEARNED_WIDTH
 LOW_LESION = (58.0, 18.0)  # centre, half-width (HU): 40-76, mixed / partial-volume blood
@@ -105,12 +113,25 @@ def _box_mean(m: torch.Tensor, k: int) -> torch.Tensor:
     return F.avg_pool2d(rows, (k, 1), stride=1, padding=(p, 0), count_include_pad=True)
 
 
+def _axes(m: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel of ``m`` [..., H, W]: dense left and right, and dense above and below, within
+    ``r`` pixels."""
+    lr = torch.minimum(_reach(m, r, -1, 1), _reach(m, r, -1, -1))
+    ud = torch.minimum(_reach(m, r, -2, 1), _reach(m, r, -2, -1))
+    return lr, ud
+
+
 def enclosed(m: torch.Tensor, r: int) -> torch.Tensor:
     """Per pixel of ``m`` [..., H, W]: dense on both sides (left and right, or above and below)
     within ``r`` pixels."""
-    lr = torch.minimum(_reach(m, r, -1, 1), _reach(m, r, -1, -1))
-    ud = torch.minimum(_reach(m, r, -2, 1), _reach(m, r, -2, -1))
-    return torch.maximum(lr, ud)
+    return torch.maximum(*_axes(m, r))
+
+
+def enclosed_both(m: torch.Tensor, r: int) -> torch.Tensor:
+    """Per pixel of ``m`` [..., H, W]: dense on all four sides (left, right, above and below)
+    within ``r`` pixels - inside a ring, as a defect within a contrast-filled lumen, not
+    between two lumens side by side."""
+    return torch.minimum(*_axes(m, r))
 
 
 def inside(m: torch.Tensor) -> torch.Tensor:
@@ -246,7 +267,12 @@ class Detector(nn.Module):
         near = _max_square(dense2, 3)
         within = inside(dense2)
         core = -_max_square(-self._lesion(havg), 3)
-        extra = self._contrast(v, cell) if self.front != "fixed" else []
+        extra = []
+        if self.front in ("contrast", "learned"):
+            extra = self._contrast(v, cell)
+        elif self.front == "enclosure":
+            both = enclosed_both(dense, self.enc * s)
+            extra = [F.max_pool2d(lesion * both, cell), F.max_pool2d(core_full * both, cell)]
         return torch.cat(
             [
                 self._task(havg),
