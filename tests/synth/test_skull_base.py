@@ -24,8 +24,8 @@ def canvas(seed: int, g: Grid) -> tuple[HeadCanvas, np.ndarray]:
 
 
 def test_a_generator_outside_the_known_ones_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown generator 5"):
-        ct.PhantomSpec("ich", False, generator=5)
+    with pytest.raises(ValueError, match="unknown generator 6"):
+        ct.PhantomSpec("ich", False, generator=6)
     specs = ct.spec_set("ich", list(range(50, 60)), 0.3, generator=4)
     assert {s.generator for s in specs} == {4}
     # the same studies otherwise: only the painter changes
