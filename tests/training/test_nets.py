@@ -50,7 +50,7 @@ def test_inside_is_the_area_within_a_closed_outline() -> None:
 
 @pytest.mark.parametrize(
     ("task", "front"),
-    [("ich", "fixed"), ("pe", "fixed"), ("ich", "contrast"), ("pe", "enclosure")],
+    [("ich", "fixed"), ("pe", "fixed"), ("ich", "contrast"), ("pe", "enclosure"), ("pe", "lumen")],
 )
 def test_features_are_left_right_symmetric_and_forward_is_head_of_features(
     task: str, front: str
@@ -201,3 +201,24 @@ def test_the_learned_front_end_reads_the_normalised_voxels_beside_the_fixed_chan
     net.train()
     net.head(f, 1, 8, net.normalise(volume))[0].sum().backward()
     assert net.r0.weight.grad is not None and float(net.r0.weight.grad.abs().sum()) > 0.0
+
+
+def test_the_lumen_front_end_reads_a_ring_of_contrast_not_a_ring_of_bone() -> None:
+    """Soft tissue ringed by contrast (a defect in an artery) and soft tissue ringed by bone
+    (a mass between ribs): the "enclosure" front end marks both, "lumen" only the first."""
+    from triage.training.nets import FRONT_ENDS, N_FEATURES, Detector
+
+    volume = torch.full((1, 4, 128, 128), -800.0)
+    for x0, ring_hu in ((20, 350.0), (80, 1000.0)):
+        volume[:, :, 50:62, x0 : x0 + 12] = ring_hu
+        volume[:, :, 54:58, x0 + 4 : x0 + 8] = 45.0  # soft tissue inside the ring
+    got = {}
+    for front in ("enclosure", "lumen"):
+        net = Detector("pe", 4, size=128, front=front).eval()
+        with torch.no_grad():
+            f = net.features(volume)
+        assert f.shape[1] == FRONT_ENDS[front]
+        got[front] = f[:, N_FEATURES].amax(dim=0)  # lesion enclosed on both axes, per cell
+    contrast, bone = (slice(25, 31), slice(10, 16)), (slice(25, 31), slice(40, 46))
+    assert got["enclosure"][contrast].max() > 0.5 and got["enclosure"][bone].max() > 0.5
+    assert got["lumen"][contrast].max() > 0.5 and got["lumen"][bone].max() == 0.0

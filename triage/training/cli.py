@@ -211,7 +211,7 @@ def add_models_commands(subparsers: Any) -> None:
     p.add_argument("--cache-dir", default="var/training-cache", help="phantom cache ('' for none)")
     p.add_argument(
         "--front",
-        choices=("fixed", "contrast", "learned", "enclosure"),
+        choices=("fixed", "contrast", "learned", "enclosure", "lumen"),
         default=None,
         help="fixed feature channels of the network (default: each task's shipped one)",
     )

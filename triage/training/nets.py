@@ -42,13 +42,20 @@ N_FEATURES = 18  # the "fixed" front end (every shipped model so far)
 # convolutions at full resolution, their maximum and mean per cell: LEARNED_CHANNELS more).
 # "enclosure" is "fixed" plus 2 channels for a defect inside a lumen rather than tissue
 # between two lumens (or against a heart chamber): lesion-range voxels enclosed by dense on
-# both in-plane axes (left-right and above-below), not on either, and their 2 x 2 opening.
+# both in-plane axes (left-right and above-below), not on either, and their 2 x 2 opening
+# (maximum per cell).
 FRONT_ENDS = {
     "fixed": N_FEATURES,
     "contrast": N_FEATURES + 4,
     "learned": N_FEATURES + 4,
     "enclosure": N_FEATURES + 2,
+    "lumen": N_FEATURES + 2,
 }
+# "lumen" is "enclosure" with the ring taken on contrast only: dense voxels more than
+# LUMEN_BONE_REACH (128-grid voxels) from any voxel over BONE_HU, so that a ring of ribs or a
+# vertebral cortex round soft tissue is not read as a ring of contrast round a defect.
+BONE_HU = 700.0
+LUMEN_BONE_REACH = 2
 LEARNED_WIDTH = 8
 LEARNED_CHANNELS = 2 * LEARNED_WIDTH
 LOW_LESION = (58.0, 18.0)  # centre, half-width (HU): 40-76, mixed / partial-volume blood
@@ -270,8 +277,12 @@ class Detector(nn.Module):
         extra = []
         if self.front in ("contrast", "learned"):
             extra = self._contrast(v, cell)
-        elif self.front == "enclosure":
-            both = enclosed_both(dense, self.enc * s)
+        elif self.front in ("enclosure", "lumen"):
+            ring = dense
+            if self.front == "lumen":
+                bone = (v > BONE_HU).to(v.dtype)
+                ring = dense * (1.0 - _max_square(bone, 2 * LUMEN_BONE_REACH * s + 1))
+            both = enclosed_both(ring, self.enc * s)
             extra = [F.max_pool2d(lesion * both, cell), F.max_pool2d(core_full * both, cell)]
         return torch.cat(
             [
