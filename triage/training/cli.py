@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from triage.synth.ct.spec import GENERATORS
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS = REPO / "models"
 DEFAULT_LEDGER = REPO / "docs" / "models" / "ledger.jsonl"
@@ -218,7 +220,7 @@ def add_models_commands(subparsers: Any) -> None:
     p.add_argument(
         "--generator",
         type=int,
-        choices=(3, 4, 5),
+        choices=GENERATORS,
         default=None,
         help="phantom generator (triage/synth/ct; default: each task's shipped model's)",
     )

@@ -374,6 +374,7 @@ def render_chest(
     if skeleton is not None:
         paint_skeleton(vol, g, skeleton)
         paint_table(vol, g, skeleton, table_half_width(a))
+    interior = spec.generator >= 5  # generator 5 paints inside the chambers afterwards
     cavities = []
     for c, axes, hu in (
         ((-5.0, -35.0, -60.0), (28.0, 22.0, 30.0), artery_hu * 0.95),  # RV/RA
@@ -382,8 +383,9 @@ def render_chest(
         hit = ellipsoid_in(g, c, axes, 0.4)
         if hit:
             vol[hit[0]][hit[1] & heart[hit[0]]] = hu
-            cavities.append((c, axes, hu, full_mask(g, hit[0], hit[1]) & heart))
-    if spec.generator >= 5 and len(cavities) == 2:
+            if interior:
+                cavities.append((c, axes, hu, full_mask(g, hit[0], hit[1]) & heart))
+    if interior and len(cavities) == 2:
         _heart_interior(vol, g, cavities, chest.soft_hu, np.random.default_rng([seed, 6]))
     # Systemic vessels: aorta (ascending, arch, descending) and SVC.
     for p0, p1, r in (
