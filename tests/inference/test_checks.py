@@ -23,8 +23,10 @@ from triage.inference.checks import (
     InputFacts,
     InputLimits,
     anatomy,
+    components,
     content_grid,
     convex_fill,
+    cut_lungs,
     measure,
     problems,
     pulmonary_artery_enhancement,
@@ -448,3 +450,126 @@ def test_lungs_cut_by_a_narrow_field_of_view_are_inside_the_body() -> None:
     assert facts.air_hu is not None and facts.air_hu <= AIR_MAX_HU
     assert facts.chest_slices == 64
     assert problems(_limits("pe"), facts) == []
+
+
+def _flood_labels(mask: np.ndarray) -> list[set[tuple[int, int]]]:
+    """The in-plane 4-connected components of a 2-D mask, by a plain flood fill."""
+    seen = np.zeros_like(mask)
+    out = []
+    for y0, x0 in zip(*np.nonzero(mask), strict=True):
+        if seen[y0, x0]:
+            continue
+        todo, comp = [(int(y0), int(x0))], set()
+        seen[y0, x0] = True
+        while todo:
+            y, x = todo.pop()
+            comp.add((y, x))
+            for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                v, u = y + dy, x + dx
+                if (
+                    0 <= v < mask.shape[0]
+                    and 0 <= u < mask.shape[1]
+                    and mask[v, u]
+                    and not seen[v, u]
+                ):
+                    seen[v, u] = True
+                    todo.append((v, u))
+        out.append(comp)
+    return out
+
+
+@pytest.mark.parametrize("fill", [0.45, 0.6])
+def test_components_are_those_of_a_flood_fill(fill: float) -> None:
+    rng = np.random.default_rng(7)
+    mask = rng.random((3, 40, 33)) < fill  # many components, some winding
+    labels = components(mask)
+    assert ((labels > 0) == mask).all()
+    for k in range(mask.shape[0]):
+        comps = _flood_labels(mask[k])
+        assert len(comps) > 5
+        assert len(np.unique(labels[k][mask[k]])) == len(comps)
+        for comp in comps:
+            ys, xs = zip(*comp, strict=True)
+            assert len(np.unique(labels[k][ys, xs])) == 1  # one label per component
+    assert components(np.zeros((0, 4, 4), dtype=bool)).shape == (0, 4, 4)
+
+
+def _circle_cut(grid: np.ndarray, radius_px: float) -> np.ndarray:
+    """``grid`` with every pixel beyond a centred circle set to the padding the loader writes
+    (-1024 HU): the scanner's reconstruction circle."""
+    n = grid.shape[2]
+    yy, xx = np.mgrid[:n, :n]
+    out = grid.copy()
+    out[:, (yy - (n - 1) / 2) ** 2 + (xx - (n - 1) / 2) ** 2 > radius_px**2] = -1024.0
+    return out
+
+
+def test_lungs_cut_by_the_reconstruction_circle_are_inside_the_body() -> None:
+    """A chest wider than the reconstruction circle: the lungs touch the padding beyond it and,
+    through it, the air in the image's corners. They are still lungs (not air around the body,
+    which would read "HU not calibrated", nor a missing chest), and the chest is at least as
+    wide as the circle."""
+    fov = 250.0
+    spec = ct.PhantomSpec(task="pe", label=False, n_slices=40, slice_thickness=2.5, fov_mm=fov)
+    grid = _circle_cut(ct.model_sample(spec, 2, shape=(64, 128, 128)).volume, 64.0)
+    outline = convex_fill(grid > BODY_HU)
+    outside = reachable(grid <= BODY_HU, entry=~outline)
+    lung_at_circle = outside & (grid > -960.0) & (grid < LUNG_MAX_HU)
+    assert lung_at_circle.sum() > 1000  # the naive flood takes the lungs for outside air
+    cut = cut_lungs(grid, outside, fov / 128)
+    assert (cut & lung_at_circle).sum() > 0.9 * lung_at_circle.sum()
+    assert np.median(grid[outside & ~cut & (grid > -1023.0)]) <= AIR_MAX_HU  # air is left
+    facts = _grid_facts("pe", grid, fov, 300.0)
+    assert facts.chest_slices == 64
+    assert facts.body_width_mm is not None and facts.body_width_mm >= 240.0
+    assert problems(_limits("pe"), facts) == []
+    # the same chest on the square field of view, without padding: nothing is cut (there,
+    # the body's convex outline keeps the lungs in)
+    square = ct.model_sample(spec, 2, shape=(64, 128, 128)).volume
+    around = reachable(square <= BODY_HU, entry=~convex_fill(square > BODY_HU))
+    assert not cut_lungs(square, around, fov / 128).any()
+
+
+def test_a_foam_pad_beneath_a_head_is_not_cut_lung() -> None:
+    """The real GE head has padding beyond its reconstruction circle, and the foam pad of its
+    holder touches it: on the lowest slices the pad reads -870 to -930 HU at its median, as
+    dense as lung, but it lies beneath the head across the midline - not a lung cut at the
+    side of a chest."""
+    volume = load_volume(_files("ge-head-ct", "*.dcm"))
+    shape = load_contract(MODELS_DIR / "pe" / "config.pbtxt").input_shape
+    grid = content_grid(resample(volume, shape))
+    px = volume.pixel_spacing[1] * volume.hu.shape[2] / grid.shape[2]
+    outside = reachable(grid <= BODY_HU, entry=~convex_fill(grid > BODY_HU))
+    rest = outside & ~reachable(grid <= -1023.0)
+    labels = components(rest)
+    pieces = [labels == k for k in np.unique(labels[rest])]
+    dense = [p for p in pieces if p.sum() * px * px >= 200.0 and np.median(grid[p]) > AIR_MAX_HU]
+    assert dense  # the pad: a piece of outside air of 2 cm2 or more, as dense as lung
+    assert not cut_lungs(grid, outside, px).any()
+
+
+def _pad_beyond_circle(ds: Dataset) -> None:
+    """Pixels beyond the circle inscribed in the image stored as the series' pixel padding
+    (PixelPaddingValue), as a scanner writes what lies outside its reconstruction circle."""
+    pixels = ds.pixel_array.copy()
+    n = pixels.shape[1]
+    yy, xx = np.mgrid[: pixels.shape[0], :n]
+    beyond = (yy - (pixels.shape[0] - 1) / 2) ** 2 + (xx - (n - 1) / 2) ** 2 > (n / 2) ** 2
+    pad = -2000 if ds.PixelRepresentation else 0
+    pixels[beyond] = pad
+    ds.PixelData = pixels.tobytes()
+    ds.add_new(0x00280120, "SS" if ds.PixelRepresentation else "US", pad)  # PixelPaddingValue
+
+
+def test_ctpa_cut_by_its_reconstruction_circle_is_read(
+    analyzer: TritonAnalyzer, tmp_path: Path
+) -> None:
+    """Production path (DICOM, loader, resampling, checks): a CTPA of a chest wider than its
+    250 mm field of view, padded beyond the reconstruction circle, passes the checks for the
+    chest model and is still the wrong body part for the head model."""
+    kw = {"patient_id": "P", "accession": "A", "size": 256, "generator": 4}
+    ctpa = ct.write_ctpa(tmp_path / "c", embolus=False, seed=2, fov_mm=250.0, **kw)
+    cut = _rewrite(ctpa.files, tmp_path / "cut", _pad_beyond_circle)
+    assert pydicom.dcmread(cut[0]).PixelPaddingValue in (0, -2000)
+    _passes(analyzer, "pe", cut)
+    assert "wrong body part" in _not_assessable(analyzer, "ich", cut)

@@ -32,7 +32,11 @@ reason that applies - never a silent "negative". Each check is a plain function 
   - a *chest slice* has aerated lung (-1024..-400 HU inside the body outline) of at least
     :data:`LUNG_MIN_CM2` (20 cm^2) on each side of the body's midline with the mediastinum
     between them; a chest has such slices in at least 25 % of the slices and is at least
-    :data:`CHEST_MIN_WIDTH_MM` (240 mm) wide.
+    :data:`CHEST_MIN_WIDTH_MM` (240 mm) wide. A chest wider than the scanner's reconstruction
+    circle has its lungs cut by it and joined, through the padding beyond it, to the air in the
+    image's corners: such a piece (touching the padding, at least 2 cm^2, median denser than
+    air, to one side of the midline: :func:`cut_lungs`) is lung, not air, and counts in the
+    width.
 - **slice thickness** outside ``[min_slice_thickness_mm, max_slice_thickness_mm]``
   (SliceThickness, else the median slice spacing): the contract states the range the model was
   trained on, never wider.
@@ -214,6 +218,83 @@ def reachable(passable: np.ndarray, entry: np.ndarray | None = None) -> np.ndarr
         seed = grown
 
 
+def components(mask: np.ndarray) -> np.ndarray:
+    """In-plane connected components (4-neighbours) of ``mask`` [..., y, x]: a label per
+    pixel (0 outside ``mask``; one label for the pixels of one component, in no particular
+    order). Runs along rows and columns take their smallest label, alternated until nothing
+    changes (a few passes for round shapes; int32 labels: less memory traffic)."""
+    big = np.iinfo(np.int32).max
+    if mask.size == 0 or mask.shape[-1] == 0:
+        return np.zeros(mask.shape, dtype=np.int32)
+    if mask.size >= big:
+        raise ValueError(f"components: {mask.size} pixels is more than int32 labels can hold")
+    labels = np.where(mask, np.arange(1, mask.size + 1, dtype=np.int32).reshape(mask.shape), big)
+    changed = True
+    while changed:
+        changed = False
+        for axis in (-1, -2):
+            lab = np.ascontiguousarray(np.swapaxes(labels, axis, -1))
+            on_lines = np.ascontiguousarray(np.swapaxes(mask, axis, -1))
+            n = lab.shape[-1]
+            on = np.zeros((on_lines.size // n, n + 1), dtype=bool)  # a False ends each line
+            on[:, :n] = on_lines.reshape(-1, n)
+            flat = on.ravel()
+            starts = flat.copy()
+            starts[1:] &= ~flat[:-1]
+            run = np.cumsum(starts, dtype=np.int32)[flat]  # run number of each mask pixel
+            values = lab.reshape(-1, n)[on[:, :n]]
+            least = np.full(int(run[-1]) + 1 if run.size else 1, big, dtype=np.int32)
+            np.minimum.at(least, run, values)
+            if not np.array_equal(least[run], values):
+                changed = True
+                lab.reshape(-1, n)[on[:, :n]] = least[run]
+                labels = np.swapaxes(lab, axis, -1)
+    return np.where(mask, labels, 0)
+
+
+CUT_LUNG_MIN_CM2 = 2.0  # smaller pieces beside the circle are its partial-volume fringe
+
+
+def cut_lungs(grid: np.ndarray, outside: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """Parts of ``outside`` (air found connected to the image border) that are lung cut by the
+    scanner's reconstruction circle, not air: a chest wider than the scan field of view
+    touches the circle, and through the padding beyond it (-1024 HU, as the loader writes
+    pixel padding and clipped air) the air in the corners of the image. An in-plane
+    component of ``outside`` without that padding is one when it touches the padding, covers
+    at least :data:`CUT_LUNG_MIN_CM2`, reads denser than air at its median (over
+    :data:`AIR_MAX_HU`; lung about -850 HU, air -1000) and lies to one side of the body's
+    midline (the circle cuts a lung at the side of the chest; a foam pad beneath a head in its
+    holder, or a mattress, reads as dense but spans the midline). Without padding (no circle,
+    or a scanner that pads with air's own value) there is none."""
+    pad = reachable(grid <= HU_MIN + 1.0)
+    rest = outside & ~pad
+    if not pad.any() or not rest.any():
+        return np.zeros_like(outside)
+    labels = components(rest)
+    ids, inverse, counts = np.unique(labels[rest], return_inverse=True, return_counts=True)
+    values = grid[rest]
+    order = np.lexsort((values, inverse))  # by component, then by value
+    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    medians = values[order][first + counts // 2]
+    touching = np.zeros(ids.size, dtype=bool)
+    touching[np.searchsorted(ids, labels[dilate_inplane(pad) & rest])] = True
+    # the midline: the middle column of each slice's tissue
+    _, ny, nx = grid.shape
+    per_col = (grid > BODY_HU).sum(axis=1)  # [z, x]
+    total = per_col.sum(axis=1)
+    midline = (per_col.cumsum(axis=1) < total[:, None] / 2.0).sum(axis=1)
+    cols = np.nonzero(rest)[2]
+    left = np.full(ids.size, nx)
+    right = np.full(ids.size, -1)
+    np.minimum.at(left, inverse, cols)
+    np.maximum.at(right, inverse, cols)
+    z = (ids.astype(np.int64) - 1) // (ny * nx)  # a label is a pixel index of its slice, + 1
+    one_side = (total[z] == 0) | (right < midline[z]) | (left > midline[z])
+    big = counts * pixel_mm * pixel_mm / 100.0 >= CUT_LUNG_MIN_CM2
+    lung_ids = ids[touching & big & one_side & (medians > AIR_MAX_HU)]
+    return rest & np.isin(labels, lung_ids)
+
+
 def convex_fill(mask: np.ndarray) -> np.ndarray:
     """Per slice of ``mask`` [z, y, x], the pixels inside the convex hull of its set pixels
     (their centres; the set pixels themselves always included)."""
@@ -284,15 +365,20 @@ class Anatomy:
     head: np.ndarray  # [z] ... and it is mostly brain-density tissue
     chest: np.ndarray  # [z] two lungs and a mediastinum
     midline: np.ndarray  # [z] column of the body's centre (-1: no body)
+    cut_lung: np.ndarray  # [z, y, x] lung cut by the reconstruction circle (chests only)
 
 
-def anatomy(grid: np.ndarray, pixel_mm: float) -> Anatomy:
-    """Head and chest slices of ``grid`` ([z, y, x] HU, square pixels of ``pixel_mm``)."""
+def anatomy(grid: np.ndarray, pixel_mm: float, *, chest: bool = False) -> Anatomy:
+    """Head and chest slices of ``grid`` ([z, y, x] HU, square pixels of ``pixel_mm``);
+    ``chest``: judged for a chest model, so lung cut by the reconstruction circle is looked
+    for (:func:`cut_lungs`)."""
     cm2 = pixel_mm * pixel_mm / 100.0
     # Air enters from the image border only where the border lies outside the body's convex
     # outline: a lung cut by a field of view narrower than the patient touches the border too.
     outline = convex_fill(grid > BODY_HU)
     outside = reachable(grid <= BODY_HU, entry=~outline)
+    cut = cut_lungs(grid, outside, pixel_mm) if chest else np.zeros_like(outside)
+    outside &= ~cut
     bone = grid > SKULL_HU
     enclosed = ~reachable(~bone) & ~bone  # inside a closed ring of bone, bone left out
     # ... with what lies wholly inside that tissue (calcifications, contrast-filled vessels)
@@ -306,7 +392,7 @@ def anatomy(grid: np.ndarray, pixel_mm: float) -> Anatomy:
     body = ~outside
     lung = body & (grid < LUNG_MAX_HU)
     nz, _, nx = grid.shape
-    chest = np.zeros(nz, dtype=bool)
+    chests = np.zeros(nz, dtype=bool)
     midline = np.full(nz, -1, dtype=int)
     cols = np.arange(nx)
     for k in range(nz):
@@ -321,17 +407,18 @@ def anatomy(grid: np.ndarray, pixel_mm: float) -> Anatomy:
             continue
         rows = np.flatnonzero(lung[k].any(axis=1))
         centre = lung[k, rows[0] : rows[-1] + 1, max(cx - 1, 0) : cx + 2]
-        chest[k] = centre.mean() < 0.5  # tissue (the mediastinum) between the lungs
-    return Anatomy(body, outside & ~outline, intracranial, skull, head, chest, midline)
+        chests[k] = centre.mean() < 0.5  # tissue (the mediastinum) between the lungs
+    return Anatomy(body, outside & ~outline, intracranial, skull, head, chests, midline, cut)
 
 
-def body_width_mm(grid: np.ndarray, body: np.ndarray, pixel_mm: float) -> float:
+def body_width_mm(grid: np.ndarray, anat: Anatomy, pixel_mm: float) -> float:
     """Median over the central half of the slices of the 80th percentile of the body's
-    left-right extent over its rows (a thin table or head holder barely moves it)."""
+    left-right extent over its rows (a thin table or head holder barely moves it); lung cut
+    by the reconstruction circle counts as body (the chest is at least that wide)."""
     nz = grid.shape[0]
     widths: list[float] = []
     for k in range(nz // 4, max(nz // 4 + 1, (3 * nz) // 4)):
-        solid = body[k] & (grid[k] > BODY_HU)
+        solid = (anat.body[k] & (grid[k] > BODY_HU)) | anat.cut_lung[k]
         rows = np.flatnonzero(solid.any(axis=1))
         if rows.size == 0:
             continue
@@ -475,7 +562,7 @@ def measure(
     g = content_grid(grid)
     pixel_mm = volume.pixel_spacing[1] * volume.hu.shape[2] / g.shape[2]
     slice_mm = coverage / max(g.shape[0] - 1, 1)
-    anat = anatomy(g, pixel_mm)
+    anat = anatomy(g, pixel_mm, chest=part == "chest")
     air, tissue = calibration(g, anat, part)
     enhancement = enhancing = None
     if limits.min_enhancement_hu is not None:
@@ -487,7 +574,7 @@ def measure(
         slices=facts.slices,
         coverage_mm=coverage,
         slice_thickness_mm=facts.slice_thickness_mm,
-        body_width_mm=body_width_mm(g, anat.body, pixel_mm),
+        body_width_mm=body_width_mm(g, anat, pixel_mm),
         air_hu=air,
         tissue_hu=tissue,
         head_slices=int(anat.head.sum()),
