@@ -26,13 +26,14 @@ from triage.inference.checks import (
     components,
     content_grid,
     convex_fill,
-    cut_lungs,
     measure,
+    open_lungs,
     problems,
     pulmonary_artery_enhancement,
     reachable,
 )
 from triage.inference.contract import load_contract
+from triage.inference.masks import erode_inplane
 from triage.inference.volume import Volume, load_volume, resample
 from triage.store.models import Instance
 from triage.synth import ct
@@ -516,7 +517,7 @@ def test_lungs_cut_by_the_reconstruction_circle_are_inside_the_body() -> None:
     outside = reachable(grid <= BODY_HU, entry=~outline)
     lung_at_circle = outside & (grid > -960.0) & (grid < LUNG_MAX_HU)
     assert lung_at_circle.sum() > 1000  # the naive flood takes the lungs for outside air
-    cut = cut_lungs(grid, outside, fov / 128)
+    cut = open_lungs(grid, outside, outline, fov / 128)
     assert (cut & lung_at_circle).sum() > 0.9 * lung_at_circle.sum()
     assert np.median(grid[outside & ~cut & (grid > -1023.0)]) <= AIR_MAX_HU  # air is left
     facts = _grid_facts("pe", grid, fov, 300.0)
@@ -526,26 +527,50 @@ def test_lungs_cut_by_the_reconstruction_circle_are_inside_the_body() -> None:
     # the same chest on the square field of view, without padding: nothing is cut (there,
     # the body's convex outline keeps the lungs in)
     square = ct.model_sample(spec, 2, shape=(64, 128, 128)).volume
-    around = reachable(square <= BODY_HU, entry=~convex_fill(square > BODY_HU))
-    assert not cut_lungs(square, around, fov / 128).any()
+    hull = convex_fill(square > BODY_HU)
+    assert not open_lungs(square, reachable(square <= BODY_HU, entry=~hull), hull, 1.95).any()
 
 
-def test_a_foam_pad_beneath_a_head_is_not_cut_lung() -> None:
-    """The real GE head has padding beyond its reconstruction circle, and the foam pad of its
-    holder touches it: on the lowest slices the pad reads -870 to -930 HU at its median, as
-    dense as lung, but it lies beneath the head across the midline - not a lung cut at the
-    side of a chest."""
+def test_the_foam_pads_beside_a_head_are_not_lung() -> None:
+    """The real GE head has padding beyond its reconstruction circle, and the foam pads of its
+    holder touch it: they read -870 to -930 HU, as dense as lung, are thick, and lie one at
+    each side of the midline - but each is smaller than a lung."""
     volume = load_volume(_files("ge-head-ct", "*.dcm"))
     shape = load_contract(MODELS_DIR / "pe" / "config.pbtxt").input_shape
     grid = content_grid(resample(volume, shape))
     px = volume.pixel_spacing[1] * volume.hu.shape[2] / grid.shape[2]
-    outside = reachable(grid <= BODY_HU, entry=~convex_fill(grid > BODY_HU))
-    rest = outside & ~reachable(grid <= -1023.0)
-    labels = components(rest)
-    pieces = [labels == k for k in np.unique(labels[rest])]
-    dense = [p for p in pieces if p.sum() * px * px >= 200.0 and np.median(grid[p]) > AIR_MAX_HU]
-    assert dense  # the pad: a piece of outside air of 2 cm2 or more, as dense as lung
-    assert not cut_lungs(grid, outside, px).any()
+    hull = convex_fill(grid > BODY_HU)
+    outside = reachable(grid <= BODY_HU, entry=~hull)
+    core = erode_inplane(outside & ~reachable(grid <= -1023.0) & (grid > AIR_MAX_HU))
+    labels = components(core)
+    areas = [(labels == k).sum() * px * px / 100.0 for k in np.unique(labels[core])]
+    assert max(areas) > 5.0  # the pads: thick pieces of the outside "air", as dense as lung
+    assert not open_lungs(grid, outside, hull, px).any()
+
+
+def test_lung_reached_through_a_gap_in_the_chest_wall_is_lung() -> None:
+    """A chest wall thinner than a grid pixel, drawn or reconstructed, can leave a gap: the air
+    from the border then floods a lung. It is taken back as lung (denser than air, thick, at
+    one side of the midline) and the chest is read."""
+    spec = ct.PhantomSpec(task="pe", label=False, n_slices=40, slice_thickness=2.5, fov_mm=380.0)
+    grid = ct.model_sample(spec, 2, shape=(64, 128, 128)).volume.copy()
+    px = 380.0 / 128
+    hull = convex_fill(grid > BODY_HU)
+    lung = ~reachable(grid <= BODY_HU, entry=~hull) & (grid < LUNG_MAX_HU)
+    # a channel of air from the image's left edge into the right lung on every slice
+    for k in range(grid.shape[0]):
+        ys, _ = np.nonzero(lung[k, :, : grid.shape[2] // 2])
+        y = int(np.median(ys))
+        x = int(np.flatnonzero(lung[k, y, : grid.shape[2] // 2]).min()) + 2
+        grid[k, y - 1 : y + 2, : x + 1] = np.minimum(grid[k, y - 1 : y + 2, : x + 1], -1000.0)
+    hull = convex_fill(grid > BODY_HU)
+    outside = reachable(grid <= BODY_HU, entry=~hull)
+    assert (outside & lung).sum() > 0.3 * lung.sum()  # the flood took a lung
+    back = open_lungs(grid, outside, hull, px)
+    assert (back & lung & outside).sum() > 0.95 * (outside & lung & (grid > AIR_MAX_HU)).sum()
+    facts = _grid_facts("pe", grid, 380.0, 300.0)
+    assert facts.chest_slices == 64
+    assert problems(_limits("pe"), facts) == []
 
 
 def _pad_beyond_circle(ds: Dataset) -> None:

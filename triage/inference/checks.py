@@ -34,9 +34,9 @@ reason that applies - never a silent "negative". Each check is a plain function 
     between them; a chest has such slices in at least 25 % of the slices and is at least
     :data:`CHEST_MIN_WIDTH_MM` (240 mm) wide. A chest wider than the scanner's reconstruction
     circle has its lungs cut by it and joined, through the padding beyond it, to the air in the
-    image's corners: such a piece (touching the padding, at least 2 cm^2, median denser than
-    air, to one side of the midline: :func:`cut_lungs`) is lung, not air, and counts in the
-    width.
+    image's corners, and a chest wall thinner than a grid pixel leaves a gap to the air: a
+    piece of that "air" denser than air (over -950 HU), thick, and to one side of the midline
+    is lung (:func:`open_lungs`) and counts in the width.
 - **slice thickness** outside ``[min_slice_thickness_mm, max_slice_thickness_mm]``
   (SliceThickness, else the median slice spacing): the contract states the range the model was
   trained on, never wider.
@@ -252,47 +252,51 @@ def components(mask: np.ndarray) -> np.ndarray:
     return np.where(mask, labels, 0)
 
 
-CUT_LUNG_MIN_CM2 = 2.0  # smaller pieces beside the circle are its partial-volume fringe
+OPEN_LUNG_MIN_CM2 = LUNG_MIN_CM2  # of a piece's core (what one in-plane erosion leaves)
 
 
-def cut_lungs(grid: np.ndarray, outside: np.ndarray, pixel_mm: float) -> np.ndarray:
-    """Parts of ``outside`` (air found connected to the image border) that are lung cut by the
-    scanner's reconstruction circle, not air: a chest wider than the scan field of view
-    touches the circle, and through the padding beyond it (-1024 HU, as the loader writes
-    pixel padding and clipped air) the air in the corners of the image. An in-plane
-    component of ``outside`` without that padding is one when it touches the padding, covers
-    at least :data:`CUT_LUNG_MIN_CM2`, reads denser than air at its median (over
-    :data:`AIR_MAX_HU`; lung about -850 HU, air -1000) and lies to one side of the body's
-    midline (the circle cuts a lung at the side of the chest; a foam pad beneath a head in its
-    holder, or a mattress, reads as dense but spans the midline). Without padding (no circle,
-    or a scanner that pads with air's own value) there is none."""
+def open_lungs(
+    grid: np.ndarray, outside: np.ndarray, outline: np.ndarray, pixel_mm: float
+) -> np.ndarray:
+    """Lung that the flood of air from the image border (``outside``, entering outside the
+    body's convex ``outline``) reached, with what that lung encloses (airways, its pixels
+    below -950 HU): pixels to take back from ``outside`` for a chest.
+
+    The flood reaches a lung in two ways: a chest wider than the scanner's reconstruction
+    circle has its lungs cut by it and joined, through the padding beyond (-1024 HU, as the
+    loader writes pixel padding and clipped air), to the air in the image's corners; and a
+    chest wall drawn or reconstructed thinner than a grid pixel leaves a gap. Lung reads
+    denser than air (about -850 HU against -1000): a piece of ``outside`` without the padding
+    whose pixels are all over :data:`AIR_MAX_HU`, taken after one in-plane erosion (the
+    partial-volume fringe round a body is one or two pixels thin, and joins what it touches),
+    is lung when it covers a lung's :data:`OPEN_LUNG_MIN_CM2` (the foam pads beside a head in
+    its holder read as dense, but are smaller) and lies to one side of the body's midline (a
+    mattress spans it)."""
     pad = reachable(grid <= HU_MIN + 1.0)
-    rest = outside & ~pad
-    if not pad.any() or not rest.any():
-        return np.zeros_like(outside)
-    labels = components(rest)
-    ids, inverse, counts = np.unique(labels[rest], return_inverse=True, return_counts=True)
-    values = grid[rest]
-    order = np.lexsort((values, inverse))  # by component, then by value
-    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    medians = values[order][first + counts // 2]
-    touching = np.zeros(ids.size, dtype=bool)
-    touching[np.searchsorted(ids, labels[dilate_inplane(pad) & rest])] = True
+    dense = outside & ~pad & (grid > AIR_MAX_HU)
+    none = np.zeros_like(outside)
+    if not dense.any():
+        return none
+    core = erode_inplane(dense)  # without the fringe and one-pixel bridges
+    labels = components(core)
+    ids, inverse, counts = np.unique(labels[core], return_inverse=True, return_counts=True)
     # the midline: the middle column of each slice's tissue
     _, ny, nx = grid.shape
     per_col = (grid > BODY_HU).sum(axis=1)  # [z, x]
     total = per_col.sum(axis=1)
     midline = (per_col.cumsum(axis=1) < total[:, None] / 2.0).sum(axis=1)
-    cols = np.nonzero(rest)[2]
+    cols = np.nonzero(core)[2]
     left = np.full(ids.size, nx)
     right = np.full(ids.size, -1)
     np.minimum.at(left, inverse, cols)
     np.maximum.at(right, inverse, cols)
     z = (ids.astype(np.int64) - 1) // (ny * nx)  # a label is a pixel index of its slice, + 1
     one_side = (total[z] == 0) | (right < midline[z]) | (left > midline[z])
-    big = counts * pixel_mm * pixel_mm / 100.0 >= CUT_LUNG_MIN_CM2
-    lung_ids = ids[touching & big & one_side & (medians > AIR_MAX_HU)]
-    return rest & np.isin(labels, lung_ids)
+    big = counts * pixel_mm * pixel_mm / 100.0 >= OPEN_LUNG_MIN_CM2
+    lung = dilate_inplane(np.isin(labels, ids[big & one_side]) & core) & dense
+    if not lung.any():
+        return none
+    return outside & ~reachable(outside & ~lung, entry=~outline)
 
 
 def convex_fill(mask: np.ndarray) -> np.ndarray:
@@ -365,19 +369,20 @@ class Anatomy:
     head: np.ndarray  # [z] ... and it is mostly brain-density tissue
     chest: np.ndarray  # [z] two lungs and a mediastinum
     midline: np.ndarray  # [z] column of the body's centre (-1: no body)
-    cut_lung: np.ndarray  # [z, y, x] lung cut by the reconstruction circle (chests only)
+    cut_lung: np.ndarray  # [z, y, x] lung the air from the border reached (chests only)
 
 
 def anatomy(grid: np.ndarray, pixel_mm: float, *, chest: bool = False) -> Anatomy:
     """Head and chest slices of ``grid`` ([z, y, x] HU, square pixels of ``pixel_mm``);
-    ``chest``: judged for a chest model, so lung cut by the reconstruction circle is looked
-    for (:func:`cut_lungs`)."""
+    ``chest``: judged for a chest model, so lung that the air from the border reaches (cut by
+    the reconstruction circle, or through a gap in the chest wall) is looked for
+    (:func:`open_lungs`)."""
     cm2 = pixel_mm * pixel_mm / 100.0
     # Air enters from the image border only where the border lies outside the body's convex
     # outline: a lung cut by a field of view narrower than the patient touches the border too.
     outline = convex_fill(grid > BODY_HU)
     outside = reachable(grid <= BODY_HU, entry=~outline)
-    cut = cut_lungs(grid, outside, pixel_mm) if chest else np.zeros_like(outside)
+    cut = open_lungs(grid, outside, outline, pixel_mm) if chest else np.zeros_like(outside)
     outside &= ~cut
     bone = grid > SKULL_HU
     enclosed = ~reachable(~bone) & ~bone  # inside a closed ring of bone, bone left out
