@@ -10,7 +10,7 @@ import pytest
 
 from triage.inference.contract import load_contract
 from triage.synth.ct import model_shape
-from triage.training.export import read_threshold, write_config
+from triage.training.export import read_threshold, seed_model_dir, write_config
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -71,3 +71,27 @@ def test_a_model_on_a_new_grid_gets_that_grid_in_its_contract(
         256,
     )
     assert after.parameters["body_part"] == "head"  # the rest of the file kept
+
+
+@pytest.mark.parametrize("name", ["ich", "pe"])
+def test_a_model_trained_into_a_new_repository_is_servable_and_checked(
+    name: str, tmp_path: Path
+) -> None:
+    """Training into an empty folder: the contract keeps the shipped input checks (a bare
+    one skips them all) and the Python backend's runner is there (Triton cannot load the
+    model without it); what the folder already has is kept."""
+    model_dir = tmp_path / name
+    assert seed_model_dir(model_dir, MODELS / name) == ["config.pbtxt", "1/model.py"]
+    write_config(model_dir, 0.3)
+    shipped = load_contract(MODELS / name / "config.pbtxt").parameters
+    after = load_contract(model_dir / "config.pbtxt")
+    checks = {k for k in shipped if k not in ("threshold", "version", "description", "finding")}
+    assert {"body_part", "min_slice_thickness_mm", "max_slice_thickness_mm"} <= checks
+    assert all(after.parameters[k] == shipped[k] for k in checks)
+    assert after.threshold == 0.3
+    runner = (model_dir / "1" / "model.py").read_text()
+    assert runner == (MODELS / name / "1" / "model.py").read_text()
+    (model_dir / "1" / "model.py").write_text("# kept\n")
+    assert seed_model_dir(model_dir, MODELS / name) == []
+    assert (model_dir / "1" / "model.py").read_text() == "# kept\n"
+    assert seed_model_dir(MODELS / name, MODELS / name) == []  # the shipped folder itself

@@ -9,7 +9,9 @@ from a stock Triton ``onnxruntime`` backend (``config.onnxruntime.pbtxt.example`
 
 from __future__ import annotations
 
+import logging
 import re
+import shutil
 from pathlib import Path
 
 from triage.synth.ct import model_shape, z_resampling
@@ -28,6 +30,12 @@ FINDINGS = {"ich": "intracranial hemorrhage", "pe": "pulmonary embolism"}
 # with 210 more training phantoms from an independently written painter
 # (triage.training.second_source).
 VERSIONS = {"ich": "synthcnn-4.1", "pe": "synthcnn-3.0"}
+
+log = logging.getLogger(__name__)
+# What a model folder needs besides 1/model.onnx to be served and checked, taken from the
+# shipped repository when a model is trained into a new one: the contract (its input-check
+# parameters: body part, slice thickness, enhancement...) and the Python backend's runner.
+SERVING_FILES = ("config.pbtxt", "1/model.py")
 
 
 def export_onnx(net, path: Path) -> Path:  # type: ignore[no-untyped-def]
@@ -187,6 +195,26 @@ instance_group [
 parameters [
 ]
 """
+
+
+def seed_model_dir(model_dir: Path, shipped: Path) -> list[str]:
+    """Copy :data:`SERVING_FILES` that ``model_dir`` lacks from the shipped model folder
+    ``shipped`` (same task): a model trained into a new repository is then servable by
+    Triton and keeps the shipped input checks, instead of a bare contract whose checks are
+    all skipped. Files already there are kept. Returns what was copied."""
+    copied: list[str] = []
+    if model_dir.resolve() == shipped.resolve():
+        return copied
+    for rel in SERVING_FILES:
+        src, dst = shipped / rel, model_dir / rel
+        if dst.exists() or not src.is_file():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        copied.append(rel)
+    if copied:
+        log.info("%s: %s taken from %s", model_dir, ", ".join(copied), shipped)
+    return copied
 
 
 def write_config(model_dir: Path, threshold: float) -> None:

@@ -24,6 +24,9 @@ from triage.training.augment import Augmentation
 from triage.training.data import TRAIN_SEED0, TUNE_SEED0, Dataset, generate
 
 log = logging.getLogger(__name__)
+# the repository's model folders: a model trained elsewhere takes its contract and runner
+# from here (triage.training.export.seed_model_dir)
+SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @dataclass(frozen=True)
@@ -393,7 +396,7 @@ def finish_task(  # type: ignore[no-untyped-def]
     """Operating point on the tuning set, ONNX export, config.pbtxt and training.json for a
     trained ``net``. ``started``: ``time.monotonic()`` when the task began; the result's
     ``seconds`` is the whole wall time, data, tuning and export included."""
-    from triage.training.export import export_onnx, write_config
+    from triage.training.export import export_onnx, seed_model_dir, write_config
     from triage.training.metrics import auc as roc_auc
 
     if cfg.tune_augmented:
@@ -408,6 +411,7 @@ def finish_task(  # type: ignore[no-untyped-def]
     sens = float((prob[pos] >= thr).mean()) if pos.any() else float("nan")
     spec = float((prob[~pos] < thr).mean()) if (~pos).any() else float("nan")
     auc = roc_auc(prob, tune.labels)
+    seed_model_dir(models_dir / cfg.task, SHIPPED_MODELS / cfg.task)
     onnx_path = export_onnx(net, models_dir / cfg.task / "1" / "model.onnx")
     write_config(models_dir / cfg.task, threshold=thr)
     seconds = time.monotonic() - started
