@@ -369,7 +369,7 @@ class Anatomy:
     head: np.ndarray  # [z] ... and it is mostly brain-density tissue
     chest: np.ndarray  # [z] two lungs and a mediastinum
     midline: np.ndarray  # [z] column of the body's centre (-1: no body)
-    cut_lung: np.ndarray  # [z, y, x] lung the air from the border reached (chests only)
+    open_lung: np.ndarray  # [z, y, x] lung the air from the border reached (chests only)
 
 
 def anatomy(grid: np.ndarray, pixel_mm: float, *, chest: bool = False) -> Anatomy:
@@ -382,8 +382,8 @@ def anatomy(grid: np.ndarray, pixel_mm: float, *, chest: bool = False) -> Anatom
     # outline: a lung cut by a field of view narrower than the patient touches the border too.
     outline = convex_fill(grid > BODY_HU)
     outside = reachable(grid <= BODY_HU, entry=~outline)
-    cut = open_lungs(grid, outside, outline, pixel_mm) if chest else np.zeros_like(outside)
-    outside &= ~cut
+    opened = open_lungs(grid, outside, outline, pixel_mm) if chest else np.zeros_like(outside)
+    outside &= ~opened
     bone = grid > SKULL_HU
     enclosed = ~reachable(~bone) & ~bone  # inside a closed ring of bone, bone left out
     # ... with what lies wholly inside that tissue (calcifications, contrast-filled vessels)
@@ -413,17 +413,18 @@ def anatomy(grid: np.ndarray, pixel_mm: float, *, chest: bool = False) -> Anatom
         rows = np.flatnonzero(lung[k].any(axis=1))
         centre = lung[k, rows[0] : rows[-1] + 1, max(cx - 1, 0) : cx + 2]
         chests[k] = centre.mean() < 0.5  # tissue (the mediastinum) between the lungs
-    return Anatomy(body, outside & ~outline, intracranial, skull, head, chests, midline, cut)
+    return Anatomy(body, outside & ~outline, intracranial, skull, head, chests, midline, opened)
 
 
 def body_width_mm(grid: np.ndarray, anat: Anatomy, pixel_mm: float) -> float:
     """Median over the central half of the slices of the 80th percentile of the body's
-    left-right extent over its rows (a thin table or head holder barely moves it); lung cut
-    by the reconstruction circle counts as body (the chest is at least that wide)."""
+    left-right extent over its rows (a thin table or head holder barely moves it); lung that
+    the air from the border reached (:func:`open_lungs`) counts as body: cut by the
+    reconstruction circle, the chest is at least that wide."""
     nz = grid.shape[0]
     widths: list[float] = []
     for k in range(nz // 4, max(nz // 4 + 1, (3 * nz) // 4)):
-        solid = (anat.body[k] & (grid[k] > BODY_HU)) | anat.cut_lung[k]
+        solid = (anat.body[k] & (grid[k] > BODY_HU)) | anat.open_lung[k]
         rows = np.flatnonzero(solid.any(axis=1))
         if rows.size == 0:
             continue
