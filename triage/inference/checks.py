@@ -221,35 +221,49 @@ def reachable(passable: np.ndarray, entry: np.ndarray | None = None) -> np.ndarr
 def components(mask: np.ndarray) -> np.ndarray:
     """In-plane connected components (4-neighbours) of ``mask`` [..., y, x]: a label per
     pixel (0 outside ``mask``; one label for the pixels of one component, in no particular
-    order). Runs along rows and columns take their smallest label, alternated until nothing
-    changes (a few passes for round shapes; int32 labels: less memory traffic)."""
+    order). Runs along rows and columns (found once) take their smallest label, alternated
+    until nothing changes (a few passes for round shapes; int32 labels: less memory
+    traffic)."""
     big = np.iinfo(np.int32).max
     if mask.size == 0 or mask.shape[-1] == 0:
         return np.zeros(mask.shape, dtype=np.int32)
     if mask.size >= big:
         raise ValueError(f"components: {mask.size} pixels is more than int32 labels can hold")
     labels = np.where(mask, np.arange(1, mask.size + 1, dtype=np.int32).reshape(mask.shape), big)
+    # per axis, once: which pixels of each line are set and the run each set pixel is in
+    runs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for axis in (-1, -2):
+        lines = np.ascontiguousarray(np.swapaxes(mask, axis, -1))
+        n = lines.shape[-1]
+        on = np.zeros((lines.size // n, n + 1), dtype=bool)  # a False ends each line
+        on[:, :n] = lines.reshape(-1, n)
+        flat = on.ravel()
+        starts = flat.copy()
+        starts[1:] &= ~flat[:-1]
+        runs[axis] = on[:, :n], np.cumsum(starts, dtype=np.int32)[flat]
     changed = True
     while changed:
         changed = False
         for axis in (-1, -2):
+            on, run = runs[axis]
             lab = np.ascontiguousarray(np.swapaxes(labels, axis, -1))
-            on_lines = np.ascontiguousarray(np.swapaxes(mask, axis, -1))
-            n = lab.shape[-1]
-            on = np.zeros((on_lines.size // n, n + 1), dtype=bool)  # a False ends each line
-            on[:, :n] = on_lines.reshape(-1, n)
-            flat = on.ravel()
-            starts = flat.copy()
-            starts[1:] &= ~flat[:-1]
-            run = np.cumsum(starts, dtype=np.int32)[flat]  # run number of each mask pixel
-            values = lab.reshape(-1, n)[on[:, :n]]
+            values = lab.reshape(on.shape)[on]
             least = np.full(int(run[-1]) + 1 if run.size else 1, big, dtype=np.int32)
             np.minimum.at(least, run, values)
             if not np.array_equal(least[run], values):
                 changed = True
-                lab.reshape(-1, n)[on[:, :n]] = least[run]
+                lab.reshape(on.shape)[on] = least[run]
                 labels = np.swapaxes(lab, axis, -1)
     return np.where(mask, labels, 0)
+
+
+def middle_columns(mask: np.ndarray) -> np.ndarray:
+    """Per slice of ``mask`` [z, y, x], the column with half of the slice's set pixels at or
+    left of it (-1 where none is set): the midline of a body or of its tissue."""
+    per_col = mask.sum(axis=1)  # [z, x]
+    total = per_col.sum(axis=1)
+    middle = (per_col.cumsum(axis=1) < total[:, None] / 2.0).sum(axis=1)
+    return np.where(total > 0, middle, -1)
 
 
 OPEN_LUNG_MIN_CM2 = LUNG_MIN_CM2  # of a piece's core (what one in-plane erosion leaves)
@@ -280,18 +294,15 @@ def open_lungs(
     core = erode_inplane(dense)  # without the fringe and one-pixel bridges
     labels = components(core)
     ids, inverse, counts = np.unique(labels[core], return_inverse=True, return_counts=True)
-    # the midline: the middle column of each slice's tissue
     _, ny, nx = grid.shape
-    per_col = (grid > BODY_HU).sum(axis=1)  # [z, x]
-    total = per_col.sum(axis=1)
-    midline = (per_col.cumsum(axis=1) < total[:, None] / 2.0).sum(axis=1)
+    midline = middle_columns(grid > BODY_HU)  # of each slice's tissue
     cols = np.nonzero(core)[2]
     left = np.full(ids.size, nx)
     right = np.full(ids.size, -1)
     np.minimum.at(left, inverse, cols)
     np.maximum.at(right, inverse, cols)
     z = (ids.astype(np.int64) - 1) // (ny * nx)  # a label is a pixel index of its slice, + 1
-    one_side = (total[z] == 0) | (right < midline[z]) | (left > midline[z])
+    one_side = (midline[z] < 0) | (right < midline[z]) | (left > midline[z])
     big = counts * pixel_mm * pixel_mm / 100.0 >= OPEN_LUNG_MIN_CM2
     lung = dilate_inplane(np.isin(labels, ids[big & one_side]) & core) & dense
     if not lung.any():
@@ -398,14 +409,12 @@ def anatomy(grid: np.ndarray, pixel_mm: float, *, chest: bool = False) -> Anatom
     lung = body & (grid < LUNG_MAX_HU)
     nz, _, nx = grid.shape
     chests = np.zeros(nz, dtype=bool)
-    midline = np.full(nz, -1, dtype=int)
+    midline = middle_columns(body)
     cols = np.arange(nx)
     for k in range(nz):
-        per_col = body[k].sum(axis=0)
-        if per_col.sum() == 0:
+        cx = int(midline[k])
+        if cx < 0:
             continue
-        cx = int(np.searchsorted(np.cumsum(per_col), per_col.sum() / 2.0))
-        midline[k] = cx
         lung_cols = lung[k].sum(axis=0)
         right, left = lung_cols[cols < cx].sum(), lung_cols[cols > cx].sum()
         if min(right, left) * cm2 < LUNG_MIN_CM2:
