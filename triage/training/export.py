@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # shipped repository when a model is trained into a new one: the contract (its input-check
 # parameters: body part, slice thickness, enhancement...) and the Python backend's runner.
 SERVING_FILES = ("config.pbtxt", "1/model.py")
+SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"  # the repository's
 
 
 def export_onnx(net, path: Path) -> Path:  # type: ignore[no-untyped-def]
@@ -197,11 +198,13 @@ parameters [
 """
 
 
-def seed_model_dir(model_dir: Path, shipped: Path) -> list[str]:
+def seed_model_dir(model_dir: Path, shipped: Path | None = None) -> list[str]:
     """Copy :data:`SERVING_FILES` that ``model_dir`` lacks from the shipped model folder
-    ``shipped`` (same task): a model trained into a new repository is then servable by
-    Triton and keeps the shipped input checks, instead of a bare contract whose checks are
-    all skipped. Files already there are kept. Returns what was copied."""
+    ``shipped`` (same task; default: :data:`SHIPPED_MODELS` / the folder's name): a model
+    trained into a new repository is then servable by Triton and keeps the shipped input
+    checks, instead of a bare contract whose checks are all skipped. Files already there are
+    kept. Returns what was copied."""
+    shipped = SHIPPED_MODELS / model_dir.name if shipped is None else shipped
     copied: list[str] = []
     if model_dir.resolve() == shipped.resolve():
         return copied

@@ -24,9 +24,6 @@ from triage.training.augment import Augmentation
 from triage.training.data import TRAIN_SEED0, TUNE_SEED0, Dataset, generate
 
 log = logging.getLogger(__name__)
-# the repository's model folders: a model trained elsewhere takes its contract and runner
-# from here (triage.training.export.seed_model_dir)
-SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @dataclass(frozen=True)
@@ -411,7 +408,7 @@ def finish_task(  # type: ignore[no-untyped-def]
     sens = float((prob[pos] >= thr).mean()) if pos.any() else float("nan")
     spec = float((prob[~pos] < thr).mean()) if (~pos).any() else float("nan")
     auc = roc_auc(prob, tune.labels)
-    seed_model_dir(models_dir / cfg.task, SHIPPED_MODELS / cfg.task)
+    seed_model_dir(models_dir / cfg.task)  # a new repository: the shipped contract and runner
     onnx_path = export_onnx(net, models_dir / cfg.task / "1" / "model.onnx")
     write_config(models_dir / cfg.task, threshold=thr)
     seconds = time.monotonic() - started
