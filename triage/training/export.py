@@ -28,8 +28,9 @@ FINDINGS = {"ich": "intracranial hemorrhage", "pe": "pulmonary embolism"}
 # chosen on the tuning phantoms and an augmented copy of each; ich 4.0: the same recipe,
 # 5,000 steps, on head generator 4 (skull base, face and the skull's glare); ich 4.1: the same
 # with 210 more training phantoms from an independently written painter
-# (triage.training.second_source).
-VERSIONS = {"ich": "synthcnn-4.1", "pe": "synthcnn-3.0"}
+# (triage.training.second_source); pe 3.1: chest generator 5, the "lumen" front end and 210
+# training phantoms from the second painter.
+VERSIONS = {"ich": "synthcnn-4.1", "pe": "synthcnn-3.1"}
 
 log = logging.getLogger(__name__)
 # What a model folder needs besides 1/model.onnx to be served and checked, taken from the

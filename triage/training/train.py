@@ -442,12 +442,13 @@ def finish_task(  # type: ignore[no-untyped-def]
 # ich-synthcnn-4.0 on generator 4 too: 3,000 -> 5,000 steps, tuning AUC 0.872 -> 0.884.
 DEFAULT_STEPS: dict[str, int] = {"ich": 5000, "pe": 5000}
 # Front end per task (triage.training.nets.FRONT_ENDS)
-DEFAULT_FRONT: dict[str, str] = {"ich": "fixed", "pe": "fixed"}
+# (pe-synthcnn-3.1: "lumen", the enclosure taken on contrast only; docs/models.md)
+DEFAULT_FRONT: dict[str, str] = {"ich": "fixed", "pe": "lumen"}
 # the generator each task's shipped model was trained on (triage.synth.ct.PhantomSpec)
-DEFAULT_GENERATOR: dict[str, int] = {"ich": 4, "pe": 4}
+DEFAULT_GENERATOR: dict[str, int] = {"ich": 4, "pe": 5}
 # training phantoms painted by the second painter (triage.training.second_source), per task
-# (ich-synthcnn-4.1: 210, with 48 more tuning phantoms; docs/models.md)
-DEFAULT_SECOND: dict[str, int] = {"ich": 210, "pe": 0}
+# (ich-synthcnn-4.1 and pe-synthcnn-3.1: 210, with 48 more tuning phantoms; docs/models.md)
+DEFAULT_SECOND: dict[str, int] = {"ich": 210, "pe": 210}
 
 
 def train_all(

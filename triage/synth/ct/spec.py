@@ -86,8 +86,8 @@ class PhantomSpec:
     # muscles, mediastinal fat and a real table (:mod:`triage.synth.ct.skeleton`); 5, generator
     # 4 with what lies inside real heart chambers - papillary muscles, trabeculae, the
     # moderator band, unopacified inflow from the IVC (a head is painted as by 4). Default 3,
-    # the earlier generator, which the demo and most tests paint; ich-synthcnn-4.0 and
-    # pe-synthcnn-3.0 were trained on 4 (triage.training.train.DEFAULT_GENERATOR), and
+    # the earlier generator, which the demo and most tests paint; ich-synthcnn-4.x was trained
+    # on 4, pe-synthcnn-3.1 on 5 (triage.training.train.DEFAULT_GENERATOR), and
     # validation paints what a model learned from.
     generator: int = 3
 
