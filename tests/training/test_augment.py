@@ -110,3 +110,54 @@ def test_an_open_ring_has_no_inside() -> None:
     c = HEAD.shape[1] // 2
     broken[:, c - 1 : c + 2, :10] = 30.0  # a gap through the skull to the border
     assert not inside_skull(broken).any()
+
+
+def _calcified_head() -> np.ndarray:
+    """HEAD plus a 300 HU calcification in the brain (pineal-like, 3 x 3 pixels), a 250 HU
+    knob on the inner table (part of the skull) and a narrow skull ring in slice 0 (the skull
+    base: a fifth of the widest slice's area) with its own small 300 HU piece."""
+    vol = HEAD.copy()
+    n = vol.shape[1]
+    c = n // 2
+    vol[:, c - 1 : c + 2, c - 1 : c + 2] = 300.0
+    vol[:, c - 1 : c + 1, c + 37 : c + 40] = 250.0  # touching the ring (inner radius 40)
+    yy, xx = np.mgrid[0:n, 0:n] - (n - 1) / 2.0
+    r = np.hypot(yy, xx)
+    vol[0] = np.where(r < 22, 1000.0, -1000.0)
+    vol[0][r < 18] = 30.0
+    vol[0, c - 1 : c + 2, c - 1 : c + 2] = 300.0
+    return vol
+
+
+def test_faint_calcifications_fade_the_piece_inside_the_brain_only() -> None:
+    from triage.training.augment import fade_calcifications
+
+    vol = _calcified_head()
+    n = vol.shape[1]
+    c = n // 2
+    aug = replace(NONE, p_faint_calcifications=1.0, calc_peak_hu=(80.0, 80.0))
+    out, done = augment(vol, np.random.default_rng(7), aug)
+    assert len(done) == 1 and done[0].startswith("faint calcifications")
+    piece = (slice(1, None), slice(c - 1, c + 2), slice(c - 1, c + 2))
+    assert np.allclose(out[piece].max(axis=(1, 2)), 80.0, atol=0.5)  # its peak where drawn
+    assert (out[piece] > 30.0).all()  # still denser than the brain around it: faded, not gone
+    changed = np.abs(out - vol) > 1e-3
+    changed[piece] = False
+    assert not changed.any()  # the skull, its knob, the blob at 70 HU, the skull base: as they were
+    # nothing dense enough, or nothing inside a closed skull: nothing to do
+    assert fade_calcifications(HEAD, np.random.default_rng(0), aug)[1] == 0
+    open_ = vol.copy()
+    open_[:, c - 1 : c + 2, : c - 5] = 30.0  # every ring opened to the border
+    assert fade_calcifications(open_, np.random.default_rng(0), aug)[1] == 0
+
+
+def test_faint_calcifications_are_off_by_default_and_draw_nothing() -> None:
+    """The shipped recipes' augmented copies stay bit for bit what they were."""
+    vol = _calcified_head()
+    a, done_a = augment(vol, np.random.default_rng(11))
+    b, done_b = augment(
+        vol, np.random.default_rng(11), replace(Augmentation(), p_faint_calcifications=0.0)
+    )
+    assert Augmentation().p_faint_calcifications == 0.0
+    assert np.array_equal(a, b) and done_a == done_b
+    assert not any(d.startswith("faint") for d in done_a)

@@ -19,6 +19,13 @@ strength, to a whole model-grid volume [z, y, x] in HU:
   posterior fossa between the petrous bones). Real normal heads show both; without them a
   network learns that tissue a few HU denser along the skull is blood (a real head CT was
   flagged so, docs/models.md).
+- off by default (``p_faint_calcifications``; ``TrainConfig.faint_calcifications``): the
+  calcifications inside the skull (small dense pieces enclosed by brain in their own slice:
+  pineal, choroid plexus, falx) made faint - each piece's excess over the brain around it
+  scaled so that its peak lands at 65-130 HU, what a small calcification becomes when a
+  thick slice or a soft kernel averages it with the brain around it. Real heads carry them
+  so; a network that has only seen them dense reads a diluted one as a small bleed (the
+  stress suite's soft kernel, docs/models.md).
 
 Intensity and sharpness only: nothing moves, so the lesion targets stay where they are.
 Independent of the stress suite (:mod:`triage.training.perturb`), which applies fixed
@@ -33,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from triage.inference.checks import components
 from triage.inference.masks import dilate_inplane
 from triage.training.perturb import convolve_axis, gaussian_kernel, noise_sigma
 
@@ -64,6 +72,14 @@ class Augmentation:
     rim_reach: int = 12  # model voxels from the bone that the rim reaches
     base_hu: tuple[float, float] = (3.0, 15.0)  # added in the lowest slices inside the skull
     base_share: tuple[float, float] = (0.15, 0.35)  # of the slices, from the bottom, it fades over
+    p_faint_calcifications: float = 0.0  # see fade_calcifications()
+    calc_min_hu: float = 100.0  # a calcification's voxels: denser than any blood
+    calc_max_px: int = 40  # in-plane pixels of one piece at most (the model grid: ~130 mm2)
+    calc_max_peak_hu: float = 700.0  # denser pieces are bone (the skull base's, in its ring)
+    # slices whose intracranial area is under this share of the widest slice's are the skull
+    # base's or the vertex's: their small dense pieces (clinoids, petrous apex) are left dense
+    calc_min_area_share: float = 0.6
+    calc_peak_hu: tuple[float, float] = (65.0, 130.0)  # where a faded piece's peak lands
 
 
 def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
@@ -77,6 +93,10 @@ def augment(
     hu = np.asarray(volume, dtype=np.float32).copy()
     done: list[str] = []
     noise0 = noise_sigma(hu)
+    if aug.p_faint_calcifications > 0.0 and rng.random() < aug.p_faint_calcifications:
+        hu, pieces = fade_calcifications(hu, rng, aug)
+        if pieces:
+            done.append(f"faint calcifications ({pieces} pieces)")
     if rng.random() < aug.p_soft:
         d = _u(rng, aug.soft_shift_hu)
         hu = np.where((hu >= 0.0) & (hu <= 80.0), hu + np.float32(d), hu)
@@ -175,3 +195,45 @@ def skull_field(
     field = field + (np.float32(base_hu) * ramp)[:, None, None]
     field = np.where(inside, field, np.float32(0.0)).astype(np.float32)
     return field, f"skull field rim {rim_hu:.0f} HU/{rim_px:.1f}px base {base_hu:.0f} HU"
+
+
+def fade_calcifications(
+    hu: np.ndarray, rng: np.random.Generator, aug: Augmentation = Augmentation()
+) -> tuple[np.ndarray, int]:
+    """(``hu`` [z, y, x] with its calcifications made faint, how many pieces): each in-plane
+    piece of voxels over ``calc_min_hu`` of at most ``calc_max_px`` pixels whose every
+    neighbour is dense or inside the skull (:func:`inside_skull`: enclosed by brain, not
+    touching the skull, the scalp or the air) and whose peak is under ``calc_max_peak_hu``
+    (denser: a piece of the skull base's bone inside its ring), in a slice whose intracranial
+    area is at least ``calc_min_area_share`` of the widest's (not the skull base's pieces of
+    bone, whose partial volume in the blood range would hide blood in the basal cisterns),
+    keeps its shape, its excess over the brain's
+    median scaled so that its peak lands at a random ``calc_peak_hu``. Pieces in slices whose
+    skull is open (the skull base) are left alone. Blood (< 100 HU) is never touched."""
+    dense = hu > aug.calc_min_hu
+    inside = inside_skull(hu)
+    if not dense.any() or not inside.any():
+        return hu, 0
+    labels = components(dense)
+    flat = labels[dense]
+    ids, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    # a piece touching anything neither dense nor inside the skull is the skull, not in it
+    open_ = dense & dilate_inplane(~dense & ~inside)
+    touching = np.isin(ids, np.unique(labels[open_]))
+    peaks = np.full(len(ids), -np.inf, np.float32)
+    np.maximum.at(peaks, inverse, hu[dense])
+    area = inside.sum(axis=(1, 2))
+    wide = area >= aug.calc_min_area_share * area.max()
+    piece_z = np.zeros(len(ids), np.int64)
+    piece_z[inverse] = np.nonzero(dense)[0]
+    keep = (counts <= aug.calc_max_px) & ~touching & (peaks <= aug.calc_max_peak_hu)
+    keep &= wide[piece_z]
+    if not keep.any():
+        return hu, 0
+    brain = float(np.median(hu[inside & (hu > 0.0) & (hu < 80.0)]))
+    targets = rng.uniform(aug.calc_peak_hu[0], aug.calc_peak_hu[1], len(ids)).astype(np.float32)
+    scale = np.clip((targets - brain) / np.maximum(peaks - brain, 1.0), 0.0, 1.0)
+    scale[~keep] = 1.0
+    out = hu.copy()
+    out[dense] = brain + (hu[dense] - brain) * scale[inverse]
+    return out, int(keep.sum())

@@ -43,6 +43,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         front=args.front,
         generator=args.generator,
         n_second=args.second,
+        faint_calcifications=args.faint_calcifications,
     )
     for r in results:
         print(
@@ -230,6 +231,14 @@ def add_models_commands(subparsers: Any) -> None:
         default=None,
         help="training phantoms from the second, independently written painter, on top of "
         "--n-train (triage/crosscheck head.py/chest.py; default: each task's shipped model's)",
+    )
+    p.add_argument(
+        "--faint-calcifications",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="share of the augmented training phantoms whose calcifications inside the skull "
+        "are made faint (0-1; default: each task's shipped model's)",
     )
     p.set_defaults(func=_cmd_train)
     p = models.add_parser(

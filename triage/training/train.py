@@ -53,6 +53,9 @@ class TrainConfig:
     # share of the augmented training phantoms that also get the field a real skull leaves
     # inside it (triage.training.augment.skull_field); the tuning copies never do
     skull_field: float = 0.0
+    # share of the augmented training phantoms whose calcifications inside the skull are made
+    # faint (triage.training.augment.fade_calcifications); the tuning copies never are
+    faint_calcifications: float = 0.0
     front: str = "fixed"  # the network's fixed feature channels (triage.training.nets.FRONT_ENDS)
     # what paints the training and tuning phantoms (triage.synth.ct.PhantomSpec.generator)
     generator: int = 3
@@ -109,7 +112,9 @@ def fit(cfg: TrainConfig, train: Dataset, log_every: int = 250):  # type: ignore
         cfg.augment_fraction,
         cfg.seed,
         keep_raw=net.learned,
-        aug=Augmentation(p_skull_field=cfg.skull_field),
+        aug=Augmentation(
+            p_skull_field=cfg.skull_field, p_faint_calcifications=cfg.faint_calcifications
+        ),
     )  # [N, Z, C, G, G]; the learned front end: normalised HU [N, Z, Y, X] too
     log.info("%s: features of %d phantoms in %.0f s", cfg.task, len(train), time.monotonic() - t0)
     n, depth, grid = feats.shape[0], feats.shape[1], feats.shape[-1]
@@ -449,6 +454,8 @@ DEFAULT_GENERATOR: dict[str, int] = {"ich": 4, "pe": 5}
 # training phantoms painted by the second painter (triage.training.second_source), per task
 # (ich-synthcnn-4.1 and pe-synthcnn-3.1: 210, with 48 more tuning phantoms; docs/models.md)
 DEFAULT_SECOND: dict[str, int] = {"ich": 210, "pe": 210}
+# share of the augmented training phantoms with faint calcifications, per task
+DEFAULT_FAINT_CALCIFICATIONS: dict[str, float] = {"ich": 0.0, "pe": 0.0}
 
 
 def train_all(
@@ -462,6 +469,7 @@ def train_all(
     front: str | None = None,
     generator: int | None = None,
     n_second: int | None = None,
+    faint_calcifications: float | None = None,
 ) -> list[TrainResult]:
     """Train ``tasks`` one after the other (``steps`` None: :data:`DEFAULT_STEPS`; ``front``
     None: :data:`DEFAULT_FRONT`; ``generator`` None: :data:`DEFAULT_GENERATOR`)."""
@@ -474,6 +482,11 @@ def train_all(
             front=front or DEFAULT_FRONT[t],
             generator=generator or DEFAULT_GENERATOR[t],
             n_second=DEFAULT_SECOND[t] if n_second is None else n_second,
+            faint_calcifications=(
+                DEFAULT_FAINT_CALCIFICATIONS[t]
+                if faint_calcifications is None
+                else faint_calcifications
+            ),
         )
         results.append(train_task(cfg, models_dir, cache_dir, workers))
     return results
