@@ -99,6 +99,17 @@ def test_lidc_chest_forced_past_the_checks_is_below_the_operating_point(
     assert r.ok, r.line()
 
 
+def test_controls_of_one_task_only(triton: LocalTriton, tmp_path: Path) -> None:
+    """`triage models controls --tasks pe`: a candidate repository holding pe alone."""
+    analyzer = TritonAnalyzer(tmp_path / "data", MODELS_DIR)
+    with InferenceClient(triton.grpc_url, "grpc", timeout=120, models_dir=MODELS_DIR) as client:
+        analyzer.attach(client)
+        results = real_controls(SHARED_DATA / "dicom", analyzer, tmp_path, tasks=("pe",))
+    assert [r.name for r in results] == ["lidc-chest-ct", "lidc-chest-ct forced past the checks"]
+    assert all(r.model == "pe" for r in results)
+    assert not (tmp_path / "ge-5mm").exists()  # the head's reslicing was not done either
+
+
 def test_shared_data_is_there() -> None:
     for folder in ("ge-head-ct", "philips-head-phantom", "lidc-chest-ct"):
         assert (Path(SHARED_DATA) / "dicom" / folder).is_dir()

@@ -229,6 +229,33 @@ def test_a_run_for_one_task_keeps_the_other_tasks_results(tmp_path: Path) -> Non
     assert [r["summary"]["task"] for r in nested] == ["pe"]
 
 
+def test_a_controls_run_for_one_task_keeps_the_other_models_controls(tmp_path: Path) -> None:
+    from triage.training.validate import write_controls
+
+    def row(name: str, model: str, ok: bool) -> dict[str, object]:
+        return {
+            "name": name,
+            "model": model,
+            "series": "",
+            "status": "done",
+            "probability": 0.1,
+            "threshold": 0.3,
+            "reason": "",
+            "ok": ok,
+            "verdict": f"{name} {ok}",
+        }
+
+    write_controls(tmp_path, [row("ge", "ich", True), row("lidc", "pe", False)])
+    write_controls(tmp_path, [row("lidc", "pe", True)], tasks=("pe",))
+    rows = json.loads((tmp_path / "controls.json").read_text(encoding="utf-8"))["controls"]
+    assert [(r["name"], r["ok"]) for r in rows] == [("ge", True), ("lidc", True)]
+    write_controls(tmp_path, [row("ge2", "ich", False)])  # both tasks: nothing kept
+    rows = json.loads((tmp_path / "controls.json").read_text(encoding="utf-8"))["controls"]
+    assert [r["name"] for r in rows] == ["ge2"]
+    report = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "ge2" in report
+
+
 def test_not_assessable_reasons_are_counted_by_kind() -> None:
     """Reasons are split where the checks join them, never inside a parenthesis (a held-out
     report once counted "the ich model reads non-contrast CT, limit 6 ml)" as a reason)."""

@@ -24,7 +24,7 @@ never hide it. :func:`write_volume_series` writes a HU volume as a CT series (th
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,27 +205,43 @@ def _forced(name: str, analyzer: TritonAnalyzer, model: str, rows: list[Instance
     )
 
 
-def real_controls(data_dir: Path, analyzer: TritonAnalyzer, work_dir: Path) -> list[ControlResult]:
-    """Run every real control of ``data_dir`` (``shared/data/dicom``) with ``analyzer`` (a
-    client attached); the resliced series is written under ``work_dir``."""
-    ge = [p for p in _files(data_dir / "ge-head-ct") if p.suffix == ".dcm"]
-    ge_rows = _rows(ge)
-    philips = _rows(_files(data_dir / "philips-head-phantom"))
-    lidc = _rows(_files(data_dir / "lidc-chest-ct"))
-    resliced = _rows(reslice([Path(r.path) for r in select_series(ge_rows)], work_dir / "ge-5mm"))
-    return [
-        _analyze("ge-head-ct", analyzer, "ich", ge_rows, r"slice thickness [\d.]+ mm outside"),
-        _analyze("ge-head-ct resliced to 5 mm", analyzer, "ich", resliced, ""),
-        _analyze(
-            "philips-head-phantom",
-            analyzer,
-            "ich",
-            philips,
-            r"wrong body part: .*brain-density tissue",
-        ),
-        _analyze("lidc-chest-ct", analyzer, "pe", lidc, r"pulmonary artery enhancement too low"),
-        _forced("lidc-chest-ct forced past the checks", analyzer, "pe", lidc),
-    ]
+def real_controls(
+    data_dir: Path,
+    analyzer: TritonAnalyzer,
+    work_dir: Path,
+    tasks: Collection[str] = ("ich", "pe"),
+) -> list[ControlResult]:
+    """Run every real control of ``data_dir`` (``shared/data/dicom``) for the models in
+    ``tasks`` with ``analyzer`` (a client attached); the resliced series is written under
+    ``work_dir``."""
+    out: list[ControlResult] = []
+    if "ich" in tasks:
+        ge = [p for p in _files(data_dir / "ge-head-ct") if p.suffix == ".dcm"]
+        ge_rows = _rows(ge)
+        philips = _rows(_files(data_dir / "philips-head-phantom"))
+        resliced = _rows(
+            reslice([Path(r.path) for r in select_series(ge_rows)], work_dir / "ge-5mm")
+        )
+        out += [
+            _analyze("ge-head-ct", analyzer, "ich", ge_rows, r"slice thickness [\d.]+ mm outside"),
+            _analyze("ge-head-ct resliced to 5 mm", analyzer, "ich", resliced, ""),
+            _analyze(
+                "philips-head-phantom",
+                analyzer,
+                "ich",
+                philips,
+                r"wrong body part: .*brain-density tissue",
+            ),
+        ]
+    if "pe" in tasks:
+        lidc = _rows(_files(data_dir / "lidc-chest-ct"))
+        out += [
+            _analyze(
+                "lidc-chest-ct", analyzer, "pe", lidc, r"pulmonary artery enhancement too low"
+            ),
+            _forced("lidc-chest-ct forced past the checks", analyzer, "pe", lidc),
+        ]
+    return out
 
 
 def format_controls(results: Sequence[ControlResult]) -> str:

@@ -230,7 +230,10 @@ def fade_calcifications(
     keep &= wide[piece_z]
     if not keep.any():
         return hu, 0
-    brain = float(np.median(hu[inside & (hu > 0.0) & (hu < 80.0)]))
+    soft = hu[inside & (hu > 0.0) & (hu < 80.0)]
+    if soft.size == 0:  # no brain to fade towards
+        return hu, 0
+    brain = float(np.median(soft))
     targets = rng.uniform(aug.calc_peak_hu[0], aug.calc_peak_hu[1], len(ids)).astype(np.float32)
     scale = np.clip((targets - brain) / np.maximum(peaks - brain, 1.0), 0.0, 1.0)
     scale[~keep] = 1.0

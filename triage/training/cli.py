@@ -156,6 +156,7 @@ def _cmd_controls(args: argparse.Namespace) -> int:
         Path(args.out),
         triton_url=args.triton_url,
         data_dir=Path(args.data),
+        tasks=args.tasks,
     )
     console = Console()
     if rows is None:
@@ -282,6 +283,12 @@ def add_models_commands(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_stress)
     p = models.add_parser(
         "controls", help="the real series of the shared data through the engine; report"
+    )
+    p.add_argument(
+        "--tasks",
+        type=_tasks,
+        default=("ich", "pe"),
+        help="ich,pe (both): the models whose controls are run; the others' stay in the report",
     )
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS), help="model repository")
     p.add_argument("--out", default="var/validation", help="report folder (docs/models)")

@@ -663,11 +663,14 @@ def write_heldout(out_dir: Path, results: list[HeldOut]) -> Path:
 
 
 def run_real_controls(
-    analyzer: Any, work_dir: Path, data_dir: Path = DEFAULT_CONTROLS_DATA
+    analyzer: Any,
+    work_dir: Path,
+    data_dir: Path = DEFAULT_CONTROLS_DATA,
+    tasks: Sequence[str] = ("ich", "pe"),
 ) -> list[dict[str, Any]] | None:
-    """The real (third-party) series of ``data_dir`` through the production path
-    (:func:`triage.inference.controls.real_controls`, with ``analyzer``'s client attached);
-    None when that module or the data is missing."""
+    """The real (third-party) series of ``data_dir`` that the models of ``tasks`` could take,
+    through the production path (:func:`triage.inference.controls.real_controls`, with
+    ``analyzer``'s client attached); None when that module or the data is missing."""
     try:
         from triage.inference.controls import real_controls
     except ImportError:
@@ -676,7 +679,7 @@ def run_real_controls(
         log.warning("real controls skipped: %s not found", data_dir)
         return None
     rows = []
-    for r in real_controls(data_dir, analyzer, work_dir):
+    for r in real_controls(data_dir, analyzer, work_dir, tasks):
         rows.append(
             {
                 "name": r.name,
@@ -693,12 +696,18 @@ def run_real_controls(
     return rows
 
 
-def write_controls(out_dir: Path, rows: list[dict[str, Any]] | None) -> Path | None:
+def write_controls(
+    out_dir: Path, rows: list[dict[str, Any]] | None, tasks: Sequence[str] = ("ich", "pe")
+) -> Path | None:
+    """``controls.json`` with ``rows``; the rows of models outside ``tasks`` already there are
+    kept (a run for one task leaves the other's controls in the report)."""
     if rows is None:
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "controls.json"
-    payload = {"date": time.strftime("%Y-%m-%d"), "controls": rows}
+    old = _load(path)
+    kept = [r for r in (old or {}).get("controls", []) if r.get("model") not in tasks]
+    payload = {"date": time.strftime("%Y-%m-%d"), "controls": kept + rows}
     path.write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
     return path
 
@@ -709,13 +718,15 @@ def controls(
     *,
     triton_url: str | None = None,
     data_dir: Path = DEFAULT_CONTROLS_DATA,
+    tasks: Sequence[str] = ("ich", "pe"),
 ) -> list[dict[str, Any]] | None:
-    """``triage models controls``: only the real controls, through Triton; report rewritten."""
+    """``triage models controls``: only the real controls of ``tasks``' models, through
+    Triton; the report rewritten (the other models' controls kept)."""
     with tempfile.TemporaryDirectory(prefix="triage-controls-") as tmp:
         work = Path(tmp)
         with engine_analyzer(models_dir, work, triton_url) as (analyzer, _client):
-            rows = run_real_controls(analyzer, work, data_dir)
-    write_controls(out_dir, rows)
+            rows = run_real_controls(analyzer, work, data_dir, tasks)
+    write_controls(out_dir, rows, tasks)
     write_report(out_dir)
     return rows
 
