@@ -132,6 +132,19 @@ def test_cli_refusal_exit_code(tmp_path: Path) -> None:
     assert main(argv) == 2
 
 
+def test_the_heldout_report_goes_beside_the_ledger_the_repeatable_ones_to_scratch() -> None:
+    """The held-out set is scored once per version: a report written to a scratch folder by
+    default could not be regenerated into docs/models without scoring it again."""
+    from triage.cli import build_parser
+    from triage.training.cli import DEFAULT_LEDGER
+
+    parser = build_parser()
+    validate = parser.parse_args(["models", "validate"])
+    assert Path(validate.out) == Path(validate.ledger).parent == DEFAULT_LEDGER.parent
+    for cmd in ("stress", "controls", "crosscheck"):
+        assert parser.parse_args(["models", cmd]).out == "var/validation"
+
+
 # -- the stress report ------------------------------------------------------------------------
 
 

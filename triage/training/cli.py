@@ -14,6 +14,11 @@ from triage.synth.ct.spec import GENERATORS
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS = REPO / "models"
 DEFAULT_LEDGER = REPO / "docs" / "models" / "ledger.jsonl"
+# The held-out set is scored once per model version (the ledger refuses a second run), so its
+# report goes beside the ledger; the repeatable commands (stress, controls, crosscheck) write to
+# a scratch folder unless told to publish (--out docs/models).
+DEFAULT_HELDOUT_REPORT = DEFAULT_LEDGER.parent
+SCRATCH_REPORT = "var/validation"
 
 
 def _tasks(value: str) -> tuple[str, ...]:
@@ -249,7 +254,11 @@ def add_models_commands(subparsers: Any) -> None:
     p.add_argument("--tasks", type=_tasks, default=("ich", "pe"), help="ich,pe (both)")
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS), help="model repository")
     p.add_argument("--n", type=int, default=200, help="held-out studies per task (200)")
-    p.add_argument("--out", default="var/validation", help="report folder (docs/models)")
+    p.add_argument(
+        "--out",
+        default=str(DEFAULT_HELDOUT_REPORT),
+        help="report folder (docs/models, beside the ledger: the held-out set is scored once)",
+    )
     p.add_argument("--triton-url", default=None, help="host:port of a running Triton (gRPC)")
     p.add_argument("--workers", type=int, default=2, help="DICOM writer processes (2)")
     p.add_argument(
@@ -275,7 +284,11 @@ def add_models_commands(subparsers: Any) -> None:
     p.add_argument("--tasks", type=_tasks, default=("ich", "pe"), help="ich,pe (both)")
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS), help="model repository")
     p.add_argument("--per-class", type=int, default=20, help="positives = negatives per task (20)")
-    p.add_argument("--out", default="var/validation", help="report folder (docs/models)")
+    p.add_argument(
+        "--out",
+        default=SCRATCH_REPORT,
+        help="report folder (var/validation; --out docs/models publishes the report)",
+    )
     p.add_argument("--triton-url", default=None, help="host:port of a running Triton (gRPC)")
     p.add_argument("--onnx", action="store_true", help="onnxruntime in process, not Triton")
     p.add_argument("--workers", type=int, default=2, help="phantom generator processes (2)")
@@ -291,7 +304,11 @@ def add_models_commands(subparsers: Any) -> None:
         help="ich,pe (both): the models whose controls are run; the others' stay in the report",
     )
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS), help="model repository")
-    p.add_argument("--out", default="var/validation", help="report folder (docs/models)")
+    p.add_argument(
+        "--out",
+        default=SCRATCH_REPORT,
+        help="report folder (var/validation; --out docs/models publishes the report)",
+    )
     p.add_argument("--triton-url", default=None, help="host:port of a running Triton (gRPC)")
     p.add_argument(
         "--data", default=str(REPO.parent / "shared" / "data" / "dicom"), help="real DICOM"
@@ -306,7 +323,11 @@ def add_models_commands(subparsers: Any) -> None:
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS), help="model repository")
     p.add_argument("--n", type=int, default=40, help="studies per task, half positive (40)")
     p.add_argument("--seed0", type=int, default=9_000_000, help="first seed (9000000)")
-    p.add_argument("--out", default="var/validation", help="report folder (docs/models)")
+    p.add_argument(
+        "--out",
+        default=SCRATCH_REPORT,
+        help="report folder (var/validation; --out docs/models publishes the report)",
+    )
     p.add_argument("--triton-url", default=None, help="host:port of a running Triton (gRPC)")
     p.add_argument("--workers", type=int, default=2, help="painter processes (2)")
     p.add_argument(
