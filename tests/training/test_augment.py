@@ -114,13 +114,15 @@ def test_an_open_ring_has_no_inside() -> None:
 
 def _calcified_head() -> np.ndarray:
     """HEAD plus a 300 HU calcification in the brain (pineal-like, 3 x 3 pixels), a 250 HU
-    knob on the inner table (part of the skull) and a narrow skull ring in slice 0 (the skull
-    base: a fifth of the widest slice's area) with its own small 300 HU piece."""
+    knob on the inner table (part of the skull), a 900 HU piece in the brain (bone) and a
+    narrow skull ring in slice 0 (the skull base: a fifth of the widest slice's area) with
+    its own small 300 HU piece."""
     vol = HEAD.copy()
     n = vol.shape[1]
     c = n // 2
     vol[:, c - 1 : c + 2, c - 1 : c + 2] = 300.0
     vol[:, c - 1 : c + 1, c + 37 : c + 40] = 250.0  # touching the ring (inner radius 40)
+    vol[:, c + 15 : c + 17, c - 20 : c - 18] = 900.0  # too dense for a calcification: bone
     yy, xx = np.mgrid[0:n, 0:n] - (n - 1) / 2.0
     r = np.hypot(yy, xx)
     vol[0] = np.where(r < 22, 1000.0, -1000.0)
@@ -143,7 +145,7 @@ def test_faint_calcifications_fade_the_piece_inside_the_brain_only() -> None:
     assert (out[piece] > 30.0).all()  # still denser than the brain around it: faded, not gone
     changed = np.abs(out - vol) > 1e-3
     changed[piece] = False
-    assert not changed.any()  # the skull, its knob, the blob at 70 HU, the skull base: as they were
+    assert not changed.any()  # skull, knob, bone piece, 70 HU blob, skull base: as they were
     # nothing dense enough, or nothing inside a closed skull: nothing to do
     assert fade_calcifications(HEAD, np.random.default_rng(0), aug)[1] == 0
     open_ = vol.copy()

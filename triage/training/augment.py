@@ -200,16 +200,16 @@ def skull_field(
 def fade_calcifications(
     hu: np.ndarray, rng: np.random.Generator, aug: Augmentation = Augmentation()
 ) -> tuple[np.ndarray, int]:
-    """(``hu`` [z, y, x] with its calcifications made faint, how many pieces): each in-plane
-    piece of voxels over ``calc_min_hu`` of at most ``calc_max_px`` pixels whose every
-    neighbour is dense or inside the skull (:func:`inside_skull`: enclosed by brain, not
-    touching the skull, the scalp or the air) and whose peak is under ``calc_max_peak_hu``
-    (denser: a piece of the skull base's bone inside its ring), in a slice whose intracranial
-    area is at least ``calc_min_area_share`` of the widest's (not the skull base's pieces of
-    bone, whose partial volume in the blood range would hide blood in the basal cisterns),
-    keeps its shape, its excess over the brain's
-    median scaled so that its peak lands at a random ``calc_peak_hu``. Pieces in slices whose
-    skull is open (the skull base) are left alone. Blood (< 100 HU) is never touched."""
+    """(``hu`` [z, y, x] with its calcifications made faint, how many pieces). A piece is an
+    in-plane component of voxels over ``calc_min_hu`` of at most ``calc_max_px`` pixels
+    whose every neighbour is dense or inside the skull (:func:`inside_skull`: enclosed by
+    brain, not touching the skull, the scalp or the air), whose peak is under
+    ``calc_max_peak_hu`` (denser: bone of the skull base inside its ring), in a slice whose
+    intracranial area is at least ``calc_min_area_share`` of the widest slice's (the skull
+    base's small pieces of bone stay dense: faded, they would look like blood in the basal
+    cisterns; where the skull is open, nothing is inside). Each keeps its shape, its excess
+    over the brain's median scaled so that its peak lands at a random ``calc_peak_hu``.
+    Blood (< 100 HU) is never touched."""
     dense = hu > aug.calc_min_hu
     inside = inside_skull(hu)
     if not dense.any() or not inside.any():
