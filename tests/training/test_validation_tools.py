@@ -195,6 +195,31 @@ def test_stress_report_lists_every_perturbation(tmp_path: Path) -> None:
     assert {r["task"] for r in payload["results"]} == {"ich", "pe"}
 
 
+def test_a_run_records_the_code_it_started_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Work committed while a long run goes on must not be credited with its figures."""
+    import triage.training.stress as st
+    import triage.training.validate as v
+
+    scored: list[float] = []
+    probability = st.OnnxScorer.probability
+
+    def counting(self: st.OnnxScorer, task: str, volume: np.ndarray) -> float:
+        scored.append(probability(self, task, volume))
+        return scored[-1]
+
+    monkeypatch.setattr(st.OnnxScorer, "probability", counting)
+    monkeypatch.setattr(v, "git_commit", lambda: "committed-later" if scored else "at-start")
+    run_stress = st.run_stress
+    run_stress(
+        MODELS_DIR, tmp_path, tasks=("ich",), per_class=1, onnx=True, names=["offset+10"],
+        workers=1, progress=False,
+    )  # fmt: skip
+    payload = json.loads((tmp_path / "stress.json").read_text(encoding="utf-8"))
+    assert scored and payload["commit"] == "at-start"
+
+
 def test_stress_phantoms_come_from_the_stress_range_and_match_the_in_memory_path() -> None:
     from triage.synth import ct
     from triage.training.data import TRAIN_SEED0, TUNE_SEED0, VALID_SEED0

@@ -126,7 +126,10 @@ def write_crosscheck(
     out_dir: Path,
     results: Sequence[tuple[HeldOut, list[str | None]]],
     painter: str = DEFAULT_PAINTER,
+    commit: str | None = None,
 ) -> Path:
+    """``crosscheck-<painter>.json`` with ``results`` (the other tasks' kept); ``commit``: the
+    code that scored them (None: the checkout's now)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / report_name(painter)
     payload = {
@@ -134,7 +137,7 @@ def write_crosscheck(
         "painter": painter,
         "modules": PAINTERS[painter],
         "date": time.strftime("%Y-%m-%d"),
-        "commit": git_commit(),
+        "commit": commit or git_commit(),
         "results": merged_results(path, [result_json(h, r) for h, r in results], "summary"),
     }
     path.write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
@@ -158,6 +161,7 @@ def crosscheck(
     if painter not in PAINTERS:
         raise ValueError(f"painter {painter!r}: one of {', '.join(sorted(PAINTERS))}")
     seeds = list(range(seed0, seed0 + n))
+    commit = git_commit()  # the code that scores, taken before the run
     results = []
     with engine_session(models_dir, triton_url, "triage-crosscheck-", progress) as session:
         work, analyzer, _client, bar = session
@@ -174,7 +178,7 @@ def crosscheck(
                     painter=painter,
                 )
             )
-    write_crosscheck(out_dir, results, painter)
+    write_crosscheck(out_dir, results, painter, commit)
     write_report(out_dir)
     return results
 

@@ -263,8 +263,9 @@ def run_stress(
     """Run the suite and write ``stress.json``, ``stress_<task>.png`` and the report."""
     import tempfile
 
-    from triage.training.validate import progress_bar, write_report
+    from triage.training.validate import git_commit, progress_bar, write_report
 
+    commit = git_commit()  # the code that scores, taken before the run
     results: list[TaskStress] = []
     total = sum(2 * per_class * conditions_for(t, names) for t in tasks)
     with (
@@ -307,12 +308,16 @@ def run_stress(
                 client.close()
             if server is not None:
                 server.stop()
-    write_stress(out_dir, results, scorer="onnxruntime" if onnx else "Triton")
+    write_stress(out_dir, results, scorer="onnxruntime" if onnx else "Triton", commit=commit)
     write_report(out_dir)
     return results
 
 
-def write_stress(out_dir: Path, results: list[TaskStress], scorer: str = "Triton") -> Path:
+def write_stress(
+    out_dir: Path, results: list[TaskStress], scorer: str = "Triton", commit: str | None = None
+) -> Path:
+    """``stress.json`` (the other tasks' results kept), its plots; ``commit``: the code that
+    scored them (None: the checkout's now)."""
     from triage.training.plot import bars_png
     from triage.training.validate import git_commit, merged_results
 
@@ -330,7 +335,7 @@ def write_stress(out_dir: Path, results: list[TaskStress], scorer: str = "Triton
         "note": "synthetic phantoms; not for clinical use",
         "date": time.strftime("%Y-%m-%d"),
         "scorer": scorer,
-        "commit": git_commit(),  # the generator's and the models' code
+        "commit": commit or git_commit(),  # the generator's and the models' code
         "seed0": STRESS_SEED0,
         "target": STRESS_TARGET,
         "results": merged_results(path, [r.as_json() for r in results]),

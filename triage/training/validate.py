@@ -581,6 +581,8 @@ def validate(
     was already scored on this range and ``again`` gives no reason."""
     versions = model_versions(models_dir, tasks)
     check_ledger(ledger, versions, seed0, again)
+    # the code that scores: taken now, not when the run ends (work may be committed meanwhile)
+    commit = git_commit()
     seeds = list(range(seed0, seed0 + n))
     results: list[HeldOut] = []
     control_rows: list[dict[str, Any]] | None = None
@@ -606,7 +608,6 @@ def validate(
         except Exception as exc:  # the held-out figures stand without them
             log.warning("real controls not run: %s", exc)
             control_rows = None
-    commit = git_commit()
     append_ledger(ledger, [ledger_entry(h, again, commit) for h in results])
     write_heldout(out_dir, results)
     write_controls(out_dir, control_rows)
