@@ -11,7 +11,8 @@ Each region is created in ``/dev/shm``, registered with the server (which maps i
 **unlinked at once**: both processes keep their mappings, and nothing is left in
 ``/dev/shm`` even if the engine is killed (only a crash in the few microseconds between
 create and register could leave one). :meth:`ShmPool.close` unregisters every region from
-the server and unmaps it.
+the server and unmaps it. A region left by a process killed inside that window is removed
+by the next pool created on the host (:func:`reap_dead`: its owner's PID is gone).
 
 Everything here is best effort: a failed create or register raises, and the client then
 sends the volume over the network as before.
@@ -23,6 +24,7 @@ import contextlib
 import logging
 import mmap
 import os
+import re
 import threading
 import time
 import uuid
@@ -37,6 +39,40 @@ from triage.errors import RegisterError as RegisterError
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
+# a pool's region: triage_<pid>_<8 hex>_<n> (LocalTriton's own are triage_triton_...)
+REGION_NAME = re.compile(r"triage_(\d+)_[0-9a-f]{8}_\d+")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def reap_dead(shm_dir: Path = SHM_DIR) -> int:
+    """Remove the regions in ``shm_dir`` whose owning process no longer exists (killed between
+    creating a region and unlinking it); returns how many. Best effort: a region that cannot
+    be removed is left."""
+    removed = 0
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return 0
+    for name in names:
+        m = REGION_NAME.fullmatch(name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            (shm_dir / name).unlink()
+            removed += 1
+            log.info("removed shared memory region %s left by a process that is gone", name)
+    return removed
+
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_REGIONS = 16  # more requests in flight than this go over the network
 UNREGISTER_WAIT_SECONDS = 2.0
@@ -89,6 +125,7 @@ class ShmPool:
         self._count = 0
         self.closed = False
         self.created = 0  # regions created and registered (for tests and logs)
+        reap_dead()
 
     @property
     def regions(self) -> int:

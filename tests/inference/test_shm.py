@@ -1,0 +1,31 @@
+"""Shared-memory regions left by a killed engine (triage.inference.shm.reap_dead)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from triage.inference.shm import reap_dead
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_regions_of_dead_processes_are_removed_the_rest_kept(tmp_path: Path) -> None:
+    dead, alive = _dead_pid(), os.getpid()
+    names = {
+        f"triage_{dead}_0123abcd_1": False,  # its process is gone: removed
+        f"triage_{alive}_0123abcd_1": True,  # a live engine's: kept
+        f"triage_triton_{dead}_0123abcd_1": True,  # the bundled Triton's own naming: not ours
+        "other_file": True,
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert reap_dead(tmp_path) == 1
+    assert {p.name for p in tmp_path.iterdir()} == {n for n, keep in names.items() if keep}
+    assert reap_dead(tmp_path / "missing") == 0
