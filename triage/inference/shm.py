@@ -10,9 +10,10 @@ one region per request in flight (several threads may share a client), reused af
 Each region is created in ``/dev/shm``, registered with the server (which maps it), then
 **unlinked at once**: both processes keep their mappings, and nothing is left in
 ``/dev/shm`` even if the engine is killed (only a kill between creating a region and the
-server's answer to its registration - a call to Triton, slower under load - can leave one). :meth:`ShmPool.close` unregisters every region from
-the server and unmaps it. A region left by a process killed inside that window is removed
-by the next pool created on the host (:func:`reap_dead`: its owner's PID is gone).
+server's answer to its registration - a call to Triton, slower under load - can leave one).
+:meth:`ShmPool.close` unregisters every region from the server and unmaps it. A region left
+by a process killed inside that window is removed by the next pool created on the host
+(:func:`reap_dead`: its owner's PID is gone).
 
 Everything here is best effort: a failed create or register raises, and the client then
 sends the volume over the network as before.
