@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from triage.inference.shm import reap_dead
+from triage.inference.shm import REGION_NAME, ShmPool, reap_dead
 
 
 def _dead_pid() -> int:
@@ -29,3 +29,18 @@ def test_regions_of_dead_processes_are_removed_the_rest_kept(tmp_path: Path) -> 
     assert reap_dead(tmp_path) == 1
     assert {p.name for p in tmp_path.iterdir()} == {n for n, keep in names.items() if keep}
     assert reap_dead(tmp_path / "missing") == 0
+
+
+def test_a_pools_regions_are_named_as_the_reaper_reads_them() -> None:
+    """The name a pool gives its regions and the pattern reap_dead() removes are one format;
+    the owner's PID is the one the reaper checks."""
+    registered: list[str] = []
+    pool = ShmPool(lambda name, key, size: registered.append(key), lambda name: None)
+    region = pool.acquire(4096)
+    assert region is not None
+    try:
+        m = REGION_NAME.fullmatch(region.name)
+        assert m is not None and int(m.group(1)) == os.getpid()
+    finally:
+        pool.release(region)
+        pool.close()

@@ -211,8 +211,10 @@ def fade_calcifications(
     over the brain's median scaled so that its peak lands at a random ``calc_peak_hu``.
     Blood (< 100 HU) is never touched."""
     dense = hu > aug.calc_min_hu
-    inside = inside_skull(hu)
-    if not dense.any() or not inside.any():
+    if not dense.any():
+        return hu, 0
+    inside = inside_skull(hu)  # a flood fill: only when there is something to fade
+    if not inside.any():
         return hu, 0
     labels = components(dense)
     flat = labels[dense]
