@@ -4,6 +4,7 @@ acknowledged, as real modalities and RIS do. docs/reliability.md, sections 1a an
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -22,6 +23,7 @@ from support.ris_peer import FakeRIS
 from triage.hl7.ack import read_ack
 from triage.hl7.mllp import MLLPDecoder, frame
 from triage.inference import local_triton
+from triage.inference.shm import SHM_DIR
 from triage.synth.orders import order_message
 
 pytestmark = pytest.mark.integration
@@ -36,6 +38,7 @@ def test_sigkill_mid_study_on_two_associations(tmp_path: Path) -> None:
     # half of its images (that would be a second analysis, not a fault of the engine).
     engine = Engine(tmp_path, triton=True, ris_port=ris.port, study_stable_seconds=10)
     scus: list[StoreSCU] = []
+    planted: list[Path] = []
     try:
         study = positive_head_ct(tmp_path / "studies", "KILLDCM1", "PKILL1")
         files = with_derived_images(study, INSTANCES)
@@ -68,6 +71,12 @@ def test_sigkill_mid_study_on_two_associations(tmp_path: Path) -> None:
             assert scu.wait(60) != 0  # the association was cut
         acknowledged = [f for scu in scus for f in scu.succeeded]
         assert KILL_AFTER_INSTANCES <= len(acknowledged) < INSTANCES
+        # What a SIGKILL between creating an input region and unlinking it leaves in
+        # /dev/shm, in the killed engine's name; and a live process's region (this test's).
+        dead_pid = engine.proc.pid  # type: ignore[union-attr]
+        planted = [SHM_DIR / f"triage_{pid}_0badf00d_0" for pid in (dead_pid, os.getpid())]
+        for region in planted:
+            region.write_bytes(bytes(4096))
 
         # Restart; each modality sends again what got no Success (the file in flight too).
         engine.start()
@@ -107,6 +116,9 @@ def test_sigkill_mid_study_on_two_associations(tmp_path: Path) -> None:
         summary = ris_summary(ris.messages)
         assert set(summary) == {"KILLDCM1"}
         assert len(summary["KILLDCM1"]["XO"]) == 1 and len(summary["KILLDCM1"]["ORU"]) == 1
+        # The restarted engine's inference client removed the dead engine's region, not the
+        # live process's.
+        assert not planted[0].exists() and planted[1].exists()
         print(
             f"\nFIGURE 1a: killed after {len(acknowledged)} Success of {INSTANCES}; "
             f"resent {sum(map(len, resend))}; indexed {len(indexed)}; findings {findings}; "
@@ -117,6 +129,8 @@ def test_sigkill_mid_study_on_two_associations(tmp_path: Path) -> None:
             scu.stop()
         engine.stop()
         ris.close()
+        for region in planted:
+            region.unlink(missing_ok=True)
 
 
 class _Stream:
