@@ -246,6 +246,36 @@ def test_selection_ranking_on_synthetic_rows() -> None:
         select_series([])
 
 
+def test_multi_frame_ct_is_not_assessable_saying_why() -> None:
+    """An Enhanced CT series (one multi-frame instance) is stored but not analysed: the reason
+    names the SOP class, not "1 images" (which reads as images missing)."""
+    enhanced = [
+        Instance(
+            sop_instance_uid="e.1",
+            series_uid="enh",
+            path="enh/1",
+            modality="CT",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2.1",
+            study_uid="s",
+        )
+    ]
+    with pytest.raises(NotAssessable, match=r"Enhanced CT Image Storage \(multi-frame\)"):
+        select_series(enhanced)
+    classic = [
+        Instance(
+            sop_instance_uid=f"c.{i}",
+            series_uid="classic",
+            path=f"classic/{i}",
+            modality="CT",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            study_uid="s",
+            slice_thickness=1.0,
+        )
+        for i in range(40)
+    ]
+    assert {r.series_uid for r in select_series(enhanced + classic)} == {"classic"}
+
+
 def test_resample_is_linear_in_physical_position() -> None:
     z = np.array([0.0, 1.0, 5.0, 6.0, 20.0, 21.0, 22.0, 30.0])  # uneven spacing
     hu = np.repeat(z[:, None, None], 16, axis=1).repeat(16, axis=2).astype(np.float32)

@@ -52,6 +52,11 @@ _NOT_VOLUME_SOP_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.11.",  # Presentation states
     "1.2.840.10008.5.1.4.1.1.104.",  # Encapsulated documents
 )
+# Multi-frame CT (one instance holds the whole series): stored and indexed, not analysed yet
+_MULTI_FRAME_CT = {
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
+}
 _LOCALIZER_WORDS = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM")
 _SCREEN_DESCRIPTION_WORDS = ("DOSE", "EXAM SUMMARY", "SCREEN SAVE", "PATIENT PROTOCOL")
 
@@ -88,6 +93,11 @@ def _excluded(inst: Instance) -> str | None:
     sop = inst.sop_class_uid or ""
     if sop.startswith(_NOT_VOLUME_SOP_PREFIXES) or sop == "1.2.840.10008.5.1.4.1.1.7":
         return f"SOP class {sop} is not a CT image"
+    if sop in _MULTI_FRAME_CT:
+        return (
+            f"{_MULTI_FRAME_CT[sop]} (multi-frame) is stored but not analysed; "
+            "the models take CT Image Storage, one image per slice"
+        )
     if any(w in v for v in _image_type(inst) for w in _LOCALIZER_WORDS):
         return "localizer"
     desc = (inst.series_description or "").upper()
