@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 from support.paths import REPO_ROOT
 
@@ -61,3 +65,82 @@ def test_unknown_set_key(tmp_path):
     r = triage("config", "--set", "dicom_prot=1", cwd=tmp_path)
     assert r.returncode == 2
     assert "dicom_prot: unknown setting on the command line" in r.stderr
+
+
+def _serve_args(data_dir, *more: str) -> list[str]:
+    from support.net import free_port
+
+    return [
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--dicom-port",
+        "0",
+        "--hl7-port",
+        "0",
+        "--http-port",
+        "0",
+        "--triton-url",
+        f"127.0.0.1:{free_port()}",  # nothing there: no Triton is started
+        "--set",
+        "triton_warmup=false",
+        *more,
+    ]
+
+
+def test_unusable_data_dir_stops_startup_with_one_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    r = triage(*_serve_args(afile / "var"), cwd=tmp_path)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("triage: error: data_dir: cannot create") and "Traceback" not in r.stderr
+
+
+def test_busy_hl7_port_names_the_setting(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        args = _serve_args(tmp_path / "var")
+        args[args.index("--hl7-port") + 1] = str(port)
+        r = triage(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == f"triage: error: hl7_port: cannot listen on 127.0.0.1:{port}: " + os.strerror(
+        errno.EADDRINUSE
+    )
+    assert "Traceback" not in r.stderr
+
+
+def test_a_second_engine_on_the_same_data_dir_is_refused(tmp_path):
+    """It would share the first one's database and files, and remove its endpoints.json when
+    it stopped (so that `triage status` lost the running engine)."""
+    data = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "triage.cli", *_serve_args(data)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (data / "endpoints.json").exists():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        r = triage(*_serve_args(data), cwd=tmp_path)
+        assert r.returncode == 2
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"triage: error: data_dir: another engine (pid {first.pid})")
+        assert (data / "endpoints.json").exists()  # the running engine's, left alone
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(60)
+    # the lock goes with the engine: a new one starts on the directory
+    assert not (data / "endpoints.json").exists()
+    from triage.datadir import claim
+
+    claim(data).release()

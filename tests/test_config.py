@@ -61,3 +61,36 @@ def test_broken_toml(tmp_path):
     cfg.write_text("dicom_port = \n")
     with pytest.raises(ConfigError, match=r"t\.toml"):
         load_settings(cfg, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "setting", "fragment"),
+    [
+        ("dicom_port = 11113\n[triage]\nhl7_port = 2576\n", "dicom_port", "setting outside"),
+        ("[triage]\nhl7_port = 2576\n[other]\nx = 1\n", "other", "table outside"),
+    ],
+)
+def test_a_key_outside_the_triage_table_is_refused_not_ignored(tmp_path, text, setting, fragment):
+    """With a [triage] table, a key above it (or another table) used to be silently unread."""
+    cfg = tmp_path / "triage.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=fragment) as err:
+        load_settings(cfg, environ={})
+    assert err.value.setting == setting and str(cfg) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "missing", "given"),
+    [
+        ({"TRIAGE_RIS_HOST": "ris.local"}, "ris_port", "environment TRIAGE_RIS_HOST"),
+        ({"TRIAGE_RIS_PORT": "2575"}, "ris_host", "environment TRIAGE_RIS_PORT"),
+    ],
+)
+def test_half_a_ris_address_stops_start_up(env, missing, given):
+    """A RIS host without its port (or the reverse) used to start and send nothing."""
+    with pytest.raises(ConfigError, match=given) as err:
+        load_settings(environ=env)
+    assert err.value.setting == missing
+    both = load_settings(environ={"TRIAGE_RIS_HOST": "ris.local", "TRIAGE_RIS_PORT": "2575"})
+    assert both.ris_configured
+    assert not load_settings(environ={}).ris_configured

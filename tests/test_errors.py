@@ -79,3 +79,19 @@ def test_old_import_paths_still_work() -> None:
 
     moved = (RISNegativeAck, RISNoAck, MLLPError, MLLPFrameTooLarge, RegisterError)
     assert all(getattr(errors, c.__name__) is c for c in (*moved, OutboxError, HeldOutRefused))
+
+
+def test_a_listener_that_cannot_bind_names_the_setting_at_fault() -> None:
+    """A busy port is the port's setting; an address that is not this machine's is bind_host's
+    (it used to blame http_port for a wrong bind_host)."""
+    import errno
+    import socket
+
+    from triage.errors import ConfigError
+
+    busy = ConfigError.listen("hl7_port", "127.0.0.1", 2575, OSError(errno.EADDRINUSE, "x"))
+    assert busy.setting == "hl7_port" and "127.0.0.1:2575" in str(busy)
+    foreign = ConfigError.listen("http_port", "192.0.2.1", 0, OSError(errno.EADDRNOTAVAIL, "x"))
+    assert foreign.setting == "bind_host" and "192.0.2.1" in str(foreign)
+    unknown = ConfigError.listen("dicom_port", "nohost", 0, socket.gaierror(-2, "Name unknown"))
+    assert unknown.setting == "bind_host" and "Name unknown" in str(unknown)

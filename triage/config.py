@@ -32,7 +32,11 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    data_dir: Path = Field(Path("var"), description="Data directory (DICOM files, SQLite, logs)")
+    data_dir: Path = Field(
+        Path("var"),
+        description="Data directory (DICOM files, the SQLite database, endpoints.json; one "
+        "engine per directory); logs go to stderr",
+    )
     database_url: str = Field(
         "", description="SQLAlchemy URL; empty: sqlite:///<data_dir>/triage.db"
     )
@@ -115,7 +119,9 @@ class Settings(BaseModel):
     )
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP API port (0: any)")
     ris_host: str = Field("", description="RIS MLLP host; empty: nothing is sent (logged)")
-    ris_port: int = Field(0, ge=0, le=65535, description="RIS MLLP port; 0 with host empty")
+    ris_port: int = Field(
+        0, ge=0, le=65535, description="RIS MLLP port; 0 with host empty (set both or neither)"
+    )
     ris_timeout_seconds: float = Field(
         10.0, gt=0, description="Connect/ACK wait for the RIS; default 10"
     )
@@ -368,6 +374,14 @@ def load_settings(
         section = data.get("triage", data)
         if not isinstance(section, dict):
             raise ConfigError("config", f"{p}: [triage] must be a table")
+        outside = [key for key in data if key != "triage"] if "triage" in data else []
+        if outside:  # a key above [triage], or another table: it would be silently unread
+            what = "table" if isinstance(data[outside[0]], dict) else "setting"
+            raise ConfigError(
+                outside[0],
+                f"{what} outside the [triage] table in {p}: with a [triage] table every "
+                "setting goes under it",
+            )
         for key, value in section.items():
             if key not in fields:
                 raise ConfigError(key, f"unknown setting in {p}")
@@ -387,7 +401,7 @@ def load_settings(
         sources[key] = "command line"
 
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         setting = str(err["loc"][0]) if err["loc"] else "config"
@@ -396,6 +410,15 @@ def load_settings(
         if setting in fields and fields[setting].annotation is SecretStr:
             given = "<hidden>"  # a secret is never printed, not even a wrong one
         raise ConfigError(setting, f"{err['msg']} (got {given!r} from {origin})") from None
+    if bool(settings.ris_host) != (settings.ris_port > 0):  # half a RIS address sends nothing
+        given, missing = ("ris_host", "ris_port") if settings.ris_host else ("ris_port", "ris_host")
+        raise ConfigError(
+            missing,
+            f"not set, but {given} is ({getattr(settings, given)!r} from "
+            f"{sources.get(given, 'default')}): give both to send to the RIS, neither to send "
+            "nothing",
+        )
+    return settings
 
 
 def describe_settings() -> list[tuple[str, str, str, str]]:
@@ -408,7 +431,7 @@ def describe_settings() -> list[tuple[str, str, str, str]]:
                 default = f"<repo>/{default.relative_to(REPO_ROOT)}"
         if isinstance(default, SecretStr):
             default = default.get_secret_value()  # the default is empty; a value never shows
-        shown = repr(default)
+        shown = repr(str(default) if isinstance(default, Path) else default)
         rows.append((name, ENV_PREFIX + name.upper(), shown, field.description or ""))
     return rows
 

@@ -47,6 +47,9 @@ Protocol code turns these into the peer's own language: a DICOM status, an HL7 A
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 from collections.abc import Sequence
 
 
@@ -60,6 +63,18 @@ class ConfigError(TriageError):
     def __init__(self, setting: str, message: str) -> None:
         self.setting = setting
         super().__init__(f"{setting}: {message}")
+
+    @classmethod
+    def listen(cls, setting: str, host: str, port: int, exc: OSError) -> ConfigError:
+        """A listener that cannot bind ``host:port`` (``setting``: its port's setting). An
+        address that is not this machine's, or not an address at all, is ``bind_host``'s
+        fault, not the port's."""
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            gai = isinstance(exc, socket.gaierror) or exc.errno is None
+            why = exc.strerror if gai else os.strerror(exc.errno or 0)
+            return cls("bind_host", f"cannot listen on {host}: {why}")
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        return cls(setting, f"cannot listen on {host}:{port}: {why}")
 
 
 class RulesError(TriageError):

@@ -27,7 +27,8 @@ from sqlmodel import select
 from triage.api.app import create_app
 from triage.completion import CompletionPolicy, CompletionWaker
 from triage.config import Settings
-from triage.errors import TriageError
+from triage.datadir import claim
+from triage.errors import ConfigError, TriageError
 from triage.inference.analyze import TritonAnalyzer
 from triage.inference.breaker import CircuitBreaker
 from triage.inference.slices import SliceCache
@@ -85,7 +86,15 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         data_dir = settings.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # made, checked and locked first: a second engine on it stops here, with one line
+        self.data_lock = claim(data_dir)
+        try:
+            self._build(settings, data_dir)
+        except BaseException:
+            self.data_lock.release()
+            raise
+
+    def _build(self, settings: Settings, data_dir: Path) -> None:
         self.routing = load_routing_rules(settings.rules_dir / "routing.yaml")
         self.urgency = load_urgency_rules(settings.rules_dir / "urgency.yaml")
         # a changed urgency.yaml is put in force at the next tick (a bad one refused, logged)
@@ -245,7 +254,9 @@ class Engine:
         try:
             sock.bind((s.bind_host, s.http_port))
         except OSError as exc:
-            raise TriageError(f"http_port: cannot bind {s.bind_host}:{s.http_port}: {exc}") from exc
+            sock.close()
+            self.data_lock.release()
+            raise ConfigError.listen("http_port", s.bind_host, s.http_port, exc) from exc
         # Listen now, not when uvicorn starts serving: endpoints.json is written before that,
         # and a client reading it must be queued in the backlog, not refused.
         sock.listen(2048)
@@ -259,7 +270,10 @@ class Engine:
             host, port = sock.getsockname()[:2]
             self.endpoints["http"] = [host, port]
             log.info("HTTP API listening on http://%s:%d", host, port)
-            self.endpoints["hl7"] = list(await self.hl7.start())
+            try:
+                self.endpoints["hl7"] = list(await self.hl7.start())
+            except OSError as exc:
+                raise ConfigError.listen("hl7_port", s.bind_host, s.hl7_port, exc) from exc
             log.info("HL7 MLLP listener on %s:%d", *self.endpoints["hl7"])
             self.slices.start()
             self.endpoints["dicom"] = list(self.dicom.start())
@@ -291,6 +305,7 @@ class Engine:
             self.db.dispose()
             with contextlib.suppress(FileNotFoundError):
                 (s.data_dir / "endpoints.json").unlink()
+            self.data_lock.release()
             log.info("stopped")
 
     def request_stop(self) -> None:

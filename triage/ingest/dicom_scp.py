@@ -239,9 +239,7 @@ class DicomListener:
         except OSError as exc:
             self._recorder = None
             recorder.stop()
-            raise ConfigError(
-                "dicom_port", f"cannot listen on {address[0]}:{address[1]}: {exc}"
-            ) from exc
+            raise ConfigError.listen("dicom_port", *address, exc) from exc
         self._server = server
         log.info("DICOM SCP %s listening on %s:%s", self.settings.dicom_ae_title, host, port)
         return host, port
