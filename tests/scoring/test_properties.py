@@ -25,7 +25,13 @@ points = st.integers(min_value=0, max_value=60)
 @st.composite
 def rules_files(draw: st.DrawFn) -> UrgencyRules:
     """A valid urgency.yaml with generated numbers, ranks and thresholds."""
-    order = draw(st.permutations(CODES))
+    # S first and A before R (their meaning is fixed, the loader refuses other orders); the
+    # rest in any order
+    rest = list(draw(st.permutations([c for c in CODES if c != "S"])))
+    if rest.index("A") > rest.index("R"):
+        i, j = rest.index("A"), rest.index("R")
+        rest[i], rest[j] = rest[j], rest[i]
+    order = ["S", *rest]
     bases = sorted((draw(st.integers(0, 100)) for _ in CODES), reverse=True)
     prio = "\n".join(
         f"  {c}: {{label: L{c}, base: {b}}}" for c, b in zip(order, bases, strict=True)

@@ -117,6 +117,46 @@ def test_a_priority_outside_hl7_table_0027_is_refused_on_load(code):
     assert "hl7-mapping.yaml" in str(err.value)
 
 
+SWAPPED_S_R = (
+    "  S: {label: STAT, base: 70}",
+    "  R: {label: Routine, base: 20}",
+)
+
+
+@pytest.mark.parametrize(
+    ("swap", "fragment", "line_of"),
+    [
+        # R listed first (and S last): a STAT order would be "raised" to routine
+        (SWAPPED_S_R, "S (stat) must be listed first", "  R: {label: Routine"),
+        (
+            ("  A: {label: ASAP, base: 50}", "  R: {label: Routine, base: 20}"),
+            "A (ASAP) must be listed before R",
+            "  A: {label: ASAP",
+        ),
+        (
+            ("  C: {label: Callback, base: 30}", "  C: {label: Callback, base: 60}"),
+            "C has base 60, more than T above it (50)",
+            "  C: {label: Callback",
+        ),
+    ],
+)
+def test_a_ranking_against_table_0027_is_refused_on_load(swap, fragment, line_of):
+    """Found by a manager's what-if: a file listing R above S was valid, and the engine then
+    listed a STAT order as routine (never below the ordered priority, as ranked by that
+    file) and queued an ORM with R for it."""
+    a, b = swap
+    text = RULES.read_text(encoding="utf-8")
+    if b.startswith("  C:"):  # a changed base, not a swap
+        text = _with(a, b)
+    else:
+        assert a in text and b in text
+        text = text.replace(a, "@@").replace(b, a).replace("@@", b)
+    with pytest.raises(RulesError) as err:
+        load_urgency_rules(Path("u.yaml"), text)
+    assert fragment in str(err.value)
+    assert err.value.line == _line_of(text, line_of)
+
+
 def test_every_table_0027_code_must_be_ranked():
     text = _with("  T: {label: Timing critical, base: 50}\n", "")
     with pytest.raises(RulesError) as err:

@@ -259,7 +259,37 @@ def _priorities(path: Path, data: LineDict) -> dict[str, PriorityLevel]:
             f"missing: {', '.join(missing)}",
             data.line_of("priorities"),
         )
+    _check_fixed_order(path, table, priorities)
     return priorities
+
+
+def _check_fixed_order(path: Path, table: LineDict, priorities: dict[str, PriorityLevel]) -> None:
+    """What table 0027's codes mean is not the site's to change: S (stat) is the most urgent,
+    A (ASAP) comes before R (routine); and down the list a base never rises (a less urgent
+    order never starts above a more urgent one). The engine never lists a study below its
+    ordered priority *as ranked here*: a file ranking R above S would let it turn a STAT
+    order into a routine one."""
+    line = {c.strip().upper(): table.line_of(c) for c in table}
+    by_rank = sorted(priorities.values(), key=lambda p: p.rank)
+    if by_rank[0].code != "S":
+        raise RulesError(
+            str(path),
+            f"priorities: S (stat) must be listed first, the most urgent; {by_rank[0].code} is",
+            line[by_rank[0].code],
+        )
+    if priorities["A"].rank > priorities["R"].rank:
+        raise RulesError(
+            str(path), "priorities: A (ASAP) must be listed before R (routine)", line["A"]
+        )
+    for higher, lower in itertools.pairwise(by_rank):
+        if lower.base > higher.base:
+            raise RulesError(
+                str(path),
+                f"priorities: {lower.code} has base {lower.base:g}, more than {higher.code} "
+                f"above it ({higher.base:g}); the list is most urgent first and a less urgent "
+                "priority may not start higher",
+                line[lower.code],
+            )
 
 
 def _locations(path: Path, data: LineDict) -> tuple[LocationRule, ...]:
