@@ -368,3 +368,11 @@ def test_bad_rules_name_file_line_and_reason(old, new, fragment, at):
     line = max(i for i, x in enumerate(text.splitlines(), 1) if at in x)  # the last one
     assert fragment in str(err.value)
     assert str(err.value).startswith(f"site/urgency.yaml:{line}: "), (str(err.value), line)
+
+
+def test_a_threshold_over_100_is_refused():
+    """Scores are capped at 100: a typo such as 800 for 80 would silently never raise."""
+    text = _with("  - {min_score: 80, priority: S}", "  - {min_score: 800, priority: S}")
+    with pytest.raises(RulesError, match="800 can never be reached") as err:
+        load_urgency_rules(Path("u.yaml"), text)
+    assert err.value.line == _line_of(text, "min_score: 800")

@@ -451,7 +451,14 @@ def load_urgency_rules(path: Path, text: str | None = None) -> UrgencyRules:
                 f"unknown priority {code!r} (not an HL7 table 0027 code: {codes_text()})",
                 step.line_of("priority"),
             )
-        steps.append((_number(path, step, "min_score"), code))
+        min_score = _number(path, step, "min_score")
+        if min_score > 100:
+            raise RulesError(
+                str(path),
+                f"min_score {min_score:g} can never be reached: scores are capped at 100",
+                step.line_of("min_score"),
+            )
+        steps.append((min_score, code))
     steps.sort(key=lambda s: -s[0])
     if not steps or steps[-1][0] > 0:
         raise RulesError(
