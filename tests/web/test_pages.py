@@ -76,6 +76,14 @@ def test_worklist_page_most_urgent_first_with_words_and_ai_states(db, rules, dat
     assert "Intracranial hemorrhage suspected" in html and "AI pending" in html
     assert "synthetic phantoms" in html and "OPD 3" in html and "Emergency (E)" in html
     assert '<label for="f-modality">' in html and '<label for="f-state">' in html
+    # why the bleed moved, on its row; and the reading target the waiting time counts against
+    row = html[html.index('data-uid="1.2"') :]
+    row = row[: row.index("</tr>")]
+    assert "Emergency patient (E): +20 · ICH 0.95 &gt;= " in row, row
+    assert "raised from" in row and " of 30 min" in row  # E: 30 min reading target
+    routine = html[html.index('data-uid="1.1"') :]
+    routine = routine[: routine.index("</tr>")]
+    assert 'class="sub why"' not in routine  # not raised: no reasons on the row
 
 
 def test_study_page_shows_reasons_images_order_messages_history(db, rules, data_dir):

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from sqlmodel import Session, col, select
 
-from triage.scoring import UrgencyRules, order_key
+from triage.scoring import UrgencyRules, order_key, reading_target
 from triage.store.models import Finding, Order, PriorityChange, Study
 from triage.store.repo import study_reasons
 
@@ -104,6 +104,10 @@ def worklist(
                 "reasons": study_reasons(st),
                 "completed_at": _aware(since).isoformat() if since is not None else None,
                 "waiting_minutes": waiting,
+                # what the aging counts against (patient class, shorter for a listed location)
+                "target_minutes": reading_target(
+                    rules, st.patient_class, order.ordering_location if order else ""
+                ),
                 "rules_version": st.rules_version,
                 "priority_changes": [
                     {

@@ -7,7 +7,14 @@ in force current while the engine runs; :mod:`triage.scoring.history` records wh
 from triage.scoring.history import Cause
 from triage.scoring.reload import UrgencyRulesWatcher
 from triage.scoring.rules import UrgencyRules, load_urgency_rules
-from triage.scoring.score import FindingInput, ScoreResult, ScoreTerm, order_key, score_study
+from triage.scoring.score import (
+    FindingInput,
+    ScoreResult,
+    ScoreTerm,
+    order_key,
+    reading_target,
+    score_study,
+)
 
 __all__ = [
     "Cause",
@@ -18,5 +25,6 @@ __all__ = [
     "UrgencyRulesWatcher",
     "load_urgency_rules",
     "order_key",
+    "reading_target",
     "score_study",
 ]

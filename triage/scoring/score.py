@@ -65,6 +65,23 @@ def _fmt(x: float) -> str:
     return "%.0f" % x if x == int(x) else "%.1f" % x  # noqa: UP031 - the fastest here
 
 
+def reading_target(rules: UrgencyRules, patient_class: str, location: str) -> float | None:
+    """How long (minutes from completion) a study may wait to be read: its patient class's
+    ``reading_target_minutes`` (the unknown class's when not listed), replaced by the first
+    matching location's when that is shorter; None: no target (no aging)."""
+    cls = rules.patient_class.get((patient_class or "").strip().upper(), rules.unknown_class)
+    target = cls.target_minutes
+    if location:
+        for loc in rules.locations:
+            if loc.pattern.search(location):
+                if loc.target_minutes is not None:
+                    target = (
+                        loc.target_minutes if target is None else min(target, loc.target_minutes)
+                    )
+                break
+    return target
+
+
 def score_study(
     rules: UrgencyRules,
     *,
@@ -143,7 +160,7 @@ def fixed_part(
         reasons.append(f"Patient class {what}: +{_fmt(cls.points)}")
         terms.append(ScoreTerm("class", pc, cls.points))
     score += cls.points
-    target = cls.target_minutes
+    target = reading_target(rules, patient_class, location)
 
     if location:
         for loc in rules.locations:
@@ -151,10 +168,6 @@ def fixed_part(
                 reasons.append(f"{loc.label} ({location}): +{_fmt(loc.points)}")
                 terms.append(ScoreTerm("location", loc.label, loc.points))
                 score += loc.points
-                if loc.target_minutes is not None:
-                    target = (
-                        loc.target_minutes if target is None else min(target, loc.target_minutes)
-                    )
                 break
 
     positives = False

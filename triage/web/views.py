@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,13 +82,19 @@ def ai_view(item_findings: list[dict[str, Any]], state: str, ai_status: str) -> 
     return {"flag": flag, "text": text, "probability": chosen["probability"], "model": model}
 
 
-def _target_minutes(item: dict[str, Any]) -> float | None:
-    """The reading target of a worklist row, when the worklist data carries one."""
-    for key in ("target_minutes", "reading_target_minutes"):
-        value = item.get(key)
-        if isinstance(value, int | float):
-            return float(value)
-    return None
+_POINTS = re.compile(r"^(.*?: \+(\d+(?:\.\d+)?))")
+
+
+def raise_reasons(reasons: list[str]) -> list[str]:
+    """What raised a study, for its worklist row: every line of its score after the ordered
+    priority's that added points (class, location, AI finding, rule, waiting), cut after
+    its points ("ICH 0.97 >= 0.28: +58"). The study page shows the reasons whole."""
+    out = []
+    for line in reasons[1:]:
+        m = _POINTS.match(line)
+        if m is not None and float(m.group(2)) > 0:
+            out.append(m.group(1))
+    return out
 
 
 def worklist_rows(
@@ -118,7 +125,7 @@ def worklist_rows(
             ordered is not None
             and rules.level(engine["code"]).rank < rules.level(ordered["code"]).rank
         )
-        target = _target_minutes(item)
+        target = item["target_minutes"]
         waiting = item.get("waiting_minutes")
         rows.append(
             {
@@ -131,7 +138,7 @@ def worklist_rows(
                 "procedure_shown": item["procedure"] or item["study_description"] or "",
                 "state_label": STATE_WORDS.get(item["state"], item["state"]),
                 "ai": ai_view(item["findings"], item["state"], item["ai_status"]),
-                "target_minutes": target,
+                "why": raise_reasons(item["reasons"]) if raised else [],
                 "late": target is not None and waiting is not None and waiting > target,
             }
         )
