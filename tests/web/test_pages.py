@@ -107,6 +107,23 @@ def test_study_page_shows_reasons_images_order_messages_history(db, rules, data_
     assert any(v.obj == "study:1.2.840.9" and v.user == "rita" for v in views)
 
 
+def test_a_negative_study_page_shows_no_overlay_and_says_so(db, rules, data_dir):
+    """A negative's key slice is the one the model rated highest; its page showed it twice,
+    captioned "with the model's overlay", when there is none (found by a radiologist's
+    walk-through)."""
+    seeded = seed_study(
+        db, rules, data_dir, study_uid="1.2.840.10", accession="CLEAR", probability=0.1
+    )
+    c = _client(db, rules, data_dir)
+    _sign_in(c, "rita")
+    html = c.get("/studies/1.2.840.10").text
+    assert "no finding" in html and "CLEAR" in html
+    assert f"/findings/{seeded.finding_id}/plain.png" in html
+    assert f"/findings/{seeded.finding_id}/overlay.png" not in html
+    assert "below the operating point: no finding, no overlay" in html
+    assert "model's overlay" not in html
+
+
 def test_feedback_needs_the_csrf_token_and_is_stored_and_audited(db, rules, data_dir):
     seed_study(db, rules, data_dir, study_uid="9.9", accession="BLEED")
     c = _client(db, rules, data_dir)
