@@ -233,6 +233,24 @@ def test_xo_updates_and_ca_cancels(listener: Callable[..., Running]) -> None:
     assert wait_for_calls(r, 4) == [head.id, ctpa.id, head.id, ctpa.id]
 
 
+def test_a_cancel_for_an_unknown_order_is_noted_with_the_message(
+    listener: Callable[..., Running],
+) -> None:
+    """A cancel whose accession matches no order (a RIS that leaves OBR-18 out of its cancels
+    gets the fallback OBR-3 read): answered AA (an AE would stop many RIS queues), but the
+    message says nothing was cancelled, so the integration engineer can see it."""
+    r = listener()
+    with MLLPConnection(r.host, r.port, timeout=5) as conn:
+        assert read_ack(conn.exchange(sample("orm_ca_v251.hl7")))[0] == "AA"
+    (msg,) = r.messages()
+    assert "for an order not known here" in msg.error and "nothing was cancelled" in msg.error
+    with MLLPConnection(r.host, r.port, timeout=5) as conn:
+        for name in ("orm_nw_v231.hl7", "orm_ca_v251.hl7"):
+            assert read_ack(conn.exchange(sample(name)))[0] == "AA"
+    known = r.messages()[-1]
+    assert "not known here" not in known.error  # the order is known now: cancelled
+
+
 def test_non_order_message_is_acknowledged_not_applied(listener: Callable[..., Running]) -> None:
     r = listener()
     ack = send_and_check(r.host, r.port, sample("adt_a01_v251.hl7"), timeout=5)

@@ -232,7 +232,9 @@ class MessageStore:
         mid = self._insert_message(ops, ev.raw, peer, header, ack, code, "; ".join(notes))
         before = len(ev.notes)
         order_ids = self.apply(ops, ev, mid)
-        notes += ev.notes[before:]  # what applying found (a report for no stored study...)
+        if len(ev.notes) > before:  # what applying found (a cancel of an unknown order...)
+            notes += ev.notes[before:]
+            ops.mark_processed(mid, "; ".join(notes)[:2000])  # shown with the message
         return Outcome(ack, code, order_ids=order_ids, message_id=mid, notes=notes)
 
     @staticmethod
@@ -325,6 +327,19 @@ class MessageStore:
         """Apply an accepted message's orders / patient update; returns the order ids changed.
         ``conn``: a SQLAlchemy connection in a transaction (or the store's own statements)."""
         if ev.kind == "order":
+            ops = ops_for(conn)
+            for o in ev.applied_orders:
+                if o.order_control in CANCEL_CONTROLS and not ops.find_order(
+                    o.accession_number, o.sending_facility
+                ):
+                    note = (
+                        f"ORC-1 {o.order_control} for an order not known here (accession "
+                        f"{o.accession_number!r}, facility {o.sending_facility!r}): nothing "
+                        "was cancelled; recorded as a cancelled order. If the order came in "
+                        "under another accession, the cancel carries it in another field"
+                    )
+                    log.warning("HL7 message #%d: %s", message_id, note)
+                    ev.notes.append(note)
             return [self.upsert_order(conn, o, message_id) for o in ev.applied_orders]
         if ev.kind == "patient_update" and ev.patient is not None and ev.patient.patient_name:
             ops_for(conn).update_patient(ev.patient.patient_id, ev.patient.patient_name)

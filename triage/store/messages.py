@@ -266,6 +266,11 @@ class SQLiteOps(MessageOps):
     def update_patient(self, patient_id: str, patient_name: str) -> None:
         self.cur.execute(_SQL_UPDATE_PATIENT, (patient_name, self.now, patient_id))
 
+    def mark_processed(self, message_id: int, note: str) -> None:
+        self.cur.execute(
+            f'UPDATE "{_MSG.name}" SET processed = 1, error = ? WHERE id = ?', (note, message_id)
+        )
+
     def report_studies(self, study_uid: str, accession_number: str) -> list[str]:
         table = Study.__table__.name  # type: ignore[attr-defined]
         for column, value in (("study_uid", study_uid), ("accession_number", accession_number)):
