@@ -48,3 +48,44 @@ def test_check_command_with_bad_mapping(capsys: pytest.CaptureFixture[str], tmp_
     bad.write_text("version: 1\nsenders: 3\n")
     assert main(["hl7", "check", str(DATA / "orm_nw_v231.hl7"), "--mapping", str(bad)]) == 2
     assert f"{bad}:2" in capsys.readouterr().err
+
+
+def test_check_ack_is_printed_whole_when_redirected(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not on a terminal, rich wrapped at 80 columns: the ACK's MSH (and its MSH-10) came out
+    on two lines, so an ACK copied from the output was not the ACK."""
+    monkeypatch.setenv("COLUMNS", "40")  # narrower than any ACK line
+    assert main(["hl7", "check", str(DATA / "bad_msh12.hl7"), "--ack"]) == 1
+    out = capsys.readouterr().out
+    msh = next(line for line in out.splitlines() if line.startswith("MSH|"))
+    assert len(msh) > 40 and msh.count("|") >= 11, msh
+    msa = next(line for line in out.splitlines() if line.startswith("MSA|"))
+    assert msa.startswith("MSA|AE|") and len(msa.split("|")) >= 3
+    assert "version V2.5" in out and "vV" not in out
+
+
+def test_unsupported_version_answer_fits_msa3(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """MSA-3 is cut at 80 characters: the full list of versions lost its last ones there."""
+    old = tmp_path / "v21.hl7"
+    old.write_text(own("orm_nw_v251.hl7").replace("|P|2.5.1", "|P|2.1", 1))
+    assert main(["hl7", "check", str(old), "--ack"]) == 1
+    msa = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("MSA|"))
+    text = msa.split("|")[3]
+    assert len(text) <= 80 and text.endswith("supported: 2.2 to 2.6"), text
+
+
+def test_encoding_characters_error_says_what_is_wrong() -> None:
+    from triage.hl7.inbound import evaluate
+
+    ev = evaluate("MSH|^^\\&|RIS|H|T|H|20240101||ORM^O01|M2|P|2.5.1\rPID|1||X\r")
+    assert ev.error is not None and ev.error.hl7_code == 102
+    assert "used twice" in str(ev.error) and "'" not in str(ev.error)
+
+
+def test_replay_of_an_unknown_id_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "var").mkdir()
+    assert main(["hl7", "replay", "--id", "9999", "--data-dir", str(tmp_path / "var")]) == 1
+    assert "no HL7 message 9999" in capsys.readouterr().out

@@ -119,7 +119,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         title = f"message {n}"
         if h is not None:
             title += (
-                f": {h.type_code or '?'} v{h.version or '?'} MSH-10 {h.control_id or '(none)'}"
+                f": {h.type_code or '?'} version {h.version or '?'}"
+                f" MSH-10 {h.control_id or '(none)'}"
                 f" from {h.sending_application or '?'}/{h.sending_facility or '?'}"
             )
         console.rule(title)
@@ -150,8 +151,13 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
                         where = f"from {order.sources.get(key, '?')}"
                     else:
                         tried = ", ".join(str(r) for r in ev.fmap.sources.get(key, ()))
-                        value, where = "-", f"(empty in {tried})" if tried else ""
-                    console.print(f"  {label:<18} {value}  {where}", highlight=False, markup=False)
+                        value, where = "-", f"(nothing usable in {tried})" if tried else ""
+                    console.print(
+                        f"  {label:<18} {value}  {where}",
+                        highlight=False,
+                        markup=False,
+                        soft_wrap=True,
+                    )
         elif ev.kind == "patient_update" and ev.patient is not None:
             console.print(
                 f"patient update: orders of patient {ev.patient.patient_id} "
@@ -167,7 +173,9 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         answer = code if ack else f"nothing (the sender asked for no ACK; outcome {code})"
         console.print(f"answer: [bold]{answer}[/bold]")
         if args.ack and ack:
-            console.print(ack.replace("\r", "\n"), highlight=False, markup=False)
+            # as it is, never wrapped (rich wraps at 80 columns when not on a terminal): an
+            # ACK copied from this output must be the ACK
+            console.print(ack.replace("\r", "\n"), highlight=False, markup=False, soft_wrap=True)
     return worst
 
 
@@ -205,5 +213,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     for r in results:
         failed += r.failed
         table.add_row(str(r.message_id), r.message_type, r.control_id, r.result)
-    Console().print(table)
-    return 1 if failed else 0
+    console = Console()
+    console.print(table)
+    missing = sorted(set(args.id or ()) - {r.message_id for r in results})
+    for mid in missing:  # as `triage outbox retry` says of an unknown id
+        console.print(f"[red]no HL7 message {mid}[/red]")
+    return 1 if failed or missing else 0

@@ -42,15 +42,16 @@ class Delimiters:
             return known
         if strict:
             chars = fs + enc
-            if (
-                not 2 <= len(enc) <= 5
-                or len(set(chars)) != len(chars)
-                or any(c.isalnum() or c.isspace() for c in chars)
-            ):
+            why = ""
+            if not 2 <= len(enc) <= 5:
+                why = f"MSH-2 has {len(enc)} characters (2-5 expected, usually ^~\\&)"
+            elif len(set(chars)) != len(chars):
+                why = "a delimiter is used twice in MSH-1/MSH-2 (each must be distinct)"
+            elif any(c.isalnum() or c.isspace() for c in chars):
+                why = "a letter, digit or space among the delimiters of MSH-1/MSH-2"
+            if why:
                 raise HL7ParseError(
-                    f"invalid encoding characters {fs + enc!r} in MSH-1/MSH-2",
-                    hl7_code=102,
-                    location="MSH^1^2",
+                    f"invalid encoding characters: {why}", hl7_code=102, location="MSH^1^2"
                 )
         padded = (enc + "\0\0\0\0")[:4]
         found = cls(

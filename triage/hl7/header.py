@@ -114,10 +114,17 @@ def check_order_header(header: MessageHeader) -> None:
     if header.version not in supported:
         raise HL7Error(
             f"unsupported version {header.version} for {header.type_code}; "
-            f"supported: {', '.join(sorted(supported))}",
+            f"supported: {_version_range(supported)}",
             hl7_code=203,
             location="MSH^1^12",
         )
+
+
+def _version_range(versions: frozenset[str]) -> str:
+    """``2.2 to 2.6``: every v2 version between the two is supported (short enough for MSA-3,
+    80 characters, which cut the full list)."""
+    ordered = sorted(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
+    return f"{ordered[0]} to {ordered[-1]}" if len(ordered) > 1 else ordered[0]
 
 
 def check_required_header(header: MessageHeader) -> None:
