@@ -15,6 +15,7 @@ from triage.inference.client import ModelOutput
 from triage.inference.keyimage import (
     DISCLAIMER,
     apply_window,
+    evidence,
     render_key_image,
     resolve_key_image,
     store_key_image,
@@ -60,6 +61,35 @@ def test_png_decodes_with_size_window_caption_and_overlay() -> None:
     assert xs.min() >= 90 and xs.max() <= 133
     # the caption band is burnt in: light pixels below the image
     assert (rgb[200:] > 128).any()
+
+
+def test_overlay_shows_the_evidence_not_a_weakly_lit_edge() -> None:
+    """A positive head CT's map lit the skull margin weakly (0.3-0.45) around one strong
+    blob: the overlay was a band along the whole brain edge, which reads as diffuse
+    extra-axial blood (found by a radiologist's walk-through). Only the blob is drawn; a
+    second strong region (a second bleed) is kept."""
+    hu = np.full((200, 160), 40.0, np.float32)
+    loc = np.zeros((25, 20), np.float32)
+    loc[0, :] = loc[-1, :] = loc[:, 0] = loc[:, -1] = 0.4  # the edge, weakly
+    loc[5:10, 12:16] = 0.95  # one bleed
+    kept = evidence(loc)
+    assert kept[0].max() == 0 and kept[:, 0].max() == 0 and kept[5:10, 12:16].min() > 0.9
+    img = render_key_image(
+        hu,
+        window=window_for("ich"),
+        localization=loc,
+        model="ich",
+        model_version="ich-x/1",
+        probability=0.95,
+        slice_index=11,
+        n_slices=24,
+    )
+    rgb, _ = read_png(img.png)
+    ys, xs = np.nonzero(_red(rgb[:200]))
+    assert ys.size > 0 and ys.min() >= 35 and ys.max() <= 85 and xs.min() >= 90
+    loc[18:21, 3:6] = 0.85  # a second strong region: drawn too
+    assert evidence(loc)[18:21, 3:6].min() > 0.8
+    assert evidence(np.full((4, 4), 0.1, np.float32)).max() == 0  # nothing over the floor
 
 
 def test_without_localisation_no_overlay_and_caption_says_so() -> None:

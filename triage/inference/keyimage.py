@@ -10,7 +10,9 @@ nearest to it.
 (brain 40/80 for hemorrhage, mediastinum 100/700 for embolism, or ``window_center`` /
 ``window_width`` from the model contract), and for a POSITIVE study (probability at or above
 the operating point) blends the model's coarse localisation map in colour (red, opacity rising
-with the map value; outline where it crosses 0.5). A NEGATIVE study gets no overlay at all -
+with the map value; outline where it crosses 0.5) - only where its evidence is (:func:`evidence`:
+the connected regions around the slice's strongest cells, not every cell the map lights
+weakly). A NEGATIVE study gets no overlay at all -
 nothing on it looks like a finding - and its caption says "below the operating point". The
 caption band burnt in under the image always reads:
 
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from triage.inference.checks import components
 from triage.store.durable import write_durably
 
 DISCLAIMER = "AI triage aid - synthetic-phantom-trained model - not for clinical use"
@@ -48,6 +51,11 @@ OVERLAY_RGB = np.array([255.0, 40.0, 40.0], dtype=np.float32)
 OVERLAY_MAX_ALPHA = 0.55
 OVERLAY_MIN_VALUE = 0.2  # map values below are not drawn
 OUTLINE_LEVEL = 0.5
+# Only the evidence is drawn: the regions of the slice's map (cells at least EVIDENCE_SHARE of
+# its peak, connected) whose own maximum reaches STRONG_SHARE of the peak. A map lit weakly
+# along a whole edge (a skull's inner table) next to one strong blob shows the blob.
+EVIDENCE_SHARE = 0.5
+STRONG_SHARE = 0.8
 
 # -- a 5x7 bitmap font (upper case, digits, a little punctuation); rows top to bottom -----------
 _GLYPHS_SRC = {
@@ -184,6 +192,20 @@ def map_for_slice(
     return loc[int(np.clip(np.rint(frac * (loc.shape[0] - 1)), 0, loc.shape[0] - 1))]
 
 
+def evidence(plane: np.ndarray) -> np.ndarray:
+    """``plane`` (a 2-D localisation map in [0, 1]) with only its evidence kept: connected
+    regions of cells at or above ``EVIDENCE_SHARE`` of the plane's peak (and at least
+    ``OVERLAY_MIN_VALUE``) whose own maximum reaches ``STRONG_SHARE`` of the peak; every other
+    cell 0. Several strong regions (several bleeds) are all kept."""
+    m = np.clip(np.asarray(plane, dtype=np.float32), 0.0, 1.0)
+    peak = float(m.max()) if m.size else 0.0
+    if peak < OVERLAY_MIN_VALUE:
+        return np.zeros_like(m)
+    labels = components(m >= max(OVERLAY_MIN_VALUE, EVIDENCE_SHARE * peak))
+    strong = np.unique(labels[m >= STRONG_SHARE * peak])
+    return np.where(np.isin(labels, strong[strong > 0]), m, 0.0).astype(np.float32)
+
+
 def key_grid_slice(localization: np.ndarray | None, slice_probabilities: np.ndarray) -> int:
     """Index (model grid, 0 = most inferior) of the slice where the evidence is.
 
@@ -302,7 +324,7 @@ def render_key_image(
     rgb = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float32)
     overlay = False
     if positive and not plain and localization is not None and np.size(localization) > 0:
-        m = _resize_bilinear(np.clip(localization, 0.0, 1.0), rows, cols)
+        m = _resize_bilinear(evidence(localization), rows, cols)
         alpha = np.where(m >= OVERLAY_MIN_VALUE, m * OVERLAY_MAX_ALPHA, 0.0)[:, :, None]
         if float(alpha.max()) > 0.0:
             overlay = True
