@@ -207,12 +207,30 @@ class Pipeline:
             self.rescore(uid, Cause.ORDER, str(order_id))
 
     def recover(self) -> None:
-        """At start-up: apply again the orders of the last ``match_window_hours``.
+        """At start-up: re-score the open studies when the urgency rules changed while the
+        engine was stopped (cause ``rules``, with the version in force, as a live change);
+        then apply again the orders of the last ``match_window_hours``.
 
         The listener acknowledges an order before the pipeline handles it; an engine killed in
         between would otherwise leave a study linked to an old priority. Handling an order is
         idempotent (nothing is re-sent unless a priority rises or a result changes).
         """
+        version = self.urgency.version_id
+        with self.db.session() as s:  # open studies last scored with other rules
+            stale = s.exec(
+                select(Study.id)
+                .where(col(Study.state).in_(RESCORED_STATES))
+                .where(Study.rules_version != "", Study.rules_version != version)
+                .limit(1)
+            ).first()
+        if stale is not None:  # the rules file changed while the engine was stopped
+            changed = self.rescore_open(Cause.RULES, version)
+            log.info(
+                "start-up: urgency rules %s in force (changed while the engine was stopped): "
+                "%d open studies changed",
+                version,
+                changed,
+            )
         since = utcnow() - timedelta(hours=self.window)
         with self.db.session() as s:
             ids = s.exec(

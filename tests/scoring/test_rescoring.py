@@ -225,6 +225,30 @@ def test_a_changed_rules_file_is_picked_up_and_a_bad_one_refused(tmp_path, ris, 
     assert versions == {first, second}
 
 
+def test_rules_changed_while_the_engine_was_stopped_are_the_cause_at_start(tmp_path, ris):
+    """The file edited while the engine was down: at start-up the open studies are re-scored
+    with cause "rules" and the version in force (they were recorded as caused by "order",
+    from the start-up's re-applied orders, with no line naming the new rules)."""
+    rules_file = tmp_path / "urgency.yaml"
+    text = SHIPPED.read_text(encoding="utf-8")
+    write_rules(rules_file, text)
+    db, p, _clock = make(tmp_path, ScriptedAnalyzer([positive(0.1)]), ris, rules_file)
+    add_order(db, "ACC5", "R", "E")
+    add_study(db, "5.1", accession="ACC5")
+    p.tick()
+    assert study(db, "5.1").score == 40
+    tuned = text.replace("E: {label: Emergency, points: 20", "E: {label: Emergency, points: 40")
+    write_rules(rules_file, tuned)  # while stopped
+    db2, p2, _ = make(tmp_path, ScriptedAnalyzer([]), ris, rules_file)  # the restart
+    p2.recover()
+    st = study(db2, "5.1")
+    assert st.score == 60 and st.rules_version == p2.urgency.version_id
+    last = changes(db2, "5.1")[-1]
+    assert (last.to_priority, last.cause, last.cause_ref) == ("A", "rules", st.rules_version)
+    p2.recover()  # a plain restart, nothing changed: nothing more recorded
+    assert changes(db2, "5.1")[-1].id == last.id
+
+
 def test_every_priority_change_has_its_cause(tmp_path, ris):
     """A finding raises, an order change raises further; a re-score that changes nothing
     writes nothing."""
