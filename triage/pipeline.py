@@ -33,7 +33,7 @@ from triage.ports import Analysis, Analyzer, Notifier
 from triage.routing import RoutingRule, RoutingRules, route
 from triage.routing.gather import facts_for_study
 from triage.scoring import FindingInput, UrgencyRules, UrgencyRulesWatcher, score_study
-from triage.scoring.history import Cause, record_change, remember_version
+from triage.scoring.history import Cause, record_change, record_in_force, remember_version
 from triage.scoring.memo import Inputs, ScoreMemo, rule_fields
 from triage.scoring.score import ScoreResult
 from triage.store import Database, Finding, Instance, Order, Study, StudyState
@@ -115,6 +115,7 @@ class Pipeline:
         try:
             with self.db.session() as s:
                 remember_version(s, self.urgency, self.clock())
+                record_in_force(s, self.urgency.version_id, self.clock())
         except Exception:  # recorded again at the next rules change; scoring goes on
             log.exception("cannot record urgency rules version %s", self.urgency.version_id)
 
@@ -150,6 +151,7 @@ class Pipeline:
         try:
             with self.db.session() as s:
                 remember_version(s, new, self.clock())
+                record_in_force(s, new.version_id, self.clock())
         except Exception:
             log.exception("cannot record urgency rules version %s", new.version_id)
         changed = self.rescore_open(Cause.RULES, new.version_id)

@@ -35,7 +35,7 @@ from triage.routing import load_routing_rules
 from triage.scoring import UrgencyRulesWatcher
 from triage.scoring.rules import version_id_of
 from triage.store import Database
-from triage.store.models import AuditEvent, Feedback, RulesChange
+from triage.store.models import AuditEvent, Feedback, RulesChange, RulesInForce
 from triage.web.rules_routes import MAX_BODY_BYTES
 
 from .conftest import PASSWORD, seed_study
@@ -346,7 +346,13 @@ def test_restore_applies_a_previous_version_again_as_a_new_one(engine, db):
     assert r.status_code == 303
     assert engine.rules_file.read_text() == original
     assert engine.pipeline.check_rules() is True
-    assert c.get("/api/rules").json()["in_force"]["version_id"] == v1
+    in_force = c.get("/api/rules").json()["in_force"]
+    assert in_force["version_id"] == v1
+    # since the restore, not since v1 first came into force (before v2 was applied)
+    with db.session() as s:
+        v2_from = s.exec(select(RulesInForce.at).where(RulesInForce.version_id == v2)).one()
+    since = datetime.fromisoformat(in_force["since"])
+    assert since >= (v2_from if v2_from.tzinfo else v2_from.replace(tzinfo=UTC))
     rows = changes(db)
     assert [(x.version_id, x.restored_from, x.user, x.comment) for x in rows] == [
         (v2, "", "mona", "try 70"),

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from triage.scoring.rules import UrgencyRules
-from triage.store.models import PriorityChange, RulesVersion
+from triage.store.models import PriorityChange, RulesInForce, RulesVersion
 
 
 class Cause(StrEnum):
@@ -57,6 +57,28 @@ def record_change(
     )
     session.add(row)
     return row
+
+
+def record_in_force(session: Session, version_id: str, at: datetime) -> bool:
+    """Record that ``version_id`` is in force from ``at``, unless it already is the last one
+    recorded (a restart on the same rules); True when recorded."""
+    last = session.exec(
+        select(RulesInForce.version_id).order_by(col(RulesInForce.id).desc()).limit(1)
+    ).first()
+    if last == version_id:
+        return False
+    session.add(RulesInForce(version_id=version_id, at=at))
+    return True
+
+
+def in_force_since(session: Session, version_id: str) -> datetime | None:
+    """When ``version_id`` last came into force (None: never recorded)."""
+    return session.exec(
+        select(RulesInForce.at)
+        .where(RulesInForce.version_id == version_id)
+        .order_by(col(RulesInForce.id).desc())
+        .limit(1)
+    ).first()
 
 
 def remember_version(session: Session, rules: UrgencyRules, at: datetime) -> bool:

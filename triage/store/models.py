@@ -237,6 +237,16 @@ class RulesVersion(SQLModel, table=True):
     first_loaded_at: datetime = Field(default_factory=utcnow)
 
 
+class RulesInForce(SQLModel, table=True):
+    """Each time the engine put an urgency rules version in force (at start-up when it differs
+    from the last one, and at every change while it runs, a version restored included): what
+    "in force since" reads. ``RulesVersion.first_loaded_at`` is only the first time."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    version_id: str = Field(index=True, max_length=64)
+    at: datetime = Field(default_factory=utcnow, index=True)
+
+
 class RulesChange(SQLModel, table=True):
     """An urgency rules text a manager applied on the Rules page (``triage.web.rules``), or a
     previous version restored: who, when, why, and the text written to the rules file. The

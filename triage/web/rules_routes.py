@@ -41,6 +41,7 @@ from triage.auth.deps import client_address, require
 from triage.auth.users import User
 from triage.errors import StoreError
 from triage.scoring import UrgencyRules
+from triage.scoring.history import in_force_since
 from triage.scoring.rules import version_id_of
 from triage.scoring.simulate import SimulationResult, parse_read_minutes
 from triage.scoring.simulate_cli import parse_when
@@ -206,12 +207,15 @@ def install(app: FastAPI, db: Database, rules: Callable[[], UrgencyRules]) -> No
         path = rules_path()
         file_text = read_file_text(path)
         checked = check_text(path, file_text)
-        with db.session() as s:
-            loaded = s.exec(
-                select(RulesVersion.first_loaded_at).where(
-                    RulesVersion.version_id == in_force.version_id
-                )
-            ).first()
+        with db.session() as s:  # when it last came into force (a restore is a new start)
+            loaded = (
+                in_force_since(s, in_force.version_id)
+                or s.exec(
+                    select(RulesVersion.first_loaded_at).where(
+                        RulesVersion.version_id == in_force.version_id
+                    )
+                ).first()
+            )
         return {
             "path": str(path),
             "in_force": {
