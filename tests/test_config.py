@@ -94,3 +94,16 @@ def test_half_a_ris_address_stops_start_up(env, missing, given):
     both = load_settings(environ={"TRIAGE_RIS_HOST": "ris.local", "TRIAGE_RIS_PORT": "2575"})
     assert both.ris_configured
     assert not load_settings(environ={}).ris_configured
+
+
+def test_a_mistyped_environment_variable_is_named(caplog):
+    """TRIAGE_DICOM_PROT=5 was ignored without a word (the default port stayed in force)."""
+    with caplog.at_level("WARNING", logger="triage.config"):
+        s = load_settings(environ={"TRIAGE_DICOM_PROT": "5", "TRIAGE_CONFIG_X": ""})
+    assert s.dicom_port == 11112
+    text = caplog.text
+    assert "TRIAGE_DICOM_PROT is not a setting" in text and "did you mean TRIAGE_DICOM_PORT" in text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="triage.config"):
+        load_settings(environ={"TRIAGE_DICOM_PORT": "5"})
+    assert caplog.text == ""

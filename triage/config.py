@@ -10,8 +10,10 @@ read when present. Every setting below states its default. A bad value stops sta
 from __future__ import annotations
 
 import contextlib
+import difflib
 import ipaddress
 import json
+import logging
 import os
 import textwrap
 import tomllib
@@ -24,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from triage.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 ENV_PREFIX = "TRIAGE_"
 
 
@@ -393,6 +396,7 @@ def load_settings(
         if env_name in env:
             values[key] = env[env_name]  # a string; pydantic coerces it per field type
             sources[key] = f"environment {env_name}"
+    _warn_unknown_environment(env)
 
     for key, value in (overrides or {}).items():
         if key not in fields:
@@ -419,6 +423,22 @@ def load_settings(
             "nothing",
         )
     return settings
+
+
+# TRIAGE_* variables that are not settings but are read on purpose
+OTHER_ENVIRONMENT = frozenset({"TRIAGE_CONFIG", "TRIAGE_SCREENSHOTS"})
+
+
+def _warn_unknown_environment(env: Mapping[str, str]) -> None:
+    """A TRIAGE_* variable that is no setting is ignored, with a warning naming the closest
+    setting (a typo such as TRIAGE_DICOM_PROT would otherwise leave the default in force
+    without a word)."""
+    names = [ENV_PREFIX + k.upper() for k in Settings.model_fields]
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in names and name not in OTHER_ENVIRONMENT:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            log.warning("environment %s is not a setting of the engine, ignored%s", name, hint)
 
 
 def describe_settings() -> list[tuple[str, str, str, str]]:

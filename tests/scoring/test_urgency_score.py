@@ -376,3 +376,12 @@ def test_a_threshold_over_100_is_refused():
     with pytest.raises(RulesError, match="800 can never be reached") as err:
         load_urgency_rules(Path("u.yaml"), text)
     assert err.value.line == _line_of(text, "min_score: 800")
+
+
+def test_reason_words_read_as_english(rules):
+    """'Inpatient patient (I)' and 'as ordered' for a study with no order read wrongly."""
+    inpatient = score_study(rules, ordered_priority="R", patient_class="I", findings=[])
+    assert "Inpatient (I): +10" in inpatient.reasons
+    assert inpatient.reasons[-1].endswith("(as ordered)")
+    no_order = score_study(rules, ordered_priority="", patient_class="", findings=[])
+    assert no_order.reasons[-1].endswith("(not raised)")

@@ -152,7 +152,8 @@ def fixed_part(
     pc = (patient_class or "").strip().upper()
     cls = rules.patient_class.get(pc)
     if cls is not None:
-        reasons.append(f"{cls.label} patient ({cls.code}): +{_fmt(cls.points)}")
+        who = cls.label if cls.label.lower().endswith("patient") else f"{cls.label} patient"
+        reasons.append(f"{who} ({cls.code}): +{_fmt(cls.points)}")
         terms.append(ScoreTerm("class", cls.code, cls.points))
     else:
         cls = rules.unknown_class
@@ -279,7 +280,9 @@ def complete(
     if raised:
         reasons.append(f"Score {_fmt(score)} -> priority {priority} (raised from {level.code})")
     else:
-        reasons.append(f"Score {_fmt(score)} -> priority {priority} (as ordered)")
+        # "as ordered" only when there was one (no order: the default, not raised)
+        kept = "as ordered" if reasons[0].startswith("Ordered priority") else "not raised"
+        reasons.append(f"Score {_fmt(score)} -> priority {priority} ({kept})")
     return ScoreResult(
         score,
         priority,
