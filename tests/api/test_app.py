@@ -110,6 +110,18 @@ def test_unknown_path_and_method_answer_json(db, rules):
     assert r.status_code == 405 and "error" in r.json()
 
 
+def test_worklist_refuses_query_parameters_it_would_ignore(db, rules):
+    """?limit=abc&sort=bogus answered 200 with every study: a client's filter did nothing."""
+    c = client(db, rules, {})
+    r = c.get("/api/worklist?limit=abc&sort=bogus")
+    assert r.status_code == 400
+    assert "takes no query parameters (got limit, sort)" in r.json()["error"]
+    assert c.get("/api/worklist").status_code == 200
+    r = c.get("/api/studies/1.2.3/key-image?model=zzz")
+    assert r.status_code == 404
+    assert r.json()["error"] == "no key image of model 'zzz' for this study"
+
+
 def test_worklist_needs_credentials(db, rules):
     r = client(db, rules, {}, auth=False).get("/api/worklist")
     assert r.status_code == 401

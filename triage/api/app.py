@@ -68,6 +68,13 @@ def create_app(
 
     @app.get("/api/worklist")
     def get_worklist(request: Request, user: User = Depends(require(*READERS))) -> dict[str, Any]:
+        if request.query_params:  # it takes none: a client's filter would silently do nothing
+            names = ", ".join(sorted(set(request.query_params.keys())))
+            raise StarletteHTTPException(
+                400,
+                f"/api/worklist takes no query parameters (got {names}): every study, "
+                "most urgent first",
+            )
         with db.session() as s:
             items = worklist(s, current_rules())
         audit(db, user.name, "view", "worklist", client_address(request), f"{len(items)} studies")
@@ -94,7 +101,8 @@ def create_app(
             else None
         )
         if finding is None or path is None:
-            return JSONResponse({"error": "no key image for this study"}, status_code=404)
+            what = f"of model {model!r} " if model else ""
+            return JSONResponse({"error": f"no key image {what}for this study"}, status_code=404)
         return FileResponse(
             path,
             media_type="image/png",
