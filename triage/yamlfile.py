@@ -59,12 +59,36 @@ def load_yaml(path: Path, text: str | None = None) -> LineDict:
         raise RulesError(str(path), f"cannot read: {exc}") from None
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise RulesError(str(path), f"invalid YAML: {exc.problem or exc}", line) from None
+        raise RulesError(
+            str(path), f"invalid YAML: {_plain(exc.problem or str(exc))}", line
+        ) from None
     except yaml.YAMLError as exc:
         raise RulesError(str(path), f"invalid YAML: {exc}") from None
     if not isinstance(data, LineDict):
         raise RulesError(str(path), "the top level must be a mapping", 1)
     return data
+
+
+# PyYAML's words for what it expected, in the words of someone editing the file
+_YAML_WORDS = (
+    ("<block end>", "the end of an indented block"),
+    ("<block mapping start>", "a new indented 'key: value' block"),
+    ("<block sequence start>", "a new '- item' list"),
+    ("<block entry>", "a '- item'"),
+    ("<document start>", "a new document"),
+    ("<stream end>", "the end of the file"),
+)
+
+
+def _plain(problem: str) -> str:
+    """PyYAML's problem text with its token names in plain words, and a hint for the usual
+    cause (indentation) when a block was not closed where expected."""
+    text = problem
+    for token, words in _YAML_WORDS:
+        text = text.replace(f"'{token}'", words).replace(token, words)
+    if "indented" in text or "'key: value'" in text:
+        text += " (check the indentation of this line against the lines above it)"
+    return text
 
 
 def require(

@@ -184,9 +184,16 @@ def test_validate_answers_the_loaders_line_and_reason(engine):
     err = data["errors"][0]
     assert err["line"] == n + 1  # 1-based, the line of the negative points
     assert "'points' is -5: points are never negative" in err["reason"]
-    assert err["message"] == f"{engine.rules_file}:{n + 1}: {err['reason']}"
+    # the proposed text, not the file in force (which would read as if the rules in force
+    # were broken); an invalid text has no version id (it can never be in force)
+    assert err["message"] == f"the proposed text, line {n + 1}: {err['reason']}"
+    assert data["version_id"] == ""
     broken = post_json(c, csrf, "/api/rules/validate", {"text": "version: 1\npriorities: [\n"})
     assert broken.json()["ok"] is False and broken.json()["errors"][0]["line"] is not None
+    # a mis-indented line: PyYAML's token names in plain words, with the likely cause
+    bad_indent = "version: 1\npriorities:\n  S: {label: STAT, base: 70}\n   A: 1\n"
+    reason = post_json(c, csrf, "/api/rules/validate", {"text": bad_indent}).json()["errors"][0]
+    assert "<block" not in reason["reason"], reason
     assert post_json(c, csrf, "/api/rules/validate", {"text": 5}).status_code == 400
     # a body that cannot be used: its own 4xx and what is wrong, on every endpoint that reads one
     json_headers = {"X-CSRF-Token": csrf, "Content-Type": "application/json"}

@@ -70,20 +70,32 @@ class Checked:
         return {"ok": self.ok, "version_id": self.version_id, "errors": self.errors}
 
 
-def error_dict(exc: RulesError) -> dict[str, Any]:
-    """A loader error as the page shows it: the line (None: the whole file) and the reason."""
+PROPOSED = "the proposed text"  # what the editor's errors name: not the file in force
+
+
+def error_dict(exc: RulesError, name: str | None = None) -> dict[str, Any]:
+    """A loader error as the page shows it: the line (None: the whole file) and the reason;
+    ``message`` names ``name`` (default: the file) and the line."""
     where = f"{exc.path}:{exc.line}" if exc.line is not None else exc.path
-    message = str(exc)
-    return {"line": exc.line, "reason": message.removeprefix(f"{where}: "), "message": message}
+    reason = str(exc).removeprefix(f"{where}: ")
+    shown = name or exc.path
+    message = (
+        f"{shown}, line {exc.line}: {reason}" if exc.line is not None else f"{shown}: {reason}"
+    )
+    if name is None:
+        message = str(exc)
+    return {"line": exc.line, "reason": reason, "message": message}
 
 
-def check_text(path: Path, text: str) -> Checked:
-    """``text`` loaded as the engine loads ``path`` (every check, the same messages)."""
+def check_text(path: Path, text: str, name: str | None = None) -> Checked:
+    """``text`` loaded as the engine loads ``path`` (every check, the same reasons); errors
+    name ``name`` (e.g. :data:`PROPOSED`, for a text that is not the file yet) or ``path``.
+    An invalid text has no version id (it can never be in force)."""
     text = normalise(text)
     try:
         rules = load_urgency_rules(path, text)
     except RulesError as exc:
-        return Checked(None, [error_dict(exc)], version_id_of(text))
+        return Checked(None, [error_dict(exc, name)], "")
     return Checked(rules, [], rules.version_id)
 
 
@@ -151,7 +163,7 @@ def apply_text(
         return Applied(None, 400, "a comment is needed: say why the rules change")
     if len(comment) > MAX_COMMENT_CHARS:
         return Applied(None, 400, f"the comment is longer than {MAX_COMMENT_CHARS} characters")
-    checked = check_text(path, text)
+    checked = check_text(path, text, PROPOSED)
     if checked.rules is None:
         return Applied(None, 400, "the rules have an error", tuple(checked.errors))
     with _APPLY_LOCK:

@@ -54,6 +54,7 @@ from triage.web.rules import (
     MAX_COMMENT_CHARS,
     MAX_READERS,
     MAX_TEXT_BYTES,
+    PROPOSED,
     Applied,
     apply_text,
     check_text,
@@ -244,7 +245,7 @@ def install(app: FastAPI, db: Database, rules: Callable[[], UrgencyRules]) -> No
     ) -> HTMLResponse:
         st = state()
         editor_text = st["file_text"] if text is None else normalise(text)
-        checked = check_text(rules_path(), editor_text)
+        checked = check_text(rules_path(), editor_text, None if text is None else PROPOSED)
         return page(
             request,
             "rules.html",
@@ -356,7 +357,7 @@ def install(app: FastAPI, db: Database, rules: Callable[[], UrgencyRules]) -> No
     async def validate(request: Request, user: User = manager) -> Response:
         fields, _ = await _fields(request)
         text = _text_field(fields, "text")
-        checked = await run_in_threadpool(check_text, rules_path(), text)
+        checked = await run_in_threadpool(check_text, rules_path(), text, PROPOSED)
         in_force = rules().version_id
         return JSONResponse(
             {**checked.to_json(), "same_as_in_force": checked.version_id == in_force}
@@ -367,7 +368,7 @@ def install(app: FastAPI, db: Database, rules: Callable[[], UrgencyRules]) -> No
         fields, _ = await _fields(request)
         text = _text_field(fields, "text")
         since, until, readers, minutes = _simulation_params(fields, datetime.now(UTC))
-        checked = await run_in_threadpool(check_text, rules_path(), text)
+        checked = await run_in_threadpool(check_text, rules_path(), text, PROPOSED)
         if checked.rules is None:
             return JSONResponse(
                 {"error": "the proposed rules have an error", "errors": checked.errors},
