@@ -573,6 +573,23 @@ def test_compressed_ct_is_stored_as_sent_and_decodes_when_read(
         np.testing.assert_array_equal(volume.hu, reference.hu)  # lossless: same HU
 
 
+def test_deflated_data_sets_are_stored_and_read(scp: Running, tmp_path: Path) -> None:
+    """Deflated Explicit VR Little Endian (storescu -xd deflates on the fly): every instance
+    was refused 0xA900 'missing required UIDs' - the header reader got the preamble and DICM
+    twice (found by a multi-scanner audit)."""
+    study = write_head_ct(
+        tmp_path / "src", hemorrhage=False, seed=22, patient_id="PD", accession="AD",
+        n_slices=10, size=128,
+    )  # fmt: skip
+    res = dcmtk_storescu(scp.port, study.files, host=scp.host, aet="TESTSCU", options=["-xd"])
+    assert res.returncode == 0 and "Warning" not in res.stderr, res.stderr
+    rows = [r for r in instances(scp) if r.study_uid == study.study_uid]
+    assert len(rows) == 10
+    assert {r.transfer_syntax for r in rows} == {"1.2.840.10008.1.2.1.99"}
+    volume = load_volume([scp.data_dir / r.path for r in rows])
+    np.testing.assert_array_equal(volume.hu, load_volume(study.files).hu)
+
+
 def _compressed_dataset(tmp_path: Path, fragment: bytes | None = None) -> Dataset:
     ds = _slice(tmp_path)
     if fragment is None:

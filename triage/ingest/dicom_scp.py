@@ -409,7 +409,7 @@ class DicomListener:
                 meta = encode_file_meta(
                     request.sop_class_uid, request.sop_instance_uid, transfer_syntax, ""
                 )
-                ds = read_header(b"\x00" * 128 + b"DICM" + meta + bytes(body))
+                ds = read_header(meta + bytes(body))  # meta: preamble, DICM and group 2
                 fields, study_attrs = index_instance(ds)
             else:
                 check_codestream(body, scan.header_length, transfer_syntax)
