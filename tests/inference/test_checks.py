@@ -247,6 +247,27 @@ def test_synthetic_studies(analyzer: TritonAnalyzer, tmp_path: Path) -> None:
     assert "too few slices: 10" in _not_assessable(analyzer, "ich", short.files)
 
 
+def test_a_series_with_images_missing_is_not_assessable(
+    analyzer: TritonAnalyzer, tmp_path: Path
+) -> None:
+    """Seven images gone from the middle of a head CT (a cut transfer): the resampling
+    interpolated across the 35 mm hole and a normal head was flagged (found by a
+    multi-scanner audit). One missing 5 mm slice, or uneven spacing, is not a hole."""
+    kw = {"patient_id": "P", "accession": "A", "size": 256}
+    head = ct.write_head_ct(tmp_path / "h", hemorrhage=False, seed=4, slice_thickness=5.0, **kw)
+    by_z = sorted(
+        head.files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True)
+                                        .ImagePositionPatient[2])
+    )  # fmt: skip
+    holed = by_z[:10] + by_z[17:]
+    reason = _not_assessable(analyzer, "ich", holed)
+    assert "incomplete series: a gap of 40 mm between slices 10 and 11 from the bottom" in reason
+    _passes(analyzer, "ich", by_z[:10] + by_z[11:])  # one slice missing: 10 mm, kept
+    # the real GE head (4 mm, then 7 mm apart) is not "incomplete"
+    ge = _not_assessable(analyzer, "ich", _files("ge-head-ct"))
+    assert "incomplete" not in ge
+
+
 def _head_sample(
     seed: int, mimics: tuple[str, ...] = (), generator: int = 3
 ) -> tuple[ct.PhantomSpec, np.ndarray]:

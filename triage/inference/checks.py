@@ -42,6 +42,9 @@ reason that applies - never a silent "negative". Each check is a plain function 
   trained on, never wider.
 - **too few slices** (``min_slices``) or too short a coverage along the slice normal
   (``min_coverage_mm``).
+- **an incomplete series**: a gap between neighbouring slices over ``GAP_FACTOR`` times the
+  series' usual spacing (and over ``MIN_GAP_MM``): images lost on the way, which the
+  resampling would otherwise interpolate across (always checked; no contract parameter).
 - **CTPA enhancement at the pulmonary arteries** (``min_enhancement_hu``,
   :func:`pulmonary_artery_enhancement`): at hilar level (the middle third of the chest slices,
   where the pulmonary trunk divides into the main pulmonary arteries), in the mediastinum left
@@ -75,6 +78,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -105,6 +109,12 @@ VESSEL_MIN_HU = 0.0  # fat and air are below
 TRUNK_CM2 = 2.0  # per slice, the brightest blood of this area: a main pulmonary artery's
 ANTERIOR_FRACTION = 0.5  # of the body's front-back depth: trunk in front, descending aorta not
 ENHANCING_HU = (120.0, SKULL_HU)
+# A hole in a series (images lost in transfer, an association cut, a PACS that sent part):
+# the largest distance between neighbouring slices may be at most GAP_FACTOR times the
+# series' usual spacing (uneven spacing, e.g. 4 then 7 mm, stays under it), or MIN_GAP_MM.
+# Past it the resampling would interpolate across tissue nobody sent.
+GAP_FACTOR = 2.5
+MIN_GAP_MM = 5.0
 
 _warned: set[tuple[str, str]] = set()
 
@@ -172,6 +182,9 @@ class InputFacts:
     grid_slices: int | None = None  # slices of the grid the content checks looked at
     enhancement_hu: float | None = None  # pulmonary trunk / main pulmonary arteries
     intracranial_enhancing_ml: float | None = None
+    spacing_mm: float | None = None  # median distance between neighbouring slices
+    largest_gap_mm: float | None = None  # the largest one
+    gap_after: int | None = None  # slices below the largest gap (counted from the bottom)
 
 
 # -- image primitives (numpy only; [z, y, x] stacks, everything in plane) ----------------------
@@ -561,11 +574,21 @@ def measure(
     """Everything :func:`check_input` judges, measured once."""
     modalities = sorted({(i.modality or "?").upper() for i in instances}) or ["?"]
     coverage = float(volume.z_positions[-1] - volume.z_positions[0]) if volume.shape[0] else 0.0
+    steps = np.diff(np.asarray(volume.z_positions, dtype=np.float64))
+    gaps: dict[str, Any] = {}
+    if steps.size:
+        k = int(np.argmax(steps))
+        gaps = {
+            "spacing_mm": float(np.median(steps)),
+            "largest_gap_mm": float(steps[k]),
+            "gap_after": k + 1,
+        }
     facts = InputFacts(
         modality="\\".join(modalities),
         slices=volume.shape[0],
         coverage_mm=coverage,
         slice_thickness_mm=_thickness(volume),
+        **gaps,
     )
     part = limits.body_part
     if part is None and limits.min_enhancement_hu is not None:
@@ -589,6 +612,7 @@ def measure(
         slices=facts.slices,
         coverage_mm=coverage,
         slice_thickness_mm=facts.slice_thickness_mm,
+        **gaps,
         body_width_mm=body_width_mm(g, anat, pixel_mm),
         air_hu=air,
         tissue_hu=tissue,
@@ -679,6 +703,13 @@ def problems(limits: InputLimits, facts: InputFacts) -> list[str]:
         out.append(
             f"coverage {facts.coverage_mm:.0f} mm along the slice normal is too short "
             f"(need >= {limits.min_coverage_mm:g} mm)"
+        )
+    largest, usual = facts.largest_gap_mm, facts.spacing_mm
+    if largest is not None and usual is not None and largest > max(GAP_FACTOR * usual, MIN_GAP_MM):
+        out.append(
+            f"incomplete series: a gap of {largest:.0f} mm between slices {facts.gap_after} "
+            f"and {(facts.gap_after or 0) + 1} from the bottom, where the slices are "
+            f"{usual:.3g} mm apart (images missing; they are not interpolated)"
         )
     if facts.grid_slices is None or facts.modality != "CT":
         return out  # content not measured (no body part), or not CT: nothing more to judge
