@@ -246,6 +246,44 @@ def test_selection_ranking_on_synthetic_rows() -> None:
         select_series([])
 
 
+def test_soft_tissue_series_first_and_ties_go_to_the_first_arrived() -> None:
+    """A thin bone reconstruction was judged over the brain series (thinner wins); two equal
+    series were chosen between by their UIDs, so a second series arriving after the first
+    was scored could replace it and flip the result (found by a multi-scanner audit)."""
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+    def rows(uid: str, n: int, desc: str, thick: float, at: datetime, number: int) -> list:
+        return [
+            Instance(
+                sop_instance_uid=f"{uid}.{i}",
+                series_uid=uid,
+                path=f"{uid}/{i}",
+                modality="CT",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                study_uid="s",
+                image_type="ORIGINAL\\PRIMARY\\AXIAL",
+                series_description=desc,
+                slice_thickness=thick,
+                received_at=at,
+                series_number=number,
+            )
+            for i in range(n)
+        ]
+
+    brain = rows("9.9", 30, "AXIAL 5MM BRAIN", 5.0, t0, 2)
+    bone = rows("1.1", 75, "AXIAL 2MM BONE", 2.0, t0, 3)
+    assert {r.series_uid for r in select_series(bone + brain)} == {"9.9"}
+    # equal series: the one that came first, whatever the UIDs say
+    later = rows("9.99", 30, "AXIAL 5MM BRAIN", 5.0, t0 + timedelta(minutes=5), 4)
+    assert {r.series_uid for r in select_series(brain + later)} == {"9.9"}
+    earlier = rows("0.1", 30, "AXIAL 5MM BRAIN", 5.0, t0 - timedelta(minutes=5), 5)
+    assert {r.series_uid for r in select_series(brain + earlier)} == {"0.1"}
+    # a bone series alone is still judged (better than nothing)
+    assert {r.series_uid for r in select_series(bone)} == {"1.1"}
+
+
 def test_multi_frame_ct_is_not_assessable_saying_why() -> None:
     """An Enhanced CT series (one multi-frame instance) is stored but not analysed: the reason
     names the SOP class, not "1 images" (which reads as images missing)."""

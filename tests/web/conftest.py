@@ -26,6 +26,7 @@ from triage.inference.keyimage import render_key_image, store_key_image
 from triage.scoring import Cause, FindingInput, UrgencyRules, load_urgency_rules, score_study
 from triage.scoring.history import record_change
 from triage.store import Database, Finding, Order, OutboundMessage, Study, StudyState
+from triage.store.models import Instance
 
 PASSWORD = "correct horse battery staple"
 
@@ -152,6 +153,19 @@ def seed_study(
             name = f"ich-{accession}"
             store_key_image(data_dir, study_uid, f"{name}-plain", plain.png)
             rel = store_key_image(data_dir, study_uid, name, overlay.png)
+            series_uid = f"{study_uid}.2"
+            for i in range(3):  # the series the model judged, as the store indexes it
+                s.add(
+                    Instance(
+                        sop_instance_uid=f"{series_uid}.{i}",
+                        study_uid=study_uid,
+                        series_uid=series_uid,
+                        modality="CT",
+                        series_number=2,
+                        series_description="AXIAL 5MM BRAIN",
+                        path=f"dicom/{series_uid}.{i}.dcm",
+                    )
+                )
             finding = Finding(
                 study_uid=study_uid,
                 model_name="ich",
@@ -162,6 +176,7 @@ def seed_study(
                 threshold=threshold,
                 key_slice=17,
                 key_image=rel,
+                series_uid=series_uid,
             )
             s.add(finding)
             s.flush()

@@ -93,6 +93,7 @@ def test_study_page_shows_reasons_images_order_messages_history(db, rules, data_
     html = c.get("/studies/1.2.840.9").text
     assert "Intracranial hemorrhage" in html and "raised from Routine" in html
     assert "Emergency patient (E): +20" in html  # a reason from the urgency rules
+    assert "judged on series 2 “AXIAL 5MM BRAIN”, 3 images" in html  # which series
     assert f"/findings/{seeded.finding_id}/overlay.png" in html
     assert f"/findings/{seeded.finding_id}/plain.png" in html
     assert "CT head without contrast" in html and "TRGBLEED" in html and "MSA|AA|TRGBLEED" in html

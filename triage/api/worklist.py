@@ -89,6 +89,7 @@ def worklist(
                         "probability": f.probability,
                         "positive": f.positive,
                         "threshold": f.threshold,
+                        "series_uid": f.series_uid,  # the series the model judged
                         "key_slice": f.key_slice,
                         "key_instance": f.key_instance,
                         "key_image_url": (

@@ -2,8 +2,11 @@
 
 - :func:`select_series` picks the one CT image series a model should see, from the ``Instance``
   rows alone (no file access): CT only; localizers/scouts, secondary-capture and dose screens
-  dropped; original/primary preferred over derived/secondary, axial preferred, then the
-  thinnest reasonable slices (>= 0.5 mm), then the most images.
+  dropped; original/primary preferred over derived/secondary, axial preferred, a soft-tissue
+  reconstruction preferred over one whose description says bone, lung, sharp, edge, detail,
+  MIP or MPR, then the thinnest reasonable slices (>= 0.5 mm), then the most images; on a
+  tie, the series that arrived first (a later one that is no better does not displace the
+  one already judged), then the lower series number - never the UIDs.
 - :func:`load_volume` reads the files of one series, orders the slices by ImagePositionPatient
   projected on the slice normal (cross product of the ImageOrientationPatient vectors) - never by
   InstanceNumber - which is right for gantry tilt and uneven spacing, and converts stored values
@@ -21,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -59,6 +64,9 @@ _MULTI_FRAME_CT = {
 }
 _LOCALIZER_WORDS = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM")
 _SCREEN_DESCRIPTION_WORDS = ("DOSE", "EXAM SUMMARY", "SCREEN SAVE", "PATIENT PROTOCOL")
+# A series description naming a sharp (bone, lung) reconstruction or a projection: the models
+# were trained on soft-tissue reconstructions, so such a series is taken only when no other is
+_SHARP_DESCRIPTION = re.compile(r"BONE|LUNG|SHARP|EDGE|DETAIL|\bMIP\b|MINIP|\bMPR\b")
 
 
 @dataclass
@@ -133,22 +141,34 @@ def select_series(instances: Sequence[Instance]) -> list[Instance]:
             len(types) > 1 and types[1] == "SECONDARY"
         )
         axial = "AXIAL" in types
+        soft = not _SHARP_DESCRIPTION.search((usable[0].series_description or "").upper())
         thick = [i.slice_thickness for i in usable if i.slice_thickness]
         thickness = float(np.median(thick)) if thick else math.inf
         reasonable = thickness >= MIN_THICKNESS_MM
-        # bigger is better in every position of the key
+        numbers = [i.series_number for i in usable if i.series_number is not None]
+        first = min(_aware(i.received_at) for i in usable)
+        # bigger is better in every position of the key; the last three break ties so that
+        # the choice never rests on UIDs: the series that came first (a later series that
+        # is no better does not displace the one already judged), then the lower number
         key = (
             0.0 if derived else 1.0,
             1.0 if axial else 0.0,
+            1.0 if soft else 0.0,
             1.0 if reasonable else 0.0,
             -thickness if reasonable and math.isfinite(thickness) else -1e9,
             float(len(usable)),
+            -first.timestamp(),
+            -float(min(numbers)) if numbers else -1e9,
         )
         candidates.append((key, uid))
     if not candidates:
         raise NotAssessable("no CT image series to assess (" + "; ".join(rejected) + ")")
     best = max(candidates)[1]
     return [i for i in series[best] if _excluded(i) is None]
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 # -- loading ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from triage.feedback import ai_result_of, study_feedback
 from triage.scoring import UrgencyRules
 from triage.store.models import (
     Finding,
+    Instance,
     Order,
     OutboundMessage,
     PriorityChange,
@@ -145,6 +146,24 @@ def worklist_rows(
     return rows
 
 
+def _series_shown(session: Session, study_uid: str, series_uid: str) -> str:
+    """The series a model judged, as the reader finds it in the viewer: 'series 3 "AXIAL 5MM
+    BRAIN", 30 images' ("" when the finding names none)."""
+    if not series_uid:
+        return ""
+    rows = session.exec(
+        select(Instance.series_number, Instance.series_description).where(
+            Instance.study_uid == study_uid, Instance.series_uid == series_uid
+        )
+    ).all()
+    if not rows:
+        return ""
+    number, description = rows[0]
+    name = f"series {number}" if number is not None else "a series"
+    desc = f" “{description.strip()}”" if description and description.strip() else ""
+    return f"{name}{desc}, {len(rows)} images"
+
+
 def study_detail(
     session: Session, rules: UrgencyRules, study_uid: str, now: datetime | None = None
 ) -> dict[str, Any] | None:
@@ -181,6 +200,7 @@ def study_detail(
         "findings": [
             {
                 "finding": f,
+                "series": _series_shown(session, study_uid, f.series_uid),
                 "result": ai_result_of(f),
                 "word": MODEL_WORDS.get(f.model_name, f.model_name),
                 "created": _iso(f.created_at),
