@@ -284,6 +284,38 @@ def test_soft_tissue_series_first_and_ties_go_to_the_first_arrived() -> None:
     assert {r.series_uid for r in select_series(bone)} == {"1.1"}
 
 
+@pytest.mark.parametrize(
+    ("iop", "turn"),
+    [
+        ([-1, 0, 0, 0, -1, 0], lambda a: a[::-1, ::-1]),  # prone
+        ([-1, 0, 0, 0, 1, 0], lambda a: a[:, ::-1]),  # left-right mirrored (feet first)
+        ([0, 1, 0, 1, 0, 0], lambda a: a.T),  # rows and columns swapped
+    ],
+)
+def test_other_in_plane_layouts_are_turned_to_the_trained_one(tmp_path: Path, iop, turn) -> None:
+    """A prone or mirrored series reached the models and the checks as written (the PE
+    enhancement check measured another vessel; found by a multi-scanner audit): the volume
+    is the supine head-first one whatever the layout the scanner wrote."""
+    from triage.synth import ct
+
+    study = ct.write_head_ct(
+        tmp_path / "src", hemorrhage=True, seed=5, patient_id="P", accession="A", size=64,
+        n_slices=10,
+    )  # fmt: skip
+    reference = load_volume(study.files)
+    turned = []
+    for f in study.files:
+        ds = pydicom.dcmread(f)
+        ds.PixelData = np.ascontiguousarray(turn(ds.pixel_array)).tobytes()
+        ds.ImageOrientationPatient = [str(v) for v in iop]
+        out = tmp_path / f.name
+        ds.save_as(out, enforce_file_format=True)
+        turned.append(out)
+    v = load_volume(turned)
+    np.testing.assert_array_equal(v.hu, reference.hu)
+    assert v.pixel_spacing == reference.pixel_spacing
+
+
 def test_multi_frame_ct_is_not_assessable_saying_why() -> None:
     """An Enhanced CT series (one multi-frame instance) is stored but not analysed: the reason
     names the SOP class, not "1 images" (which reads as images missing)."""

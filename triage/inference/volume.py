@@ -9,8 +9,10 @@
   one already judged), then the lower series number - never the UIDs.
 - :func:`load_volume` reads the files of one series, orders the slices by ImagePositionPatient
   projected on the slice normal (cross product of the ImageOrientationPatient vectors) - never by
-  InstanceNumber - which is right for gantry tilt and uneven spacing, and converts stored values
-  to Hounsfield units (slope/intercept; padding and values below -1024 become -1024).
+  InstanceNumber - which is right for gantry tilt and uneven spacing, converts stored values
+  to Hounsfield units (slope/intercept; padding and values below -1024 become -1024), and
+  turns a prone, feet-first or transposed layout in plane to the supine head-first one the
+  models and checks expect.
 - :func:`resample` brings a volume to the model grid (default 64 x 128 x 128): along the slice
   normal by physical position (uneven spacing handled), linear or nearest slice as the model's
   contract says, area-average in-plane. Slices stay
@@ -381,8 +383,9 @@ def load_volume(paths: Sequence[Path | str], source: SliceSource | None = None) 
     kept = [h for h in headers if h.path in used]
     spacing = next((h.spacing for h in kept if h.spacing is not None), None)
     thickness = [h.thickness for h in kept if h.thickness is not None]
+    hu, spacing = _standard_layout(_stacked([s.hu for s in unique]), row, col, spacing)
     return Volume(
-        hu=_stacked([s.hu for s in unique]),
+        hu=hu,
         z_positions=np.array([s.position for s in unique], dtype=np.float64),
         pixel_spacing=spacing or (1.0, 1.0),
         slice_thickness=float(np.median(thickness)) if thickness else None,
@@ -390,6 +393,28 @@ def load_volume(paths: Sequence[Path | str], source: SliceSource | None = None) 
         paths=[s.path for s in unique],
         normal=(float(normal[0]), float(normal[1]), float(normal[2])),
     )
+
+
+def _standard_layout(
+    hu: np.ndarray, row: np.ndarray, col: np.ndarray, spacing: tuple[float, float] | None
+) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """``hu`` [z, y, x] turned in plane to the layout the models were trained on and the
+    checks assume: columns toward the patient's left, rows toward the back (ImageOrientation
+    Patient 1\\0\\0\\0\\1\\0, supine head first). A prone or feet-first series, or one with
+    rows and columns swapped, is flipped / transposed (the nearest of the eight layouts; a
+    gantry tilt stays). ``spacing`` (row, column) follows a transpose."""
+    turned = hu
+    if abs(row[1]) > abs(row[0]):  # rows run left-right: swap the in-plane axes
+        turned = turned.transpose(0, 2, 1)
+        row, col = col, row
+        spacing = (spacing[1], spacing[0]) if spacing is not None else None
+    if row[0] < 0:
+        turned = turned[:, :, ::-1]
+    if col[1] < 0:
+        turned = turned[:, ::-1, :]
+    if turned is hu:
+        return hu, spacing  # the usual layout: untouched (a view stays a view)
+    return np.ascontiguousarray(turned), spacing
 
 
 def _stacked(planes: list[np.ndarray]) -> np.ndarray:
