@@ -14,6 +14,7 @@ from triage.inference.analyze import TritonAnalyzer
 from triage.inference.client import ModelOutput
 from triage.inference.keyimage import (
     DISCLAIMER,
+    KeyImage,
     apply_window,
     evidence,
     render_key_image,
@@ -34,21 +35,26 @@ def _red(rgb: np.ndarray) -> np.ndarray:
     return (r > g + 60) & (r > b + 60)
 
 
-def test_png_decodes_with_size_window_caption_and_overlay() -> None:
-    hu = np.full((200, 160), 40.0, np.float32)  # brain grey at the window centre
-    hu[:, :20] = 1000.0  # bone: white
-    loc = np.zeros((25, 20), np.float32)
-    loc[5:10, 12:16] = 1.0  # rows 40-80, cols 96-128 on the image
-    img = render_key_image(
+def _ich_key_image(hu: np.ndarray, loc: np.ndarray, probability: float) -> KeyImage:
+    """A positive ich key image of ``hu`` with ``loc`` (slice 12 of 24)."""
+    return render_key_image(
         hu,
         window=window_for("ich"),
         localization=loc,
         model="ich",
         model_version="ich-x/1",
-        probability=0.93,
+        probability=probability,
         slice_index=11,
         n_slices=24,
     )
+
+
+def test_png_decodes_with_size_window_caption_and_overlay() -> None:
+    hu = np.full((200, 160), 40.0, np.float32)  # brain grey at the window centre
+    hu[:, :20] = 1000.0  # bone: white
+    loc = np.zeros((25, 20), np.float32)
+    loc[5:10, 12:16] = 1.0  # rows 40-80, cols 96-128 on the image
+    img = _ich_key_image(hu, loc, 0.93)
     rgb, text = read_png(img.png)
     assert rgb.shape == (img.height, 160, 3) and img.width == 160 and img.image_rows == 200
     assert img.height > 200 and img.overlay
@@ -74,16 +80,7 @@ def test_overlay_shows_the_evidence_not_a_weakly_lit_edge() -> None:
     loc[5:10, 12:16] = 0.95  # one bleed
     kept = evidence(loc)
     assert kept[0].max() == 0 and kept[:, 0].max() == 0 and kept[5:10, 12:16].min() > 0.9
-    img = render_key_image(
-        hu,
-        window=window_for("ich"),
-        localization=loc,
-        model="ich",
-        model_version="ich-x/1",
-        probability=0.95,
-        slice_index=11,
-        n_slices=24,
-    )
+    img = _ich_key_image(hu, loc, 0.95)
     rgb, _ = read_png(img.png)
     ys, xs = np.nonzero(_red(rgb[:200]))
     assert ys.size > 0 and ys.min() >= 35 and ys.max() <= 85 and xs.min() >= 90
