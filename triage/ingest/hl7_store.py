@@ -328,7 +328,8 @@ class MessageStore:
         ``conn``: a SQLAlchemy connection in a transaction (or the store's own statements)."""
         if ev.kind == "order":
             ops = ops_for(conn)
-            for o in ev.applied_orders:
+            ids = []
+            for o in ev.applied_orders:  # in order: a message may create, then cancel
                 if o.order_control in CANCEL_CONTROLS and not ops.find_order(
                     o.accession_number, o.sending_facility
                 ):
@@ -340,7 +341,8 @@ class MessageStore:
                     )
                     log.warning("HL7 message #%d: %s", message_id, note)
                     ev.notes.append(note)
-            return [self.upsert_order(conn, o, message_id) for o in ev.applied_orders]
+                ids.append(self.upsert_order(conn, o, message_id))
+            return ids
         if ev.kind == "patient_update" and ev.patient is not None and ev.patient.patient_name:
             ops_for(conn).update_patient(ev.patient.patient_id, ev.patient.patient_name)
         if ev.kind == "report" and ev.report is not None:
