@@ -140,3 +140,23 @@ def test_a_tick_skipped_while_the_previous_runs_is_not_a_warning(
         1,
     )
     assert caplog.records == []  # at WARNING (as `triage serve` sets it): not shown at all
+
+
+def test_healthz_shows_the_ris_wait_when_the_ris_is_failing(tmp_path: Path) -> None:
+    """The outbox's RIS-wide wait (refused connections or messages without an ACK, in a row)
+    is in the ris part; the RIS never makes the engine "not ready"."""
+    from datetime import UTC, datetime, timedelta
+
+    from triage.outbound.outbox import save_backoff
+
+    settings = _settings(tmp_path).model_copy(update={"ris_host": "127.0.0.1", "ris_port": 9})
+    engine = Engine(settings)
+    try:
+        assert "failing" not in engine.health()["ris"]
+        now = datetime.now(UTC)
+        save_backoff(engine.db, 3, now + timedelta(seconds=60), now)
+        ris = engine.health()["ris"]
+        assert ris["ready"] is True and ris["failing"] == 3 and ris["next_try"]
+    finally:
+        engine.db.dispose()
+        engine.data_lock.release()

@@ -36,6 +36,7 @@ from triage.inference.supervisor import TritonSupervisor
 from triage.inference.volume import CT_IMAGE_STORAGE
 from triage.ingest.dicom_scp import DicomListener
 from triage.ingest.hl7_listener import HL7Listener
+from triage.outbound.outbox import load_backoff
 from triage.outbound.ris import RISNotifier
 from triage.pipeline import Pipeline
 from triage.routing import load_routing_rules
@@ -208,13 +209,27 @@ class Engine:
             "hl7": {"ready": self.hl7.ready, "address": self.endpoints.get("hl7")},
             "scheduler": {"ready": self.scheduler.running},
             "ris": {
+                # never "not ready": a RIS that does not answer keeps nothing from coming in
+                # (images and orders are taken, the outbox waits); its wait is shown instead
                 "ready": True,
                 "configured": s.ris_configured,
                 "address": f"{s.ris_host}:{s.ris_port}" if s.ris_configured else None,
+                **self._ris_wait(),
             },
         }
         parts["triton"] = self.triton.health()
         return parts
+
+    def _ris_wait(self) -> dict[str, Any]:
+        """The outbox's RIS-wide wait, when the RIS is failing: ``failing`` (refused
+        connections or messages without an ACK, in a row) and ``next_try`` (UTC)."""
+        try:
+            failures, until = load_backoff(self.db)
+        except TriageError:
+            return {}
+        if not failures:
+            return {}
+        return {"failing": failures, "next_try": until.isoformat() if until else None}
 
     # -- lifecycle ------------------------------------------------------------------------
     def _triton_connected(self, url: str) -> None:

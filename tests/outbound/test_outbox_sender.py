@@ -4,6 +4,7 @@ with the RIS's text, validation before sending, and the order-change guard."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -66,6 +67,46 @@ def test_lost_ack_is_resent_with_the_same_msh10_and_the_order_waits(tmp_path, ri
     assert ris.messages[0] == ris.messages[1]  # resent as it was
     assert ris.applied == ids and ris.acked == ids
     assert [r.status for r in rows(db)] == ["sent", "sent", "sent"]
+
+
+def test_no_ack_on_a_kept_connection_is_one_failure_not_an_immediate_resend(tmp_path, ris) -> None:
+    """A RIS that took a message and closed without its ACK on the connection kept from the
+    message before got it twice in the same millisecond, and the count of failures was one
+    short (found by an integration audit). Once written, a message waits retry_seconds."""
+    settings = settings_for(tmp_path, ris.port)
+    db, clock = database(settings), Clock()
+    first = queue_xo(db, settings, "ACC-A", "A")
+    sender = OutboxSender(settings, db, rank=RANK, clock=clock)
+    assert sender.send_pending() == 1 and row(db, first).status == "sent"
+    second = queue_xo(db, settings, "ACC-B", "S")
+    ris.lose_ack.add(row(db, second).control_id)
+    assert sender.send_pending() == 0
+    lost = row(db, second)
+    assert (lost.attempts, lost.failures) == (1, 1)
+    assert [control_id(m) for m in ris.messages].count(lost.control_id) == 1
+    clock.advance(settings.retry_seconds)
+    assert sender.send_pending() == 1 and row(db, second).status == "sent"
+
+
+def test_a_connection_the_ris_dropped_while_idle_costs_no_failure(tmp_path, ris) -> None:
+    """The RIS closes connections it finds idle: the next message goes on a new connection,
+    written once, with nothing counted against it."""
+    settings = settings_for(tmp_path, ris.port)
+    db, clock = database(settings), Clock()
+    sender = OutboxSender(settings, db, rank=RANK, clock=clock)
+    queue_xo(db, settings, "ACC-A", "A")
+    assert sender.send_pending() == 1
+    ris.down()  # drops the kept connection...
+    ris.up()  # ...and listens again
+    deadline = time.monotonic() + 5
+    while sender._conn is not None and not sender._conn.peer_closed():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    later = queue_xo(db, settings, "ACC-B", "S")
+    assert sender.send_pending() == 1
+    sent = row(db, later)
+    assert (sent.status, sent.attempts, sent.failures) == ("sent", 1, 0)
+    assert [control_id(m) for m in ris.messages].count(sent.control_id) == 1
 
 
 def test_a_message_that_never_gets_an_ack_becomes_a_dead_letter(tmp_path, ris) -> None:
@@ -144,6 +185,25 @@ def test_the_ris_refusing_connections_charges_no_message(tmp_path, ris) -> None:
     ris.up()
     clock.advance(1)
     assert sender.send_pending() == 1
+
+
+def test_a_retry_by_hand_cuts_the_ris_wide_wait_short(tmp_path, ris) -> None:
+    """`triage outbox retry` said "sent at the next round", but the round waited for the RIS
+    to be tried again after its backoff (found by an integration audit)."""
+    from triage.outbound.outbox import load_backoff, retry
+
+    settings = settings_for(tmp_path, ris.port, retry_seconds=60)
+    db, clock = database(settings), Clock()
+    msg = queue_xo(db, settings, "ACC-E", "S")
+    ris.down()
+    sender = OutboxSender(settings, db, rank=RANK, clock=clock)
+    sender.send_pending()
+    assert sender.ris_down_until == clock.now + timedelta(seconds=60)
+    ris.up()
+    assert sender.send_pending() == 0  # still waiting
+    retry(db, [msg], who="test")
+    assert load_backoff(db) == (1, None)  # the failures stay, the wait is cut
+    assert sender.send_pending() == 1 and row(db, msg).status == "sent"
 
 
 def _study(accession: str, priority: str) -> Study:

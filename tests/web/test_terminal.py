@@ -85,6 +85,23 @@ def test_status_reads_endpoints_json_and_names_what_is_not_ready(live_server, ca
     assert "triton" in out and "NOT READY" in out and "detail=starting" in out
 
 
+def test_status_says_when_the_ris_is_not_answering(live_server, capsys):
+    """The RIS refusing connections showed "ready" and exit 0 (found by an integration audit):
+    the engine still takes everything in, but nothing reaches the RIS."""
+    port = int(live_server.url.rsplit(":", 1)[1])
+    (live_server.data_dir / "endpoints.json").write_text(json.dumps({"http": ["127.0.0.1", port]}))
+    args = ["status", "--data-dir", str(live_server.data_dir)]
+    live_server.health["ris"] = {
+        "ready": True,
+        "configured": True,
+        "failing": 4,
+        "next_try": "2026-12-07T22:30:00+00:00",
+    }
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "NOT ANSWERING" in out and "failing=4" in out
+
+
 def test_status_falls_back_to_the_configured_port(live_server, tmp_path, capsys):
     port = live_server.url.rsplit(":", 1)[1]
     args = ["status", "--data-dir", str(tmp_path), "--http-port", port]

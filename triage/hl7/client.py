@@ -12,6 +12,7 @@ it again with the same MSH-10), plain ``RISUnavailable`` when it could not be wr
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from collections import deque
@@ -67,6 +68,22 @@ class MLLPConnection:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+    def peer_closed(self) -> bool:
+        """True when a kept, idle connection can no longer be used: the peer closed or reset
+        it, or sent something nobody asked for (readable while nothing is awaited). Checked
+        before a message is written, so that a connection the RIS dropped while idle is
+        replaced without the message being written into it."""
+        sock = self._sock
+        if sock is None:
+            return True
+        if self._pending:
+            return True  # replies nobody waits for: the stream is out of step
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
 
     def exchange(self, message: str | bytes) -> str:
         """Send one message (str: UTF-8) and return the text of the next framed reply."""

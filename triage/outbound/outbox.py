@@ -175,10 +175,16 @@ def _dead_letter_or_pending(session: Session, message_id: int, refusal: str) -> 
 def retry(db: Database, ids: Sequence[int], *, who: str, note: str = "") -> list[OutboundMessage]:
     """Put dead letters (rejected, dead) back in the queue, as they are (same MSH-10), to be
     sent at the next round; a pending message waiting for its backoff is made due now. Its
-    failures start again from 0. Everything or nothing: an unknown id or a message in another
-    state raises :class:`OutboxError` and changes nothing."""
+    failures start again from 0, and the RIS-wide wait is cut short too (the next round
+    tries the RIS; if it still fails, the wait goes on doubling from where it was).
+    Everything or nothing: an unknown id or a message in another state raises
+    :class:`OutboxError` and changes nothing."""
     done: list[OutboundMessage] = []
     with db.session() as s:
+        wait = s.get(OutboxBackoff, 1)
+        if wait is not None and wait.next_attempt_at is not None:
+            wait.next_attempt_at = None
+            s.add(wait)
         for message_id in ids:
             msg = _dead_letter_or_pending(
                 s,

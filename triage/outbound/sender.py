@@ -133,7 +133,12 @@ class OutboxSender:
             self._backoff_loaded = True
         now = self.clock()
         if self._down_until is not None and now < self._down_until:
-            return 0
+            stored = load_backoff(self.db)  # `triage outbox retry` may have cut the wait short
+            if stored[1] is None or stored[1] < self._down_until:
+                self._down_failures, self._down_until = stored
+                self._stored = stored
+            if self._down_until is not None and now < self._down_until:
+                return 0
         self.stats.rounds += 1
         with self.db.session() as session:
             rows = session.exec(
@@ -190,7 +195,9 @@ class OutboxSender:
         """The kept connection (reused: True), or a new one. Raises RISUnavailable."""
         s = self.settings
         if self._conn is not None and (
-            not self._conn.is_open or time.monotonic() - self._conn_used > IDLE_CLOSE_SECONDS
+            not self._conn.is_open
+            or time.monotonic() - self._conn_used > IDLE_CLOSE_SECONDS
+            or self._conn.peer_closed()  # the RIS dropped it while idle: not written into
         ):
             self.close()
         if self._conn is not None:
@@ -262,23 +269,22 @@ class OutboxSender:
         return SENT
 
     def _exchange(self, msg: OutboundMessage) -> str:
-        """Write ``msg`` and read its ACK. A kept connection the RIS closed meanwhile fails at
-        once: then one new connection is tried (the message counts as written twice)."""
-        for _ in range(2):
-            conn, reused = self._connection()
-            msg.attempts += 1
-            msg.last_attempt_at = self.clock()
-            self.stats.written += 1
-            try:
-                ack = conn.exchange(msg.raw)
-            except RISNoAck:
-                self.close()
-                if reused:
-                    continue
-                raise
-            self._conn_used = time.monotonic()
-            return ack
-        raise AssertionError("unreachable")  # pragma: no cover
+        """Write ``msg`` and read its ACK, once. A kept connection the RIS closed while idle is
+        found before writing (:meth:`MLLPConnection.peer_closed`) and replaced; a message
+        written and left without an ACK is a failure, sent again after ``retry_seconds`` -
+        never at once (the RIS may have stored it, and a silent RIS must not get it twice in
+        a row)."""
+        conn, _reused = self._connection()
+        msg.attempts += 1
+        msg.last_attempt_at = self.clock()
+        self.stats.written += 1
+        try:
+            ack = conn.exchange(msg.raw)
+        except RISNoAck:
+            self.close()
+            raise
+        self._conn_used = time.monotonic()
+        return ack
 
     def _no_ack(self, msg: OutboundMessage, why: str) -> str:
         s = self.settings

@@ -225,9 +225,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     table.add_column("part")
     table.add_column("state")
     table.add_column("detail", overflow="fold")
+    failing = False
     for name, part in parts.items():
         ready = bool(part.get("ready"))
         state = Text("ready" if ready else "NOT READY", style="green" if ready else "bold red")
+        if ready and part.get("failing"):  # the RIS: taking nothing, the outbox waits
+            failing = True
+            state = Text("NOT ANSWERING", style="bold yellow")
         table.add_row(name, state, _part_detail(part))
     console.print(table)
-    return 0 if response.status_code == 200 else 1
+    return 0 if response.status_code == 200 and not failing else 1
