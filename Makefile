@@ -21,8 +21,13 @@ DEV_TOKEN = $(shell mkdir -p var && (test -s var/.api-token || (umask 077; \
 	$(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))' > var/.api-token)) \
 	&& cat var/.api-token)
 
+# The token goes through the environment (exported for this target only): neither make's echo
+# of the recipe nor the command line that `ps` shows carries it.
+ENV_API_TOKEN := $(TRIAGE_API_TOKEN)
+run: export TRIAGE_API_TOKEN = $(or $(ENV_API_TOKEN),$(DEV_TOKEN))
 run: $(STAMP)
-	TRIAGE_API_TOKEN="$${TRIAGE_API_TOKEN:-$(DEV_TOKEN)}" $(BIN)/triage serve $(ARGS)
+	@echo "$(BIN)/triage serve $(ARGS)   (API token: var/.api-token, or TRIAGE_API_TOKEN)"
+	@$(BIN)/triage serve $(ARGS)
 
 # A busy emergency shift in about a minute: its own engine (temporary data dir, ephemeral
 # ports, the bundled Triton) and test RIS; nothing else needs to run (ARGS="--studies 20").

@@ -14,7 +14,7 @@ from triage.demo import AI_NOTE, Arrival, _relabelled, make_templates, moves, ru
 pytestmark = pytest.mark.integration
 
 
-def test_a_short_shift_raises_the_positive_and_tells_the_ris() -> None:
+def test_a_short_shift_raises_the_positive_and_tells_the_ris(tmp_path) -> None:
     arrivals = [
         Arrival(0.0, "DEMOT1", "SYNT1", "chest", "R", "E", exam_completed=True),
         Arrival(1.0, "DEMOT2", "SYNT2", "head-pos", "R", "E", exam_completed=True),
@@ -27,8 +27,11 @@ def test_a_short_shift_raises_the_positive_and_tells_the_ris() -> None:
         extra_minutes=1,
         compression=600,
         console=Console(file=out, width=120),
+        keep=tmp_path / "kept",  # the data and the engine's log stay to look at
     )
     assert result.sent == 3
+    assert (tmp_path / "kept" / "triage.db").is_file()
+    assert "triage: stopped" in (tmp_path / "kept" / "engine.log").read_text()
 
     # the test RIS got the order change (XO, STAT) and the AI result for the positive only
     (xo,) = result.xo_for("DEMOT2")

@@ -73,6 +73,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         compression=args.compression,
         positives=args.positives,
         minutes=args.minutes,
+        keep=args.keep,
     )
 
 
@@ -124,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--compression", type=float, default=60.0, help="simulated time per real time (60x)"
     )
     p.add_argument("--positives", type=int, default=3, help="studies with a synthetic finding")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="leave the demo engine's data directory and log in DIR (default: a temporary "
+        "one, removed at the end; --data-dir is not used by the demo)",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("config", help="print every setting, its value and its default")

@@ -433,8 +433,10 @@ def run_demo(
     by_acc = {a.accession: a for a in result.arrivals}
     work = Path(tempfile.mkdtemp(prefix="triage-demo-"))
     data_dir = keep or work / "var"
+    log_dir = keep or work  # the log stays with the data when they are kept
+    log_dir.mkdir(parents=True, exist_ok=True)
     ris = TestRIS()
-    log_handler = logging.FileHandler(work / "engine.log")
+    log_handler = logging.FileHandler(log_dir / "engine.log")
     log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     old_level = root.level
@@ -469,7 +471,8 @@ def run_demo(
             engine, thread = _start_engine(demo_settings, compression, start_timeout)
             templates = make_templates(work / "phantoms", {a.kind for a in result.arrivals})
         console.print(
-            f"[dim]engine: data in {data_dir}, log {work / 'engine.log'} (removed at the end); "
+            f"[dim]engine: data in {data_dir}, log {log_dir / 'engine.log'} "
+            f"({'kept' if keep else 'removed at the end; --keep DIR keeps them'}); "
             f"DICOM {engine.endpoints['dicom'][1]}, HL7 {engine.endpoints['hl7'][1]}, "
             f"HTTP {engine.endpoints['http'][1]}; test RIS on {ris.port}[/dim]"
         )
@@ -494,8 +497,7 @@ def run_demo(
         root.removeHandler(log_handler)
         root.setLevel(old_level)
         log_handler.close()
-        if keep is None:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)  # kept data and log are not in it
     return result
 
 
