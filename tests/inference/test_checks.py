@@ -247,6 +247,16 @@ def test_synthetic_studies(analyzer: TritonAnalyzer, tmp_path: Path) -> None:
     assert "too few slices: 10" in _not_assessable(analyzer, "ich", short.files)
 
 
+def test_an_enhanced_ct_head_reaches_the_model(analyzer: TritonAnalyzer, tmp_path: Path) -> None:
+    """A head CT sent as one Enhanced CT instance passes series selection, loading and every
+    input check, as the same slices one per file do (the analyzer then asks Triton)."""
+    from .test_volume import enhanced_ct
+
+    kw = {"patient_id": "P", "accession": "A", "size": 256}
+    head = ct.write_head_ct(tmp_path / "h", hemorrhage=True, seed=3, **kw)
+    _passes(analyzer, "ich", [enhanced_ct(head.files, tmp_path / "e" / "head.dcm")])
+
+
 def test_a_series_with_images_missing_is_not_assessable(
     analyzer: TritonAnalyzer, tmp_path: Path
 ) -> None:

@@ -316,34 +316,94 @@ def test_other_in_plane_layouts_are_turned_to_the_trained_one(tmp_path: Path, io
     assert v.pixel_spacing == reference.pixel_spacing
 
 
-def test_multi_frame_ct_is_not_assessable_saying_why() -> None:
-    """An Enhanced CT series (one multi-frame instance) is stored but not analysed: the reason
-    names the SOP class, not "1 images" (which reads as images missing)."""
-    enhanced = [
-        Instance(
-            sop_instance_uid="e.1",
-            series_uid="enh",
-            path="enh/1",
-            modality="CT",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2.1",
-            study_uid="s",
-        )
-    ]
-    with pytest.raises(NotAssessable, match=r"Enhanced CT Image Storage \(multi-frame\)"):
-        select_series(enhanced)
-    classic = [
-        Instance(
-            sop_instance_uid=f"c.{i}",
-            series_uid="classic",
-            path=f"classic/{i}",
-            modality="CT",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-            study_uid="s",
-            slice_thickness=1.0,
-        )
-        for i in range(40)
-    ]
-    assert {r.series_uid for r in select_series(enhanced + classic)} == {"classic"}
+def enhanced_ct(files: list[Path], out: Path, *, shuffle: bool = False) -> Path:
+    """The classic CT ``files`` as one Enhanced CT Image Storage instance (a frame per slice:
+    position per frame, orientation, spacing and rescale shared), as scanners that send the
+    enhanced objects write it."""
+    from pydicom.dataset import Dataset as DS
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    slices = [pydicom.dcmread(f) for f in files]
+    if shuffle:
+        random.Random(3).shuffle(slices)
+    first = slices[0]
+    ds = pydicom.dcmread(files[0])
+    for kw in (
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "SliceThickness",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "InstanceNumber",
+    ):
+        if kw in ds:
+            delattr(ds, kw)  # fmt: skip
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SeriesInstanceUID = generate_uid()  # a series of its own
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.NumberOfFrames = len(slices)
+
+    def item(**values: object) -> DS:
+        d = DS()
+        for k, v in values.items():
+            setattr(d, k, v)
+        return d
+
+    shared = item(
+        PixelMeasuresSequence=Sequence(
+            [item(PixelSpacing=first.PixelSpacing, SliceThickness=first.SliceThickness)]
+        ),
+        PlaneOrientationSequence=Sequence(
+            [item(ImageOrientationPatient=first.ImageOrientationPatient)]
+        ),
+        PixelValueTransformationSequence=Sequence(
+            [item(RescaleSlope=first.RescaleSlope, RescaleIntercept=first.RescaleIntercept,
+                  RescaleType="HU")]
+        ),
+    )  # fmt: skip
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.PerFrameFunctionalGroupsSequence = Sequence(
+        [
+            item(
+                PlanePositionSequence=Sequence([item(ImagePositionPatient=f.ImagePositionPatient)])
+            )
+            for f in slices
+        ]
+    )
+    ds.PixelData = np.stack([f.pixel_array for f in slices]).tobytes()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def test_enhanced_ct_is_read_frame_by_frame(tmp_path: Path) -> None:
+    """An Enhanced CT series (one multi-frame instance, as some scanners send) was refused
+    as "1 images": each frame is now a slice, placed by its own functional groups, and the
+    volume is the one the classic series gives."""
+    from triage.synth import ct
+
+    study = ct.write_head_ct(
+        tmp_path / "src", hemorrhage=True, seed=6, patient_id="P", accession="A", size=64,
+        n_slices=12,
+    )  # fmt: skip
+    classic = load_volume(study.files)
+    one = enhanced_ct(study.files, tmp_path / "enh" / "ct.dcm", shuffle=True)
+    v = load_volume([one])
+    np.testing.assert_array_equal(v.hu, classic.hu)
+    np.testing.assert_allclose(v.z_positions, classic.z_positions)
+    assert v.pixel_spacing == classic.pixel_spacing
+    assert v.slice_thickness == classic.slice_thickness
+    assert all(p.startswith(f"{one}#") for p in v.paths)  # each slice names its frame
+    # selection takes the one instance as a series; the classic series first when both came
+    rows = instance_rows([one])
+    assert [r.sop_class_uid for r in select_series(rows)] == ["1.2.840.10008.5.1.4.1.1.2.1"]
+    both = instance_rows([*study.files, one])
+    assert {r.sop_class_uid for r in select_series(both)} == {"1.2.840.10008.5.1.4.1.1.2"}
 
 
 def test_resample_is_linear_in_physical_position() -> None:

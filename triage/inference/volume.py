@@ -59,7 +59,7 @@ _NOT_VOLUME_SOP_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.11.",  # Presentation states
     "1.2.840.10008.5.1.4.1.1.104.",  # Encapsulated documents
 )
-# Multi-frame CT (one instance holds the whole series): stored and indexed, not analysed yet
+# Multi-frame CT (one instance holds the series, a frame per slice): read frame by frame
 _MULTI_FRAME_CT = {
     "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
     "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
@@ -103,11 +103,6 @@ def _excluded(inst: Instance) -> str | None:
     sop = inst.sop_class_uid or ""
     if sop.startswith(_NOT_VOLUME_SOP_PREFIXES) or sop == "1.2.840.10008.5.1.4.1.1.7":
         return f"SOP class {sop} is not a CT image"
-    if sop in _MULTI_FRAME_CT:
-        return (
-            f"{_MULTI_FRAME_CT[sop]} (multi-frame) is stored but not analysed; "
-            "the models take CT Image Storage, one image per slice"
-        )
     if any(w in v for v in _image_type(inst) for w in _LOCALIZER_WORDS):
         return "localizer"
     desc = (inst.series_description or "").upper()
@@ -135,7 +130,8 @@ def select_series(instances: Sequence[Instance]) -> list[Instance]:
         if not usable:
             rejected.append(f"{uid}: {_excluded(items[0])}")
             continue
-        if len(usable) < MIN_SLICES:
+        multi = any(i.sop_class_uid in _MULTI_FRAME_CT for i in usable)
+        if len(usable) < MIN_SLICES and not multi:  # frames are counted when it is read
             rejected.append(f"{uid}: {len(usable)} images (< {MIN_SLICES})")
             continue
         types = Counter(tuple(_image_type(i)) for i in usable).most_common(1)[0][0]
@@ -154,6 +150,7 @@ def select_series(instances: Sequence[Instance]) -> list[Instance]:
         # is no better does not displace the one already judged), then the lower number
         key = (
             0.0 if derived else 1.0,
+            0.0 if multi else 1.0,  # the same images one per file are read as sent
             1.0 if axial else 0.0,
             1.0 if soft else 0.0,
             1.0 if reasonable else 0.0,
@@ -254,10 +251,14 @@ class SliceRead:
     hu: np.ndarray | None = None  # float32 [y, x]; None when the pixels cannot be decoded
     skip: str = ""  # why the file is skipped ("" for a usable CT slice)
     decode_error: str = ""  # why its pixel data could not be decoded
+    # a multi-frame CT (Enhanced / Legacy Converted Enhanced CT): one read per frame, each
+    # with its own position, path "<file>#<frame number>" (this read has no header itself)
+    frames: list[SliceRead] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
-        return int(self.hu.nbytes) if self.hu is not None else 0
+        own = int(self.hu.nbytes) if self.hu is not None else 0
+        return own + sum(f.nbytes for f in self.frames)
 
 
 def read_slice(path: Path | str) -> SliceRead:
@@ -276,6 +277,8 @@ def read_slice(path: Path | str) -> SliceRead:
         return SliceRead(p, modality=modality)
     if "PixelData" not in ds:
         return SliceRead(p, modality=modality, skip="no pixel data")
+    if str(ds.get("SOPClassUID", "")) in _MULTI_FRAME_CT:
+        return _read_frames(p, ds, modality)
     try:
         h = _header(p, ds)
     except Exception as exc:  # pydicom raises many types for corrupt elements
@@ -299,6 +302,87 @@ def read_slice(path: Path | str) -> SliceRead:
     return SliceRead(p, modality=modality, header=h, hu=hu)
 
 
+def _group(item: Dataset | None, sequence: str) -> Dataset | None:
+    """The first item of ``sequence`` in a functional group item (None: absent)."""
+    if item is None:
+        return None
+    seq = item.get(sequence)
+    return seq[0] if seq else None
+
+
+def _frame_value(
+    per: Dataset | None, shared: Dataset | None, sequence: str, keyword: str
+) -> object:
+    """``keyword`` of functional group ``sequence``: the frame's own, else the shared one."""
+    for item in (per, shared):
+        group = _group(item, sequence)
+        if group is not None and keyword in group:
+            return group.get(keyword)
+    return None
+
+
+def _read_frames(p: str, ds: Dataset, modality: str) -> SliceRead:
+    """A multi-frame CT instance as one read per frame: position, orientation, pixel spacing,
+    thickness and rescale from the frame's functional groups (else the shared ones, else the
+    top level), pixels in HU. A frame without a position is skipped (logged by the caller)."""
+    try:
+        shared_seq = ds.get("SharedFunctionalGroupsSequence")
+        shared = shared_seq[0] if shared_seq else None
+        per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+        stored = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for corrupt data
+        return SliceRead(p, modality=modality, skip=f"unreadable multi-frame CT ({exc})")
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    if stored.ndim == 2:
+        stored = stored[None]
+    if stored.shape[0] != n or len(per_frame) not in (0, n):
+        return SliceRead(
+            p, modality=modality, skip=f"multi-frame CT with {stored.shape[0]} frames for {n}"
+        )
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    pad = ds.get("PixelPaddingValue")
+    series_uid = str(ds.get("SeriesInstanceUID", ""))
+    frames: list[SliceRead] = []
+    for i in range(n):
+        per = per_frame[i] if per_frame else None
+        path = f"{p}#{i + 1}"
+
+        def value(sequence: str, keyword: str, per: Dataset | None = per) -> object:
+            found = _frame_value(per, shared, sequence, keyword)
+            return found if found is not None else ds.get(keyword)
+
+        try:
+            spacing = _floats(value("PixelMeasuresSequence", "PixelSpacing"), 2)
+            thickness = value("PixelMeasuresSequence", "SliceThickness")
+            slope = value("PixelValueTransformationSequence", "RescaleSlope")
+            intercept = value("PixelValueTransformationSequence", "RescaleIntercept")
+            h = _Header(
+                path=path,
+                ds=None,
+                size=(rows, cols),
+                orientation=_floats(
+                    value("PlaneOrientationSequence", "ImageOrientationPatient"), 6
+                ),
+                position=_floats(value("PlanePositionSequence", "ImagePositionPatient"), 3),
+                slope=_finite(slope or 1, "RescaleSlope"),
+                intercept=_finite(intercept or 0, "RescaleIntercept"),
+                padding=float(pad) if isinstance(pad, int | float) else None,
+                spacing=(spacing[0], spacing[1]) if spacing else None,
+                thickness=float(thickness) if thickness not in (None, "") else None,  # type: ignore[arg-type]
+                series_uid=series_uid,
+            )
+        except Exception as exc:  # a corrupt functional group: this frame only
+            frames.append(SliceRead(path, modality=modality, skip=f"unusable frame ({exc})"))
+            continue
+        raw = stored[i]
+        hu = raw.astype(np.float32) * np.float32(h.slope) + np.float32(h.intercept)
+        if h.padding is not None:
+            hu[raw == h.padding] = HU_MIN
+        np.clip(hu, HU_MIN, HU_MAX, out=hu)
+        frames.append(SliceRead(path, modality=modality, header=h, hu=hu))
+    return SliceRead(p, modality=modality, frames=frames)
+
+
 class SliceSource(Protocol):
     """Where :func:`load_volume` gets a file's :class:`SliceRead` (a cache of reads made
     while the study arrived); None: it reads the file itself."""
@@ -319,10 +403,14 @@ def load_volume(paths: Sequence[Path | str], source: SliceSource | None = None) 
     headers: list[_Header] = []
     pixels: dict[str, SliceRead] = {}
     modalities: Counter[str] = Counter()
+    reads: list[SliceRead] = []
     for p in paths:
         read = source.take(str(p)) if source is not None else None
         if read is None:
             read = read_slice(p)
+        reads.extend(read.frames or [read])  # a multi-frame CT: each frame a slice
+    for read in reads:
+        p = read.path
         if read.skip and read.header is None and not read.modality:
             log.warning("skipping %s: %s", p, read.skip)
             continue
