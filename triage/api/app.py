@@ -13,6 +13,7 @@ from sqlmodel import col, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from triage import __version__
+from triage.api.guards import BodyLimit, SecurityHeaders
 from triage.api.worklist import SYNTHETIC_NOTICE, worklist
 from triage.auth.audit import audit
 from triage.auth.deps import READERS, client_address, require
@@ -43,7 +44,13 @@ def create_app(
     Every endpoint but ``/healthz`` needs a signed-in user or a bearer token
     (docs/security.md); each read of patient data is audited."""
     current_rules = rules if callable(rules) else (lambda: rules)
-    app = FastAPI(title="Triage engine", version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Triage engine",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # no route list for strangers (every route but /healthz needs a login)
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -53,11 +60,20 @@ def create_app(
     async def _bad_request(_req: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": "invalid request", "detail": exc.errors()}, 400)
 
+    @app.exception_handler(OverflowError)
+    async def _out_of_range(_req: Request, exc: OverflowError) -> JSONResponse:
+        # an id past the database's integer range (SQLite: 64 bits) in a path or query
+        return JSONResponse({"error": "invalid request", "detail": "a number out of range"}, 400)
+
     @app.exception_handler(StoreError)
     async def _store_error(_req: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"error": "store unavailable", "detail": str(exc)}, 503)
 
     install_auth(app, db, settings or Settings.model_validate({}), clock=clock)
+    # outermost: no body over the limit is read, whoever sends it; every answer framed by
+    # no other page and not cached (triage.api.guards)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimit)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

@@ -123,6 +123,16 @@ def current_user(request: Request) -> User | None:
     return user
 
 
+def still_valid(request: Request) -> bool:
+    """Whether this request's credentials are still good now (not the cached answer): a
+    long-lived request - the worklist's event stream - ends when its session is signed out
+    or expires, or its token is revoked."""
+    for name in ("user", "auth_session"):
+        if hasattr(request.state, name):
+            delattr(request.state, name)
+    return current_user(request) is not None
+
+
 def optional_user(request: Request) -> User | None:
     """Dependency: the signed-in user, or None (never refuses)."""
     return current_user(request)

@@ -24,7 +24,10 @@ from __future__ import annotations
 import hmac
 import html
 import secrets
+import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import FastAPI, Request
@@ -42,7 +45,7 @@ from triage.auth.deps import (
     wants_html,
 )
 from triage.auth.sessions import SessionStore
-from triage.auth.users import Clock, authenticate, utcnow
+from triage.auth.users import Clock, SignIn, authenticate, utcnow
 from triage.config import Settings
 from triage.errors import Forbidden, NotAuthenticated
 from triage.store import Database
@@ -130,6 +133,27 @@ def _error_page(status: int, title: str, message: str) -> HTMLResponse:
         '<p><a href="/">Back</a></p></main></body></html>\n'
     )
     return HTMLResponse(body, status_code=status)
+
+
+# Password checks (argon2id, 64 MiB and ~0.2 s each) run at most PASSWORD_CHECKS at once; at
+# most WAITING_CHECKS more wait for a turn, and a sign-in beyond that is answered 429 at once:
+# a stranger's burst of sign-ins can take neither the memory nor the worker threads the
+# pages use.
+PASSWORD_CHECKS = 2
+WAITING_CHECKS = 8
+_checks = threading.BoundedSemaphore(PASSWORD_CHECKS)
+_waiting = threading.BoundedSemaphore(PASSWORD_CHECKS + WAITING_CHECKS)
+
+
+def _limited(check: Callable[..., SignIn], *args: Any, **kwargs: Any) -> SignIn | None:
+    """``check(*args, **kwargs)`` when a turn comes (None: too many waiting already)."""
+    if not _waiting.acquire(blocking=False):
+        return None
+    try:
+        with _checks:
+            return check(*args, **kwargs)
+    finally:
+        _waiting.release()
 
 
 class CSRFMiddleware:
@@ -278,7 +302,9 @@ def install_auth(
             return (fields.get(name) or [""])[0]
 
         next_url = safe_next(field("next"))
-        username = field("username").strip()
+        # an account name is at most 64 characters without controls (users.py): anything
+        # longer or stranger is no account, and is kept short wherever it is written down
+        username = "".join(c for c in field("username").strip() if c.isprintable())[:80]
         password = field("password")
         address = client_address(request)
         expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
@@ -291,6 +317,7 @@ def install_auth(
             return form_response(next_url, "Enter your user name and password.", username, 400)
         now = ctx.clock()
         result = await run_in_threadpool(
+            _limited,
             authenticate,
             db,
             username,
@@ -299,6 +326,12 @@ def install_auth(
             lockout=ctx.lockout,
             now=now,
         )
+        if result is None:  # too many password checks at once (each costs 64 MiB)
+            busy = form_response(
+                next_url, "Too many sign-ins at this moment. Try again in a moment.", username, 429
+            )
+            busy.headers["Retry-After"] = "2"
+            return busy
         obj = f"user:{username}"
         if result.user is None and result.reason == "locked" and result.locked_until:
             until = result.locked_until

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -203,6 +205,42 @@ class SignIn:
     checked: bool = False  # the password was checked (and was wrong); False: refused unchecked
 
 
+class _UnknownNames:
+    """Failed sign-ins under names that are no account, counted (in memory, bounded) so that
+    they lock as an account would: the answers - 401, then 429 "locked" after the same count,
+    without a hash while locked - do not tell a stranger which names exist."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, tuple[int, datetime | None]] = OrderedDict()
+
+    def locked(self, name: str, now: datetime) -> SignIn | None:
+        with self._lock:
+            failures, until = self._seen.get(name, (0, None))
+        if until is not None and until > now:
+            return SignIn(None, "locked", until, failures)
+        return None
+
+    def failed(self, name: str, now: datetime, max_failures: int, lockout: timedelta) -> SignIn:
+        with self._lock:
+            failures, until = self._seen.pop(name, (0, None))
+            if until is not None and until <= now:
+                failures = 0  # a lock-out that is over starts a full set of tries again
+            failures += 1
+            until = now + lockout if failures >= max_failures else None
+            self._seen[name] = (failures, until)
+            while len(self._seen) > self.LIMIT:
+                self._seen.popitem(last=False)
+        if until is not None:
+            return SignIn(None, "locked", until, failures, True)
+        return SignIn(None, "wrong", None, failures, True)
+
+
+UNKNOWN_NAMES = _UnknownNames()
+
+
 def authenticate(
     db: Database,
     name: str,
@@ -221,8 +259,11 @@ def authenticate(
     with db.session() as s:
         acc = _account(s, name)
     if acc is None:
+        ghost = UNKNOWN_NAMES.locked(name, now)
+        if ghost is not None:
+            return ghost
         burn_verify(password)
-        return SignIn(None, "wrong", checked=True)
+        return UNKNOWN_NAMES.failed(name, now, max_failures, lockout)
     if acc.locked_until is not None and aware(acc.locked_until) > now:
         return SignIn(None, "locked", aware(acc.locked_until), acc.failed_logins)
     ok = verify_password(acc.password_hash, password)
@@ -230,6 +271,11 @@ def authenticate(
     account = col(UserAccount.id) == acc.id
     with db.session() as s:
         if ok:
+            # the right password counts only if wrong ones checked meanwhile (in parallel)
+            # have not locked the account: the lock is looked at again, in this transaction
+            row = s.exec(select(UserAccount).where(account)).one()
+            if row.locked_until is not None and aware(row.locked_until) > now:
+                return SignIn(None, "locked", aware(row.locked_until), row.failed_logins)
             values: dict[str, Any] = {"failed_logins": 0, "locked_until": None}
             values["last_login_at"] = now
             if rehash:

@@ -102,17 +102,24 @@ class WorklistFeed:
             return stamp, rows
 
     async def events(
-        self, render: Render, disconnected: Callable[[], Any], since: str = ""
+        self,
+        render: Render,
+        disconnected: Callable[[], Any],
+        since: str = "",
+        allowed: Callable[[], bool] | None = None,
     ) -> AsyncIterator[str]:
         """The event stream: a ``worklist`` event with the rendered rows at once (unless the
         page already has ``since``), then on every change; a comment every 15 s keeps the
-        connection alive through proxies."""
+        connection alive through proxies. ``allowed`` is asked before each event: the
+        stream ends once the viewer's sign-in is no longer good (signed out, expired)."""
         sent = since
         last_sent = time.monotonic() if since else 0.0
         last_beat = time.monotonic()
         yield "retry: 2000\n\n"
         while not self._stop.is_set():
             if await disconnected():
+                return
+            if allowed is not None and not await asyncio.to_thread(allowed):
                 return
             stamp, rows = await asyncio.to_thread(self.snapshot, self.refresh_seconds)
             now = time.monotonic()

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
@@ -192,7 +192,7 @@ def install_integration(
         try:
             done = outbox.retry(db, [message_id], who=user.name, note=note)
         except OutboxError as exc:
-            return HTMLResponse(f"not retried: {exc}", status_code=409)
+            return PlainTextResponse(f"not retried: {exc}", status_code=409)
         for m in done:
             audit(
                 db,

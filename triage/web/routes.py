@@ -15,12 +15,18 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import StreamingResponse
 
 from triage.auth.audit import audit
-from triage.auth.deps import READERS, client_address, require
+from triage.auth.deps import READERS, client_address, require, still_valid
 from triage.auth.routes import csrf_token
 from triage.auth.users import User
 from triage.feedback import VERDICTS, FeedbackError, record_verdict
@@ -55,6 +61,7 @@ def install(
     @router.get("/", response_class=HTMLResponse)
     def worklist_page(request: Request, user: User = signed_in) -> HTMLResponse:
         stamp, rows = feed.snapshot()
+        audit(db, user.name, "view", "worklist", client_address(request), f"{len(rows)} studies")
         return page(
             request,
             "worklist.html",
@@ -70,8 +77,10 @@ def install(
     @router.get("/worklist/events")
     async def worklist_events(request: Request, user: User = signed_in) -> StreamingResponse:
         since = request.headers.get("last-event-id", "")
+        address = client_address(request)
+        audit(db, user.name, "view", "worklist", address, "live updates opened")
         return StreamingResponse(
-            feed.events(_rows_html, request.is_disconnected, since),
+            feed.events(_rows_html, request.is_disconnected, since, lambda: still_valid(request)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -123,7 +132,7 @@ def install(
                 )
                 detail = f"{row.model_name} {row.ai_result}: {verdict}"
         except FeedbackError as exc:
-            return HTMLResponse(f"feedback not recorded: {exc}", status_code=400)
+            return PlainTextResponse(f"feedback not recorded: {exc}", status_code=400)
         audit(db, user.name, "feedback", f"study:{study_uid}", client_address(request), detail)
         return RedirectResponse(
             f"/studies/{quote(study_uid, safe='')}?saved=1#feedback", status_code=303
@@ -131,12 +140,13 @@ def install(
 
     @router.get("/studies/{study_uid}/findings/{finding_id}/{which}.png", response_model=None)
     def finding_image(
-        study_uid: str, finding_id: int, which: str, user: User = signed_in
+        request: Request, study_uid: str, finding_id: int, which: str, user: User = signed_in
     ) -> Response:
         """A finding's key image: ``overlay`` (with the model's overlay) or ``plain`` (the
-        same slice, same window, without it)."""
-        if which not in ("overlay", "plain") or data_dir is None:
+        same slice, same window, without it). Audited; never cached by the browser."""
+        if which not in ("overlay", "plain") or data_dir is None or not 0 < finding_id < 2**63:
             return HTMLResponse("no such image", status_code=404)
+        audit(db, user.name, "view", f"study:{study_uid}", client_address(request), "key image")
         with db.session() as s:
             finding = s.get(Finding, finding_id)
         if finding is None or finding.study_uid != study_uid or not finding.key_image:
@@ -148,7 +158,7 @@ def install(
         return FileResponse(
             path,
             media_type="image/png",
-            headers={"Cache-Control": "private, max-age=3600", "X-Triage-Notice": DISCLAIMER},
+            headers={"Cache-Control": "no-store", "X-Triage-Notice": DISCLAIMER},
         )
 
     app.include_router(router)
