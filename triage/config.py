@@ -111,6 +111,12 @@ class Settings(BaseModel):
         description="HL7 site mapping (which field holds what per sender); default '': "
         "<rules_dir>/hl7-mapping.yaml, built-in defaults when that file is absent",
     )
+    hl7_allowed_peers: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) that may send HL7, e.g. ['10.0.0.7', "
+        "'10.1.0.0/16']; a connection from elsewhere is closed before anything is read "
+        "(logged); default: none (any address, logged at start). Environment: JSON",
+    )
     hl7_idle_timeout_seconds: float = Field(
         300.0, gt=0, description="Close an HL7 connection idle this long; default 300"
     )
@@ -302,6 +308,33 @@ class Settings(BaseModel):
                         raise ValueError(f"{title}: {a!r} is not an address or network") from None
             peers[title] = [str(a).strip() for a in addresses]
         return peers
+
+    @field_validator("hl7_allowed_peers", mode="before")
+    @classmethod
+    def _hl7_peers(cls, v: object) -> object:
+        if isinstance(v, str):  # from the environment or --set
+            try:
+                v = json.loads(v) if v.strip() else []
+            except ValueError as exc:
+                raise ValueError(f'expected a JSON list like ["10.0.0.7"]: {exc}') from None
+        if not isinstance(v, list):
+            return v
+        for a in v:
+            try:
+                ipaddress.ip_network(str(a).strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{a!r} is not an address or network") from None
+        return [str(a).strip() for a in v]
+
+    def hl7_peer_allowed(self, address: str) -> bool:
+        """Whether ``address`` may send HL7 (no list: any)."""
+        if not self.hl7_allowed_peers:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in self.hl7_allowed_peers)
 
     @field_validator("stable_seconds_by_modality", "stable_seconds_by_ae", mode="before")
     @classmethod

@@ -44,11 +44,13 @@ class Running:
     """A listener served by an event loop in a background thread."""
 
     def __init__(self, tmp: Path, **kwargs: Any) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.settings = Settings(
             data_dir=tmp,
             hl7_port=0,
             bind_host="127.0.0.1",
             hl7_max_message_bytes=kwargs.pop("max_bytes", 1024 * 1024),
+            hl7_allowed_peers=kwargs.pop("allowed", []),
         )
         self.db = Database(f"sqlite:///{tmp / 'triage.db'}")
         self.db.create_all()
@@ -249,6 +251,25 @@ def test_a_cancel_for_an_unknown_order_is_noted_with_the_message(
             assert read_ack(conn.exchange(sample(name)))[0] == "AA"
     known = r.messages()[-1]
     assert "not known here" not in known.error  # the order is known now: cancelled
+
+
+def test_only_allowed_addresses_may_send(listener: Callable[..., Running]) -> None:
+    """hl7_allowed_peers: any host that reached the port could create and change orders (and
+    send reports that become feedback) - found by a security audit. A connection from
+    elsewhere is closed before anything is read; nothing is stored."""
+    refused = listener(allowed=["10.9.9.9", "192.0.2.0/24"])
+    with socket.create_connection((refused.host, refused.port), timeout=5) as sock:
+        sock.sendall(frame(sample("orm_nw_v251.hl7").encode()))
+        sock.settimeout(5)
+        try:
+            data = sock.recv(4096)
+        except ConnectionResetError:
+            data = b""
+        assert data == b""  # closed, no ACK
+    assert refused.messages() == [] and refused.orders() == []
+    allowed = listener(allowed=["127.0.0.0/8"])
+    ack = send_and_check(allowed.host, allowed.port, sample("orm_nw_v251.hl7"), timeout=5)
+    assert read_ack(ack)[0] == "AA"
 
 
 def test_non_order_message_is_acknowledged_not_applied(listener: Callable[..., Running]) -> None:

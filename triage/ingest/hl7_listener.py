@@ -185,6 +185,11 @@ class HL7Listener:
         sockname = server.sockets[0].getsockname()
         self._address = (str(sockname[0]), int(sockname[1]))
         log.info("HL7 listener on %s:%d (mapping: %s)", *self._address, self.store.mapping.path)
+        if not self.settings.hl7_allowed_peers:
+            log.warning(
+                "HL7 allowlist empty (hl7_allowed_peers): any address may send orders and "
+                "reports; set it to the RIS and interface engine addresses"
+            )
         started.set_result(self._address)
         try:
             await self._stopping.wait()
@@ -438,9 +443,16 @@ class _Connection(asyncio.Protocol):
         if listener._server is None:  # accepted while stopping
             transport.close()
             return
-        listener._connections.add(self)
         peer_info = transport.get_extra_info("peername")
         self.peer = f"{peer_info[0]}:{peer_info[1]}" if peer_info else "?"
+        if not listener.settings.hl7_peer_allowed(str(peer_info[0]) if peer_info else ""):
+            log.warning(
+                "HL7 connection from %s refused: not in hl7_allowed_peers (closed unread)",
+                self.peer,
+            )
+            transport.close()
+            return
+        listener._connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
