@@ -223,17 +223,22 @@ class _Closed(Exception):
         self.how = how
 
 
-#: Closing: how long, and how many bytes, to read what the peer still sends after our last PDU.
-_LINGER_SECONDS = 0.5
+#: Closing: how long (the ARTIM timer of PS3.8 9.1.5, short), and how many bytes, to read what
+#: the peer still sends after our last PDU while waiting for it to close.
+_LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1 << 20
 
 
 def close_gently(sock: socket.socket) -> None:
-    """Close after our last PDU so that the peer reads it: half-close, then read and drop what
-    the peer still sends (up to a limit) until it closes. Closing a socket with unread bytes
-    makes the kernel send a reset, which can destroy our A-ABORT or A-ASSOCIATE-RJ in flight."""
+    """Close after our last PDU (A-ASSOCIATE-RJ, A-RELEASE-RP, A-ABORT) as PS3.8's state
+    machine says (Sta13): wait for the peer to close the connection, reading and dropping what
+    it still sends (up to a limit), and close ourselves only when it has, or when the timer
+    runs out. Closing first can make a busy peer see the connection end before it has
+    handled our A-ASSOCIATE-RJ (a pynetdicom requestor under load once reported neither a
+    rejection nor an abort); closing a
+    socket with unread bytes makes the kernel send a reset, which can destroy the PDU in
+    flight."""
     with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_WR)
         sock.settimeout(_LINGER_SECONDS)
         deadline = time.monotonic() + _LINGER_SECONDS
         budget = _LINGER_BYTES
