@@ -372,10 +372,9 @@ def install_auth(
             audit, db, result.user.name, "sign-in", obj, address, f"role {result.user.role}"
         )
         response = RedirectResponse(next_url, status_code=303)
-        response.set_cookie(
-            SESSION_COOKIE,
-            token,
-            max_age=int(timedelta(minutes=settings.session_max_minutes).total_seconds()),
+        response.set_cookie(  # no Max-Age: the cookie ends with the browser (a shared
+            SESSION_COOKIE,  # reading-room machine); the server ends the session anyway
+            token,  # after session_max_minutes, or session_idle_minutes without use
             path="/",
             httponly=True,
             samesite="strict",
