@@ -99,4 +99,7 @@ def test_safe_methods_need_no_token(client, users):
 def test_logout_without_token_is_refused(client, users, db):
     assert sign_in(client, "rita").status_code == 303
     assert client.post("/logout", follow_redirects=False).status_code == 403
+    # a Basic header (a proxy's, which browsers add by themselves) is no excuse
+    basic = {"Authorization": "Basic cml0YTpwYXNz"}
+    assert client.post("/logout", headers=basic, follow_redirects=False).status_code == 403
     assert client.get("/api/worklist").status_code == 200  # still signed in

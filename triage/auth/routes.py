@@ -170,7 +170,9 @@ class CSRFMiddleware:
             return
         request = Request(scope)
         cookie = request.cookies.get(SESSION_COOKIE, "")
-        if "authorization" in request.headers or request.url.path == "/login" or not cookie:
+        bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
+        # a browser never adds a Bearer header by itself (it does add a proxy's Basic one)
+        if bearer or request.url.path == "/login" or not cookie:
             await self.app(scope, receive, send)  # require() answers 401 where it must
             return
         sess = await run_in_threadpool(self.ctx.sessions.get, cookie)
