@@ -44,3 +44,25 @@ def test_a_pools_regions_are_named_as_the_reaper_reads_them() -> None:
     finally:
         pool.release(region)
         pool.close()
+
+
+def test_a_gone_engines_triton_regions_are_removed_unless_a_server_names_them(
+    tmp_path: Path,
+) -> None:
+    """A bundled Triton killed outright after its engine (a test's teardown, out of memory)
+    left its Python backend's regions in /dev/shm; they are removed - but never those of a
+    server still running under their prefix."""
+    dead = _dead_pid()
+    gone = f"triage_triton_{dead}_0123456789ab_"
+    running = f"triage_triton_{dead}_ba9876543210_"
+    server = subprocess.Popen(  # stands for a tritonserver started with that prefix
+        [sys.executable, "-c", "import time; time.sleep(60)", f"shm-region-prefix-name={running}"]
+    )
+    try:
+        for name in (f"{gone}96e58ad8-7bbd", f"{gone}a861e16b-6cd1", f"{running}0001"):
+            (tmp_path / name).write_bytes(b"x")
+        assert reap_dead(tmp_path) == 2
+        assert {p.name for p in tmp_path.iterdir()} == {f"{running}0001"}
+    finally:
+        server.kill()
+        server.wait()

@@ -13,7 +13,8 @@ Each region is created in ``/dev/shm``, registered with the server (which maps i
 server's answer to its registration - a call to Triton, slower under load - can leave one).
 :meth:`ShmPool.close` unregisters every region from the server and unmaps it. A region left
 by a process killed inside that window is removed by the next pool created on the host
-(:func:`reap_dead`: its owner's PID is gone).
+(:func:`reap_dead`: its owner's PID is gone); so are the bundled Triton's Python-backend
+regions of an engine that is gone, unless a live server still names their prefix.
 
 Everything here is best effort: a failed create or register raises, and the client then
 sends the volume over the network as before.
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")
 # a pool's region: triage_<pid>_<8 hex>_<n> (LocalTriton's own are triage_triton_...)
 REGION_NAME = re.compile(r"triage_(\d+)_[0-9a-f]{8}_\d+")
+# the bundled Triton's Python-backend regions: triage_triton_<engine pid>_<12 hex>_<anything>
+# (triage.inference.local_triton, its shm-region-prefix-name, which its command line carries)
+TRITON_REGION = re.compile(r"(triage_triton_(\d+)_[0-9a-f]{12}_).+")
+PROC_DIR = Path("/proc")
 
 
 def _alive(pid: int) -> bool:
@@ -63,15 +68,51 @@ def reap_dead(shm_dir: Path = SHM_DIR) -> int:
         names = os.listdir(shm_dir)
     except OSError:
         return 0
+    orphans: dict[str, list[str]] = {}  # bundled-Triton prefix -> its regions (engine gone)
     for name in names:
+        t = TRITON_REGION.fullmatch(name)
+        if t is not None:
+            if not _alive(int(t.group(2))):
+                orphans.setdefault(t.group(1), []).append(name)
+            continue
         m = REGION_NAME.fullmatch(name)
         if m is None or _alive(int(m.group(1))):
             continue
-        with contextlib.suppress(OSError):
-            (shm_dir / name).unlink()
-            removed += 1
-            log.info("removed shared memory region %s left by a process that is gone", name)
+        removed += _unlink(shm_dir, name)
+    if orphans:
+        # a Triton killed outright (SIGKILL, out of memory) after its engine left its Python
+        # backend's regions; a server still running under that prefix keeps them
+        in_use = _prefixes_in_use(orphans)
+        for prefix, regions in orphans.items():
+            if prefix not in in_use:
+                removed += sum(_unlink(shm_dir, name) for name in regions)
     return removed
+
+
+def _unlink(shm_dir: Path, name: str) -> int:
+    with contextlib.suppress(OSError):
+        (shm_dir / name).unlink()
+        log.info("removed shared memory region %s left by a process that is gone", name)
+        return 1
+    return 0
+
+
+def _prefixes_in_use(prefixes: dict[str, list[str]], proc: Path = PROC_DIR) -> set[str]:
+    """Those of ``prefixes`` that a live process names on its command line (a tritonserver
+    started with ``shm-region-prefix-name=<prefix>``). Unreadable: all of them (kept)."""
+    wanted = {p.encode() for p in prefixes}
+    found: set[str] = set()
+    try:
+        entries = [e for e in os.listdir(proc) if e.isdigit()]
+    except OSError:
+        return set(prefixes)
+    for entry in entries:
+        try:
+            cmdline = (proc / entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        found.update(p.decode() for p in wanted if p in cmdline)
+    return found
 
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
