@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, and_, col, or_, select
@@ -37,7 +37,7 @@ from triage.scoring.history import Cause, record_change, record_in_force, rememb
 from triage.scoring.memo import Inputs, ScoreMemo, rule_fields
 from triage.scoring.score import ScoreResult
 from triage.store import Database, Finding, Instance, Order, Study, StudyState
-from triage.store.models import utcnow
+from triage.store.models import aware, utcnow
 from triage.store.repo import (
     latest_findings,
     link_order,
@@ -549,7 +549,7 @@ class Pipeline:
         the time is not known."""
         if since is None:
             return None
-        return (now - _aware(since)).total_seconds() / 60.0 * self.aging_time_scale
+        return (now - aware(since)).total_seconds() / 60.0 * self.aging_time_scale
 
     def _apply(
         self,
@@ -777,11 +777,6 @@ def _finding_signature(findings: Sequence[Any]) -> str:
 
 def _study(session: Session, study_uid: str) -> Study | None:
     return session.exec(select(Study).where(Study.study_uid == study_uid)).first()
-
-
-def _aware(when: datetime) -> datetime:
-    """A stored time as UTC (SQLite gives it back without its time zone)."""
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _rule_fields(used: frozenset[str], study: Any, order: Any | None) -> dict[str, str] | None:

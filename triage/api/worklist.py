@@ -14,7 +14,7 @@ from urllib.parse import quote
 from sqlmodel import Session, col, select
 
 from triage.scoring import UrgencyRules, order_key, reading_target
-from triage.store.models import Finding, Order, PriorityChange, Study
+from triage.store.models import Finding, Order, PriorityChange, Study, aware
 from triage.store.repo import study_reasons
 
 SYNTHETIC_NOTICE = (
@@ -24,10 +24,6 @@ SYNTHETIC_NOTICE = (
 
 
 HISTORY_SHOWN = 5  # the last engine priority changes listed per study
-
-
-def _aware(when: datetime) -> datetime:
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def worklist(
@@ -60,7 +56,7 @@ def worklist(
         order = orders.get(st.accession_number)
         since = st.completed_at
         waiting = (
-            round((now - _aware(since)).total_seconds() / 60.0, 1) if since is not None else None
+            round((now - aware(since)).total_seconds() / 60.0, 1) if since is not None else None
         )
         items.append(
             {
@@ -103,7 +99,7 @@ def worklist(
                     for f in findings.get(st.study_uid, {}).values()
                 ],
                 "reasons": study_reasons(st),
-                "completed_at": _aware(since).isoformat() if since is not None else None,
+                "completed_at": aware(since).isoformat() if since is not None else None,
                 "waiting_minutes": waiting,
                 # what the aging counts against (patient class, shorter for a listed location)
                 "target_minutes": reading_target(
@@ -112,7 +108,7 @@ def worklist(
                 "rules_version": st.rules_version,
                 "priority_changes": [
                     {
-                        "at": _aware(ch.at).isoformat(),
+                        "at": aware(ch.at).isoformat(),
                         "from": ch.from_priority,
                         "to": ch.to_priority,
                         "score": ch.to_score,

@@ -19,7 +19,7 @@ from typing import IO, Any
 from sqlmodel import col, select
 
 from triage.store import Database
-from triage.store.models import AuditEvent
+from triage.store.models import AuditEvent, aware
 
 
 def audit(
@@ -54,14 +54,10 @@ def cli_address() -> str:
         return "cli:?"
 
 
-def _aware(when: datetime) -> datetime:
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
 def event_dict(ev: AuditEvent) -> dict[str, Any]:
     return {
         "id": ev.id,
-        "at": _aware(ev.at).isoformat(),
+        "at": aware(ev.at).isoformat(),
         "user": ev.user,
         "action": ev.action,
         "object": ev.obj,

@@ -34,7 +34,7 @@ from triage.auth.passwords import (
 )
 from triage.errors import AuthError
 from triage.store import Database
-from triage.store.models import AuthSession, UserAccount
+from triage.store.models import AuthSession, UserAccount, aware
 
 RADIOLOGIST = "radiologist"
 MANAGER = "manager"
@@ -55,11 +55,6 @@ Clock = Callable[[], datetime]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def aware(when: datetime) -> datetime:
-    """``when`` in UTC (SQLite returns naive datetimes that were stored as UTC)."""
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

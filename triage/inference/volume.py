@@ -30,7 +30,6 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -41,7 +40,7 @@ from pydicom.errors import InvalidDicomError
 
 from triage.errors import NotAssessable
 from triage.inference.contract import Z_RESAMPLING
-from triage.store.models import Instance
+from triage.store.models import Instance, aware
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ def select_series(instances: Sequence[Instance]) -> list[Instance]:
         thickness = float(np.median(thick)) if thick else math.inf
         reasonable = thickness >= MIN_THICKNESS_MM
         numbers = [i.series_number for i in usable if i.series_number is not None]
-        first = min(_aware(i.received_at) for i in usable)
+        first = min(aware(i.received_at) for i in usable)
         # bigger is better in every position of the key; the last three break ties so that
         # the choice never rests on UIDs: the series that came first (a later series that
         # is no better does not displace the one already judged), then the lower number
@@ -164,10 +163,6 @@ def select_series(instances: Sequence[Instance]) -> list[Instance]:
         raise NotAssessable("no CT image series to assess (" + "; ".join(rejected) + ")")
     best = max(candidates)[1]
     return [i for i in series[best] if _excluded(i) is None]
-
-
-def _aware(when: datetime) -> datetime:
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -295,11 +290,17 @@ def read_slice(path: Path | str) -> SliceRead:
         return SliceRead(
             p, modality=modality, header=h, decode_error=f"pixel data of shape {stored.shape}"
         )
+    return SliceRead(p, modality=modality, header=h, hu=_to_hu(stored, h))
+
+
+def _to_hu(stored: np.ndarray, h: _Header) -> np.ndarray:
+    """Stored pixel values in HU, float32: slope and intercept applied, padding and values
+    below -1024 at -1024, clipped to 4095."""
     hu = stored.astype(np.float32) * np.float32(h.slope) + np.float32(h.intercept)
     if h.padding is not None:
         hu[stored == h.padding] = HU_MIN
     np.clip(hu, HU_MIN, HU_MAX, out=hu)
-    return SliceRead(p, modality=modality, header=h, hu=hu)
+    return hu
 
 
 def _group(item: Dataset | None, sequence: str) -> Dataset | None:
@@ -374,12 +375,7 @@ def _read_frames(p: str, ds: Dataset, modality: str) -> SliceRead:
         except Exception as exc:  # a corrupt functional group: this frame only
             frames.append(SliceRead(path, modality=modality, skip=f"unusable frame ({exc})"))
             continue
-        raw = stored[i]
-        hu = raw.astype(np.float32) * np.float32(h.slope) + np.float32(h.intercept)
-        if h.padding is not None:
-            hu[raw == h.padding] = HU_MIN
-        np.clip(hu, HU_MIN, HU_MAX, out=hu)
-        frames.append(SliceRead(path, modality=modality, header=h, hu=hu))
+        frames.append(SliceRead(path, modality=modality, header=h, hu=_to_hu(stored[i], h)))
     return SliceRead(p, modality=modality, frames=frames)
 
 

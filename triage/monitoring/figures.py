@@ -33,16 +33,12 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from triage.monitoring.stats import Proportion, quantile, wilson
-from triage.store.models import Feedback, Finding, OutboundMessage, Study
+from triage.store.models import Feedback, Finding, OutboundMessage, Study, aware
 
 SYNTHETIC = (
     "AI figures describe models trained on synthetic phantoms (not for clinical use), "
     "running on this site's studies; they are not a clinical validation."
 )
-
-
-def aware(when: datetime) -> datetime:
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(when: datetime) -> datetime:
+    """A stored time as UTC-aware (SQLite gives times back without their zone; they are
+    stored in UTC)."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 class StudyState(StrEnum):
     RECEIVING = "receiving"  # instances arriving; not yet stable
     COMPLETE = "complete"  # stable; waiting for routing/inference

@@ -27,7 +27,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from triage.scoring.rules import UrgencyRules, load_urgency_rules, version_id_of
 from triage.scoring.simulate import SimulationResult, load_history, simulate
 from triage.store import Database
 from triage.store.durable import write_durably
-from triage.store.models import RulesChange, RulesVersion, utcnow
+from triage.store.models import RulesChange, RulesVersion, aware, utcnow
 
 MAX_TEXT_BYTES = 256 * 1024  # a rules file is a few kilobytes
 MAX_COMMENT_CHARS = 500
@@ -214,12 +214,8 @@ def text_of_version(db: Database, version_id: str) -> str | None:
     return loaded.text if loaded is not None else None
 
 
-def _aware(when: datetime) -> datetime:
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
 def _iso(when: datetime) -> str:
-    return _aware(when).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return aware(when).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def versions(db: Database, in_force: str, on_file: str, limit: int = 200) -> list[dict[str, Any]]:
@@ -237,18 +233,18 @@ def versions(db: Database, in_force: str, on_file: str, limit: int = 200) -> lis
     first_loaded = {v.version_id: v.first_loaded_at for v in loaded}
     first_applied: dict[str, datetime] = {}
     for c in changes:
-        at = _aware(c.at)
+        at = aware(c.at)
         first_applied[c.version_id] = min(at, first_applied.get(c.version_id, at))
     rows: list[tuple[datetime, int, dict[str, Any]]] = []
     for c in changes:
         rows.append(
             (
-                _aware(c.at),
+                aware(c.at),
                 1,
                 {
                     "id": c.id,
                     "version_id": c.version_id,
-                    "at": _aware(c.at).isoformat(),
+                    "at": aware(c.at).isoformat(),
                     "at_text": _iso(c.at),
                     "user": c.user,
                     "comment": c.comment,
@@ -263,16 +259,16 @@ def versions(db: Database, in_force: str, on_file: str, limit: int = 200) -> lis
         )
     for v in loaded:
         applied_at = first_applied.get(v.version_id)
-        if applied_at is not None and applied_at <= _aware(v.first_loaded_at):
+        if applied_at is not None and applied_at <= aware(v.first_loaded_at):
             continue  # put in force because it was applied here: that row speaks for it
         rows.append(
             (
-                _aware(v.first_loaded_at),
+                aware(v.first_loaded_at),
                 0,
                 {
                     "id": None,
                     "version_id": v.version_id,
-                    "at": _aware(v.first_loaded_at).isoformat(),
+                    "at": aware(v.first_loaded_at).isoformat(),
                     "at_text": _iso(v.first_loaded_at),
                     "user": "",
                     "comment": "",
