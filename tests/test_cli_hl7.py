@@ -89,3 +89,16 @@ def test_replay_of_an_unknown_id_fails(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "var").mkdir()
     assert main(["hl7", "replay", "--id", "9999", "--data-dir", str(tmp_path / "var")]) == 1
     assert "no HL7 message 9999" in capsys.readouterr().out
+
+
+def test_check_says_an_acknowledgment_gets_no_answer(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    f = tmp_path / "ack.hl7"
+    f.write_text(
+        "MSH|^~\\&|RIS|HOSP|TRIAGE|TRIAGE|20261207120000||ACK^O01^ACK|A1|P|2.5.1\rMSA|AA|X1\r"
+    )
+    assert main(["hl7", "check", str(f), "--ack"]) == 0
+    out = capsys.readouterr().out
+    assert "answer: nothing (an acknowledgment is not acknowledged; outcome AA)" in out
+    assert "MSA|AA|A1" not in out

@@ -170,7 +170,12 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             console.print("not an order or patient update: stored and acknowledged, not applied")
         for note in ev.notes:
             console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
-        answer = code if ack else f"nothing (the sender asked for no ACK; outcome {code})"
+        if ack:
+            answer = code
+        elif h is not None and h.message_type == "ACK":
+            answer = f"nothing (an acknowledgment is not acknowledged; outcome {code})"
+        else:
+            answer = f"nothing (the sender asked for no ACK; outcome {code})"
         console.print(f"answer: [bold]{answer}[/bold]")
         if args.ack and ack:
             # as it is, never wrapped (rich wraps at 80 columns when not on a terminal): an

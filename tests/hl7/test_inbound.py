@@ -111,6 +111,19 @@ def test_enhanced_unsupported_version_is_commit_reject() -> None:
     assert code == "CR" and read_ack(ack)[:2] == ("CR", "RIS00000101")
 
 
+def test_an_acknowledgment_is_not_answered() -> None:
+    """An ACK sent to us (a RIS answering on the wrong connection) gets no ACK back, in either
+    mode: two systems acknowledging each other's acknowledgments would never stop."""
+    for msh15, msh16 in (("", ""), ("AL", "AL")):
+        ack_in = header(msh15, msh16).replace("ORM^O01", "ACK^O01^ACK", 1) + "\rMSA|AA|X1"
+        ev = evaluate(ack_in)
+        assert ev.header is not None and ev.header.message_type == "ACK"
+        assert make_ack(ev.header, ev.code, ev.error) == ("", "AA")
+    # any other message still is, in original mode
+    ev = evaluate(header("", "").replace("ORM^O01", "ADT^A01", 1))
+    assert read_ack(make_ack(ev.header, ev.code, ev.error)[0])[0] == "AA"
+
+
 # -- escaping both ways ----------------------------------------------------------------------
 
 

@@ -281,6 +281,28 @@ def test_non_order_message_is_acknowledged_not_applied(listener: Callable[..., R
     assert (msg.ack_code, msg.message_type) == ("AA", "ADT^A01")
 
 
+def test_an_acknowledgment_sent_to_us_is_stored_not_answered(
+    listener: Callable[..., Running],
+) -> None:
+    """An ACK arriving on our port is kept and never acknowledged: the next message on the
+    same connection gets the only answer, and it is that message's."""
+    r = listener()
+    ack_in = (
+        "MSH|^~\\&|RIS|HOSP|TRIAGE|TRIAGE|20261207120000||ACK^O01^ACK|RISACK1|P|2.5.1\r"
+        "MSA|AA|TRIAGE000001"
+    )
+    with socket.create_connection((r.host, r.port), timeout=5) as sock:
+        dec = MLLPDecoder()
+        sock.sendall(frame(ack_in.encode()) + frame(sample("orm_nw_v251.hl7").encode()))
+        answer = raw_exchange(sock, dec, b"")
+        assert read_ack(answer)[:2] == ("AA", "RIS00000101")
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(4096)  # nothing else comes
+    kinds = sorted(m.message_type for m in r.messages())
+    assert kinds == ["ACK^O01", "ORM^O01"]
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 

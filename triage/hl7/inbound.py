@@ -219,7 +219,14 @@ def make_ack(
     when MSH-16 asks for it (empty counts as AL); else nothing (text ""; the code is still
     returned, for the record). Because Triage parses and applies before it commits, CA
     already means applied.
+
+    An acknowledgment (MSH-9 ``ACK``) is never answered, in either mode (HL7 v2:
+    acknowledgments are not acknowledged): a peer that sends us one - a RIS answering on the
+    wrong connection, a misrouted interface - would otherwise get an ACK back, and two engines
+    doing so would answer each other for ever. It is still stored (``triage hl7 messages``).
     """
+    if header is not None and header.message_type == "ACK":
+        return "", code
     ok = code == "AA"
     if header is not None and header.enhanced_mode:
         if ok:
