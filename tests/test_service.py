@@ -72,7 +72,11 @@ def _settings(tmp_path: Path) -> Settings:
         http_port=0,
         triton_url=f"http://127.0.0.1:{free_port()}",  # nothing there: AI pending
         triton_warmup=False,
+        api_token=SERVICE_TOKEN,
     )
+
+
+SERVICE_TOKEN = "service-tests-api-token"
 
 
 def test_healthz_shows_the_dicom_listeners_counters(tmp_path: Path) -> None:
@@ -89,8 +93,11 @@ def test_healthz_shows_the_dicom_listeners_counters(tmp_path: Path) -> None:
         url = "http://{}:{}/healthz".format(*ends["http"])
 
         def dicom() -> dict[str, Any]:
+            request = urllib.request.Request(
+                url, headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}
+            )
             try:
-                with urllib.request.urlopen(url, timeout=10) as resp:
+                with urllib.request.urlopen(request, timeout=10) as resp:
                     body = resp.read()
             except urllib.error.HTTPError as exc:  # 503: Triton is not there
                 body = exc.read()

@@ -41,7 +41,44 @@ def test_healthz_503_names_the_part_that_is_not_ready(db, rules):
     assert r.status_code == 503
     body = r.json()
     assert body["status"] == "not ready"
-    assert body["components"]["triton"] == {"ready": False, "detail": "starting"}
+    assert body["components"]["triton"] == {"ready": False}  # the detail needs credentials
+    r = client(db, rules, parts).get("/healthz")
+    assert r.status_code == 503
+    assert r.json()["components"]["triton"] == {"ready": False, "detail": "starting"}
+
+
+def test_healthz_shows_no_topology_without_credentials(db, rules):
+    """/healthz is open (load balancers): without credentials it says which part is ready
+    and whether the RIS is failing, never where the RIS or Triton are, process ids, counters
+    or error texts (a security review found the RIS and Triton addresses there)."""
+    parts = {
+        "dicom": {"ready": True, "address": ["0.0.0.0", 11112], "counters": {"aborted": 2}},
+        "ris": {
+            "ready": True,
+            "configured": True,
+            "address": "10.1.2.3:2575",
+            "failing": 3,
+            "next_try": "2026-12-07T10:00:00+00:00",
+        },
+        "triton": {"ready": True, "url": "10.1.2.4:8001", "pid": 4242, "models": {"ich": "READY"}},
+    }
+    body = client(db, rules, parts, auth=False).get("/healthz").json()
+    assert body["components"] == {
+        "dicom": {"ready": True},
+        "ris": {
+            "ready": True,
+            "configured": True,
+            "failing": 3,
+            "next_try": "2026-12-07T10:00:00+00:00",
+        },
+        "triton": {"ready": True},
+    }
+    assert "10.1.2" not in str(body) and "4242" not in str(body)
+    assert "bearer token" in body["detail"]
+    wrong = client(db, rules, parts, auth=False)
+    wrong.headers["Authorization"] = "Bearer not-the-token-at-all"
+    assert "10.1.2" not in wrong.get("/healthz").text
+    assert client(db, rules, parts).get("/healthz").json()["components"] == parts
 
 
 def test_healthz_200_when_all_ready(db, rules):

@@ -35,6 +35,9 @@ QUICK: dict[str, object] = {
 }
 
 
+SUPPORT_API_TOKEN = "support-engine-api-token"  # TRIAGE_API_TOKEN unless a test sets its own
+
+
 class Engine:
     """``triage serve`` on ``work/var`` (run in ``work``, its log in ``work/engine<N>.log``),
     started and restarted as often as a test wants.
@@ -65,6 +68,8 @@ class Engine:
             TRIAGE_HL7_PORT="0",
             TRIAGE_HTTP_PORT="0",
             TRIAGE_LOG_LEVEL="INFO",
+            # /healthz shows each part's details (Triton's pid, addresses) to credentials only
+            TRIAGE_API_TOKEN=SUPPORT_API_TOKEN,
         )
         if triton is False:
             env["TRIAGE_TRITON_URL"] = f"127.0.0.1:{free_port()}"  # nothing listens there
@@ -182,7 +187,11 @@ class Engine:
             db.close()
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        r = httpx.get(f"{self.base}/healthz", timeout=10)
+        """/healthz with this engine's API token: every part with its details."""
+        token = self.env["TRIAGE_API_TOKEN"]
+        r = httpx.get(
+            f"{self.base}/healthz", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
         return r.status_code, dict(r.json())
 
     def wait_healthy(self, timeout: float = 90) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from support.paths import REPO_ROOT
 
 from triage.api.app import create_app
 from triage.auth.users import add_user
+from triage.config import Settings
 from triage.inference.keyimage import render_key_image, store_key_image
 from triage.scoring import Cause, FindingInput, UrgencyRules, load_urgency_rules, score_study
 from triage.scoring.history import record_change
@@ -235,6 +236,9 @@ def seed_study(
     return Seeded(study_uid, accession, finding_id)
 
 
+LIVE_TOKEN = "live-server-api-token"  # the live server's api_token (bearer, radiologist)
+
+
 @dataclass
 class LiveServer:
     url: str
@@ -248,7 +252,7 @@ class LiveServer:
 def live_server(db: Database, rules: UrgencyRules, data_dir: Path) -> Iterator[LiveServer]:
     """The engine's app on 127.0.0.1, an ephemeral port, in a thread; stopped after."""
     health = {"dicom": {"ready": True}, "hl7": {"ready": True}}
-    app = create_app(db, rules, lambda: health, data_dir)
+    app = create_app(db, rules, lambda: health, data_dir, settings=Settings(api_token=LIVE_TOKEN))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)

@@ -14,7 +14,7 @@ from triage.web.feed import WorklistFeed
 from triage.web.terminal import follow_worklist
 from triage.web.views import worklist_rows
 
-from .conftest import seed_study
+from .conftest import LIVE_TOKEN, seed_study
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +72,8 @@ def test_follow_redraws_when_a_study_arrives(db, rules, data_dir):
     assert text.index("0 studies") < text.index("LATECOMER")
 
 
-def test_status_reads_endpoints_json_and_names_what_is_not_ready(live_server, capsys):
+def test_status_reads_endpoints_json_and_names_what_is_not_ready(live_server, capsys, monkeypatch):
+    monkeypatch.setenv("TRIAGE_API_TOKEN", LIVE_TOKEN)  # details need credentials
     port = int(live_server.url.rsplit(":", 1)[1])
     (live_server.data_dir / "endpoints.json").write_text(json.dumps({"http": ["127.0.0.1", port]}))
     args = ["status", "--data-dir", str(live_server.data_dir)]
@@ -83,6 +84,16 @@ def test_status_reads_endpoints_json_and_names_what_is_not_ready(live_server, ca
     assert main(args) == 1
     out = capsys.readouterr().out
     assert "triton" in out and "NOT READY" in out and "detail=starting" in out
+
+
+def test_status_without_the_token_shows_states_and_says_what_is_missing(live_server, capsys):
+    port = int(live_server.url.rsplit(":", 1)[1])
+    (live_server.data_dir / "endpoints.json").write_text(json.dumps({"http": ["127.0.0.1", port]}))
+    live_server.health["triton"] = {"ready": False, "detail": "cannot reach 10.1.2.4:8001"}
+    assert main(["status", "--data-dir", str(live_server.data_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "triton" in out and "NOT READY" in out and "10.1.2.4" not in out
+    assert "need credentials" in out and "TRIAGE_API_TOKEN" in out
 
 
 def test_status_says_when_the_ris_is_not_answering(live_server, capsys):

@@ -16,7 +16,7 @@ from triage import __version__
 from triage.api.guards import BodyLimit, SecurityHeaders
 from triage.api.worklist import SYNTHETIC_NOTICE, worklist
 from triage.auth.audit import audit
-from triage.auth.deps import READERS, client_address, require
+from triage.auth.deps import READERS, client_address, current_user, require
 from triage.auth.routes import install_auth
 from triage.auth.users import Clock, User
 from triage.config import Settings
@@ -27,6 +27,19 @@ from triage.store import Database
 from triage.store.models import Finding
 
 HealthProbe = Callable[[], dict[str, dict[str, Any]]]
+
+# What /healthz tells a caller without credentials about each part: whether it is ready and,
+# for the RIS, whether it is configured and failing. Addresses, process ids, counters, model
+# states and error texts (which name hosts) are for signed-in users and bearer tokens only.
+PUBLIC_HEALTH_KEYS = frozenset({"ready", "configured", "failing", "next_try"})
+
+
+def public_health(parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``parts`` with only :data:`PUBLIC_HEALTH_KEYS` in each."""
+    return {
+        name: {k: v for k, v in part.items() if k in PUBLIC_HEALTH_KEYS}
+        for name, part in parts.items()
+    }
 
 
 def create_app(
@@ -76,10 +89,15 @@ def create_app(
     app.add_middleware(BodyLimit)
 
     @app.get("/healthz")
-    def healthz() -> JSONResponse:
+    def healthz(request: Request) -> JSONResponse:
         parts = health()
         ready = all(p.get("ready") for p in parts.values())
-        body = {"status": "ready" if ready else "not ready", "components": parts}
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
+        if current_user(request) is None:  # open to load balancers: states, no topology
+            body["components"] = public_health(parts)
+            body["detail"] = "each part's details need a signed-in user or a bearer token"
+        else:
+            body["components"] = parts
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/api/worklist")

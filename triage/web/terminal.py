@@ -211,8 +211,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     url = engine_url(settings) + "/healthz"
     console = Console()
+    token = settings.api_token.get_secret_value()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(url, timeout=args.timeout)
+        response = httpx.get(url, headers=headers, timeout=args.timeout)
         body = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         console.print(f"[bold red]no engine answers at {url}[/]: {exc}")
@@ -234,4 +236,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             state = Text("NOT ANSWERING", style="bold yellow")
         table.add_row(name, state, _part_detail(part))
     console.print(table)
+    if isinstance(body, dict) and body.get("detail"):  # answered as to anyone: states only
+        console.print(
+            "details (addresses, Triton's models, counters) need credentials: "
+            "set api_token (TRIAGE_API_TOKEN) as the engine has it",
+            highlight=False,
+        )
     return 0 if response.status_code == 200 and not failing else 1
