@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import ipaddress
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from triage.errors import ConfigError
+from triage.peers import network
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ class Settings(BaseModel):
             for a in addresses:
                 if str(a).strip() != "*":
                     try:
-                        ipaddress.ip_network(str(a).strip(), strict=False)
+                        network(str(a))
                     except ValueError:
                         raise ValueError(f"{title}: {a!r} is not an address or network") from None
             peers[title] = [str(a).strip() for a in addresses]
@@ -321,20 +321,10 @@ class Settings(BaseModel):
             return v
         for a in v:
             try:
-                ipaddress.ip_network(str(a).strip(), strict=False)
+                network(str(a))
             except ValueError:
                 raise ValueError(f"{a!r} is not an address or network") from None
         return [str(a).strip() for a in v]
-
-    def hl7_peer_allowed(self, address: str) -> bool:
-        """Whether ``address`` may send HL7 (no list: any)."""
-        if not self.hl7_allowed_peers:
-            return True
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        return any(ip in ipaddress.ip_network(n, strict=False) for n in self.hl7_allowed_peers)
 
     @field_validator("stable_seconds_by_modality", "stable_seconds_by_ae", mode="before")
     @classmethod

@@ -48,7 +48,6 @@ module is what happens to a C-STORE once it has arrived.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -104,6 +103,7 @@ from triage.ingest.dicom_ul import (
     UpperLayerServer,
 )
 from triage.ingest.dicom_walk import check_codestream, decoder_available, scan_dataset
+from triage.peers import Network, address_in, network
 from triage.store.db import Database
 from triage.store.durable import make_dirs_durably, write_instance_file
 from triage.store.models import DicomAssociation, utcnow
@@ -648,26 +648,21 @@ class _AssociationRecorder:
             )
 
 
-Allowlist = dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network | None]]
+Allowlist = dict[str, list[Network | None]]
 
 
 def _parse_allowlist(peers: dict[str, list[str]]) -> Allowlist:
     """{AE title: [network, ...]}; None stands for any address ('*')."""
     return {
-        ae: [None if a == "*" else ipaddress.ip_network(a, strict=False) for a in addresses]
-        for ae, addresses in peers.items()
+        ae: [None if a == "*" else network(a) for a in addresses] for ae, addresses in peers.items()
     }
 
 
 def _is_allowed(allowed: Allowlist, calling_ae: str, address: str) -> bool:
-    networks = allowed.get(calling_ae)
-    if not networks:
+    entries = allowed.get(calling_ae)
+    if not entries:
         return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return None in networks
-    return any(net is None or ip in net for net in networks)
+    return None in entries or address_in(address, [n for n in entries if n is not None])
 
 
 def _on_closed(peer: Peer, how: str) -> None:

@@ -46,6 +46,7 @@ from triage.hl7.inbound import Evaluation, decode_message
 from triage.hl7.mapping import HL7Mapping
 from triage.hl7.mllp import MLLPDecoder, MLLPFrameTooLarge, frame
 from triage.ingest.hl7_store import MessageStore, Outcome, mapping_for
+from triage.peers import address_in, networks
 from triage.store.db import Database
 
 __all__ = ["HL7Listener"]
@@ -93,6 +94,8 @@ class HL7Listener:
         mapping: HL7Mapping | None = None,
     ) -> None:
         self.settings = settings
+        # hl7_allowed_peers, parsed once (None: any address may connect)
+        self.allowed = networks(settings.hl7_allowed_peers) if settings.hl7_allowed_peers else None
         self.db = db
         self.on_order = on_order
         self.on_orders = on_orders
@@ -445,7 +448,9 @@ class _Connection(asyncio.Protocol):
             return
         peer_info = transport.get_extra_info("peername")
         self.peer = f"{peer_info[0]}:{peer_info[1]}" if peer_info else "?"
-        if not listener.settings.hl7_peer_allowed(str(peer_info[0]) if peer_info else ""):
+        if listener.allowed is not None and not address_in(
+            str(peer_info[0]) if peer_info else "", listener.allowed
+        ):
             log.warning(
                 "HL7 connection from %s refused: not in hl7_allowed_peers (closed unread)",
                 self.peer,
