@@ -247,6 +247,47 @@ def test_synthetic_studies(analyzer: TritonAnalyzer, tmp_path: Path) -> None:
     assert "too few slices: 10" in _not_assessable(analyzer, "ich", short.files)
 
 
+def test_the_next_series_is_judged_when_the_best_ranked_is_not_assessable(
+    analyzer: TritonAnalyzer, tmp_path: Path
+) -> None:
+    """A plain chest and a CTPA in one study, same thickness and image count, the plain one
+    first: series selection ranks the plain one first (it arrived first) and pe called the
+    study not assessable ("enhancement too low") without looking at the CTPA beside it.
+    The analyzer now tries the next primary axial soft-tissue series."""
+    from pydicom.uid import generate_uid
+
+    from triage.inference.volume import rank_series
+
+    kw = {"patient_id": "P", "accession": "A", "size": 256}
+    ctpa = ct.write_ctpa(tmp_path / "c", embolus=True, seed=3, **kw)
+    plain_uid = generate_uid()
+
+    def plain(ds: Dataset) -> None:
+        _washout(ds)
+        ds.SeriesInstanceUID = plain_uid
+        ds.SOPInstanceUID = generate_uid()
+
+    washed = _rewrite(ctpa.files, tmp_path / "w", plain)
+    rows = instance_rows(washed + ctpa.files)
+    ranked = rank_series(rows)
+    assert [r.instances[0].series_uid for r in ranked][0] == plain_uid
+    assert all(r.plain for r in ranked)
+    with pytest.raises(TritonUnavailable):  # the checks passed on the CTPA: Triton is asked
+        analyzer.analyze("pe", rows)
+    # a plain chest alone, or twice, stays not assessable, and says the others were tried
+    assert "enhancement too low" in _not_assessable(analyzer, "pe", washed)
+    again_uid = generate_uid()
+
+    def again(ds: Dataset) -> None:
+        ds.SeriesInstanceUID = again_uid
+        ds.SOPInstanceUID = generate_uid()
+
+    twice = washed + _rewrite(washed, tmp_path / "w2", again)
+    detail = _not_assessable(analyzer, "pe", twice)
+    assert "enhancement too low" in detail
+    assert "and 1 other series of the study not assessable either" in detail
+
+
 def test_an_enhanced_ct_head_reaches_the_model(analyzer: TritonAnalyzer, tmp_path: Path) -> None:
     """A head CT sent as one Enhanced CT instance passes series selection, loading and every
     input check, as the same slices one per file do (the analyzer then asks Triton)."""

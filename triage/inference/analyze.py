@@ -3,7 +3,9 @@
 This is the pipeline's :class:`~triage.ports.Analyzer`. It knows files and tensors; it does
 not know about scoring or the RIS. Steps, in order:
 
-1. select the series (:func:`~triage.inference.volume.select_series`), load it in HU; slices
+1. select the series (:func:`~triage.inference.volume.rank_series`: the best first; when the
+   checks below refuse it, the next primary axial soft-tissue series, three in all), load it
+   in HU; slices
    thinner than the contract's ``min_slice_thickness_mm`` are read as slabs just thick enough
    (:mod:`triage.inference.slabs`), as a thicker reconstruction would be; resample to the
    contract's input grid;
@@ -49,14 +51,17 @@ from triage.inference.slices import SliceCache
 from triage.inference.volume import (
     Volume,
     load_volume,
+    rank_series,
     resample,
-    select_series,
     z_sample_positions,
 )
 from triage.ports import Analysis
 from triage.store.models import Instance
 
 log = logging.getLogger(__name__)
+
+# Series of one study tried, the best-ranked first, before it is called not assessable
+MAX_SERIES_TRIED = 3
 
 
 class TritonAnalyzer:
@@ -106,33 +111,58 @@ class TritonAnalyzer:
 
     def _analyze(self, model: str, instances: list[Instance]) -> Analysis:
         contract = self.contract(model)
-        series: list[Instance] = []
-        volume: Volume | None = None
-        per_slab = 1
         try:
-            series = select_series(instances)
-            volume = load_volume([self.data_dir / inst.path for inst in series], self.slices)
-            limits = InputLimits.from_parameters(model, contract.parameters)
-            volume, per_slab = thicken(volume, limits.min_slice_thickness_mm)
-            if per_slab > 1:
-                log.info(
-                    "%s: slices thinner than the trained range, read as slabs of %d (%.3g mm)",
-                    model,
-                    per_slab,
-                    volume.slice_thickness or 0.0,
-                )
-            tensor = resample(volume, contract.input_shape, contract.z_resampling)
-            facts = check_input(limits, series, volume, tensor)
+            ranked = rank_series(instances)
         except NotAssessable as exc:
-            log.info("%s: not assessable: %s", model, exc.reason)
-            return Analysis(
-                model_name=model,
-                model_version=contract.version,
-                status="not_assessable",
-                detail=exc.reason,
-                reasons=exc.reasons,
-                inputs=input_mix(self.data_dir, series, volume, None, per_slab=per_slab),
-            )
+            return self._not_assessable(model, contract, exc, [], None, 1)
+        # The best series first; when the model may not judge it (contrast where a
+        # non-contrast model needs none or the reverse, images missing, too thick, ...), the
+        # next primary axial soft-tissue series of the study, up to MAX_SERIES_TRIED in all: a
+        # head CT with and without contrast, a CTPA after a plain chest, each at the same
+        # thickness, are judged on the series the model is for.
+        tried = [ranked[0], *(r for r in ranked[1:] if r.plain)][:MAX_SERIES_TRIED]
+        refused: NotAssessable | None = None
+        first: tuple[list[Instance], Volume | None, int] = ([], None, 1)
+        for n, candidate in enumerate(tried):
+            series = candidate.instances
+            volume: Volume | None = None
+            per_slab = 1
+            try:
+                volume = load_volume([self.data_dir / inst.path for inst in series], self.slices)
+                limits = InputLimits.from_parameters(model, contract.parameters)
+                volume, per_slab = thicken(volume, limits.min_slice_thickness_mm)
+                if per_slab > 1:
+                    log.info(
+                        "%s: slices thinner than the trained range, read as slabs of %d (%.3g mm)",
+                        model,
+                        per_slab,
+                        volume.slice_thickness or 0.0,
+                    )
+                tensor = resample(volume, contract.input_shape, contract.z_resampling)
+                facts = check_input(limits, series, volume, tensor)
+            except NotAssessable as exc:
+                log.info("%s: series %d of %d not assessable: %s", model, n + 1, len(tried), exc)
+                if refused is None:
+                    refused, first = exc, (series, volume, per_slab)
+                continue
+            if refused is not None:
+                log.info(
+                    "%s: judged on series %s (the best-ranked one was not assessable: %s)",
+                    model,
+                    series[0].series_uid,
+                    refused.reason,
+                )
+            break
+        else:
+            assert refused is not None
+            if len(tried) > 1:
+                others = len(tried) - 1
+                refused = NotAssessable(
+                    f"{refused.reason} (and {others} other series of the study not "
+                    "assessable either)",
+                    refused.reasons,
+                )
+            return self._not_assessable(model, contract, refused, *first)
         client = self._client
         if client is None:
             raise TritonUnavailable("inference server not started or not reachable yet")
@@ -160,6 +190,25 @@ class TritonAnalyzer:
             series_uid=volume.series_uid,
             key_image=key_image,
             inputs=input_mix(self.data_dir, series, volume, facts, per_slab=per_slab),
+        )
+
+    def _not_assessable(
+        self,
+        model: str,
+        contract: ModelContract,
+        exc: NotAssessable,
+        series: list[Instance],
+        volume: Volume | None,
+        per_slab: int,
+    ) -> Analysis:
+        log.info("%s: not assessable: %s", model, exc.reason)
+        return Analysis(
+            model_name=model,
+            model_version=contract.version,
+            status="not_assessable",
+            detail=exc.reason,
+            reasons=exc.reasons,
+            inputs=input_mix(self.data_dir, series, volume, None, per_slab=per_slab),
         )
 
     def _key_image(

@@ -110,19 +110,35 @@ def _excluded(inst: Instance) -> str | None:
     return None
 
 
+@dataclass
+class RankedSeries:
+    """One candidate series of :func:`rank_series`: its usable instances (ordered as given)
+    and whether it is a primary, axial, soft-tissue reconstruction (``plain``) - the kind a
+    model may be given instead of a better-ranked series it cannot judge."""
+
+    instances: list[Instance]
+    plain: bool
+
+
 def select_series(instances: Sequence[Instance]) -> list[Instance]:
     """The instances of the best CT image series of a study (ordered as given).
 
     Raises NotAssessable when no series qualifies (no CT, only localizers/screens, or every
     candidate has fewer than MIN_SLICES images).
     """
+    return rank_series(instances)[0].instances
+
+
+def rank_series(instances: Sequence[Instance]) -> list[RankedSeries]:
+    """Every CT image series of a study that a model could be given, best first (the order
+    of :func:`select_series`, whose choice is the first). Raises NotAssessable as it does."""
     series: dict[str, list[Instance]] = {}
     for inst in instances:
         series.setdefault(inst.series_uid, []).append(inst)
     if not series:
         raise NotAssessable("no images in the study")
 
-    candidates: list[tuple[tuple[float, ...], str]] = []
+    candidates: list[tuple[tuple[float, ...], str, bool]] = []
     rejected: list[str] = []
     for uid, items in series.items():
         usable = [i for i in items if _excluded(i) is None]
@@ -158,11 +174,14 @@ def select_series(instances: Sequence[Instance]) -> list[Instance]:
             -first.timestamp(),
             -float(min(numbers)) if numbers else -1e9,
         )
-        candidates.append((key, uid))
+        candidates.append((key, uid, not derived and axial and soft))
     if not candidates:
         raise NotAssessable("no CT image series to assess (" + "; ".join(rejected) + ")")
-    best = max(candidates)[1]
-    return [i for i in series[best] if _excluded(i) is None]
+    candidates.sort(key=lambda c: c[0], reverse=True)
+    return [
+        RankedSeries([i for i in series[uid] if _excluded(i) is None], plain)
+        for _, uid, plain in candidates
+    ]
 
 
 # -- loading ------------------------------------------------------------------------------------
