@@ -270,7 +270,7 @@ def test_the_next_series_is_judged_when_the_best_ranked_is_not_assessable(
     washed = _rewrite(ctpa.files, tmp_path / "w", plain)
     rows = instance_rows(washed + ctpa.files)
     ranked = rank_series(rows)
-    assert [r.instances[0].series_uid for r in ranked][0] == plain_uid
+    assert ranked[0].instances[0].series_uid == plain_uid
     assert all(r.plain for r in ranked)
     with pytest.raises(TritonUnavailable):  # the checks passed on the CTPA: Triton is asked
         analyzer.analyze("pe", rows)
