@@ -129,17 +129,7 @@ class TritonAnalyzer:
             per_slab = 1
             try:
                 volume = load_volume([self.data_dir / inst.path for inst in series], self.slices)
-                limits = InputLimits.from_parameters(model, contract.parameters)
-                volume, per_slab = thicken(volume, limits.min_slice_thickness_mm)
-                if per_slab > 1:
-                    log.info(
-                        "%s: slices thinner than the trained range, read as slabs of %d (%.3g mm)",
-                        model,
-                        per_slab,
-                        volume.slice_thickness or 0.0,
-                    )
-                tensor = resample(volume, contract.input_shape, contract.z_resampling)
-                facts = check_input(limits, series, volume, tensor)
+                volume, per_slab, tensor, facts = self._prepare(model, contract, series, volume)
             except NotAssessable as exc:
                 log.info("%s: series %d of %d not assessable: %s", model, n + 1, len(tried), exc)
                 if refused is None:
@@ -191,6 +181,25 @@ class TritonAnalyzer:
             key_image=key_image,
             inputs=input_mix(self.data_dir, series, volume, facts, per_slab=per_slab),
         )
+
+    @staticmethod
+    def _prepare(
+        model: str, contract: ModelContract, series: list[Instance], volume: Volume
+    ) -> tuple[Volume, int, np.ndarray, InputFacts]:
+        """The loaded ``volume`` of ``series`` as the model's input: thin slices read as slabs
+        (and how many per slab), resampled to the contract's grid, checked. Raises
+        NotAssessable."""
+        limits = InputLimits.from_parameters(model, contract.parameters)
+        volume, per_slab = thicken(volume, limits.min_slice_thickness_mm)
+        if per_slab > 1:
+            log.info(
+                "%s: slices thinner than the trained range, read as slabs of %d (%.3g mm)",
+                model,
+                per_slab,
+                volume.slice_thickness or 0.0,
+            )
+        tensor = resample(volume, contract.input_shape, contract.z_resampling)
+        return volume, per_slab, tensor, check_input(limits, series, volume, tensor)
 
     def _not_assessable(
         self,
