@@ -131,7 +131,10 @@ class TritonAnalyzer:
                 volume = load_volume([self.data_dir / inst.path for inst in series], self.slices)
                 volume, per_slab, tensor, facts = self._prepare(model, contract, series, volume)
             except NotAssessable as exc:
-                log.info("%s: series %d of %d not assessable: %s", model, n + 1, len(tried), exc)
+                if len(tried) > 1:  # one series: _not_assessable says it
+                    log.info(
+                        "%s: series %d of %d not assessable: %s", model, n + 1, len(tried), exc
+                    )
                 if refused is None:
                     refused, first = exc, (series, volume, per_slab)
                 continue
