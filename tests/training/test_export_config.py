@@ -95,3 +95,23 @@ def test_a_model_trained_into_a_new_repository_is_servable_and_checked(
     assert seed_model_dir(model_dir, MODELS / name) == []
     assert (model_dir / "1" / "model.py").read_text() == "# kept\n"
     assert seed_model_dir(MODELS / name, MODELS / name) == []  # the shipped folder itself
+
+
+def test_a_candidate_is_never_exported_under_the_shipped_version(tmp_path: Path) -> None:
+    """A model trained into another repository (a candidate) kept the shipped version in its
+    contract: its validation was refused as already in the ledger, and its stress and
+    independent-look reports named it as the shipped model."""
+    from triage.training.export import VERSIONS, candidate_version
+
+    recipe = {"task": "ich", "width": 24, "steps": 5000}
+    assert candidate_version("ich", recipe, MODELS) is None  # the repository's own models/
+    v = candidate_version("ich", recipe, tmp_path / "models")
+    assert v is not None and v.startswith(f"ich-{VERSIONS['ich']}-candidate-")
+    assert v == candidate_version("ich", dict(reversed(list(recipe.items()))), tmp_path)
+    assert v != candidate_version("ich", {**recipe, "width": 12}, tmp_path / "models")
+    model_dir = tmp_path / "models" / "ich"
+    seed_model_dir(model_dir)
+    write_config(model_dir, 0.25, version=v)
+    assert load_contract(model_dir / "config.pbtxt").version == v
+    example = (model_dir / "config.onnxruntime.pbtxt.example").read_text(encoding="utf-8")
+    assert f'string_value: "{v}"' in example

@@ -9,6 +9,8 @@ from a stock Triton ``onnxruntime`` backend (``config.onnxruntime.pbtxt.example`
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import shutil
@@ -141,10 +143,15 @@ def _set_input_dims(text: str, dims: tuple[int, int, int]) -> str:
 
 
 def config_text(
-    name: str, threshold: float, base: str | None = None, backend: str = "python"
+    name: str,
+    threshold: float,
+    base: str | None = None,
+    backend: str = "python",
+    version: str | None = None,
 ) -> str:
     """config.pbtxt for model ``name``: ``base`` (the current file, whose other parameters
-    are kept) with the three outputs, threshold, version and description set."""
+    are kept) with the three outputs, threshold, version (``version``, else the shipped
+    ``<name>-<VERSIONS[name]>``) and description set."""
     if base is None:
         z, y, x = model_shape(name)
         base = _MINIMAL.format(name=name, z=z, y=y, x=x)
@@ -163,7 +170,7 @@ def config_text(
         flags=re.M,
     )
     text = _set_param(text, "threshold", f"{threshold:.4f}")
-    text = _set_param(text, "version", f"{name}-{VERSIONS[name]}")
+    text = _set_param(text, "version", version or f"{name}-{VERSIONS[name]}")
     text = _set_param(text, "finding", FINDINGS[name])
     text = _set_param(text, "z_resampling", z_resampling(name))
     text = _set_param(
@@ -221,21 +228,34 @@ def seed_model_dir(model_dir: Path, shipped: Path | None = None) -> list[str]:
     return copied
 
 
-def write_config(model_dir: Path, threshold: float) -> None:
+def write_config(model_dir: Path, threshold: float, version: str | None = None) -> None:
     """Update ``config.pbtxt`` (Python backend; other parameters kept) and write
-    ``config.onnxruntime.pbtxt.example`` (stock onnxruntime backend, same ONNX)."""
+    ``config.onnxruntime.pbtxt.example`` (stock onnxruntime backend, same ONNX);
+    ``version``: see :func:`config_text`."""
     name = model_dir.name
     model_dir.mkdir(parents=True, exist_ok=True)
     cfg = model_dir / "config.pbtxt"
     base = cfg.read_text(encoding="utf-8") if cfg.is_file() else None
-    text = config_text(name, threshold, base)
+    text = config_text(name, threshold, base, version=version)
     cfg.write_text(text, encoding="utf-8")
     (model_dir / "config.onnxruntime.pbtxt.example").write_text(
         "# Stock Triton onnxruntime backend serving the same 1/model.onnx (e.g. on a GPU\n"
         "# server: KIND_GPU). Use as config.pbtxt in a repository holding only 1/model.onnx.\n"
-        + config_text(name, threshold, text, "onnxruntime"),
+        + config_text(name, threshold, text, "onnxruntime", version),
         encoding="utf-8",
     )
+
+
+def candidate_version(task: str, recipe: dict[str, object], models_dir: Path) -> str | None:
+    """The version a model trained into ``models_dir`` is exported with: None (the shipped
+    ``<task>-<VERSIONS[task]>``) in the repository's own ``models/``; elsewhere - a candidate
+    - that name with ``-candidate-`` and a hash of its ``recipe`` (the training config), so
+    that a candidate is never validated, stressed, ledgered or monitored under the shipped
+    model's name, and two candidates of different recipes never share one."""
+    if models_dir.resolve() == SHIPPED_MODELS.resolve():
+        return None
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{task}-{VERSIONS[task]}-candidate-{digest[:8]}"
 
 
 def read_threshold(model_dir: Path) -> float:

@@ -398,7 +398,12 @@ def finish_task(  # type: ignore[no-untyped-def]
     """Operating point on the tuning set, ONNX export, config.pbtxt and training.json for a
     trained ``net``. ``started``: ``time.monotonic()`` when the task began; the result's
     ``seconds`` is the whole wall time, data, tuning and export included."""
-    from triage.training.export import export_onnx, seed_model_dir, write_config
+    from triage.training.export import (
+        candidate_version,
+        export_onnx,
+        seed_model_dir,
+        write_config,
+    )
     from triage.training.metrics import auc as roc_auc
 
     if cfg.tune_augmented:
@@ -415,7 +420,10 @@ def finish_task(  # type: ignore[no-untyped-def]
     auc = roc_auc(prob, tune.labels)
     seed_model_dir(models_dir / cfg.task)  # a new repository: the shipped contract and runner
     onnx_path = export_onnx(net, models_dir / cfg.task / "1" / "model.onnx")
-    write_config(models_dir / cfg.task, threshold=thr)
+    version = candidate_version(cfg.task, asdict(cfg), models_dir)
+    write_config(models_dir / cfg.task, threshold=thr, version=version)
+    if version is not None:
+        log.info("%s: a candidate outside models/: exported as %s", cfg.task, version)
     seconds = time.monotonic() - started
     result = TrainResult(cfg.task, seconds, cfg.steps, thr, sens, spec, auc, str(onnx_path), loss)
     (models_dir / cfg.task / "training.json").write_text(
