@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from triage.inference.shm import REGION_NAME, ShmPool, reap_dead
@@ -59,6 +60,13 @@ def test_a_gone_engines_triton_regions_are_removed_unless_a_server_names_them(
         [sys.executable, "-c", "import time; time.sleep(60)", f"shm-region-prefix-name={running}"]
     )
     try:
+        # until the child has exec'd, its /proc cmdline is still this process's (a fresh-clone
+        # CI run reaped the "running" region in that window)
+        cmdline = Path(f"/proc/{server.pid}/cmdline")
+        deadline = time.monotonic() + 30
+        while running.encode() not in cmdline.read_bytes():
+            assert time.monotonic() < deadline, "the stand-in server did not start"
+            time.sleep(0.01)
         for name in (f"{gone}96e58ad8-7bbd", f"{gone}a861e16b-6cd1", f"{running}0001"):
             (tmp_path / name).write_bytes(b"x")
         assert reap_dead(tmp_path) == 2
