@@ -188,7 +188,7 @@ class HL7Listener:
         sockname = server.sockets[0].getsockname()
         self._address = (str(sockname[0]), int(sockname[1]))
         log.info("HL7 listener on %s:%d (mapping: %s)", *self._address, self.store.mapping.path)
-        if not self.settings.hl7_allowed_peers:
+        if self.allowed is None:
             log.warning(
                 "HL7 allowlist empty (hl7_allowed_peers): any address may send orders and "
                 "reports; set it to the RIS and interface engine addresses"

@@ -191,8 +191,8 @@ class OutboxSender:
         except Exception:  # the wait still holds in memory; a restart would forget it
             log.exception("cannot store the RIS backoff (%d failures)", self._down_failures)
 
-    def _connection(self) -> tuple[MLLPConnection, bool]:
-        """The kept connection (reused: True), or a new one. Raises RISUnavailable."""
+    def _connection(self) -> MLLPConnection:
+        """The kept connection, or a new one. Raises RISUnavailable."""
         s = self.settings
         if self._conn is not None and (
             not self._conn.is_open
@@ -201,7 +201,7 @@ class OutboxSender:
         ):
             self.close()
         if self._conn is not None:
-            return self._conn, True
+            return self._conn
         self.stats.connects += 1
         self.stats.connect_times.append(self.clock())
         try:
@@ -209,7 +209,7 @@ class OutboxSender:
         except RISUnavailable:
             self.stats.connect_failures += 1
             raise
-        return self._conn, False
+        return self._conn
 
     def _send_one(self, message_id: int) -> str:
         """Send one message; returns its outcome: sent, rejected, dead, failed, down, skip."""
@@ -274,7 +274,7 @@ class OutboxSender:
         written and left without an ACK is a failure, sent again after ``retry_seconds`` -
         never at once (the RIS may have stored it, and a silent RIS must not get it twice in
         a row)."""
-        conn, _reused = self._connection()
+        conn = self._connection()
         msg.attempts += 1
         msg.last_attempt_at = self.clock()
         self.stats.written += 1

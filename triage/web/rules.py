@@ -78,12 +78,12 @@ def error_dict(exc: RulesError, name: str | None = None) -> dict[str, Any]:
     ``message`` names ``name`` (default: the file) and the line."""
     where = f"{exc.path}:{exc.line}" if exc.line is not None else exc.path
     reason = str(exc).removeprefix(f"{where}: ")
-    shown = name or exc.path
-    message = (
-        f"{shown}, line {exc.line}: {reason}" if exc.line is not None else f"{shown}: {reason}"
-    )
     if name is None:
         message = str(exc)
+    elif exc.line is not None:
+        message = f"{name}, line {exc.line}: {reason}"
+    else:
+        message = f"{name}: {reason}"
     return {"line": exc.line, "reason": reason, "message": message}
 
 
