@@ -183,6 +183,37 @@ def test_frames_cut_across_writes(engine: Engine) -> None:
             assert peer.receive(3) == accepted([c for _, c in msgs]), f"attempt {attempt}"
 
 
+def test_acknowledgments_sent_to_the_engine_are_kept_and_never_answered(engine: Engine) -> None:
+    """ACKs (MSH-9 ACK: a RIS answering on the wrong connection) between orders, all in one
+    write, then the same cut across writes: only the orders are answered, in order, and
+    nothing else comes back; the ACKs are stored like any message."""
+    for attempt, split in enumerate((False, True)):
+        msgs = orders(f"AK{attempt}-", 3)
+        acks = [
+            (
+                "MSH|^~\\&|RIS|HOSP|TRIAGE|TRIAGE|20261208010000||ACK^O01^ACK|"
+                f"AKIN{attempt}{k}|P|2.5.1\rMSA|AA|TRIAGE{k:06d}"
+            ).encode()
+            for k in range(3)
+        ]
+        stream = b"".join(frame(a) + frame(p) for a, (p, _) in zip(acks, msgs, strict=True))
+        with Peer(engine) as peer:
+            if split:
+                for a, b in itertools.pairwise([0, *cut_points(stream)[::2], len(stream)]):
+                    peer.send(stream[a:b])
+                    time.sleep(0.002)
+            else:
+                peer.send(stream)
+            assert peer.receive(3) == accepted([c for _, c in msgs]), f"attempt {attempt}"
+            peer.sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                peer.sock.recv(4096)  # no answer to any of the ACKs
+        stored = engine.query(
+            "SELECT count(*) FROM hl7message WHERE control_id LIKE ?", f"AKIN{attempt}%"
+        )
+        assert stored == [(3,)], f"attempt {attempt}"
+
+
 @pytest.mark.integration
 def test_frames_sent_while_the_previous_commit_is_in_flight(engine: Engine) -> None:
     """A pipelining peer: the next frame leaves while the previous one is being committed (no
