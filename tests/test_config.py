@@ -39,6 +39,16 @@ def test_config_path_from_environment(tmp_path):
         ({"TRIAGE_DICOM_AE_TITLE": "A_TITLE_THAT_IS_TOO_LONG"}, "dicom_ae_title", "1-16"),
         ({"TRIAGE_STUDY_STABLE_SECONDS": "-1"}, "study_stable_seconds", "greater than 0"),
         ({"TRIAGE_LOG_LEVEL": "LOUD"}, "log_level", "LOUD"),
+        (
+            {"TRIAGE_DICOM_ALLOWED_PEERS": '{"CT1": ["10.0.0.5", "10.0.0.300"]}'},
+            "dicom_allowed_peers",
+            "CT1: '10.0.0.300' is not an address or network",
+        ),
+        (
+            {"TRIAGE_HL7_ALLOWED_PEERS": '["10.0.0.7", "ris.example"]'},
+            "hl7_allowed_peers",
+            "'ris.example' is not an address or network",
+        ),
     ],
 )
 def test_bad_values_name_the_setting(env, setting, fragment):
@@ -107,3 +117,16 @@ def test_a_mistyped_environment_variable_is_named(caplog):
     with caplog.at_level("WARNING", logger="triage.config"):
         load_settings(environ={"TRIAGE_DICOM_PORT": "5"})
     assert caplog.text == ""
+
+
+def test_allowlists_are_read_stripped_and_the_dicom_one_takes_a_wildcard() -> None:
+    s = load_settings(
+        environ={
+            "TRIAGE_DICOM_ALLOWED_PEERS": '{"CT1": " 10.0.0.5 ", "ANY": ["*"]}',
+            "TRIAGE_HL7_ALLOWED_PEERS": '[" 10.0.4.0/24"]',
+        }
+    )
+    assert s.dicom_allowed_peers == {"CT1": ["10.0.0.5"], "ANY": ["*"]}
+    assert s.hl7_allowed_peers == ["10.0.4.0/24"]
+    with pytest.raises(ConfigError, match="is not an address or network"):
+        load_settings(environ={"TRIAGE_HL7_ALLOWED_PEERS": '["*"]'})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from triage.peers import address_in, network, networks
+from triage.peers import address_in, checked, network, networks
 
 
 def test_addresses_and_networks_match_as_written() -> None:
@@ -27,3 +27,12 @@ def test_an_unreadable_peer_address_matches_nothing(address: str) -> None:
 def test_a_bad_entry_is_refused() -> None:
     with pytest.raises(ValueError):
         network("10.0.0.300")
+
+
+def test_checked_entries_are_stripped_and_name_the_first_bad_one() -> None:
+    assert checked([" 10.0.0.7", "fd00::/8 "]) == ["10.0.0.7", "fd00::/8"]
+    assert checked(["*", "10.0.0.7"], wildcard=True) == ["*", "10.0.0.7"]
+    with pytest.raises(ValueError, match="'\\*' is not an address or network"):
+        checked(["*"])
+    with pytest.raises(ValueError, match="'x' is not"):
+        checked(["10.0.0.7", "x", "y"])

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from triage.errors import ConfigError
-from triage.peers import network
+from triage.peers import checked
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
@@ -300,13 +300,10 @@ class Settings(BaseModel):
                 addresses = [addresses]
             if not isinstance(addresses, list) or not addresses:
                 raise ValueError(f"{title}: give a list of addresses, networks or '*'")
-            for a in addresses:
-                if str(a).strip() != "*":
-                    try:
-                        network(str(a))
-                    except ValueError:
-                        raise ValueError(f"{title}: {a!r} is not an address or network") from None
-            peers[title] = [str(a).strip() for a in addresses]
+            try:
+                peers[title] = checked(addresses, wildcard=True)
+            except ValueError as exc:
+                raise ValueError(f"{title}: {exc}") from None
         return peers
 
     @field_validator("hl7_allowed_peers", mode="before")
@@ -319,12 +316,7 @@ class Settings(BaseModel):
                 raise ValueError(f'expected a JSON list like ["10.0.0.7"]: {exc}') from None
         if not isinstance(v, list):
             return v
-        for a in v:
-            try:
-                network(str(a))
-            except ValueError:
-                raise ValueError(f"{a!r} is not an address or network") from None
-        return [str(a).strip() for a in v]
+        return checked(v)
 
     @field_validator("stable_seconds_by_modality", "stable_seconds_by_ae", mode="before")
     @classmethod

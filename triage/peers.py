@@ -9,6 +9,7 @@ an address that cannot be read matches no network.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -17,6 +18,22 @@ def network(entry: str) -> Network:
     """The network of one allowlist entry; ``ValueError`` when it is neither an address nor
     a network."""
     return ipaddress.ip_network(entry.strip(), strict=False)
+
+
+def checked(values: Iterable[object], wildcard: bool = False) -> list[str]:
+    """``values`` as allowlist entries (stripped strings), each checked by :func:`network`
+    (``*`` passes where ``wildcard``); ``ValueError`` naming the first that is neither an
+    address nor a network."""
+    out = []
+    for value in values:
+        entry = str(value).strip()
+        if not (wildcard and entry == "*"):
+            try:
+                network(entry)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an address or network") from None
+        out.append(entry)
+    return out
 
 
 def networks(entries: list[str]) -> list[Network]:
