@@ -10,13 +10,17 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
+import pydicom
 import pytest
 from support.dcmtk import storescu
 from support.engine import Engine
 from support.net import wait_for
 from support.ris_peer import FakeRIS
 
-from triage.synth.ct import write_head_ct
+from triage.hl7.client import send_message
+from triage.synth.ct import write_ctpa, write_head_ct
+from triage.synth.orders import order_message
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +119,49 @@ def test_bleed_jumps_to_the_top(engine, ris, tmp_path):
     assert "stopped" in engine.log()
     out = subprocess.run(["pgrep", "-f", str(work / "var" / "triton")], capture_output=True)
     assert out.stdout.strip() == b"", "tritonserver left running"
+
+
+def test_a_ctpa_beside_a_plain_chest_is_judged_on_the_ctpa(engine, ris, tmp_path):
+    """A CTPA order whose study holds a plain chest series (sent first, same thickness and
+    image count: series selection ranks it first) and the CTPA: pe may not judge the plain
+    one (enhancement too low), so the engine judges the CTPA, and the worklist says which
+    series it judged."""
+    work, base = engine.work, engine.base
+    ctpa = write_ctpa(
+        work / "ctpa", embolus=True, seed=3, patient_id="E2EPE", accession="ACCPE1", size=256
+    )
+    plain_uid = pydicom.uid.generate_uid()
+    plain = work / "plain"
+    plain.mkdir()
+    for i, f in enumerate(ctpa.files):  # the same chest, its contrast washed out
+        ds = pydicom.dcmread(f)
+        hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        blood = (hu > 100.0) & (hu < 700.0)
+        hu[blood] = 40.0 + (hu[blood] - 40.0) * 0.3
+        stored = np.rint((hu - float(ds.RescaleIntercept)) / float(ds.RescaleSlope))
+        ds.PixelData = stored.astype(ds.pixel_array.dtype).tobytes()
+        ds.SeriesInstanceUID = plain_uid
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(plain / f"{i:04d}.dcm")
+    order = order_message(
+        accession="ACCPE1", patient_id="E2EPE", procedure="pe", study_uid=ctpa.study_uid
+    )
+    assert "MSA|AA|" in send_message("127.0.0.1", engine.hl7_port, order, timeout=10)
+    storescu(engine.dicom_port, sorted(plain.iterdir()), check=True)
+    storescu(engine.dicom_port, ctpa.files, check=True)
+
+    def scored():
+        items = httpx.get(f"{base}/api/worklist", headers=AUTH, timeout=5).json()["studies"]
+        ours = [s for s in items if s["accession_number"] == "ACCPE1"]
+        return ours[0] if ours and ours[0]["state"] == "scored" else None
+
+    study = wait_for(scored, 120, "the CTPA scored", every=0.3)
+    (finding,) = study["findings"]
+    assert finding["model"] == "pe"
+    assert finding["series_uid"] == ctpa.series_uid != plain_uid
+    assert finding["probability"] is not None, finding
+    assert "not assessable" not in " ".join(study["reasons"]).lower(), study["reasons"]
+    log = engine.log()
+    assert "judged on series " + ctpa.series_uid in log
+    assert "the best-ranked one was not assessable" in log
