@@ -396,6 +396,7 @@ class Pipeline:
             threshold=analysis.threshold,
             key_slice=analysis.key_slice,
             key_instance=analysis.key_instance,
+            key_frame=analysis.key_frame,
             series_uid=analysis.series_uid,
             detail=analysis.detail,
             key_image=analysis.key_image,

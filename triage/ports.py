@@ -35,6 +35,9 @@ class Analysis:
     # the key slice's InstanceNumber: the image number a viewer shows (None when the header
     # has none or there is no key slice)
     key_instance: int | None = None
+    # the key slice's frame number (from 1) when the series is one multi-frame image
+    # (Enhanced CT): the viewer shows the image and this frame of it
+    key_frame: int | None = None
     series_uid: str = ""
     detail: str = ""
     # not_assessable: each reason on its own (``detail`` is the message that joins them)

@@ -361,12 +361,53 @@ def test_key_instance_is_the_viewers_image_number_for_a_head_first_series(tmp_pa
     InstanceNumber is what the radiologist's viewer shows - they differ, and the engine
     reports the InstanceNumber."""
     from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_series
-    from triage.inference.analyze import instance_number_of
+    from triage.inference.analyze import image_number_of
 
     hu = np.zeros((12, 32, 32), np.float32)
     files = write_series(tmp_path / "s", hu, Acquisition(), StudyHeader())  # 1 = top
     rows = instance_rows(files)
     volume = load_volume([Path(r.path) for r in rows])
-    assert instance_number_of(rows, tmp_path / "data", volume, 0) == 12  # the bottom slice
-    assert instance_number_of(rows, tmp_path / "data", volume, 11) == 1
-    assert instance_number_of(rows, tmp_path / "data", volume, 12) is None
+    assert image_number_of(rows, tmp_path / "data", volume, 0) == (12, None)  # the bottom
+    assert image_number_of(rows, tmp_path / "data", volume, 11) == (1, None)
+    assert image_number_of(rows, tmp_path / "data", volume, 12) == (None, None)
+
+
+def test_a_multi_frame_key_slice_is_named_by_its_image_and_frame(tmp_path: Path) -> None:
+    """An Enhanced CT series (one image, a frame per slice, frames stored top first and
+    shuffled): the key slice is named by the image's InstanceNumber and the frame that holds
+    it, not by its place from the bottom; the key image's caption says both."""
+    from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_series
+    from triage.inference.analyze import image_number_of
+
+    from .test_volume import enhanced_ct
+
+    hu = np.zeros((12, 32, 32), np.float32)
+    files = write_series(tmp_path / "s", hu, Acquisition(), StudyHeader())
+    one = enhanced_ct(files, tmp_path / "e" / "ct.dcm", shuffle=True)
+    ds = pydicom.dcmread(one)
+    ds.InstanceNumber = 7
+    ds.save_as(one)
+    frame_z = [
+        float(f.PlanePositionSequence[0].ImagePositionPatient[2])
+        for f in ds.PerFrameFunctionalGroupsSequence
+    ]
+    rows = instance_rows([one])
+    volume = load_volume([Path(r.path) for r in rows])
+    for index in (0, 5, 11):
+        number, frame = image_number_of(rows, tmp_path / "data", volume, index)
+        assert number == 7 and frame is not None
+        assert frame_z[frame - 1] == pytest.approx(float(volume.z_positions[index]))
+    img = render_key_image(
+        np.full((32, 32), 40.0, np.float32),
+        window=window_for("ich"),
+        localization=None,
+        model="ich",
+        model_version="ich-x/1",
+        probability=0.2,
+        slice_index=0,
+        n_slices=12,
+        positive=False,
+        instance_number=7,
+        frame_number=4,
+    )
+    assert "key image 7 frame 4 (12 slices)" in read_png(img.png)[1]["Description"]

@@ -88,6 +88,7 @@ def worklist(
                         "series_uid": f.series_uid,  # the series the model judged
                         "key_slice": f.key_slice,
                         "key_instance": f.key_instance,
+                        "key_frame": f.key_frame,
                         "key_image_url": (
                             f"/api/studies/{quote(st.study_uid, safe='')}/key-image"
                             f"?model={quote(f.model_name, safe='')}"

@@ -160,17 +160,19 @@ class TritonAnalyzer:
         if client is None:
             raise TritonUnavailable("inference server not started or not reachable yet")
         out = client.infer(model, tensor)
-        key_slice = key_instance = None
+        key_slice = key_instance = key_frame = None
         if out.key_slice is not None:
             # where the evidence for the probability is (the localisation map's peak, when
             # there is one), from the model grid back to the nearest acquired slice
             grid_slice = key_grid_slice(out.localization, out.slice_probabilities)
             z = z_sample_positions(volume, contract.input_shape[0])[grid_slice]
             key_slice = int(np.argmin(np.abs(volume.z_positions - z)))
-            key_instance = instance_number_of(series, self.data_dir, volume, key_slice)
+            key_instance, key_frame = image_number_of(series, self.data_dir, volume, key_slice)
         key_image = ""
         if self.key_images and key_slice is not None:
-            key_image = self._key_image(contract, out, volume, key_slice, series, key_instance)
+            key_image = self._key_image(
+                contract, out, volume, key_slice, series, key_instance, key_frame
+            )
         return Analysis(
             model_name=model,
             model_version=out.model_version or contract.version,
@@ -180,6 +182,7 @@ class TritonAnalyzer:
             threshold=out.threshold,
             key_slice=key_slice,
             key_instance=key_instance,
+            key_frame=key_frame,
             series_uid=volume.series_uid,
             key_image=key_image,
             inputs=input_mix(self.data_dir, series, volume, facts, per_slab=per_slab),
@@ -231,6 +234,7 @@ class TritonAnalyzer:
         key_slice: int,
         series: list[Instance],
         key_instance: int | None = None,
+        key_frame: int | None = None,
     ) -> str:
         """Render and store the key image; "" (logged) when that fails - never the result."""
         try:
@@ -255,6 +259,7 @@ class TritonAnalyzer:
                     slice_index=key_slice,
                     n_slices=volume.shape[0],
                     instance_number=key_instance,
+                    frame_number=key_frame,
                     positive=out.positive,
                     plain=plain,
                 )
@@ -272,18 +277,25 @@ class TritonAnalyzer:
             return ""
 
 
-def instance_number_of(
+def image_number_of(
     series: Sequence[Instance], data_dir: Path, volume: Volume, index: int
-) -> int | None:
+) -> tuple[int | None, int | None]:
     """The InstanceNumber of ``volume``'s slice ``index`` (its source file among ``series``,
     stored under ``data_dir``): the image number a radiologist's viewer shows, whichever way
-    the scanner numbered the slices (head first or feet first). None when the slice's file or
-    its number is unknown."""
+    the scanner numbered the slices (head first or feet first); and, when the slice is a frame
+    of a multi-frame image (Enhanced CT: its path is ``<file>#<frame>``), its frame number.
+    None where the slice's file, its number or its frame is unknown."""
     if not 0 <= index < len(volume.paths):
-        return None
+        return None, None
     numbers = {str(data_dir / inst.path): inst.instance_number for inst in series}
-    number = numbers.get(str(volume.paths[index]))
-    return int(number) if number is not None else None
+    path = str(volume.paths[index])
+    frame = None
+    if path not in numbers:
+        file, _, tail = path.rpartition("#")
+        if tail.isdigit() and file in numbers:
+            path, frame = file, int(tail)
+    number = numbers.get(path)
+    return (int(number) if number is not None else None), frame
 
 
 #: DICOM keywords read for the input mix (one header of the selected series).

@@ -311,13 +311,15 @@ def render_key_image(
     positive: bool = True,
     plain: bool = False,
     instance_number: int | None = None,
+    frame_number: int | None = None,
 ) -> KeyImage:
     """Windowed slice + overlay + caption band, as PNG. ``localization`` is a 2-D map in [0, 1]
     covering the slice's field of view (any resolution), or None. ``positive`` False (the
     probability is below the operating point): no overlay is drawn, whatever the map.
     ``plain``: the same slice and window without any overlay (what the reader compares the
     overlay with); its caption says so. ``instance_number``: the slice's InstanceNumber, named
-    in the caption (the image number the reader's viewer shows)."""
+    in the caption (the image number the reader's viewer shows); ``frame_number``: its frame
+    in a multi-frame image (Enhanced CT), named beside it."""
     hu = np.asarray(slice_hu, dtype=np.float32)
     rows, cols = hu.shape
     grey = apply_window(hu, *window)
@@ -334,9 +336,12 @@ def render_key_image(
     p = "n/a" if probability is None else f"{probability:.2f}"
     # the image number the viewer shows (InstanceNumber) when the header has one; else the
     # slice's place counted from the bottom of the series
+    image = "" if instance_number is None else f"key image {instance_number}"
+    if frame_number is not None:
+        image = f"{image} frame {frame_number}" if image else f"key frame {frame_number}"
     where = (
-        f"key image {instance_number} ({n_slices} slices)"
-        if instance_number is not None
+        f"{image} ({n_slices} slices)"
+        if image
         else f"key slice {slice_index + 1}/{n_slices} from the bottom"
     )
     info = f"{model} {model_version} p={p} {where}"

@@ -153,6 +153,7 @@ class Finding(SQLModel, table=True):
     threshold: float | None = None
     key_slice: int | None = None  # index in the series, 0 = most inferior
     key_instance: int | None = None  # the key slice's InstanceNumber (what a viewer shows)
+    key_frame: int | None = None  # its frame number (from 1) in a multi-frame (Enhanced CT) image
     detail: str = ""
     series_uid: str = ""
     key_image: str = ""  # key image PNG, path relative to the data dir ("" when none)
