@@ -21,6 +21,8 @@ where they enter the engine, so callers catch our classes, never a library's::
     │                          the model may judge (with reason); scored without AI, not retried
     ├── InferenceError         anything between us and a model answer; the study waits, retried
     │   ├── TritonUnavailable  server down or not ready; retry later, nothing is dropped
+    │   │   └── BackendFailed  the server answers but a model's backend process died: the
+    │   │                      bundled server is restarted, an external one reported not ready
     │   ├── ModelNotReady      the named model is not loaded/ready
     │   └── RegisterError      the server did not register a shared-memory region (the request
     │                          goes over the network instead)
@@ -196,6 +198,12 @@ class InferenceError(TriageError):
 
 class TritonUnavailable(InferenceError):
     """The inference server cannot be reached or is not ready; retry later."""
+
+
+class BackendFailed(TritonUnavailable):
+    """The server answers, but the process that runs a model's backend died (Triton's Python
+    backend: "Stub process ... is not healthy"); the model stays unusable until the server
+    is restarted."""
 
 
 class ModelNotReady(InferenceError):

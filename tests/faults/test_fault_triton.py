@@ -84,3 +84,55 @@ def test_triton_killed_mid_run(tmp_path: Path) -> None:
             scu.stop()
         engine.stop()
         ris.close()
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The child processes of ``pid``: their command lines."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            found[int(entry.name)] = cmd
+    return found
+
+
+def test_a_dead_model_backend_restarts_triton(tmp_path: Path) -> None:
+    """The process that runs the ich model inside Triton (the Python backend's stub) dies
+    while the server itself runs on: Triton answers every inference on ich with "stub
+    process is not healthy" and would do so for ever. The engine reports it in /healthz,
+    restarts its Triton, and the study waiting for ich is then scored."""
+    ris = FakeRIS()
+    engine = Engine(tmp_path, triton=True, ris_port=ris.port)
+    try:
+        study = positive_head_ct(tmp_path / "studies", "STUB1", "PSTUB1")
+        engine.start()
+        triton = engine.wait_healthy()["components"]["triton"]
+        old_pid = int(triton["pid"])
+        stubs = [p for p, cmd in _children(old_pid).items() if "ich" in cmd]
+        assert stubs, _children(old_pid)
+        for p in stubs:
+            os.kill(p, signal.SIGKILL)
+        engine.order(study.accession, study.patient_id, study.study_uid)
+        scu = StoreSCU(engine.dicom_port, study.files)
+        assert scu.wait(60) == 0
+
+        def scored() -> bool:
+            return engine.query("SELECT state FROM study") == [("scored",)]
+
+        wait_for(scored, 180, "the study scored after the restart", every=0.2)
+        log = engine.log()
+        assert "a model backend of the local Triton died; restarting" in log
+        triton = engine.wait_healthy()["components"]["triton"]
+        assert triton["restarts"] >= 1 and int(triton["pid"]) != old_pid
+        (finding,) = engine.query("SELECT status, positive FROM finding")
+        assert finding == ("done", 1)
+    finally:
+        engine.stop()
+        ris.close()

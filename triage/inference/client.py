@@ -24,7 +24,13 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from triage.errors import InferenceError, ModelNotReady, TriageError, TritonUnavailable
+from triage.errors import (
+    BackendFailed,
+    InferenceError,
+    ModelNotReady,
+    TriageError,
+    TritonUnavailable,
+)
 from triage.inference.breaker import CircuitBreaker, RetryPolicy, call_with_resilience
 from triage.inference.contract import (
     PROBABILITY,
@@ -101,6 +107,8 @@ def _translate(exc: BaseException, what: str) -> InferenceError:
             status = ""
     lower = message.lower()
     detail = f"{what}: {message}" + (f" ({status})" if status else "")
+    if "stub" in lower and "not healthy" in lower:
+        return BackendFailed(detail)
     if any(w in lower for w in _NOT_READY_WORDS) and "connect" not in lower:
         return ModelNotReady(detail)
     if (
@@ -150,6 +158,9 @@ class InferenceClient:
         self.breaker = breaker  # None: no breaker (each call tries)
         self._sleep = sleep
         self._contracts: dict[str, ModelContract] = {}
+        # per model, the last "backend process died" answer (BackendFailed), until the model
+        # answers again: the supervisor restarts the bundled server on it, /healthz reports it
+        self.backend_failures: dict[str, str] = {}
         self._client: Any = None
         try:
             if protocol == "grpc":
@@ -355,7 +366,12 @@ class InferenceClient:
                 pool.release(region)  # back to the pool, or dropped if it was reset/closed
 
         loc_name = localization_output(contract)
-        result = self._resilient(f"inference on {model_name!r}", run)
+        try:
+            result = self._resilient(f"inference on {model_name!r}", run)
+        except BackendFailed as exc:
+            self.backend_failures[model_name] = str(exc)
+            raise
+        self.backend_failures.pop(model_name, None)
         localization: np.ndarray | None = None
         try:
             prob = np.asarray(result.as_numpy(PROBABILITY), dtype=np.float64).reshape(-1)

@@ -89,12 +89,16 @@ class TritonSupervisor:
             states = client.model_states()
             wanted = self.models
             triton["models"] = {m: states.get(m, "UNAVAILABLE") for m in wanted} | states
+            failed = dict(client.backend_failures)
             triton["ready"] = (
                 client.is_server_ready()
                 and all(states.get(m) == "READY" for m in wanted)
                 and triton["breaker"]["state"] != "open"
+                and not failed
             )
-            if not triton["ready"]:
+            if failed:
+                triton["detail"] = "backend process died: " + "; ".join(failed.values())
+            elif not triton["ready"]:
                 triton["detail"] = "server or a routed model is not ready, or breaker open"
         except TriageError as exc:
             triton["detail"] = str(exc)
@@ -176,14 +180,24 @@ class TritonSupervisor:
                 except TritonUnavailable as exc:
                     self.error = str(exc)
                 started = time.monotonic()
+                failed = ""
                 while triton.is_running() and not self._stop.wait(0.5):
-                    pass
+                    client = self.client
+                    if client is not None and client.backend_failures:
+                        # the server runs, but a model's backend process died: only a
+                        # restart brings the model back
+                        failed = "; ".join(client.backend_failures.values())
+                        break
                 if self._stop.is_set():
                     return
-                code = triton.returncode
                 self.analyzer.attach(None)  # studies wait as AI pending from now on
-                self.error = f"local Triton exited (code {code}); restarting"
-                log.error("local Triton (pid %s) exited with code %s", triton.pid, code)
+                if failed:
+                    self.error = f"a model backend of the local Triton died; restarting ({failed})"
+                    log.error("local Triton (pid %s): %s", triton.pid, self.error)
+                else:
+                    code = triton.returncode
+                    self.error = f"local Triton exited (code {code}); restarting"
+                    log.error("local Triton (pid %s) exited with code %s", triton.pid, code)
                 triton.stop()  # reap the process group (backend stubs)
                 self.restarts += 1
                 if time.monotonic() - started > 60.0:
