@@ -303,7 +303,9 @@ def test_a_series_with_images_missing_is_not_assessable(
 ) -> None:
     """Seven images gone from the middle of a head CT (a cut transfer): the resampling
     interpolated across the 35 mm hole and a normal head was flagged (found by a
-    multi-scanner audit). One missing 5 mm slice, or uneven spacing, is not a hole."""
+    multi-scanner audit). One missing 5 mm slice only doubles a step, which uneven spacing
+    comes near; it is a hole when the image numbers jump across it (a later audit: one slice
+    gone was interpolated and judged), not when they run on."""
     kw = {"patient_id": "P", "accession": "A", "size": 256}
     head = ct.write_head_ct(tmp_path / "h", hemorrhage=False, seed=4, slice_thickness=5.0, **kw)
     by_z = sorted(
@@ -313,7 +315,18 @@ def test_a_series_with_images_missing_is_not_assessable(
     holed = by_z[:10] + by_z[17:]
     reason = _not_assessable(analyzer, "ich", holed)
     assert "incomplete series: a gap of 40 mm between slices 10 and 11 from the bottom" in reason
-    _passes(analyzer, "ich", by_z[:10] + by_z[11:])  # one slice missing: 10 mm, kept
+    reason = _not_assessable(analyzer, "ich", by_z[:10] + by_z[11:])  # one slice missing
+    assert (
+        "incomplete series: 1 image number(s) missing between slices 10 and 11 from the "
+        "bottom, a gap of 10.0 mm where the slices are 5 mm apart"
+    ) in reason
+
+    numbers = iter(range(1, len(by_z)))
+
+    def renumber(ds: Dataset) -> None:  # numbered on, bottom up, as if nothing were missing
+        ds.InstanceNumber = next(numbers)
+
+    _passes(analyzer, "ich", _rewrite(by_z[:10] + by_z[11:], tmp_path / "r", renumber))
     # the real GE head (4 mm, then 7 mm apart) is not "incomplete"
     ge = _not_assessable(analyzer, "ich", _files("ge-head-ct"))
     assert "incomplete" not in ge

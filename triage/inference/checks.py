@@ -78,6 +78,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,6 +116,11 @@ ENHANCING_HU = (120.0, SKULL_HU)
 # Past it the resampling would interpolate across tissue nobody sent.
 GAP_FACTOR = 2.5
 MIN_GAP_MM = 5.0
+# One image lost from an evenly spaced series only doubles one step, which real uneven
+# spacing can come near (a tilted GE head: 4.2 then 7.4 mm). So a shorter gap counts too when
+# the image numbers say images are missing: a step over NUMBERED_GAP_FACTOR times the usual
+# spacing across which the InstanceNumbers jump, in a series numbered one by one elsewhere.
+NUMBERED_GAP_FACTOR = 1.5
 
 _warned: set[tuple[str, str]] = set()
 
@@ -185,6 +191,11 @@ class InputFacts:
     spacing_mm: float | None = None  # median distance between neighbouring slices
     largest_gap_mm: float | None = None  # the largest one
     gap_after: int | None = None  # slices below the largest gap (counted from the bottom)
+    # a gap across which the image numbers jump (see NUMBERED_GAP_FACTOR): the images missing,
+    # the slices below it, and its size
+    numbers_missing: int | None = None
+    numbered_gap_after: int | None = None
+    numbered_gap_mm: float | None = None
 
 
 # -- image primitives (numpy only; [z, y, x] stacks, everything in plane) ----------------------
@@ -568,6 +579,35 @@ def content_grid(grid: np.ndarray) -> np.ndarray:
     return grid.reshape(nz, CONTENT_GRID, ky, CONTENT_GRID, kx).mean(axis=(2, 4))
 
 
+def _numbered_gap(
+    instances: Sequence[Instance], volume: Volume, steps: np.ndarray
+) -> dict[str, Any]:
+    """The largest step over NUMBERED_GAP_FACTOR times the usual spacing across which the
+    slices' InstanceNumbers jump, in a series whose numbers otherwise step by one: {} when
+    there is none, or the numbers are unknown (frames of one image, slabs, numbers missing)."""
+    by_name: dict[str, int | None] = {}
+    for inst in instances:
+        name = str(inst.path or "").replace("\\", "/").rsplit("/", 1)[-1]
+        if name:
+            by_name[name] = None if name in by_name else inst.instance_number
+    numbers = [by_name.get(Path(p).name) for p in volume.paths]
+    if len(numbers) != steps.size + 1 or any(n is None for n in numbers):
+        return {}
+    jumps = np.abs(np.diff(np.asarray(numbers, dtype=np.int64)))
+    usual = float(np.median(steps))
+    if usual <= 0 or float(np.median(jumps)) != 1.0:
+        return {}
+    suspect = (jumps >= 2) & (steps > NUMBERED_GAP_FACTOR * usual)
+    if not suspect.any():
+        return {}
+    k = int(np.argmax(np.where(suspect, steps, -1.0)))
+    return {
+        "numbers_missing": int(jumps[k]) - 1,
+        "numbered_gap_after": k + 1,
+        "numbered_gap_mm": float(steps[k]),
+    }
+
+
 def measure(
     limits: InputLimits, instances: Sequence[Instance], volume: Volume, grid: np.ndarray
 ) -> InputFacts:
@@ -583,6 +623,8 @@ def measure(
             "largest_gap_mm": float(steps[k]),
             "gap_after": k + 1,
         }
+    if steps.size:
+        gaps.update(_numbered_gap(instances, volume, steps))
     facts = InputFacts(
         modality="\\".join(modalities),
         slices=volume.shape[0],
@@ -710,6 +752,14 @@ def problems(limits: InputLimits, facts: InputFacts) -> list[str]:
             f"incomplete series: a gap of {largest:.0f} mm between slices {facts.gap_after} "
             f"and {(facts.gap_after or 0) + 1} from the bottom, where the slices are "
             f"{usual:.3g} mm apart (images missing; they are not interpolated)"
+        )
+    elif facts.numbers_missing and usual is not None:
+        below = facts.numbered_gap_after or 0
+        out.append(
+            f"incomplete series: {facts.numbers_missing} image number(s) missing between "
+            f"slices {below} and {below + 1} from the bottom, a gap of "
+            f"{facts.numbered_gap_mm or 0.0:.1f} mm where the slices are {usual:.3g} mm apart "
+            f"(images missing; they are not interpolated)"
         )
     if facts.grid_slices is None or facts.modality != "CT":
         return out  # content not measured (no body part), or not CT: nothing more to judge
