@@ -118,6 +118,41 @@ def test_philips_localizer_and_dose_screens_alone_are_not_assessable(dicom_root:
         select_series(rows)
 
 
+@pytest.mark.parametrize(
+    ("description", "screen"),
+    [
+        ("Dose Report", True),
+        ("DOSE INFO", True),
+        ("Dose_Record", True),
+        ("Radiation Dose", True),
+        ("DOSE", True),
+        ("Exam Summary", True),
+        ("Screen Save", True),
+        ("Patient Protocol", True),
+        ("HEAD LOW DOSE 5MM", False),
+        ("Brain 5mm iDose 4", False),
+        ("CTPA LOW-DOSE PREGNANCY", False),
+        ("STD BRAIN 5MM", False),
+    ],
+)
+def test_dose_screens_are_told_from_low_dose_protocols(description: str, screen: bool) -> None:
+    """A dose screen is left out by its description; a low-dose or iDose reconstruction is a
+    diagnostic series (an audit found "HEAD LOW DOSE 5MM" refused as a dose screen)."""
+    from triage.inference.volume import _excluded
+
+    inst = Instance(
+        sop_instance_uid="1.2.3.4",
+        study_uid="1.2.3",
+        series_uid="1.2.3.5",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        modality="CT",
+        path="x.dcm",
+        series_description=description,
+        image_type="ORIGINAL\\PRIMARY\\AXIAL",
+    )
+    assert (_excluded(inst) is not None) is screen, _excluded(inst)
+
+
 # -- LIDC chest CT, dcm4che wrist MR --------------------------------------------------------------
 
 

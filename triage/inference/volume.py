@@ -64,7 +64,13 @@ _MULTI_FRAME_CT = {
     "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
 }
 _LOCALIZER_WORDS = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM")
-_SCREEN_DESCRIPTION_WORDS = ("DOSE", "EXAM SUMMARY", "SCREEN SAVE", "PATIENT PROTOCOL")
+# Dose screens and summaries by their series description: "DOSE" on its own or followed by
+# report / info / record / sheet / summary / screen, not a low-dose or iDose protocol
+_SCREEN_DESCRIPTION = re.compile(
+    r"^\W*(RADIATION\s+)?DOSE\W*$"
+    r"|\bDOSE[\s_-]*(REPORT|INFO|INFORMATION|RECORD|SHEET|SUMMARY|SCREEN|SR)\b"
+    r"|EXAM\s+SUMMARY|SCREEN\s*SAVE|PATIENT\s+PROTOCOL"
+)
 # A series description naming a sharp (bone, lung) reconstruction or a projection: the models
 # were trained on soft-tissue reconstructions, so such a series is taken only when no other is
 _SHARP_DESCRIPTION = re.compile(r"BONE|LUNG|SHARP|EDGE|DETAIL|\bMIP\b|MINIP|\bMPR\b")
@@ -105,7 +111,7 @@ def _excluded(inst: Instance) -> str | None:
     if any(w in v for v in _image_type(inst) for w in _LOCALIZER_WORDS):
         return "localizer"
     desc = (inst.series_description or "").upper()
-    if any(w in desc for w in _SCREEN_DESCRIPTION_WORDS):
+    if _SCREEN_DESCRIPTION.search(desc):
         return f"series description {inst.series_description!r}"
     return None
 
