@@ -38,6 +38,15 @@ def facts(**kw):
         ),
         ({"body_parts": [], "descriptions": ["CT PULMONARY ANGIOGRAM"]}, "pe"),
         ({"body_parts": ["CHEST"], "descriptions": ["CT CHEST WO CONTRAST"]}, None),
+        ({"body_parts": ["CHEST"], "descriptions": ["CT CHEST WITHOUT CONTRAST"]}, None),
+        ({"body_parts": ["CHEST"], "descriptions": ["CTA CHEST NON-CONTRAST"]}, None),
+        # with and without contrast: the study holds the CTPA, which the engine judges
+        ({"body_parts": ["CHEST"], "descriptions": ["CTA CHEST W/WO CONTRAST"]}, "pe"),
+        ({"body_parts": ["CHEST"], "descriptions": ["CTA CHEST W WO CONTRAST"]}, "pe"),
+        (
+            {"body_parts": [], "descriptions": ["CT ANGIO CHEST WITH AND WITHOUT CONTRAST"]},
+            "pe",
+        ),
         ({"body_parts": ["CHEST"], "descriptions": []}, None),
         ({"modalities": ["MR"], "body_parts": ["HEAD"], "descriptions": ["MR BRAIN"]}, None),
     ],
@@ -45,6 +54,35 @@ def facts(**kw):
 def test_routing_decisions(rules, kw, model):
     rule = route(rules, facts(**kw))
     assert (rule.model if rule else None) == model
+
+
+@pytest.mark.parametrize(
+    ("agent", "given"),
+    [
+        ("OMNIPAQUE 350", True),
+        ("Iohexol", True),
+        ("IV", True),
+        ("", False),
+        (None, False),
+        ("NONE", False),
+        ("None", False),
+        ("no", False),
+        ("N/A", False),
+        ("-", False),
+        ("NON", False),
+        (" none. ", False),
+        ("Non contrast", False),
+    ],
+)
+def test_a_contrast_agent_that_says_none_is_no_contrast(rules, agent, given):
+    """ContrastBolusAgent "NONE" (or NO, N/A, -) on a plain head: sites write it rather than
+    leave the attribute out, and it made the study 'with contrast', so ich never saw it."""
+    from triage.routing.facts import contrast_given
+
+    assert contrast_given(agent) is given
+    f = facts(body_parts=["HEAD"], descriptions=["CT HEAD"], contrast=contrast_given(agent))
+    rule = route(rules, f)
+    assert (rule.model if rule else None) == (None if given else "ich")
 
 
 def test_order_procedure_text_counts(rules):

@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+# ContrastBolusAgent values that say no contrast was given (sites write these instead of
+# leaving the attribute out): compared upper-case, without spaces and punctuation at the ends
+_NO_AGENT = re.compile(
+    r"(NONE|NO|NON|NIL|N/?A|0|-+|NATIVE?|NATIF|SIN|WITHOUT|NONEGIVEN|NOCONTRAST|NO CONTRAST"
+    r"|NONE GIVEN|NOT GIVEN|NON CONTRAST|NON-CONTRAST|PLAIN)"
+)
+
+
+def contrast_given(agent: str | None) -> bool:
+    """Whether a ContrastBolusAgent value says contrast was given: any value but an empty one
+    or one that says none ("NONE", "NO", "N/A", "-", "NON CONTRAST", ...)."""
+    value = (agent or "").strip().strip(".:;,").strip().upper()
+    return bool(value) and _NO_AGENT.fullmatch(value) is None
 
 
 @dataclass(frozen=True)

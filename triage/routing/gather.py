@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
-from triage.routing.facts import RoutingFacts
+from triage.routing.facts import RoutingFacts, contrast_given
 from triage.store.models import Instance, Order, Study
 
 
@@ -25,5 +25,5 @@ def facts_for_study(session: Session, study: Study, order: Order | None) -> Rout
         body_parts=[study.body_part],
         descriptions=descriptions,
         procedure_codes=codes,
-        contrast=bool(study.contrast_agent.strip()),
+        contrast=contrast_given(study.contrast_agent),
     )

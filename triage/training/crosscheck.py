@@ -27,6 +27,7 @@ from typing import Any
 
 from triage.crosscheck import PAINTERS
 from triage.ingest.dicom_files import index_files
+from triage.routing.facts import contrast_given
 from triage.training.validate import (
     HeldOut,
     StudyResult,
@@ -70,7 +71,7 @@ def routed_model(
         modalities={r.modality for r in rows},
         body_parts=[study.get("body_part", "")],
         descriptions=[study.get("study_description", ""), *(r.series_description for r in rows)],
-        contrast=bool(study.get("contrast_agent", "").strip()),
+        contrast=contrast_given(study.get("contrast_agent", "")),
     )
     rule = route(load_routing_rules(rules_path), facts)
     return rule.model if rule is not None else None
