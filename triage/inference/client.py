@@ -207,13 +207,16 @@ class InferenceClient:
             sleep=self._sleep,
         )
 
-    def _kw(self) -> dict[str, Any]:
-        """Per-call timeout keyword (gRPC only; HTTP's is set on the client)."""
-        return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+    def _kw(self, timeout: float | None = None) -> dict[str, Any]:
+        """Per-call timeout keyword (gRPC only; HTTP's is set on the client): ``timeout``, else
+        the client's."""
+        if self.protocol != "grpc":
+            return {}
+        return {"client_timeout": self.timeout if timeout is None else timeout}
 
-    def _json_kw(self) -> dict[str, Any]:
+    def _json_kw(self, timeout: float | None = None) -> dict[str, Any]:
         """gRPC answers protobuf unless asked for JSON; HTTP answers JSON already."""
-        return {"as_json": True, **self._kw()} if self.protocol == "grpc" else {}
+        return {"as_json": True, **self._kw(timeout)} if self.protocol == "grpc" else {}
 
     @property
     def uses_shared_memory(self) -> bool:
@@ -273,18 +276,22 @@ class InferenceClient:
 
     # -- API ----------------------------------------------------------------------------------
 
-    def is_server_ready(self) -> bool:
-        """True when the server answers and is ready; False when down or unreachable."""
+    def is_server_ready(self, timeout: float | None = None) -> bool:
+        """True when the server answers and is ready; False when down or unreachable (or no
+        answer within ``timeout`` seconds, gRPC; default: the client's)."""
         try:
-            return bool(self._call("server ready", lambda: self._c.is_server_ready(**self._kw())))
+            return bool(
+                self._call("server ready", lambda: self._c.is_server_ready(**self._kw(timeout)))
+            )
         except TritonUnavailable:
             return False
 
-    def model_states(self) -> dict[str, str]:
-        """Every model of the server's repository and its state ("READY", "UNAVAILABLE", ...)."""
+    def model_states(self, timeout: float | None = None) -> dict[str, str]:
+        """Every model of the server's repository and its state ("READY", "UNAVAILABLE", ...);
+        ``timeout`` as for :meth:`is_server_ready`."""
         index = self._call(
             "model repository index",
-            lambda: self._c.get_model_repository_index(**self._json_kw()),
+            lambda: self._c.get_model_repository_index(**self._json_kw(timeout)),
         )
         models = index.get("models", []) if isinstance(index, Mapping) else index
         states: dict[str, str] = {}

@@ -21,6 +21,12 @@ from triage.inference.local_triton import LocalTriton
 
 log = logging.getLogger("triage")
 
+# /healthz asks Triton at most once per HEALTH_TTL_S seconds and waits at most
+# HEALTH_PROBE_S for each answer; callers that come while a probe is out get the last answer
+# (a hung server must not hold every web worker for the inference timeout)
+HEALTH_TTL_S = 1.0
+HEALTH_PROBE_S = 2.0
+
 
 class TritonSupervisor:
     """Connects ``analyzer`` to Triton and keeps it connected.
@@ -51,6 +57,8 @@ class TritonSupervisor:
         self.client: InferenceClient | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._probe = threading.Lock()
+        self._probed: tuple[float, dict[str, Any]] | None = None  # (monotonic time, answer)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -68,7 +76,23 @@ class TritonSupervisor:
 
     # -- health ---------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
-        """The ``triton`` entry of ``/healthz``."""
+        """The ``triton`` entry of ``/healthz``: asked of Triton at most once a second, one
+        caller at a time; the others get the last answer (marked ``stale``) meanwhile."""
+        last = self._probed
+        if last is not None and time.monotonic() - last[0] < HEALTH_TTL_S:
+            return dict(last[1])
+        if not self._probe.acquire(blocking=False):
+            if last is not None:
+                return dict(last[1], stale=True)
+            self._probe.acquire()  # the very first answer: wait for it
+        try:
+            answer = self._health()
+            self._probed = (time.monotonic(), answer)
+            return dict(answer)
+        finally:
+            self._probe.release()
+
+    def _health(self) -> dict[str, Any]:
         s = self.settings
         triton: dict[str, Any] = {
             "ready": False,
@@ -86,12 +110,13 @@ class TritonSupervisor:
             triton["detail"] = self.error or "starting"
             return triton
         try:
-            states = client.model_states()
+            probe = min(HEALTH_PROBE_S, s.triton_timeout_seconds)
+            states = client.model_states(timeout=probe)
             wanted = self.models
             triton["models"] = {m: states.get(m, "UNAVAILABLE") for m in wanted} | states
             failed = dict(client.backend_failures)
             triton["ready"] = (
-                client.is_server_ready()
+                client.is_server_ready(timeout=probe)
                 and all(states.get(m) == "READY" for m in wanted)
                 and triton["breaker"]["state"] != "open"
                 and not failed
