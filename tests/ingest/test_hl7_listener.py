@@ -521,6 +521,10 @@ def test_resend_gets_the_same_ack_and_is_not_applied_twice(
     assert read_ack(ack)[:2] == ("AA", "RIS00000101") and ack != first
     msgs = r.messages()
     assert len(msgs) == 2 and "reused with different content" in msgs[1].error
+    # the second message under the reused MSH-10, resent: its own ACK again, not applied
+    # again (only the first message under an MSH-10 was recognised before)
+    assert send_message_ack(r, changed) == ack
+    assert len(r.messages()) == 2 and len(r.orders()) == 2
     # same MSH-10 and content from another facility: another message too
     other = sample("orm_nw_v251.hl7").replace("|RIS|GENHOSP|", "|RIS|OTHERHOSP|", 1)
     assert read_ack(send_message_ack(r, other))[0] == "AA"

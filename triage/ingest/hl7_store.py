@@ -245,6 +245,9 @@ class MessageStore:
         if not rows:
             return None
         content = canonical(ev.raw)
+        reused: int | None = None  # the first accepted message with this MSH-10, other content
+        # every accepted message with this MSH-10 is compared: a sender whose counter wrapped
+        # reuses an MSH-10, and a resend of its second message is still a resend
         for row_id, application, facility, raw, ack, ack_code in rows:
             if (
                 ack_code in ACCEPTED
@@ -253,11 +256,13 @@ class MessageStore:
             ):
                 if canonical(raw) == content:
                     return int(row_id), str(ack), str(ack_code)
-                notes.append(
-                    f"MSH-10 {header.control_id} reused with different content "
-                    f"(first seen in message #{row_id}); applied as a new message"
-                )
-                return None
+                if reused is None:
+                    reused = int(row_id)
+        if reused is not None:
+            notes.append(
+                f"MSH-10 {header.control_id} reused with different content "
+                f"(first seen in message #{reused}); applied as a new message"
+            )
         return None
 
     @staticmethod
