@@ -447,6 +447,36 @@ def test_a_flood_of_idle_connections_is_turned_away_without_threads(
     srv.stop()
 
 
+def test_idle_connections_give_their_places_to_a_modality(
+    rec: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connections that never send an A-ASSOCIATE-RQ fill the listener; once they have been
+    idle IDLE_EVICT_SECONDS, a modality's association takes the place of the oldest (they
+    kept every sender out for the whole ACSE timeout - a hostile-peer audit: 24 idle
+    sockets, 30 s of 'Local Limit Exceeded', renewable at will)."""
+    from triage.ingest.dicom_ul import IDLE_EVICT_SECONDS
+
+    srv = _server(rec, max_associations=1, acse_timeout=60.0)
+    address = srv.start("127.0.0.1", 0)
+    idle = [RawPeer(address) for _ in range(srv.max_connections)]
+    try:
+        _wait(lambda: len(srv._connections) == srv.max_connections)
+        time.sleep(IDLE_EVICT_SECONDS + 0.2)
+        for _ in range(2):  # and again: a place is free or an idle one gives its own
+            ae = AE(ae_title="PYSCU")
+            ae.add_requested_context(Verification)
+            assoc = ae.associate(*address, ae_title="TRIAGE")
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == 0
+            assoc.release()
+        assert "without an A-ASSOCIATE-RQ" in caplog.text
+        assert idle[0].closed()  # the oldest gave its place
+    finally:
+        for peer in idle:
+            peer.close()
+        srv.stop()
+
+
 def test_release_is_answered_and_the_peer_reads_it(raw: RawPeer, rec: Recorder) -> None:
     established(raw)
     raw.sock.sendall(bytes([5, 0, 0, 0, 0, 4, 0, 0, 0, 0]))

@@ -112,6 +112,9 @@ log = logging.getLogger(__name__)
 #: Distinct A-ASSOCIATE-RQ item sets whose negotiation is remembered (oldest dropped first),
 #: and the largest item set remembered (storescu's ~120 contexts take ~10 KiB).
 _NEGOTIATION_CACHE = 64
+#: A connection that has sent no A-ASSOCIATE-RQ for this long gives its place to a new one
+#: when the listener is full (see UpperLayerServer._evict_idle)
+IDLE_EVICT_SECONDS = 2.0
 _NEGOTIATION_CACHE_ITEM_BYTES = 1 << 16
 
 
@@ -284,6 +287,11 @@ class Association:
         self._message: _Message | None = None  # the message whose data set is arriving
         self._command = bytearray()  # fragments of the next command set
         self._timeout: float | None = None
+        self.opened_at = time.monotonic()
+        # its A-ASSOCIATE-RQ has come in whole (until then the connection is idle: when the
+        # listener is full, the oldest idle one gives its place to a new connection)
+        self.requested = False
+        self.evicted = False
 
     # ------------------------------------------------------------------ socket I/O
 
@@ -410,6 +418,7 @@ class Association:
         if length > MAX_ASSOCIATE_RQ_BYTES:
             raise DicomProtocolError(INVALID_PARAMETER, f"A-ASSOCIATE-RQ of {length} bytes")
         body = self._recv(length, limits.acse_timeout, deadline)
+        self.requested = True
         rejection = self._negotiate(HEADER.pack(pdu_type, 0, length) + body)
         if rejection is not None:
             self._reply(reject_pdu(rejection))
@@ -769,6 +778,7 @@ class UpperLayerServer:
         self._active: set[Association] = set()
         self._connections: dict[Association, threading.Thread] = {}
         self._turned_away_logged = 0.0
+        self._evicted_logged = 0.0
         self._negotiated: dict[bytes, Negotiated] = {}
 
     def start(self, host: str, port: int) -> tuple[str, int]:
@@ -818,7 +828,7 @@ class UpperLayerServer:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 crowded = len(self._connections) >= self.max_connections
-            if crowded:
+            if crowded and not self._evict_idle():
                 self._turn_away(conn, str(address[0]))
                 continue
             assoc = Association(self, conn, (str(address[0]), int(address[1])))
@@ -859,6 +869,35 @@ class UpperLayerServer:
         limit and a few more, so that peers over the limit still get their A-ASSOCIATE-RJ
         from a thread, while a flood of idle connections cannot start threads without end."""
         return 2 * self.limits.max_associations + 4
+
+    def _evict_idle(self) -> bool:
+        """Close the oldest connection that has sent no A-ASSOCIATE-RQ for IDLE_EVICT_SECONDS,
+        so that a new connection takes its place: idle connections (a port scan, a stuck
+        peer, a flood) must not keep modalities out until the ACSE timeout. False when there
+        is none."""
+        now = time.monotonic()
+        with self._lock:
+            idle = [
+                a
+                for a in self._connections
+                if not a.requested and not a.evicted and now - a.opened_at >= IDLE_EVICT_SECONDS
+            ]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda a: a.opened_at)
+            oldest.evicted = True
+        if now - self._evicted_logged > 1.0:  # a flood is logged once a second
+            self._evicted_logged = now
+            log.warning(
+                "connection from %s closed after %.0f s without an A-ASSOCIATE-RQ: its place "
+                "goes to a new connection (%d connections open)",
+                oldest.peer.address,
+                now - oldest.opened_at,
+                self.max_connections,
+            )
+        with contextlib.suppress(OSError):
+            oldest.sock.shutdown(socket.SHUT_RDWR)  # its thread reads the end and exits
+        return True
 
     def _turn_away(self, conn: socket.socket, address: str) -> None:
         """Too many connections: A-ASSOCIATE-RJ (transient, local limit) without reading the
