@@ -120,6 +120,13 @@ class Settings(BaseModel):
     hl7_idle_timeout_seconds: float = Field(
         300.0, gt=0, description="Close an HL7 connection idle this long; default 300"
     )
+    hl7_max_connections: int = Field(
+        256,
+        ge=1,
+        description="HL7 connections open at once; past it the connection idle longest (2 s "
+        "or more, nothing unanswered) is closed for the new one, else the new one is closed; "
+        "default 256",
+    )
     hl7_commit_batch_max: int = Field(
         256,
         ge=1,

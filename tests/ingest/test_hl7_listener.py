@@ -51,6 +51,7 @@ class Running:
             bind_host="127.0.0.1",
             hl7_max_message_bytes=kwargs.pop("max_bytes", 1024 * 1024),
             hl7_allowed_peers=kwargs.pop("allowed", []),
+            hl7_max_connections=kwargs.pop("max_connections", 256),
         )
         self.db = Database(f"sqlite:///{tmp / 'triage.db'}")
         self.db.create_all()
@@ -496,6 +497,40 @@ def test_latin1_message_stored_correctly(listener: Callable[..., Running]) -> No
         ack = raw_exchange(sock, MLLPDecoder(), frame(msg.encode("latin-1")))
     assert read_ack(ack)[0] == "AA"
     assert r.orders()[0].patient_name == "GONÇALVES^JOSÉ"
+
+
+def test_a_full_listener_closes_the_connection_idle_longest_for_a_new_one(
+    listener: Callable[..., Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """hl7_max_connections idle connections: a RIS connecting then takes the place of the
+    one idle longest (20,000 idle connections exhausted the engine's file descriptors -
+    every listener down - in a hostile-peer audit); while none has been idle 2 s, the new
+    connection is closed instead, and a connection with a frame half read is never chosen."""
+    from triage.ingest.hl7_listener import IDLE_EVICT_SECONDS
+
+    r = listener(max_connections=3)
+    half = socket.create_connection((r.host, r.port), timeout=5)
+    half.sendall(b"\x0bMSH|^~\\&|")  # a frame begun, not ended
+    time.sleep(0.1)
+    idle = [socket.create_connection((r.host, r.port), timeout=5) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 5
+        while len(r.listener._connections) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # none idle long enough yet: the newcomer is closed at once
+        with socket.create_connection((r.host, r.port), timeout=5) as early:
+            assert early.recv(1) == b""
+        time.sleep(IDLE_EVICT_SECONDS + 0.2)
+        ack = send_message_ack(r, sample("orm_nw_v251.hl7"))
+        assert read_ack(ack)[0] == "AA"
+        assert idle[0].recv(1) == b""  # the first idle one gave its place
+        assert "HL7 listener full" in caplog.text
+        half.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            half.recv(1)  # still open: its frame is half read
+    finally:
+        for c in (half, *idle):
+            c.close()
 
 
 # -- resends, acknowledgment modes, more message kinds ---------------------------------------

@@ -63,6 +63,9 @@ GATHER_MAX = 0.002
 # A connection with this many frames read but not answered yet is not read further until half
 # of them are: a peer sending far ahead of its ACKs waits in its own socket, not in our memory.
 MAX_UNANSWERED = 512
+#: A connection idle this long (nothing read, nothing unanswered) gives its place to a new one
+#: when the listener holds hl7_max_connections (HL7Listener.make_room)
+IDLE_EVICT_SECONDS = 2.0
 
 
 @dataclass
@@ -107,6 +110,7 @@ class HL7Listener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._connections: set[_Connection] = set()
+        self._crowded_logged = 0.0
         self._queue: list[_Pending] = []
         self._batch_scheduled = False
         self._writing = False  # a batch is in the writer thread
@@ -415,6 +419,38 @@ class HL7Listener:
         self.store.record_failure(head, conn.peer, ack, code, str(exc), header)
         conn.write(frame(ack.encode("utf-8")))
 
+    def make_room(self, newcomer: str) -> bool:
+        """The listener holds ``hl7_max_connections``: close the connection idle longest (at
+        least IDLE_EVICT_SECONDS, nothing unanswered, no frame half read) so that
+        ``newcomer`` takes its place - a flood of idle connections must not exhaust the
+        engine's file descriptors or keep the RIS out. False (the newcomer is closed) when
+        none is idle. Logged once a second."""
+        now = time.monotonic()
+        idle = [
+            c
+            for c in self._connections
+            if not c.unanswered
+            and not c.decoder.pending
+            and c.transport is not None
+            and not c.transport.is_closing()
+            and now - c._last_read >= IDLE_EVICT_SECONDS
+        ]
+        oldest = min(idle, key=lambda c: c._last_read) if idle else None
+        if now - self._crowded_logged > 1.0:
+            self._crowded_logged = now
+            log.warning(
+                "HL7 listener full (%d connections, hl7_max_connections): %s",
+                len(self._connections),
+                f"closing {oldest.peer}, idle longest, for {newcomer}"
+                if oldest is not None
+                else f"connection from {newcomer} closed",
+            )
+        if oldest is None:
+            return False
+        self._connections.discard(oldest)
+        oldest.close()
+        return True
+
 
 class _Connection(asyncio.Protocol):
     """One peer's connection: frames in as they arrive, ACKs out in the same order.
@@ -455,6 +491,10 @@ class _Connection(asyncio.Protocol):
                 "HL7 connection from %s refused: not in hl7_allowed_peers (closed unread)",
                 self.peer,
             )
+            transport.close()
+            return
+        full = len(listener._connections) >= listener.settings.hl7_max_connections
+        if full and not listener.make_room(self.peer):
             transport.close()
             return
         listener._connections.add(self)
