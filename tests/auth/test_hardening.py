@@ -34,6 +34,21 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(client):
     assert r.status_code == 413 and "larger than" in r.json()["error"]
 
 
+def test_a_chunked_body_over_the_limit_is_answered_413(client):
+    """Without Content-Length (chunked), the body is cut where it passes the limit and the
+    answer is 413 - it was a 500 with a ClientDisconnect traceback in the log, per request."""
+    from triage.api.guards import MAX_REQUEST_BYTES
+
+    def chunks():
+        for _ in range(MAX_REQUEST_BYTES // 65536 + 4):
+            yield b"x" * 65536
+
+    r = client.post(
+        "/login", content=chunks(), headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+
+
 def test_unknown_names_lock_like_accounts_do(client, users):
     """A real account answered 429 after five failures, an unknown name 401 for ever: the
     lock-out told a stranger which names exist."""

@@ -2,10 +2,10 @@
 
 - :class:`BodyLimit`: no request body over :data:`MAX_REQUEST_BYTES` is read. A declared
   Content-Length over it is answered 413 at once, before a byte of the body is taken; a body
-  sent without one (chunked) is cut off where it passes the limit (the request then ends as
-  a client disconnect). Endpoints keep their own, smaller limits; this one protects the
-  process (which also runs the DICOM and HL7 listeners) from a stranger's multi-gigabyte
-  POST, signed in or not.
+  sent without one (chunked) is cut off where it passes the limit and answered 413 too
+  (unless the endpoint had answered already). Endpoints keep their own, smaller limits;
+  this one protects the process (which also runs the DICOM and HL7 listeners) from a
+  stranger's multi-gigabyte POST, signed in or not.
 - :class:`SecurityHeaders`: every answer says it may not be framed by another page
   (``X-Frame-Options: DENY``, CSP ``frame-ancestors 'none'``), is not to be sniffed as
   another type, sends no referrer, and - for pages and API answers that carry patient data -
@@ -28,6 +28,10 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 )
 
 
+class _TooLarge(Exception):
+    """A body without Content-Length read past the limit (BodyLimit answers 413)."""
+
+
 class BodyLimit:
     def __init__(self, app: ASGIApp, limit: int = MAX_REQUEST_BYTES) -> None:
         self.app = app
@@ -48,6 +52,7 @@ class BodyLimit:
                 await JSONResponse({"error": message}, 413)(scope, receive, send)
                 return
         taken = 0
+        started = False
 
         async def capped() -> Message:
             nonlocal taken
@@ -55,10 +60,22 @@ class BodyLimit:
             if message["type"] == "http.request":
                 taken += len(message.get("body", b""))
                 if taken > self.limit:
-                    return {"type": "http.disconnect"}  # read no further
+                    raise _TooLarge  # read no further (a body without Content-Length)
             return message
 
-        await self.app(scope, capped, send)
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, capped, tracked)
+        except _TooLarge:
+            if started:  # the app answered before reading all of it: nothing more to say
+                return
+            message = f"the request body is larger than {self.limit} bytes"
+            await JSONResponse({"error": message}, 413)(scope, receive, send)
 
 
 class SecurityHeaders:
