@@ -4,6 +4,7 @@ and on small synthetic cases with known answers."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,43 @@ def test_dose_screens_are_told_from_low_dose_protocols(description: str, screen:
         image_type="ORIGINAL\\PRIMARY\\AXIAL",
     )
     assert (_excluded(inst) is not None) is screen, _excluded(inst)
+
+
+def test_unusable_geometry_is_named_in_the_reason(tmp_path: Path) -> None:
+    """A series without positions said only "too few slices: 0 usable", and one without
+    PixelSpacing was read at a silent 1 mm (then refused as the wrong body part, "body width
+    344 mm"): the reason now names what is missing."""
+    from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_series
+
+    hu = np.zeros((10, 32, 32), np.float32)
+    files = write_series(tmp_path / "s", hu, Acquisition(), StudyHeader())
+
+    def rewritten(name: str, change: Callable[[pydicom.Dataset], None]) -> list[Path]:
+        out = []
+        for i, f in enumerate(files):
+            ds = pydicom.dcmread(f)
+            change(ds)
+            (tmp_path / name).mkdir(exist_ok=True)
+            ds.save_as(tmp_path / name / f"{i}.dcm")
+            out.append(tmp_path / name / f"{i}.dcm")
+        return out
+
+    no_position = rewritten("p", lambda ds: delattr(ds, "ImagePositionPatient"))
+    with pytest.raises(NotAssessable, match=r"0 usable .*left out: 10: no ImagePositionPatient"):
+        load_volume(no_position)
+
+    def same_place(ds: pydicom.Dataset) -> None:
+        ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+
+    stacked = rewritten("z", same_place)
+    with pytest.raises(NotAssessable, match=r"1 usable .*9: the same position as another"):
+        load_volume(stacked)
+    for name, change in (
+        ("none", lambda ds: delattr(ds, "PixelSpacing")),
+        ("zero", lambda ds: setattr(ds, "PixelSpacing", [0, 0])),
+    ):
+        with pytest.raises(NotAssessable, match="no usable PixelSpacing"):
+            load_volume(rewritten(name, change))
 
 
 # -- LIDC chest CT, dcm4che wrist MR --------------------------------------------------------------

@@ -466,16 +466,20 @@ def load_volume(paths: Sequence[Path | str], source: SliceSource | None = None) 
         normal = -normal  # positions then increase inferior -> superior (LPS: +z is superior)
 
     slices: list[_Slice] = []
+    skipped: Counter[str] = Counter()  # why images were left out, for the reason given
     for h in headers:
         if h.size != size:
             log.warning("skipping %s: %dx%d differs from %dx%d", h.path, *h.size, *size)
+            skipped[f"another image size than {size[0]}x{size[1]}"] += 1
             continue
         if h.position is None:
             log.warning("skipping %s: no ImagePositionPatient", h.path)
+            skipped["no ImagePositionPatient"] += 1
             continue
         read = pixels[h.path]
         if read.hu is None:
             log.warning("skipping %s: cannot decode pixel data (%s)", h.path, read.decode_error)
+            skipped["pixel data not decoded"] += 1
             continue
         slices.append(_Slice(h.path, float(np.dot(h.position, normal)), read.hu))
 
@@ -484,13 +488,23 @@ def load_volume(paths: Sequence[Path | str], source: SliceSource | None = None) 
     for s in slices:
         if unique and abs(s.position - unique[-1].position) < 1e-3:
             log.warning("skipping %s: duplicate slice position %.3f", s.path, s.position)
+            skipped["the same position as another image"] += 1
             continue
         unique.append(s)
     if len(unique) < MIN_SLICES:
-        raise NotAssessable(f"too few slices: {len(unique)} usable (need >= {MIN_SLICES})")
+        why = "; ".join(f"{n}: {what}" for what, n in skipped.most_common())
+        raise NotAssessable(
+            f"too few slices: {len(unique)} usable (need >= {MIN_SLICES})"
+            + (f"; left out: {why}" if why else "")
+        )
     used = {s.path for s in unique}
     kept = [h for h in headers if h.path in used]
     spacing = next((h.spacing for h in kept if h.spacing is not None), None)
+    if spacing is None or min(spacing) <= 0.0:
+        raise NotAssessable(
+            "no usable PixelSpacing (missing, one value or not over 0): the size of what the "
+            "images show is unknown"
+        )
     thickness = [h.thickness for h in kept if h.thickness is not None]
     hu, spacing = _standard_layout(_stacked([s.hu for s in unique]), row, col, spacing)
     return Volume(
