@@ -191,6 +191,56 @@ def test_unusable_geometry_is_named_in_the_reason(tmp_path: Path) -> None:
             load_volume(rewritten(name, change))
 
 
+def test_the_axial_soft_series_is_chosen_by_orientation_and_kernel(tmp_path: Path) -> None:
+    """ImageType need not say AXIAL: a coronal reformat written ORIGINAL\\PRIMARY beside the
+    axial series was chosen (its slices thinner) and the study refused as "not axial"; and a
+    sharp Siemens kernel ("H70h") named only in ConvolutionKernel ranked with the soft one.
+    Both are read from the header at indexing now (an audit with foreign series)."""
+    from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_series
+    from triage.inference.volume import rank_series, sharp_kernel
+
+    hu = np.zeros((12, 32, 32), np.float32)
+    files = write_series(tmp_path / "s", hu, Acquisition(), StudyHeader())
+
+    def variant(name: str, **attrs: object) -> list[Path]:
+        uid = pydicom.uid.generate_uid()
+        out = []
+        for i, f in enumerate(files):
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID = uid
+            ds.SOPInstanceUID = pydicom.uid.generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.ImageType = ["ORIGINAL", "PRIMARY"]
+            for k, v in attrs.items():
+                setattr(ds, k, v)
+            (tmp_path / name).mkdir(exist_ok=True)
+            ds.save_as(tmp_path / name / f"{i}.dcm")
+            out.append(tmp_path / name / f"{i}.dcm")
+        return out
+
+    axial = variant("ax", SliceThickness=5.0)
+    coronal = variant("cor", SliceThickness=3.0, ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    tilted = variant("tilt", ImageOrientationPatient=[1, 0, 0, 0, 0.9063, -0.4226])  # 25 deg
+    rows = instance_rows(axial + coronal + tilted)
+    by_uid = {r.series_uid: r for r in rows}
+    first = {Path(r.path).parent.name: r.axial for r in by_uid.values()}
+    assert first == {"ax": True, "cor": False, "tilt": True}
+    ranked = rank_series(instance_rows(axial + coronal))
+    assert Path(ranked[0].instances[0].path).parent.name == "ax"
+    assert [r.plain for r in ranked] == [True, False]
+
+    soft = variant("soft", SliceThickness=5.0, ConvolutionKernel="H31s")
+    sharp = variant("sharp", SliceThickness=2.0, ConvolutionKernel="H70h")
+    ranked = rank_series(instance_rows(sharp + soft))
+    assert Path(ranked[0].instances[0].path).parent.name == "soft"
+    for kernel, is_sharp in (
+        ("H31s", False), ("B70f", True), ("Br64d", True), ("Hr40", False), ("FC26", False),
+        ("FC52", True), ("STANDARD", False), ("SOFT", False), ("BONEPLUS", True),
+        ("LUNG", True), ("", False), ("UB", False),
+    ):  # fmt: skip
+        assert sharp_kernel(kernel) is is_sharp, kernel
+
+
 # -- LIDC chest CT, dcm4che wrist MR --------------------------------------------------------------
 
 

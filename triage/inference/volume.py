@@ -74,6 +74,22 @@ _SCREEN_DESCRIPTION = re.compile(
 # A series description naming a sharp (bone, lung) reconstruction or a projection: the models
 # were trained on soft-tissue reconstructions, so such a series is taken only when no other is
 _SHARP_DESCRIPTION = re.compile(r"BONE|LUNG|SHARP|EDGE|DETAIL|\bMIP\b|MINIP|\bMPR\b")
+# ... or a Convolution Kernel that names one: GE's BONE, BONEPLUS, LUNG, EDGE, DETAIL; a
+# Siemens kernel of sharpness 60 or more (B70f, H70h, Br64, Hr68, I70f); Canon FC50 and up
+_SHARP_KERNEL_WORDS = re.compile(r"BONE|LUNG|SHARP|EDGE|DETAIL")
+_NUMBERED_KERNEL = re.compile(r"^(?:FC(\d{2})|[BHIJQT][RS]?(\d{2}))")
+
+
+def sharp_kernel(kernel: str) -> bool:
+    """Whether a Convolution Kernel value names a sharp (bone, lung) reconstruction."""
+    k = kernel.strip().upper()
+    if _SHARP_KERNEL_WORDS.search(k):
+        return True
+    m = _NUMBERED_KERNEL.match(k)
+    if m is None:
+        return False
+    canon, siemens = m.groups()
+    return int(canon) >= 50 if canon is not None else int(siemens) >= 60
 
 
 @dataclass
@@ -159,8 +175,13 @@ def rank_series(instances: Sequence[Instance]) -> list[RankedSeries]:
         derived = (len(types) > 0 and types[0] == "DERIVED") or (
             len(types) > 1 and types[1] == "SECONDARY"
         )
-        axial = "AXIAL" in types
-        soft = not _SHARP_DESCRIPTION.search((usable[0].series_description or "").upper())
+        # the orientation itself where it was indexed (ImageType need not say AXIAL, and a
+        # reformat may say it), else ImageType
+        known = [i.axial for i in usable if i.axial is not None]
+        axial = (2 * sum(known) > len(known)) if known else "AXIAL" in types
+        soft = not _SHARP_DESCRIPTION.search(
+            (usable[0].series_description or "").upper()
+        ) and not sharp_kernel(usable[0].convolution_kernel or "")
         thick = [i.slice_thickness for i in usable if i.slice_thickness]
         thickness = float(np.median(thick)) if thick else math.inf
         reasonable = thickness >= MIN_THICKNESS_MM

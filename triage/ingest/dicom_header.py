@@ -67,6 +67,10 @@ class InstanceFields(TypedDict):
     image_type: str
     slice_thickness: float | None
     image_position_z: float | None
+    # from ImageOrientationPatient: the slice normal within AXIAL_COSINE of the patient's
+    # long axis (None: no usable orientation); series selection trusts it over ImageType
+    axial: bool | None
+    convolution_kernel: str
     transfer_syntax: str
 
 
@@ -123,6 +127,25 @@ def _number(raw: Any) -> float | None:
 def _float(ds: Dataset | RawHeader, keyword: str, index: int = 0) -> float | None:
     vals = _values(_value(ds, keyword))
     return _number(vals[index]) if len(vals) > index else None
+
+
+#: |cosine| between the slice normal and the patient's head-foot axis from which a slice
+#: counts as axial (37 degrees: a gantry tilt of up to 30 degrees is still axial)
+AXIAL_COSINE = 0.8
+
+
+def _axial(ds: Dataset | RawHeader) -> bool | None:
+    """Whether ImageOrientationPatient makes the image an axial slice; None without a usable
+    orientation."""
+    values = [_number(v) for v in _values(_value(ds, "ImageOrientationPatient"))]
+    if len(values) != 6 or any(v is None for v in values):
+        return None
+    r = [float(v) for v in values if v is not None]
+    nz = r[0] * r[4] - r[1] * r[3]  # z of row x column
+    norm = math.sqrt((r[1] * r[5] - r[2] * r[4]) ** 2 + (r[2] * r[3] - r[0] * r[5]) ** 2 + nz**2)
+    if not math.isfinite(norm) or norm < 1e-3:
+        return None
+    return abs(nz) / norm >= AXIAL_COSINE
 
 
 def _int(ds: Dataset | RawHeader, keyword: str) -> int | None:
@@ -186,6 +209,8 @@ def index_instance(ds: Dataset | RawHeader) -> tuple[InstanceFields, dict[str, s
         image_type=text_value(ds, "ImageType"),
         slice_thickness=_float(ds, "SliceThickness"),
         image_position_z=_float(ds, "ImagePositionPatient", 2),
+        axial=_axial(ds),
+        convolution_kernel=text_value(ds, "ConvolutionKernel", 64),
         transfer_syntax=transfer_syntax[:UID_MAX_LEN],
     )
     date, time = text_value(ds, "StudyDate", join=False), text_value(ds, "StudyTime", join=False)
@@ -223,6 +248,8 @@ INDEXED_KEYWORDS: dict[str, str] = {
     "SeriesNumber": "IS",
     "InstanceNumber": "IS",
     "ImagePositionPatient": "DS",
+    "ImageOrientationPatient": "DS",
+    "ConvolutionKernel": "SH",
 }
 _TAG_OF = {keyword: int(tag_for_keyword(keyword) or 0) for keyword in INDEXED_KEYWORDS}
 INDEXED_TAGS = frozenset(_TAG_OF.values())

@@ -57,6 +57,8 @@ class Instance(SQLModel, table=True):
     image_type: str = ""  # backslash-joined ImageType values
     slice_thickness: float | None = None
     image_position_z: float | None = None
+    axial: bool | None = None  # from ImageOrientationPatient; None: unknown (see ImageType)
+    convolution_kernel: str = ""
     transfer_syntax: str = Field(default="", max_length=64)
     path: str  # relative to the data directory
     size_bytes: int = 0
