@@ -683,3 +683,32 @@ def test_ctpa_cut_by_its_reconstruction_circle_is_read(
     assert pydicom.dcmread(cut[0]).PixelPaddingValue in (0, -2000)
     _passes(analyzer, "pe", cut)
     assert "wrong body part" in _not_assessable(analyzer, "ich", cut)
+
+
+def test_a_field_of_view_outside_the_trained_range_is_not_assessable(
+    analyzer: TritonAnalyzer, tmp_path: Path
+) -> None:
+    """A head reconstructed at 480 mm passed every check and reached the model at half the
+    scale it was trained on (an audit with foreign series); the contract now states the
+    trained range of the field of view. Here: the same head, its images padded with air to
+    twice their width at the same pixel spacing."""
+    kw = {"patient_id": "P", "accession": "A", "size": 256}
+    head = ct.write_head_ct(tmp_path / "h", hemorrhage=False, seed=4, **kw)
+    _passes(analyzer, "ich", head.files)
+    series_uid = pydicom.uid.generate_uid()
+
+    def wide(ds: Dataset) -> None:
+        ds.SeriesInstanceUID = series_uid  # another series (the analyzer keeps volumes read)
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        pixels = ds.pixel_array
+        rows, cols = pixels.shape
+        air = round((-1000.0 - float(ds.RescaleIntercept)) / float(ds.RescaleSlope))
+        canvas = np.full((2 * rows, 2 * cols), air, dtype=pixels.dtype)
+        canvas[rows // 2 : rows // 2 + rows, cols // 2 : cols // 2 + cols] = pixels
+        ds.Rows, ds.Columns = 2 * rows, 2 * cols
+        ds.PixelData = canvas.tobytes()
+
+    reason = _not_assessable(analyzer, "ich", _rewrite(head.files, tmp_path / "w", wide))
+    assert "field of view 460 mm outside the trained range 160-320 mm" in reason
+    limits = _limits("pe")
+    assert (limits.min_fov_mm, limits.max_fov_mm) == (200.0, 500.0)

@@ -42,6 +42,10 @@ reason that applies - never a silent "negative". Each check is a plain function 
   trained on, never wider.
 - **too few slices** (``min_slices``) or too short a coverage along the slice normal
   (``min_coverage_mm``).
+- **field of view** (the image's width, pixel spacing times columns, the larger of its two
+  sides) outside ``[min_fov_mm, max_fov_mm]``: the input is resampled by index onto the
+  model's grid, so a head reconstructed at 480 mm would reach the model at half the size it
+  was trained on.
 - **an incomplete series**: a gap between neighbouring slices over ``GAP_FACTOR`` times the
   series' usual spacing (and over ``MIN_GAP_MM``): images lost on the way, which the
   resampling would otherwise interpolate across (always checked; no contract parameter).
@@ -77,7 +81,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +139,8 @@ class InputLimits:
     max_slice_thickness_mm: float | None = None
     min_slices: int | None = None
     min_coverage_mm: float | None = None
+    min_fov_mm: float | None = None
+    max_fov_mm: float | None = None
     min_enhancement_hu: float | None = None
     max_intracranial_enhancing_ml: float | None = None
 
@@ -164,6 +170,8 @@ class InputLimits:
             max_slice_thickness_mm=num("max_slice_thickness_mm"),
             min_slices=int(slices) if slices is not None else None,
             min_coverage_mm=num("min_coverage_mm"),
+            min_fov_mm=num("min_fov_mm"),
+            max_fov_mm=num("max_fov_mm"),
             min_enhancement_hu=num("min_enhancement_hu") if body in (None, "chest") else None,
             max_intracranial_enhancing_ml=(
                 num("max_intracranial_enhancing_ml") if body in (None, "head") else None
@@ -179,6 +187,7 @@ class InputFacts:
     slices: int
     coverage_mm: float
     slice_thickness_mm: float | None
+    fov_mm: float | None = None  # the image's larger side, pixel spacing x pixels
     body_width_mm: float | None = None
     air_hu: float | None = None  # median of the air around the body
     tissue_hu: float | None = None  # the body part's reference tissue (see calibration)
@@ -608,6 +617,14 @@ def _numbered_gap(
     }
 
 
+def _fov(volume: Volume) -> float | None:
+    """The image's larger side in mm (pixel spacing times pixels); None for an empty volume."""
+    if volume.hu.ndim != 3 or not volume.shape[0]:
+        return None
+    (rows, cols), (dr, dc) = volume.hu.shape[1:], volume.pixel_spacing
+    return float(max(rows * dr, cols * dc))
+
+
 def measure(
     limits: InputLimits, instances: Sequence[Instance], volume: Volume, grid: np.ndarray
 ) -> InputFacts:
@@ -630,6 +647,7 @@ def measure(
         slices=volume.shape[0],
         coverage_mm=coverage,
         slice_thickness_mm=_thickness(volume),
+        fov_mm=_fov(volume),
         **gaps,
     )
     part = limits.body_part
@@ -649,12 +667,8 @@ def measure(
         enhancement = pulmonary_artery_enhancement(g, anat, pixel_mm)
     if limits.max_intracranial_enhancing_ml is not None:
         enhancing = intracranial_enhancement_ml(g, anat, pixel_mm, slice_mm)
-    return InputFacts(
-        modality=facts.modality,
-        slices=facts.slices,
-        coverage_mm=coverage,
-        slice_thickness_mm=facts.slice_thickness_mm,
-        **gaps,
+    return replace(
+        facts,
         body_width_mm=body_width_mm(g, anat, pixel_mm),
         air_hu=air,
         tissue_hu=tissue,
@@ -741,6 +755,13 @@ def problems(limits: InputLimits, facts: InputFacts) -> list[str]:
         )
     if limits.min_slices is not None and facts.slices < limits.min_slices:
         out.append(f"too few slices: {facts.slices} (need >= {limits.min_slices})")
+    f, lo, hi = facts.fov_mm, limits.min_fov_mm, limits.max_fov_mm
+    if f is not None and ((lo is not None and f < lo) or (hi is not None and f > hi)):
+        out.append(
+            f"field of view {f:.0f} mm outside the trained range "
+            f"{lo if lo is not None else 0:g}-{hi if hi is not None else math.inf:g} mm (the "
+            f"anatomy would reach the model at another scale than it was trained on)"
+        )
     if limits.min_coverage_mm is not None and facts.coverage_mm < limits.min_coverage_mm:
         out.append(
             f"coverage {facts.coverage_mm:.0f} mm along the slice normal is too short "
