@@ -32,6 +32,16 @@ def facts(**kw):
         ({"body_parts": ["HEAD"], "descriptions": ["CTA HEAD AND NECK"]}, None),
         ({"body_parts": ["HEAD"], "descriptions": ["CT PERFUSION"]}, None),
         ({"body_parts": ["HEAD"], "descriptions": ["CT HEAD W CONTRAST"]}, None),
+        # with and without contrast: the plain series of the study is judged
+        (
+            {
+                "body_parts": ["HEAD"],
+                "descriptions": ["CT HEAD WITH AND WITHOUT CONTRAST"],
+                "contrast": True,
+            },
+            "ich",
+        ),
+        ({"body_parts": ["HEAD"], "descriptions": ["CT HEAD W/WO"], "contrast": True}, "ich"),
         (
             {"body_parts": ["CHEST"], "descriptions": ["CTA CHEST PE PROTOCOL"], "contrast": True},
             "pe",
