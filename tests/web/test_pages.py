@@ -230,31 +230,24 @@ def test_study_page_names_the_key_image_by_its_instance_number(db, rules, data_d
     _sign_in(c, "rita")
     html = c.get("/studies/1.2.840.10").text
     assert "key slice 18 counted from the bottom of the series" in html
-    with db.session() as s:
-        f = s.get(Finding, seeded.finding_id)
-        assert f is not None
-        f.key_instance = 26
-        s.add(f)
-        s.commit()
-    html = c.get("/studies/1.2.840.10").text
+
+    def page_with(**values: object) -> str:
+        with db.session() as s:
+            f = s.get(Finding, seeded.finding_id)
+            assert f is not None
+            for name, value in values.items():
+                setattr(f, name, value)
+            s.add(f)
+            s.commit()
+        return c.get("/studies/1.2.840.10").text
+
+    html = page_with(key_instance=26)
     assert "key image 26 (image number in the series)" in html
     assert "counted from the bottom" not in html
     # a frame of a multi-frame (Enhanced CT) image: the image and its frame, or the frame
     # alone when the image has no number
-    with db.session() as s:
-        f = s.get(Finding, seeded.finding_id)
-        assert f is not None
-        f.key_frame = 31
-        s.add(f)
-        s.commit()
-    html = c.get("/studies/1.2.840.10").text
+    html = page_with(key_frame=31)
     assert "key image 26, frame 31 (image number in the series and frame of" in html
-    with db.session() as s:
-        f = s.get(Finding, seeded.finding_id)
-        assert f is not None
-        f.key_instance = None
-        s.add(f)
-        s.commit()
-    html = c.get("/studies/1.2.840.10").text
+    html = page_with(key_instance=None)
     assert "key frame 31 of the series' multi-frame image" in html
     assert "counted from the bottom" not in html
