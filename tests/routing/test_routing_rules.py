@@ -48,6 +48,15 @@ def facts(**kw):
         ),
         ({"body_parts": [], "descriptions": ["CT PULMONARY ANGIOGRAM"]}, "pe"),
         ({"body_parts": ["CHEST"], "descriptions": ["CT CHEST WO CONTRAST"]}, None),
+        # orders written in other languages, without BodyPartExamined
+        ({"body_parts": [], "descriptions": ["CT Schädel nativ"]}, "ich"),
+        ({"body_parts": [], "descriptions": ["CT Schaedel nativ"]}, "ich"),
+        ({"body_parts": [], "descriptions": ["CCT nativ"]}, "ich"),
+        ({"body_parts": [], "descriptions": ["Scanner crâne sans injection"]}, "ich"),
+        ({"body_parts": [], "descriptions": ["TC de cabeza sin contraste"]}, "ich"),
+        ({"body_parts": [], "descriptions": ["Angioscanner thoracique EP"]}, "pe"),
+        ({"body_parts": [], "descriptions": ["CT-Angio Thorax Lungenembolie"]}, "pe"),
+        ({"body_parts": [], "descriptions": ["Angio TC tórax TEP"]}, "pe"),
         ({"body_parts": ["CHEST"], "descriptions": ["CT CHEST WITHOUT CONTRAST"]}, None),
         ({"body_parts": ["CHEST"], "descriptions": ["CTA CHEST NON-CONTRAST"]}, None),
         # with and without contrast: the study holds the CTPA, which the engine judges
