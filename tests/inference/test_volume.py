@@ -14,6 +14,7 @@ from pydicom.errors import InvalidDicomError
 
 from triage.errors import NotAssessable
 from triage.inference.volume import (
+    HU_MIN,
     Volume,
     load_volume,
     resample,
@@ -239,6 +240,43 @@ def test_the_axial_soft_series_is_chosen_by_orientation_and_kernel(tmp_path: Pat
         ("LUNG", True), ("", False), ("UB", False),
     ):  # fmt: skip
         assert sharp_kernel(kernel) is is_sharp, kernel
+
+
+def test_a_non_square_image_is_padded_and_non_square_pixels_refused(tmp_path: Path) -> None:
+    """A 512 x 400 image was stretched onto the square model grid (the resampling maps index
+    to index) and pixels of 0.449 x 0.6 mm read as square (an audit with foreign series):
+    the image is now padded with air to a square, centred; unequal pixel spacing is refused."""
+    from triage.crosscheck.dicomio import Acquisition, StudyHeader, write_series
+
+    hu = np.zeros((10, 40, 40), np.float32)
+    hu[:, 10:30, 12:28] = 40.0
+    files = write_series(tmp_path / "s", hu, Acquisition(), StudyHeader())
+    square = load_volume(files)
+
+    def rewritten(name: str, change: Callable[[pydicom.Dataset], None]) -> list[Path]:
+        out = []
+        (tmp_path / name).mkdir()
+        for i, f in enumerate(files):
+            ds = pydicom.dcmread(f)
+            change(ds)
+            ds.save_as(tmp_path / name / f"{i}.dcm")
+            out.append(tmp_path / name / f"{i}.dcm")
+        return out
+
+    def narrow(ds: pydicom.Dataset) -> None:  # 8 columns cut from each side
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, 8:32]).tobytes()
+        ds.Columns = 24
+
+    v = load_volume(rewritten("n", narrow))
+    assert v.hu.shape == square.hu.shape  # 40 x 40 again
+    assert np.array_equal(v.hu[:, :, 8:32], square.hu[:, :, 8:32])
+    assert (v.hu[:, :, :8] == HU_MIN).all() and (v.hu[:, :, 32:] == HU_MIN).all()
+
+    def oblong(ds: pydicom.Dataset) -> None:
+        ds.PixelSpacing = [0.449, 0.6]
+
+    with pytest.raises(NotAssessable, match="pixels are not square"):
+        load_volume(rewritten("o", oblong))
 
 
 # -- LIDC chest CT, dcm4che wrist MR --------------------------------------------------------------

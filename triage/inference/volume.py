@@ -48,6 +48,8 @@ MIN_SLICES = 8
 MIN_THICKNESS_MM = 0.5
 MODEL_SHAPE = (64, 128, 128)
 HU_MIN = -1024.0
+# Rows and columns may differ in spacing by this fraction (scanners write 0.488281 x 0.488282)
+MAX_PIXEL_ASPECT_ERROR = 0.01
 HU_MAX = 4095.0
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -527,7 +529,14 @@ def load_volume(paths: Sequence[Path | str], source: SliceSource | None = None) 
             "images show is unknown"
         )
     thickness = [h.thickness for h in kept if h.thickness is not None]
+    dr, dc = spacing
+    if abs(dr / dc - 1.0) > MAX_PIXEL_ASPECT_ERROR:
+        raise NotAssessable(
+            f"pixels are not square (PixelSpacing {dr:g} x {dc:g} mm): the models read square "
+            f"pixels"
+        )
     hu, spacing = _standard_layout(_stacked([s.hu for s in unique]), row, col, spacing)
+    hu = _square(hu)
     return Volume(
         hu=hu,
         z_positions=np.array([s.position for s in unique], dtype=np.float64),
@@ -559,6 +568,20 @@ def _standard_layout(
     if turned is hu:
         return hu, spacing  # the usual layout: untouched (a view stays a view)
     return np.ascontiguousarray(turned), spacing
+
+
+def _square(hu: np.ndarray) -> np.ndarray:
+    """``hu`` [z, y, x] padded with air (HU_MIN) to a square image, centred: a 512 x 400
+    image would otherwise be stretched onto the models' square grid (the resampling maps
+    index to index); unchanged when square."""
+    z, rows, cols = hu.shape
+    if rows == cols:
+        return hu
+    n = max(rows, cols)
+    out = np.full((z, n, n), HU_MIN, dtype=np.float32)
+    top, left = (n - rows) // 2, (n - cols) // 2
+    out[:, top : top + rows, left : left + cols] = hu
+    return out
 
 
 def _stacked(planes: list[np.ndarray]) -> np.ndarray:
