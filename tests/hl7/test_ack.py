@@ -34,6 +34,18 @@ def test_aa_swaps_applications_and_echoes_control_id() -> None:
     assert read_ack(ack) == ("AA", "RIS00000101", "")
 
 
+def test_a_bare_component_separator_in_msh_10_is_echoed_whole() -> None:
+    """MSH-10 is an ST: a sender that writes "AB^CD" there got MSA-2 "AB" back, which
+    matches none of its messages (hostile-peer audit); the whole field is echoed, its "^"
+    escaped, and the escaped form reads back as the sender's control id."""
+    raw = ORM.replace("|RIS00000101|", "|AB^CD|", 1)
+    ack = build_ack(raw, "AA", control_id="ACK2")
+    assert seg(ack, "MSA")[2] == "AB\\S\\CD"
+    assert read_ack(ack)[1] == "AB^CD"
+    escaped = ORM.replace("|RIS00000101|", "|AB\\S\\CD|", 1)  # written as it should be
+    assert read_ack(build_ack(escaped, "AA", control_id="ACK3"))[1] == "AB^CD"
+
+
 def test_ack_is_valid_hl7apy_ack() -> None:
     ack = build_ack(ORM, "AE", hl7_code=101, text="ORC-1 missing", location="ORC^1^1")
     msg = parse_message(ack, validation_level=VALIDATION_LEVEL.TOLERANT)

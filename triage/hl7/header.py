@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from triage.errors import HL7Error
-from triage.hl7.codec import LINE_BREAKS, Message, Segment, split_message
+from triage.hl7.codec import LINE_BREAKS, Message, Segment, split_message, unescape
 from triage.hl7.vocabulary import ORDER_TRIGGERS, ORDER_VERSIONS, PATIENT_UPDATE_TRIGGERS
 
 
@@ -58,7 +58,9 @@ def _header_from(msh: Segment) -> MessageHeader:
         message_type=msh.get(9, 1).upper(),
         trigger=msh.get(9, 2).upper(),
         structure=msh.get(9, 3).upper(),
-        control_id=msh.get(10),
+        # the whole field: an ST has no components, and a sender that writes its "^" bare
+        # gets it echoed in MSA-2 (escaped), not its first part only
+        control_id=unescape(msh.raw(10), msh.delimiters).strip(),
         processing_id=msh.get(11),
         version=msh.get(12),
         accept_ack_type=msh.get(15).upper(),
