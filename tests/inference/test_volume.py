@@ -155,6 +155,20 @@ def test_dose_screens_are_told_from_low_dose_protocols(description: str, screen:
     assert (_excluded(inst) is not None) is screen, _excluded(inst)
 
 
+def _rewritten(
+    files: list[Path], out: Path, change: Callable[[pydicom.Dataset], None]
+) -> list[Path]:
+    """Copies of ``files`` in ``out``, each data set changed by ``change``."""
+    out.mkdir(parents=True)
+    written = []
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        change(ds)
+        ds.save_as(out / f"{i}.dcm")
+        written.append(out / f"{i}.dcm")
+    return written
+
+
 def test_unusable_geometry_is_named_in_the_reason(tmp_path: Path) -> None:
     """A series without positions said only "too few slices: 0 usable", and one without
     PixelSpacing was read at a silent 1 mm (then refused as the wrong body part, "body width
@@ -165,14 +179,7 @@ def test_unusable_geometry_is_named_in_the_reason(tmp_path: Path) -> None:
     files = write_series(tmp_path / "s", hu, Acquisition(), StudyHeader())
 
     def rewritten(name: str, change: Callable[[pydicom.Dataset], None]) -> list[Path]:
-        out = []
-        for i, f in enumerate(files):
-            ds = pydicom.dcmread(f)
-            change(ds)
-            (tmp_path / name).mkdir(exist_ok=True)
-            ds.save_as(tmp_path / name / f"{i}.dcm")
-            out.append(tmp_path / name / f"{i}.dcm")
-        return out
+        return _rewritten(files, tmp_path / name, change)
 
     no_position = rewritten("p", lambda ds: delattr(ds, "ImagePositionPatient"))
     with pytest.raises(NotAssessable, match=r"0 usable .*left out: 10: no ImagePositionPatient"):
@@ -205,19 +212,16 @@ def test_the_axial_soft_series_is_chosen_by_orientation_and_kernel(tmp_path: Pat
 
     def variant(name: str, **attrs: object) -> list[Path]:
         uid = pydicom.uid.generate_uid()
-        out = []
-        for i, f in enumerate(files):
-            ds = pydicom.dcmread(f)
+
+        def change(ds: pydicom.Dataset) -> None:
             ds.SeriesInstanceUID = uid
             ds.SOPInstanceUID = pydicom.uid.generate_uid()
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.ImageType = ["ORIGINAL", "PRIMARY"]
             for k, v in attrs.items():
                 setattr(ds, k, v)
-            (tmp_path / name).mkdir(exist_ok=True)
-            ds.save_as(tmp_path / name / f"{i}.dcm")
-            out.append(tmp_path / name / f"{i}.dcm")
-        return out
+
+        return _rewritten(files, tmp_path / name, change)
 
     axial = variant("ax", SliceThickness=5.0)
     coronal = variant("cor", SliceThickness=3.0, ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
@@ -254,14 +258,7 @@ def test_a_non_square_image_is_padded_and_non_square_pixels_refused(tmp_path: Pa
     square = load_volume(files)
 
     def rewritten(name: str, change: Callable[[pydicom.Dataset], None]) -> list[Path]:
-        out = []
-        (tmp_path / name).mkdir()
-        for i, f in enumerate(files):
-            ds = pydicom.dcmread(f)
-            change(ds)
-            ds.save_as(tmp_path / name / f"{i}.dcm")
-            out.append(tmp_path / name / f"{i}.dcm")
-        return out
+        return _rewritten(files, tmp_path / name, change)
 
     def narrow(ds: pydicom.Dataset) -> None:  # 8 columns cut from each side
         ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, 8:32]).tobytes()
