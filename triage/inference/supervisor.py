@@ -212,6 +212,7 @@ class TritonSupervisor:
                         # the server runs, but a model's backend process died: only a
                         # restart brings the model back
                         failed = "; ".join(client.backend_failures.values())
+                        client.backend_failures.clear()  # answered by the restart below
                         break
                 if self._stop.is_set():
                     return
