@@ -367,9 +367,9 @@ def test_key_instance_is_the_viewers_image_number_for_a_head_first_series(tmp_pa
     files = write_series(tmp_path / "s", hu, Acquisition(), StudyHeader())  # 1 = top
     rows = instance_rows(files)
     volume = load_volume([Path(r.path) for r in rows])
-    assert image_number_of(rows, tmp_path / "data", volume, 0) == (12, None)  # the bottom
-    assert image_number_of(rows, tmp_path / "data", volume, 11) == (1, None)
-    assert image_number_of(rows, tmp_path / "data", volume, 12) == (None, None)
+    assert image_number_of(rows, volume, 0) == (12, None)  # the bottom
+    assert image_number_of(rows, volume, 11) == (1, None)
+    assert image_number_of(rows, volume, 12) == (None, None)
 
 
 def test_a_multi_frame_key_slice_is_named_by_its_image_and_frame(tmp_path: Path) -> None:
@@ -394,7 +394,7 @@ def test_a_multi_frame_key_slice_is_named_by_its_image_and_frame(tmp_path: Path)
     rows = instance_rows([one])
     volume = load_volume([Path(r.path) for r in rows])
     for index in (0, 5, 11):
-        number, frame = image_number_of(rows, tmp_path / "data", volume, index)
+        number, frame = image_number_of(rows, volume, index)
         assert number == 7 and frame is not None
         assert frame_z[frame - 1] == pytest.approx(float(volume.z_positions[index]))
     img = render_key_image(

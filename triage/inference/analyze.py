@@ -50,6 +50,7 @@ from triage.inference.slabs import thicken
 from triage.inference.slices import SliceCache
 from triage.inference.volume import (
     Volume,
+    image_numbers,
     load_volume,
     rank_series,
     resample,
@@ -167,7 +168,7 @@ class TritonAnalyzer:
             grid_slice = key_grid_slice(out.localization, out.slice_probabilities)
             z = z_sample_positions(volume, contract.input_shape[0])[grid_slice]
             key_slice = int(np.argmin(np.abs(volume.z_positions - z)))
-            key_instance, key_frame = image_number_of(series, self.data_dir, volume, key_slice)
+            key_instance, key_frame = image_number_of(series, volume, key_slice)
         key_image = ""
         if self.key_images and key_slice is not None:
             key_image = self._key_image(
@@ -278,24 +279,14 @@ class TritonAnalyzer:
 
 
 def image_number_of(
-    series: Sequence[Instance], data_dir: Path, volume: Volume, index: int
+    series: Sequence[Instance], volume: Volume, index: int
 ) -> tuple[int | None, int | None]:
-    """The InstanceNumber of ``volume``'s slice ``index`` (its source file among ``series``,
-    stored under ``data_dir``): the image number a radiologist's viewer shows, whichever way
-    the scanner numbered the slices (head first or feet first); and, when the slice is a frame
-    of a multi-frame image (Enhanced CT: its path is ``<file>#<frame>``), its frame number.
-    None where the slice's file, its number or its frame is unknown."""
+    """The InstanceNumber of ``volume``'s slice ``index`` (:func:`image_numbers`: its source
+    image among ``series``, whichever way the scanner numbered the slices) and its frame in a
+    multi-frame image; None where unknown or ``index`` is outside the volume."""
     if not 0 <= index < len(volume.paths):
         return None, None
-    numbers = {str(data_dir / inst.path): inst.instance_number for inst in series}
-    path = str(volume.paths[index])
-    frame = None
-    if path not in numbers:
-        file, _, tail = path.rpartition("#")
-        if tail.isdigit() and file in numbers:
-            path, frame = file, int(tail)
-    number = numbers.get(path)
-    return (int(number) if number is not None else None), frame
+    return image_numbers(series, volume)[index]
 
 
 #: DICOM keywords read for the input mix (one header of the selected series).

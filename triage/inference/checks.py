@@ -82,7 +82,6 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,7 +89,7 @@ import numpy as np
 from triage.errors import NotAssessable
 from triage.inference import slabs
 from triage.inference.masks import dilate_inplane, erode_inplane
-from triage.inference.volume import HU_MIN, Volume
+from triage.inference.volume import HU_MIN, Volume, image_numbers
 from triage.store.models import Instance
 
 log = logging.getLogger(__name__)
@@ -594,12 +593,7 @@ def _numbered_gap(
     """The largest step over NUMBERED_GAP_FACTOR times the usual spacing across which the
     slices' InstanceNumbers jump, in a series whose numbers otherwise step by one: {} when
     there is none, or the numbers are unknown (frames of one image, slabs, numbers missing)."""
-    by_name: dict[str, int | None] = {}
-    for inst in instances:
-        name = str(inst.path or "").replace("\\", "/").rsplit("/", 1)[-1]
-        if name:
-            by_name[name] = None if name in by_name else inst.instance_number
-    numbers = [by_name.get(Path(p).name) for p in volume.paths]
+    numbers = [n if frame is None else None for n, frame in image_numbers(instances, volume)]
     if len(numbers) != steps.size + 1 or any(n is None for n in numbers):
         return {}
     jumps = np.abs(np.diff(np.asarray(numbers, dtype=np.int64)))

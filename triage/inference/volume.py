@@ -570,6 +570,34 @@ def _standard_layout(
     return np.ascontiguousarray(turned), spacing
 
 
+def image_numbers(
+    instances: Sequence[Instance], volume: Volume
+) -> list[tuple[int | None, int | None]]:
+    """Per slice of ``volume``: the InstanceNumber of the image among ``instances`` it was read
+    from (the image number a radiologist's viewer shows) and, when the slice is a frame of a
+    multi-frame image (Enhanced CT: its path is ``<file>#<frame>``), its frame number; None
+    where unknown. Images are matched by file name (the store names each file by its SOP
+    Instance UID); a name found twice among ``instances`` gives no number."""
+
+    def name(path: object) -> str:
+        return str(path or "").replace("\\", "/").rsplit("/", 1)[-1]
+
+    numbers: dict[str, int | None] = {}
+    for inst in instances:
+        if n := name(inst.path):
+            numbers[n] = None if n in numbers else inst.instance_number
+    out: list[tuple[int | None, int | None]] = []
+    for path in volume.paths:
+        n, frame = name(path), None
+        if n not in numbers:
+            file, _, tail = n.rpartition("#")
+            if tail.isdigit() and file in numbers:
+                n, frame = file, int(tail)
+        number = numbers.get(n)
+        out.append((int(number) if number is not None else None, frame))
+    return out
+
+
 def _square(hu: np.ndarray) -> np.ndarray:
     """``hu`` [z, y, x] padded with air (HU_MIN) to a square image, centred: a 512 x 400
     image would otherwise be stretched onto the models' square grid (the resampling maps
