@@ -48,9 +48,9 @@ MIN_SLICES = 8
 MIN_THICKNESS_MM = 0.5
 MODEL_SHAPE = (64, 128, 128)
 HU_MIN = -1024.0
+HU_MAX = 4095.0
 # Rows and columns may differ in spacing by this fraction (scanners write 0.488281 x 0.488282)
 MAX_PIXEL_ASPECT_ERROR = 0.01
-HU_MAX = 4095.0
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 # SOP classes that are never a CT image volume (secondary capture, dose reports, PR, SR...)
@@ -75,10 +75,11 @@ _SCREEN_DESCRIPTION = re.compile(
 )
 # A series description naming a sharp (bone, lung) reconstruction or a projection: the models
 # were trained on soft-tissue reconstructions, so such a series is taken only when no other is
-_SHARP_DESCRIPTION = re.compile(r"BONE|LUNG|SHARP|EDGE|DETAIL|\bMIP\b|MINIP|\bMPR\b")
+_SHARP_WORDS = r"BONE|LUNG|SHARP|EDGE|DETAIL"
+_SHARP_DESCRIPTION = re.compile(_SHARP_WORDS + r"|\bMIP\b|MINIP|\bMPR\b")
 # ... or a Convolution Kernel that names one: GE's BONE, BONEPLUS, LUNG, EDGE, DETAIL; a
 # Siemens kernel of sharpness 60 or more (B70f, H70h, Br64, Hr68, I70f); Canon FC50 and up
-_SHARP_KERNEL_WORDS = re.compile(r"BONE|LUNG|SHARP|EDGE|DETAIL")
+_SHARP_KERNEL_WORDS = re.compile(_SHARP_WORDS)
 _NUMBERED_KERNEL = re.compile(r"^(?:FC(\d{2})|[BHIJQT][RS]?(\d{2}))")
 
 

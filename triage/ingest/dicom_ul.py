@@ -112,10 +112,10 @@ log = logging.getLogger(__name__)
 #: Distinct A-ASSOCIATE-RQ item sets whose negotiation is remembered (oldest dropped first),
 #: and the largest item set remembered (storescu's ~120 contexts take ~10 KiB).
 _NEGOTIATION_CACHE = 64
+_NEGOTIATION_CACHE_ITEM_BYTES = 1 << 16
 #: A connection that has sent no A-ASSOCIATE-RQ for this long gives its place to a new one
 #: when the listener is full (see UpperLayerServer._evict_idle)
 IDLE_EVICT_SECONDS = 2.0
-_NEGOTIATION_CACHE_ITEM_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)

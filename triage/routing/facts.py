@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 # ContrastBolusAgent values that say no contrast was given (sites write these instead of
 # leaving the attribute out): compared upper-case, without spaces and punctuation at the ends
 _NO_AGENT = re.compile(
-    r"(NONE|NO|NON|NIL|N/?A|0|-+|NATIVE?|NATIF|SIN|WITHOUT|NONEGIVEN|NOCONTRAST|NO CONTRAST"
-    r"|NONE GIVEN|NOT GIVEN|NON CONTRAST|NON-CONTRAST|PLAIN)"
+    r"NONE|NO|NON|NIL|N/?A|0|-+|NATIVE?|NATIF|SIN|WITHOUT|PLAIN"
+    r"|NONE ?GIVEN|NOT GIVEN|NO ?CONTRAST|NON[ -]CONTRAST"
 )
 
 
