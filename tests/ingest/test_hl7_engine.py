@@ -356,3 +356,65 @@ def test_ten_thousand_messages_two_per_write_on_one_connection(engine: Engine) -
     assert len(got) == FAULT_COUNT
     assert got == accepted([c for _, c in msgs])
     assert order_count(engine) - before == FAULT_COUNT
+
+
+def test_a_reused_control_id_and_a_bare_caret_through_the_engine(engine: Engine) -> None:
+    """A RIS whose counter wrapped: two different orders under one MSH-10 in one write, then
+    the second one resent cut across writes - the resend gets the second order's own ACK and
+    is not applied again. And an MSH-10 written with a bare "^" is echoed whole."""
+    k = next(_serial)
+    control = f"RU{k}"
+    first, second = (
+        order_message(accession=f"RU{k:07d}{n}", patient_id="PRU", control_id=control).encode()
+        for n in (1, 2)
+    )
+    before = order_count(engine)
+    with Peer(engine) as peer:
+        peer.send(frame(first) + frame(second))
+        assert peer.receive(2) == [("AA", control), ("AA", control)]
+        second_ack = peer.acks[-1]
+        again = frame(second)
+        for a, b in itertools.pairwise([0, 1, len(again) // 2, len(again)]):
+            peer.send(again[a:b])
+            time.sleep(0.002)
+        assert peer.receive(1) == [("AA", control)]
+        assert peer.acks[-1] == second_ack  # the very same ACK, its own MSH-10 included
+    assert order_count(engine) == before + 2
+    stored = engine.query("SELECT count(*) FROM hl7message WHERE control_id = ?", control)
+    assert stored == [(2,)]
+    caret = order_message(accession=f"RC{k:07d}", patient_id="PRC", control_id=f"CA^{k}").encode()
+    with Peer(engine) as peer:
+        peer.send(frame(caret))
+        assert peer.receive(1) == [("AA", f"CA^{k}")]
+        assert f"|CA\\S\\{k}".encode() in peer.acks[-1]
+
+
+def test_idle_connections_give_their_places_in_the_running_engine(tmp_path: Path) -> None:
+    """`triage serve` with small connection limits: its HL7 and DICOM listeners filled with
+    idle sockets (nothing sent); two seconds later an order over MLLP and dcmtk's echoscu are
+    both answered, each taking the place of the oldest idle socket."""
+    from support.dcmtk import echoscu
+
+    e = Engine(tmp_path, hl7_max_connections=4, dicom_max_associations=2).start()
+    hl7_idle: list[socket.socket] = []
+    dicom_idle: list[socket.socket] = []
+    try:
+        hl7_idle = [socket.create_connection(("127.0.0.1", e.hl7_port)) for _ in range(4)]
+        dicom_idle = [socket.create_connection(("127.0.0.1", e.dicom_port)) for _ in range(8)]
+        time.sleep(2.5)
+        ((payload, control),) = orders("IC", 1)
+        with Peer(e) as peer:
+            peer.send(frame(payload))
+            assert peer.receive(1) == [("AA", control)]
+        hl7_idle[0].settimeout(TIMEOUT)
+        assert hl7_idle[0].recv(1) == b""  # the oldest gave its place
+        echo = echoscu(e.dicom_port)
+        assert echo.returncode == 0, echo.stdout + echo.stderr
+        dicom_idle[0].settimeout(TIMEOUT)
+        assert dicom_idle[0].recv(1) == b""
+        log = e.log()
+        assert "HL7 listener full" in log and "without an A-ASSOCIATE-RQ" in log
+    finally:
+        for s in hl7_idle + dicom_idle:
+            s.close()
+        e.stop()
